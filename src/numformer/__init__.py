@@ -1,0 +1,29 @@
+"""numformer: a Transformer language-model library written from the math up in NumPy.
+
+    >>> from numformer import GPT, GPTConfig
+    >>> model = GPT(GPTConfig(vocab_size=65, block_size=64))
+
+Heavy submodules are imported lazily so that `numformer --help` starts fast.
+"""
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "GPT": ("numformer.model.gpt", "GPT"),
+    "GPTConfig": ("numformer.model.config", "GPTConfig"),
+    "embed": ("numformer.embed", "embed"),
+    "NumformerError": ("numformer.errors", "NumformerError"),
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'numformer' has no attribute {name!r}")

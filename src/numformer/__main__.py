@@ -1,0 +1,5 @@
+import sys
+
+from numformer.cli import main
+
+sys.exit(main())

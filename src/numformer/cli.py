@@ -1,0 +1,78 @@
+"""The `numformer` command.
+
+Each subcommand lives in its own module, which defines `add_arguments(parser)` and
+`main(args) -> int`. Modules are imported only when their subcommand runs, so that
+`numformer --help` does not pay for NumPy, tokenizers or matplotlib.
+"""
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line summary). Order is the order shown by --help.
+COMMANDS = {
+    "train": ("numformer.train", "train a GPT on the built-in Shakespeare corpus or your own text"),
+    "sample": ("numformer.generate", "generate text from a trained checkpoint (KV cache, streaming)"),
+    "explain": ("numformer.explain.cli", "compute the seed document's thirteen worked examples live"),
+    "check": ("numformer.gradcheck", "gradient-check every op (finite differences, and PyTorch if installed)"),
+    "embed": ("numformer.embed", "sentence embeddings from a BERT-family model (all-MiniLM-L6-v2)"),
+    "similarity": ("numformer.embed_similarity", "cosine similarity of two texts' embeddings"),
+    "convert": ("numformer.interop.cli", "convert GPT-2 checkpoints to and from Hugging Face format"),
+    "bench": ("numformer.bench", "measure training tokens/s and GFLOP/s of a config on this machine"),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    lines = [f"  {name:<11} {summary}" for name, (_, summary) in COMMANDS.items()]
+    parser = argparse.ArgumentParser(
+        prog="numformer",
+        description="A Transformer language model written from the math up in NumPy.",
+        epilog="commands:\n" + "\n".join(lines) + "\n\nRun `numformer COMMAND --help` for a command's flags.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="numformer [-h] [--version] COMMAND ...",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        parser = _top_parser()
+        if argv and not argv[0].startswith("-"):
+            parser.print_usage(sys.stderr)
+            print(f"numformer: error: unknown command {argv[0]!r} (choose from {', '.join(COMMANDS)})",
+                  file=sys.stderr)
+            return 2
+        args = parser.parse_args(argv)
+        if args.version:
+            from numformer import __version__
+
+            print(f"numformer {__version__}")
+            return 0
+        parser.print_help()
+        return 0 if not argv else 2
+
+    name, rest = argv[0], argv[1:]
+    module_name, summary = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"numformer {name}", description=summary[0].upper() + summary[1:] + ".")
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+
+    from numformer.errors import NumformerError
+
+    try:
+        return int(module.main(args) or 0)
+    except NumformerError as e:
+        print(f"numformer {name}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"numformer {name}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
