@@ -1,0 +1,124 @@
+"""Scaled dot-product attention (the seed's formula 3): y = softmax(q kᵀ / √d_k + mask) v.
+
+Forward
+    S   = q kᵀ / √d_k                            (..., Tq, Tk)  scores
+    S_ij = −inf where query i may not see key j   (causal and/or `mask`)
+    P   = softmax over j of S                     (..., Tq, Tk)  attention probabilities
+    P̃   = P ⊙ M / (1 − p)                         inverted dropout on P (M ~ Bernoulli(1 − p));
+                                                  P̃ = P when dropout_p = 0
+    y   = P̃ v                                     (..., Tq, d_v)
+    q (..., Tq, d_k)   k (..., Tk, d_k)   v (..., Tk, d_v); leading dims equal, e.g. (B, nh).
+    Tq ≠ Tk is cross-attention (or decoding with a KV cache).
+
+Which keys a query may see
+    mask: boolean, broadcastable to (..., Tq, Tk), True = may attend (e.g. a key padding mask of
+    shape (B, 1, 1, Tk)). causal=True is bottom-right aligned: query i (0-based among the Tq)
+    sits at absolute position Tk − Tq + i and may see keys 0 .. Tk − Tq + i. With Tq = Tk that is
+    the usual lower triangle; with Tq < Tk the queries are the last Tq positions of the sequence,
+    which is what a KV cache needs. Both together: a key must be allowed by both.
+
+A query row with no allowed key (all −inf) outputs zeros and passes zero gradient to q, k and v.
+(Softmax of an all −inf row is 0/0; we define its probabilities as 0, not NaN and not uniform.)
+
+Backward (dy = ∂L/∂y)
+    dP̃ = dy vᵀ                                    y = P̃ v, through P̃
+    dv = P̃ᵀ dy                                    y = P̃ v, through v
+    dP = dP̃ ⊙ M / (1 − p)                          dropout: the same mask as forward
+    dS_ij = P_ij dP_ij                            term 1: S_ij's own probability
+          − P_ij Σ_l dP_il P_il                   term 2: S_ij's share of the row's normaliser
+            (masked entries and empty rows have P = 0, so their dS is 0)
+    dq = dS k / √d_k
+    dk = dSᵀ q / √d_k
+"""
+
+import math
+
+import numpy as np
+
+from numformer.ops.dropout import check_p, keep_mask
+
+
+def _check_shapes(q, k, v):
+    ok = (q.ndim >= 2 and k.ndim == q.ndim and v.ndim == q.ndim
+          and q.shape[:-2] == k.shape[:-2] == v.shape[:-2]
+          and q.shape[-1] == k.shape[-1] and k.shape[-2] == v.shape[-2])
+    if not ok:
+        raise ValueError(f"attention: q has shape {q.shape}, k has shape {k.shape}, v has shape "
+                         f"{v.shape}; need q (..., Tq, d_k), k (..., Tk, d_k), v (..., Tk, d_v)")
+
+
+def allowed_keys(score_shape, causal=False, mask=None):
+    """Boolean array broadcastable to score_shape (..., Tq, Tk), True where query i may see key
+    j; None when everything is allowed."""
+    Tq, Tk = score_shape[-2:]
+    allowed = None
+    if causal:
+        allowed = np.tri(Tq, Tk, k=Tk - Tq, dtype=bool)   # key j <= Tk − Tq + i, (Tq, Tk)
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.dtype != np.bool_:
+            raise ValueError(f"attention: mask must be boolean (True = may attend), got dtype {mask.dtype}")
+        try:
+            fits = np.broadcast_shapes(mask.shape, tuple(score_shape)) == tuple(score_shape)
+        except ValueError:
+            fits = False
+        if not fits:
+            raise ValueError(f"attention: mask has shape {mask.shape}, not broadcastable to the "
+                             f"scores' shape {tuple(score_shape)}")
+        allowed = mask if allowed is None else allowed & mask
+    return allowed
+
+
+def forward(q, k, v, causal=False, mask=None, dropout_p=0.0, rng=None):
+    """y = softmax(q kᵀ / √d_k + mask) v. Returns (y, cache)."""
+    _check_shapes(q, k, v)
+    check_p(dropout_p, "attention")
+    scale = 1.0 / math.sqrt(q.shape[-1])
+
+    s = q @ k.swapaxes(-1, -2)                                # (..., Tq, Tk)
+    s *= scale
+    allowed = allowed_keys(s.shape, causal, mask)
+    if allowed is not None:
+        np.copyto(s, -np.inf, where=~allowed)                 # numerical care: −inf, never −1e4
+
+    # P = softmax(S) over keys, in place
+    row_max = s.max(axis=-1, keepdims=True)                   # (..., Tq, 1)
+    if allowed is not None:
+        row_max[row_max == -np.inf] = 0.0                     # numerical care: empty row: exp(−inf − 0) = 0, not NaN
+    s -= row_max                                              # numerical care: max-subtraction
+    np.exp(s, out=s)
+    denom = s.sum(axis=-1, keepdims=True)                     # (..., Tq, 1)
+    if allowed is not None:
+        denom[denom == 0] = 1.0                               # numerical care: empty row: P = 0/1 = 0
+    s /= denom
+    p = s                                                     # (..., Tq, Tk)
+
+    drop = None
+    p_used = p
+    if dropout_p > 0.0:
+        drop = keep_mask(p.shape, dropout_p, rng).astype(p.dtype)   # M, in p's dtype
+        drop *= 1.0 / (1.0 - dropout_p) if dropout_p < 1.0 else 0.0  # M / (1 − p); p = 1 keeps nothing
+        p_used = p * drop                                     # P̃
+
+    y = p_used @ v                                            # (..., Tq, d_v)
+    return y, (q, k, v, p, drop, p_used, scale)
+
+
+def backward(dy, cache):
+    """Returns (dq, dk, dv)."""
+    q, k, v, p, drop, p_used, scale = cache
+    if dy.shape != (*q.shape[:-1], v.shape[-1]):
+        raise ValueError(f"attention: dy has shape {dy.shape} but y had shape {(*q.shape[:-1], v.shape[-1])}")
+    dp = dy @ v.swapaxes(-1, -2)                              # dP̃ (..., Tq, Tk)
+    dv = p_used.swapaxes(-1, -2) @ dy                         # (..., Tk, d_v)
+    if drop is not None:
+        dp *= drop                                            # dP = dP̃ ⊙ M / (1 − p)
+
+    ds = dp * p                                               # term 1: P ⊙ dP
+    row = ds.sum(axis=-1, keepdims=True)                      # (..., Tq, 1) Σ_l dP_il P_il
+    ds -= np.multiply(p, row, out=dp)                         # term 2 (dP's buffer reused)
+    ds *= scale
+
+    dq = ds @ k                                               # (..., Tq, d_k)
+    dk = ds.swapaxes(-1, -2) @ q                              # (..., Tk, d_k)
+    return dq, dk, dv

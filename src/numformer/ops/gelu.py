@@ -1,0 +1,144 @@
+"""GELU activation (the seed's formula 7): y = x Φ(x), Φ the standard normal CDF.
+
+Forward
+    approximate="tanh" (default, GPT-2's form):
+        u = √(2/π) (x + 0.044715 x³)
+        y = ½ x (1 + tanh u) = x s,   s = ½ (1 + tanh u) = sigmoid(2u)
+    approximate="none" (exact, BERT's form):
+        y = x Φ(x),   Φ(x) = ½ (1 + erf(x/√2)) = ½ erfc(−x/√2)
+    x any shape; y same shape.
+
+Backward (dy = ∂L/∂y), by the product rule y = x · s(x):
+    dx = dy ⊙ ( s                     term 1: x's direct factor
+              + x · ds/dx )            term 2: x's path through the gate s
+    tanh form:  ds/dx = ½ (1 − tanh² u) · √(2/π) (1 + 3 · 0.044715 x²)
+                with ½ (1 − tanh² u) = 2 sigmoid(2u) sigmoid(−2u)
+    exact form: ds/dx = φ(x) = exp(−x²/2) / √(2π)
+
+Numerical care, so that both passes stay finite and correct at |x| ≥ 20 in float32 and float64:
+- the gate is written as sigmoid(2u) through e = exp(−|2u|) ≤ 1, which never overflows and keeps
+  its accuracy in the far negative tail, where 1 + tanh u would cancel to 0;
+- x is clipped to ±40 inside the gate only. Beyond that the gate is exactly 0 or 1 and its
+  derivative exactly 0 in float64 (exp(−2·4600) and exp(−800) underflow), so clipping changes no
+  result, while x³ and x² can no longer overflow;
+- the exact form uses erfc for Φ, so Φ(−20) ≈ 2.8e−89 is a real number, not 1 − 1 = 0.
+
+NumPy has no vectorised erf; `erf` below is written here and accurate to a few float64 ulps
+(relative) everywhere: a positive-term Taylor series for |x| < 2.5 and Laplace's continued
+fraction for erfc beyond. `erfc` is as accurate for |x| ≥ 2.5 and for x ≤ 0; for 0 < x < 2.5 it is
+1 − erf(x), good to ~1e−12 relative, which is far below what GELU's gate needs.
+"""
+
+import math
+
+import numpy as np
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_SQRT_1_2 = math.sqrt(0.5)
+_C = 0.044715
+_CLIP = 40.0            # |x| beyond which the gate is exactly saturated in float64
+
+_SERIES_CUT = 2.5       # series below, continued fraction above; 45 terms reach ~1 ulp for both
+_TERMS = 45
+
+
+def _erf_series(a):
+    """erf(a) = 2/√π · exp(−a²) · Σ_n (2a²)ⁿ a / (1·3·5···(2n+1)), all terms positive, a ≥ 0."""
+    two_a2 = 2.0 * a * a
+    s = np.ones_like(a)
+    for n in range(_TERMS, 0, -1):                       # Horner, innermost term first
+        s = 1.0 + two_a2 / (2 * n + 1) * s
+    return (2.0 / math.sqrt(math.pi)) * np.exp(-a * a) * a * s
+
+
+def _erfc_cf(a):
+    """erfc(a) = exp(−a²)/√π · 1/(a + (1/2)/(a + 1/(a + (3/2)/(a + ...)))), for a ≥ 2.5."""
+    a = np.minimum(a, 30.0)                              # erfc(30) underflows to 0; avoids inf − inf
+    f = a.copy()
+    for n in range(_TERMS, 0, -1):                       # the fraction, evaluated from the bottom
+        f = a + (0.5 * n) / f
+    # numerical care: a = hi + (a − hi) with hi on a 1/256 grid, so hi² is exact and exp(−a²)
+    # keeps full relative accuracy even where a² is large
+    hi = np.round(a * 256.0) / 256.0
+    return np.exp(-hi * hi) * np.exp(-(a - hi) * (a + hi)) / (math.sqrt(math.pi) * f)
+
+
+def _erf_erfc(x):
+    """(erf x, erfc x), both to full relative accuracy, computed in float64."""
+    x = np.asarray(x, dtype=np.float64)
+    a = np.abs(x)
+    near = a < _SERIES_CUT
+    erf_a = np.empty_like(a)
+    erfc_a = np.empty_like(a)
+    erf_a[near] = _erf_series(a[near])
+    erfc_a[near] = 1.0 - erf_a[near]
+    erfc_a[~near] = _erfc_cf(a[~near])
+    erf_a[~near] = 1.0 - erfc_a[~near]
+    erf_x = np.copysign(erf_a, x)                        # erf is odd
+    erfc_x = np.where(x < 0, 2.0 - erfc_a, erfc_a)       # erfc(−a) = 2 − erfc(a)
+    return erf_x, erfc_x
+
+
+def _like(value, x):
+    """Return `value` in x's floating dtype (float64 for integer input)."""
+    x = np.asarray(x)
+    dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64
+    return value.astype(dtype, copy=False).reshape(x.shape)
+
+
+def erf(x):
+    """Vectorised error function erf(x) = 2/√π ∫₀ˣ exp(−t²) dt, accurate to float64 rounding."""
+    return _like(_erf_erfc(x)[0], x)
+
+
+def erfc(x):
+    """Vectorised complementary error function 1 − erf(x), accurate also where it is tiny."""
+    return _like(_erf_erfc(x)[1], x)
+
+
+def _gate_tanh(x, with_grad):
+    """s = sigmoid(2u) for the tanh form, and ds/dx if with_grad."""
+    xc = np.clip(x, -_CLIP, _CLIP)                       # numerical care: no overflow in x³, x²
+    z = 2.0 * _SQRT_2_OVER_PI * (xc + _C * xc * xc * xc)  # z = 2u
+    e = np.exp(-np.abs(z))                               # numerical care: e <= 1, never overflows
+    s = np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))  # sigmoid(z)
+    if not with_grad:
+        return s
+    sig_sig = e / ((1.0 + e) * (1.0 + e))                # sigmoid(z) · sigmoid(−z) = (1 − tanh² u) / 4
+    ds = 2.0 * sig_sig * _SQRT_2_OVER_PI * (1.0 + 3.0 * _C * xc * xc)
+    return s, ds
+
+
+def _gate_exact(x, with_grad):
+    """s = Φ(x) for the exact form, and ds/dx = φ(x) if with_grad."""
+    xc = np.clip(x, -_CLIP, _CLIP)                       # numerical care: no overflow in x²
+    s = 0.5 * erfc(-xc * _SQRT_1_2)                      # Φ(x) = ½ erfc(−x/√2), exact in the tail
+    if not with_grad:
+        return s
+    ds = np.exp(-0.5 * xc * xc) / math.sqrt(2.0 * math.pi)
+    return s, ds
+
+
+_GATES = {"tanh": _gate_tanh, "none": _gate_exact}
+
+
+def forward(x, approximate="tanh"):
+    """y = x Φ(x) (approximate="none") or its tanh approximation (default). Returns (y, cache).
+
+    The cache is just x: backward recomputes the gate, which is cheaper than storing two more
+    arrays of x's size.
+    """
+    if approximate not in _GATES:
+        raise ValueError(f"gelu: approximate must be 'tanh' or 'none', got {approximate!r}")
+    s = _GATES[approximate](x, with_grad=False)
+    return x * s, (x, approximate)
+
+
+def backward(dy, cache):
+    """Returns dx."""
+    x, approximate = cache
+    if dy.shape != x.shape:
+        raise ValueError(f"gelu: dy has shape {dy.shape} but x had shape {x.shape}")
+    s, ds = _GATES[approximate](x, with_grad=True)
+    return dy * (s             # term 1
+                 + x * ds)     # term 2

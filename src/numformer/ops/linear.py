@@ -1,0 +1,47 @@
+"""Linear map (the seed's formula 1): y = x Wᵀ + b.
+
+Forward
+    y = x @ Wᵀ + b
+    x (..., C_in)   W (C_out, C_in), PyTorch's layout   b (C_out,) or None   y (..., C_out)
+
+Backward (L is any scalar loss, dy = ∂L/∂y; N is the product of x's leading dimensions)
+    y[n, o] = Σ_i x[n, i] W[o, i] + b[o]
+    dx[n, i] = Σ_o dy[n, o] W[o, i]          ->  dx = dy @ W
+    dW[o, i] = Σ_n dy[n, o] x[n, i]          ->  dW = dyᵀ @ x      (summed over all leading dims)
+    db[o]    = Σ_n dy[n, o]                  ->  db = dy.sum over leading dims
+
+Any number of leading dimensions is folded into one axis of N rows, so each of the three
+products above is a single 2-D matrix multiply (one BLAS call).
+"""
+
+import numpy as np
+
+
+def forward(x, weight, bias=None):
+    """y = x @ weight.T + bias. Returns (y, cache)."""
+    c_out, c_in = weight.shape
+    if x.ndim < 1 or x.shape[-1] != c_in:
+        raise ValueError(f"linear: x has shape {x.shape} but weight has shape {weight.shape} "
+                         f"(x's last dimension must be {c_in})")
+    if bias is not None and bias.shape != (c_out,):
+        raise ValueError(f"linear: bias has shape {bias.shape} but weight has shape {weight.shape} "
+                         f"(bias must be ({c_out},))")
+    x2 = x.reshape(-1, c_in)                    # (N, C_in)
+    y = x2 @ weight.T                           # (N, C_out)
+    if bias is not None:
+        y += bias
+    y = y.reshape(*x.shape[:-1], c_out)         # (..., C_out)
+    return y, (x2, weight, bias is not None, x.shape)
+
+
+def backward(dy, cache):
+    """Returns (dx, dweight, dbias); dbias is None when forward had no bias."""
+    x2, weight, has_bias, x_shape = cache
+    c_out = weight.shape[0]
+    if dy.shape != (*x_shape[:-1], c_out):
+        raise ValueError(f"linear: dy has shape {dy.shape} but y had shape {(*x_shape[:-1], c_out)}")
+    dy2 = dy.reshape(-1, c_out)                 # (N, C_out)
+    dx = (dy2 @ weight).reshape(x_shape)        # (..., C_in)
+    dweight = dy2.T @ x2                        # (C_out, C_in)
+    dbias = dy2.sum(axis=0) if has_bias else None
+    return dx, dweight, dbias
