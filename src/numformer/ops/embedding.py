@@ -1,0 +1,39 @@
+"""Token embedding: a table lookup, y = table[ids].
+
+Forward
+    y[..., :] = table[ids[...], :]
+    ids (...) integers in [0, V)   table (V, C)   y (..., C)
+
+Backward (dy = ∂L/∂y). The lookup is a one-hot product y = onehot(ids) @ table, so
+    dtable = onehot(ids)ᵀ @ dy,  i.e.  dtable[v] = Σ_{positions n with ids[n] = v} dy[n]
+A token that appears several times accumulates one gradient per appearance (np.add.at, which
+unlike `dtable[ids] += dy` does not drop repeated indices). ids get no gradient.
+"""
+
+import numpy as np
+
+
+def forward(ids, table):
+    """y = table[ids]. Returns (y, cache)."""
+    ids = np.asarray(ids)
+    if table.ndim != 2:
+        raise ValueError(f"embedding: table has shape {table.shape}, expected (V, C)")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"embedding: ids must be integers, got dtype {ids.dtype}")
+    V = table.shape[0]
+    if ids.size and (ids.min() < 0 or ids.max() >= V):
+        raise ValueError(f"embedding: ids must lie in [0, {V}) for a table of shape {table.shape}, "
+                         f"got values from {ids.min()} to {ids.max()}")
+    y = table[ids]                                     # (..., C)
+    return y, (ids, table.shape, table.dtype)
+
+
+def backward(dy, cache):
+    """Returns dtable."""
+    ids, table_shape, dtype = cache
+    C = table_shape[1]
+    if dy.shape != (*ids.shape, C):
+        raise ValueError(f"embedding: dy has shape {dy.shape} but y had shape {(*ids.shape, C)}")
+    dtable = np.zeros(table_shape, dtype=dtype)       # (V, C)
+    np.add.at(dtable, ids.reshape(-1), dy.reshape(-1, C))  # repeated ids accumulate
+    return dtable
