@@ -1,0 +1,359 @@
+"""A decoder-only GPT composed by hand from numformer's ops.
+
+    x0      = wte[idx] · s + P                    token embedding (scaled, see below) + positions
+    x0      = Dropout(x0)
+    for each of the n_layer blocks (pre-LayerNorm):
+        x   = x + Dropout(MHA(LN_1(x)))           causal multi-head self-attention
+        x   = x + Dropout(W_2 · GELU(W_1 · LN_2(x)))   the MLP, C -> 4C -> C
+    logits  = LN_f(x) · wteᵀ                      the LM head is tied to the token embedding
+    loss    = CrossEntropy(logits, targets)
+
+`forward` runs the ops in that order and keeps each op's cache; `backward` walks the same list
+backwards, calling each op's backward, and adds into the flat gradient buffer. Gradients meet in
+two places, and both are written as `+=`: at every residual (the skip path and the branch) and at
+the tied embedding (the LM head and the input lookup).
+
+Positions. `pos_encoding="learned"` adds a trained table `wpe` as GPT-2 does. The default,
+`"sinusoidal"`, adds the fixed table of the seed's formula 2. The seed leaves out one detail of
+the original Transformer paper (Vaswani et al. 2017, section 3.4): the embedding weights are
+multiplied by √d_model before the positional encoding is added. Without it, token embeddings
+initialised at N(0, 0.02) are about 50× smaller than the sin/cos values of magnitude ≈ 0.7, so the
+first LayerNorm sees mostly position and little token identity, and training starts slower and
+ends worse. numformer multiplies wte[idx] by s = √C for sinusoidal positions (and s = 1 for
+learned ones, as GPT-2 does). The measurement is in benchmarks/pos_encoding.py and the README.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from numformer.errors import CheckpointError
+from numformer.model.config import GPTConfig
+from numformer.model.params import FlatParams, gpt_param_shapes
+from numformer.ops import attention, cross_entropy, dropout, embedding, gelu, layernorm, linear, mha
+from numformer.ops import positional, residual
+
+FORMAT = "numformer-gpt"
+
+
+class KVCache:
+    """Keys and values of every layer for positions 0..length-1, preallocated to block_size.
+
+    k[l] and v[l] have shape (B, nh, block_size, hs).
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, dtype):
+        shape = (batch_size, config.n_head, config.block_size, config.head_size)
+        self.k = [np.zeros(shape, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [np.zeros(shape, dtype=dtype) for _ in range(config.n_layer)]
+        self.length = 0
+
+
+class GPT:
+    """A GPT whose parameters are named views into one flat buffer.
+
+    >>> model = GPT(GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    >>> logits = model.forward(np.zeros((2, 8), dtype=np.int64))        # (B, T, V)
+    >>> logits, loss = model.forward(idx, targets); model.backward()   # grads in model.grads
+    """
+
+    def __init__(self, config: GPTConfig, *, dtype=np.float32, seed: int = 0, init: bool = True):
+        self.config = config
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
+        self.params = FlatParams(gpt_param_shapes(config), self.dtype)
+        self.grads = self.params.like()
+        self.training = True
+        self.rng = np.random.default_rng([seed, 1])  # dropout masks; its state is checkpointed
+        C = config.n_embd
+        self.embed_scale = math.sqrt(C) if config.pos_encoding == "sinusoidal" else 1.0
+        self.pe = positional.sinusoidal(config.block_size, C, dtype=self.dtype)  # (block_size, C)
+        self._zeros_C = np.zeros(C, dtype=self.dtype)  # stands in for LayerNorm bias when bias=False
+        self._tape = None
+        self._blocks = [self._collect_block_params(i) for i in range(config.n_layer)]
+        if init:
+            self.init_weights(seed)
+
+    # ----------------------------------------------------------------------------- parameters
+
+    def init_weights(self, seed: int = 0) -> None:
+        """GPT-2 initialisation: N(0, 0.02) weights, zero biases, unit LayerNorm gains; the two
+        projections that write into the residual stream get std 0.02/√(2·n_layer)."""
+        rng = np.random.default_rng(seed)
+        resid_std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        for name, w in self.params.items():
+            if ".ln_" in name or name.startswith("transformer.ln_f"):
+                w[...] = 1.0 if name.endswith(".weight") else 0.0
+            elif name.endswith(".bias"):
+                w[...] = 0.0
+            else:
+                std = resid_std if name.endswith("c_proj.weight") else 0.02
+                w[...] = rng.normal(0.0, std, size=w.shape)
+
+    def decay_mask(self) -> np.ndarray:
+        """Flat mask of the parameters that get weight decay: those with two or more dimensions
+        (matmul weights and embeddings), not biases or LayerNorm gains."""
+        return self.params.mask(lambda name, shape: len(shape) >= 2)
+
+    def num_params(self) -> int:
+        return self.params.size
+
+    def zero_grad(self) -> None:
+        self.grads.flat[...] = 0
+
+    def train(self) -> "GPT":
+        self.training = True
+        return self
+
+    def eval(self) -> "GPT":
+        self.training = False
+        return self
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return dict(self.params.views)
+
+    def load_state_dict(self, tensors: dict[str, np.ndarray], source: str = "state dict") -> None:
+        """Copy tensors into the flat buffer, checking that every name and shape matches."""
+        expected = self.params.shapes
+        missing = [n for n in expected if n not in tensors]
+        if missing:
+            raise CheckpointError(f"{source}: missing tensor {missing[0]}"
+                                  + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        unexpected = [n for n in tensors if n not in expected]
+        if unexpected:
+            raise CheckpointError(f"{source}: unexpected tensor {unexpected[0]} for this config")
+        for name, shape in expected.items():
+            t = tensors[name]
+            if tuple(t.shape) != shape:
+                raise CheckpointError(f"{source}: tensor {name} has shape {tuple(t.shape)}, "
+                                      f"the config needs {shape}")
+            self.params.views[name][...] = t
+
+    # ----------------------------------------------------------------------------- forward
+
+    def forward(self, idx, targets=None):
+        """Logits (B, T, V) for token ids idx (B, T); with targets (B, T), also the mean
+        cross-entropy loss (targets of -1 are ignored). Keeps what `backward` needs."""
+        idx = np.asarray(idx)
+        if idx.ndim != 2:
+            raise ValueError(f"idx must have shape (B, T), got {idx.shape}")
+        B, T = idx.shape
+        cfg, p = self.config, self.params
+        if T > cfg.block_size:
+            raise ValueError(f"sequence length {T} exceeds block_size {cfg.block_size}")
+        drop = cfg.dropout if self.training else 0.0
+        eps = cfg.layer_norm_eps
+        tape = {"B": B, "T": T, "blocks": []}
+
+        tok, tape["emb"] = embedding.forward(idx, p["transformer.wte.weight"])   # (B, T, C)
+        pos = p["transformer.wpe.weight"][:T] if cfg.pos_encoding == "learned" else self.pe[:T]
+        x = tok * self.embed_scale + pos if self.embed_scale != 1.0 else tok + pos   # (B, T, C)
+        x, tape["drop"] = dropout.forward(x, drop, self.rng, training=drop > 0)
+
+        for i in range(cfg.n_layer):
+            w = self._block_params(i)
+            c = {}
+            h, c["ln_1"] = layernorm.forward(x, w["ln_1.weight"], w["ln_1.bias"], eps)
+            a, c["attn"] = mha.forward(h, w["attn.c_attn.weight"], w["attn.c_attn.bias"],
+                                       w["attn.c_proj.weight"], w["attn.c_proj.bias"], cfg.n_head,
+                                       causal=True, dropout_p=drop, rng=self.rng)
+            a, c["drop_1"] = dropout.forward(a, drop, self.rng, training=drop > 0)
+            x, c["res_1"] = residual.forward(x, a)
+            h, c["ln_2"] = layernorm.forward(x, w["ln_2.weight"], w["ln_2.bias"], eps)
+            f, c["c_fc"] = linear.forward(h, w["mlp.c_fc.weight"], w["mlp.c_fc.bias"])     # (B, T, 4C)
+            g, c["gelu"] = gelu.forward(f, approximate=_gelu_mode(cfg))
+            m, c["c_proj"] = linear.forward(g, w["mlp.c_proj.weight"], w["mlp.c_proj.bias"])  # (B, T, C)
+            m, c["drop_2"] = dropout.forward(m, drop, self.rng, training=drop > 0)
+            x, c["res_2"] = residual.forward(x, m)
+            tape["blocks"].append(c)
+
+        x, tape["ln_f"] = layernorm.forward(x, p["transformer.ln_f.weight"], self._ln_bias("transformer.ln_f"), eps)
+        logits, tape["lm_head"] = linear.forward(x, p["transformer.wte.weight"])   # (B, T, V), tied
+        self._tape = tape
+        if targets is None:
+            tape["ce"] = None
+            return logits
+        targets = np.asarray(targets)
+        if targets.shape != (B, T):
+            raise ValueError(f"targets shape {targets.shape} does not match idx shape {idx.shape}")
+        V = cfg.vocab_size
+        loss, tape["ce"] = cross_entropy.forward(logits.reshape(B * T, V), targets.reshape(B * T))
+        return logits, float(loss)
+
+    # ----------------------------------------------------------------------------- backward
+
+    def backward(self, dloss: float = 1.0) -> None:
+        """Add d(loss)/d(parameter) of the last forward(idx, targets) into self.grads."""
+        tape = self._tape
+        if tape is None or tape.get("ce") is None:
+            raise RuntimeError("backward() needs a preceding forward(idx, targets)")
+        cfg, g = self.config, self.grads
+        B, T = tape["B"], tape["T"]
+
+        dlogits = cross_entropy.backward(tape["ce"], dloss).reshape(B, T, cfg.vocab_size)
+        dx, dwte_head, _ = linear.backward(dlogits, tape["lm_head"])
+        g["transformer.wte.weight"][...] += dwte_head              # tied weight: head's share
+        dx, dw, db = layernorm.backward(dx, tape["ln_f"])
+        self._acc("transformer.ln_f", dw, db)
+
+        for i in reversed(range(cfg.n_layer)):
+            c, h = tape["blocks"][i], f"transformer.h.{i}"
+            # x = x_mid + Dropout(MLP(LN_2(x_mid)))
+            dx_mid, dm = residual.backward(dx, c["res_2"])
+            dm = dropout.backward(dm, c["drop_2"])
+            dgl, dw, db = linear.backward(dm, c["c_proj"])
+            self._acc(f"{h}.mlp.c_proj", dw, db)
+            df = gelu.backward(dgl, c["gelu"])
+            dhid, dw, db = linear.backward(df, c["c_fc"])
+            self._acc(f"{h}.mlp.c_fc", dw, db)
+            dln, dw, db = layernorm.backward(dhid, c["ln_2"])
+            self._acc(f"{h}.ln_2", dw, db)
+            dx_mid += dln                                              # residual fan-in
+            # x_mid = x_in + Dropout(MHA(LN_1(x_in)))
+            dx_in, da = residual.backward(dx_mid, c["res_1"])
+            da = dropout.backward(da, c["drop_1"])
+            dhid, dwqkv, dbqkv, dwo, dbo = mha.backward(da, c["attn"])
+            self._acc(f"{h}.attn.c_attn", dwqkv, dbqkv)
+            self._acc(f"{h}.attn.c_proj", dwo, dbo)
+            dln, dw, db = layernorm.backward(dhid, c["ln_1"])
+            self._acc(f"{h}.ln_1", dw, db)
+            dx_in += dln                                               # residual fan-in
+            dx = dx_in
+
+        dx = dropout.backward(dx, tape["drop"])
+        if cfg.pos_encoding == "learned":
+            g["transformer.wpe.weight"][:T] += dx.sum(axis=0)
+        dtok = dx * self.embed_scale if self.embed_scale != 1.0 else dx
+        g["transformer.wte.weight"][...] += embedding.backward(dtok, tape["emb"])   # tied weight: input's share
+
+    # ----------------------------------------------------------------------------- inference with a KV cache
+
+    def new_kv_cache(self, batch_size: int) -> KVCache:
+        return KVCache(self.config, batch_size, self.dtype)
+
+    def forward_cached(self, idx, cache: KVCache) -> np.ndarray:
+        """Logits (B, Tn, V) of the new tokens idx (B, Tn), which sit at positions
+        cache.length .. cache.length+Tn-1. Appends their keys and values to the cache, so each new
+        token costs one position's work instead of a whole forward pass. No dropout, no tape."""
+        idx = np.asarray(idx)
+        B, Tn = idx.shape
+        cfg, p = self.config, self.params
+        t0, t1 = cache.length, cache.length + Tn
+        if t1 > cfg.block_size:
+            raise ValueError(f"KV cache holds {cfg.block_size} positions; {t1} requested")
+        nh, hs, C, eps = cfg.n_head, cfg.head_size, cfg.n_embd, cfg.layer_norm_eps
+
+        tok, _ = embedding.forward(idx, p["transformer.wte.weight"])
+        pos = p["transformer.wpe.weight"][t0:t1] if cfg.pos_encoding == "learned" else self.pe[t0:t1]
+        x = tok * self.embed_scale + pos
+        for i in range(cfg.n_layer):
+            w = self._block_params(i)
+            h, _ = layernorm.forward(x, w["ln_1.weight"], w["ln_1.bias"], eps)
+            qkv, _ = linear.forward(h, w["attn.c_attn.weight"], w["attn.c_attn.bias"])    # (B, Tn, 3C)
+            q, k, v = (qkv[..., j * C:(j + 1) * C].reshape(B, Tn, nh, hs).transpose(0, 2, 1, 3)
+                       for j in range(3))                                              # (B, nh, Tn, hs)
+            cache.k[i][:, :, t0:t1] = k
+            cache.v[i][:, :, t0:t1] = v
+            y, _ = attention.forward(q, cache.k[i][:, :, :t1], cache.v[i][:, :, :t1], causal=True)
+            y = y.transpose(0, 2, 1, 3).reshape(B, Tn, C)                              # (B, Tn, C)
+            a, _ = linear.forward(y, w["attn.c_proj.weight"], w["attn.c_proj.bias"])
+            x = x + a
+            h, _ = layernorm.forward(x, w["ln_2.weight"], w["ln_2.bias"], eps)
+            f, _ = linear.forward(h, w["mlp.c_fc.weight"], w["mlp.c_fc.bias"])
+            gl, _ = gelu.forward(f, approximate=_gelu_mode(cfg))
+            m, _ = linear.forward(gl, w["mlp.c_proj.weight"], w["mlp.c_proj.bias"])
+            x = x + m
+        x, _ = layernorm.forward(x, p["transformer.ln_f.weight"], self._ln_bias("transformer.ln_f"), eps)
+        logits, _ = linear.forward(x, p["transformer.wte.weight"])
+        cache.length = t1
+        return logits
+
+    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, rng=None, use_cache: bool = True):
+        """Extend idx (B, T) by max_new_tokens sampled tokens; returns (B, T + max_new_tokens).
+        temperature 0 is greedy. See numformer.generate for the sampling rules."""
+        from numformer.generate import generate_tokens
+
+        idx = np.asarray(idx, dtype=np.int64)
+        new = list(generate_tokens(self, idx, max_new_tokens, temperature=temperature, top_k=top_k,
+                                   top_p=top_p, rng=rng, use_cache=use_cache))
+        if not new:
+            return idx
+        return np.concatenate([idx, np.stack(new, axis=1)], axis=1)
+
+    # ----------------------------------------------------------------------------- save / load
+
+    def save(self, path, *, tokenizer: str | None = None, optimizer: dict | None = None,
+             train_state: dict | None = None) -> None:
+        """Write a checkpoint folder (see numformer.checkpoint): weights, config, tokenizer and,
+        when given, optimizer moments and training state."""
+        from numformer.checkpoint import save_checkpoint
+
+        config = {"format": FORMAT, "model": self.config.to_dict(), "dtype": self.dtype.name}
+        if train_state is not None:
+            config["train"] = train_state
+        save_checkpoint(path, model=self.state_dict(), config=config,
+                        tokenizer=tokenizer if tokenizer is not None else "null", optimizer=optimizer)
+
+    @classmethod
+    def load(cls, path, *, dtype=None) -> "GPT":
+        """Load a checkpoint folder written by `save` (or `numformer train`). The tokenizer, when
+        the checkpoint has one, is attached as `model.tokenizer`."""
+        from numformer.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(path)
+        model = cls.from_checkpoint(ckpt, source=str(path), dtype=dtype)
+        return model
+
+    @classmethod
+    def from_checkpoint(cls, ckpt, source: str, dtype=None) -> "GPT":
+        cfg = ckpt.config
+        if not isinstance(cfg, dict) or cfg.get("format") != FORMAT or not isinstance(cfg.get("model"), dict):
+            raise CheckpointError(f"{source}: config.json is not a numformer GPT checkpoint "
+                                  f"(expected \"format\": \"{FORMAT}\" and a \"model\" section)")
+        try:
+            config = GPTConfig.from_dict(cfg["model"])
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{source}: bad model config in config.json: {e}") from None
+        model = cls(config, dtype=dtype or cfg.get("dtype", "float32"), init=False)
+        model.load_state_dict(ckpt.model, source=source)
+        model.tokenizer = None
+        if ckpt.tokenizer and ckpt.tokenizer.strip() != "null":
+            from numformer.data.tokenizer import from_json
+
+            model.tokenizer = from_json(ckpt.tokenizer)
+        return model
+
+    # ----------------------------------------------------------------------------- helpers
+
+    def _block_params(self, i: int) -> dict[str, np.ndarray]:
+        return self._blocks[i]
+
+    def _collect_block_params(self, i: int) -> dict[str, np.ndarray]:
+        """Block i's parameter views by short name ("ln_1.weight"); None / zeros where bias=False."""
+        prefix = f"transformer.h.{i}."
+        views = self.params.views
+        w = {name[len(prefix):]: arr for name, arr in views.items() if name.startswith(prefix)}
+        if not self.config.bias:
+            for key in ("ln_1.bias", "ln_2.bias"):
+                w[key] = self._zeros_C
+            for key in ("attn.c_attn.bias", "attn.c_proj.bias", "mlp.c_fc.bias", "mlp.c_proj.bias"):
+                w[key] = None
+        return w
+
+    def _ln_bias(self, name: str):
+        return self.params.views.get(f"{name}.bias", self._zeros_C)
+
+    def _acc(self, name: str, dweight, dbias) -> None:
+        """Add a layer's gradients into the flat buffer (bias gradients only where biases exist)."""
+        self.grads.views[f"{name}.weight"][...] += dweight
+        if self.config.bias:
+            self.grads.views[f"{name}.bias"][...] += dbias
+
+
+def _gelu_mode(cfg: GPTConfig) -> str:
+    return "tanh" if cfg.gelu == "tanh" else "none"
