@@ -1,0 +1,260 @@
+"""A BERT-style encoder, forward only, built from numformer.ops; it loads Hugging Face BERT weights.
+
+The embeddings of a token at position t with segment s:
+
+    x_t = LayerNorm(E_word[id_t] + E_pos[t] + E_type[s])             # (B, T, C)
+
+then L post-LayerNorm blocks (BERT puts LayerNorm after each residual sum; GPT-2 puts it before):
+
+    a = LayerNorm(x + MultiHead(x, padding mask))                     # attention.output.LayerNorm
+    y = LayerNorm(a + W_2 GELU(W_1 a + b_1) + b_2)                    # output.LayerNorm
+
+Attention is bidirectional: every token may attend to every real token of its own text, never to
+padding. GELU is the exact erf form (`hidden_act: "gelu"`), and eps comes from config.json's
+`layer_norm_eps` (1e-12 for BERT, not PyTorch's default 1e-5).
+
+Parameters keep Hugging Face's names (`encoder.layer.0.attention.self.query.weight`, ...), so a
+reader can hold this file next to `modeling_bert.py`. The three separate query/key/value linears
+are stacked once at load time into the fused (3C, C) `w_qkv` that `ops.mha` takes: the same
+matrix product, done as one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from numformer.errors import CheckpointError
+from numformer.ops import embedding, gelu, layernorm, linear, mha, residual
+
+# config.json model_type values whose weights have exactly BERT's names, shapes and formulas.
+BERT_MODEL_TYPES = ("bert",)
+
+# config.json hidden_act -> gelu.forward(approximate=...)
+HIDDEN_ACTS = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
+
+WEIGHTS_FILE = "model.safetensors"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    vocab_size: int = 30522
+    hidden_size: int = 384            # C
+    num_hidden_layers: int = 6        # L
+    num_attention_heads: int = 12     # nh
+    intermediate_size: int = 1536     # 4C in BERT-base; the feed-forward width
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    gelu_approximate: str = "none"    # "none" = exact erf (BERT), "tanh" = GPT-2's approximation
+
+    @property
+    def head_size(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_hf(cls, d: dict, source: str = "config.json") -> "EncoderConfig":
+        """Read a Hugging Face BERT config.json dict; CheckpointError naming the key if it is unusable."""
+        if not isinstance(d, dict):
+            raise CheckpointError(f"{source}: expected a JSON object, found {type(d).__name__}")
+        model_type = d.get("model_type")
+        if model_type is None:
+            raise CheckpointError(f"{source}: no 'model_type' key; numformer's encoder reads BERT models "
+                                  f"(model_type {' or '.join(repr(t) for t in BERT_MODEL_TYPES)})")
+        if model_type not in BERT_MODEL_TYPES:
+            raise CheckpointError(f"{source}: model_type {model_type!r} is not a BERT model; numformer's encoder "
+                                  f"reads model_type {' or '.join(repr(t) for t in BERT_MODEL_TYPES)}")
+        position_type = d.get("position_embedding_type", "absolute")
+        if position_type != "absolute":
+            raise CheckpointError(f"{source}: position_embedding_type {position_type!r} is not supported "
+                                  "(only 'absolute' learned positions)")
+        act = d.get("hidden_act", "gelu")
+        if act not in HIDDEN_ACTS:
+            raise CheckpointError(f"{source}: hidden_act {act!r} is not supported (choose from {', '.join(HIDDEN_ACTS)})")
+
+        values = {}
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "intermediate_size", "max_position_embeddings", "type_vocab_size"):
+            if name not in d:
+                raise CheckpointError(f"{source}: missing key {name!r}")
+            value = d[name]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise CheckpointError(f"{source}: {name!r} must be a positive integer, found {value!r}")
+            values[name] = value
+        eps = d.get("layer_norm_eps", 1e-12)
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+            raise CheckpointError(f"{source}: 'layer_norm_eps' must be a positive number, found {eps!r}")
+        if values["hidden_size"] % values["num_attention_heads"]:
+            raise CheckpointError(f"{source}: 'hidden_size' ({values['hidden_size']}) is not divisible by "
+                                  f"'num_attention_heads' ({values['num_attention_heads']})")
+        return cls(**values, layer_norm_eps=float(eps), gelu_approximate=HIDDEN_ACTS[act])
+
+
+def parameter_shapes(cfg: EncoderConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor the encoder needs, with Hugging Face BERT's name and PyTorch (out, in) shape."""
+    C, F = cfg.hidden_size, cfg.intermediate_size
+    shapes = {
+        "embeddings.word_embeddings.weight": (cfg.vocab_size, C),
+        "embeddings.position_embeddings.weight": (cfg.max_position_embeddings, C),
+        "embeddings.token_type_embeddings.weight": (cfg.type_vocab_size, C),
+        "embeddings.LayerNorm.weight": (C,),
+        "embeddings.LayerNorm.bias": (C,),
+    }
+    for l in range(cfg.num_hidden_layers):
+        p = f"encoder.layer.{l}."
+        for name in ("query", "key", "value"):
+            shapes[p + f"attention.self.{name}.weight"] = (C, C)
+            shapes[p + f"attention.self.{name}.bias"] = (C,)
+        shapes[p + "attention.output.dense.weight"] = (C, C)
+        shapes[p + "attention.output.dense.bias"] = (C,)
+        shapes[p + "attention.output.LayerNorm.weight"] = (C,)
+        shapes[p + "attention.output.LayerNorm.bias"] = (C,)
+        shapes[p + "intermediate.dense.weight"] = (F, C)
+        shapes[p + "intermediate.dense.bias"] = (F,)
+        shapes[p + "output.dense.weight"] = (C, F)
+        shapes[p + "output.dense.bias"] = (C,)
+        shapes[p + "output.LayerNorm.weight"] = (C,)
+        shapes[p + "output.LayerNorm.bias"] = (C,)
+    return shapes
+
+
+class Encoder:
+    """A BERT encoder: `forward(ids, attention_mask)` -> last hidden states (B, T, C)."""
+
+    def __init__(self, config: EncoderConfig, params: dict[str, np.ndarray], dtype=np.float32):
+        self.config = config
+        self.dtype = np.dtype(dtype)
+        expected = parameter_shapes(config)
+        check_tensors(params, expected, source="params")
+        self.params = {name: np.ascontiguousarray(params[name], dtype=self.dtype) for name in expected}
+        # Fused attention input projection per layer, rows [q; k; v] as ops.mha expects.
+        self._qkv = []
+        for l in range(config.num_hidden_layers):
+            p = f"encoder.layer.{l}.attention.self."
+            w_qkv = np.concatenate([self.params[p + n + ".weight"] for n in ("query", "key", "value")])  # (3C, C)
+            b_qkv = np.concatenate([self.params[p + n + ".bias"] for n in ("query", "key", "value")])    # (3C,)
+            self._qkv.append((w_qkv, b_qkv))
+
+    @classmethod
+    def from_pretrained(cls, folder, dtype=np.float32) -> "Encoder":
+        """Load a Hugging Face BERT folder (config.json + model.safetensors)."""
+        folder = Path(folder)
+        config = EncoderConfig.from_hf(read_json(folder / "config.json"), source=str(folder / "config.json"))
+        weights_file = find_weights(folder)
+        tensors = read_weights(weights_file)
+        params = select_bert_tensors(tensors, config, source=str(weights_file))
+        return cls(config, params, dtype=dtype)
+
+    def forward(self, ids, attention_mask=None, token_type_ids=None) -> np.ndarray:
+        """ids (B, T) int; attention_mask (B, T), 1/True for real tokens; -> hidden states (B, T, C)."""
+        cfg, P = self.config, self.params
+        ids = np.asarray(ids)
+        if ids.ndim != 2:
+            raise ValueError(f"ids must have shape (B, T), got {ids.shape}")
+        B, T = ids.shape
+        if T > cfg.max_position_embeddings:
+            raise ValueError(f"sequence length {T} exceeds max_position_embeddings {cfg.max_position_embeddings}")
+        keep = np.ones((B, T), dtype=bool) if attention_mask is None else np.asarray(attention_mask).astype(bool)
+        if keep.shape != (B, T):
+            raise ValueError(f"attention_mask shape {keep.shape} does not match ids shape {ids.shape}")
+        types = np.zeros((B, T), dtype=np.int64) if token_type_ids is None else np.asarray(token_type_ids)
+
+        word, _ = embedding.forward(ids, P["embeddings.word_embeddings.weight"])                       # (B, T, C)
+        pos, _ = embedding.forward(np.arange(T), P["embeddings.position_embeddings.weight"])           # (T, C)
+        seg, _ = embedding.forward(types, P["embeddings.token_type_embeddings.weight"])                # (B, T, C)
+        x, _ = layernorm.forward(word + pos + seg, P["embeddings.LayerNorm.weight"],
+                                 P["embeddings.LayerNorm.bias"], eps=cfg.layer_norm_eps)
+
+        # Every query may look at every real key of its own text: a key mask broadcast over queries.
+        key_mask = keep[:, None, None, :]  # (B, 1, 1, T) -> (B, nh, Tq, Tk)
+        for l in range(cfg.num_hidden_layers):
+            x = self._block(x, l, key_mask)
+        return x
+
+    def _block(self, x: np.ndarray, l: int, key_mask: np.ndarray) -> np.ndarray:
+        cfg, P = self.config, self.params
+        p = f"encoder.layer.{l}."
+        eps = cfg.layer_norm_eps
+        w_qkv, b_qkv = self._qkv[l]
+
+        att, _ = mha.forward(x, w_qkv, b_qkv, P[p + "attention.output.dense.weight"],
+                             P[p + "attention.output.dense.bias"], cfg.num_attention_heads,
+                             causal=False, mask=key_mask)                                            # (B, T, C)
+        s, _ = residual.forward(x, att)
+        a, _ = layernorm.forward(s, P[p + "attention.output.LayerNorm.weight"],
+                                 P[p + "attention.output.LayerNorm.bias"], eps=eps)
+
+        h, _ = linear.forward(a, P[p + "intermediate.dense.weight"], P[p + "intermediate.dense.bias"])  # (B, T, F)
+        h, _ = gelu.forward(h, approximate=cfg.gelu_approximate)
+        f, _ = linear.forward(h, P[p + "output.dense.weight"], P[p + "output.dense.bias"])             # (B, T, C)
+        s, _ = residual.forward(a, f)
+        y, _ = layernorm.forward(s, P[p + "output.LayerNorm.weight"], P[p + "output.LayerNorm.bias"], eps=eps)
+        return y
+
+
+# --------------------------------------------------------------------------- loading and validation
+
+def read_json(file: Path) -> dict:
+    if not file.is_file():
+        raise CheckpointError(f"{file} not found")
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{file} is not valid JSON: {e}") from None
+
+
+def find_weights(folder: Path) -> Path:
+    """The folder's model.safetensors; a pickle-only folder is refused, never unpickled."""
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder} is not a folder")
+    weights = folder / WEIGHTS_FILE
+    if weights.is_file():
+        return weights
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise CheckpointError(f"no {WEIGHTS_FILE} in {folder}, only {pickles[0]}: numformer never loads pickle "
+                              "files (unpickling can run arbitrary code); convert the weights to safetensors")
+    raise CheckpointError(f"no weights in {folder}: expected {WEIGHTS_FILE}")
+
+
+def read_weights(file: Path) -> dict[str, np.ndarray]:
+    """All tensors of a safetensors file; CheckpointError (one line, naming the file) if it is damaged."""
+    try:
+        from numformer.checkpoint import read_safetensors
+    except ImportError:
+        read_safetensors = None
+    if read_safetensors is not None:
+        return read_safetensors(file)
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(str(file))
+    except Exception as e:  # safetensors raises several types for a damaged file
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot read {file}: {first_line}") from None
+
+
+def select_bert_tensors(tensors: dict[str, np.ndarray], config: EncoderConfig, source: str) -> dict[str, np.ndarray]:
+    """The encoder's tensors by their bare names, with an optional `bert.` prefix (BertFor... models) removed."""
+    expected = parameter_shapes(config)
+    probe = "embeddings.word_embeddings.weight"
+    prefix = "bert." if probe not in tensors and "bert." + probe in tensors else ""
+    found = {name: tensors[prefix + name] for name in expected if prefix + name in tensors}
+    check_tensors(found, expected, source, prefix=prefix)
+    return found
+
+
+def check_tensors(params: dict[str, np.ndarray], expected: dict[str, tuple[int, ...]], source: str,
+                  prefix: str = "") -> None:
+    for name, shape in expected.items():
+        if name not in params:
+            raise CheckpointError(f"{source}: missing tensor {prefix + name!r}")
+        t = params[name]
+        if tuple(t.shape) != shape:
+            raise CheckpointError(f"{source}: tensor {prefix + name!r} has shape {tuple(t.shape)}, expected {shape}")
+        if not np.issubdtype(t.dtype, np.floating):
+            raise CheckpointError(f"{source}: tensor {prefix + name!r} has dtype {t.dtype}, expected a float type")
