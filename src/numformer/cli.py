@@ -22,6 +22,13 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line (not the whole usage block) and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def _top_parser() -> argparse.ArgumentParser:
     lines = [f"  {name:<11} {summary}" for name, (_, summary) in COMMANDS.items()]
     parser = argparse.ArgumentParser(
@@ -56,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     name, rest = argv[0], argv[1:]
     module_name, summary = COMMANDS[name]
     module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"numformer {name}", description=summary[0].upper() + summary[1:] + ".")
+    parser = _Parser(prog=f"numformer {name}", description=summary[0].upper() + summary[1:] + ".")
     module.add_arguments(parser)
     args = parser.parse_args(rest)
 

@@ -1,0 +1,247 @@
+"""`numformer train` and `numformer sample`: learning, bit-exact resume, and bad input."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from numformer.checkpoint import load_checkpoint
+from numformer.errors import NumformerError
+from numformer.train import TrainConfig, run
+
+SMALL = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=8, eval_interval=10, eval_iters=2,
+             warmup_iters=5, lr_decay_iters=60, sample_tokens=0)
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    rng = np.random.default_rng(0)
+    words = ["the", "king", "queen", "shall", "not", "be", "my", "lord", "good", "night", "sweet", "prince"]
+    lines = []
+    for i in range(600):
+        speaker = ["HAMLET", "OPHELIA", "KING"][i % 3]
+        lines.append(f"{speaker}:\n" + " ".join(rng.choice(words, size=8)) + ".\n")
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def env(tmp_path):
+    e = dict(os.environ)
+    e["NUMFORMER_CACHE"] = str(tmp_path / "cache")
+    return e
+
+
+def cli(args, tmp_path, **kw):
+    return subprocess.run([sys.executable, "-m", "numformer", *args], capture_output=True, text=True,
+                          env=env(tmp_path), cwd=tmp_path, timeout=300, **kw)
+
+
+def cfg_for(corpus, out_dir, **kw):
+    d = dict(SMALL, data=str(corpus), out_dir=str(out_dir))
+    d.update(kw)
+    return TrainConfig(**d)
+
+
+def unigram_entropy(text):
+    counts = np.array(list(Counter(text).values()), dtype=np.float64)
+    p = counts / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def test_short_run_learns_more_than_character_frequencies(corpus, tmp_path):
+    """A model that predicted each character from its frequency alone would score the unigram
+    entropy H1 of the text. After 150 steps on this small corpus of repeated words the model must
+    use context, so its val loss has to be clearly below H1 (and the untrained model sits at about
+    ln V, above H1)."""
+    text = corpus.read_text(encoding="utf-8")
+    h1 = unigram_entropy(text)
+    out = tmp_path / "out"
+    summary = run(cfg_for(corpus, out, max_iters=150, lr_decay_iters=150, learning_rate=3e-3),
+                  cache_dir=tmp_path / "cache", out=open(os.devnull, "w"))
+    assert summary["val_loss"] < h1 - 0.5, (summary["val_loss"], h1)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["step"] == 0 and rows[-1]["step"] == 150
+    assert rows[0]["val_loss"] > h1          # the untrained model knows less than the frequencies
+    assert (out / "loss.png").stat().st_size > 1000
+    assert (out / "latest" / "model.safetensors").is_file() and (out / "best" / "config.json").is_file()
+
+
+def weights(path):
+    return load_checkpoint(path).model
+
+
+def test_resume_after_an_interruption_is_bit_identical(corpus, tmp_path, monkeypatch):
+    kw = dict(max_iters=40, dropout=0.1)
+    run(cfg_for(corpus, tmp_path / "a", **kw), cache_dir=tmp_path / "cache", plot=False, out=open(os.devnull, "w"))
+
+    # run b is stopped by Ctrl-C at step 23, between two evaluations, then resumed
+    from numformer import train as train_mod
+
+    real_step = train_mod.Trainer.step
+
+    def step_until_23(self):
+        if self.iter_num == 23:
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    monkeypatch.setattr(train_mod.Trainer, "step", step_until_23)
+    s = run(cfg_for(corpus, tmp_path / "b", **kw), cache_dir=tmp_path / "cache", plot=False, out=open(os.devnull, "w"))
+    assert s["interrupted"] and s["step"] == 23
+    assert load_checkpoint(tmp_path / "b" / "latest").config["train"]["iter_num"] == 23
+    monkeypatch.setattr(train_mod.Trainer, "step", real_step)
+    run(cfg_for(corpus, tmp_path / "b", **kw), resume=True, cache_dir=tmp_path / "cache", plot=False,
+        out=open(os.devnull, "w"))
+
+    a, b = weights(tmp_path / "a" / "latest"), weights(tmp_path / "b" / "latest")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].tobytes() == b[name].tobytes(), name
+    oa = load_checkpoint(tmp_path / "a" / "latest").optimizer
+    ob = load_checkpoint(tmp_path / "b" / "latest").optimizer
+    assert oa["m"].tobytes() == ob["m"].tobytes() and oa["v"].tobytes() == ob["v"].tobytes()
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(corpus, tmp_path, monkeypatch):
+    from numformer.model.gpt import GPT
+
+    real_forward = GPT.forward
+    calls = {"n": 0}
+
+    def forward(self, idx, targets=None):
+        out = real_forward(self, idx, targets)
+        if targets is not None and self.training:
+            calls["n"] += 1
+            if calls["n"] == 15:
+                return out[0], float("nan")
+        return out
+
+    monkeypatch.setattr(GPT, "forward", forward)
+    out = tmp_path / "out"
+    with pytest.raises(NumformerError, match="loss became nan at step 14") as e:
+        run(cfg_for(corpus, out, max_iters=40), cache_dir=tmp_path / "cache", plot=False, out=open(os.devnull, "w"))
+    assert "\n" not in str(e.value)
+    ck = load_checkpoint(out / "latest")
+    assert ck.config["train"]["iter_num"] == 10
+    assert all(np.isfinite(t).all() for t in ck.model.values())
+
+
+def sha(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def assert_one_line_error(r, *needles):
+    assert r.returncode != 0, r.stdout
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 or (len(lines) == 2 and lines[0].startswith("usage:")), r.stderr
+    for n in needles:
+        assert n in r.stderr, (n, r.stderr)
+
+
+def test_bad_corpus_files_give_one_line_errors_and_stay_untouched(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    binary = tmp_path / "latin1.txt"
+    binary.write_bytes("caf\xe9 au lait\n".encode("latin-1") * 50)
+    short = tmp_path / "short.txt"
+    short.write_text("to be or not to be\n", encoding="utf-8")
+    before = {p: sha(p) for p in (empty, binary, short)}
+    base = ["train", "--max_iters", "1", "--block_size", "64"]
+    assert_one_line_error(cli([*base, "--data", str(tmp_path / "missing.txt")], tmp_path), "missing.txt")
+    assert_one_line_error(cli([*base, "--data", str(empty)], tmp_path), "empty.txt")
+    assert_one_line_error(cli([*base, "--data", str(binary)], tmp_path), "latin1.txt", "UTF-8")
+    assert_one_line_error(cli([*base, "--data", str(short)], tmp_path), "block_size")
+    assert {p: sha(p) for p in before} == before
+
+
+def test_bad_flags_and_config_files(tmp_path, corpus):
+    assert_one_line_error(cli(["train", "--n_layer", "two"], tmp_path), "n_layer")
+    assert_one_line_error(cli(["train", "--pos_encoding", "rotary"], tmp_path), "pos_encoding")
+    assert_one_line_error(cli(["train", "--n_embd", "30", "--n_head", "4", "--data", str(corpus)], tmp_path),
+                          "divisible")
+    toml = tmp_path / "cfg.toml"
+    toml.write_text('n_layer = 2\nlearning_rte = 0.1\n')
+    assert_one_line_error(cli(["train", str(toml)], tmp_path), "learning_rte")
+    toml.write_text('n_layer = "2"\n')
+    assert_one_line_error(cli(["train", str(toml)], tmp_path), "n_layer", "int")
+
+
+def test_toml_config_is_read_and_flags_override_it(tmp_path, corpus):
+    toml = tmp_path / "cfg.toml"
+    toml.write_text(f'data = "{corpus}"\nn_layer = 1\nn_embd = 16\nn_head = 2\nblock_size = 16\nbatch_size = 4\n'
+                    f'max_iters = 3\neval_interval = 3\neval_iters = 1\nsample_tokens = 0\nlearning_rate = 0.01\n')
+    r = cli(["train", str(toml), "--max_iters", "6", "--out_dir", "o", "--no_plot"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "step 6: train loss" in r.stdout
+    cfg = load_checkpoint(tmp_path / "o" / "latest").config["train"]["config"]
+    assert cfg["n_layer"] == 1 and cfg["max_iters"] == 6 and cfg["learning_rate"] == 0.01
+
+
+@pytest.fixture()
+def trained(tmp_path, corpus):
+    r = cli(["train", "--data", str(corpus), "--n_layer", "1", "--n_embd", "16", "--n_head", "2",
+             "--block_size", "16", "--batch_size", "4", "--max_iters", "4", "--eval_interval", "2",
+             "--eval_iters", "1", "--sample_tokens", "20", "--out_dir", "run", "--no_plot"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "step 0: train loss" in r.stdout and "step 4: train loss" in r.stdout and "sample:" in r.stdout
+    return tmp_path / "run"
+
+
+def test_sample_streams_text_and_rejects_unknown_characters(trained, tmp_path):
+    r = cli(["sample", "--out_dir", str(trained), "--prompt", "KING:", "--max_new_tokens", "30", "--seed", "1"],
+            tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("KING:") and len(r.stdout) >= len("KING:") + 20
+    again = cli(["sample", "--out_dir", str(trained), "--prompt", "KING:", "--max_new_tokens", "30", "--seed", "1"],
+                tmp_path)
+    assert again.stdout == r.stdout
+    assert_one_line_error(cli(["sample", "--out_dir", str(trained), "--prompt", "KING\u00e9"], tmp_path), "é")
+    assert_one_line_error(cli(["sample", "--out_dir", str(tmp_path / "nowhere")], tmp_path), "nowhere")
+
+
+def test_rerunning_into_a_trained_out_dir_does_not_overwrite_it(trained, tmp_path, corpus):
+    before = sha(trained / "latest" / "model.safetensors")
+    r = cli(["train", "--data", str(corpus), "--out_dir", "run", "--max_iters", "2"], tmp_path)
+    assert_one_line_error(r, "--resume")
+    assert sha(trained / "latest" / "model.safetensors") == before
+
+
+def test_damaged_checkpoints_give_one_line_errors(trained, tmp_path):
+    import shutil
+
+    def copy(name):
+        dst = tmp_path / name
+        shutil.copytree(trained / "latest", dst)
+        return dst
+
+    truncated = copy("truncated")
+    data = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
+    assert_one_line_error(cli(["sample", "--out_dir", str(truncated)], tmp_path), "model.safetensors")
+
+    tampered = copy("tampered")
+    data = bytearray((tampered / "model.safetensors").read_bytes())
+    data[-5] ^= 0xFF
+    (tampered / "model.safetensors").write_bytes(bytes(data))
+    assert_one_line_error(cli(["sample", "--out_dir", str(tampered)], tmp_path), "model.safetensors")
+
+    mismatch = copy("mismatch")
+    cfg = json.loads((mismatch / "config.json").read_text())
+    cfg["model"]["n_embd"] = 32
+    (mismatch / "config.json").write_text(json.dumps(cfg))
+    assert_one_line_error(cli(["sample", "--out_dir", str(mismatch)], tmp_path), "shape")
+
+    badjson = copy("badjson")
+    (badjson / "config.json").write_text("{not json")
+    assert_one_line_error(cli(["sample", "--out_dir", str(badjson)], tmp_path), "config.json")
+
+    pickle = tmp_path / "ckpt.pt"
+    pickle.write_bytes(b"\x80\x04not really a pickle")
+    assert_one_line_error(cli(["sample", "--out_dir", str(pickle)], tmp_path), "pickle")
