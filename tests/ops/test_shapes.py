@@ -1,0 +1,61 @@
+"""Shape mismatches raise ValueError naming both shapes; other small contracts of the ops."""
+
+import re
+
+import numpy as np
+import pytest
+
+from numformer.ops import (attention, cross_entropy, embedding, gelu, layernorm, linear, mha,
+                           residual, softmax)
+
+z = np.zeros
+
+
+def names_both(a, b):
+    return re.escape(str(a)) + ".*" + re.escape(str(b))
+
+
+@pytest.mark.parametrize("call,a,b", [
+    (lambda: linear.forward(z((2, 3)), z((4, 5))), (2, 3), (4, 5)),
+    (lambda: linear.forward(z((2, 5)), z((4, 5)), z(3)), (3,), (4, 5)),
+    (lambda: linear.backward(z((2, 3)), linear.forward(z((2, 5)), z((4, 5)))[1]), (2, 3), (2, 4)),
+    (lambda: layernorm.forward(z((2, 3)), z(4), z(3)), (2, 3), (4,)),
+    (lambda: layernorm.backward(z((2, 4)), layernorm.forward(z((2, 3)), z(3), z(3))[1]), (2, 4), (2, 3)),
+    (lambda: attention.forward(z((2, 3, 4)), z((2, 5, 3)), z((2, 5, 4))), (2, 3, 4), (2, 5, 3)),
+    (lambda: attention.forward(z((2, 3, 4)), z((3, 5, 4)), z((3, 5, 4))), (2, 3, 4), (3, 5, 4)),
+    (lambda: mha.forward(z((1, 2, 4)), z((12, 4)), None, z((4, 3)), None, 2), (1, 2, 4), (4, 3)),
+    (lambda: residual.forward(z((2, 3)), z((3, 2))), (2, 3), (3, 2)),
+    (lambda: residual.backward(z((2, 2)), residual.forward(z((2, 3)), z((2, 3)))[1]), (2, 2), (2, 3)),
+    (lambda: cross_entropy.forward(z((2, 5)), z(3, dtype=int)), (2, 5), (3,)),
+    (lambda: softmax.backward(z((2, 2)), softmax.forward(z((2, 3)))[1]), (2, 2), (2, 3)),
+    (lambda: gelu.backward(z((2, 2)), gelu.forward(z((2, 3)))[1]), (2, 2), (2, 3)),
+    (lambda: embedding.backward(z((2, 3)), embedding.forward(np.array([0, 1]), z((4, 5)))[1]), (2, 3), (2, 5)),
+])
+def test_shape_mismatch_names_both_shapes(call, a, b):
+    with pytest.raises(ValueError, match=names_both(a, b)):
+        call()
+
+
+def test_embedding_rejects_bad_ids():
+    table = np.zeros((4, 2))
+    with pytest.raises(ValueError, match=r"\[0, 4\)"):
+        embedding.forward(np.array([0, 4]), table)
+    with pytest.raises(ValueError, match=r"\[0, 4\)"):
+        embedding.forward(np.array([-1, 2]), table)
+    with pytest.raises(ValueError, match="integers"):
+        embedding.forward(np.array([0.0, 1.0]), table)
+
+
+def test_residual_backward_fans_dy_out_to_both_inputs():
+    dy = np.arange(6.0).reshape(2, 3)
+    _, cache = residual.forward(np.ones((2, 3)), np.ones((2, 3)))
+    dx, dfx = residual.backward(dy, cache)
+    np.testing.assert_array_equal(dx, dy)
+    np.testing.assert_array_equal(dfx, dy)
+
+
+def test_linear_keeps_float32():
+    x = np.ones((2, 3, 4), dtype=np.float32)
+    y, cache = linear.forward(x, np.ones((5, 4), dtype=np.float32), np.ones(5, dtype=np.float32))
+    grads = linear.backward(np.ones_like(y), cache)
+    assert y.dtype == np.float32 and all(g.dtype == np.float32 for g in grads)
