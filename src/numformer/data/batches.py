@@ -1,0 +1,222 @@
+"""From text to training batches: tokenize once, cache the ids, split 90/10, draw (x, y) blocks.
+
+`prepare(text, tokenizer="char")` builds (or reuses) the tokenizer, encodes the whole text, and
+returns `(train_ids, val_ids, tokenizer)`: the first 90% of the tokens for training, the last 10%
+for validation. The ids are cached on disk, so a second run on the same text starts at once:
+
+- key: SHA-256 of the corpus text (UTF-8) together with the tokenizer spec: its type, and for
+  BPE the vocab_size asked for and the `tokenizers` version (or, for a tokenizer passed in, a
+  SHA-256 of its JSON);
+- files, in `cache_dir` (default: $NUMFORMER_CACHE, else ~/.cache/numformer):
+  `tokens-<key>.npy` (all ids, uint16 when V < 65536 else uint32) and `tokens-<key>.json`
+  (the tokenizer's JSON, the dtype, the count and a SHA-256 of the ids);
+- writes are atomic (a temporary file in the same folder, then `os.replace`), so processes that
+  start together (MPI ranks) never read half a file; a cache entry that is missing, truncated or
+  does not match its own checksum is ignored and rebuilt, never an error; a folder that cannot be
+  written just means no cache.
+
+`get_batch(ids, block_size, batch_size, rng)` draws `batch_size` offsets with
+`rng.integers(0, len(ids) - block_size, size=batch_size)` and returns int64 arrays x, y of shape
+(B, T) with y[b, t] = ids[offset_b + t + 1], the next token after x[b, t].
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from numformer.data.tokenizer import BPETokenizer, CharTokenizer, _hf, from_json
+from numformer.errors import DataError, NumformerError, UsageError
+
+TRAIN_FRACTION = 0.9
+DEFAULT_BPE_VOCAB_SIZE = 1024
+CACHE_FORMAT = 1
+
+
+# ----------------------------------------------------------------------------- the cache folder
+
+
+def default_cache_dir() -> Path:
+    """$NUMFORMER_CACHE if set, else ~/.cache/numformer."""
+    env = os.environ.get("NUMFORMER_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "numformer"
+
+
+def _write_atomic(path: Path, write) -> bool:
+    """Call write(file) on a temporary file beside `path`, then rename it into place.
+
+    Returns False (with a warning) when the folder cannot be written: a cache is never required.
+    """
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache may be shared
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return True
+    except OSError as e:
+        warnings.warn(f"numformer: could not write cache file {path}: {e}", stacklevel=3)
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        return False
+
+
+def read_cached_text(path: Path) -> str | None:
+    """A cached text file, or None if it is missing or unreadable (then the caller rebuilds it)."""
+    try:
+        data = path.read_bytes()
+        body, _, tail = data.rpartition(b"\n#sha256:")
+        if hashlib.sha256(body).hexdigest().encode() != tail.strip():
+            return None
+        return body.decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def write_cached_text(path: Path, text: str) -> None:
+    """Cache `text` at `path` atomically, with a checksum line so damage is noticed on reading."""
+    body = text.encode("utf-8")
+    tail = b"\n#sha256:" + hashlib.sha256(body).hexdigest().encode() + b"\n"
+    _write_atomic(path, lambda f: f.write(body + tail))
+
+
+# ----------------------------------------------------------------------------- prepare
+
+
+def _id_dtype(vocab_size: int):
+    return np.uint16 if vocab_size < 65536 else np.uint32
+
+
+def _spec(tokenizer, vocab_size) -> str:
+    if isinstance(tokenizer, (CharTokenizer, BPETokenizer)):
+        return "given:" + hashlib.sha256(tokenizer.to_json().encode("utf-8")).hexdigest()
+    if tokenizer == "char":
+        return "char"
+    return f"bpe:{vocab_size}:tokenizers-{_hf().__version__}"
+
+
+def _load_entry(ids_path: Path, meta_path: Path):
+    """(ids, tokenizer) from a cache entry, or None if anything about it is wrong."""
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        ids = np.load(ids_path, allow_pickle=False)
+        if (
+            meta.get("cache_format") != CACHE_FORMAT
+            or ids.ndim != 1
+            or ids.dtype != np.dtype(meta["dtype"])
+            or len(ids) != meta["n_tokens"]
+            or hashlib.sha256(ids.tobytes()).hexdigest() != meta["ids_sha256"]
+        ):
+            return None
+        tok = from_json(meta["tokenizer"])
+        if ids.dtype != _id_dtype(tok.vocab_size):
+            return None
+        return ids, tok
+    except (OSError, ValueError, KeyError, TypeError, NumformerError, EOFError):
+        return None
+
+
+def prepare(text: str, tokenizer="char", vocab_size: int | None = None, cache_dir=None):
+    """Tokenize `text` (cached) and split it 90/10: returns (train_ids, val_ids, tokenizer).
+
+    tokenizer: "char", "bpe" (trained on `text` with `vocab_size` tokens, default
+    DEFAULT_BPE_VOCAB_SIZE), or an existing CharTokenizer/BPETokenizer (e.g. the one a checkpoint
+    carries, when resuming), used as it is. The id arrays are uint16 (uint32 if V >= 65536).
+    """
+    if isinstance(tokenizer, (CharTokenizer, BPETokenizer)):
+        if vocab_size is not None and vocab_size != tokenizer.vocab_size:
+            raise UsageError(f"vocab_size {vocab_size} does not match the given tokenizer's {tokenizer.vocab_size}")
+    elif tokenizer == "char":
+        if vocab_size is not None:
+            raise UsageError("vocab_size applies only to the BPE tokenizer (tokenizer 'bpe'); the char vocabulary is the corpus's characters")
+    elif tokenizer == "bpe":
+        vocab_size = DEFAULT_BPE_VOCAB_SIZE if vocab_size is None else vocab_size
+    else:
+        raise UsageError(f"unknown tokenizer {tokenizer!r}: use 'char' or 'bpe'")
+    if not text:
+        raise DataError("the text is empty: nothing to train on")
+
+    text_sha = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    spec = _spec(tokenizer, vocab_size)
+    key = hashlib.sha256(f"{CACHE_FORMAT}\0{text_sha}\0{spec}".encode()).hexdigest()[:32]
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    ids_path = folder / f"tokens-{key}.npy"
+    meta_path = folder / f"tokens-{key}.json"
+
+    entry = _load_entry(ids_path, meta_path)
+    if entry is not None:
+        ids, tok = entry
+    else:
+        if tokenizer == "char":
+            tok = CharTokenizer.from_text(text)
+        elif tokenizer == "bpe":
+            tok = BPETokenizer.train(text, vocab_size)
+        else:
+            tok = tokenizer
+        ids = tok.encode(text).astype(_id_dtype(tok.vocab_size))  # (N,)
+        meta = {
+            "cache_format": CACHE_FORMAT,
+            "text_sha256": text_sha,
+            "spec": spec,
+            "dtype": ids.dtype.str,
+            "n_tokens": int(len(ids)),
+            "ids_sha256": hashlib.sha256(ids.tobytes()).hexdigest(),
+            "tokenizer": tok.to_json(),
+        }
+        # ids first, then the JSON that vouches for them: a reader that sees the new JSON with
+        # another writer's ids notices the checksum and rebuilds, instead of trusting them.
+        if _write_atomic(ids_path, lambda f: np.save(f, ids, allow_pickle=False)):
+            _write_atomic(meta_path, lambda f: f.write(json.dumps(meta, ensure_ascii=False).encode("utf-8")))
+    if isinstance(tokenizer, (CharTokenizer, BPETokenizer)):
+        tok = tokenizer
+    n_train = int(len(ids) * TRAIN_FRACTION)
+    return ids[:n_train], ids[n_train:], tok
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+def _needed(block_size: int) -> int:
+    # An offset in [0, N - T) and a target one token past the block: N >= T + 1.
+    return block_size + 1
+
+
+def check_length(train_ids, val_ids, block_size: int) -> None:
+    """Raise DataError (one line, both numbers) if either split is too short for block_size."""
+    for split, ids in (("train", train_ids), ("val", val_ids)):
+        if len(ids) < _needed(block_size):
+            raise DataError(
+                f"the corpus is too short for block_size {block_size}: the {split} split has "
+                f"{len(ids)} tokens and needs at least {_needed(block_size)} "
+                f"(the whole corpus is {len(train_ids) + len(val_ids)} tokens, split 90/10); "
+                "use a longer text or a smaller block_size"
+            )
+
+
+def get_batch(ids, block_size: int, batch_size: int, rng: np.random.Generator):
+    """x, y of shape (B, T), int64, with y the next token after each x; offsets drawn from rng."""
+    n = len(ids)
+    if n < _needed(block_size):
+        raise DataError(
+            f"this split has {n} tokens but block_size {block_size} needs at least "
+            f"{_needed(block_size)}; use a longer text or a smaller block_size"
+        )
+    ix = rng.integers(0, n - block_size, size=batch_size)  # (B,) block offsets
+    pos = ix[:, None] + np.arange(block_size)  # (B, T)
+    ids = np.asarray(ids)
+    x = ids[pos].astype(np.int64)  # (B, T)
+    y = ids[pos + 1].astype(np.int64)  # (B, T)
+    return x, y
