@@ -1,0 +1,33 @@
+"""The seed document's thirteen worked examples, computed live by numformer's own ops.
+
+    numformer explain                   all thirteen, in the seed's order
+    numformer explain attention adam    just those
+    numformer explain --json            one JSON object per formula
+
+`numformer.explain.examples` re-does each worked example by calling numformer.ops and
+numformer.optim, and sets every number the seed prints beside the computed one with a verdict:
+the two agree (at the precision the seed prints), they differ (and by how much), or the seed stops
+before the result. `numformer.explain.cli` prints that for people or as JSON.
+
+This module stays free of NumPy so that `numformer explain --help` starts fast.
+"""
+
+# The seed's thirteen formulas, in the seed's order. These names are the command-line names and
+# the "name" field of the JSON output.
+NAMES = (
+    "linear",
+    "positional_encoding",
+    "attention",
+    "multi_head_attention",
+    "residual",
+    "layernorm",
+    "gelu",
+    "softmax",
+    "cross_entropy",
+    "dropout",
+    "backpropagation",
+    "gradient_descent",
+    "adam",
+)
+
+__all__ = ["NAMES"]
