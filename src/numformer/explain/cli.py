@@ -1,0 +1,354 @@
+"""`numformer explain [NAME ...] [--json]`: the seed's worked examples, computed live.
+
+For people, each formula gets a section: the formula, the seed's inputs, then one row per
+quantity with what the seed prints, what numformer computes and whether they agree; the rows
+that make up the result are marked ▶ and decide the verdict in the section's header. A summary
+table closes the output. With --json: a JSON array, one object per formula, with the keys name,
+formula, inputs, computed, seed_printed, agrees, note.
+"""
+
+import json
+import os
+import sys
+import unicodedata
+
+from numformer.explain import NAMES
+from numformer.errors import UsageError
+
+WIDTH = 98  # every line fits a 100-column terminal
+INDENT = "   "
+GAP = "  "
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME",
+        help="formulas to show, in the order given (default: all thirteen in the seed's order): "
+             + ", ".join(NAMES),
+    )
+    parser.add_argument(
+        "--json", action="store_true",
+        help="print a JSON array, one object per formula (name, formula, inputs, computed, "
+             "seed_printed, agrees, note)",
+    )
+
+
+def select(names: list[str]) -> list[str]:
+    """Command-line names -> formula names, in the order given, without repeats."""
+    chosen = []
+    for raw in names:
+        name = raw.strip().lower().replace("-", "_")
+        if name not in NAMES:
+            raise UsageError(f"unknown formula {raw!r}; valid names: {', '.join(NAMES)}")
+        if name not in chosen:
+            chosen.append(name)
+    return chosen or list(NAMES)
+
+
+def main(args) -> int:
+    names = select(args.names)
+    from numformer.explain.examples import explain
+
+    examples = explain(names)
+    if args.json:
+        print(json.dumps([ex.to_json() for ex in examples], indent=2, allow_nan=False))
+        return 0
+    _safe_stdout()
+    style = _Style(_use_color(sys.stdout))
+    out = []
+    for ex in examples:
+        out += render(ex, style) + [""]
+    if len(examples) > 1:
+        out += summary(examples, style)
+    print("\n".join(out).rstrip("\n"))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Verdicts and colour
+# ---------------------------------------------------------------------------------------------
+
+
+def _use_color(stream) -> bool:
+    return (hasattr(stream, "isatty") and stream.isatty() and "NO_COLOR" not in os.environ
+            and os.environ.get("TERM") != "dumb")
+
+
+class _Style:
+    def __init__(self, color: bool):
+        self.color = color
+
+    def _paint(self, text: str, code: str) -> str:
+        return f"\x1b[{code}m{text}\x1b[0m" if self.color else text
+
+    def good(self, text):
+        return self._paint(text, "32")
+
+    def bad(self, text):
+        return self._paint(text, "1;31")
+
+    def open(self, text):
+        return self._paint(text, "33")
+
+    def dim(self, text):
+        return self._paint(text, "2")
+
+    def bold(self, text):
+        return self._paint(text, "1")
+
+
+def verdict(ex, style: _Style, short: bool = False) -> str:
+    """AGREES / DIFFERS by x / INCOMPLETE in the seed -> computed."""
+    if ex.agrees is None:
+        return style.open("INCOMPLETE in the seed" + ("" if short else " -> computed"))
+    if ex.agrees:
+        return style.good("AGREES")
+    return style.bad(f"DIFFERS by {_num(ex.diff)}")
+
+
+def check(step, style: _Style) -> str:
+    """The check column of one row."""
+    if step.seed is None:
+        return style.open("not printed") if step.result else style.dim("not printed")
+    if not step.agrees:
+        return style.bad(f"DIFFERS by {_num(step.diff)}")
+    if step.seed.exact:
+        return style.good("agrees")
+    return style.good(f"agrees ({step.seed.decimals} decimals)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Text layout
+# ---------------------------------------------------------------------------------------------
+
+
+def _width(text: str) -> int:
+    """Columns on a terminal: CJK characters take two, combining marks and colour codes none."""
+    n, i = 0, 0
+    while i < len(text):
+        if text[i] == "\x1b":  # skip a colour code: ESC [ ... m
+            i = text.index("m", i) + 1
+            continue
+        ch = text[i]
+        if not unicodedata.combining(ch):
+            n += 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+        i += 1
+    return n
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * max(0, width - _width(text))
+
+
+def _num(x: float) -> str:
+    from numformer.explain.examples import num
+
+    return num(x)
+
+
+def _cell(x: float, decimals: int | None) -> str:
+    import numpy as np
+
+    if decimals is None and 0 < abs(x) < 1e-4:  # eps = 1e-08, not 0.00000001
+        s = np.format_float_scientific(float(x), trim="-")
+    elif decimals is None:  # as the seed writes it: 4.5, 0.0001, 2
+        s = np.format_float_positional(float(x), trim="-")
+    else:
+        s = f"{float(x):.{decimals}f}"
+    if s.startswith("-") and float(s) == 0.0:  # no "-0.0000"
+        s = s[1:]
+    return s
+
+
+def block(value, decimals: int | None) -> list[str]:
+    """A number, vector, matrix or stack of matrices as aligned lines of text."""
+    import numpy as np
+
+    a = np.asarray(value, dtype=np.float64)
+    if a.ndim == 0:
+        return [_cell(a, decimals)]
+    if a.ndim == 1:
+        a = a[None, :]
+    if a.ndim == 2:
+        cells = [[_cell(x, decimals) for x in row] for row in a]
+        w = max(len(c) for row in cells for c in row)
+        return ["[" + " ".join(c.rjust(w) for c in row) + "]" for row in cells]
+    return beside([block(m, decimals) for m in a], GAP)
+
+
+def beside(blocks: list[list[str]], gap: str = GAP) -> list[str]:
+    """Blocks of lines side by side, top-aligned."""
+    height = max(len(b) for b in blocks)
+    widths = [max(_width(line) for line in b) for b in blocks]
+    lines = []
+    for i in range(height):
+        parts = [_pad(b[i] if i < len(b) else "", w) for b, w in zip(blocks, widths)]
+        lines.append(gap.join(parts).rstrip())
+    return lines
+
+
+def _flow(blocks: list[list[str]], width: int, gap: str = "   ") -> list[str]:
+    """Blocks left to right, starting a new band below when the line would get too wide."""
+    bands, band, used = [], [], 0
+    for b in blocks:
+        w = max(_width(line) for line in b)
+        if band and used + len(gap) + w > width:
+            bands.append(band)
+            band, used = [], 0
+        used += (len(gap) if band else 0) + w
+        band.append(b)
+    if band:
+        bands.append(band)
+    lines = []
+    for i, band in enumerate(bands):
+        if i:
+            lines.append("")
+        lines += beside(band, gap)
+    return lines
+
+
+def _labelled(name: str, lines: list[str]) -> list[str]:
+    head = f"{name} = "
+    return [head + lines[0]] + [" " * _width(head) + line for line in lines[1:]]
+
+
+def _wrap(text: str, width: int, first: str, rest: str) -> list[str]:
+    """Greedy word wrap that counts terminal columns."""
+    lines, line, empty = [], first, True
+    for word in text.split():
+        candidate = line + word if empty else line + " " + word
+        if not empty and _width(candidate) > width:
+            lines.append(line)
+            candidate = rest + word
+        line, empty = candidate, False
+    lines.append(line)
+    return lines
+
+
+def _formula_lines(formula: str, width: int) -> list[str]:
+    """The formula, broken only between its parts (",  " or ";  "), never inside one."""
+    parts = [p for chunk in formula.split(";  ") for p in chunk.split(",  ")]
+    lines, line = [], ""
+    for part in parts:
+        candidate = part if not line else line + ",  " + part
+        if line and _width(INDENT + candidate) > width:
+            lines.append(INDENT + line + ",")
+            line = part
+        else:
+            line = candidate
+    lines.append(INDENT + line)
+    return lines
+
+
+def render(ex, style: _Style | None = None) -> list[str]:
+    """One formula's section, as lines."""
+    style = style or _Style(False)
+    title = f"── {ex.number}. {ex.name} · {ex.title_zh} "
+    tail = " " + verdict(ex, style)
+    rule = "─" * max(3, WIDTH - _width(title) - _width(tail))
+    lines = [style.bold(title) + rule + tail]
+    lines += _formula_lines(ex.formula, WIDTH)
+    lines.append("")
+
+    inputs = []
+    for name, value in ex.inputs.items():
+        shown = [str(value)] if isinstance(value, str) else block(value, None)
+        inputs.append(_labelled(f"{name} (ours)" if name in ex.ours else name, shown))
+    band = _flow(inputs, WIDTH - len(INDENT) - len("inputs  "))
+    lines += [(INDENT + ("inputs  " if i == 0 else " " * 8) + line).rstrip()
+              for i, line in enumerate(band)]
+    lines.append("")
+    lines += _step_table(ex, style)
+    lines.append("")
+    lines += _wrap(ex.note, WIDTH, INDENT + "note  ", INDENT + "      ")
+    return lines
+
+
+def _seed_block(step) -> list[str]:
+    if step.seed is None:
+        return ["—"]
+    lines = block(step.seed.value, None if step.seed.exact else step.seed.decimals)
+    sign = "= " if step.seed.exact else "≈ "
+    return [sign + lines[0]] + ["  " + line for line in lines[1:]]
+
+
+def _step_table(ex, style: _Style) -> list[str]:
+    rows = [(s, s.label, _seed_block(s), block(s.computed, s.decimals), check(s, style))
+            for s in ex.steps]
+    head = ("quantity", "seed prints", "numformer computes", "check")
+    w_label = max([_width(head[0])] + [_width(r[1]) for r in rows])
+    w_seed = max([_width(head[1])] + [_width(x) for r in rows for x in r[2]])
+    w_comp = max([_width(head[2])] + [_width(x) for r in rows for x in r[3]])
+    w_check = max(_width(r[4]) for r in rows)
+    side_by_side = len(INDENT) + w_label + w_seed + w_comp + w_check + 3 * len(GAP) <= WIDTH
+
+    def mark(step):
+        return " ▶ " if step.result else INDENT
+
+    lines = []
+    if side_by_side:
+        lines.append(style.dim(INDENT + GAP.join([_pad(head[0], w_label), _pad(head[1], w_seed),
+                                                  _pad(head[2], w_comp), head[3]])))
+        for step, label, seed, comp, chk in rows:
+            for i in range(max(len(seed), len(comp))):
+                cols = [
+                    _pad(label if i == 0 else "", w_label),
+                    _pad(seed[i] if i < len(seed) else "", w_seed),
+                    _pad(comp[i] if i < len(comp) else "", w_comp),
+                    chk if i == 0 else "",
+                ]
+                lines.append(((mark(step) if i == 0 else INDENT) + GAP.join(cols)).rstrip())
+    else:  # too wide for one line: one row per line, stacked
+        for step, label, seed, comp, chk in rows:
+            lines.append(mark(step) + label + "   " + chk)
+            lines += [INDENT + "    seed prints  " + x for x in seed[:1]]
+            lines += [INDENT + "                 " + x for x in seed[1:]]
+            lines += [INDENT + "    numformer    " + x for x in comp[:1]]
+            lines += [INDENT + "                 " + x for x in comp[1:]]
+    return lines
+
+
+def _one_line(value, decimals: int | None) -> str:
+    """A value in one line: 0.841, [4.5 1.5], [[2 3] [2 3]]."""
+    import numpy as np
+
+    lines = block(value, decimals)
+    return "[" + " ".join(lines) + "]" if np.ndim(value) >= 2 else lines[0]
+
+
+def _clip(text: str, width: int) -> str:
+    if _width(text) <= width:
+        return _pad(text, width)
+    while _width(text) > width - 1:
+        text = text[:-1]
+    return text + "…"
+
+
+def summary(examples, style: _Style) -> list[str]:
+    """One line per formula: the seed's result, numformer's, the verdict."""
+    n_agree = sum(ex.agrees is True for ex in examples)
+    n_differ = sum(ex.agrees is False for ex in examples)
+    n_open = sum(ex.agrees is None for ex in examples)
+    title = (f"── summary: {len(examples)} formulas: {n_agree} agree, {n_differ} differ, "
+             f"{n_open} incomplete in the seed ")
+    lines = [style.bold(title) + "─" * (WIDTH - _width(title))]
+    widths = (3, 20, 21, 28)
+    head = ("#", "formula", "seed prints (result)", "numformer computes")
+    lines.append(style.dim(" ".join(_pad(h, w) for h, w in zip(head, widths)) + " verdict"))
+    for ex in examples:
+        first = ex.results[0]
+        seed = "—" if first.seed is None else _one_line(
+            first.seed.value, None if first.seed.exact else first.seed.decimals)
+        cells = (str(ex.number), ex.name, seed, _one_line(first.computed, min(first.decimals, 4)))
+        text = " ".join(_clip(c, w) for c, w in zip(cells, widths))
+        lines.append(text + " " + verdict(ex, style, short=True))
+    return lines
+
+
+def _safe_stdout() -> None:
+    """Formulas use √, ᵀ, ⊙; on a terminal that cannot show them, print '?' rather than fail."""
+    try:
+        "√ᵀ⊙▶─≈".encode(sys.stdout.encoding or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        if hasattr(sys.stdout, "reconfigure"):
+            sys.stdout.reconfigure(errors="replace")
