@@ -1,0 +1,155 @@
+"""`numformer explain` as a user runs it: exit codes, the JSON schema, the terminal layout."""
+
+import json
+import subprocess
+import sys
+import unicodedata
+
+import pytest
+
+from numformer.explain import NAMES
+
+KEYS = {"name", "formula", "inputs", "computed", "seed_printed", "agrees", "note"}
+VERDICTS = {
+    "linear": True, "positional_encoding": None, "attention": False,
+    "multi_head_attention": None, "residual": True, "layernorm": True, "gelu": True,
+    "softmax": True, "cross_entropy": True, "dropout": False, "backpropagation": None,
+    "gradient_descent": True, "adam": False,
+}
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "numformer", "explain", *args],
+                          capture_output=True, text=True, encoding="utf-8", timeout=120)
+
+
+@pytest.fixture(scope="module")
+def text_all():
+    r = run()
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+@pytest.fixture(scope="module")
+def json_all():
+    r = run("--json")
+    assert r.returncode == 0, r.stderr
+
+    def no_constants(name):
+        raise AssertionError(f"JSON contains {name}")
+
+    return json.loads(r.stdout, parse_constant=no_constants)
+
+
+def columns(line):
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF"
+               else 1 for c in line)
+
+
+def leaves(value):
+    if isinstance(value, list):
+        for v in value:
+            yield from leaves(v)
+    else:
+        yield value
+
+
+def test_json_schema(json_all):
+    assert isinstance(json_all, list)
+    assert [obj["name"] for obj in json_all] == list(NAMES)
+    for obj in json_all:
+        assert set(obj) == KEYS, obj["name"]
+        assert isinstance(obj["formula"], str) and obj["formula"]
+        assert isinstance(obj["note"], str) and obj["note"]
+        assert obj["agrees"] is VERDICTS[obj["name"]], obj["name"]
+        assert isinstance(obj["inputs"], dict) and obj["inputs"]
+        assert isinstance(obj["computed"], dict) and obj["computed"]
+        assert obj["seed_printed"] is None or isinstance(obj["seed_printed"], dict)
+        printed = obj["seed_printed"] or {}
+        assert set(printed) <= set(obj["computed"])
+        for group in (obj["inputs"], obj["computed"], printed):
+            for key, value in group.items():
+                if isinstance(value, list):  # arrays: nested lists of floats
+                    assert all(type(x) is float for x in leaves(value)), (obj["name"], key)
+                else:
+                    assert type(value) in (float, int), (obj["name"], key)
+        if obj["agrees"] is None:
+            assert obj["seed_printed"] is None or len(printed) < len(obj["computed"])
+
+
+def test_json_values(json_all):
+    by_name = {obj["name"]: obj for obj in json_all}
+    assert by_name["softmax"]["seed_printed"]["softmax"] == [0.090, 0.245, 0.665]
+    assert by_name["cross_entropy"]["computed"]["loss"] == pytest.approx(0.35667494393873245)
+    assert by_name["dropout"]["computed"]["y"] == [2.0, 0.0, 6.0]
+    assert by_name["adam"]["computed"]["step"] == pytest.approx([0.001, -0.001], rel=1e-6)
+    assert by_name["backpropagation"]["seed_printed"] is None
+
+
+def test_json_selects_names_in_order():
+    r = run("--json", "softmax", "gelu")
+    assert r.returncode == 0, r.stderr
+    assert [obj["name"] for obj in json.loads(r.stdout)] == ["softmax", "gelu"]
+
+
+@pytest.mark.parametrize("args", [("nosuch",), ("softmax", "nosuch"), ("--json", "nosuch")])
+def test_unknown_name_exits_2_with_one_line(args):
+    r = run(*args)
+    assert r.returncode == 2
+    assert r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "nosuch" in lines[0]
+    assert all(name in lines[0] for name in NAMES)
+    assert "Traceback" not in r.stderr
+
+
+def test_text_output_all(text_all):
+    lines = text_all.splitlines()
+    assert "\x1b[" not in text_all  # not a terminal: no colour codes
+    assert max(columns(line) for line in lines) <= 100
+    headers = [line for line in lines if line.startswith("── ") and "summary" not in line]
+    assert [h.split()[2] for h in headers] == list(NAMES)
+    for header, name in zip(headers, NAMES):
+        verdict = VERDICTS[name]
+        if verdict is True:
+            assert header.endswith("AGREES"), header
+        elif verdict is False:
+            assert "DIFFERS by" in header, header
+        else:
+            assert "INCOMPLETE in the seed -> computed" in header, header
+    assert "13 formulas: 7 agree, 3 differ, 3 incomplete in the seed" in text_all
+
+
+def test_text_shows_seed_and_computed_side_by_side(text_all):
+    # attention: the seed's rounded weights next to the true ones, and the differing output.
+    line = next(l for l in text_all.splitlines() if "softmax(Q Kᵀ / √d_k)" in l and "≈" in l)
+    assert "[0.5 0.5]" in line and "[0.3302 0.6698]" in line and "DIFFERS by 0.1698" in line
+    line = next(l for l in text_all.splitlines() if l.startswith(" ▶ Attention(Q, K, V)"))
+    assert "= [2 3]" in line and "[2.3395 3.3395]" in line
+
+
+def test_selected_names_in_given_order():
+    r = run("softmax", "gelu", "softmax")
+    assert r.returncode == 0, r.stderr
+    headers = [l for l in r.stdout.splitlines() if l.startswith("── ")]
+    assert headers[0].startswith("── 8. softmax") and headers[1].startswith("── 7. gelu")
+    assert "summary: 2 formulas" in headers[2]
+
+
+def test_help_lists_names():
+    r = run("--help")
+    assert r.returncode == 0
+    assert "multi_head_attention" in r.stdout and "--json" in r.stdout
+
+
+def test_narrow_layout_stacks_rows(monkeypatch):
+    """When seed and computed do not fit side by side, each row is stacked, still within WIDTH."""
+    from numformer.explain import cli
+    from numformer.explain.examples import explain
+
+    monkeypatch.setattr(cli, "WIDTH", 60)
+    lines = cli.render(explain(["attention"])[0])
+    assert any(line.strip().startswith("seed prints  = [2 3]") for line in lines)
+    assert any(line.strip().startswith("numformer    [2.3395 3.3395]") for line in lines)
+    assert not any("quantity" in line for line in lines)
