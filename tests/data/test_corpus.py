@@ -63,7 +63,15 @@ I am nobody's line.
 COUNTESS
 
 **OF AUVERGNE**  
-1\\. Porter, remember.
+Porter, remember.
+
+_THE ORDER_
+
+1\\. A lively flourish of Trumpets.  
+2\\. Then, two Judges,  
+with gowns.
+
+_Music_
 
 **MUTE**  
 
@@ -98,7 +106,7 @@ GHOST:
 Remember me.
 
 COUNTESS OF AUVERGNE:
-1. Porter, remember.
+Porter, remember.
 
 ROSENCRANTZ: & GUILDENSTERN:
 My  lord!
@@ -121,6 +129,7 @@ def test_real_corpus_speeches(shakespeare_text):
     # Speech lines are never in markdown; the only odd character is a misprint the source has.
     for mark in ("**", "_", "#", "\\", "[", "]", "*"):
         assert mark not in text, mark
+    assert "A lively flourish of Trumpets" not in text  # the procession list is a direction
     lines = set(text.split("\n"))
     assert not lines & {"Exit", "Exeunt", "Flourish", "ACT I", "SONG.", "EPILOGUE"}
     assert "\n\n\n" not in text and " \n" not in text and not text.startswith("\n")
