@@ -36,7 +36,7 @@ class TrainConfig:
     # data
     data: str = "shakespeare"
     tokenizer: str = "char"
-    vocab_size: int = 0            # BPE only: the vocabulary size to train (0: 512)
+    vocab_size: int = 0            # BPE only: the vocabulary size to train (0: 1024)
     # model (nanoGPT's CPU "baby GPT")
     n_layer: int = 4
     n_head: int = 4
@@ -69,7 +69,7 @@ class TrainConfig:
 HELP = {
     "data": "'shakespeare' (built in), a UTF-8 text file, or a folder of .txt files",
     "tokenizer": "'char' (default) or 'bpe' (byte-level BPE trained on the corpus)",
-    "vocab_size": "vocabulary size for --tokenizer bpe (default 512)",
+    "vocab_size": "vocabulary size for --tokenizer bpe (0 means 1024)",
     "n_layer": "number of Transformer blocks",
     "n_head": "attention heads per block",
     "n_embd": "embedding width C",
@@ -248,7 +248,7 @@ class Trainer:
             self.train_ids, self.val_ids, self.tokenizer = batches.prepare(text, tokenizer=tok, cache_dir=cache_dir)
         else:
             self.train_ids, self.val_ids, self.tokenizer = batches.prepare(
-                text, tokenizer=cfg.tokenizer, vocab_size=(cfg.vocab_size or 512) if cfg.tokenizer == "bpe" else None,
+                text, tokenizer=cfg.tokenizer, vocab_size=(cfg.vocab_size or None) if cfg.tokenizer == "bpe" else None,
                 cache_dir=cache_dir)
         batches.check_length(self.train_ids, self.val_ids, cfg.block_size)
 
@@ -302,7 +302,7 @@ class Trainer:
         return {
             "config": dataclasses.asdict(self.cfg),
             "iter_num": self.iter_num,
-            "opt_step": int(self.opt.state_dict()["step"]),
+            "opt_step": self.opt.step_count,
             "best_val_loss": self.best_val if math.isfinite(self.best_val) else 1e300,
             "batch_rng": self.batch_rng.bit_generator.state,
             "dropout_rng": self.model.rng.bit_generator.state,
