@@ -143,8 +143,11 @@ class Encoder:
     def from_pretrained(cls, folder, dtype=np.float32) -> "Encoder":
         """Load a Hugging Face BERT folder (config.json + model.safetensors)."""
         folder = Path(folder)
-        config = EncoderConfig.from_hf(read_json(folder / "config.json"), source=str(folder / "config.json"))
         weights_file = find_weights(folder)
+        if not (folder / "config.json").is_file():
+            raise CheckpointError(f"no config.json in {folder} (a Hugging Face BERT folder has config.json "
+                                  f"next to {WEIGHTS_FILE})")
+        config = EncoderConfig.from_hf(read_json(folder / "config.json"), source=str(folder / "config.json"))
         tensors = read_weights(weights_file)
         params = select_bert_tensors(tensors, config, source=str(weights_file))
         return cls(config, params, dtype=dtype)
