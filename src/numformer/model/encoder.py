@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from numformer.checkpoint import read_safetensors
 from numformer.errors import CheckpointError
 from numformer.ops import embedding, gelu, layernorm, linear, mha, residual
 
@@ -148,7 +149,7 @@ class Encoder:
             raise CheckpointError(f"no config.json in {folder} (a Hugging Face BERT folder has config.json "
                                   f"next to {WEIGHTS_FILE})")
         config = EncoderConfig.from_hf(read_json(folder / "config.json"), source=str(folder / "config.json"))
-        tensors = read_weights(weights_file)
+        tensors = read_safetensors(weights_file)  # CheckpointError naming the file if damaged
         params = select_bert_tensors(tensors, config, source=str(weights_file))
         return cls(config, params, dtype=dtype)
 
@@ -222,23 +223,6 @@ def find_weights(folder: Path) -> Path:
         raise CheckpointError(f"no {WEIGHTS_FILE} in {folder}, only {pickles[0]}: numformer never loads pickle "
                               "files (unpickling can run arbitrary code); convert the weights to safetensors")
     raise CheckpointError(f"no weights in {folder}: expected {WEIGHTS_FILE}")
-
-
-def read_weights(file: Path) -> dict[str, np.ndarray]:
-    """All tensors of a safetensors file; CheckpointError (one line, naming the file) if it is damaged."""
-    try:
-        from numformer.checkpoint import read_safetensors
-    except ImportError:
-        read_safetensors = None
-    if read_safetensors is not None:
-        return read_safetensors(file)
-    from safetensors.numpy import load_file
-
-    try:
-        return load_file(str(file))
-    except Exception as e:  # safetensors raises several types for a damaged file
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot read {file}: {first_line}") from None
 
 
 def select_bert_tensors(tensors: dict[str, np.ndarray], config: EncoderConfig, source: str) -> dict[str, np.ndarray]:
