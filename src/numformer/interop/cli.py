@@ -1,0 +1,38 @@
+"""`numformer convert`: GPT-2 checkpoints to and from Hugging Face format.
+
+    numformer convert --from-hf HF_FOLDER --out CHECKPOINT     Hugging Face GPT-2 -> numformer
+    numformer convert --to-hf CHECKPOINT --out HF_FOLDER       numformer -> Hugging Face GPT-2
+
+The mapping of names, layouts and config keys is in numformer.interop.gpt2.
+"""
+
+
+def add_arguments(parser) -> None:
+    direction = parser.add_mutually_exclusive_group(required=True)
+    direction.add_argument("--from-hf", metavar="HF_FOLDER",
+                           help="a Hugging Face GPT-2 folder (config.json + model.safetensors) to import")
+    direction.add_argument("--to-hf", metavar="CHECKPOINT",
+                           help="a numformer GPT checkpoint folder to export")
+    parser.add_argument("--out", required=True, metavar="FOLDER",
+                        help="where to write the converted checkpoint (a new or empty folder, or an "
+                             "earlier output of the same kind, which is replaced)")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default=None,
+                        help="dtype of the imported weights (--from-hf only; default float32)")
+
+
+def main(args) -> int:
+    from numformer.errors import UsageError
+    from numformer.interop import gpt2
+
+    if args.from_hf is not None:
+        notes = gpt2.import_hf_gpt2(args.from_hf, args.out, dtype=args.dtype or "float32")
+        done = f"wrote numformer checkpoint {args.out} (from Hugging Face GPT-2 {args.from_hf})"
+    else:
+        if args.dtype is not None:
+            raise UsageError("--dtype applies to --from-hf only; --to-hf keeps the checkpoint's dtype")
+        notes = gpt2.export_hf_gpt2(args.to_hf, args.out)
+        done = f"wrote Hugging Face GPT-2 folder {args.out} (load it with GPT2LMHeadModel.from_pretrained)"
+    for note in notes:
+        print(f"note: {note}")
+    print(done)
+    return 0

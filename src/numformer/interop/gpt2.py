@@ -1,0 +1,553 @@
+"""GPT-2 checkpoints in and out of Hugging Face format.
+
+Import reads a Hugging Face GPT-2 folder (config.json + model.safetensors, or a sharded
+model.safetensors.index.json) and gives a numformer GPT; export writes such a folder from a
+numformer checkpoint, which `transformers.GPT2LMHeadModel.from_pretrained(folder)` loads and which
+gives the same logits.
+
+Tensors. The names are the same on both sides; four weights per block change layout, because
+GPT-2 stores them for its Conv1D layer (y = x·W + b, W [in, out]) and numformer stores every
+weight as PyTorch's Linear does (y = x·Wᵀ + b, W (out, in)).
+
+    Hugging Face GPT-2 (model.safetensors)          numformer (model.safetensors)
+    name                                 layout     name                                layout
+    ----------------------------------------------  ------------------------------------------
+    transformer.wte.weight               (V, C)     transformer.wte.weight              (V, C)
+    transformer.wpe.weight               (T, C)     transformer.wpe.weight              (T, C)
+    transformer.h.{i}.ln_1.weight, .bias (C,)       same names                          (C,)
+    transformer.h.{i}.attn.c_attn.weight (C, 3C)    transformer.h.{i}.attn.c_attn.weight (3C, C)  transposed
+    transformer.h.{i}.attn.c_attn.bias   (3C,)      same name                           (3C,)
+    transformer.h.{i}.attn.c_proj.weight (C, C)     transformer.h.{i}.attn.c_proj.weight (C, C)   transposed
+    transformer.h.{i}.attn.c_proj.bias   (C,)       same name                           (C,)
+    transformer.h.{i}.ln_2.weight, .bias (C,)       same names                          (C,)
+    transformer.h.{i}.mlp.c_fc.weight    (C, 4C)    transformer.h.{i}.mlp.c_fc.weight   (4C, C)   transposed
+    transformer.h.{i}.mlp.c_fc.bias      (4C,)      same name                           (4C,)
+    transformer.h.{i}.mlp.c_proj.weight  (4C, C)    transformer.h.{i}.mlp.c_proj.weight (C, 4C)   transposed
+    transformer.h.{i}.mlp.c_proj.bias    (C,)       same name                           (C,)
+    transformer.ln_f.weight, .bias       (C,)       same names                          (C,)
+    lm_head.weight                       (V, C)     not stored: the head is tied to wte
+    transformer.h.{i}.attn.bias,         buffers    not stored: the causal mask is built
+      transformer.h.{i}.attn.masked_bias                by the attention op
+
+    T = n_positions = block_size, C = n_embd, V = vocab_size; the q, k, v thirds of c_attn and the
+    split into heads are the same on both sides (numformer's mha follows GPT-2).
+
+On import the `transformer.` prefix is optional (a GPT2Model saves without it). `lm_head.weight`
+is usually absent (transformers drops the tied copy); if present it must equal wte exactly, since
+numformer always ties the head. Attention-mask buffers of older files are ignored. Any other
+tensor is an error that names it, as are a missing tensor, a wrong shape, a non-float or
+non-finite tensor. Float16 or float64 files are converted to the dtype asked for (float32 by
+default). Pickle files (pytorch_model.bin, *.pt, *.pth) are refused and never opened: loading a
+pickle can run arbitrary code.
+
+Config (config.json of Hugging Face -> numformer's GPTConfig):
+
+    model_type            must be "gpt2"
+    vocab_size            vocab_size
+    n_positions           block_size
+    n_layer, n_head, n_embd  the same         (these five keys are required)
+    layer_norm_epsilon    layer_norm_eps      (default 1e-5)
+    activation_function   gelu: "gelu_new", "gelu_pytorch_tanh", "gelu_fast" -> "tanh",
+                          "gelu" -> "exact"   (default "gelu_new"; others are refused)
+    resid_pdrop, embd_pdrop, attn_pdrop   dropout = 0 at import (a note says so); export
+                          writes numformer's one dropout rate into all three
+    (fixed)               pos_encoding "learned", bias True
+    refused unless at the GPT-2 default: scale_attn_weights true,
+    scale_attn_by_inverse_layer_idx false, reorder_and_upcast_attn false, add_cross_attention
+    false, n_inner null or 4·n_embd, tie_word_embeddings true (or an lm_head equal to wte).
+
+Tokenizer. A numformer checkpoint carries its tokenizer. If the Hugging Face folder has a
+tokenizer.json holding a BPE model (GPT-2's byte-level BPE is one), import wraps it as numformer's
+BPETokenizer, so `numformer sample` works on the imported checkpoint; otherwise the checkpoint
+stores no tokenizer and a note says so. Export writes tokenizer.json for a BPE tokenizer (the
+Hugging Face document it wraps); a character tokenizer has no Hugging Face equivalent and is not
+exported (a note says so). If the tokenizer has "<|endoftext|>", its id becomes bos/eos_token_id.
+
+Export choices.
+- Sinusoidal positions are converted, exactly. numformer computes x0 = s·wte[idx] + PE with
+  s = √C (see numformer.model.gpt) and logits = LN_f(x)·wteᵀ. GPT-2 computes
+  x0 = wte'[idx] + wpe and logits = LN_f'(x)·wte'ᵀ with the same tied wte'. Taking
+  wte' = s·wte, wpe = PE (the sin/cos table, block_size rows) and LN_f' = LN_f with gain and bias
+  divided by s gives the same x0 and, since (LN(x)·g/s + b/s)·(s·wte)ᵀ = (LN(x)·g + b)·wteᵀ, the
+  same logits (up to float rounding, ~1e-7 relative). The exported weights are then a different
+  parametrisation of the same function: positions become a learned table that starts at the
+  sin/cos values, and re-importing gives a learned-position numformer model, not the original
+  checkpoint.
+- bias=False checkpoints are exported with zero biases (GPT-2 always has them); a zero bias adds
+  nothing, so the logits are the same. Re-importing gives a bias=True model with zero biases.
+- The output folder is written atomically (temporary sibling folder, then rename). An existing
+  non-empty folder is replaced only if it is an earlier numformer export (its model.safetensors
+  says producer "numformer" and it holds nothing else than the files export writes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from numformer.errors import CheckpointError, UsageError
+
+HF_CONFIG = "config.json"
+HF_WEIGHTS = "model.safetensors"
+HF_INDEX = "model.safetensors.index.json"
+HF_TOKENIZER = "tokenizer.json"
+EXPORT_FILES = frozenset({HF_CONFIG, HF_WEIGHTS, HF_TOKENIZER})
+PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"})
+PRODUCER = "numformer"
+PREFIX = "transformer."
+
+TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")  # three codings of one formula
+EXACT_GELUS = ("gelu",)
+PDROPS = ("resid_pdrop", "embd_pdrop", "attn_pdrop")
+
+# Weights stored by GPT-2's Conv1D as [in, out]; numformer stores them (out, in).
+_CONV1D = re.compile(r"^transformer\.h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight$")
+# Causal-mask buffers that older transformers versions saved with the weights.
+_BUFFER = re.compile(r"^transformer\.h\.\d+\.attn\.(bias|masked_bias)$")
+
+
+def is_conv1d(name: str) -> bool:
+    """True for the four per-block weights whose layout differs between GPT-2 and numformer."""
+    return _CONV1D.match(name) is not None
+
+
+@dataclass
+class HFImport:
+    """What `read_hf_gpt2` found: a config, tensors in numformer's names and layout, the
+    tokenizer as numformer JSON text ("null" if none), and notes for the user."""
+
+    config: "GPTConfig"  # noqa: F821 (imported lazily)
+    tensors: dict[str, np.ndarray]
+    tokenizer: str
+    notes: list[str] = field(default_factory=list)
+
+
+# ============================================================================================ import
+
+
+def read_hf_gpt2(folder, dtype=np.float32) -> HFImport:
+    """Read a Hugging Face GPT-2 folder into numformer's names, layout and `dtype`."""
+    folder = Path(folder)
+    _check_hf_folder(folder)
+    config_file = folder / HF_CONFIG
+    hf = _read_json(config_file)
+    config, notes = gpt_config_from_hf(hf, str(config_file))
+    weights = _read_weights(folder)
+    source = str(folder / HF_WEIGHTS) if (folder / HF_WEIGHTS).is_file() else str(folder)
+    tensors = tensors_from_hf(weights, config, dtype=np.dtype(dtype),
+                              tied=hf.get("tie_word_embeddings", True) is not False, source=source)
+    tokenizer, note = _read_tokenizer(folder, config.vocab_size)
+    if note:
+        notes.append(note)
+    return HFImport(config=config, tensors=tensors, tokenizer=tokenizer, notes=notes)
+
+
+def load_hf_gpt2(folder, dtype=np.float32):
+    """A numformer GPT with the weights of a Hugging Face GPT-2 folder (`GPT.from_hf`).
+
+    The tokenizer, when the folder has a usable tokenizer.json, is attached as `model.tokenizer`
+    (else None); the import notes (dropout set to 0, tokenizer not carried) as `model.hf_notes`.
+    """
+    from numformer.data.tokenizer import from_json
+    from numformer.model.gpt import GPT
+
+    imp = read_hf_gpt2(folder, dtype=dtype)
+    model = GPT(imp.config, dtype=dtype, init=False)
+    model.load_state_dict(imp.tensors, source=str(folder))
+    model.tokenizer = from_json(imp.tokenizer) if imp.tokenizer != "null" else None
+    model.hf_notes = imp.notes
+    return model
+
+
+def import_hf_gpt2(folder, out, dtype=np.float32) -> list[str]:
+    """`numformer convert --from-hf FOLDER --out OUT`: write a numformer checkpoint; returns notes."""
+    model = load_hf_gpt2(folder, dtype=dtype)
+    model.save(out, tokenizer=model.tokenizer.to_json() if model.tokenizer is not None else None)
+    return model.hf_notes
+
+
+def gpt_config_from_hf(hf, source: str = HF_CONFIG):
+    """GPTConfig for a Hugging Face GPT-2 config dict, and notes; CheckpointError naming the key
+    for anything that is not GPT-2 or that numformer's GPT cannot compute."""
+    from numformer.model.config import GPTConfig
+
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{source}: expected a JSON object, found {type(hf).__name__}")
+    if "model_type" not in hf:
+        hint = " (it looks like a numformer checkpoint: use --to-hf to export it)" if "_numformer" in hf else ""
+        raise CheckpointError(f"{source}: no 'model_type' key; not a Hugging Face GPT-2 config{hint}")
+    if hf["model_type"] != "gpt2":
+        raise CheckpointError(f"{source}: model_type {hf['model_type']!r} is not 'gpt2'; "
+                              "numformer converts GPT-2 checkpoints only")
+    shape = {}
+    for key in ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd"):
+        if key not in hf:
+            raise CheckpointError(f"{source}: missing key {key!r}")
+        value = hf[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise CheckpointError(f"{source}: {key!r} must be a positive integer, found {value!r}")
+        shape[key] = value
+
+    act = hf.get("activation_function", "gelu_new")
+    if act in TANH_GELUS:
+        gelu = "tanh"
+    elif act in EXACT_GELUS:
+        gelu = "exact"
+    else:
+        raise CheckpointError(f"{source}: activation_function {act!r} is not supported "
+                              f"(numformer computes {', '.join(TANH_GELUS + EXACT_GELUS)})")
+    eps = hf.get("layer_norm_epsilon", 1e-5)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+        raise CheckpointError(f"{source}: 'layer_norm_epsilon' must be a positive number, found {eps!r}")
+
+    # Options that change the function GPT-2 computes; numformer computes only the default.
+    unsupported = {
+        "scale_attn_weights": (True, "numformer always scales attention scores by 1/√hs"),
+        "scale_attn_by_inverse_layer_idx": (False, "numformer does not scale attention by 1/(layer+1)"),
+        "reorder_and_upcast_attn": (False, "numformer does not reorder or upcast the attention product"),
+        "add_cross_attention": (False, "numformer's GPT is a decoder without cross-attention"),
+    }
+    for key, (default, why) in unsupported.items():
+        if key in hf and hf[key] != default:
+            raise CheckpointError(f"{source}: {key}={json.dumps(hf[key])} is not supported ({why})")
+    n_inner = hf.get("n_inner")
+    if n_inner is not None and n_inner != 4 * shape["n_embd"]:
+        raise CheckpointError(f"{source}: n_inner={n_inner!r} is not supported "
+                              f"(numformer's MLP width is 4·n_embd = {4 * shape['n_embd']})")
+
+    notes = []
+    pdrops = {k: hf.get(k, 0.1) for k in PDROPS}  # GPT-2's default is 0.1
+    if any(p for p in pdrops.values()):
+        listed = ", ".join(f"{k}={v}" for k, v in pdrops.items())
+        notes.append(f"config.json has {listed}; the imported model has dropout 0 "
+                     "(dropout only matters for training: set it in the config to fine-tune with it)")
+    try:
+        config = GPTConfig(vocab_size=shape["vocab_size"], block_size=shape["n_positions"],
+                           n_layer=shape["n_layer"], n_head=shape["n_head"], n_embd=shape["n_embd"],
+                           dropout=0.0, bias=True, pos_encoding="learned", gelu=gelu,
+                           layer_norm_eps=float(eps))
+    except UsageError as e:
+        raise CheckpointError(f"{source}: {e}") from None
+    return config, notes
+
+
+def tensors_from_hf(tensors: dict[str, np.ndarray], config, dtype=np.dtype(np.float32),
+                    tied: bool = True, source: str = HF_WEIGHTS) -> dict[str, np.ndarray]:
+    """Hugging Face GPT-2 tensors -> numformer names, Linear layout and `dtype`, checked against
+    `config`. Errors name the tensor as the file spells it."""
+    from numformer.model.params import gpt_param_shapes
+
+    prefixed = any(k.startswith(PREFIX) for k in tensors)
+    spell = (lambda name: name) if prefixed else (lambda name: name[len(PREFIX):])
+
+    found: dict[str, np.ndarray] = {}   # numformer name -> tensor
+    spelled: dict[str, str] = {}        # numformer name -> the file's key
+    lm_head = wte_raw = None
+    for key, arr in tensors.items():
+        if key == "lm_head.weight":
+            lm_head = arr
+            continue
+        name = key if key.startswith(PREFIX) else PREFIX + key
+        if name in found:
+            raise CheckpointError(f"{source}: tensor {key} appears both with and without the 'transformer.' prefix")
+        found[name], spelled[name] = arr, key
+
+    out = {}
+    expected = gpt_param_shapes(config)
+    for name, shape in expected.items():
+        if name not in found:
+            raise CheckpointError(f"{source}: missing tensor {spell(name)} (config.json: n_layer={config.n_layer})")
+        arr = found.pop(name)
+        if name == "transformer.wte.weight":
+            wte_raw = arr
+        hf_shape = shape[::-1] if is_conv1d(name) else shape
+        if tuple(arr.shape) != hf_shape:
+            layout = " (GPT-2's Conv1D layout [in, out])" if is_conv1d(name) else ""
+            raise CheckpointError(f"{source}: tensor {spell(name)} has shape {tuple(arr.shape)}, "
+                                  f"config.json needs {hf_shape}{layout}")
+        _check_float(arr, spell(name), source)
+        arr = arr.T if is_conv1d(name) else arr
+        out[name] = np.ascontiguousarray(arr, dtype=dtype)
+    leftover = [n for n in found if not _BUFFER.match(n)]
+    if leftover:
+        raise CheckpointError(f"{source}: unexpected tensor {spelled[leftover[0]]}: not part of a GPT-2 "
+                              "language model (GPT2LMHeadModel)")
+
+    wte = "transformer.wte.weight"
+    if lm_head is not None:
+        if tuple(lm_head.shape) != expected[wte]:
+            raise CheckpointError(f"{source}: tensor lm_head.weight has shape {tuple(lm_head.shape)}, "
+                                  f"config.json needs {expected[wte]}")
+        if not np.array_equal(lm_head, wte_raw):
+            raise CheckpointError(f"{source}: lm_head.weight differs from {spell(wte)}; numformer ties the "
+                                  "LM head to the token embedding and cannot import an untied head")
+    elif not tied:
+        raise CheckpointError(f"{source}: config.json sets tie_word_embeddings false but the file has no "
+                              "lm_head.weight; numformer ties the LM head to the token embedding")
+    return out
+
+
+def _check_float(arr, name, source):
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise CheckpointError(f"{source}: tensor {name} has dtype {arr.dtype}, expected floating point")
+    if not np.isfinite(arr).all():
+        raise CheckpointError(f"{source}: tensor {name} contains NaN or inf")
+
+
+def _check_hf_folder(folder: Path) -> None:
+    if not folder.exists():
+        raise CheckpointError(f"{folder}: no such folder")
+    if not folder.is_dir():
+        if folder.suffix.lower() in PICKLE_SUFFIXES:
+            raise _pickle_refusal(folder)
+        raise CheckpointError(f"{folder} is a file; give the Hugging Face model folder "
+                              f"(holding {HF_CONFIG} and {HF_WEIGHTS})")
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    """The folder's safetensors weight files; a pickle-only folder is refused, never unpickled."""
+    if (folder / HF_WEIGHTS).is_file():
+        return [folder / HF_WEIGHTS]
+    if (folder / HF_INDEX).is_file():
+        index = _read_json(folder / HF_INDEX)
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{folder / HF_INDEX}: no 'weight_map' object")
+        files = []
+        for shard in sorted(set(weight_map.values())):
+            if not isinstance(shard, str) or Path(shard).name != shard:
+                raise CheckpointError(f"{folder / HF_INDEX}: bad shard file name {shard!r}")
+            if not (folder / shard).is_file():
+                raise CheckpointError(f"{folder / shard}: missing (listed in {HF_INDEX})")
+            files.append(folder / shard)
+        return files
+    pickles = sorted(p for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+    if pickles:
+        raise _pickle_refusal(pickles[0], also=f"{folder} has no {HF_WEIGHTS}")
+    raise CheckpointError(f"no weights in {folder}: expected {HF_WEIGHTS} (Hugging Face safetensors format)")
+
+
+def _read_weights(folder: Path) -> dict[str, np.ndarray]:
+    from numformer.checkpoint import read_safetensors
+
+    tensors: dict[str, np.ndarray] = {}
+    for file in _weight_files(folder):
+        for name, arr in read_safetensors(file).items():
+            if name in tensors:
+                raise CheckpointError(f"{file}: tensor {name} is also in another shard")
+            tensors[name] = arr
+    return tensors
+
+
+def _pickle_refusal(file: Path, also: str = "") -> CheckpointError:
+    return CheckpointError(
+        (f"{also}; " if also else "") + f"refusing to load {file.name}: it is a Python pickle and loading a "
+        "pickle can run arbitrary code; convert it to safetensors (in transformers: "
+        "save_pretrained(dir, safe_serialization=True)) where you trust the file")
+
+
+def _read_json(file: Path):
+    if not file.is_file():
+        raise CheckpointError(f"{file}: missing; a Hugging Face model folder needs it")
+    try:
+        return json.loads(file.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{file}: not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{file}: invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+
+
+def _read_tokenizer(folder: Path, vocab_size: int) -> tuple[str, str | None]:
+    """(numformer tokenizer JSON or "null", note). A usable tokenizer.json is wrapped as numformer's
+    BPETokenizer; anything else is left out with a note saying why."""
+    file = folder / HF_TOKENIZER
+    missing = (f"{folder} has no {HF_TOKENIZER}: the checkpoint stores no tokenizer, so "
+               "`numformer sample` cannot turn its token ids into text")
+    if not file.is_file():
+        return "null", missing
+    from tokenizers import Tokenizer
+
+    from numformer.data.tokenizer import BPETokenizer
+
+    try:
+        text = file.read_bytes().decode("utf-8")
+        doc = json.loads(text)
+        kind = (doc.get("model") or {}).get("type") if isinstance(doc, dict) else None
+        if kind != "BPE":
+            return "null", f"{file} holds a {kind or 'unknown'} model, not BPE; the checkpoint stores no tokenizer"
+        tok = BPETokenizer(Tokenizer.from_str(text))
+    except Exception as e:  # not UTF-8, not JSON, or the Rust side's bare Exception
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return "null", f"{file} cannot be loaded by tokenizers ({first}); the checkpoint stores no tokenizer"
+    if tok.vocab_size > vocab_size:
+        return "null", (f"{file} has {tok.vocab_size} tokens but the model only {vocab_size}; "
+                        "the checkpoint stores no tokenizer")
+    return tok.to_json(), None
+
+
+# ============================================================================================ export
+
+
+def gpt_config_to_hf(config, dtype: str = "float32", eos_token_id: int | None = None) -> dict:
+    """A Hugging Face GPT-2 config.json dict for a numformer GPTConfig (see the table above)."""
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config.vocab_size,
+        "n_positions": config.block_size,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_embd": config.n_embd,
+        "n_inner": None,
+        "activation_function": "gelu_new" if config.gelu == "tanh" else "gelu",
+        "layer_norm_epsilon": config.layer_norm_eps,
+        "resid_pdrop": config.dropout,
+        "embd_pdrop": config.dropout,
+        "attn_pdrop": config.dropout,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "add_cross_attention": False,
+        "tie_word_embeddings": True,
+        "use_cache": True,
+        "bos_token_id": eos_token_id,
+        "eos_token_id": eos_token_id,
+        "torch_dtype": dtype,
+    }
+
+
+def tensors_to_hf(model) -> tuple[dict[str, np.ndarray], list[str]]:
+    """A numformer GPT's weights as Hugging Face GPT-2 tensors (Conv1D layout, `transformer.`
+    names, no lm_head), and notes. Sinusoidal positions and missing biases are rewritten into
+    GPT-2's form exactly, as the module docstring derives."""
+    cfg, notes = model.config, []
+    weights = {name: arr.copy() for name, arr in model.state_dict().items()}
+    if not cfg.bias:
+        from numformer.model.params import gpt_param_shapes
+
+        shapes = gpt_param_shapes(_with(cfg, bias=True))
+        for name, shape in shapes.items():
+            if name not in weights:
+                weights[name] = np.zeros(shape, dtype=model.dtype)
+        weights = {name: weights[name] for name in shapes}  # GPT-2's order
+        notes.append("the checkpoint has no biases (bias=False); GPT-2 always has them, so they are "
+                     "exported as zeros, which adds nothing to any output")
+    if cfg.pos_encoding == "sinusoidal":
+        s = model.embed_scale                                   # √C
+        weights["transformer.wte.weight"] *= s                  # the same rounding as the forward pass
+        weights["transformer.ln_f.weight"] /= s                 # (LN·g/s + b/s)·(s·wte)ᵀ = (LN·g + b)·wteᵀ
+        weights["transformer.ln_f.bias"] /= s
+        weights = {"transformer.wte.weight": weights.pop("transformer.wte.weight"),
+                   "transformer.wpe.weight": model.pe[:cfg.block_size].astype(model.dtype), **weights}
+        notes.append(f"sinusoidal positions exported as GPT-2's learned table wpe (the sin/cos values); "
+                     f"wte is scaled by √C = {s:.6g} and ln_f's gain and bias by 1/√C so the logits are "
+                     "the same; re-importing gives a learned-position model")
+    hf = {name: np.ascontiguousarray(arr.T if is_conv1d(name) else arr) for name, arr in weights.items()}
+    return hf, notes
+
+
+def export_hf_gpt2(checkpoint, out) -> list[str]:
+    """`numformer convert --to-hf CHECKPOINT --out OUT`: write config.json, model.safetensors (and
+    tokenizer.json for a BPE tokenizer) that transformers loads as GPT2LMHeadModel. Returns notes."""
+    from safetensors.numpy import save
+
+    from numformer.checkpoint import load_checkpoint
+    from numformer.model.gpt import GPT
+
+    checkpoint, out = Path(checkpoint), Path(out)
+    _check_export_target(out)
+    ckpt = load_checkpoint(checkpoint)
+    model = GPT.from_checkpoint(ckpt, source=str(checkpoint))
+    tensors, notes = tensors_to_hf(model)
+
+    blobs = {HF_WEIGHTS: save(tensors, metadata={"format": "pt", "producer": PRODUCER})}
+    eos = None
+    tok_doc = json.loads(ckpt.tokenizer) if ckpt.tokenizer.strip() != "null" else None
+    if isinstance(tok_doc, dict) and tok_doc.get("type") == "bpe":
+        hf_tok = tok_doc["hf"]
+        blobs[HF_TOKENIZER] = json.dumps(hf_tok, ensure_ascii=False, indent=2).encode("utf-8")
+        for added in hf_tok.get("added_tokens") or []:
+            if added.get("content") == "<|endoftext|>":
+                eos = added.get("id")
+    elif tok_doc is not None:
+        notes.append(f"the checkpoint's {tok_doc.get('type')} tokenizer has no Hugging Face equivalent "
+                     f"and is not exported; only BPE tokenizers are written as {HF_TOKENIZER}")
+    config = gpt_config_to_hf(model.config, dtype=model.dtype.name, eos_token_id=eos)
+    blobs[HF_CONFIG] = (json.dumps(config, indent=2) + "\n").encode("utf-8")
+    _write_folder_atomically(out, blobs)
+    return notes
+
+
+def _with(cfg, **changes):
+    import dataclasses
+
+    return dataclasses.replace(cfg, **changes)
+
+
+def _check_export_target(out: Path) -> None:
+    """Refuse to replace anything at `out` that is not an empty folder or an earlier export."""
+    if out.is_symlink():
+        raise CheckpointError(f"{out} is a symbolic link; refusing to replace it (export to its target)")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise CheckpointError(f"{out} exists and is a file; refusing to overwrite it")
+    entries = sorted(os.listdir(out))
+    if not entries:
+        return
+    if set(entries) <= EXPORT_FILES and _is_export(out / HF_WEIGHTS):
+        return
+    raise CheckpointError(f"{out} exists and is not an earlier numformer export; refusing to write into it "
+                          "(choose an empty or new folder)")
+
+
+def _is_export(weights: Path) -> bool:
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(weights), framework="numpy") as f:
+            return (f.metadata() or {}).get("producer") == PRODUCER
+    except Exception:  # a missing or damaged file is not our export
+        return False
+
+
+def _write_folder_atomically(out: Path, blobs: dict[str, bytes]) -> None:
+    """Write every file into a temporary sibling folder, fsync, then rename it to `out` (an earlier
+    export there is renamed aside first and deleted once the new folder is in place)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.numformer-tmp-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        for name, data in blobs.items():
+            with open(tmp / name, "xb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        if out.exists():
+            aside = out.parent / f".{out.name}.numformer-old-{uuid.uuid4().hex}"
+            os.rename(out, aside)
+            try:
+                os.rename(tmp, out)
+            except BaseException:
+                os.rename(aside, out)
+                raise
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+__all__ = [
+    "HFImport", "read_hf_gpt2", "load_hf_gpt2", "import_hf_gpt2", "gpt_config_from_hf", "tensors_from_hf",
+    "gpt_config_to_hf", "tensors_to_hf", "export_hf_gpt2", "is_conv1d",
+]
