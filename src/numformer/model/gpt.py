@@ -310,6 +310,13 @@ class GPT:
         return model
 
     @classmethod
+    def from_hf(cls, path, dtype=np.float32) -> "GPT":
+        """Load a Hugging Face GPT-2 folder (config.json + model.safetensors); see numformer.interop.gpt2."""
+        from numformer.interop.gpt2 import load_hf_gpt2
+
+        return load_hf_gpt2(path, dtype=dtype)
+
+    @classmethod
     def from_checkpoint(cls, ckpt, source: str, dtype=None) -> "GPT":
         cfg = ckpt.config
         if not isinstance(cfg, dict) or cfg.get("format") != FORMAT or not isinstance(cfg.get("model"), dict):
