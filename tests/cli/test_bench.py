@@ -1,0 +1,71 @@
+"""`numformer bench`: it runs on a tiny config and reports every field as a positive number.
+
+No speed is ever asserted (machines differ, and this one is shared); only that the command works,
+that its FLOP count is the documented formula, and that bad input is one line.
+"""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from numformer.bench import flops_per_token, non_embedding_params
+from numformer.model.config import GPTConfig
+
+TINY = ["--n_layer", "1", "--n_head", "2", "--n_embd", "16", "--block_size", "8", "--batch_size", "2",
+        "--vocab_size", "11", "--iters", "3", "--warmup", "1", "--gemm_n", "64"]
+
+
+def bench(*args):
+    return subprocess.run([sys.executable, "-m", "numformer", "bench", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("extra", [[], ["--pos_encoding", "learned", "--dtype", "float64"]])
+def test_json_fields_exist_and_are_positive(extra):
+    p = bench(*TINY, *extra, "--json")
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    for key in ("ms_per_iter", "tokens_per_sec", "gflops", "ceiling_gflops", "share_of_ceiling", "rss_bytes",
+                "params", "flops_per_token"):
+        assert isinstance(r[key], (int, float)) and math.isfinite(r[key]) and r[key] > 0, (key, r[key])
+    assert r["iters"] == 3
+    # tokens/s and GFLOP/s follow from ms/iter, the batch and the documented FLOP count
+    tokens = 2 * 8
+    assert r["tokens_per_sec"] == pytest.approx(tokens / (r["ms_per_iter"] / 1000), rel=1e-9)
+    assert r["gflops"] == pytest.approx(r["flops_per_token"] * r["tokens_per_sec"] / 1e9, rel=1e-9)
+    # training on random tokens starts near ln V
+    assert abs(r["first_loss"] - math.log(11)) < 0.5
+
+
+def test_table_has_its_lines():
+    p = bench(*TINY)
+    assert p.returncode == 0, p.stderr
+    for label in ("parameters", "time / iteration", "tokens / s", "model GFLOP/s", "sgemm ceiling", "peak memory"):
+        line = next((ln for ln in p.stdout.splitlines() if ln.strip().startswith(label)), None)
+        assert line is not None, (label, p.stdout)
+        number = line.strip()[len(label):].split()[0].replace(",", "")
+        assert float(number) > 0, line
+
+
+def test_flop_count_is_6n_plus_attention():
+    """6N + 12·L·T·C with N counted by hand (without the learned position table)."""
+    C, L, T, V = 16, 3, 8, 11
+    per_layer = 2 * C + (3 * C * C + 3 * C) + (C * C + C) + 2 * C + (4 * C * C + 4 * C) + (4 * C * C + C)
+    n = V * C + L * per_layer + 2 * C
+    for pos in ("sinusoidal", "learned"):
+        cfg = GPTConfig(vocab_size=V, block_size=T, n_layer=L, n_head=2, n_embd=C, pos_encoding=pos)
+        assert non_embedding_params(cfg) == n
+        assert flops_per_token(cfg) == 6 * n + 12 * L * T * C
+
+
+def test_bad_config_is_one_line():
+    p = bench("--n_embd", "10", "--n_head", "3", "--iters", "1")
+    assert p.returncode != 0
+    assert p.stdout == ""
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "divisible" in lines[0], p.stderr
+    p = bench("--iters", "0")
+    assert p.returncode != 0 and len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
