@@ -66,8 +66,7 @@ def minilm_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def st_model(minilm_dir):
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"  # set by conftest.py, before transformers is imported
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(str(minilm_dir), device="cpu")
