@@ -366,7 +366,13 @@ def read_safetensors(file) -> dict[str, np.ndarray]:
     size = file.stat().st_size
     with open(file, "rb") as f:
         head = f.read(8)
-        if head[:2] == b"PK" or head[:1] == b"\x80":  # a zip (torch.save) or a raw pickle
+        # A safetensors header length is 8 little-endian bytes followed by '{'; its first byte
+        # can be anything (0x80 included), so sniff for zip/pickle only when that shape is absent.
+        n_claimed = int.from_bytes(head, "little") if len(head) == 8 else -1
+        brace = f.read(1)
+        f.seek(8)
+        looks_safetensors = brace == b"{" and 0 < n_claimed <= size - 8
+        if not looks_safetensors and (head[:2] == b"PK" or head[:1] == b"\x80"):  # zip (torch.save) or raw pickle
             raise CheckpointError(
                 f"{file}: looks like a PyTorch/pickle file, not safetensors; numformer never "
                 "unpickles (loading a pickle can run arbitrary code)"
