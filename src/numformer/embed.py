@@ -23,8 +23,12 @@ object per text, in input order: {"text": TEXT, "embedding": [384 floats]}.
 from __future__ import annotations
 
 import json
+import sys
+import types
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from numformer.errors import CheckpointError, NumformerError, UsageError
 
@@ -77,8 +81,6 @@ class SentenceEncoder:
 
     def encode(self, texts: list[str], batch_size: int = DEFAULT_BATCH_SIZE):
         """(N, dim) embeddings of `texts`, in their order, in the encoder's dtype."""
-        import numpy as np
-
         dtype = self.encoder.dtype
         out = np.zeros((len(texts), self.dim), dtype=dtype)
         if not texts:
@@ -90,13 +92,13 @@ class SentenceEncoder:
             T = len(encodings[index[0]].ids)
             ids = np.zeros((len(index), T), dtype=np.int64)          # (B, T); 0 is [PAD], masked anyway
             mask = np.zeros((len(index), T), dtype=bool)             # (B, T) True for real tokens
-            types = np.zeros((len(index), T), dtype=np.int64)
+            segments = np.zeros((len(index), T), dtype=np.int64)     # (B, T) token_type_ids
             for row, i in enumerate(index):
                 e = encodings[i]
                 ids[row, :len(e.ids)] = e.ids
-                types[row, :len(e.ids)] = e.type_ids
+                segments[row, :len(e.ids)] = e.type_ids
                 mask[row, :len(e.ids)] = True
-            hidden = self.encoder.forward(ids, mask, types)           # (B, T, C)
+            hidden = self.encoder.forward(ids, mask, segments)       # (B, T, C)
             out[index] = pool(hidden, mask, self.pooling, self.normalize)
         return out
 
@@ -124,8 +126,6 @@ def pool(hidden, mask, modes: tuple[str, ...], normalize: bool):
     cls:   h_0 ([CLS])                               max:  max over real tokens, per channel
     normalize: v / max(||v||_2, 1e-12)   (torch.nn.functional.normalize's eps)
     """
-    import numpy as np
-
     m = mask[:, :, None].astype(hidden.dtype)                         # (B, T, 1)
     n_real = np.maximum(m.sum(axis=1), 1e-9)                          # (B, 1)
     parts = []
@@ -167,7 +167,9 @@ def _pooling_modes(folder: Path, modules: list[dict] | None) -> tuple[str, ...]:
         raise CheckpointError(f"{file}: expected a JSON object")
     if "pooling_mode" in cfg:
         key, modes = "pooling_mode", cfg["pooling_mode"]
-        modes = (modes,) if isinstance(modes, str) else tuple(modes)
+        modes = (modes,) if isinstance(modes, str) else modes
+        if not isinstance(modes, (list, tuple)) or not all(isinstance(m, str) for m in modes):
+            raise CheckpointError(f"{file}: 'pooling_mode' must be a name or a list of names, found {modes!r}")
     else:
         key = "pooling_mode_*"
         for legacy, mode in LEGACY_POOLING_KEYS.items():
@@ -183,8 +185,6 @@ def _pooling_modes(folder: Path, modules: list[dict] | None) -> tuple[str, ...]:
 
 def load_model(model=None, dtype=None) -> SentenceEncoder:
     """Load a sentence-transformers folder (default: the packaged all-MiniLM-L6-v2); cached per folder+dtype."""
-    import numpy as np
-
     folder = default_model_dir() if model is None else Path(model)
     if not folder.exists():
         raise CheckpointError(f"model folder {folder} does not exist")
@@ -218,10 +218,15 @@ def _load(folder: Path, dtype_name: str) -> SentenceEncoder:
                                       "(numformer runs Transformer, Pooling and Normalize)")
     normalize = modules is not None and any(str(m.get("type", "")).endswith(".Normalize") for m in modules)
     pooling = _pooling_modes(folder, modules)
+    # The Transformer module's files sit in the folder itself, or in 0_Transformer/ in older models.
+    transformers = [m for m in modules or [] if str(m.get("type", "")).endswith(".Transformer")]
+    if modules is not None and len(transformers) != 1:
+        raise CheckpointError(f"{folder / 'modules.json'}: expected one Transformer module, found {len(transformers)}")
+    bert = folder / str(transformers[0].get("path") or "") if transformers else folder
 
-    encoder = Encoder.from_pretrained(folder, dtype=dtype_name)
+    encoder = Encoder.from_pretrained(bert, dtype=dtype_name)
 
-    st_file = folder / "sentence_bert_config.json"
+    st_file = bert / "sentence_bert_config.json"
     st_config = _read_json(st_file) if st_file.is_file() else {}
     max_len = st_config.get("max_seq_length") if isinstance(st_config, dict) else None
     positions = encoder.config.max_position_embeddings
@@ -232,7 +237,7 @@ def _load(folder: Path, dtype_name: str) -> SentenceEncoder:
                               f"(max_position_embeddings), found {max_len!r}")
     do_lower_case = bool(st_config.get("do_lower_case", False)) if isinstance(st_config, dict) else False
 
-    tokenizer = _load_tokenizer(folder / "tokenizer.json", max_len, encoder.config.vocab_size)
+    tokenizer = _load_tokenizer(bert / "tokenizer.json", max_len, encoder.config.vocab_size)
     return SentenceEncoder(folder=folder, encoder=encoder, tokenizer=tokenizer, max_seq_length=max_len,
                            pooling=pooling, normalize=normalize, do_lower_case=do_lower_case)
 
@@ -299,8 +304,6 @@ def _short(text: str, width: int = 48) -> str:
 
 
 def main(args) -> int:
-    import numpy as np
-
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be a positive integer, got {args.batch_size}")
     vectors = embed(args.texts, model=args.model, batch_size=args.batch_size)
@@ -318,11 +321,9 @@ def main(args) -> int:
 # once it is imported Python binds the package attribute `numformer.embed` to the module, hiding
 # the lazy function. Making the module itself callable keeps `numformer.embed(texts)` working
 # whichever of the two the attribute holds.
-class _CallableModule(type(json)):
+class _CallableModule(types.ModuleType):
     def __call__(self, texts, model=None, batch_size: int = DEFAULT_BATCH_SIZE, dtype=None):
         return embed(texts, model=model, batch_size=batch_size, dtype=dtype)
 
 
-import sys as _sys  # noqa: E402
-
-_sys.modules[__name__].__class__ = _CallableModule
+sys.modules[__name__].__class__ = _CallableModule

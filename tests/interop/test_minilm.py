@@ -154,6 +154,29 @@ def test_pooling_without_normalize(tmp_path, minilm_dir, st_model):
     assert np.abs(ours - ref).max() <= 4 * TOL  # unnormalised: values up to ~|16|, so float32 ulps are larger
 
 
+def test_transformer_subfolder_and_max_seq_length(tmp_path, minilm_dir):
+    """The older layout (the BERT files in 0_Transformer/) with max_seq_length 16, against sentence-transformers."""
+    from sentence_transformers import SentenceTransformer
+
+    folder = tmp_path / "old_layout"
+    (folder / "0_Transformer").mkdir(parents=True)
+    shutil.copytree(minilm_dir / "1_Pooling", folder / "1_Pooling")
+    for f in minilm_dir.iterdir():
+        if f.is_file() and f.name not in ("modules.json", "model.safetensors"):
+            shutil.copy(f, folder / "0_Transformer" / f.name)
+    (folder / "0_Transformer" / "model.safetensors").symlink_to(minilm_dir / "model.safetensors")
+    (folder / "0_Transformer" / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 16}))
+    modules = json.loads((minilm_dir / "modules.json").read_text())
+    modules[0]["path"] = "0_Transformer"
+    (folder / "modules.json").write_text(json.dumps(modules))
+
+    texts = CASES["ordinary"] + CASES["lengths"]
+    st = SentenceTransformer(str(folder), device="cpu")
+    assert st.max_seq_length == 16
+    ref = st.encode(texts, convert_to_numpy=True)
+    assert np.abs(embed(texts, model=folder) - ref).max() <= TOL
+
+
 def test_bert_prefixed_keys(tmp_path, minilm_dir, real_tensors, references):
     """Weights saved by a BertFor... model carry a `bert.` prefix; they load to the same embeddings."""
     from safetensors.numpy import save_file
