@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "GPT": ("numformer.model.gpt", "GPT"),
     "GPTConfig": ("numformer.model.config", "GPTConfig"),
-    "embed": ("numformer.embed", "embed"),
+    "embed": ("numformer.sentence", "embed"),
     "NumformerError": ("numformer.errors", "NumformerError"),
 }
 

@@ -15,7 +15,7 @@ COMMANDS = {
     "sample": ("numformer.generate", "generate text from a trained checkpoint (KV cache, streaming)"),
     "explain": ("numformer.explain.cli", "compute the seed document's thirteen worked examples live"),
     "check": ("numformer.gradcheck", "gradient-check every op (finite differences, and PyTorch if installed)"),
-    "embed": ("numformer.embed", "sentence embeddings from a BERT-family model (all-MiniLM-L6-v2)"),
+    "embed": ("numformer.sentence", "sentence embeddings from a BERT-family model (all-MiniLM-L6-v2)"),
     "similarity": ("numformer.embed_similarity", "cosine similarity of two texts' embeddings"),
     "convert": ("numformer.interop.cli", "convert GPT-2 checkpoints to and from Hugging Face format"),
     "bench": ("numformer.bench", "measure training tokens/s and GFLOP/s of a config on this machine"),

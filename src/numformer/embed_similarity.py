@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from numformer.embed import DEFAULT_BATCH_SIZE, INSTALL_HINT
+from numformer.sentence import DEFAULT_BATCH_SIZE, INSTALL_HINT
 
 
 def cosine_similarity(a, b) -> float:
@@ -36,7 +36,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from numformer.embed import embed
+    from numformer.sentence import embed
 
     va, vb = embed([args.a, args.b], model=args.model, batch_size=DEFAULT_BATCH_SIZE)
     sim = cosine_similarity(va, vb)

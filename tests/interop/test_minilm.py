@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import numformer
-from numformer.embed import default_model_dir, embed, load_model
+from numformer.sentence import default_model_dir, embed, load_model
 from numformer.errors import CheckpointError, NumformerError, UsageError
 
 TOL = 1e-5
@@ -190,7 +190,7 @@ def test_api_edges():
     one = embed("just one text")
     assert one.shape == (1, 384) and one.dtype == np.float32
     assert embed([]).shape == (0, 384)
-    # numformer.embed(texts) works even after the module numformer.embed was imported (above).
+    # the package-level numformer.embed is the function (its module is numformer.sentence).
     assert np.array_equal(numformer.embed(["x y"]), embed(["x y"]))
     with pytest.raises(UsageError, match=r"texts\[1\]"):
         embed(["fine", 3])

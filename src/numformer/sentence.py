@@ -23,8 +23,6 @@ object per text, in input order: {"text": TEXT, "embedding": [384 floats]}.
 from __future__ import annotations
 
 import json
-import sys
-import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -315,15 +313,3 @@ def main(args) -> int:
         head = " ".join(f"{x:+.4f}" for x in v[:4])
         print(f"{v.shape[0]} dims  norm {np.linalg.norm(v.astype(np.float64)):.4f}  [{head} ...]  {json.dumps(_short(t), ensure_ascii=False)}")
     return 0
-
-
-# `numformer.embed(texts)` is the public API, but this module is also named numformer.embed, and
-# once it is imported Python binds the package attribute `numformer.embed` to the module, hiding
-# the lazy function. Making the module itself callable keeps `numformer.embed(texts)` working
-# whichever of the two the attribute holds.
-class _CallableModule(types.ModuleType):
-    def __call__(self, texts, model=None, batch_size: int = DEFAULT_BATCH_SIZE, dtype=None):
-        return embed(texts, model=model, batch_size=batch_size, dtype=dtype)
-
-
-sys.modules[__name__].__class__ = _CallableModule
