@@ -23,6 +23,9 @@ class SingleProcess:
     def allreduce_scalar(self, value: float) -> float:
         return value
 
+    def allreduce_any(self, flag: bool) -> bool:
+        return bool(flag)
+
     def bcast(self, obj):
         return obj
 
@@ -31,6 +34,16 @@ class SingleProcess:
 
     def abort(self, code: int = 1) -> None:
         raise SystemExit(code)
+
+    def stop_requested(self) -> bool:
+        """Ctrl-C reaches a single process as KeyboardInterrupt; nothing to agree on."""
+        return False
+
+    def guard(self, command: str):
+        """No other rank can be left waiting: errors propagate as usual (the CLI prints them)."""
+        import contextlib
+
+        return contextlib.nullcontext(self)
 
 
 def launched_by_mpi() -> bool:
@@ -42,10 +55,21 @@ def launched_by_mpi() -> bool:
 
 
 def init_world():
+    """SingleProcess, or an MPIWorld when an MPI launcher started us (needs the `mpi` extra)."""
+    import os
+
     if launched_by_mpi():
         try:
-            from numformer.mpi import MPIWorld
+            import mpi4py  # noqa: F401
         except ImportError:
-            return SingleProcess()
+            if os.environ.get("PMI_SIZE", os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) == "1":
+                return SingleProcess()
+            # N copies of a single-process run would all write the same out_dir: refuse instead
+            from numformer.errors import UsageError
+
+            raise UsageError("started by an MPI launcher but mpi4py is not installed; "
+                             "install it with: pip install 'numformer[mpi]'") from None
+        from numformer.mpi import MPIWorld
+
         return MPIWorld()
     return SingleProcess()

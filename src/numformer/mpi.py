@@ -1,0 +1,180 @@
+"""One rank of a data-parallel job under MPI (mpi4py): the `MPIWorld` the trainer talks to.
+
+`numformer.distributed.init_world()` returns an MPIWorld only when an MPI launcher started the
+process (`mpirun -n N numformer train ...`), so a plain run never imports mpi4py.
+
+Data-parallel training needs four collectives, all over COMM_WORLD:
+
+    allreduce_sum(flat)      the gradient step: one in-place MPI_Allreduce(SUM) over the whole flat
+                             gradient buffer (every parameter's gradient is a view into it). Each
+                             rank has already scaled its loss gradient by its share of the global
+                             batch, so the sum IS the global-batch mean.
+    allreduce_scalar(x)      a float64 sum (losses); allreduce_max_flag(b): any-rank-says-yes
+    bcast(obj)               rank 0's Python object on every rank (config, data, checkpoint)
+    barrier()
+
+Failures. A rank that stops while the others wait in a collective would hang the job, so the
+command runs inside `world.guard("numformer train")`: an exception that escapes it prints ONE line
+on stderr naming the rank (`numformer train: rank 1 of 2: error: ...`; a traceback first for a
+programming error) and calls MPI_Abort, which makes the launcher kill every rank and exit non-zero
+at once. Errors that every rank hits together (a bad flag, a NaN in the all-reduced loss) would
+print N copies, so a rank other than 0 waits `GRACE_S` before reporting: if rank 0 failed too, its
+abort ends the job first and only rank 0's line is printed.
+
+Ctrl-C. mpirun forwards SIGINT to every rank, but each rank would see it at a different point
+(rank 0 possibly inside a blocking Allreduce that the others never join). Inside the guard the
+first SIGINT only sets a flag; the trainer asks `stop_requested()` (a collective) after each step,
+so all ranks stop after the same step and rank 0 saves a consistent checkpoint. A second SIGINT
+to a rank aborts the job at once (mpirun too aborts the job on its own second Ctrl-C).
+
+Timing. `allreduce_seconds` / `allreduce_calls` / `allreduce_bytes` accumulate the time spent in the
+gradient all-reduce (including waiting for slower ranks); benchmarks/mpi_scaling.py reads them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+import warnings
+
+import numpy as np
+
+from numformer.errors import NumformerError
+
+GRACE_S = 1.5  # how long a rank other than 0 waits before reporting its failure (see above)
+FORWARD_S = 0.5  # pause between printing the failure and MPI_Abort, so that mpirun forwards the line
+
+
+def _mpi():
+    import mpi4py
+
+    # The trainer calls MPI from its main thread only; "funneled" avoids MPICH's per-call locking.
+    # (No effect if mpi4py.MPI was already imported by someone else.)
+    mpi4py.rc.thread_level = "funneled"
+    from mpi4py import MPI
+
+    return MPI
+
+
+class MPIWorld:
+    """This process's place in COMM_WORLD: rank, size, and the collectives the trainer needs."""
+
+    def __init__(self, comm=None):
+        self.MPI = _mpi()
+        self.comm = comm if comm is not None else self.MPI.COMM_WORLD
+        self.rank = self.comm.Get_rank()
+        self.size = self.comm.Get_size()
+        self.is_main = self.rank == 0
+        self.allreduce_seconds = 0.0
+        self.allreduce_calls = 0
+        self.allreduce_bytes = 0
+        self._interrupted = False
+        self._command = "numformer"
+
+    def __repr__(self):
+        return f"MPIWorld(rank={self.rank}, size={self.size})"
+
+    # -- collectives ---------------------------------------------------------------------------
+
+    def allreduce_sum(self, buf: np.ndarray) -> np.ndarray:
+        """Sum `buf` over all ranks, in place (MPI.IN_PLACE: no second buffer). Returns buf."""
+        if not (isinstance(buf, np.ndarray) and buf.flags.c_contiguous and buf.flags.writeable):
+            raise ValueError("allreduce_sum needs a writeable C-contiguous ndarray (the flat gradient buffer)")
+        t0 = time.perf_counter()
+        self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
+        self.allreduce_seconds += time.perf_counter() - t0
+        self.allreduce_calls += 1
+        self.allreduce_bytes += buf.nbytes
+        return buf
+
+    def allreduce_scalar(self, value: float) -> float:
+        """The float64 sum of `value` over all ranks (NaN anywhere gives NaN everywhere)."""
+        a = np.array([value], dtype=np.float64)
+        self.comm.Allreduce(self.MPI.IN_PLACE, a, op=self.MPI.SUM)
+        return float(a[0])
+
+    def allreduce_any(self, flag: bool) -> bool:
+        """True on every rank if `flag` is true on any rank."""
+        a = np.array([1 if flag else 0], dtype=np.int32)
+        self.comm.Allreduce(self.MPI.IN_PLACE, a, op=self.MPI.MAX)
+        return bool(a[0])
+
+    def bcast(self, obj, root: int = 0):
+        """Rank `root`'s object on every rank (pickled; only ever between this job's own ranks)."""
+        return self.comm.bcast(obj, root=root)
+
+    def barrier(self) -> None:
+        self.comm.Barrier()
+
+    # -- stopping ------------------------------------------------------------------------------
+
+    def stop_requested(self) -> bool:
+        """Collective: has any rank seen Ctrl-C (SIGINT) since the guard was entered?"""
+        return self.allreduce_any(self._interrupted)
+
+    def abort(self, code: int = 1) -> None:
+        """End the whole job now: every rank is killed and mpirun exits with `code`."""
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        self.comm.Abort(code)
+        # MPICH's MPI_Abort can return before the launcher's kill arrives: never run on after it
+        time.sleep(5)
+        os._exit(code)
+
+    def fail(self, command: str, exc: BaseException) -> None:
+        """Report `exc` as this rank's one-line error and abort the job (does not return)."""
+        if isinstance(exc, NumformerError):
+            what, code = str(exc), exc.exit_code
+        elif isinstance(exc, KeyboardInterrupt):
+            what, code = "interrupted", 130
+        else:
+            what, code = f"{type(exc).__name__}: {exc}", 1
+        if not self.is_main:
+            time.sleep(GRACE_S)  # if rank 0 fails as well, its abort ends the job and this line is not needed
+        if not isinstance(exc, (NumformerError, KeyboardInterrupt)):
+            traceback.print_exception(exc, file=sys.stderr)  # a bug: show where
+        first = what.strip().splitlines()[0] if what.strip() else type(exc).__name__
+        print(f"{command}: rank {self.rank} of {self.size}: error: {first}", file=sys.stderr, flush=True)
+        # mpirun forwards each rank's output asynchronously and may drop what is still in flight
+        # when the abort arrives: give it a moment to pass the message on first
+        time.sleep(FORWARD_S)
+        self.abort(code)
+
+    @contextlib.contextmanager
+    def guard(self, command: str):
+        """Run a command so that no rank can leave the others hanging (see the module docstring).
+
+        Inside: the first SIGINT sets the flag stop_requested() reports, ranks other than 0 do not
+        print warnings, and an exception that escapes aborts the job with one line from this rank.
+        SystemExit(0) passes through (a normal end).
+        """
+        self._command = command
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            with warnings.catch_warnings():
+                if not self.is_main:
+                    warnings.simplefilter("ignore")  # rank 0 shows the same ones
+                yield self
+        except SystemExit as e:
+            if e.code not in (None, 0):
+                self.fail(command, NumformerError(f"exited with status {e.code}",
+                                                  exit_code=e.code if isinstance(e.code, int) else 1))
+            raise
+        except BaseException as e:
+            self.fail(command, e)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+    def _on_sigint(self, signum, frame):
+        if self._interrupted:  # the second Ctrl-C: stop the job now, without a checkpoint
+            self.fail(self._command, KeyboardInterrupt())
+        self._interrupted = True
