@@ -235,21 +235,27 @@ class Trainer:
         self.cfg, self.world, self.log = cfg, world, log
         self.out_dir = Path(cfg.out_dir)
         self.latest, self.best = self.out_dir / "latest", self.out_dir / "best"
+        # Under MPI only rank 0 reads the checkpoint, the corpus and the token cache and sends
+        # what it got to the other ranks (bcast; the identity for a single process): ranks never
+        # race on the cache, BPE is trained once, and other hosts need neither corpus nor out_dir.
         ckpt = None
         if resume:
-            ckpt = self._load_resume_checkpoint()
+            ckpt = world.bcast(self._load_resume_checkpoint() if world.is_main else None)
 
-        text, self.data_name = load_text(None if cfg.data == "shakespeare" else cfg.data)
-        if ckpt is not None:
-            # the tokenizer travels inside the checkpoint; the corpus is re-encoded with it
-            from numformer.data.tokenizer import from_json
+        def load_data():
+            text, name = load_text(None if cfg.data == "shakespeare" else cfg.data)
+            if ckpt is not None:
+                # the tokenizer travels inside the checkpoint; the corpus is re-encoded with it
+                from numformer.data.tokenizer import from_json
 
-            tok = from_json(ckpt.tokenizer)
-            self.train_ids, self.val_ids, self.tokenizer = batches.prepare(text, tokenizer=tok, cache_dir=cache_dir)
-        else:
-            self.train_ids, self.val_ids, self.tokenizer = batches.prepare(
+                tok = from_json(ckpt.tokenizer)
+                return (*batches.prepare(text, tokenizer=tok, cache_dir=cache_dir), name)
+            return (*batches.prepare(
                 text, tokenizer=cfg.tokenizer, vocab_size=(cfg.vocab_size or None) if cfg.tokenizer == "bpe" else None,
-                cache_dir=cache_dir)
+                cache_dir=cache_dir), name)
+
+        data = world.bcast(load_data() if world.is_main else None)
+        self.train_ids, self.val_ids, self.tokenizer, self.data_name = data
         batches.check_length(self.train_ids, self.val_ids, cfg.block_size)
 
         mcfg = GPTConfig(vocab_size=self.tokenizer.vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
@@ -335,8 +341,15 @@ class Trainer:
         x, y = self.get_batch(self.train_ids, self.batch_rng)
         model.zero_grad()
         share = x.shape[0] / cfg.batch_size     # this rank's part of the global mean
+        if self.world.size > 1 and cfg.dropout > 0:
+            # each rank its own dropout masks (one shared stream would repeat them across ranks),
+            # a function of (seed, step, rank) so that a resumed run draws the same ones
+            model.rng = np.random.default_rng([cfg.seed, 1, self.iter_num, self.world.rank])
         if x.shape[0]:
             _, loss = model.forward(x, y)
+            if self.world.size > 1 and not math.isfinite(loss):   # name the rank before the sum hides it
+                raise NonFiniteLoss(f"loss became {loss} at step {self.iter_num} on rank {self.world.rank} "
+                                    f"of {self.world.size}")
             model.backward(dloss=share)
         else:
             loss = 0.0
@@ -387,10 +400,14 @@ def run(cfg: TrainConfig, *, resume=False, overwrite=False, cache_dir=None, plot
     out = out or sys.stdout
     log = (lambda msg: print(msg, file=out, flush=True)) if world.is_main else (lambda msg: None)
     out_dir = Path(cfg.out_dir)
-    if not resume and not overwrite and (out_dir / "latest" / "config.json").exists():
+    if world.size > cfg.batch_size:
+        raise UsageError(f"batch_size {cfg.batch_size} is smaller than the number of ranks ({world.size}): each rank "
+                         f"needs at least one sequence of the global batch; use --batch_size {world.size} or more")
+    # out_dir is rank 0's (the only writer); on other hosts it need not exist
+    if world.is_main and not resume and not overwrite and (out_dir / "latest" / "config.json").exists():
         raise UsageError(f"{out_dir} already holds a checkpoint; use --resume to continue it, "
                          f"--overwrite to start afresh, or another --out_dir")
-    if out_dir.exists() and not out_dir.is_dir():
+    if world.is_main and out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out_dir {out_dir} exists and is not a folder")
     t_setup = time.perf_counter()
     tr = Trainer(cfg, world, resume=resume, cache_dir=cache_dir, log=log)
@@ -444,6 +461,8 @@ def run(cfg: TrainConfig, *, resume=False, overwrite=False, cache_dir=None, plot
             if bar is not None:
                 bar.set_postfix_str(f"loss {loss:.4f}, {iters_done / t_train * tokens_per_iter:,.0f} tok/s", refresh=False)
                 bar.update(1)
+            if world.stop_requested():   # MPI: Ctrl-C seen by any rank; all stop after this same step
+                raise KeyboardInterrupt
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
@@ -545,6 +564,12 @@ def _sample_text(tr: Trainer, n: int) -> str:
 
 
 def main(args) -> int:
-    cfg = resolve_config(args)
-    summary = run(cfg, resume=args.resume, overwrite=args.overwrite, cache_dir=args.cache_dir, plot=not args.no_plot)
+    from numformer.distributed import init_world
+
+    world = init_world()
+    # under MPI: an error on any rank stops the whole job with one line from that rank, never a hang
+    with world.guard("numformer train"):
+        cfg = world.bcast(resolve_config(args) if world.is_main else None)   # rank 0 reads the TOML file
+        summary = run(cfg, resume=args.resume, overwrite=args.overwrite, cache_dir=args.cache_dir,
+                      plot=not args.no_plot, world=world)
     return 130 if summary.get("interrupted") else 0
