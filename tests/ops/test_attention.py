@@ -58,6 +58,26 @@ def test_mask_is_minus_inf_not_a_large_finite_number():
     np.testing.assert_allclose(y, y_ref, rtol=1e-14)
 
 
+def test_large_scores_stay_finite_and_match_torch():
+    """Scores around 800 (exp would overflow without the max-subtraction), close to each other so
+    the softmax is not one-hot."""
+    rng = np.random.default_rng(10)
+    q, k = 20 + 0.1 * rand(rng, 2, 3, 4), 20 + 0.1 * rand(rng, 2, 5, 4)
+    v = rand(rng, 2, 5, 3)
+    with np.errstate(all="raise", under="ignore"):
+        y, cache = attention.forward(q, k, v, causal=True)
+        dy = rand(rng, *y.shape)
+        dq, dk, dv = attention.backward(dy, cache)
+    tq, tk, tv = (torch.tensor(a, requires_grad=True) for a in (q, k, v))
+    mask = torch.ones(3, 5, dtype=torch.bool).tril(diagonal=2)
+    ty = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, attn_mask=mask)
+    (ty * torch.tensor(dy)).sum().backward()
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-9)
+    for ours, t in ((dq, tq), (dk, tk), (dv, tv)):
+        g = t.grad.numpy()
+        np.testing.assert_allclose(ours, g, rtol=1e-8, atol=1e-10 * np.abs(g).max())
+
+
 @pytest.mark.parametrize("Tq,Tk", [(1, 6), (3, 7), (5, 5)])
 def test_causal_with_fewer_queries_is_the_tail_of_full_causal_attention(Tq, Tk):
     """KV-cache alignment: the last Tq queries against all Tk keys give the last Tq rows of

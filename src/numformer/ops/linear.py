@@ -14,8 +14,6 @@ Any number of leading dimensions is folded into one axis of N rows, so each of t
 products above is a single 2-D matrix multiply (one BLAS call).
 """
 
-import numpy as np
-
 
 def forward(x, weight, bias=None):
     """y = x @ weight.T + bias. Returns (y, cache)."""
