@@ -18,6 +18,7 @@ def names_both(a, b):
 @pytest.mark.parametrize("call,a,b", [
     (lambda: linear.forward(z((2, 3)), z((4, 5))), (2, 3), (4, 5)),
     (lambda: linear.forward(z((2, 5)), z((4, 5)), z(3)), (3,), (4, 5)),
+    (lambda: linear.forward(z((2, 5)), z(5)), (2, 5), (5,)),
     (lambda: linear.backward(z((2, 3)), linear.forward(z((2, 5)), z((4, 5)))[1]), (2, 3), (2, 4)),
     (lambda: layernorm.forward(z((2, 3)), z(4), z(3)), (2, 3), (4,)),
     (lambda: layernorm.backward(z((2, 4)), layernorm.forward(z((2, 3)), z(3), z(3))[1]), (2, 4), (2, 3)),

@@ -17,6 +17,9 @@ products above is a single 2-D matrix multiply (one BLAS call).
 
 def forward(x, weight, bias=None):
     """y = x @ weight.T + bias. Returns (y, cache)."""
+    if weight.ndim != 2:
+        raise ValueError(f"linear: x has shape {x.shape} but weight has shape {weight.shape} "
+                         f"(weight must be (C_out, C_in))")
     c_out, c_in = weight.shape
     if x.ndim < 1 or x.shape[-1] != c_in:
         raise ValueError(f"linear: x has shape {x.shape} but weight has shape {weight.shape} "
