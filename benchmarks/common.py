@@ -150,7 +150,24 @@ def header_lines(info: dict) -> list[str]:
     if info.get("load_avg_start") is not None:
         lines.append(f"load average at start: {info['load_avg_start']:.2f} (1 min)"
                      + (f", at end: {info['load_avg_end']:.2f}" if info.get("load_avg_end") is not None else ""))
+    warning = load_warning(info)
+    if warning:
+        lines.append(warning)
     return lines
+
+
+def load_warning(info: dict) -> str | None:
+    """A warning when other processes were busy as the run started (load average above half the
+    cores): then every timing and ratio of the run is suspect."""
+    load = info.get("load_avg_start")
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    if load is not None and load > 0.5 * cores:
+        return (f"WARNING: load average {load:.1f} on {cores} cores when the run started: other processes "
+                "were competing for the CPU, so these timings and ratios are not reliable; rerun on a quiet machine")
+    return None
 
 
 def _loadavg():

@@ -327,6 +327,9 @@ def report(args, impls, variants, seeds, info, results):
     md += ["", f"Val loss curve (seed {seeds[0]}):", "", common.md_table(curve_headers, curve_rows)]
     payload = {"machine": info, "args": vars(args), "results": results, "summary": summary}
     pj, pm = common.write_results("train_compare", payload, "\n".join(md))
+    warning = common.load_warning(info)
+    if warning:
+        print("\n" + warning)
     print(f"\nwrote {pm.relative_to(common.REPO)} and {pj.relative_to(common.REPO)}")
 
 

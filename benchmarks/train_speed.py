@@ -285,6 +285,8 @@ def report(args, configs, impls, info, rounds):
                  + (f"{ceil:.1f} GFLOP/s" if ceil else "n/a")
                  + (f" (median of {len(rounds)} rounds: "
                     + ", ".join(f"{r['sgemm'].get('gflops', 0):.1f}" for r in rounds) + ")" if len(rounds) > 1 else ""))
+    if args.iters < 30:
+        lines.append(f"only {args.iters} timed iterations (< 30): a quick check, not a measurement")
     lines.append(f"median ms/iter over {args.iters} iterations after {args.warmup} warm-up"
                  + (f"; each number is the median over {len(rounds)} rounds, ratios show median (min-max)"
                     if len(rounds) > 1 else "")
@@ -322,6 +324,9 @@ def report(args, configs, impls, info, rounds):
     payload = {"machine": info, "args": vars(args), "configs": configs, "rounds": rounds, "summary": summary,
                "ceiling_gflops": ceil}
     pj, pm = common.write_results("train_speed", payload, "\n".join(md))
+    warning = common.load_warning(info)
+    if warning:
+        print("\n" + warning)
     print(f"\nwrote {pm.relative_to(common.REPO)} and {pj.relative_to(common.REPO)}")
 
 
