@@ -62,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
 
     name, rest = argv[0], argv[1:]
     module_name, summary = COMMANDS[name]
+    if name in ("train", "sample", "bench", "embed", "similarity"):
+        from numformer.runtime import tune_malloc
+
+        tune_malloc()
     module = importlib.import_module(module_name)
     parser = _Parser(prog=f"numformer {name}", description=summary[0].upper() + summary[1:] + ".")
     module.add_arguments(parser)

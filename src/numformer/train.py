@@ -232,6 +232,9 @@ class Trainer:
         from numformer.model.gpt import GPT
         from numformer.optim import AdamW
 
+        from numformer.runtime import tune_malloc
+
+        tune_malloc()
         self.cfg, self.world, self.log = cfg, world, log
         self.out_dir = Path(cfg.out_dir)
         self.latest, self.best = self.out_dir / "latest", self.out_dir / "best"

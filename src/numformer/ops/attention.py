@@ -69,6 +69,23 @@ def allowed_keys(score_shape, causal=False, mask=None):
     return allowed
 
 
+_BIAS_CACHE = {}
+
+
+def _causal_bias(Tq, Tk, dtype):
+    """(Tq, Tk) additive causal mask: 0 where key j <= Tk − Tq + i, −inf elsewhere. Read-only and
+    cached per shape and dtype, since every layer of every step asks for the same one."""
+    key = (Tq, Tk, np.dtype(dtype))
+    bias = _BIAS_CACHE.get(key)
+    if bias is None:
+        bias = np.where(np.tri(Tq, Tk, k=Tk - Tq, dtype=bool), 0.0, -np.inf).astype(dtype)
+        bias.setflags(write=False)
+        if len(_BIAS_CACHE) > 256:
+            _BIAS_CACHE.clear()
+        _BIAS_CACHE[key] = bias
+    return bias
+
+
 def forward(q, k, v, causal=False, mask=None, dropout_p=0.0, rng=None):
     """y = softmax(q kᵀ / √d_k + mask) v. Returns (y, cache)."""
     _check_shapes(q, k, v)
@@ -78,8 +95,11 @@ def forward(q, k, v, causal=False, mask=None, dropout_p=0.0, rng=None):
     s = q @ k.swapaxes(-1, -2)                                # (..., Tq, Tk)
     s *= scale
     allowed = allowed_keys(s.shape, causal, mask)
-    if allowed is not None:
-        np.copyto(s, -np.inf, where=~allowed)                 # numerical care: −inf, never −1e4
+    if allowed is not None:                                   # numerical care: −inf, never −1e4
+        if mask is None:
+            s += _causal_bias(s.shape[-2], s.shape[-1], s.dtype)   # + 0 or −inf: faster than where=
+        else:
+            np.copyto(s, -np.inf, where=~allowed)
 
     # P = softmax(S) over keys, in place
     row_max = s.max(axis=-1, keepdims=True)                   # (..., Tq, 1)
