@@ -20,7 +20,8 @@ multiplied by √d_model before the positional encoding is added. Without it, to
 initialised at N(0, 0.02) are about 50× smaller than the sin/cos values of magnitude ≈ 0.7, so the
 first LayerNorm sees mostly position and little token identity, and training starts slower and
 ends worse. numformer multiplies wte[idx] by s = √C for sinusoidal positions (and s = 1 for
-learned ones, as GPT-2 does). The measurement is in benchmarks/pos_encoding.py and the README.
+learned ones, as GPT-2 does). `benchmarks/train_compare.py --pos_encoding all` measures it; the
+README has the numbers.
 """
 
 from __future__ import annotations
