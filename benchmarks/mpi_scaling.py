@@ -3,9 +3,9 @@
     python benchmarks/mpi_scaling.py                 # baby GPT (numformer train's defaults), 20 timed steps
     python benchmarks/mpi_scaling.py --steps 40 --ranks 1,2,3
 
-Each measurement is its own `mpirun -n N python benchmarks/mpi_scaling.py --worker` (one BLAS
-thread per rank, OMP_NUM_THREADS=1, so N ranks never fight over cores), plus a plain single
-process with the BLAS library's default threads for reference. A worker builds a real
+Each measurement is its own `mpirun -n N python benchmarks/mpi_scaling.py --worker` (each rank
+limits OpenBLAS to its share of the cores, as `numformer train` does under MPI), plus a plain
+single process (BLAS with its default threads, one per core) for reference. A worker builds a real
 `numformer.train.Trainer` with TrainConfig's defaults (4 layers, 4 heads, 128 wide, block 64,
 global batch 12, Shakespeare, char tokenizer) and times `Trainer.step()`:
 
@@ -30,7 +30,8 @@ Assumptions: one rank per host, full-duplex links at the nominal rate (no other 
 protocol overhead beyond the latency term; real TCP gets ~90% of line rate), latency 50 us per
 message (TCP on an ordinary Ethernet switch), identical hosts as fast as this one, no overlap of
 the all-reduce with the backward pass (numformer reduces once, after backward). Tokens/s counts
-the global batch: B x block_size tokens per step.
+the global batch: B x block_size tokens per step. A second table keeps the batch PER HOST fixed
+instead (global batch B x N: T(N) = F(B) + U + A(N)), the usual way to use more hosts.
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ def worker(args) -> None:
     everyone = world.comm.gather(mine, root=0) if world.size > 1 else [mine]
     if world.is_main:
         print(json.dumps({"ranks": world.size, "params": tr.model.num_params(),
+                          "blas_threads": getattr(world, "blas_threads", None),
                           "buffer_bytes": int(tr.model.grads.flat.nbytes), "batch_size": cfg.batch_size,
                           "block_size": cfg.block_size, "per_rank": everyone}))
 
@@ -138,7 +140,7 @@ def main() -> None:
     print(f"# numformer data-parallel scaling ({os.cpu_count()} cores, load average {load:.1f} at start)\n")
     runs = {"plain": launch(None, args, None)}
     for n in (int(x) for x in args.ranks.split(",")):
-        runs[n] = launch(n, args, "1")
+        runs[n] = launch(n, args, None)
     base = runs[1]
     tokens = base["batch_size"] * base["block_size"]
     print(f"baby GPT: {base['params']:,} parameters, gradient buffer {base['buffer_bytes'] / 1e6:.2f} MB (float32), "
@@ -149,8 +151,8 @@ def main() -> None:
         pr = r["per_rank"]
         step = max(x["step_s"] for x in pr)
         shares = [x["allreduce_s"] / x["step_s"] for x in pr]
-        label = ("1 process, default BLAS threads (no mpirun)" if key == "plain"
-                 else f"mpirun -n {key}, 1 BLAS thread per rank")
+        label = ("1 process, no mpirun (BLAS: 1 thread per core)" if key == "plain"
+                 else f"mpirun -n {key} (BLAS: {r['blas_threads'] or 'default'} thread(s) per rank)")
         alone = max(x["allreduce_alone_s"] for x in pr)
         print(f"| {label} | {1000 * step:.1f} | {tokens / step:,.0f} | "
               f"{100 * min(shares):.1f}% - {100 * max(shares):.1f}% | "
@@ -174,6 +176,18 @@ def main() -> None:
             t = fb / n + upd + a
             t1 = fb + upd
             cells.append(f"{1000 * t:.1f} ms, {tokens / t:,.0f} tok/s, {t1 / t:.2f}x, {100 * a / t:.0f}%")
+        print(f"| {n} | " + " | ".join(cells) + " |")
+    print(f"\nthe same with {base['batch_size']} sequences PER HOST (global batch {base['batch_size']} x hosts; "
+          "a different run: more tokens per step, same per-host work)\n")
+    print(header.replace("speed-up", "tokens/s vs 1 host"))
+    print("|---:|" + "---:|" * len(BANDWIDTHS))
+    for n in hosts:
+        cells = []
+        for bw in BANDWIDTHS.values():
+            a = ring_allreduce_s(n, nbytes, bw, local)
+            t = fb + upd + a
+            t1 = fb + upd
+            cells.append(f"{1000 * t:.1f} ms, {n * tokens / t:,.0f} tok/s, {n * t1 / t:.2f}x, {100 * a / t:.0f}%")
         print(f"| {n} | " + " | ".join(cells) + " |")
 
 

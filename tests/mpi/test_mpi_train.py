@@ -290,3 +290,32 @@ def test_a_plain_run_never_imports_mpi4py(lab):
     r = subprocess.run([sys.executable, "-c", code], cwd=lab.root, env=lab.env(), capture_output=True, text=True,
                        timeout=TIMEOUT)
     assert r.stdout.strip().splitlines()[-1] == "False 0", (r.stdout, r.stderr[-2000:])
+
+
+def test_ranks_on_one_host_share_its_cores_for_blas(lab):
+    """N ranks must not each start one OpenBLAS thread per core (N-fold oversubscription)."""
+    code = (
+        "import ctypes, os, numpy\n"
+        "from numformer.distributed import init_world\n"
+        "w = init_world()\n"
+        "libs = sorted({l.split()[-1] for l in open('/proc/self/maps') if 'openblas' in l.lower() and '/' in l})\n"
+        "got = None\n"
+        "for p in libs:\n"
+        "    lib = ctypes.CDLL(p)\n"
+        "    for name in ('openblas_get_num_threads', 'scipy_openblas_get_num_threads64_', 'openblas_get_num_threads64_'):\n"
+        "        if hasattr(lib, name):\n"
+        "            got = getattr(lib, name)()\n"
+        "row = f'{w.rank} {len(os.sched_getaffinity(0))} {w.blas_threads} {got} {bool(libs)}'\n"
+        "open(f'blas-{w.rank}.txt', 'w').write(row)\n")
+    env = {k: "" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    r = subprocess.run([lab.mpirun, "-n", "2", sys.executable, "-c", code], cwd=lab.root, capture_output=True,
+                       text=True, timeout=TIMEOUT, env={**lab.env(), **env})
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [(lab.root / f"blas-{rank}.txt").read_text() for rank in (0, 1)]
+    for row in rows:
+        rank, cores, set_to, got, found = row.split()
+        want = max(1, int(cores) // 2)
+        if found == "True":
+            assert set_to == str(want) and got == str(want), row
+        else:
+            assert set_to == "None", row
