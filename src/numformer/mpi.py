@@ -9,7 +9,7 @@ Data-parallel training needs four collectives, all over COMM_WORLD:
                              gradient buffer (every parameter's gradient is a view into it). Each
                              rank has already scaled its loss gradient by its share of the global
                              batch, so the sum IS the global-batch mean.
-    allreduce_scalar(x)      a float64 sum (losses); allreduce_max_flag(b): any-rank-says-yes
+    allreduce_scalar(x)      a float64 sum (losses); allreduce_any(flag): true if any rank's is
     bcast(obj)               rank 0's Python object on every rank (config, data, checkpoint)
     barrier()
 
@@ -19,7 +19,9 @@ on stderr naming the rank (`numformer train: rank 1 of 2: error: ...`; a traceba
 programming error) and calls MPI_Abort, which makes the launcher kill every rank and exit non-zero
 at once. Errors that every rank hits together (a bad flag, a NaN in the all-reduced loss) would
 print N copies, so a rank other than 0 waits `GRACE_S` before reporting: if rank 0 failed too, its
-abort ends the job first and only rank 0's line is printed.
+abort ends the job first and only rank 0's line is printed. The failing rank also pauses
+`FORWARD_S` between printing and aborting: mpirun forwards output asynchronously and was seen to
+drop a line still in flight when the abort arrived.
 
 Ctrl-C. mpirun forwards SIGINT to every rank, but each rank would see it at a different point
 (rank 0 possibly inside a blocking Allreduce that the others never join). Inside the guard the
@@ -52,8 +54,6 @@ from numformer.errors import NumformerError
 
 GRACE_S = 1.5  # how long a rank other than 0 waits before reporting its failure (see above)
 FORWARD_S = 0.5  # pause between printing the failure and MPI_Abort, so that mpirun forwards the line
-
-
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
