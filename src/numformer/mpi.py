@@ -54,46 +54,9 @@ from numformer.errors import NumformerError
 
 GRACE_S = 1.5  # how long a rank other than 0 waits before reporting its failure (see above)
 FORWARD_S = 0.5  # pause between printing the failure and MPI_Abort, so that mpirun forwards the line
+from numformer.runtime import cores as _cores, limit_blas_threads  # noqa: E402
+
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def limit_blas_threads(n: int):
-    """Set the thread count of the OpenBLAS that NumPy loaded to n; returns n, or None if no
-    OpenBLAS was found (then nothing changes).
-
-    OpenBLAS starts as many threads as the host has cores in EVERY process, so N ranks on one host
-    would run N x cores busy threads: measured here, 2 ranks on 2 cores took 600 ms per baby-GPT
-    step instead of 55. The environment variables act only before NumPy is loaded, which is too
-    late for a world created inside `numformer train`, so this calls openblas_set_num_threads in
-    the loaded library (found through /proc/self/maps; Linux only, a no-op elsewhere).
-    """
-    import ctypes
-
-    try:
-        with open("/proc/self/maps") as f:
-            paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line})
-    except OSError:
-        return None
-    for path in paths:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for prefix in ("", "scipy_"):
-            for suffix in ("", "64_"):
-                fn = getattr(lib, f"{prefix}openblas_set_num_threads{suffix}", None)
-                if fn is not None:
-                    fn.argtypes = [ctypes.c_int]
-                    fn(int(n))
-                    return n
-    return None
 
 
 def _mpi():

@@ -63,6 +63,7 @@ class TrainConfig:
     out_dir: str = "out"
     seed: int = 1337
     dtype: str = "float32"
+    threads: int = 0               # threads for each step's shards (0: one per core; 1 under MPI)
     sample_tokens: int = 300       # length of the sample printed at the end (0: none)
 
 
@@ -93,6 +94,7 @@ HELP = {
     "out_dir": "folder for checkpoints (latest/, best/), metrics.jsonl and loss.png",
     "seed": "random seed for the initial weights, batches and dropout",
     "dtype": "'float32' (default) or 'float64'",
+    "threads": "split each batch over this many threads (0: one per core, or 1 per MPI rank)",
     "sample_tokens": "length of the text sample printed at the end (0 for none)",
 }
 
@@ -196,7 +198,7 @@ def validate(cfg: TrainConfig) -> None:
     for k in positive:
         if getattr(cfg, k) < 1:
             raise UsageError(f"{k} must be >= 1, got {getattr(cfg, k)}")
-    for k in ("max_iters", "warmup_iters", "lr_decay_iters", "sample_tokens", "vocab_size"):
+    for k in ("max_iters", "warmup_iters", "lr_decay_iters", "sample_tokens", "vocab_size", "threads"):
         if getattr(cfg, k) < 0:
             raise UsageError(f"{k} must be >= 0, got {getattr(cfg, k)}")
     if cfg.n_embd % cfg.n_head:
@@ -267,6 +269,9 @@ class Trainer:
         self.model = GPT(mcfg, dtype=np.dtype(cfg.dtype), seed=cfg.seed)
         self.opt = AdamW(self.model.params.flat, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), eps=1e-8,
                          weight_decay=cfg.weight_decay, decay_mask=self.model.decay_mask())
+        from numformer.runtime import cores
+
+        self.threads = cfg.threads or (cores() if world.size == 1 else 1)
         self.batch_rng = np.random.default_rng([cfg.seed, 0])
         self.iter_num = 0
         self.best_val = float("inf")
@@ -349,11 +354,10 @@ class Trainer:
             # a function of (seed, step, rank) so that a resumed run draws the same ones
             model.rng = np.random.default_rng([cfg.seed, 1, self.iter_num, self.world.rank])
         if x.shape[0]:
-            _, loss = model.forward(x, y)
+            loss = model.loss_and_grad(x, y, dloss=share, threads=self.threads)
             if self.world.size > 1 and not math.isfinite(loss):   # name the rank before the sum hides it
                 raise NonFiniteLoss(f"loss became {loss} at step {self.iter_num} on rank {self.world.rank} "
                                     f"of {self.world.size}")
-            model.backward(dloss=share)
         else:
             loss = 0.0
         self.world.allreduce_sum(model.grads.flat)

@@ -233,3 +233,38 @@ def test_float32_model_agrees_with_float64():
     m64.zero_grad(), m32.zero_grad()
     m64.backward(), m32.backward()
     assert rel_err(m32.grads.flat, m64.grads.flat) < 1e-4
+
+
+@pytest.mark.parametrize("B,threads", [(4, 2), (3, 2), (5, 3)])
+def test_threaded_loss_and_grad_equals_one_thread(B, threads):
+    """Splitting the batch over threads changes only the float summation order."""
+    cfg, model, ref = pair("sinusoidal", seed=9)
+    x, y = batch(cfg, B=B, seed=2, ignore=True)
+    model.zero_grad()
+    one = model.loss_and_grad(x, y, threads=1)
+    g1 = model.grads.flat.copy()
+    model.zero_grad()
+    many = model.loss_and_grad(x, y, threads=threads)
+    assert abs(many - one) < 1e-12 * abs(one)
+    np.testing.assert_allclose(model.grads.flat, g1, rtol=1e-10, atol=1e-13)
+    # and both equal PyTorch's gradient of the same loss
+    _, tloss = ref(torch.from_numpy(x), torch.from_numpy(y))
+    tloss.backward()
+    for n, p in ref.named_parameters():
+        assert rel_err(model.grads[n], p.grad.numpy()) < 1e-9, n
+
+
+def test_threaded_dropout_is_decided_by_the_model_rng_state():
+    cfg, model, _ = pair("learned", seed=4, dropout=0.2)
+    model.train()
+    x, y = batch(cfg, B=4, seed=3)
+    state = model.rng.bit_generator.state
+    model.zero_grad()
+    a = model.loss_and_grad(x, y, threads=2)
+    ga = model.grads.flat.copy()
+    model.rng.bit_generator.state = state
+    model.zero_grad()
+    b = model.loss_and_grad(x, y, threads=2)
+    assert a == b and np.array_equal(model.grads.flat, ga)
+    model.eval()
+    assert model.forward(x, y)[1] != a      # the masks really dropped something

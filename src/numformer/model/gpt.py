@@ -231,6 +231,66 @@ class GPT:
         dtok = dx * self.embed_scale if self.embed_scale != 1.0 else dx
         g["transformer.wte.weight"][...] += embedding.backward(dtok, tape["emb"])   # tied weight: input's share
 
+    # ----------------------------------------------------------------------------- threaded training step
+
+    def loss_and_grad(self, idx, targets, *, dloss: float = 1.0, threads: int = 1) -> float:
+        """Mean loss of forward(idx, targets); its gradient (times dloss) is added into self.grads.
+
+        With threads > 1 the batch's rows are split into that many shards, and each shard runs
+        forward and backward in its own Python thread on a replica that shares this model's
+        parameter buffer but has its own gradient buffer and tape. NumPy releases the GIL inside
+        its loops and BLAS calls, so the elementwise work, single-threaded in NumPy, runs on every
+        core; OpenBLAS is held to one thread meanwhile. The shards' gradients are weighted by
+        their share of the counted targets and added in shard order, so the result is deterministic and
+        equals the one-thread result up to float rounding. Dropout masks then come from
+        per-shard generators seeded from self.rng, so its state still decides them.
+        """
+        idx, targets = np.asarray(idx), np.asarray(targets)
+        B = idx.shape[0]
+        n = max(1, min(int(threads), B))
+        if n == 1:
+            _, loss = self.forward(idx, targets)
+            self.backward(dloss)
+            return loss
+        from numformer.runtime import blas_threads
+
+        replicas = self._replicas(n)
+        bounds = [(B * r // n, B * (r + 1) // n) for r in range(n)]
+        # each shard's loss is a mean over its own counted targets (-1 is ignored), so the shards
+        # are weighted by their share of the counted targets
+        counted = [int(np.count_nonzero(targets[lo:hi] != -1)) for lo, hi in bounds]
+        total = max(sum(counted), 1)
+        seeds = self.rng.integers(0, 2**63, size=n) if self.config.dropout > 0 and self.training else [0] * n
+
+        def shard(r):
+            rep, (lo, hi) = replicas[r], bounds[r]
+            rep.training = self.training
+            rep.rng = np.random.default_rng(int(seeds[r]))
+            rep.zero_grad()
+            share = counted[r] / total
+            _, loss = rep.forward(idx[lo:hi], targets[lo:hi])
+            rep.backward(dloss * share)
+            return loss * share
+
+        with blas_threads(1):
+            losses = list(_thread_pool(n).map(shard, range(n)))
+        for rep in replicas:
+            self.grads.flat += rep.grads.flat                          # the shards' gradients meet
+        return float(sum(losses))
+
+    def _replicas(self, n: int) -> list["GPT"]:
+        """n models that share self's parameters (views of the same flat buffer), each with its
+        own gradients and tape; made once and kept."""
+        reps = getattr(self, "_replica_list", [])
+        while len(reps) < n:
+            rep = GPT.__new__(GPT)
+            rep.__dict__.update({k: v for k, v in self.__dict__.items() if k != "_replica_list"})
+            rep.grads = self.params.like()
+            rep._tape = None
+            reps.append(rep)
+        self._replica_list = reps
+        return reps[:n]
+
     # ----------------------------------------------------------------------------- inference with a KV cache
 
     def new_kv_cache(self, batch_size: int) -> KVCache:
@@ -361,6 +421,17 @@ class GPT:
         self.grads.views[f"{name}.weight"][...] += dweight
         if self.config.bias:
             self.grads.views[f"{name}.bias"][...] += dbias
+
+
+_POOLS = {}
+
+
+def _thread_pool(n: int):
+    from concurrent.futures import ThreadPoolExecutor
+
+    if n not in _POOLS:
+        _POOLS[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="numformer")
+    return _POOLS[n]
 
 
 def _gelu_mode(cfg: GPTConfig) -> str:

@@ -86,22 +86,46 @@ def _causal_bias(Tq, Tk, dtype):
     return bias
 
 
-def forward(q, k, v, causal=False, mask=None, dropout_p=0.0, rng=None):
-    """y = softmax(q kᵀ / √d_k + mask) v. Returns (y, cache)."""
-    _check_shapes(q, k, v)
-    check_p(dropout_p, "attention")
-    scale = 1.0 / math.sqrt(q.shape[-1])
+# The scores of a long sequence are large ((B, nh, T, T) = 12.6 MB for B 8, nh 6, T 256) and the
+# softmax and its backward pass over them several times. Working on a few batch items at a time,
+# (items, nh, Tq, Tk) with at most this many elements, keeps each block in the CPU cache between
+# passes. Every block computes exactly what the whole array would; only the memory traffic changes.
+_BLOCK = 1 << 17
 
-    s = q @ k.swapaxes(-1, -2)                                # (..., Tq, Tk)
-    s *= scale
-    allowed = allowed_keys(s.shape, causal, mask)
-    if allowed is not None:                                   # numerical care: −inf, never −1e4
-        if mask is None:
-            s += _causal_bias(s.shape[-2], s.shape[-1], s.dtype)   # + 0 or −inf: faster than where=
-        else:
-            np.copyto(s, -np.inf, where=~allowed)
 
-    # P = softmax(S) over keys, in place
+def _blocks(q_shape, Tk):
+    """Index tuples that cover the leading dimensions in blocks of about _BLOCK score elements:
+    slices along axis 0, or, when one item of axis 0 is already larger, single items of axis 0
+    with slices along axis 1 (e.g. a few heads of one sequence). One block when q has no
+    leading dimensions."""
+    if len(q_shape) < 3:
+        return [(slice(None),)]
+    per_item = math.prod(q_shape[1:-1]) * Tk
+    if per_item <= _BLOCK or len(q_shape) < 4:
+        step = max(1, _BLOCK // max(per_item, 1))
+        return [(slice(i, i + step),) for i in range(0, q_shape[0], step)]
+    per_sub = math.prod(q_shape[2:-1]) * Tk
+    step = max(1, _BLOCK // max(per_sub, 1))
+    return [(i, slice(j, j + step)) for i in range(q_shape[0]) for j in range(0, q_shape[1], step)]
+
+
+def _part(a, blk, ndim):
+    """The block `blk` of an array broadcast against the scores (ndim dims): each leading axis
+    the array has in full is indexed like the scores, each it broadcasts along is kept."""
+    if a is None:
+        return a
+    a = a.reshape((1,) * (ndim - a.ndim) + a.shape)           # align with the scores' axes
+    index = tuple(b if a.shape[d] != 1 else (slice(None) if isinstance(b, slice) else 0)
+                  for d, b in enumerate(blk))
+    return a[index]
+
+
+def _softmax_rows(s, allowed, bias):
+    """s ← softmax(s + mask) over the last axis, in place (the scores of one block)."""
+    if bias is not None:
+        s += bias                                             # + 0 or −inf: faster than where=
+    elif allowed is not None:
+        np.copyto(s, -np.inf, where=~allowed)
     row_max = s.max(axis=-1, keepdims=True)                   # (..., Tq, 1)
     if allowed is not None:
         row_max[row_max == -np.inf] = 0.0                     # numerical care: empty row: exp(−inf − 0) = 0, not NaN
@@ -111,16 +135,34 @@ def forward(q, k, v, causal=False, mask=None, dropout_p=0.0, rng=None):
     if allowed is not None:
         denom[denom == 0] = 1.0                               # numerical care: empty row: P = 0/1 = 0
     s /= denom
-    p = s                                                     # (..., Tq, Tk)
 
+
+def forward(q, k, v, causal=False, mask=None, dropout_p=0.0, rng=None):
+    """y = softmax(q kᵀ / √d_k + mask) v. Returns (y, cache)."""
+    _check_shapes(q, k, v)
+    check_p(dropout_p, "attention")
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    Tq, Tk = q.shape[-2], k.shape[-2]
+    dtype = np.result_type(q, k, v)
+    score_shape = (*q.shape[:-1], Tk)
+    allowed = allowed_keys(score_shape, causal, mask)         # numerical care: −inf, never −1e4
+    bias = _causal_bias(Tq, Tk, dtype) if causal and mask is None else None
+
+    p = np.empty(score_shape, dtype=dtype)                    # (..., Tq, Tk)
     drop = None
-    p_used = p
     if dropout_p > 0.0:
-        drop = keep_mask(p.shape, dropout_p, rng).astype(p.dtype)   # M, in p's dtype
+        drop = keep_mask(score_shape, dropout_p, rng).astype(dtype)   # M, in p's dtype
         drop *= 1.0 / (1.0 - dropout_p) if dropout_p < 1.0 else 0.0  # M / (1 − p); p = 1 keeps nothing
-        p_used = p * drop                                     # P̃
-
-    y = p_used @ v                                            # (..., Tq, d_v)
+    p_used = p if drop is None else np.empty_like(p)
+    y = np.empty((*q.shape[:-1], v.shape[-1]), dtype=dtype)  # (..., Tq, d_v)
+    nd = len(score_shape)
+    for blk in _blocks(q.shape, Tk):
+        s = np.matmul(q[blk], k[blk].swapaxes(-1, -2), out=p[blk])   # S = q kᵀ   (block, ..., Tq, Tk)
+        s *= scale                                                   #   / √d_k
+        _softmax_rows(s, _part(allowed, blk, nd), bias)              # P = softmax(S), in place
+        if drop is not None:
+            np.multiply(s, drop[blk], out=p_used[blk])               # P̃ = P ⊙ M / (1 − p)
+        np.matmul(p_used[blk], v[blk], out=y[blk])                   # y = P̃ v
     return y, (q, k, v, p, drop, p_used, scale)
 
 
@@ -129,16 +171,20 @@ def backward(dy, cache):
     q, k, v, p, drop, p_used, scale = cache
     if dy.shape != (*q.shape[:-1], v.shape[-1]):
         raise ValueError(f"attention: dy has shape {dy.shape} but y had shape {(*q.shape[:-1], v.shape[-1])}")
-    dp = dy @ v.swapaxes(-1, -2)                              # dP̃ (..., Tq, Tk)
-    dv = p_used.swapaxes(-1, -2) @ dy                         # (..., Tk, d_v)
-    if drop is not None:
-        dp *= drop                                            # dP = dP̃ ⊙ M / (1 − p)
-
-    ds = dp * p                                               # term 1: P ⊙ dP
-    row = ds.sum(axis=-1, keepdims=True)                      # (..., Tq, 1) Σ_l dP_il P_il
-    ds -= np.multiply(p, row, out=dp)                         # term 2 (dP's buffer reused)
-    ds *= scale
-
-    dq = ds @ k                                               # (..., Tq, d_k)
-    dk = ds.swapaxes(-1, -2) @ q                              # (..., Tk, d_k)
+    dtype = np.result_type(p, dy)
+    dq = np.empty(q.shape, dtype=dtype)
+    dk = np.empty(k.shape, dtype=dtype)
+    dv = np.empty(v.shape, dtype=dtype)
+    for blk in _blocks(q.shape, k.shape[-2]):
+        pb = p[blk]
+        dp = dy[blk] @ v[blk].swapaxes(-1, -2)                # dP̃ (block, ..., Tq, Tk)
+        np.matmul(p_used[blk].swapaxes(-1, -2), dy[blk], out=dv[blk])   # dv = P̃ᵀ dy
+        if drop is not None:
+            dp *= drop[blk]                                   # dP = dP̃ ⊙ M / (1 − p)
+        ds = dp * pb                                          # term 1: P ⊙ dP
+        row = ds.sum(axis=-1, keepdims=True)                  # (..., Tq, 1) Σ_l dP_il P_il
+        ds -= np.multiply(pb, row, out=dp)                    # term 2 (dP's buffer reused)
+        ds *= scale
+        np.matmul(ds, k[blk], out=dq[blk])                    # dq = dS k / √d_k
+        np.matmul(ds.swapaxes(-1, -2), q[blk], out=dk[blk])   # dk = dSᵀ q / √d_k
     return dq, dk, dv

@@ -141,6 +141,16 @@ def _gate_exact(x, with_grad):
 _GATES = {"tanh": _gate_tanh, "none": _gate_exact}
 
 
+# Elementwise work on a large array is done in slices of this many elements: the gate's dozen
+# NumPy passes then run on data that stays in the CPU's L2 cache instead of streaming the whole
+# array through memory a dozen times (about 2× faster on the small GPT's (2048, 1536) MLP).
+_CHUNK = 1 << 16
+
+
+def _chunks(n):
+    return (slice(i, min(i + _CHUNK, n)) for i in range(0, n, _CHUNK))
+
+
 def forward(x, approximate="tanh"):
     """y = x Φ(x) (approximate="none") or its tanh approximation (default). Returns (y, cache).
 
@@ -149,8 +159,16 @@ def forward(x, approximate="tanh"):
     """
     if approximate not in _GATES:
         raise ValueError(f"gelu: approximate must be 'tanh' or 'none', got {approximate!r}")
-    s = _GATES[approximate](x, with_grad=False)
-    return x * s, (x, approximate)
+    gate = _GATES[approximate]
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float64)
+    x = np.ascontiguousarray(x)
+    y = np.empty_like(x)
+    xf, yf = x.reshape(-1), y.reshape(-1)
+    for c in _chunks(xf.size):
+        np.multiply(xf[c], gate(xf[c], with_grad=False), out=yf[c])      # y = x s
+    return y, (x, approximate)
 
 
 def backward(dy, cache):
@@ -158,6 +176,13 @@ def backward(dy, cache):
     x, approximate = cache
     if dy.shape != x.shape:
         raise ValueError(f"gelu: dy has shape {dy.shape} but x had shape {x.shape}")
-    s, ds = _GATES[approximate](x, with_grad=True)
-    return dy * (s             # term 1
-                 + x * ds)     # term 2
+    gate = _GATES[approximate]
+    dyf = np.ascontiguousarray(dy).reshape(-1)
+    dx = np.empty(x.shape, dtype=np.result_type(dy, x))
+    xf, dxf = x.reshape(-1), dx.reshape(-1)
+    for c in _chunks(xf.size):
+        s, ds = gate(xf[c], with_grad=True)
+        ds *= xf[c]              # term 2: x · ds/dx
+        ds += s                  # term 1: s
+        np.multiply(dyf[c], ds, out=dxf[c])
+    return dx
