@@ -51,6 +51,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--gemm_n", type=int, default=2048,
                         help="size of the square matmul that measures the ceiling (default: 2048; 0 skips it)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the weights and the token ids (default: 0)")
+    parser.add_argument("--threads", type=int, default=0, help="threads per step, as numformer train uses (default: 0, one per core)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
 
 
@@ -153,14 +154,17 @@ def cpu_model() -> str:
 # --------------------------------------------------------------------------------- the measurement
 
 def measure(config, *, batch_size: int, dtype: str = "float32", iters: int = 20, warmup: int = 3,
-            seed: int = 0) -> dict:
+            seed: int = 0, threads: int = 0) -> dict:
     """Train `config` for warmup + iters steps on random tokens; per-iteration wall times and rates."""
     import numpy as np
 
     from numformer.model.gpt import GPT
     from numformer.optim import AdamW
     from numformer.optim.clip import clip_grad_norm
+    from numformer.runtime import cores, tune_malloc
 
+    tune_malloc()
+    threads = threads or cores()
     model = GPT(config, dtype=np.dtype(dtype), seed=seed)
     opt = AdamW(model.params.flat, lr=1e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1,
                 decay_mask=model.decay_mask())
@@ -172,8 +176,7 @@ def measure(config, *, batch_size: int, dtype: str = "float32", iters: int = 20,
         ids = rng.integers(0, V, size=(batch_size, T + 1))      # (B, T+1) random tokens
         x, y = ids[:, :-1], ids[:, 1:]
         model.zero_grad()
-        _, loss = model.forward(x, y)
-        model.backward()
+        loss = model.loss_and_grad(x, y, threads=threads)   # as Trainer.step does
         clip_grad_norm(model.grads.flat, 1.0)
         opt.step(model.grads.flat)
         dt = time.perf_counter() - t0
@@ -188,7 +191,8 @@ def measure(config, *, batch_size: int, dtype: str = "float32", iters: int = 20,
     return {"params": model.num_params(), "flops_params": non_embedding_params(config),
             "flops_per_token": fpt, "iters": iters, "warmup": warmup, "ms_per_iter": 1000 * med,
             "ms_min": 1000 * times[0], "ms_max": 1000 * times[-1], "tokens_per_sec": tokens / med,
-            "gflops": fpt * tokens / med / 1e9, "first_loss": losses[0], "last_loss": losses[-1]}
+            "gflops": fpt * tokens / med / 1e9, "first_loss": losses[0], "last_loss": losses[-1],
+            "threads": threads}
 
 
 def _fmt_bytes(n) -> str:
@@ -212,7 +216,7 @@ def main(args) -> int:
               f"block {config.block_size}, batch {args.batch_size}, vocab {config.vocab_size}, "
               f"{config.pos_encoding} positions, {args.dtype}", flush=True)
     r = measure(config, batch_size=args.batch_size, dtype=args.dtype, iters=args.iters, warmup=args.warmup,
-                seed=args.seed)
+                seed=args.seed, threads=args.threads)
     gemm = gemm_ceiling(args.gemm_n, args.dtype) if args.gemm_n else None
     r["rss_bytes"] = peak_rss_bytes()
     r["ceiling_gflops"] = gemm["gflops"] if gemm else None
@@ -228,6 +232,7 @@ def main(args) -> int:
     rows = [
         ("machine", f"{machine['cpu']}; NumPy {machine['numpy']}, {machine['blas'] or 'BLAS ?'}, "
                     f"{machine['blas_threads'] or '?'} BLAS threads"),
+        ("threads / step", f"{r['threads']} (the batch is split over them, as numformer train does)"),
         ("parameters", f"{r['params']:,} (N = {r['flops_params']:,} without position embeddings)"),
         ("time / iteration", f"{r['ms_per_iter']:,.1f} ms (median of {args.iters} after {args.warmup} warm-up; "
                              f"min {r['ms_min']:,.1f}, max {r['ms_max']:,.1f})"),
