@@ -188,7 +188,8 @@ class GPT:
     # ----------------------------------------------------------------------------- backward
 
     def backward(self, dloss: float = 1.0) -> None:
-        """Add d(loss)/d(parameter) of the last forward(idx, targets) into self.grads."""
+        """Add d(loss)/d(parameter) of the last forward(idx, targets) into self.grads. The
+        activations are released as they are used, so a second backward needs a new forward."""
         tape = self._tape
         if tape is None or tape.get("ce") is None:
             raise RuntimeError("backward() needs a preceding forward(idx, targets)")
@@ -201,8 +202,10 @@ class GPT:
         dx, dw, db = layernorm.backward(dx, tape["ln_f"])
         self._acc("transformer.ln_f", dw, db)
 
+        blocks = tape["blocks"]
         for i in reversed(range(cfg.n_layer)):
-            c, h = tape["blocks"][i], f"transformer.h.{i}"
+            c, h = blocks[i], f"transformer.h.{i}"
+            blocks[i] = None             # free this block's activations as soon as they are used
             # x = x_mid + Dropout(MLP(LN_2(x_mid)))
             dx_mid, dm = residual.backward(dx, c["res_2"])
             dm = dropout.backward(dm, c["drop_2"])
@@ -230,6 +233,7 @@ class GPT:
             g["transformer.wpe.weight"][:T] += dx.sum(axis=0)
         dtok = dx * self.embed_scale if self.embed_scale != 1.0 else dx
         g["transformer.wte.weight"][...] += embedding.backward(dtok, tape["emb"])   # tied weight: input's share
+        self._tape = None                # like PyTorch, the graph is freed by backward
 
     # ----------------------------------------------------------------------------- threaded training step
 
