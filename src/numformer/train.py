@@ -383,7 +383,7 @@ class Trainer:
                 total = 0.0
                 for _ in range(self.cfg.eval_iters):
                     x, y = self.get_batch(ids, rng)
-                    loss = self.model.forward(x, y)[1] if x.shape[0] else 0.0
+                    loss = self.model.loss(x, y, threads=self.threads) if x.shape[0] else 0.0
                     total += loss * x.shape[0] / self.cfg.batch_size
                 out[split] = self.world.allreduce_scalar(total) / self.cfg.eval_iters
         finally:

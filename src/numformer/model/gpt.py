@@ -237,7 +237,7 @@ class GPT:
 
     # ----------------------------------------------------------------------------- threaded training step
 
-    def loss_and_grad(self, idx, targets, *, dloss: float = 1.0, threads: int = 1) -> float:
+    def loss_and_grad(self, idx, targets, *, dloss: float = 1.0, threads: int = 1, backward: bool = True) -> float:
         """Mean loss of forward(idx, targets); its gradient (times dloss) is added into self.grads.
 
         With threads > 1 the batch's rows are split into that many shards, and each shard runs
@@ -254,7 +254,10 @@ class GPT:
         n = max(1, min(int(threads), B))
         if n == 1:
             _, loss = self.forward(idx, targets)
-            self.backward(dloss)
+            if backward:
+                self.backward(dloss)
+            else:
+                self._tape = None
             return loss
         from numformer.runtime import blas_threads
 
@@ -270,17 +273,26 @@ class GPT:
             rep, (lo, hi) = replicas[r], bounds[r]
             rep.training = self.training
             rep.rng = np.random.default_rng(int(seeds[r]))
-            rep.zero_grad()
             share = counted[r] / total
             _, loss = rep.forward(idx[lo:hi], targets[lo:hi])
-            rep.backward(dloss * share)
+            if backward:
+                rep.zero_grad()
+                rep.backward(dloss * share)
+            else:
+                rep._tape = None
             return loss * share
 
         with blas_threads(1):
             losses = list(_thread_pool(n).map(shard, range(n)))
-        for rep in replicas:
-            self.grads.flat += rep.grads.flat                          # the shards' gradients meet
+        if backward:
+            for rep in replicas:
+                self.grads.flat += rep.grads.flat                      # the shards' gradients meet
         return float(sum(losses))
+
+    def loss(self, idx, targets, *, threads: int = 1) -> float:
+        """Mean loss of forward(idx, targets) without a gradient (evaluation), with the batch
+        split over `threads` threads as in loss_and_grad."""
+        return self.loss_and_grad(idx, targets, threads=threads, backward=False)
 
     def _replicas(self, n: int) -> list["GPT"]:
         """n models that share self's parameters (views of the same flat buffer), each with its
