@@ -1,7 +1,7 @@
 """The default `numformer train` run, in numformer and in the PyTorch reference, side by side.
 
     python benchmarks/train_compare.py                         # baby GPT, 2000 iterations, both
-    python benchmarks/train_compare.py --pos_encoding all      # + learned and unscaled sinusoidal
+    python benchmarks/train_compare.py --pos_encoding all      # + learned, the paper's and the seed's sinusoidal forms
     python benchmarks/train_compare.py --max_iters 100 --eval_interval 50 --eval_iters 4   # quick check
 
 Issue 3's benchmark. The config is `numformer train`'s default (TrainConfig: 4 layers, 4 heads,
@@ -27,10 +27,10 @@ reference, in less wall time). Wall time is the time spent in training steps; ev
 and setup are reported beside it.
 
 `--pos_encoding all` also measures the positional encodings on the built-in corpus, each with
-both implementations: sinusoidal with the √C embedding scale (the default), learned, and
-sinusoidal WITHOUT the scale (embed_scale = 1.0 set on the model in the child: the seed's
-formula read literally), to show why the scale matters. Results go to
-benchmarks/results/train_compare-*.{md,json}.
+both implementations: sinusoidal as numformer adds it (wte[idx] + P/√C, the default), learned,
+the paper's form √C·wte[idx] + P, and the seed's formula read literally, wte[idx] + P (the
+children set the model's embed_scale and position table for the last two), to show why the
+scale matters. Results go to benchmarks/results/train_compare-*.{md,json}.
 """
 
 from __future__ import annotations
@@ -42,11 +42,24 @@ import common
 
 IMPLS = ("numformer", "torch", "compile")
 LABEL = {"numformer": "numformer", "torch": "torch eager", "compile": "torch.compile"}
-VARIANTS = {  # name -> (pos_encoding, scale override)
+# name -> (pos_encoding, form of x0 for sinusoidal positions; None: the model's default,
+# wte[idx] + P/√C). "paper": √C·wte[idx] + P (Vaswani et al. §3.4 with GPT-2's init);
+# "seed": wte[idx] + P, a straight reading of the seed's formula 2.
+VARIANTS = {
     "sinusoidal": ("sinusoidal", None),
     "learned": ("learned", None),
-    "sinusoidal-unscaled": ("sinusoidal", 1.0),
+    "sinusoidal-paper": ("sinusoidal", "paper"),
+    "sinusoidal-unscaled": ("sinusoidal", "seed"),
 }
+
+
+def _embedding_form(form, C):
+    """(token scale, position-table multiplier relative to the model's P/√C) of a variant."""
+    import math
+
+    if form is None:
+        return None
+    return (math.sqrt(C), math.sqrt(C)) if form == "paper" else (1.0, math.sqrt(C))
 
 
 # --------------------------------------------------------------------------------- children
@@ -90,9 +103,10 @@ def child_numformer(spec):
     t0 = time.perf_counter()
     cfg = _train_config(spec)
     tr = Trainer(cfg, SingleProcess(), cache_dir=spec["cache_dir"], log=lambda *a: None)
-    scale = VARIANTS[spec["variant"]][1]
-    if scale is not None:
-        tr.model.embed_scale = scale
+    form = _embedding_form(VARIANTS[spec["variant"]][1], cfg.n_embd)
+    if form is not None:
+        tr.model.embed_scale = form[0]
+        tr.model.pe = (tr.model.pe * form[1]).astype(tr.model.pe.dtype)
     setup = time.perf_counter() - t0
 
     def step(it):
@@ -134,9 +148,10 @@ def child_torch(spec):
     n_params = np_model.num_params()
     del np_model
     gc.collect()
-    scale = VARIANTS[spec["variant"]][1]
-    if scale is not None:
-        model.scale = scale
+    form = _embedding_form(VARIANTS[spec["variant"]][1], cfg.n_embd)
+    if form is not None:
+        model.scale = form[0]
+        model.pe = model.pe * form[1]
     model.train()
     opt = model.configure_adamw(cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2), eps=1e-8)
     fwd = torch.compile(model) if spec["impl"] == "compile" else model
@@ -187,7 +202,7 @@ def main(argv=None):
     ap.add_argument("--eval_iters", type=int, default=20, help="batches per split and evaluation (default 20)")
     ap.add_argument("--pos_encoding", choices=("sinusoidal", "learned", "all"), default="sinusoidal",
                     help="positional encoding (default: sinusoidal, the trainer's); 'all' runs sinusoidal, "
-                         "learned and sinusoidal without the √C embedding scale")
+                         "learned, the paper's √C·wte + P and the seed's wte + P")
     ap.add_argument("--impls", default="numformer,torch", help="comma-separated subset of numformer,torch,compile")
     ap.add_argument("--seeds", default="1337", help="comma-separated seeds; each runs separately (default 1337)")
     ap.add_argument("--cache_dir", default=None, help="numformer token cache (default: numformer's default)")
@@ -292,7 +307,7 @@ def report(args, impls, variants, seeds, info, results):
                 s = summary.get(f"{variant}/{impl}")
                 if s and base.get(impl):
                     study.append(f"{LABEL[impl]}: {variant} val loss {s['val_loss']['median']:.4f} vs sinusoidal "
-                                 f"(√C scale) {base[impl]['val_loss']['median']:.4f}: "
+                                 f"(wte + P/√C) {base[impl]['val_loss']['median']:.4f}: "
                                  f"{s['val_loss']['median'] - base[impl]['val_loss']['median']:+.4f}")
 
     curve_headers = ["step"] + [f"{v} {LABEL[i]}" for v in variants for i in impls]

@@ -1,8 +1,8 @@
 """A reference GPT written in plain PyTorch, the oracle for numformer's GPT.
 
 It is written independently of numformer (torch.nn modules and autograd, no numformer code) and
-follows the same architecture: token embedding (times √C with sinusoidal positions) plus
-positions, pre-LayerNorm blocks with fused-QKV causal attention and a C -> 4C -> GELU -> C MLP,
+follows the same architecture: token embedding plus positions (a learned table, or the sin/cos
+table divided by √C), pre-LayerNorm blocks with fused-QKV causal attention and a C -> 4C -> GELU -> C MLP,
 a final LayerNorm and an LM head tied to the token embedding. Parameter names and layouts match
 numformer's (Hugging Face GPT-2 names, PyTorch Linear layout), so a state dict moves across as is.
 
@@ -69,13 +69,13 @@ class ReferenceGPT(nn.Module):
         super().__init__()
         self.block_size = block_size
         self.pos_encoding = pos_encoding
-        self.scale = math.sqrt(n_embd) if pos_encoding == "sinusoidal" else 1.0
+        self.scale = 1.0                 # multiplies the token embedding (benchmarks change it)
         self.transformer = nn.Module()
         self.transformer.wte = nn.Embedding(vocab_size, n_embd)
         if pos_encoding == "learned":
             self.transformer.wpe = nn.Embedding(block_size, n_embd)
         else:
-            self.register_buffer("pe", sinusoidal_table(block_size, n_embd), persistent=False)
+            self.register_buffer("pe", sinusoidal_table(block_size, n_embd) / math.sqrt(n_embd), persistent=False)
         self.transformer.drop = nn.Dropout(dropout)
         self.transformer.h = nn.ModuleList(
             Block(n_embd, n_head, bias, dropout, gelu, layer_norm_eps) for _ in range(n_layer))

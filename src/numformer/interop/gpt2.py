@@ -64,15 +64,15 @@ Hugging Face document it wraps); a character tokenizer has no Hugging Face equiv
 exported (a note says so). If the tokenizer has "<|endoftext|>", its id becomes bos/eos_token_id.
 
 Export choices.
-- Sinusoidal positions are converted, exactly. numformer computes x0 = s·wte[idx] + PE with
-  s = √C (see numformer.model.gpt) and logits = LN_f(x)·wteᵀ. GPT-2 computes
-  x0 = wte'[idx] + wpe and logits = LN_f'(x)·wte'ᵀ with the same tied wte'. Taking
-  wte' = s·wte, wpe = PE (the sin/cos table, block_size rows) and LN_f' = LN_f with gain and bias
-  divided by s gives the same x0 and, since (LN(x)·g/s + b/s)·(s·wte)ᵀ = (LN(x)·g + b)·wteᵀ, the
-  same logits (up to float rounding, ~1e-7 relative). The exported weights are then a different
-  parametrisation of the same function: positions become a learned table that starts at the
-  sin/cos values, and re-importing gives a learned-position numformer model, not the original
-  checkpoint.
+- Sinusoidal positions are converted, exactly. numformer computes x0 = s·wte[idx] + P', where P'
+  is its fixed position table (the sin/cos values divided by √C, see numformer.model.gpt) and
+  s = model.embed_scale (1 for every model numformer trains), and logits = LN_f(x)·wteᵀ. GPT-2
+  computes x0 = wte'[idx] + wpe and logits = LN_f'(x)·wte'ᵀ with the same tied wte'. Taking
+  wpe = P' (block_size rows), and when s ≠ 1 wte' = s·wte and LN_f' = LN_f with gain and bias
+  divided by s, gives the same x0 and, since (LN(x)·g/s + b/s)·(s·wte)ᵀ = (LN(x)·g + b)·wteᵀ, the
+  same logits (up to float rounding, ~1e-7 relative). Positions become a learned table that
+  starts at the fixed values, so re-importing gives a learned-position numformer model, not the
+  original checkpoint.
 - bias=False checkpoints are exported with zero biases (GPT-2 always has them); a zero bias adds
   nothing, so the logits are the same. Re-importing gives a bias=True model with zero biases.
 - The output folder is written atomically (temporary sibling folder, then rename). An existing
@@ -441,15 +441,17 @@ def tensors_to_hf(model) -> tuple[dict[str, np.ndarray], list[str]]:
         notes.append("the checkpoint has no biases (bias=False); GPT-2 always has them, so they are "
                      "exported as zeros, which adds nothing to any output")
     if cfg.pos_encoding == "sinusoidal":
-        s = model.embed_scale                                   # √C
-        weights["transformer.wte.weight"] *= s                  # the same rounding as the forward pass
-        weights["transformer.ln_f.weight"] /= s                 # (LN·g/s + b/s)·(s·wte)ᵀ = (LN·g + b)·wteᵀ
-        weights["transformer.ln_f.bias"] /= s
+        s = model.embed_scale                                   # 1 unless changed on the model
+        if s != 1.0:
+            weights["transformer.wte.weight"] *= s              # the same rounding as the forward pass
+            weights["transformer.ln_f.weight"] /= s             # (LN·g/s + b/s)·(s·wte)ᵀ = (LN·g + b)·wteᵀ
+            weights["transformer.ln_f.bias"] /= s
         weights = {"transformer.wte.weight": weights.pop("transformer.wte.weight"),
                    "transformer.wpe.weight": model.pe[:cfg.block_size].astype(model.dtype), **weights}
-        notes.append(f"sinusoidal positions exported as GPT-2's learned table wpe (the sin/cos values); "
-                     f"wte is scaled by √C = {s:.6g} and ln_f's gain and bias by 1/√C so the logits are "
-                     "the same; re-importing gives a learned-position model")
+        notes.append("sinusoidal positions exported as GPT-2's learned table wpe (numformer's fixed "
+                     "sin/cos/√C values)" + (f"; wte is scaled by {s:.6g} and ln_f's gain and bias by "
+                                             f"1/{s:.6g} so the logits are the same" if s != 1.0 else "")
+                     + "; re-importing gives a learned-position model")
     hf = {name: np.ascontiguousarray(arr.T if is_conv1d(name) else arr) for name, arr in weights.items()}
     return hf, notes
 
