@@ -319,7 +319,8 @@ def _read_config(file: Path) -> dict:
 
 def _verify(file: Path, record) -> None:
     """Check a file against config.json's record of its size and SHA-256."""
-    if not isinstance(record, dict) or not isinstance(record.get("sha256"), str):
+    if (not isinstance(record, dict) or not isinstance(record.get("sha256"), str)
+            or not (record.get("bytes") is None or type(record["bytes"]) is int)):
         raise CheckpointError(f"{file.parent / CONFIG_FILE}: bad record for {file.name}")
     if not file.is_file():
         raise CheckpointError(f"{file}: missing; the checkpoint lists it in {CONFIG_FILE}")

@@ -35,15 +35,41 @@ class SingleProcess:
     def abort(self, code: int = 1) -> None:
         raise SystemExit(code)
 
+    _interrupted = False
+
     def stop_requested(self) -> bool:
-        """Ctrl-C reaches a single process as KeyboardInterrupt; nothing to agree on."""
-        return False
+        """Has Ctrl-C been pressed inside guard()? The trainer asks after each step, so that it
+        stops between steps and saves a consistent checkpoint."""
+        return self._interrupted
 
     def guard(self, command: str):
-        """No other rank can be left waiting: errors propagate as usual (the CLI prints them)."""
+        """Inside: the first SIGINT only sets the flag stop_requested() reports; a second one
+        raises KeyboardInterrupt at once. Errors propagate as usual (the CLI prints them)."""
         import contextlib
+        import signal
+        import threading
 
-        return contextlib.nullcontext(self)
+        @contextlib.contextmanager
+        def guarded():
+            def on_sigint(signum, frame):
+                if self._interrupted:
+                    raise KeyboardInterrupt
+                self._interrupted = True
+                print(f"\n{command}: stopping after this step (Ctrl-C again to quit without saving)",
+                      file=sys.stderr, flush=True)
+
+            import sys
+
+            previous = None
+            if threading.current_thread() is threading.main_thread():
+                previous = signal.signal(signal.SIGINT, on_sigint)
+            try:
+                yield self
+            finally:
+                if previous is not None:
+                    signal.signal(signal.SIGINT, previous)
+
+        return guarded()
 
 
 def launched_by_mpi() -> bool:

@@ -180,17 +180,43 @@ def _bool_flag(text: str) -> bool:
 
 
 def resolve_config(args) -> TrainConfig:
-    """Defaults, then the TOML file, then the flags given on the command line."""
-    values = {}
+    """Defaults (with --resume: the resumed run's own settings), then the TOML file, then the
+    flags given on the command line. A resumed run may change its schedule and evaluation, not
+    its model or data (FIXED_ON_RESUME)."""
+    given = {}
     if args.config:
-        values.update(load_toml(args.config))
+        given.update(load_toml(args.config))
     for name in _fields():
         v = getattr(args, name, None)
         if v is not None:
-            values[name] = v
+            given[name] = v
+    values = {}
+    if getattr(args, "resume", False):
+        latest = Path(given.get("out_dir", TrainConfig.out_dir)) / "latest"
+        saved = saved_train_config(latest)
+        for key in FIXED_ON_RESUME:
+            if key in given and key in saved and given[key] != saved[key]:
+                raise UsageError(f"--resume: {key} is {saved[key]!r} in {latest} but {given[key]!r} was given; "
+                                 f"a resumed run keeps its model and data")
+        values.update(saved)
+    values.update(given)
     cfg = TrainConfig(**values)
     validate(cfg)
     return cfg
+
+
+def saved_train_config(latest: Path) -> dict:
+    """The training settings stored in a checkpoint, type-checked (unknown keys are dropped)."""
+    from numformer.checkpoint import load_checkpoint
+    from numformer.errors import CheckpointError
+
+    ckpt = load_checkpoint(latest)       # says where a checkpoint set aside by a crash is
+    train = ckpt.config.get("train")
+    saved = train.get("config") if isinstance(train, dict) else None
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{latest}: config.json has no training state to resume from")
+    fields = _fields()
+    return {k: _check_type(k, v, f"{latest}/config.json") for k, v in saved.items() if k in fields}
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -284,10 +310,11 @@ class Trainer:
         from numformer.checkpoint import load_checkpoint
         from numformer.errors import CheckpointError
 
-        if not (self.latest / "config.json").is_file():
+        if not self.latest.exists() and not any(self.out_dir.glob(".latest.numformer-old-*")):
             raise CheckpointError(f"--resume: no checkpoint at {self.latest}; start without --resume")
         ckpt = load_checkpoint(self.latest)
-        saved = ckpt.config.get("train", {}).get("config")
+        train = ckpt.config.get("train")
+        saved = train.get("config") if isinstance(train, dict) else None
         if not isinstance(saved, dict):
             raise CheckpointError(f"{self.latest}: config.json has no training state to resume from")
         for key in FIXED_ON_RESUME:
@@ -411,7 +438,7 @@ def run(cfg: TrainConfig, *, resume=False, overwrite=False, cache_dir=None, plot
         raise UsageError(f"batch_size {cfg.batch_size} is smaller than the number of ranks ({world.size}): each rank "
                          f"needs at least one sequence of the global batch; use --batch_size {world.size} or more")
     # out_dir is rank 0's (the only writer); on other hosts it need not exist
-    if world.is_main and not resume and not overwrite and (out_dir / "latest" / "config.json").exists():
+    if world.is_main and not resume and not overwrite and _holds_checkpoints(out_dir):
         raise UsageError(f"{out_dir} already holds a checkpoint; use --resume to continue it, "
                          f"--overwrite to start afresh, or another --out_dir")
     if world.is_main and out_dir.exists() and not out_dir.is_dir():
@@ -437,6 +464,7 @@ def run(cfg: TrainConfig, *, resume=False, overwrite=False, cache_dir=None, plot
         bar = tqdm(total=cfg.max_iters, initial=tr.iter_num, unit="it", dynamic_ncols=True, file=sys.stderr,
                    mininterval=0.5, smoothing=0.1)
     summary = {"interrupted": False}
+    in_step = False               # True while a step runs: its state is then half-updated
     last_eval_iter = None
     t_train, iters_done = 0.0, 0
     try:
@@ -461,23 +489,29 @@ def run(cfg: TrainConfig, *, resume=False, overwrite=False, cache_dir=None, plot
             if at_end:
                 break
             t0 = time.perf_counter()
+            in_step = True
             loss = tr.step()
+            in_step = False
             dt = time.perf_counter() - t0
             t_train += dt
             iters_done += 1
             if bar is not None:
                 bar.set_postfix_str(f"loss {loss:.4f}, {iters_done / t_train * tokens_per_iter:,.0f} tok/s", refresh=False)
                 bar.update(1)
-            if world.stop_requested():   # MPI: Ctrl-C seen by any rank; all stop after this same step
+            if world.stop_requested():   # Ctrl-C (seen by any rank): stop after this same step
                 raise KeyboardInterrupt
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
             bar = None
-        tr.save(tr.latest)
-        log(f"interrupted at step {tr.iter_num}: checkpoint saved to {tr.latest}; continue with --resume")
         summary["interrupted"] = True
         summary["step"] = tr.iter_num
+        if in_step:               # the weights may be half-updated: keep the last checkpoint as it is
+            log(f"interrupted during step {tr.iter_num}: nothing saved; {tr.latest} holds the last "
+                f"checkpoint; continue with --resume")
+            return summary
+        tr.save(tr.latest)
+        log(f"interrupted at step {tr.iter_num}: checkpoint saved to {tr.latest}; continue with --resume")
         return summary
     except NonFiniteLoss as e:
         raise NonFiniteLoss(f"{e}; stopped. The last good checkpoint is kept in {tr.latest}. "
@@ -500,6 +534,14 @@ def run(cfg: TrainConfig, *, resume=False, overwrite=False, cache_dir=None, plot
             log("sample:")
             log(_sample_text(tr, cfg.sample_tokens))
     return summary
+
+
+def _holds_checkpoints(out_dir: Path) -> bool:
+    """latest/ or best/, or one set aside by a save that was interrupted between its renames."""
+    if any((out_dir / name / "config.json").exists() for name in ("latest", "best")):
+        return True
+    return out_dir.is_dir() and any(out_dir.glob(".latest.numformer-old-*")) or \
+        out_dir.is_dir() and any(out_dir.glob(".best.numformer-old-*"))
 
 
 def _append_metrics(out_dir: Path, tr: Trainer, losses: dict, tokens_per_sec) -> None:

@@ -77,35 +77,84 @@ def weights(path):
     return load_checkpoint(path).model
 
 
-def test_resume_after_an_interruption_is_bit_identical(corpus, tmp_path, monkeypatch):
+class StopAfter:
+    """A single-process world whose Ctrl-C flag goes up after n steps, as the SIGINT handler of
+    `numformer train` raises it."""
+
+    def __new__(cls, n):
+        from numformer.distributed import SingleProcess
+
+        class World(SingleProcess):
+            calls = 0
+
+            def stop_requested(self):
+                World.calls += 1
+                return World.calls >= n
+
+        return World()
+
+
+def assert_same_checkpoints(a, b):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert wa[name].tobytes() == wb[name].tobytes(), name
+    oa, ob = load_checkpoint(a).optimizer, load_checkpoint(b).optimizer
+    assert oa["m"].tobytes() == ob["m"].tobytes() and oa["v"].tobytes() == ob["v"].tobytes()
+
+
+def test_resume_after_an_interruption_is_bit_identical(corpus, tmp_path):
     kw = dict(max_iters=40, dropout=0.1)
-    run(cfg_for(corpus, tmp_path / "a", **kw), cache_dir=tmp_path / "cache", plot=False, out=open(os.devnull, "w"))
+    quiet = dict(cache_dir=tmp_path / "cache", plot=False, out=open(os.devnull, "w"))
+    run(cfg_for(corpus, tmp_path / "a", **kw), **quiet)
 
-    # run b is stopped by Ctrl-C at step 23, between two evaluations, then resumed
-    from numformer import train as train_mod
-
-    real_step = train_mod.Trainer.step
-
-    def step_until_23(self):
-        if self.iter_num == 23:
-            raise KeyboardInterrupt
-        return real_step(self)
-
-    monkeypatch.setattr(train_mod.Trainer, "step", step_until_23)
-    s = run(cfg_for(corpus, tmp_path / "b", **kw), cache_dir=tmp_path / "cache", plot=False, out=open(os.devnull, "w"))
+    # run b: Ctrl-C during step 23 (between two evaluations); it stops after that step
+    s = run(cfg_for(corpus, tmp_path / "b", **kw), world=StopAfter(23), **quiet)
     assert s["interrupted"] and s["step"] == 23
     assert load_checkpoint(tmp_path / "b" / "latest").config["train"]["iter_num"] == 23
-    monkeypatch.setattr(train_mod.Trainer, "step", real_step)
-    run(cfg_for(corpus, tmp_path / "b", **kw), resume=True, cache_dir=tmp_path / "cache", plot=False,
-        out=open(os.devnull, "w"))
+    run(cfg_for(corpus, tmp_path / "b", **kw), resume=True, **quiet)
+    assert_same_checkpoints(tmp_path / "a" / "latest", tmp_path / "b" / "latest")
 
-    a, b = weights(tmp_path / "a" / "latest"), weights(tmp_path / "b" / "latest")
-    assert a.keys() == b.keys()
-    for name in a:
-        assert a[name].tobytes() == b[name].tobytes(), name
-    oa = load_checkpoint(tmp_path / "a" / "latest").optimizer
-    ob = load_checkpoint(tmp_path / "b" / "latest").optimizer
-    assert oa["m"].tobytes() == ob["m"].tobytes() and oa["v"].tobytes() == ob["v"].tobytes()
+
+def test_an_interrupt_inside_a_step_saves_nothing_and_resume_is_still_exact(corpus, tmp_path, monkeypatch):
+    """A KeyboardInterrupt in the middle of a step (the second Ctrl-C) leaves half-updated state:
+    it must not be saved; the last evaluation's checkpoint stays and resuming from it is exact."""
+    from numformer.model.gpt import GPT
+
+    kw = dict(max_iters=30)
+    quiet = dict(cache_dir=tmp_path / "cache", plot=False, out=open(os.devnull, "w"))
+    run(cfg_for(corpus, tmp_path / "a", **kw), **quiet)
+
+    real = GPT.loss_and_grad
+    calls = {"n": 0}
+
+    def interrupted(self, *args, **kw):
+        if kw.get("backward", True):
+            calls["n"] += 1
+            if calls["n"] == 16:                 # inside step 15
+                self.params.flat[:5] += 1.0      # a half-done update
+                raise KeyboardInterrupt
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(GPT, "loss_and_grad", interrupted)
+    s = run(cfg_for(corpus, tmp_path / "b", **kw), **quiet)
+    assert s["interrupted"]
+    assert load_checkpoint(tmp_path / "b" / "latest").config["train"]["iter_num"] == 10
+    monkeypatch.setattr(GPT, "loss_and_grad", real)
+    run(cfg_for(corpus, tmp_path / "b", **kw), resume=True, **quiet)
+    assert_same_checkpoints(tmp_path / "a" / "latest", tmp_path / "b" / "latest")
+
+
+def test_resume_takes_the_saved_settings_and_the_flags_given(trained, tmp_path, corpus):
+    """`--resume` alone continues the run as it was configured (here: its data, model and
+    eval_interval); a flag given on the command line (max_iters) overrides; a model flag that
+    differs is refused."""
+    r = cli(["train", "--out_dir", "run", "--resume", "--max_iters", "6", "--no_plot"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "step 6: train loss" in r.stdout and "resuming at step 4" in r.stdout
+    cfg = load_checkpoint(trained / "latest").config["train"]["config"]
+    assert cfg["max_iters"] == 6 and cfg["n_embd"] == 16 and cfg["eval_interval"] == 2
+    assert_one_line_error(cli(["train", "--out_dir", "run", "--resume", "--n_embd", "32"], tmp_path), "n_embd")
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(corpus, tmp_path, monkeypatch):
@@ -244,3 +293,33 @@ def test_damaged_checkpoints_give_one_line_errors(trained, tmp_path):
     pickle = tmp_path / "ckpt.pt"
     pickle.write_bytes(b"\x80\x04not really a pickle")
     assert_one_line_error(cli(["sample", "--out_dir", str(pickle)], tmp_path), "pickle")
+
+
+def test_hand_edited_config_values_give_one_line_errors(trained, tmp_path):
+    import shutil
+
+    for name, edit in [("dtype", lambda c: c.__setitem__("dtype", "float16")),
+                       ("bytes", lambda c: c["_numformer"]["files"]["model.safetensors"].__setitem__("bytes", "12")),
+                       ("train", lambda c: c.__setitem__("train", 7))]:
+        dst = tmp_path / f"edited-{name}"
+        shutil.copytree(trained, dst)
+        path = dst / "latest" / "config.json"
+        cfg = json.loads(path.read_text())
+        edit(cfg)
+        path.write_text(json.dumps(cfg))
+        shutil.rmtree(dst / "best")
+        cmd = ["train", "--out_dir", str(dst), "--resume"] if name == "train" else ["sample", "--out_dir", str(dst)]
+        assert_one_line_error(cli(cmd, tmp_path), "config.json" if name != "bytes" else "model.safetensors")
+
+
+def test_a_checkpoint_set_aside_by_a_crash_is_not_replaced_by_a_fresh_run(trained, tmp_path, corpus):
+    """A save killed between its two renames leaves latest/ missing and the complete old one
+    aside; a fresh run must neither start over it nor delete it."""
+    aside = trained / ".latest.numformer-old-test"
+    (trained / "latest").rename(aside)
+    import shutil
+
+    shutil.rmtree(trained / "best")
+    r = cli(["train", "--data", str(corpus), "--out_dir", "run", "--max_iters", "2"], tmp_path)
+    assert_one_line_error(r, "--resume")
+    assert (aside / "model.safetensors").is_file()

@@ -408,7 +408,11 @@ class GPT:
             config = GPTConfig.from_dict(cfg["model"])
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{source}: bad model config in config.json: {e}") from None
-        model = cls(config, dtype=dtype or cfg.get("dtype", "float32"), init=False)
+        dtype = dtype or cfg.get("dtype", "float32")
+        if dtype not in ("float32", "float64", np.float32, np.float64):
+            raise CheckpointError(f"{source}: config.json gives dtype {dtype!r}; numformer models are "
+                                  f"float32 or float64")
+        model = cls(config, dtype=dtype, init=False)
         model.load_state_dict(ckpt.model, source=source)
         model.tokenizer = None
         if ckpt.tokenizer and ckpt.tokenizer.strip() != "null":
