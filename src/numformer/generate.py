@@ -91,21 +91,22 @@ class StreamDecoder:
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.emitted = 0
+        self.pending: list[int] = []     # ids not yet written out
 
     def push(self, token: int) -> str:
-        self.ids.append(int(token))
-        text = self.tokenizer.decode(np.array(self.ids, dtype=np.int64))
+        """Text for the ids so far, once it ends on a whole character; only the ids held since
+        the last piece are decoded, so streaming stays linear in the output's length."""
+        self.pending.append(int(token))
+        text = self.tokenizer.decode(np.array(self.pending, dtype=np.int64))
         if text.endswith("\ufffd"):
             return ""
-        out, self.emitted = text[self.emitted:], len(text)
-        return out
+        self.pending = []
+        return text
 
     def flush(self) -> str:
-        text = self.tokenizer.decode(np.array(self.ids, dtype=np.int64))
-        out, self.emitted = text[self.emitted:], len(text)
-        return out
+        text = self.tokenizer.decode(np.array(self.pending, dtype=np.int64)) if self.pending else ""
+        self.pending = []
+        return text
 
 
 # --------------------------------------------------------------------------------- the command
@@ -131,8 +132,8 @@ def main(args) -> int:
 
     if args.max_new_tokens < 0:
         raise UsageError(f"--max_new_tokens must be >= 0, got {args.max_new_tokens}")
-    if args.temperature < 0:
-        raise UsageError(f"--temperature must be >= 0, got {args.temperature}")
+    if not (0 <= args.temperature < float("inf")):
+        raise UsageError(f"--temperature must be a number >= 0, got {args.temperature}")
     if args.top_k is not None and args.top_k < 0:
         raise UsageError(f"--top_k must be >= 0, got {args.top_k}")
     if args.top_p is not None and not (0.0 < args.top_p <= 1.0):

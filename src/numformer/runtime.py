@@ -16,8 +16,7 @@ from __future__ import annotations
 import os
 
 _done = False
-_blas_setter = None  # openblas_set_num_threads of the OpenBLAS NumPy loaded, once found
-_blas_current = None  # the count last set through limit_blas_threads (None: OpenBLAS's default)
+_blas = None  # (set, get) of the OpenBLAS NumPy loaded once looked up; False: there is none
 
 # mallopt parameters, from glibc's <malloc.h>
 _M_TRIM_THRESHOLD = -1
@@ -52,23 +51,17 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def limit_blas_threads(n: int):
-    """Set the thread count of the OpenBLAS that NumPy loaded to n; returns n, or None if no
-    OpenBLAS was found (then nothing changes).
-
-    OpenBLAS starts as many threads as the host has cores in EVERY process, so N ranks on one host
-    would run N x cores busy threads: measured here, 2 ranks on 2 cores took 600 ms per baby-GPT
-    step instead of 55. The environment variables act only before NumPy is loaded, which is too
-    late for a world created inside `numformer train`, so this calls openblas_set_num_threads in
-    the loaded library (found through /proc/self/maps; Linux only, a no-op elsewhere).
-    """
+def _find_blas():
+    """(set_num_threads, get_num_threads or None) of the OpenBLAS that NumPy loaded, found once
+    through /proc/self/maps (Linux only); None when there is none."""
+    global _blas
+    if _blas is not None:
+        return _blas or None
     import ctypes
 
-    global _blas_setter, _blas_current
-    if _blas_setter is not None:
-        _blas_setter(int(n))
-        _blas_current = int(n)
-        return n
+    import numpy  # noqa: F401  (loads its OpenBLAS, so that the lookup below can find it)
+
+    _blas = False
     try:
         with open("/proc/self/maps") as f:
             paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line})
@@ -81,28 +74,54 @@ def limit_blas_threads(n: int):
             continue
         for prefix in ("", "scipy_"):
             for suffix in ("", "64_"):
-                fn = getattr(lib, f"{prefix}openblas_set_num_threads{suffix}", None)
-                if fn is not None:
-                    fn.argtypes = [ctypes.c_int]
-                    fn(int(n))
-                    _blas_setter, _blas_current = fn, int(n)
-                    return n
+                setter = getattr(lib, f"{prefix}openblas_set_num_threads{suffix}", None)
+                if setter is not None:
+                    setter.argtypes = [ctypes.c_int]
+                    getter = getattr(lib, f"{prefix}openblas_get_num_threads{suffix}", None)
+                    if getter is not None:
+                        getter.restype = ctypes.c_int
+                    _blas = (setter, getter)
+                    return _blas
     return None
+
+
+def limit_blas_threads(n: int):
+    """Set the thread count of the OpenBLAS that NumPy loaded to n; returns n, or None if no
+    OpenBLAS was found (then nothing changes).
+
+    OpenBLAS starts as many threads as the host has cores in EVERY process, so N ranks on one host
+    would run N x cores busy threads: measured here, 2 ranks on 2 cores took 600 ms per baby-GPT
+    step instead of 55. The environment variables act only before NumPy is loaded, which is too
+    late for a world created inside `numformer train`, so this calls openblas_set_num_threads in
+    the loaded library.
+    """
+    fns = _find_blas()
+    if fns is None:
+        return None
+    fns[0](int(n))
+    return n
+
+
+def blas_thread_count():
+    """OpenBLAS's current thread count, or None when it cannot be read."""
+    fns = _find_blas()
+    return int(fns[1]()) if fns is not None and fns[1] is not None else None
 
 
 class blas_threads:
     """Context manager: run the block with OpenBLAS limited to n threads, then go back to the
-    count before it (OpenBLAS's default, one per core, if none was set). Used around the threaded
-    training step, where each Python thread runs its own single-threaded matmuls."""
+    count it had before (which honours OPENBLAS_NUM_THREADS / OMP_NUM_THREADS). Used around the
+    threaded training step, where each Python thread runs its own single-threaded matmuls."""
 
     def __init__(self, n: int):
         self.n = n
 
     def __enter__(self):
-        self.previous = _blas_current
+        self.previous = blas_thread_count()
         limit_blas_threads(self.n)
         return self
 
     def __exit__(self, *exc):
-        limit_blas_threads(self.previous if self.previous is not None else cores())
+        if self.previous is not None:
+            limit_blas_threads(self.previous)
         return False

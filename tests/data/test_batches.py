@@ -1,5 +1,4 @@
 import json
-import time
 
 import numpy as np
 import pytest
@@ -31,23 +30,18 @@ def test_char_split_is_first_90_percent(text, tmp_path):
     assert tok.chars == vocab
 
 
-def test_cache_hit_is_identical_and_faster(text, tmp_path, monkeypatch):
-    t0 = time.perf_counter()
+def test_cache_hit_is_identical_and_skips_training(text, tmp_path, monkeypatch):
     first = prepare(text, "bpe", 300, cache_dir=tmp_path)
-    t1 = time.perf_counter()
     ids_file, meta_file = _entry(tmp_path)
     meta = json.loads(meta_file.read_text())
     assert meta["dtype"] == "<u2" and meta["n_tokens"] == len(first[0]) + len(first[1])
     # The second run must not train or encode at all.
     monkeypatch.setattr(BPETokenizer, "train", lambda *a: pytest.fail("trained again"))
     monkeypatch.setattr(BPETokenizer, "encode", lambda *a: pytest.fail("encoded again"))
-    t2 = time.perf_counter()
     second = prepare(text, "bpe", 300, cache_dir=tmp_path)
-    t3 = time.perf_counter()
     assert np.array_equal(first[0], second[0]) and np.array_equal(first[1], second[1])
     assert first[0].dtype == second[0].dtype == np.uint16
     assert second[2].to_json() == first[2].to_json()
-    assert t3 - t2 < t1 - t0
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([ids_file.name, meta_file.name])
 
 

@@ -76,3 +76,16 @@ def test_generate_tokens_yields_one_array_per_step():
     m = model_for("learned")
     steps = list(generate_tokens(m, np.array([[0, 1]]), 4, temperature=0))
     assert len(steps) == 4 and all(s.shape == (1,) for s in steps)
+
+
+def test_stream_decoder_holds_back_a_split_character_and_writes_each_piece_once():
+    from numformer.data.tokenizer import BPETokenizer
+    from numformer.generate import StreamDecoder
+
+    text = "猫坐在垫子上。The cat sat on the mat. 猫" * 20
+    tok = BPETokenizer.train(text, 300)
+    ids = tok.encode("猫坐在垫子上。cat 垫")
+    dec = StreamDecoder(tok)
+    pieces = [dec.push(i) for i in ids] + [dec.flush()]
+    assert "".join(pieces) == "猫坐在垫子上。cat 垫"
+    assert all("\ufffd" not in p for p in pieces)

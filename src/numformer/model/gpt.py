@@ -266,6 +266,7 @@ class GPT:
             return loss
         from numformer.runtime import blas_threads
 
+        self._tape = None                # this model's own tape is not the one being differentiated
         replicas = self._replicas(n)
         bounds = [(B * r // n, B * (r + 1) // n) for r in range(n)]
         # each shard's loss is a mean over its own counted targets (-1 is ignored), so the shards
@@ -300,16 +301,20 @@ class GPT:
         return self.loss_and_grad(idx, targets, threads=threads, backward=False)
 
     def _replicas(self, n: int) -> list["GPT"]:
-        """n models that share self's parameters (views of the same flat buffer), each with its
-        own gradients and tape; made once and kept."""
+        """n models that share self's parameters (views of the same flat buffer) and settings,
+        each with its own gradients, tape and dropout generator. The gradient buffers are made
+        once and kept; everything else is taken from self on every call, so that a change to
+        self (embed_scale, pe, ...) reaches the replicas."""
+        own = ("grads", "_tape", "rng", "_replica_list")
         reps = getattr(self, "_replica_list", [])
         while len(reps) < n:
             rep = GPT.__new__(GPT)
-            rep.__dict__.update({k: v for k, v in self.__dict__.items() if k != "_replica_list"})
             rep.grads = self.params.like()
-            rep._tape = None
             reps.append(rep)
         self._replica_list = reps
+        for rep in reps[:n]:
+            rep.__dict__.update({k: v for k, v in self.__dict__.items() if k not in own})
+            rep._tape = None
         return reps[:n]
 
     # ----------------------------------------------------------------------------- inference with a KV cache
