@@ -147,8 +147,10 @@ def test_attention(ex):
     assert e.step("weights").diff == pytest.approx(0.5 - weights[0][0], abs=1e-12)
     assert e.step("output").agrees is False
     assert e.diff == pytest.approx(max(abs(out[0][0] - 2), abs(out[1][0] - 2)), abs=1e-12)
-    # The seed's [[2, 3], [2, 3]] is what weights of exactly 0.5 give.
+    # The note explains the seed's [[2, 3], [2, 3]] as what weights of exactly 0.5 give: true,
+    # and said.
     assert matmul([[0.5, 0.5], [0.5, 0.5]], V) == [[2, 3], [2, 3]]
+    assert "[[2, 3], [2, 3]]" in e.note and "exactly 0.5" in e.note
 
 
 def test_multi_head_attention(ex):
@@ -158,7 +160,7 @@ def test_multi_head_attention(ex):
     # head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V); W_1 = I, W_2 = P for q, k and v alike.
     inputs_1 = [matmul(Q, I2), matmul(K, I2), matmul(V, I2)]
     inputs_2 = [matmul(Q, P), matmul(K, P), matmul(V, P)]
-    assert inputs_2 == [[[0, 1], [1, 0]], [[1, 0], [0, 1]], [[2, 1], [4, 3]]]  # the seed's
+    close(e.step("head_2_inputs").seed.value, [[[0, 1], [1, 0]], [[1, 0], [0, 1]], [[2, 1], [4, 3]]])  # the seed's
     head_1 = attention_by_hand(*inputs_1)[1]
     head_2 = attention_by_hand(*inputs_2)[1]
     concat = [head_1[t] + head_2[t] for t in range(2)]  # (T, 2 hs)
@@ -175,6 +177,7 @@ def test_multi_head_attention(ex):
     assert e.step("output").seed is None
     # The note's claim: head_2 is head_1 with its columns swapped.
     close(head_2, [row[::-1] for row in head_1])
+    assert "columns swapped" in e.note
 
 
 def test_residual(ex):
@@ -192,6 +195,7 @@ def test_layernorm(ex):
     assert var == pytest.approx(2 / 3)
     # The note's claim about the unbiased variance: σ = 1, giving [-1, 0, 1].
     assert sum((v - mu) ** 2 for v in x) / 2 == 1.0
+    assert "σ = 1 and [-1, 0, 1]" in e.note
 
 
 def test_gelu(ex):
@@ -277,6 +281,7 @@ def test_adam(ex):
     assert e.diff == pytest.approx(0.1 - step[0], abs=1e-12)
     close(m_hat, g)  # the note's claim: at t = 1, m̂ = g and v̂ = g²
     close(v_hat, [gi * gi for gi in g])
+    assert "m̂₁ = g and v̂₁ = g²" in e.note
 
 
 # -- the examples really call the ops ------------------------------------------------------------

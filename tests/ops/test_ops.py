@@ -287,3 +287,29 @@ def test_every_op_has_a_row():
 
     covered = {c.op.__name__.rsplit(".", 1)[1] for c in CASES}
     assert covered == set(ops.__all__) - {"positional"}   # positional has no backward: test_positional.py
+
+
+BLOCKED_CASES = [c for c in TORCH_CASES if c.op in (attention, mha, gelu)]
+
+
+@pytest.mark.parametrize("case", BLOCKED_CASES, ids=str)
+def test_blocked_and_chunked_paths_against_torch(case, monkeypatch):
+    """Attention works through blocks of batch items or heads, GELU through slices of elements,
+    once the arrays are large. Tiny block and slice sizes send the table's small shapes through
+    every branch of that code (several blocks along axis 0, heads of one item along axis 1,
+    several GELU slices with a ragged last one)."""
+    import numformer.ops.attention as attention_mod
+    import numformer.ops.gelu as gelu_mod
+
+    monkeypatch.setattr(attention_mod, "_BLOCK", 7)
+    monkeypatch.setattr(gelu_mod, "_CHUNK", 5)
+    check_against_torch(case)
+
+
+def test_the_blocked_attention_really_splits_the_work(monkeypatch):
+    """Guards the test above: with _BLOCK = 7 the scores of these shapes span several blocks."""
+    import numformer.ops.attention as attention_mod
+
+    monkeypatch.setattr(attention_mod, "_BLOCK", 7)
+    blocks = attention_mod._blocks((2, 3, 4, 5), 6)        # 3 heads x 4 x 6 = 72 > 7 per item
+    assert len(blocks) > 2 and any(isinstance(b[0], int) for b in blocks)

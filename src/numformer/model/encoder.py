@@ -245,3 +245,5 @@ def check_tensors(params: dict[str, np.ndarray], expected: dict[str, tuple[int, 
             raise CheckpointError(f"{source}: tensor {prefix + name!r} has shape {tuple(t.shape)}, expected {shape}")
         if not np.issubdtype(t.dtype, np.floating):
             raise CheckpointError(f"{source}: tensor {prefix + name!r} has dtype {t.dtype}, expected a float type")
+        if not np.isfinite(t).all():
+            raise CheckpointError(f"{source}: tensor {prefix + name!r} holds NaN or inf values")

@@ -36,7 +36,7 @@ def backward(dy, cache):
     C = table_shape[1]
     if dy.shape != (*ids.shape, C):
         raise ValueError(f"embedding: dy has shape {dy.shape} but y had shape {(*ids.shape, C)}")
-    dtable = np.zeros(table_shape, dtype=dtype)       # (V, C)
+    dtable = np.zeros(table_shape, dtype=np.result_type(dtype, dy))   # (V, C), promoted like linear's
     flat = ids.reshape(-1)                            # (N,)
     if flat.size == 0:
         return dtable
