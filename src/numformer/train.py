@@ -69,7 +69,7 @@ class TrainConfig:
 
 HELP = {
     "data": "'shakespeare' (built in), a UTF-8 text file, or a folder of .txt files",
-    "tokenizer": "'char' (default) or 'bpe' (byte-level BPE trained on the corpus)",
+    "tokenizer": "'char' or 'bpe' (byte-level BPE trained on the corpus)",
     "vocab_size": "vocabulary size for --tokenizer bpe (0 means 1024)",
     "n_layer": "number of Transformer blocks",
     "n_head": "attention heads per block",
@@ -93,7 +93,7 @@ HELP = {
     "eval_iters": "batches averaged for each evaluation",
     "out_dir": "folder for checkpoints (latest/, best/), metrics.jsonl and loss.png",
     "seed": "random seed for the initial weights, batches and dropout",
-    "dtype": "'float32' (default) or 'float64'",
+    "dtype": "'float32' or 'float64'",
     "threads": "split each batch over this many threads (0: one per core, or 1 per MPI rank)",
     "sample_tokens": "length of the text sample printed at the end (0 for none)",
 }
@@ -161,7 +161,8 @@ def add_arguments(parser) -> None:
         default = f.default
         conv = {"int": int, "float": float, "str": str, "bool": _bool_flag}[f.type if isinstance(f.type, str) else f.type.__name__]
         parser.add_argument(f"--{name}", type=conv, default=None, metavar=name.upper() if f.type != "bool" else "BOOL",
-                            choices=CHOICES.get(name), help=f"{HELP[name]} (default: {default})")
+                            choices=CHOICES.get(name),
+                            help=f"{HELP[name]} (default: {str(default).lower() if f.type == 'bool' else default})")
     parser.add_argument("--resume", action="store_true",
                         help="continue from out_dir/latest with its weights, optimizer state and RNG state")
     parser.add_argument("--overwrite", action="store_true",
@@ -443,12 +444,15 @@ def run(cfg: TrainConfig, *, resume=False, overwrite=False, cache_dir=None, plot
                          f"--overwrite to start afresh, or another --out_dir")
     if world.is_main and out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out_dir {out_dir} exists and is not a folder")
+    metrics = out_dir / "metrics.jsonl"
+    if world.is_main and not resume and metrics.exists() and not _is_our_metrics(metrics):
+        raise UsageError(f"{metrics} exists and was not written by numformer train; choose another --out_dir")
     t_setup = time.perf_counter()
     tr = Trainer(cfg, world, resume=resume, cache_dir=cache_dir, log=log)
     if world.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
-            (out_dir / "metrics.jsonl").unlink(missing_ok=True)
+            (out_dir / "metrics.jsonl").unlink(missing_ok=True)   # ours: checked before the Trainer was built
     m = tr.model
     log(f"numformer train: {tr.data_name}, {len(tr.train_ids):,} train / {len(tr.val_ids):,} val tokens, "
         f"vocab {tr.tokenizer.vocab_size} ({cfg.tokenizer}); model {m.num_params():,} parameters "
@@ -534,6 +538,16 @@ def run(cfg: TrainConfig, *, resume=False, overwrite=False, cache_dir=None, plot
             log("sample:")
             log(_sample_text(tr, cfg.sample_tokens))
     return summary
+
+
+def _is_our_metrics(path: Path) -> bool:
+    """Every line a JSON object with the keys numformer train writes (so it may be replaced)."""
+    try:
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = [json.loads(line) for line in lines]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return all(isinstance(r, dict) and {"step", "train_loss", "val_loss"} <= r.keys() for r in rows)
 
 
 def _holds_checkpoints(out_dir: Path) -> bool:

@@ -323,3 +323,12 @@ def test_a_checkpoint_set_aside_by_a_crash_is_not_replaced_by_a_fresh_run(traine
     r = cli(["train", "--data", str(corpus), "--out_dir", "run", "--max_iters", "2"], tmp_path)
     assert_one_line_error(r, "--resume")
     assert (aside / "model.safetensors").is_file()
+
+
+def test_a_users_own_metrics_file_in_out_dir_is_not_deleted(tmp_path, corpus):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"my": "own data"}\n')
+    r = cli(["train", "--data", str(corpus), "--out_dir", str(out), "--max_iters", "1"], tmp_path)
+    assert_one_line_error(r, "metrics.jsonl")
+    assert (out / "metrics.jsonl").read_text() == '{"my": "own data"}\n'
