@@ -472,6 +472,35 @@ def test_pickle_renamed_to_safetensors_is_not_unpickled(tmp_path, forbid_opening
     assert not marker.exists()
 
 
+# ------------------------------------------------------------------------------- read_json
+
+@pytest.mark.parametrize("make, words", [
+    (lambda f: None, ["cfg.json: missing; a folder needs it"]),
+    (lambda f: f.mkdir(), ["cfg.json: cannot be read", "directory"]),   # an OSError, not "invalid JSON"
+    (lambda f: f.write_bytes(b'{"a": "\xff"}'), ["cfg.json: not UTF-8 text"]),
+    (lambda f: f.write_text('{"a": 1,'), ["cfg.json: invalid JSON (", "line 1 column 9"]),
+    (lambda f: f.write_text("[1, 2]"), ["cfg.json: expected a JSON object, found list"]),
+])
+def test_read_json_names_the_file_and_what_went_wrong(tmp_path, make, words):
+    file = tmp_path / "cfg.json"
+    make(file)
+    with pytest.raises(CheckpointError) as e:
+        checkpoint.read_json(file, "a folder needs it")
+    message = _one_line(e)
+    for word in words:
+        assert word in message
+    assert str(file) in message
+
+
+def test_read_json_returns_the_value(tmp_path):
+    file = tmp_path / "cfg.json"
+    file.write_text('{"n": [1, 2.5, null]}', encoding="utf-8")
+    assert checkpoint.read_json(file) == {"n": [1, 2.5, None]}
+    file.write_text("[1, 2]")
+    assert checkpoint.read_json(file, expect=None) == [1, 2]
+    assert checkpoint.read_json(file, expect=list) == [1, 2]
+
+
 # -------------------------------------------------------------------------- read_safetensors
 
 

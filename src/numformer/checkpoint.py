@@ -19,8 +19,12 @@ a folder of other things) is never overwritten.
 
 Reading. config.json records the SHA-256 and size of every other file, so a truncated or edited
 weight file is caught before it is parsed. Weights and optimizer state must be floating point and
-finite. Every problem is one CheckpointError line naming the file. Pickle files (.bin, .pt, .pth,
-.pkl, .ckpt) are refused without being opened: unpickling can run arbitrary code.
+finite. Every problem is one CheckpointError line naming the file. Pickle files (PICKLE_SUFFIXES:
+.bin, .pt, .pth, .pkl, .pickle, .ckpt, in any letter case) are refused without being opened:
+unpickling can run arbitrary code.
+
+The interop readers (interop/gpt2.py, model/encoder.py, sentence.py) share this module's
+PICKLE_SUFFIXES, pickle_refusal and read_json, so every JSON and pickle error reads the same.
 """
 
 import hashlib
@@ -251,7 +255,7 @@ def load_checkpoint(path) -> Checkpoint:
         raise CheckpointError(f"{path}: no such checkpoint folder{_aside_hint(path)}")
     if not path.is_dir():
         if path.suffix.lower() in PICKLE_SUFFIXES:
-            raise _pickle_refusal(path)
+            raise pickle_refusal(path)
         raise CheckpointError(
             f"{path} is a file; a numformer checkpoint is a folder holding "
             f"{MODEL_FILE}, {CONFIG_FILE} and {TOKENIZER_FILE}"
@@ -259,9 +263,9 @@ def load_checkpoint(path) -> Checkpoint:
     names = set(os.listdir(path))
     pickles = sorted(n for n in names if Path(n).suffix.lower() in PICKLE_SUFFIXES)
     if MODEL_FILE not in names and pickles:
-        raise _pickle_refusal(path / pickles[0])
+        raise pickle_refusal(path / pickles[0])
 
-    config = _read_config(path / CONFIG_FILE)
+    config = read_json(path / CONFIG_FILE, "not a complete numformer checkpoint")
     book = config.pop(BOOKKEEPING, None)
     if not isinstance(book, dict) or not isinstance(book.get("files"), dict):
         raise CheckpointError(
@@ -296,25 +300,53 @@ def _aside_hint(path: Path) -> str:
     return f" (an interrupted save left the previous checkpoint in {asides[-1]}; rename it to {path.name})"
 
 
-def _pickle_refusal(file: Path) -> CheckpointError:
+def pickle_refusal(file, context: str = "") -> CheckpointError:
+    """The one error for a pickle file (a PICKLE_SUFFIXES name): numformer refuses it unopened.
+
+    `context` (say "no model.safetensors in DIR") comes first, before "; ". One line, naming the file.
+    """
+    file = Path(file)
     return CheckpointError(
-        f"refusing to load {file}: {file.suffix or 'this'} files are Python pickles and loading a "
-        "pickle can run arbitrary code; numformer reads only safetensors + JSON checkpoints"
+        (f"{context}; " if context else "")
+        + f"refusing to load {file}: {file.suffix or 'this'} files are Python pickles and loading a "
+        "pickle can run arbitrary code; numformer reads only safetensors + JSON (convert it where you "
+        "trust it, e.g. transformers' save_pretrained(dir, safe_serialization=True))"
     )
 
 
-def _read_config(file: Path) -> dict:
-    if not file.is_file():
-        raise CheckpointError(f"{file}: missing; not a complete numformer checkpoint")
+_JSON_KINDS = {dict: "object", list: "array"}
+
+
+def read_json(file, what: str = "", *, expect: type | None = dict):
+    """The parsed contents of a UTF-8 JSON file, or a one-line CheckpointError naming the file.
+
+    The error says which of these went wrong: the file is missing (followed by `what`, if given:
+    why the file is needed), cannot be read (the OS error), is not UTF-8, is not valid JSON (with
+    line and column), or its top level is not of type `expect` (dict: a JSON object, list: a JSON
+    array; None accepts any JSON value).
+    """
+    file = Path(file)
+    if not file.exists():
+        raise CheckpointError(f"{file}: missing" + (f"; {what}" if what else ""))
     try:
-        config = json.loads(file.read_bytes().decode("utf-8"))
+        raw = file.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"{file}: cannot be read ({e.strerror or type(e).__name__})") from None
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise CheckpointError(f"{file}: not UTF-8 text") from None
+    try:
+        value = json.loads(text)
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{file}: invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{file}: expected a JSON object, got {type(config).__name__}")
-    return config
+    except RecursionError:
+        raise CheckpointError(f"{file}: invalid JSON (nested too deeply)") from None
+    if expect is not None and not isinstance(value, expect):
+        raise CheckpointError(
+            f"{file}: expected a JSON {_JSON_KINDS.get(expect, expect.__name__)}, found {type(value).__name__}"
+        )
+    return value
 
 
 def _verify(file: Path, record) -> None:
@@ -361,7 +393,7 @@ def read_safetensors(file) -> dict[str, np.ndarray]:
 
     file = Path(file)
     if file.suffix.lower() in PICKLE_SUFFIXES:
-        raise _pickle_refusal(file)
+        raise pickle_refusal(file)
     if not file.is_file():
         raise CheckpointError(f"{file}: no such file" if not file.exists() else f"{file}: not a file")
     size = file.stat().st_size

