@@ -235,6 +235,37 @@ def write_results(name: str, payload: dict, markdown: str) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
+def publish(name: str, payload: dict, markdown: str, info: dict) -> None:
+    """Write the results (write_results), then print the busy-machine warning, if any, and where
+    the files went: the end of every benchmark script."""
+    pj, pm = write_results(name, payload, markdown)
+    warning = load_warning(info)
+    if warning:
+        print("\n" + warning)
+    print(f"\nwrote {pm.relative_to(REPO)} and {pj.relative_to(REPO)}")
+
+
+def torch_train_step(model, fwd, opt, cfg, train_ids, rng, it: int) -> float:
+    """One step of the PyTorch reference as numformer's Trainer.step takes it: the cosine
+    learning rate, the trainer's batch draw, forward, backward, clipping and AdamW."""
+    import torch
+
+    from numformer.data import batches
+    from numformer.optim.schedule import cosine_lr
+
+    lr = cosine_lr(it, cfg.learning_rate, cfg.warmup_iters, cfg.lr_decay_iters, cfg.min_lr)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    x, y = batches.get_batch(train_ids, cfg.block_size, cfg.batch_size, rng)
+    opt.zero_grad(set_to_none=True)
+    _, loss = fwd(torch.from_numpy(x), torch.from_numpy(y))
+    loss.backward()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    return loss.item()
+
+
 def fmt_mib(n) -> str:
     return "n/a" if n is None else f"{n / 2**20:,.0f} MiB"
 

@@ -283,11 +283,7 @@ def report(args, configs, impls, batch_sizes, info, results):
     if targets:
         md += ["", "Issue 4 target:", "", *("- " + t for t in targets)]
     payload = {"machine": info, "args": vars(args), "configs": configs, "results": results, "summary": summary}
-    pj, pm = common.write_results("generate_speed", payload, "\n".join(md))
-    warning = common.load_warning(info)
-    if warning:
-        print("\n" + warning)
-    print(f"\nwrote {pm.relative_to(common.REPO)} and {pj.relative_to(common.REPO)}")
+    common.publish("generate_speed", payload, "\n".join(md), info)
 
 
 if __name__ == "__main__":

@@ -133,7 +133,6 @@ def child_torch(spec):
     from numformer.data.corpus import load_text
     from numformer.model.config import GPTConfig
     from numformer.model.gpt import GPT
-    from numformer.optim.schedule import cosine_lr
     from tests.model.reference_gpt import ReferenceGPT
 
     t0 = time.perf_counter()
@@ -159,17 +158,7 @@ def child_torch(spec):
     setup = time.perf_counter() - t0
 
     def step(it):
-        lr = cosine_lr(it, cfg.learning_rate, cfg.warmup_iters, cfg.lr_decay_iters, cfg.min_lr)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        x, y = batches.get_batch(train_ids, cfg.block_size, cfg.batch_size, batch_rng)
-        opt.zero_grad(set_to_none=True)
-        _, loss = fwd(torch.from_numpy(x), torch.from_numpy(y))
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        return loss.item()
+        return common.torch_train_step(model, fwd, opt, cfg, train_ids, batch_rng, it)
 
     def evaluate(it):                                               # Trainer.evaluate's rule
         model.eval()
@@ -341,11 +330,7 @@ def report(args, impls, variants, seeds, info, results):
         md += ["", "Positional encodings (val loss, lower is better):", "", *("- " + s for s in study)]
     md += ["", f"Val loss curve (seed {seeds[0]}):", "", common.md_table(curve_headers, curve_rows)]
     payload = {"machine": info, "args": vars(args), "results": results, "summary": summary}
-    pj, pm = common.write_results("train_compare", payload, "\n".join(md))
-    warning = common.load_warning(info)
-    if warning:
-        print("\n" + warning)
-    print(f"\nwrote {pm.relative_to(common.REPO)} and {pj.relative_to(common.REPO)}")
+    common.publish("train_compare", payload, "\n".join(md), info)
 
 
 if __name__ == "__main__":

@@ -103,7 +103,6 @@ def child_torch(spec):
     from numformer.data.corpus import load_text
     from numformer.model.config import GPTConfig
     from numformer.model.gpt import GPT
-    from numformer.optim.schedule import cosine_lr
     from tests.model.reference_gpt import ReferenceGPT
 
     cfg = _train_config(spec)
@@ -125,16 +124,7 @@ def child_torch(spec):
     times, losses = [], []
     for it in range(spec["warmup"] + spec["iters"]):
         t0 = time.perf_counter()
-        lr = cosine_lr(it, cfg.learning_rate, cfg.warmup_iters, cfg.lr_decay_iters, cfg.min_lr)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        x, y = batches.get_batch(train_ids, cfg.block_size, cfg.batch_size, rng)
-        opt.zero_grad(set_to_none=True)
-        _, loss = fwd(torch.from_numpy(x), torch.from_numpy(y))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        losses.append(loss.item())
+        losses.append(common.torch_train_step(model, fwd, opt, cfg, train_ids, rng, it))
         times.append(time.perf_counter() - t0)
     extra = {"params": n_params, "torch_threads": torch.get_num_threads()}
     if spec["impl"] == "compile":
@@ -323,11 +313,7 @@ def report(args, configs, impls, info, rounds):
         md += ["", "Issue 4 targets:", "", *("- " + t for t in targets)]
     payload = {"machine": info, "args": vars(args), "configs": configs, "rounds": rounds, "summary": summary,
                "ceiling_gflops": ceil}
-    pj, pm = common.write_results("train_speed", payload, "\n".join(md))
-    warning = common.load_warning(info)
-    if warning:
-        print("\n" + warning)
-    print(f"\nwrote {pm.relative_to(common.REPO)} and {pj.relative_to(common.REPO)}")
+    common.publish("train_speed", payload, "\n".join(md), info)
 
 
 TARGETS = {  # config -> [(ratio key, at least, description)]

@@ -31,7 +31,6 @@ of the default run: learned 1.8828, P/√C 1.8682, √C·wte + P 1.9247, the see
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 
