@@ -167,7 +167,7 @@ def measure(config, *, batch_size: int, dtype: str = "float32", iters: int = 20,
     threads = threads or cores()
     model = GPT(config, dtype=np.dtype(dtype), seed=seed)
     opt = AdamW(model.params.flat, lr=1e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1,
-                decay_mask=model.decay_mask())
+                decay_mask=model.decay_mask(), threads=threads)
     rng = np.random.default_rng([seed, 0])
     T, V = config.block_size, config.vocab_size
     times, losses = [], []

@@ -294,11 +294,11 @@ class Trainer:
                          n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias,
                          pos_encoding=cfg.pos_encoding, gelu=cfg.gelu)
         self.model = GPT(mcfg, dtype=np.dtype(cfg.dtype), seed=cfg.seed)
-        self.opt = AdamW(self.model.params.flat, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), eps=1e-8,
-                         weight_decay=cfg.weight_decay, decay_mask=self.model.decay_mask())
         from numformer.runtime import cores
 
         self.threads = cfg.threads or (cores() if world.size == 1 else 1)
+        self.opt = AdamW(self.model.params.flat, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), eps=1e-8,
+                         weight_decay=cfg.weight_decay, decay_mask=self.model.decay_mask(), threads=self.threads)
         self.batch_rng = np.random.default_rng([cfg.seed, 0])
         self.iter_num = 0
         self.best_val = float("inf")

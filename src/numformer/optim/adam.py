@@ -23,13 +23,26 @@ Weight decay λ, applied only where `decay_mask` is true (all elements when it i
 
 State: m and v are flat (N,) arrays in the layout of the parameters (see optim/base.py), and the
 step count t is an int; `state_dict()` returns all three, so training resumes bit-exactly.
+
+Speed. The update is about ten element-wise passes. Made over whole (N,) arrays, each pass
+streams θ, g, m and v through memory again (43 MB each for the 10.8 M-parameter "small" GPT).
+`step` instead walks the parameters in chunks of _CHUNK elements and makes all ten passes over one
+chunk while it is in the CPU cache, and gives contiguous runs of chunks to `threads` threads.
+Every element goes through the same operations either way, so the result does not depend on the
+chunking or the thread count.
 """
 
 import math
 
 import numpy as np
 
-from numformer.optim.base import Optimizer, apply_masked
+from numformer.optim.base import Optimizer
+from numformer.runtime import chunks, cores, groups, parallel
+
+# elements per chunk: θ, g, m, v and the scratch (5 x 512 KiB in float32) stay in the L3 cache.
+# Measured (AdamW, 2 threads, 10.8 M float32 parameters): 2^14 34 ms, 2^16 16 ms, 2^17 13 ms,
+# 2^19 15 ms; whole arrays 30 ms.
+_CHUNK = 1 << 17
 
 
 class Adam(Optimizer):
@@ -46,6 +59,7 @@ class Adam(Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         decay_mask=None,
+        threads: int | None = None,
     ):
         super().__init__(params, lr)
         beta1, beta2 = (float(b) for b in betas)
@@ -58,55 +72,65 @@ class Adam(Optimizer):
         self.betas = (beta1, beta2)
         self.eps = float(eps)
         self.weight_decay = float(weight_decay)
+        self.threads = cores() if threads is None else max(1, int(threads))  # threads for step()
         self._set_decay_mask(decay_mask)
         self.m = self._zeros()  # (N,) first moment
         self.v = self._zeros()  # (N,) second moment
-        self._scratch = self._zeros()  # (N,)
-        # coupled decay needs g + λθ without touching the caller's gradient
-        self._grad = self._zeros() if self.weight_decay and not self._decoupled else None
+        self._scratch = []      # per thread: two (_CHUNK,) buffers, made on first use
 
     def step(self, grads, lr: float | None = None) -> None:
         """One update with gradient `grads` (same structure as params); `lr` overrides η."""
-        eta, lam = self._lr(lr), self.weight_decay
-        beta1, beta2 = self.betas
         views = self._grad_views(grads)
         self.step_count += 1
         t = self.step_count
-        bias1 = 1.0 - beta1**t  # 1 − β1^t
-        bias2_sqrt = math.sqrt(1.0 - beta2**t)  # √(1 − β2^t)
-        for seg, g in zip(self.segments, views):
-            sl = slice(seg.start, seg.stop)
-            p, m, v, s = seg.param, self.m[sl], self.v[sl], self._scratch[sl]
+        beta1, beta2 = self.betas
+        k = {"eta": self._lr(lr), "bias1": 1.0 - beta1**t,            # 1 − β1^t
+             "bias2_sqrt": math.sqrt(1.0 - beta2**t)}                 # √(1 − β2^t)
+        tasks = [(seg, g, lo, hi) for seg, g in zip(self.segments, views)
+                 for lo, hi in chunks(seg.stop - seg.start, _CHUNK)]
+        work = groups(tasks, self.threads)
+        while len(self._scratch) < len(work):
+            self._scratch.append((np.empty(_CHUNK, self.dtype), np.empty(_CHUNK, self.dtype)))
+        parallel(lambda r: [self._update(*task, *self._scratch[r], **k) for task in work[r]], range(len(work)))
 
-            if lam and self._decoupled:  # AdamW: θ ← θ (1 − η λ)
+    def _update(self, seg, g, lo, hi, s, ge, eta, bias1, bias2_sqrt) -> None:
+        """The update of elements [lo, hi) of one segment; s and ge are scratch buffers."""
+        lam, (beta1, beta2) = self.weight_decay, self.betas
+        n = hi - lo
+        p, g, s = seg.param[lo:hi], g[lo:hi], s[:n]
+        m, v = self.m[seg.start + lo:seg.start + hi], self.v[seg.start + lo:seg.start + hi]
+        if lam and self._decoupled:  # AdamW: θ ← θ (1 − η λ)
+            for r, where in _decayed(seg.decay, lo, hi):
+                np.multiply(p[r], 1.0 - eta * lam, out=p[r], where=where)
+        elif lam:  # Adam: g ← ∇θ L + λ θ, in scratch (the caller's gradient is not touched)
+            ge = ge[:n]
+            np.copyto(ge, g)
+            for r, where in _decayed(seg.decay, lo, hi):
+                np.multiply(p[r], lam, out=s[r], where=where)
+                np.add(ge[r], s[r], out=ge[r], where=where)
+            g = ge
 
-                def decay(r, where, p=p):
-                    np.multiply(p[r], 1.0 - eta * lam, out=p[r], where=where)
+        m *= beta1  # m_t = β1 m_{t-1} + (1 − β1) g_t
+        np.multiply(g, 1.0 - beta1, out=s)
+        m += s
+        v *= beta2  # v_t = β2 v_{t-1} + (1 − β2) g_t²
+        np.multiply(g, g, out=s)
+        s *= 1.0 - beta2
+        v += s
+        np.sqrt(v, out=s)  # s = √v_t / √(1 − β2^t) + ε  =  √v̂_t + ε
+        s /= bias2_sqrt
+        s += self.eps
+        np.divide(m, s, out=s)  # s = m_t / (√v̂_t + ε)
+        s *= eta / bias1  # s = η m̂_t / (√v̂_t + ε)
+        p -= s  # θ_t = θ_{t-1} − η m̂_t / (√v̂_t + ε)
 
-                apply_masked(seg.decay, decay)
-            elif lam:  # Adam: g ← ∇θ L + λ θ
 
-                def l2(r, where, p=p, s=s, ge=self._grad[sl]):
-                    np.multiply(p[r], lam, out=s[r], where=where)
-                    np.add(ge[r], s[r], out=ge[r], where=where)
-
-                np.copyto(self._grad[sl], g)
-                apply_masked(seg.decay, l2)
-                g = self._grad[sl]
-
-            m *= beta1  # m_t = β1 m_{t-1} + (1 − β1) g_t
-            np.multiply(g, 1.0 - beta1, out=s)
-            m += s
-            v *= beta2  # v_t = β2 v_{t-1} + (1 − β2) g_t²
-            np.multiply(g, g, out=s)
-            s *= 1.0 - beta2
-            v += s
-            np.sqrt(v, out=s)  # s = √v_t / √(1 − β2^t) + ε  =  √v̂_t + ε
-            s /= bias2_sqrt
-            s += self.eps
-            np.divide(m, s, out=s)  # s = m_t / (√v̂_t + ε)
-            s *= eta / bias1  # s = η m̂_t / (√v̂_t + ε)
-            p -= s  # θ_t = θ_{t-1} − η m̂_t / (√v̂_t + ε)
+def _decayed(decay, lo, hi):
+    """(index, where) pairs, relative to lo, of the decayed elements among [lo, hi) of a segment
+    whose decay is a list of [a, b) runs or a boolean mask (see optim/base.py)."""
+    if isinstance(decay, np.ndarray):
+        return [(slice(None), decay[lo:hi])]
+    return [(slice(max(a, lo) - lo, min(b, hi) - lo), True) for a, b in decay if max(a, lo) < min(b, hi)]
 
 
 class AdamW(Adam):
@@ -122,5 +146,6 @@ class AdamW(Adam):
         eps: float = 1e-8,
         weight_decay: float = 0.01,
         decay_mask=None,
+        threads: int | None = None,
     ):
-        super().__init__(params, lr, betas, eps, weight_decay, decay_mask)
+        super().__init__(params, lr, betas, eps, weight_decay, decay_mask, threads)

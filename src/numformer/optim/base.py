@@ -3,10 +3,10 @@
 An optimizer is given either one ndarray (normally the model's flat parameter buffer) or a dict
 name -> ndarray (normally views into that buffer). Either way it sees the parameters as a list of
 1-D *segments* laid end to end: segment k covers positions [start, stop) of a virtual flat vector
-of N elements. The optimizer's own state (Adam's m and v) and its scratch space are flat (N,)
-arrays in that same layout, so an update is a handful of whole-array ufunc calls per segment,
-written with `out=` so that a step allocates nothing large. With a flat buffer there is exactly one
-segment and the update is one vectorised pass over all parameters.
+of N elements. The optimizer's own state (Adam's m and v) is flat (N,) arrays in that same
+layout, so an update is a handful of ufunc calls per segment (Adam: per cache-sized chunk of a
+segment), written with `out=` so that a step allocates nothing large. With a flat buffer there is
+exactly one segment.
 
 The parameters are updated in place: the caller's arrays (and every view into them) see the new
 values. They must therefore be C-contiguous, so that the 1-D view really is a view.
@@ -186,13 +186,3 @@ def _runs(mask: np.ndarray | None, n: int) -> list | np.ndarray:
     if edges.size // 2 > _MAX_RUNS:
         return mask.copy()
     return [(int(a), int(b)) for a, b in zip(edges[0::2], edges[1::2])]
-
-
-def apply_masked(decay, fn) -> None:
-    """Call fn(sl, where) for the decayed part of a segment: per run sl=slice(a, b), where=True;
-    or once with sl=slice(None) and where=<bool mask> for an element-wise mask."""
-    if isinstance(decay, np.ndarray):
-        fn(slice(None), decay)
-    else:
-        for a, b in decay:
-            fn(slice(a, b), True)
