@@ -107,3 +107,23 @@ def test_seed_example_gelu_of_one():
 def test_gelu_rejects_unknown_form():
     with pytest.raises(ValueError, match="approximate"):
         gelu.forward(np.ones(2), approximate="sigmoid")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("approximate", ["tanh", "none"])
+def test_output_and_slope_is_forward_bit_for_bit_and_the_torch_derivative(monkeypatch, dtype, approximate):
+    """The GPT drops GELU's output after forward and gets it back from output_and_slope; it must be
+    the very same numbers, and the slope must be the derivative backward uses (chunks of 1000 so
+    that the chunked loop is crossed)."""
+    monkeypatch.setattr(gelu, "_CHUNK", 1000)
+    x = np.random.default_rng(3).normal(0, 3, size=(7, 613)).astype(dtype)
+    x[0, :5] = [-30.0, -9.0, 0.0, 9.0, 30.0]
+    y, cache = gelu.forward(x, approximate)
+    y2, slope = gelu.output_and_slope(cache)
+    np.testing.assert_array_equal(y2, y)
+    dy = np.random.default_rng(4).normal(size=x.shape).astype(dtype)
+    np.testing.assert_array_equal(dy * slope, gelu.backward(dy, cache))
+    tx = torch.tensor(x.astype(np.float64), requires_grad=True)
+    torch.nn.functional.gelu(tx, approximate=approximate).sum().backward()
+    tol = 1e-12 if dtype == np.float64 else 2e-6
+    np.testing.assert_allclose(slope, tx.grad.numpy(), rtol=tol, atol=tol)

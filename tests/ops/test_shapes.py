@@ -60,3 +60,19 @@ def test_linear_keeps_float32():
     y, cache = linear.forward(x, np.ones((5, 4), dtype=np.float32), np.ones(5, dtype=np.float32))
     grads = linear.backward(np.ones_like(y), cache)
     assert y.dtype == np.float32 and all(g.dtype == np.float32 for g in grads)
+
+
+def test_linear_without_kept_input_needs_x_back_and_then_matches():
+    rng = np.random.default_rng(0)
+    x, w, b = rng.normal(size=(2, 3, 4)), rng.normal(size=(5, 4)), rng.normal(size=5)
+    y, cache = linear.forward(x, w, b)
+    y2, lean = linear.forward(x, w, b, keep_input=False)
+    np.testing.assert_array_equal(y2, y)
+    assert lean[0] is None                      # the input really is not kept
+    dy = rng.normal(size=y.shape)
+    for ours, ref in zip(linear.backward(dy, lean, x=x), linear.backward(dy, cache)):
+        np.testing.assert_array_equal(ours, ref)
+    with pytest.raises(ValueError, match="keep_input=False"):
+        linear.backward(dy, lean)
+    with pytest.raises(ValueError, match=r"\(2, 3, 4\)"):
+        linear.backward(dy, lean, x=x[:, :2])

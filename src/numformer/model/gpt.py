@@ -9,7 +9,10 @@
     loss    = CrossEntropy(logits, targets)
 
 `forward` runs the ops in that order and keeps each op's cache; `backward` walks the same list
-backwards, calling each op's backward, and adds into the flat gradient buffer. Gradients meet in
+backwards, calling each op's backward, and adds into the flat gradient buffer. One activation is
+not kept: GELU's output, the input of the MLP's second linear map (B·T·4C values per layer, a
+fifth of what a block stores). backward recomputes it, bit for bit, from GELU's input in the same
+pass that computes GELU's derivative (gelu.output_and_slope), so it costs one multiply per element. Gradients meet in
 two places, and both are written as `+=`: at every residual (the skip path and the branch) and at
 the tied embedding (the LM head and the input lookup).
 
@@ -171,7 +174,8 @@ class GPT:
             h, c["ln_2"] = layernorm.forward(x, w["ln_2.weight"], w["ln_2.bias"], eps)
             f, c["c_fc"] = linear.forward(h, w["mlp.c_fc.weight"], w["mlp.c_fc.bias"])     # (B, T, 4C)
             g, c["gelu"] = gelu.forward(f, approximate=_gelu_mode(cfg))
-            m, c["c_proj"] = linear.forward(g, w["mlp.c_proj.weight"], w["mlp.c_proj.bias"])  # (B, T, C)
+            m, c["c_proj"] = linear.forward(g, w["mlp.c_proj.weight"], w["mlp.c_proj.bias"],
+                                            keep_input=False)   # (B, T, C); g is recomputed in backward
             m, c["drop_2"] = dropout.forward(m, drop, self.rng, training=drop > 0)
             x, c["res_2"] = residual.forward(x, m)
             tape["blocks"].append(c)
@@ -213,9 +217,10 @@ class GPT:
             # x = x_mid + Dropout(MLP(LN_2(x_mid)))
             dx_mid, dm = residual.backward(dx, c["res_2"])
             dm = dropout.backward(dm, c["drop_2"])
-            dgl, dw, db = linear.backward(dm, c["c_proj"])
+            g_out, slope = gelu.output_and_slope(c["gelu"])           # GELU's output again, and its slope
+            dgl, dw, db = linear.backward(dm, c["c_proj"], x=g_out)
             self._acc(f"{h}.mlp.c_proj", dw, db)
-            df = gelu.backward(dgl, c["gelu"])
+            df = np.multiply(dgl, slope, out=slope)                    # gelu backward: dy ⊙ GELU'(f)
             dhid, dw, db = linear.backward(df, c["c_fc"])
             self._acc(f"{h}.mlp.c_fc", dw, db)
             dln, dw, db = layernorm.backward(dhid, c["ln_2"])
@@ -246,11 +251,12 @@ class GPT:
 
         With threads > 1 the batch's rows are split into that many shards, and each shard runs
         forward and backward in its own Python thread on a replica that shares this model's
-        parameter buffer but has its own gradient buffer and tape. NumPy releases the GIL inside
-        its loops and BLAS calls, so the elementwise work, single-threaded in NumPy, runs on every
-        core; OpenBLAS is held to one thread meanwhile. The shards' gradients are weighted by
-        their share of the counted targets and added in shard order, so the result is deterministic and
-        equals the one-thread result up to float rounding. Dropout masks then come from
+        parameter buffer and has its own tape. NumPy releases the GIL inside its loops and BLAS
+        calls, so the elementwise work, single-threaded in NumPy, runs on every core; OpenBLAS is
+        held to one thread meanwhile. The first shard adds its gradient straight into self.grads;
+        the others into gradient buffers of their own, which are then added into self.grads in
+        shard order. Each shard's gradient is weighted by its share of the counted targets, so the
+        result is deterministic and equals the one-thread result up to float rounding. Dropout masks then come from
         per-shard generators seeded from self.rng, so its state still decides them.
         """
         idx, targets = np.asarray(idx), np.asarray(targets)
@@ -263,7 +269,7 @@ class GPT:
             else:
                 self._tape = None
             return loss
-        from numformer.runtime import blas_threads
+        from numformer.runtime import blas_threads, chunks, groups, parallel
 
         self._tape = None                # this model's own tape is not the one being differentiated
         replicas = self._replicas(n)
@@ -281,17 +287,26 @@ class GPT:
             share = counted[r] / total
             _, loss = rep.forward(idx[lo:hi], targets[lo:hi])
             if backward:
-                rep.zero_grad()
+                if rep.grads is not self.grads:
+                    rep.zero_grad()
                 rep.backward(dloss * share)
             else:
                 rep._tape = None
             return loss * share
 
         with blas_threads(1):
-            losses = list(_thread_pool(n).map(shard, range(n)))
-        if backward:
-            for rep in replicas:
-                self.grads.flat += rep.grads.flat                      # the shards' gradients meet
+            losses = parallel(shard, list(range(n)))
+        if backward and n > 1:
+            # the shards' gradients meet, in cache-sized chunks shared out over the threads
+            own = [rep.grads.flat for rep in replicas[1:]]
+            flat = self.grads.flat
+
+            def add(ranges):
+                for lo, hi in ranges:
+                    for g in own:
+                        flat[lo:hi] += g[lo:hi]
+
+            parallel(add, groups(chunks(flat.size, 1 << 17), n))
         return float(sum(losses))
 
     def loss(self, idx, targets, *, threads: int = 1) -> float:
@@ -301,19 +316,21 @@ class GPT:
 
     def _replicas(self, n: int) -> list["GPT"]:
         """n models that share self's parameters (views of the same flat buffer) and settings,
-        each with its own gradients, tape and dropout generator. The gradient buffers are made
-        once and kept; everything else is taken from self on every call, so that a change to
-        self (embed_scale, pe, ...) reaches the replicas."""
+        each with its own tape and dropout generator. The first adds its gradient into self.grads;
+        each of the others has a gradient buffer of its own, made once and kept. Everything else
+        is taken from self on every call, so that a change to self (embed_scale, pe, ...)
+        reaches the replicas."""
         own = ("grads", "_tape", "rng", "_replica_list")
         reps = getattr(self, "_replica_list", [])
         while len(reps) < n:
             rep = GPT.__new__(GPT)
-            rep.grads = self.params.like()
+            rep.grads = self.params.like() if reps else None
             reps.append(rep)
         self._replica_list = reps
         for rep in reps[:n]:
             rep.__dict__.update({k: v for k, v in self.__dict__.items() if k not in own})
             rep._tape = None
+        reps[0].grads = self.grads
         return reps[:n]
 
     # ----------------------------------------------------------------------------- inference with a KV cache
@@ -344,7 +361,8 @@ class GPT:
                        for j in range(3))                                              # (B, nh, Tn, hs)
             cache.k[i][:, :, t0:t1] = k
             cache.v[i][:, :, t0:t1] = v
-            y, _ = attention.forward(q, cache.k[i][:, :, :t1], cache.v[i][:, :, :t1], causal=True)
+            # one new token sits at the last position and may see every cached key: no mask
+            y, _ = attention.forward(q, cache.k[i][:, :, :t1], cache.v[i][:, :, :t1], causal=Tn > 1)
             y = y.transpose(0, 2, 1, 3).reshape(B, Tn, C)                              # (B, Tn, C)
             a, _ = linear.forward(y, w["attn.c_proj.weight"], w["attn.c_proj.bias"])
             x = x + a
@@ -450,17 +468,6 @@ class GPT:
         self.grads.views[f"{name}.weight"][...] += dweight
         if self.config.bias:
             self.grads.views[f"{name}.bias"][...] += dbias
-
-
-_POOLS = {}
-
-
-def _thread_pool(n: int):
-    from concurrent.futures import ThreadPoolExecutor
-
-    if n not in _POOLS:
-        _POOLS[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="numformer")
-    return _POOLS[n]
 
 
 def _gelu_mode(cfg: GPTConfig) -> str:

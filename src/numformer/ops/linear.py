@@ -12,11 +12,16 @@ Backward (L is any scalar loss, dy = ∂L/∂y; N is the product of x's leading 
 
 Any number of leading dimensions is folded into one axis of N rows, so each of the three
 products above is a single 2-D matrix multiply (one BLAS call).
+
+Memory: the cache holds x, needed for dW. A caller that can recompute x cheaply at backward time
+passes keep_input=False to forward and gives x back to backward (the GPT does this for the MLP's
+second layer, whose input GELU(h) it recomputes; see model/gpt.py).
 """
 
 
-def forward(x, weight, bias=None):
-    """y = x @ weight.T + bias. Returns (y, cache)."""
+def forward(x, weight, bias=None, keep_input=True):
+    """y = x @ weight.T + bias. Returns (y, cache); with keep_input=False the cache leaves out x,
+    and backward must be given it."""
     if weight.ndim != 2:
         raise ValueError(f"linear: x has shape {x.shape} but weight has shape {weight.shape} "
                          f"(weight must be (C_out, C_in))")
@@ -32,15 +37,21 @@ def forward(x, weight, bias=None):
     if bias is not None:
         y += bias
     y = y.reshape(*x.shape[:-1], c_out)         # (..., C_out)
-    return y, (x2, weight, bias is not None, x.shape)
+    return y, (x2 if keep_input else None, weight, bias is not None, x.shape)
 
 
-def backward(dy, cache):
-    """Returns (dx, dweight, dbias); dbias is None when forward had no bias."""
+def backward(dy, cache, x=None):
+    """Returns (dx, dweight, dbias); dbias is None when forward had no bias. x is forward's input,
+    needed only when forward was called with keep_input=False."""
     x2, weight, has_bias, x_shape = cache
     c_out = weight.shape[0]
     if dy.shape != (*x_shape[:-1], c_out):
         raise ValueError(f"linear: dy has shape {dy.shape} but y had shape {(*x_shape[:-1], c_out)}")
+    if x2 is None:
+        if x is None or x.shape != x_shape:
+            raise ValueError(f"linear: forward kept no input (keep_input=False), so backward needs "
+                             f"x of shape {x_shape}, got {None if x is None else x.shape}")
+        x2 = x.reshape(-1, x_shape[-1])         # (N, C_in)
     dy2 = dy.reshape(-1, c_out)                 # (N, C_out)
     dx = (dy2 @ weight).reshape(x_shape)        # (..., C_in)
     dweight = dy2.T @ x2                        # (C_out, C_in)
