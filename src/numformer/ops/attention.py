@@ -126,12 +126,12 @@ def _softmax_rows(s, allowed, bias):
         s += bias                                             # + 0 or −inf: faster than where=
     elif allowed is not None:
         np.copyto(s, -np.inf, where=~allowed)
-    row_max = s.max(axis=-1, keepdims=True)                   # (..., Tq, 1)
+    row_max = np.maximum.reduce(s, axis=-1, keepdims=True)    # (..., Tq, 1)
     if allowed is not None:
         row_max[row_max == -np.inf] = 0.0                     # numerical care: empty row: exp(−inf − 0) = 0, not NaN
     s -= row_max                                              # numerical care: max-subtraction
     np.exp(s, out=s)
-    denom = s.sum(axis=-1, keepdims=True)                     # (..., Tq, 1)
+    denom = np.add.reduce(s, axis=-1, keepdims=True)          # (..., Tq, 1)
     if allowed is not None:
         denom[denom == 0] = 1.0                               # numerical care: empty row: P = 0/1 = 0
     s /= denom

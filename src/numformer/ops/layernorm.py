@@ -30,11 +30,17 @@ def forward(x, weight, bias, eps=1e-5):
         if p is not None and p.shape != (C,):
             raise ValueError(f"layernorm: x has shape {x.shape} but {name} has shape {p.shape} "
                              f"(must be ({C},))")
-    mu = x.mean(axis=-1, keepdims=True)                      # (..., 1)
+    # the means are written as a sum and a division by C: the same numbers as .mean(), without
+    # its Python-level overhead, which dominates when a row is one token (KV-cached decoding)
+    mu = np.add.reduce(x, axis=-1, keepdims=True)            # (..., 1)
+    mu /= C
     xc = x - mu                                              # (..., C)
-    var = (xc * xc).mean(axis=-1, keepdims=True)             # (..., 1) biased
-    rstd = 1.0 / np.sqrt(var + eps)                          # (..., 1)
-    xhat = xc * rstd                                         # (..., C)
+    var = np.add.reduce(xc * xc, axis=-1, keepdims=True)     # (..., 1) biased
+    var /= C
+    var += eps
+    rstd = np.sqrt(var, out=var)
+    np.divide(1.0, rstd, out=rstd)                           # (..., 1) 1 / √(σ² + eps)
+    xhat = np.multiply(xc, rstd, out=xc)                     # (..., C)
     y = xhat * weight if weight is not None else xhat.copy()
     if bias is not None:
         y += bias
@@ -50,7 +56,10 @@ def backward(dy, cache):
     dbias = dy.sum(axis=rows) if has_bias else None
     dweight = (dy * xhat).sum(axis=rows) if weight is not None else None
     dxhat = dy * weight if weight is not None else dy
+    C = dy.shape[-1]
+    mean_dxhat = np.add.reduce(dxhat, axis=-1, keepdims=True) / C                # (..., 1)
+    mean_dxhat_xhat = np.add.reduce(dxhat * xhat, axis=-1, keepdims=True) / C    # (..., 1)
     dx = rstd * (dxhat                                                    # term 1
-                 - dxhat.mean(axis=-1, keepdims=True)                     # term 2
-                 - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True))    # term 3
+                 - mean_dxhat                                             # term 2
+                 - xhat * mean_dxhat_xhat)                                # term 3
     return dx, dweight, dbias
