@@ -101,7 +101,10 @@ def test_causal_equals_explicit_bottom_right_mask_and_combines_with_mask():
     np.testing.assert_array_equal(y1, y2)
 
 
-def test_attention_dropout_matches_torch_with_the_same_mask():
+@pytest.mark.parametrize("rows", [2, 64])
+def test_attention_dropout_matches_torch_with_the_same_mask(rows, monkeypatch):
+    """rows = 2 takes the causal query rows in chunks (see attention._QROWS)."""
+    monkeypatch.setattr(attention, "_QROWS", rows)
     rng = np.random.default_rng(4)
     q, k, v = rand(rng, 2, 2, 5, 4), rand(rng, 2, 2, 5, 4), rand(rng, 2, 2, 5, 3)
     p = 0.3

@@ -306,6 +306,35 @@ def test_blocked_and_chunked_paths_against_torch(case, monkeypatch):
     check_against_torch(case)
 
 
+CAUSAL_CASES = [c for c in TORCH_CASES if c.op in (attention, mha) and c.kwargs.get("causal", c.op is mha)]
+
+
+@pytest.mark.parametrize("case", CAUSAL_CASES, ids=str)
+@pytest.mark.parametrize("block", [7, 1 << 17])
+def test_causal_query_chunks_against_torch(case, block, monkeypatch):
+    """Causal attention takes the query rows in chunks that see only the keys before them. With
+    chunks of 2 rows the table's causal shapes split into several chunks, including (Tq > Tk)
+    chunks that see no key at all, and their keys' gradients are summed over chunks."""
+    import numformer.ops.attention as attention_mod
+
+    monkeypatch.setattr(attention_mod, "_QROWS", 2)
+    monkeypatch.setattr(attention_mod, "_BLOCK", block)
+    check_against_torch(case)
+
+
+def test_causal_query_chunks_really_skip_the_masked_keys(monkeypatch):
+    """Guards the test above: the chunks cover every row once, each sees exactly the keys the
+    causal rule allows its last row, and the first rows of a Tq > Tk case see none."""
+    import numformer.ops.attention as attention_mod
+
+    monkeypatch.setattr(attention_mod, "_QROWS", 2)
+    assert attention_mod._query_chunks(6, 6, True) == [(0, 2, 2), (2, 4, 4), (4, 6, 6)]
+    assert attention_mod._query_chunks(6, 4, True) == [(0, 2, 0), (2, 4, 2), (4, 6, 4)]
+    assert attention_mod._query_chunks(4, 9, True) == [(0, 2, 7), (2, 4, 9)]
+    assert attention_mod._query_chunks(6, 6, False) == [(0, 6, 6)]
+    assert attention_mod._query_chunks(3, 3, True) == [(0, 3, 3)]     # shorter than two chunks
+
+
 def test_the_blocked_attention_really_splits_the_work(monkeypatch):
     """Guards the test above: with _BLOCK = 7 the scores of these shapes span several blocks."""
     import numformer.ops.attention as attention_mod

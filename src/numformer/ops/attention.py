@@ -17,6 +17,10 @@ Which keys a query may see
     the usual lower triangle; with Tq < Tk the queries are the last Tq positions of the sequence,
     which is what a KV cache needs. Both together: a key must be allowed by both.
 
+Work and memory skipped under a causal mask (see _QROWS): query rows are taken in chunks, each
+against only the keys its last row may see, so the upper triangle of S, where P = 0, is neither
+computed nor kept. P is stored chunk by chunk; backward sums each key's dk and dv over chunks.
+
 A query row with no allowed key (all −inf) outputs zeros and passes zero gradient to q, k and v.
 (Softmax of an all −inf row is 0/0; we define its probabilities as 0, not NaN and not uniform.)
 
@@ -109,6 +113,21 @@ def _blocks(q_shape, Tk):
     return [(i, slice(j, j + step)) for i in range(q_shape[0]) for j in range(0, q_shape[1], step)]
 
 
+# With a causal mask the query rows are also taken in chunks of this many: rows [a, b) can see no
+# key beyond Tk − Tq + b − 1, so their scores are computed against those keys only, and the
+# masked upper triangle, about half of S, is neither multiplied nor exponentiated (for T = 256
+# and chunks of 64, 62.5 % of the score work remains). Sequences shorter than two chunks are one.
+_QROWS = 64
+
+
+def _query_chunks(Tq, Tk, chunked):
+    """(a, b, e) triples: query rows [a, b) see at most the keys [0, e)."""
+    if not chunked or Tq < 2 * _QROWS:
+        return [(0, Tq, Tk)]
+    return [(a, min(a + _QROWS, Tq), min(Tk, max(0, Tk - Tq + min(a + _QROWS, Tq))))
+            for a in range(0, Tq, _QROWS)]
+
+
 def _part(a, blk, ndim):
     """The block `blk` of an array broadcast against the scores (ndim dims): each leading axis
     the array has in full is indexed like the scores, each it broadcasts along is kept."""
@@ -148,43 +167,66 @@ def forward(q, k, v, causal=False, mask=None, dropout_p=0.0, rng=None):
     allowed = allowed_keys(score_shape, causal, mask)         # numerical care: −inf, never −1e4
     bias = _causal_bias(Tq, Tk, dtype) if causal and mask is None else None
 
-    p = np.empty(score_shape, dtype=dtype)                    # (..., Tq, Tk)
+    rows = _query_chunks(Tq, Tk, bias is not None)
+    lead = score_shape[:-2]
+    # P is kept chunk by chunk, each chunk only as wide as the keys its rows can see
+    p = [np.empty((*lead, b - a, e), dtype=dtype) for a, b, e in rows]        # (..., b−a, e)
     drop = None
     if dropout_p > 0.0:
-        drop = keep_mask(score_shape, dropout_p, rng).astype(dtype)   # M, in p's dtype
-        drop *= 1.0 / (1.0 - dropout_p) if dropout_p < 1.0 else 0.0  # M / (1 − p); p = 1 keeps nothing
-    p_used = p if drop is None else np.empty_like(p)
+        full = keep_mask(score_shape, dropout_p, rng).astype(dtype)   # M, in p's dtype
+        full *= 1.0 / (1.0 - dropout_p) if dropout_p < 1.0 else 0.0  # M / (1 − p); p = 1 keeps nothing
+        drop = [full[..., a:b, :e] for a, b, e in rows]
+    p_used = p if drop is None else [np.empty_like(c) for c in p]
     y = np.empty((*q.shape[:-1], v.shape[-1]), dtype=dtype)  # (..., Tq, d_v)
     nd = len(score_shape)
     for blk in _blocks(q.shape, Tk):
-        s = np.matmul(q[blk], k[blk].swapaxes(-1, -2), out=p[blk])   # S = q kᵀ   (block, ..., Tq, Tk)
-        s *= scale                                                   #   / √d_k
-        _softmax_rows(s, _part(allowed, blk, nd), bias)              # P = softmax(S), in place
-        if drop is not None:
-            np.multiply(s, drop[blk], out=p_used[blk])               # P̃ = P ⊙ M / (1 − p)
-        np.matmul(p_used[blk], v[blk], out=y[blk])                   # y = P̃ v
-    return y, (q, k, v, p, drop, p_used, scale)
+        yb, part = y[blk], _part(allowed, blk, nd)
+        for c, (a, b, e) in enumerate(rows):   # query rows [a, b) against keys [0, e)
+            if e == 0:
+                yb[..., a:b, :] = 0.0              # these rows see no key at all
+                continue
+            s = np.matmul(q[blk][..., a:b, :], k[blk][..., :e, :].swapaxes(-1, -2),
+                          out=p[c][blk])                             # S = q kᵀ   (block, ..., b−a, e)
+            s *= scale                                              #   / √d_k
+            _softmax_rows(s, part[..., a:b, :e] if part is not None else None,
+                          bias[a:b, :e] if bias is not None else None)   # P = softmax(S), in place
+            if drop is not None:
+                np.multiply(s, drop[c][blk], out=p_used[c][blk])    # P̃ = P ⊙ M / (1 − p)
+            np.matmul(p_used[c][blk], v[blk][..., :e, :], out=yb[..., a:b, :])  # y = P̃ v
+    return y, (q, k, v, p, drop, p_used, scale, rows)
 
 
 def backward(dy, cache):
     """Returns (dq, dk, dv)."""
-    q, k, v, p, drop, p_used, scale = cache
+    q, k, v, p, drop, p_used, scale, rows = cache
     if dy.shape != (*q.shape[:-1], v.shape[-1]):
         raise ValueError(f"attention: dy has shape {dy.shape} but y had shape {(*q.shape[:-1], v.shape[-1])}")
-    dtype = np.result_type(p, dy)
+    dtype = np.result_type(p[0], dy)
     dq = np.empty(q.shape, dtype=dtype)
-    dk = np.empty(k.shape, dtype=dtype)
-    dv = np.empty(v.shape, dtype=dtype)
+    whole = len(rows) == 1                  # one chunk: dk, dv written at once; else summed over chunks
+    dk = (np.empty if whole else np.zeros)(k.shape, dtype=dtype)
+    dv = (np.empty if whole else np.zeros)(v.shape, dtype=dtype)
     for blk in _blocks(q.shape, k.shape[-2]):
-        pb = p[blk]
-        dp = dy[blk] @ v[blk].swapaxes(-1, -2)                # dP̃ (block, ..., Tq, Tk)
-        np.matmul(p_used[blk].swapaxes(-1, -2), dy[blk], out=dv[blk])   # dv = P̃ᵀ dy
-        if drop is not None:
-            dp *= drop[blk]                                   # dP = dP̃ ⊙ M / (1 − p)
-        ds = dp * pb                                          # term 1: P ⊙ dP
-        row = ds.sum(axis=-1, keepdims=True)                  # (..., Tq, 1) Σ_l dP_il P_il
-        ds -= np.multiply(pb, row, out=dp)                    # term 2 (dP's buffer reused)
-        ds *= scale
-        np.matmul(ds, k[blk], out=dq[blk])                    # dq = dS k / √d_k
-        np.matmul(ds.swapaxes(-1, -2), q[blk], out=dk[blk])   # dk = dSᵀ q / √d_k
+        for c, (a, b, e) in enumerate(rows):   # query rows [a, b) against keys [0, e)
+            if e == 0:
+                dq[blk][..., a:b, :] = 0.0
+                continue
+            pb, ub = p[c][blk], p_used[c][blk]
+            dyb, qb, kb, vb = dy[blk][..., a:b, :], q[blk][..., a:b, :], k[blk][..., :e, :], v[blk][..., :e, :]
+            dp = dyb @ vb.swapaxes(-1, -2)                    # dP̃ (block, ..., b−a, e)
+            if whole:
+                np.matmul(ub.swapaxes(-1, -2), dyb, out=dv[blk])       # dv = P̃ᵀ dy
+            else:
+                dv[blk][..., :e, :] += ub.swapaxes(-1, -2) @ dyb        # dv = Σ_chunks P̃ᵀ dy
+            if drop is not None:
+                dp *= drop[c][blk]                            # dP = dP̃ ⊙ M / (1 − p)
+            ds = dp * pb                                      # term 1: P ⊙ dP
+            row = np.add.reduce(ds, axis=-1, keepdims=True)   # (..., b−a, 1) Σ_l dP_il P_il
+            ds -= np.multiply(pb, row, out=dp)                # term 2 (dP's buffer reused)
+            ds *= scale
+            np.matmul(ds, kb, out=dq[blk][..., a:b, :])       # dq = dS k / √d_k
+            if whole:
+                np.matmul(ds.swapaxes(-1, -2), qb, out=dk[blk])        # dk = dSᵀ q / √d_k
+            else:
+                dk[blk][..., :e, :] += ds.swapaxes(-1, -2) @ qb         # dk = Σ_chunks dSᵀ q / √d_k
     return dq, dk, dv
