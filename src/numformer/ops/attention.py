@@ -33,6 +33,8 @@ Backward (dy = ∂L/∂y)
             (masked entries and empty rows have P = 0, so their dS is 0)
     dq = dS k / √d_k
     dk = dSᵀ q / √d_k
+    (S is computed as (q / √d_k) kᵀ and dk as dSᵀ (q / √d_k): the scale then multiplies arrays of
+    T·d_k entries instead of T·T.)
 """
 
 import math
@@ -139,10 +141,11 @@ def _part(a, blk, ndim):
     return a[index]
 
 
-def _softmax_rows(s, allowed, bias):
-    """s ← softmax(s + mask) over the last axis, in place (the scores of one block)."""
+def _softmax_rows(s, allowed, bias, bias_col=0):
+    """s ← softmax(s + mask) over the last axis, in place (the scores of one block). An additive
+    `bias` covers the columns from bias_col on; the columns before it are allowed for every row."""
     if bias is not None:
-        s += bias                                             # + 0 or −inf: faster than where=
+        s[..., bias_col:] += bias                             # + 0 or −inf: faster than where=
     elif allowed is not None:
         np.copyto(s, -np.inf, where=~allowed)
     row_max = np.maximum.reduce(s, axis=-1, keepdims=True)    # (..., Tq, 1)
@@ -153,7 +156,7 @@ def _softmax_rows(s, allowed, bias):
     denom = np.add.reduce(s, axis=-1, keepdims=True)          # (..., Tq, 1)
     if allowed is not None:
         denom[denom == 0] = 1.0                               # numerical care: empty row: P = 0/1 = 0
-    s /= denom
+    s *= np.reciprocal(denom, out=denom)                      # one division per row, not per entry
 
 
 def forward(q, k, v, causal=False, mask=None, dropout_p=0.0, rng=None):
@@ -185,11 +188,12 @@ def forward(q, k, v, causal=False, mask=None, dropout_p=0.0, rng=None):
             if e == 0:
                 yb[..., a:b, :] = 0.0              # these rows see no key at all
                 continue
-            s = np.matmul(q[blk][..., a:b, :], k[blk][..., :e, :].swapaxes(-1, -2),
-                          out=p[c][blk])                             # S = q kᵀ   (block, ..., b−a, e)
-            s *= scale                                              #   / √d_k
+            # S = (q / √d_k) kᵀ: the scale goes on q's b−a rows of d_k, not on S's rows of e
+            s = np.matmul(q[blk][..., a:b, :] * scale, k[blk][..., :e, :].swapaxes(-1, -2),
+                          out=p[c][blk])                             # (block, ..., b−a, e)
+            d = max(0, Tk - Tq + a)          # keys [0, d) are visible to every row of the chunk
             _softmax_rows(s, part[..., a:b, :e] if part is not None else None,
-                          bias[a:b, :e] if bias is not None else None)   # P = softmax(S), in place
+                          bias[a:b, d:e] if bias is not None else None, d)   # P = softmax(S), in place
             if drop is not None:
                 np.multiply(s, drop[c][blk], out=p_used[c][blk])    # P̃ = P ⊙ M / (1 − p)
             np.matmul(p_used[c][blk], v[blk][..., :e, :], out=yb[..., a:b, :])  # y = P̃ v
@@ -223,8 +227,9 @@ def backward(dy, cache):
             ds = dp * pb                                      # term 1: P ⊙ dP
             row = np.add.reduce(ds, axis=-1, keepdims=True)   # (..., b−a, 1) Σ_l dP_il P_il
             ds -= np.multiply(pb, row, out=dp)                # term 2 (dP's buffer reused)
-            ds *= scale
-            np.matmul(ds, kb, out=dq[blk][..., a:b, :])       # dq = dS k / √d_k
+            dqb = np.matmul(ds, kb, out=dq[blk][..., a:b, :])
+            dqb *= scale                                      # dq = dS k / √d_k
+            qb = qb * scale                                   # (the scale on q's side, as in forward)
             if whole:
                 np.matmul(ds.swapaxes(-1, -2), qb, out=dk[blk])        # dk = dSᵀ q / √d_k
             else:
