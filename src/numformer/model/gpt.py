@@ -352,13 +352,12 @@ class GPT:
 
         tok, _ = embedding.forward(idx, p["transformer.wte.weight"])
         pos = p["transformer.wpe.weight"][t0:t1] if cfg.pos_encoding == "learned" else self.pe[t0:t1]
-        x = tok * self.embed_scale + pos
+        x = tok * self.embed_scale + pos if self.embed_scale != 1.0 else tok + pos   # (B, Tn, C)
         for i in range(cfg.n_layer):
             w = self._block_params(i)
             h, _ = layernorm.forward(x, w["ln_1.weight"], w["ln_1.bias"], eps)
             qkv, _ = linear.forward(h, w["attn.c_attn.weight"], w["attn.c_attn.bias"])    # (B, Tn, 3C)
-            q, k, v = (qkv[..., j * C:(j + 1) * C].reshape(B, Tn, nh, hs).transpose(0, 2, 1, 3)
-                       for j in range(3))                                              # (B, nh, Tn, hs)
+            q, k, v = qkv.reshape(B, Tn, 3, nh, hs).transpose(2, 0, 3, 1, 4)   # each (B, nh, Tn, hs), as in mha
             cache.k[i][:, :, t0:t1] = k
             cache.v[i][:, :, t0:t1] = v
             # one new token sits at the last position and may see every cached key: no mask
