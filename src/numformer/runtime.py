@@ -20,6 +20,7 @@ allocates a few hundred large blocks per step, so the shared arena's lock is not
 from __future__ import annotations
 
 import os
+import threading
 
 _done = False
 _blas = None  # (set, get) of the OpenBLAS NumPy loaded once looked up; False: there is none
@@ -137,15 +138,17 @@ class blas_threads:
 
 
 _POOLS = {}
+_POOLS_LOCK = threading.Lock()
 
 
 def thread_pool(n: int):
     """A process-wide pool of n worker threads, made on first use and kept."""
-    pool = _POOLS.get(n)
-    if pool is None:
-        from concurrent.futures import ThreadPoolExecutor
+    with _POOLS_LOCK:
+        pool = _POOLS.get(n)
+        if pool is None:
+            from concurrent.futures import ThreadPoolExecutor
 
-        pool = _POOLS[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="numformer")
+            pool = _POOLS[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="numformer")
     return pool
 
 

@@ -268,3 +268,30 @@ def test_threaded_dropout_is_decided_by_the_model_rng_state():
     assert a == b and np.array_equal(model.grads.flat, ga)
     model.eval()
     assert model.forward(x, y)[1] != a      # the masks really dropped something
+
+
+def test_threaded_loss_and_grad_adds_to_existing_gradients():
+    """loss_and_grad adds into model.grads, also the shard that writes there directly: two calls
+    without zero_grad give twice the gradient, as two single-thread calls do."""
+    cfg, model, _ = pair("sinusoidal", seed=9)
+    x, y = batch(cfg, B=4, seed=2)
+    model.zero_grad()
+    model.loss_and_grad(x, y, threads=1)
+    model.loss_and_grad(x, y, threads=1)
+    twice = model.grads.flat.copy()
+    model.zero_grad()
+    model.loss_and_grad(x, y, threads=2)
+    model.loss_and_grad(x, y, threads=2)
+    np.testing.assert_allclose(model.grads.flat, twice, rtol=1e-10, atol=1e-13)
+
+
+def test_threaded_step_with_a_bad_id_in_a_later_shard_leaves_gradients_untouched():
+    cfg, model, _ = pair("sinusoidal", seed=9)
+    x, y = batch(cfg, B=4, seed=2)
+    model.zero_grad()
+    model.loss_and_grad(x, y, threads=2)
+    before = model.grads.flat.copy()
+    x[3, 0] = cfg.vocab_size                    # only the second shard sees it
+    with pytest.raises(ValueError, match="ids must lie in"):
+        model.loss_and_grad(x, y, threads=2)
+    np.testing.assert_array_equal(model.grads.flat, before)

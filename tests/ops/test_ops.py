@@ -173,6 +173,9 @@ CASES = [
     Case("attention causal Tq<Tk (KV cache) vs explicit mask", attention,
          {"q": (2, 2, 3, 4), "k": (2, 2, 7, 4), "v": (2, 2, 7, 5)}, QKV, torch_sdpa,
          kwargs={"causal": True}),
+    Case("attention causal Tq<Tk, several query rows (a prompt onto a KV cache)", attention,
+         {"q": (2, 2, 5, 4), "k": (2, 2, 9, 4), "v": (2, 2, 9, 3)}, QKV, torch_sdpa,
+         kwargs={"causal": True}),
     Case("attention causal Tq=1 Tk=6 (one decode step)", attention,
          {"q": (2, 2, 1, 4), "k": (2, 2, 6, 4), "v": (2, 2, 6, 4)}, QKV, torch_sdpa,
          kwargs={"causal": True}),
@@ -320,6 +323,8 @@ def test_causal_query_chunks_against_torch(case, block, monkeypatch):
     monkeypatch.setattr(attention_mod, "_QROWS", 2)
     monkeypatch.setattr(attention_mod, "_BLOCK", block)
     check_against_torch(case)
+    monkeypatch.setattr(attention_mod, "_QROWS", 1)      # one row per chunk: the most chunks
+    check_against_torch(case)
 
 
 def test_causal_query_chunks_really_skip_the_masked_keys(monkeypatch):
@@ -333,6 +338,7 @@ def test_causal_query_chunks_really_skip_the_masked_keys(monkeypatch):
     assert attention_mod._query_chunks(4, 9, True) == [(0, 2, 7), (2, 4, 9)]
     assert attention_mod._query_chunks(6, 6, False) == [(0, 6, 6)]
     assert attention_mod._query_chunks(3, 3, True) == [(0, 3, 3)]     # shorter than two chunks
+    assert attention_mod._query_chunks(5, 9, True)[:2] == [(0, 2, 6), (2, 4, 8)]   # the new case above
 
 
 def test_the_blocked_attention_really_splits_the_work(monkeypatch):

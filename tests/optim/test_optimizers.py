@@ -327,8 +327,9 @@ def test_step_allocates_nothing_large():
 @pytest.mark.parametrize("pattern", ["elementwise", "runs"])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_chunked_threaded_step_is_bit_identical_and_matches_torch(monkeypatch, cls, pattern, threads):
-    """step() walks the parameters in chunks spread over threads; with chunks of 7 elements the
-    decay runs and the dict's segments cross chunk edges, and the result must not change by a bit."""
+    """step() walks the parameters in chunks spread over threads; with chunks of 7 (flat) or 3
+    (dict, one segment per parameter) elements the decay runs and the segments cross chunk edges,
+    and the result must not change by a bit."""
     import numformer.optim.adam as adam_module
 
     rng = np.random.default_rng(9)
@@ -338,18 +339,28 @@ def test_chunked_threaded_step_is_bit_identical_and_matches_torch(monkeypatch, c
                                                                        np.zeros(n - 52, bool)]
     grads_seq = [rng.standard_normal(n) for _ in range(STEPS)]
 
-    def run(chunk, threads):
+    def run(chunk, threads, as_dict=False):
         monkeypatch.setattr(adam_module, "_CHUNK", chunk)
         flat, params = _params_dict(seed=9)
-        opt = cls(flat, lr=2e-2, weight_decay=0.2, decay_mask=mask, threads=threads)
-        for g in grads_seq:
-            opt.step(g)
+        if as_dict:    # one segment per parameter: chunks start inside segments at offsets > 0
+            masks = {k: m.reshape(p.shape) for (k, p), m in
+                     zip(params.items(), np.split(mask, np.cumsum([p.size for p in params.values()])[:-1]))}
+            opt = cls(params, lr=2e-2, weight_decay=0.2, decay_mask=masks, threads=threads)
+            sizes = np.cumsum([p.size for p in params.values()])[:-1]
+            for g in grads_seq:
+                opt.step({k: part.reshape(p.shape) for (k, p), part in zip(params.items(), np.split(g, sizes))})
+        else:
+            opt = cls(flat, lr=2e-2, weight_decay=0.2, decay_mask=mask, threads=threads)
+            for g in grads_seq:
+                opt.step(g)
         return flat, opt
 
     whole, _ = run(1 << 16, 1)
     chunked, opt = run(7, threads)
     assert len(opt._scratch) == min(threads, -(-n // 7))
     np.testing.assert_array_equal(chunked, whole)
+    by_name, _ = run(3, threads, as_dict=True)
+    np.testing.assert_array_equal(by_name, whole)
     torch_cls = getattr(torch.optim, cls.__name__)
     flat0, _ = _params_dict(seed=9)
     (on, off), _ = _torch_run(

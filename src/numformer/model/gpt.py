@@ -256,8 +256,10 @@ class GPT:
         held to one thread meanwhile. The first shard adds its gradient straight into self.grads;
         the others into gradient buffers of their own, which are then added into self.grads in
         shard order. Each shard's gradient is weighted by its share of the counted targets, so the
-        result is deterministic and equals the one-thread result up to float rounding. Dropout masks then come from
-        per-shard generators seeded from self.rng, so its state still decides them.
+        result is deterministic and equals the one-thread result up to float rounding. Dropout
+        masks then come from per-shard generators seeded from self.rng, so its state still decides
+        them. Every shard's forward runs before any backward, so input that the forward rejects
+        (an id outside the vocabulary, say) raises before self.grads is touched.
         """
         idx, targets = np.asarray(idx), np.asarray(targets)
         B = idx.shape[0]
@@ -278,25 +280,32 @@ class GPT:
         # are weighted by their share of the counted targets
         counted = [int(np.count_nonzero(targets[lo:hi] != -1)) for lo, hi in bounds]
         total = max(sum(counted), 1)
+        shares = [c / total for c in counted]
         seeds = self.rng.integers(0, 2**63, size=n) if self.config.dropout > 0 and self.training else [0] * n
 
-        def shard(r):
+        def shard_forward(r):
             rep, (lo, hi) = replicas[r], bounds[r]
             rep.training = self.training
             rep.rng = np.random.default_rng(int(seeds[r]))
-            share = counted[r] / total
             _, loss = rep.forward(idx[lo:hi], targets[lo:hi])
-            if backward:
-                if rep.grads is not self.grads:
-                    rep.zero_grad()
-                rep.backward(dloss * share)
-            else:
-                rep._tape = None
-            return loss * share
+            return loss * shares[r]
 
+        def shard_backward(r):
+            rep = replicas[r]
+            if rep.grads is not self.grads:
+                rep.zero_grad()
+            rep.backward(dloss * shares[r])
+
+        # every forward first: bad ids or targets raise there, before any gradient is touched
         with blas_threads(1):
-            losses = parallel(shard, list(range(n)))
-        if backward and n > 1:
+            try:
+                losses = parallel(shard_forward, list(range(n)))
+                if backward:
+                    parallel(shard_backward, list(range(n)))
+            finally:
+                for rep in replicas:
+                    rep._tape = None
+        if backward:
             # the shards' gradients meet, in cache-sized chunks shared out over the threads
             own = [rep.grads.flat for rep in replicas[1:]]
             flat = self.grads.flat

@@ -19,7 +19,8 @@ Which keys a query may see
 
 Work and memory skipped under a causal mask (see _QROWS): query rows are taken in chunks, each
 against only the keys its last row may see, so the upper triangle of S, where P = 0, is neither
-computed nor kept. P is stored chunk by chunk; backward sums each key's dk and dv over chunks.
+computed nor kept (the dropout mask, when there is one, is still drawn and kept whole). P is
+stored chunk by chunk; backward sums each key's dk and dv over chunks.
 
 A query row with no allowed key (all −inf) outputs zeros and passes zero gradient to q, k and v.
 (Softmax of an all −inf row is 0/0; we define its probabilities as 0, not NaN and not uniform.)

@@ -30,8 +30,11 @@ def forward(x, weight, bias, eps=1e-5):
         if p is not None and p.shape != (C,):
             raise ValueError(f"layernorm: x has shape {x.shape} but {name} has shape {p.shape} "
                              f"(must be ({C},))")
-    # the means are written as a sum and a division by C: the same numbers as .mean(), without
-    # its Python-level overhead, which dominates when a row is one token (KV-cached decoding)
+    if x.dtype.kind != "f":
+        x = x.astype(np.float64)
+    # the means are written as a sum and a division by C: for float32 and float64 the same
+    # numbers as .mean(), without its Python-level overhead, which dominates when a row is one
+    # token (KV-cached decoding)
     mu = np.add.reduce(x, axis=-1, keepdims=True)            # (..., 1)
     mu /= C
     xc = x - mu                                              # (..., C)

@@ -27,7 +27,8 @@ step count t is an int; `state_dict()` returns all three, so training resumes bi
 Speed. The update is about ten element-wise passes. Made over whole (N,) arrays, each pass
 streams θ, g, m and v through memory again (43 MB each for the 10.8 M-parameter "small" GPT).
 `step` instead walks the parameters in chunks of _CHUNK elements and makes all ten passes over one
-chunk while it is in the CPU cache, and gives contiguous runs of chunks to `threads` threads.
+chunk while it is in the CPU cache, and, with `threads=n` (default 1; `numformer train` passes one
+per core), gives contiguous runs of chunks to n threads.
 Every element goes through the same operations either way, so the result does not depend on the
 chunking or the thread count.
 """
@@ -37,7 +38,7 @@ import math
 import numpy as np
 
 from numformer.optim.base import Optimizer
-from numformer.runtime import chunks, cores, groups, parallel
+from numformer.runtime import chunks, groups, parallel
 
 # elements per chunk: θ, g, m, v and the scratch (5 x 512 KiB in float32) stay in the L3 cache.
 # Measured (AdamW, 2 threads, 10.8 M float32 parameters): 2^14 34 ms, 2^16 16 ms, 2^17 13 ms,
@@ -59,7 +60,7 @@ class Adam(Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         decay_mask=None,
-        threads: int | None = None,
+        threads: int = 1,
     ):
         super().__init__(params, lr)
         beta1, beta2 = (float(b) for b in betas)
@@ -72,7 +73,7 @@ class Adam(Optimizer):
         self.betas = (beta1, beta2)
         self.eps = float(eps)
         self.weight_decay = float(weight_decay)
-        self.threads = cores() if threads is None else max(1, int(threads))  # threads for step()
+        self.threads = max(1, int(threads))  # threads for step(); see "Speed" above
         self._set_decay_mask(decay_mask)
         self.m = self._zeros()  # (N,) first moment
         self.v = self._zeros()  # (N,) second moment
@@ -89,6 +90,8 @@ class Adam(Optimizer):
         tasks = [(seg, g, lo, hi) for seg, g in zip(self.segments, views)
                  for lo, hi in chunks(seg.stop - seg.start, _CHUNK)]
         work = groups(tasks, self.threads)
+        if self._scratch and self._scratch[0][0].size != _CHUNK:
+            self._scratch = []
         while len(self._scratch) < len(work):
             self._scratch.append((np.empty(_CHUNK, self.dtype), np.empty(_CHUNK, self.dtype)))
         parallel(lambda r: [self._update(*task, *self._scratch[r], **k) for task in work[r]], range(len(work)))
@@ -146,6 +149,6 @@ class AdamW(Adam):
         eps: float = 1e-8,
         weight_decay: float = 0.01,
         decay_mask=None,
-        threads: int | None = None,
+        threads: int = 1,
     ):
         super().__init__(params, lr, betas, eps, weight_decay, decay_mask, threads)
