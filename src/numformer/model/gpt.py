@@ -26,7 +26,7 @@ outputs barely move it. The seed leaves out the detail of the original Transform
 (Vaswani et al. 2017, §3.4) that fixes the first problem: the embedding is multiplied by √d_model
 before P is added. numformer keeps that ratio, token : position = √C : 1, but divides both by
 √C so the residual stream stays at GPT-2's scale: x0 = wte[idx] + P/√C. Measured over 2000 steps
-of the default run: learned 1.8828, P/√C 1.8682, √C·wte + P 1.9247, the seed's wte + P 2.3069
+of the default run: learned 1.8828, P/√C 1.8675, √C·wte + P 1.9225, the seed's wte + P 2.3094
 (`benchmarks/train_compare.py --pos_encoding all`; the README has the table).
 `embed_scale` (1 by default) multiplies wte[idx]; the benchmark uses it for the paper's form.
 """
