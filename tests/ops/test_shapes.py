@@ -76,3 +76,32 @@ def test_linear_without_kept_input_needs_x_back_and_then_matches():
         linear.backward(dy, lean)
     with pytest.raises(ValueError, match=r"\(2, 3, 4\)"):
         linear.backward(dy, lean, x=x[:, :2])
+
+
+@pytest.mark.parametrize("affine", ["both", "weight only", "none"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_layernorm_output_is_forwards_output_bit_for_bit(affine, dtype):
+    """The GPT drops LayerNorm's output after the next linear map and gets it back from the cache."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(3.0, 2.0, size=(2, 5, 8)).astype(dtype)
+    w = rng.normal(size=8).astype(dtype) if affine != "none" else None
+    b = rng.normal(size=8).astype(dtype) if affine == "both" else None
+    y, cache = layernorm.forward(x, w, b)
+    again = layernorm.output(cache)
+    assert again is not y
+    np.testing.assert_array_equal(again, y)
+
+
+def test_mha_without_kept_input_needs_x_back_and_then_matches():
+    rng = np.random.default_rng(2)
+    B, T, C, nh = 2, 5, 8, 2
+    x = rng.normal(size=(B, T, C))
+    args = (rng.normal(size=(3 * C, C)), rng.normal(size=3 * C), rng.normal(size=(C, C)), rng.normal(size=C), nh)
+    y, cache = mha.forward(x, *args)
+    y2, lean = mha.forward(x, *args, keep_input=False)
+    np.testing.assert_array_equal(y2, y)
+    dy = rng.normal(size=y.shape)
+    for ours, ref in zip(mha.backward(dy, lean, x=x), mha.backward(dy, cache)):
+        np.testing.assert_array_equal(ours, ref)
+    with pytest.raises(ValueError, match="keep_input=False"):
+        mha.backward(dy, lean)

@@ -9,12 +9,15 @@
     loss    = CrossEntropy(logits, targets)
 
 `forward` runs the ops in that order and keeps each op's cache; `backward` walks the same list
-backwards, calling each op's backward, and adds into the flat gradient buffer. One activation is
-not kept: GELU's output, the input of the MLP's second linear map (B·T·4C values per layer, a
-fifth of what a block stores). backward recomputes it, bit for bit, from GELU's input in the same
-pass that computes GELU's derivative (gelu.output_and_slope), so it costs one multiply per element. Gradients meet in
-two places, and both are written as `+=`: at every residual (the skip path and the branch) and at
-the tied embedding (the LM head and the input lookup).
+backwards, calling each op's backward, and adds into the flat gradient buffer. Three activations
+per block are not kept, because they can be made again at backward time for about one multiply
+per element, bit for bit as forward made them: GELU's output, the input of the MLP's second
+linear map (B·T·4C values), from GELU's input in the same pass that computes GELU's derivative
+(gelu.output_and_slope); and the two LayerNorm outputs, the inputs of c_attn and c_fc, from
+LayerNorm's cache (layernorm.output). Together that is 6·B·T·C values a block, about a third
+of what it would otherwise store (the small config at B = 8: 18 of 60 MiB a block).
+Gradients meet in two places, and both are written as `+=`: at every residual (the skip path and
+the branch) and at the tied embedding (the LM head and the input lookup).
 
 Positions. `pos_encoding="learned"` adds a trained table `wpe` as GPT-2 does. The default,
 `"sinusoidal"`, adds the fixed table P of the seed's formula 2, scaled by 1/√C. A straight
@@ -168,14 +171,17 @@ class GPT:
             h, c["ln_1"] = layernorm.forward(x, w["ln_1.weight"], w["ln_1.bias"], eps)
             a, c["attn"] = mha.forward(h, w["attn.c_attn.weight"], w["attn.c_attn.bias"],
                                        w["attn.c_proj.weight"], w["attn.c_proj.bias"], cfg.n_head,
-                                       causal=True, dropout_p=drop, rng=self.rng)
+                                       causal=True, dropout_p=drop, rng=self.rng,
+                                       keep_input=False)    # h is recomputed from LN_1's cache
             a, c["drop_1"] = dropout.forward(a, drop, self.rng, training=drop > 0)
             x, c["res_1"] = residual.forward(x, a)
             h, c["ln_2"] = layernorm.forward(x, w["ln_2.weight"], w["ln_2.bias"], eps)
-            f, c["c_fc"] = linear.forward(h, w["mlp.c_fc.weight"], w["mlp.c_fc.bias"])     # (B, T, 4C)
+            f, c["c_fc"] = linear.forward(h, w["mlp.c_fc.weight"], w["mlp.c_fc.bias"],
+                                          keep_input=False)  # (B, T, 4C); h is recomputed from LN_2's cache
             g, c["gelu"] = gelu.forward(f, approximate=_gelu_mode(cfg))
             m, c["c_proj"] = linear.forward(g, w["mlp.c_proj.weight"], w["mlp.c_proj.bias"],
                                             keep_input=False)   # (B, T, C); g is recomputed in backward
+            del g                                                # so it is not kept past this line
             m, c["drop_2"] = dropout.forward(m, drop, self.rng, training=drop > 0)
             x, c["res_2"] = residual.forward(x, m)
             tape["blocks"].append(c)
@@ -204,38 +210,47 @@ class GPT:
         cfg, g = self.config, self.grads
         B, T = tape["B"], tape["T"]
 
-        dlogits = cross_entropy.backward(tape["ce"], dloss).reshape(B, T, cfg.vocab_size)
-        dx, dwte_head, _ = linear.backward(dlogits, tape["lm_head"])
+        # each op's cache is popped as its backward runs, and each temporary is dropped once used,
+        # so activations are freed as early as they can be (the memory peak is early in backward)
+        dlogits = cross_entropy.backward(tape.pop("ce"), dloss).reshape(B, T, cfg.vocab_size)
+        dx, dwte_head, _ = linear.backward(dlogits, tape.pop("lm_head"))
+        del dlogits
         g["transformer.wte.weight"][...] += dwte_head              # tied weight: head's share
-        dx, dw, db = layernorm.backward(dx, tape["ln_f"])
+        dx, dw, db = layernorm.backward(dx, tape.pop("ln_f"))
         self._acc("transformer.ln_f", dw, db)
 
         blocks = tape["blocks"]
         for i in reversed(range(cfg.n_layer)):
             c, h = blocks[i], f"transformer.h.{i}"
-            blocks[i] = None             # free this block's activations as soon as they are used
+            blocks[i] = None
             # x = x_mid + Dropout(MLP(LN_2(x_mid)))
-            dx_mid, dm = residual.backward(dx, c["res_2"])
-            dm = dropout.backward(dm, c["drop_2"])
-            g_out, slope = gelu.output_and_slope(c["gelu"])           # GELU's output again, and its slope
-            dgl, dw, db = linear.backward(dm, c["c_proj"], x=g_out)
+            dx_mid, dm = residual.backward(dx, c.pop("res_2"))
+            dm = dropout.backward(dm, c.pop("drop_2"))
+            g_out, slope = gelu.output_and_slope(c.pop("gelu"))       # GELU's output again, and its slope
+            dgl, dw, db = linear.backward(dm, c.pop("c_proj"), x=g_out)
+            del g_out, dm
             self._acc(f"{h}.mlp.c_proj", dw, db)
             df = np.multiply(dgl, slope, out=slope)                    # gelu backward: dy ⊙ GELU'(f)
-            dhid, dw, db = linear.backward(df, c["c_fc"])
+            del dgl, slope
+            ln_2 = c.pop("ln_2")
+            dhid, dw, db = linear.backward(df, c.pop("c_fc"), x=layernorm.output(ln_2))
+            del df
             self._acc(f"{h}.mlp.c_fc", dw, db)
-            dln, dw, db = layernorm.backward(dhid, c["ln_2"])
+            dln, dw, db = layernorm.backward(dhid, ln_2)
             self._acc(f"{h}.ln_2", dw, db)
             dx_mid += dln                                              # residual fan-in
             # x_mid = x_in + Dropout(MHA(LN_1(x_in)))
-            dx_in, da = residual.backward(dx_mid, c["res_1"])
-            da = dropout.backward(da, c["drop_1"])
-            dhid, dwqkv, dbqkv, dwo, dbo = mha.backward(da, c["attn"])
+            dx_in, da = residual.backward(dx_mid, c.pop("res_1"))
+            da = dropout.backward(da, c.pop("drop_1"))
+            ln_1 = c.pop("ln_1")
+            dhid, dwqkv, dbqkv, dwo, dbo = mha.backward(da, c.pop("attn"), x=layernorm.output(ln_1))
             self._acc(f"{h}.attn.c_attn", dwqkv, dbqkv)
             self._acc(f"{h}.attn.c_proj", dwo, dbo)
-            dln, dw, db = layernorm.backward(dhid, c["ln_1"])
+            dln, dw, db = layernorm.backward(dhid, ln_1)
             self._acc(f"{h}.ln_1", dw, db)
             dx_in += dln                                               # residual fan-in
             dx = dx_in
+            del c, ln_1, ln_2, dx_mid, dx_in, da, dhid, dln, dw, db, dwqkv, dbqkv, dwo, dbo
 
         dx = dropout.backward(dx, tape["drop"])
         if cfg.pos_encoding == "learned":

@@ -44,19 +44,28 @@ def forward(x, weight, bias, eps=1e-5):
     rstd = np.sqrt(var, out=var)
     np.divide(1.0, rstd, out=rstd)                           # (..., 1) 1 / √(σ² + eps)
     xhat = np.multiply(xc, rstd, out=xc)                     # (..., C)
+    cache = (xhat, rstd, weight, bias)
+    return output(cache), cache
+
+
+def output(cache):
+    """y = x̂ ⊙ γ + β from forward's cache: forward's output again, bit for bit (forward computes
+    it here too). A caller that would otherwise keep both y and the cache (the GPT, whose next
+    linear map needs y in its backward) keeps the cache only and calls this at backward time."""
+    xhat, _, weight, bias = cache
     y = xhat * weight if weight is not None else xhat.copy()
     if bias is not None:
         y += bias
-    return y, (xhat, rstd, weight, bias is not None)
+    return y
 
 
 def backward(dy, cache):
     """Returns (dx, dweight, dbias); a gradient is None where forward got None."""
-    xhat, rstd, weight, has_bias = cache
+    xhat, rstd, weight, bias = cache
     if dy.shape != xhat.shape:
         raise ValueError(f"layernorm: dy has shape {dy.shape} but y had shape {xhat.shape}")
     rows = tuple(range(dy.ndim - 1))
-    dbias = dy.sum(axis=rows) if has_bias else None
+    dbias = dy.sum(axis=rows) if bias is not None else None
     dweight = (dy * xhat).sum(axis=rows) if weight is not None else None
     dxhat = dy * weight if weight is not None else dy
     C = dy.shape[-1]

@@ -27,11 +27,13 @@ import numpy as np
 from numformer.ops import attention, linear
 
 
-def forward(x, w_qkv, b_qkv, w_o, b_o, n_head, causal=True, mask=None, dropout_p=0.0, rng=None):
+def forward(x, w_qkv, b_qkv, w_o, b_o, n_head, causal=True, mask=None, dropout_p=0.0, rng=None,
+            keep_input=True):
     """y = Concat(head_1..head_nh) W_oᵀ + b_o with heads from one fused QKV map. Returns (y, cache).
 
     mask is broadcastable to (B, nh, T, T), True = may attend; dropout_p applies to the
-    attention probabilities (see attention.py).
+    attention probabilities (see attention.py). With keep_input=False the cache leaves out x
+    and backward must be given it back (see linear.py).
     """
     if x.ndim != 3:
         raise ValueError(f"mha: x has shape {x.shape}, expected (B, T, C)")
@@ -43,7 +45,7 @@ def forward(x, w_qkv, b_qkv, w_o, b_o, n_head, causal=True, mask=None, dropout_p
         raise ValueError(f"mha: x has shape {x.shape}; C = {C} is not divisible by n_head = {n_head}")
     hs = C // n_head
 
-    qkv, qkv_cache = linear.forward(x, w_qkv, b_qkv)                  # (B, T, 3C)
+    qkv, qkv_cache = linear.forward(x, w_qkv, b_qkv, keep_input=keep_input)   # (B, T, 3C)
     heads = qkv.reshape(B, T, 3, n_head, hs).transpose(2, 0, 3, 1, 4)  # (3, B, nh, T, hs) view
     q, k, v = heads                                                   # each (B, nh, T, hs)
     att, att_cache = attention.forward(q, k, v, causal=causal, mask=mask,
@@ -53,8 +55,9 @@ def forward(x, w_qkv, b_qkv, w_o, b_o, n_head, causal=True, mask=None, dropout_p
     return y, (qkv_cache, att_cache, out_cache, (B, T, C, n_head))
 
 
-def backward(dy, cache):
-    """Returns (dx, dw_qkv, db_qkv, dw_o, db_o); bias gradients are None where biases were."""
+def backward(dy, cache, x=None):
+    """Returns (dx, dw_qkv, db_qkv, dw_o, db_o); bias gradients are None where biases were. x is
+    forward's input, needed only when forward was called with keep_input=False."""
     qkv_cache, att_cache, out_cache, (B, T, C, n_head) = cache
     hs = C // n_head
     da, dw_o, db_o = linear.backward(dy, out_cache)                   # (B, T, C)
@@ -64,5 +67,5 @@ def backward(dy, cache):
     dqkv[:, :, 0] = dq.transpose(0, 2, 1, 3)
     dqkv[:, :, 1] = dk.transpose(0, 2, 1, 3)
     dqkv[:, :, 2] = dv.transpose(0, 2, 1, 3)
-    dx, dw_qkv, db_qkv = linear.backward(dqkv.reshape(B, T, 3 * C), qkv_cache)
+    dx, dw_qkv, db_qkv = linear.backward(dqkv.reshape(B, T, 3 * C), qkv_cache, x=x)
     return dx, dw_qkv, db_qkv, dw_o, db_o
