@@ -14,7 +14,7 @@ per block are not kept, because they can be made again at backward time for abou
 per element, bit for bit as forward made them: GELU's output, the input of the MLP's second
 linear map (B·T·4C values), from GELU's input in the same pass that computes GELU's derivative
 (gelu.output_and_slope); and the two LayerNorm outputs, the inputs of c_attn and c_fc, from
-LayerNorm's cache (layernorm.output). Together that is 6·B·T·C values a block, about a third
+LayerNorm's cache (layernorm.output), as is the final LayerNorm's output for the LM head. Together that is 6·B·T·C values a block, about a third
 of what it would otherwise store (the small config at B = 8: 18 of 60 MiB a block).
 Gradients meet in two places, and both are written as `+=`: at every residual (the skip path and
 the branch) and at the tied embedding (the LM head and the input lookup).
@@ -187,7 +187,8 @@ class GPT:
             tape["blocks"].append(c)
 
         x, tape["ln_f"] = layernorm.forward(x, p["transformer.ln_f.weight"], self._ln_bias("transformer.ln_f"), eps)
-        logits, tape["lm_head"] = linear.forward(x, p["transformer.wte.weight"])   # (B, T, V), tied
+        logits, tape["lm_head"] = linear.forward(x, p["transformer.wte.weight"],
+                                                 keep_input=False)   # (B, T, V), tied; x from LN_f's cache
         self._tape = tape
         if targets is None:
             tape["ce"] = None
@@ -213,10 +214,12 @@ class GPT:
         # each op's cache is popped as its backward runs, and each temporary is dropped once used,
         # so activations are freed as early as they can be (the memory peak is early in backward)
         dlogits = cross_entropy.backward(tape.pop("ce"), dloss).reshape(B, T, cfg.vocab_size)
-        dx, dwte_head, _ = linear.backward(dlogits, tape.pop("lm_head"))
+        ln_f = tape.pop("ln_f")
+        dx, dwte_head, _ = linear.backward(dlogits, tape.pop("lm_head"), x=layernorm.output(ln_f))
         del dlogits
         g["transformer.wte.weight"][...] += dwte_head              # tied weight: head's share
-        dx, dw, db = layernorm.backward(dx, tape.pop("ln_f"))
+        dx, dw, db = layernorm.backward(dx, ln_f)
+        del ln_f
         self._acc("transformer.ln_f", dw, db)
 
         blocks = tape["blocks"]
