@@ -63,7 +63,7 @@ class TrainConfig:
     out_dir: str = "out"
     seed: int = 1337
     dtype: str = "float32"
-    threads: int = 0               # threads for each step's shards (0: one per core; 1 under MPI)
+    threads: int = 0               # threads for each step's shards and AdamW (0: one per core; 1 under MPI)
     sample_tokens: int = 300       # length of the sample printed at the end (0: none)
 
 
@@ -94,7 +94,7 @@ HELP = {
     "out_dir": "folder for checkpoints (latest/, best/), metrics.jsonl and loss.png",
     "seed": "random seed for the initial weights, batches and dropout",
     "dtype": "'float32' or 'float64'",
-    "threads": "split each batch over this many threads (0: one per core, or 1 per MPI rank)",
+    "threads": "split each batch, and the AdamW update, over this many threads (0: one per core, or 1 per MPI rank)",
     "sample_tokens": "length of the text sample printed at the end (0 for none)",
 }
 
