@@ -295,3 +295,64 @@ def test_threaded_step_with_a_bad_id_in_a_later_shard_leaves_gradients_untouched
     with pytest.raises(ValueError, match="ids must lie in"):
         model.loss_and_grad(x, y, threads=2)
     np.testing.assert_array_equal(model.grads.flat, before)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threaded_gradient_does_not_depend_on_thread_timing(threads, monkeypatch):
+    """Every shard adds into the one gradient buffer, each parameter's adds in shard order: random
+    delays before each add reorder the threads but must not change a bit of the result."""
+    import random
+    import time
+
+    import numformer.model.gpt as gpt_module
+
+    cfg, model, _ = pair("learned", seed=5)
+    x, y = batch(cfg, B=6, seed=1)
+    model.zero_grad()
+    model.loss_and_grad(x, y, threads=threads)
+    calm = model.grads.flat.copy()
+
+    original = gpt_module._ShardAdds.add
+    delays = random.Random(0)
+
+    def jittery(self, r, name, value, index):
+        time.sleep(delays.random() * 0.002)
+        original(self, r, name, value, index)
+
+    monkeypatch.setattr(gpt_module._ShardAdds, "add", jittery)
+    for _ in range(3):
+        model.zero_grad()
+        model.loss_and_grad(x, y, threads=threads)
+        np.testing.assert_array_equal(model.grads.flat, calm)
+
+
+def test_a_shard_that_fails_in_backward_raises_instead_of_hanging(monkeypatch):
+    """Shard 0 waits for shard 1's share of the tied embedding; if shard 1 dies first, shard 0
+    must be woken and the step must raise."""
+    import threading
+
+    import numformer.model.gpt as gpt_module
+
+    cfg, model, _ = pair("sinusoidal", seed=5)
+    x, y = batch(cfg, B=4, seed=1)
+    original = gpt_module.GPT.backward
+
+    def broken(self, dloss=1.0):
+        if self._shard == 1:
+            raise ArithmeticError("shard 1 broke")
+        original(self, dloss)
+
+    monkeypatch.setattr(gpt_module.GPT, "backward", broken)
+    outcome = []
+
+    def step():
+        try:
+            model.loss_and_grad(x, y, threads=2)
+        except Exception as e:       # noqa: BLE001 (recorded for the assertion below)
+            outcome.append(e)
+
+    t = threading.Thread(target=step, daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "the threaded step hung"
+    assert len(outcome) == 1 and isinstance(outcome[0], (ArithmeticError, RuntimeError))

@@ -37,6 +37,7 @@ of the default run: learned 1.8828, P/√C 1.8675, √C·wte + P 1.9225, the see
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 
@@ -85,6 +86,7 @@ class GPT:
         self.pe = (positional.sinusoidal(config.block_size, C) / math.sqrt(C)).astype(self.dtype)
         self._zeros_C = np.zeros(C, dtype=self.dtype)  # stands in for LayerNorm bias when bias=False
         self._tape = None
+        self._adds, self._shard = None, 0   # set on the replicas of a threaded step (loss_and_grad)
         self._blocks = [self._collect_block_params(i) for i in range(config.n_layer)]
         if init:
             self.init_weights(seed)
@@ -208,7 +210,7 @@ class GPT:
         tape = self._tape
         if tape is None or tape.get("ce") is None:
             raise RuntimeError("backward() needs a preceding forward(idx, targets)")
-        cfg, g = self.config, self.grads
+        cfg = self.config
         B, T = tape["B"], tape["T"]
 
         # each op's cache is popped as its backward runs, and each temporary is dropped once used,
@@ -217,7 +219,7 @@ class GPT:
         ln_f = tape.pop("ln_f")
         dx, dwte_head, _ = linear.backward(dlogits, tape.pop("lm_head"), x=layernorm.output(ln_f))
         del dlogits
-        g["transformer.wte.weight"][...] += dwte_head              # tied weight: head's share
+        self._add("transformer.wte.weight", dwte_head)             # tied weight: head's share, +=
         dx, dw, db = layernorm.backward(dx, ln_f)
         del ln_f
         self._acc("transformer.ln_f", dw, db)
@@ -257,9 +259,9 @@ class GPT:
 
         dx = dropout.backward(dx, tape["drop"])
         if cfg.pos_encoding == "learned":
-            g["transformer.wpe.weight"][:T] += dx.sum(axis=0)
+            self._add("transformer.wpe.weight", dx.sum(axis=0), slice(0, T))
         dtok = dx * self.embed_scale if self.embed_scale != 1.0 else dx
-        g["transformer.wte.weight"][...] += embedding.backward(dtok, tape["emb"])   # tied weight: input's share
+        self._add("transformer.wte.weight", embedding.backward(dtok, tape["emb"]))  # tied weight: input's share, +=
         self._tape = None                # like PyTorch, the graph is freed by backward
 
     # ----------------------------------------------------------------------------- threaded training step
@@ -271,10 +273,11 @@ class GPT:
         forward and backward in its own Python thread on a replica that shares this model's
         parameter buffer and has its own tape. NumPy releases the GIL inside its loops and BLAS
         calls, so the elementwise work, single-threaded in NumPy, runs on every core; OpenBLAS is
-        held to one thread meanwhile. The first shard adds its gradient straight into self.grads;
-        the others into gradient buffers of their own, which are then added into self.grads in
-        shard order. Each shard's gradient is weighted by its share of the counted targets, so the
-        result is deterministic and equals the one-thread result up to float rounding. Dropout
+        held to one thread meanwhile. Every shard adds its gradient straight into self.grads, with
+        the adds to each parameter made in shard order (_ShardAdds), so no thread needs a
+        gradient buffer of its own. Each shard's gradient is weighted by its share of the
+        counted targets, so the result is deterministic and equals the one-thread result up to
+        float rounding. Dropout
         masks then come from per-shard generators seeded from self.rng, so its state still decides
         them. Every shard's forward runs before any backward, so input that the forward rejects
         (an id outside the vocabulary, say) raises before self.grads is touched.
@@ -289,7 +292,7 @@ class GPT:
             else:
                 self._tape = None
             return loss
-        from numformer.runtime import blas_threads, chunks, groups, parallel
+        from numformer.runtime import blas_threads, parallel
 
         self._tape = None                # this model's own tape is not the one being differentiated
         replicas = self._replicas(n)
@@ -308,11 +311,19 @@ class GPT:
             _, loss = rep.forward(idx[lo:hi], targets[lo:hi])
             return loss * shares[r]
 
+        adds = _ShardAdds(self.grads.views, n)
+
         def shard_backward(r):
             rep = replicas[r]
-            if rep.grads is not self.grads:
-                rep.zero_grad()
-            rep.backward(dloss * shares[r])
+            rep._adds, rep._shard = adds, r
+            try:
+                rep.backward(dloss * shares[r])
+                adds.finish(r)                  # the adds still waiting for an earlier shard's
+            except BaseException:
+                adds.fail()                     # wake the others, who would wait forever
+                raise
+            finally:
+                rep._adds = None
 
         # every forward first: bad ids or targets raise there, before any gradient is touched
         with blas_threads(1):
@@ -323,17 +334,6 @@ class GPT:
             finally:
                 for rep in replicas:
                     rep._tape = None
-        if backward:
-            # the shards' gradients meet, in cache-sized chunks shared out over the threads
-            own = [rep.grads.flat for rep in replicas[1:]]
-            flat = self.grads.flat
-
-            def add(ranges):
-                for lo, hi in ranges:
-                    for g in own:
-                        flat[lo:hi] += g[lo:hi]
-
-            parallel(add, groups(chunks(flat.size, 1 << 17), n))
         return float(sum(losses))
 
     def loss(self, idx, targets, *, threads: int = 1) -> float:
@@ -342,22 +342,18 @@ class GPT:
         return self.loss_and_grad(idx, targets, threads=threads, backward=False)
 
     def _replicas(self, n: int) -> list["GPT"]:
-        """n models that share self's parameters (views of the same flat buffer) and settings,
-        each with its own tape and dropout generator. The first adds its gradient into self.grads;
-        each of the others has a gradient buffer of its own, made once and kept. Everything else
-        is taken from self on every call, so that a change to self (embed_scale, pe, ...)
-        reaches the replicas."""
-        own = ("grads", "_tape", "rng", "_replica_list")
+        """n models that share self's parameters and gradients (views of the same flat buffers)
+        and settings, each with its own tape and dropout generator. Everything is taken from self
+        on every call, so that a change to self (embed_scale, pe, grads, ...) reaches the
+        replicas."""
+        own = ("_tape", "rng", "_replica_list", "_adds", "_shard")
         reps = getattr(self, "_replica_list", [])
         while len(reps) < n:
-            rep = GPT.__new__(GPT)
-            rep.grads = self.params.like() if reps else None
-            reps.append(rep)
+            reps.append(GPT.__new__(GPT))
         self._replica_list = reps
         for rep in reps[:n]:
             rep.__dict__.update({k: v for k, v in self.__dict__.items() if k not in own})
-            rep._tape = None
-        reps[0].grads = self.grads
+            rep._tape, rep._adds, rep._shard = None, None, 0
         return reps[:n]
 
     # ----------------------------------------------------------------------------- inference with a KV cache
@@ -491,9 +487,72 @@ class GPT:
 
     def _acc(self, name: str, dweight, dbias) -> None:
         """Add a layer's gradients into the flat buffer (bias gradients only where biases exist)."""
-        self.grads.views[f"{name}.weight"][...] += dweight
+        self._add(f"{name}.weight", dweight)
         if self.config.bias:
-            self.grads.views[f"{name}.bias"][...] += dbias
+            self._add(f"{name}.bias", dbias)
+
+    def _add(self, name: str, value, index=Ellipsis) -> None:
+        """grads[name][index] += value: straight away, or, for a shard of a threaded step, in
+        shard order (see _ShardAdds)."""
+        if self._adds is None:
+            self.grads.views[name][index] += value
+        else:
+            self._adds.add(self._shard, name, value, index)
+
+
+class _ShardAdds:
+    """The gradient adds of n shards of a threaded step into one shared buffer, each parameter's
+    adds made in shard order: 0, 1, ..., n−1, and again for a parameter a shard adds to twice
+    (the tied embedding: the LM head's share, later the lookup's). The sum is then the same,
+    bit for bit, however the threads are scheduled, and no thread needs a gradient buffer of its
+    own (which would cost one copy of the parameters per extra thread).
+
+    A shard's k-th add to a parameter has the slot k·n + r in that parameter's order. A shard
+    queues its adds and makes each as soon as its slot comes up, without waiting; whatever is
+    left is made by finish(r) at the end of its backward, which waits. Waiting cannot deadlock:
+    an add waits only for the parameter's previous slot, and slot 0 never waits."""
+
+    def __init__(self, views, n: int):
+        self.views, self.n = views, n
+        self.done = {}                             # name -> slots added so far
+        self.issued = [dict() for _ in range(n)]   # per shard: name -> adds queued so far
+        self.pending = [[] for _ in range(n)]      # per shard: (name, slot, value, index)
+        self.cv = threading.Condition()
+        self.failed = False
+
+    def add(self, r: int, name: str, value, index) -> None:
+        k = self.issued[r].get(name, 0)
+        self.issued[r][name] = k + 1
+        self.pending[r].append((name, k * self.n + r, value, index))
+        self._drain(r, wait=False)
+
+    def finish(self, r: int) -> None:
+        self._drain(r, wait=True)
+
+    def fail(self) -> None:
+        with self.cv:
+            self.failed = True
+            self.cv.notify_all()
+
+    def _drain(self, r: int, wait: bool) -> None:
+        queue = self.pending[r]
+        while queue:
+            with self.cv:
+                if self.failed:
+                    raise RuntimeError("another shard of the threaded step failed")
+                ready = [item for item in queue if self.done.get(item[0], 0) == item[1]]
+                if not ready:
+                    if not wait:
+                        return
+                    self.cv.wait()
+                    continue
+            for item in ready:     # this slot is ours alone until done[name] moves on
+                name, slot, value, index = item
+                self.views[name][index] += value
+                with self.cv:
+                    self.done[name] = slot + 1
+                    self.cv.notify_all()
+            queue[:] = [item for item in queue if not any(item is x for x in ready)]
 
 
 def _gelu_mode(cfg: GPTConfig) -> str:
