@@ -232,7 +232,7 @@ def main(args) -> int:
     rows = [
         ("machine", f"{machine['cpu']}; NumPy {machine['numpy']}, {machine['blas'] or 'BLAS ?'}, "
                     f"{machine['blas_threads'] or '?'} BLAS threads"),
-        ("threads / step", f"{r['threads']} (the batch is split over them, as numformer train does)"),
+        ("threads / step", f"{r['threads']} (the batch and the AdamW update are split over them, as numformer train does)"),
         ("parameters", f"{r['params']:,} (N = {r['flops_params']:,} without position embeddings)"),
         ("time / iteration", f"{r['ms_per_iter']:,.1f} ms (median of {args.iters} after {args.warmup} warm-up; "
                              f"min {r['ms_min']:,.1f}, max {r['ms_max']:,.1f})"),
