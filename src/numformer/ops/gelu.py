@@ -101,9 +101,21 @@ def _clip(x):
     return np.minimum(np.maximum(x, -_CLIP), _CLIP)
 
 
+def _tanh_slope(xc, factor, g):
+    """factor · g · du/dx, with du/dx = √(2/π) (1 + 3 · 0.044715 x²), computed in place in xc
+    (the clipped input, no longer needed): the tanh form's ds/dx for either way of writing g."""
+    ds = xc
+    ds *= xc
+    ds *= 3.0 * _C
+    ds += 1.0
+    ds *= factor * _SQRT_2_OVER_PI
+    ds *= g
+    return ds
+
+
 def _gate_tanh(x, with_grad):
     """s = sigmoid(2u) for the tanh form, and ds/dx if with_grad."""
-    xc = _clip(x)                       # numerical care: no overflow in x³, x²
+    xc = _clip(x)                                        # numerical care: no overflow in x³, x²
     # z = 2u = 2√(2/π) (x + 0.044715 x³), evaluated in place as ((x² · 2√(2/π)·0.044715) + 2√(2/π)) · x
     z = xc * xc
     z *= 2.0 * _SQRT_2_OVER_PI * _C
@@ -124,18 +136,12 @@ def _gate_tanh(x, with_grad):
         return s
     r *= r
     r *= e                                               # e r² = sigmoid(z) · sigmoid(−z) = (1 − tanh² u) / 4
-    ds = xc                                              # ds = 2 · e r² · √(2/π) (1 + 3 · 0.044715 x²)
-    ds *= xc
-    ds *= 3.0 * _C
-    ds += 1.0
-    ds *= 2.0 * _SQRT_2_OVER_PI
-    ds *= r
-    return s, ds
+    return s, _tanh_slope(xc, 2.0, r)                   # ds = 2 · e r² · √(2/π) (1 + 3 · 0.044715 x²)
 
 
 def _gate_exact(x, with_grad):
     """s = Φ(x) for the exact form, and ds/dx = φ(x) if with_grad."""
-    xc = _clip(x)                       # numerical care: no overflow in x²
+    xc = _clip(x)                                        # numerical care: no overflow in x²
     s = 0.5 * erfc(-xc * _SQRT_1_2)                      # Φ(x) = ½ erfc(−x/√2), exact in the tail
     if not with_grad:
         return s
@@ -151,7 +157,7 @@ def _gate_tanh_float32(x, with_grad):
     vectorised pass: 8 array passes for the gate instead of 14 (GELU forward+backward about 35 %
     faster). float64, used for gradient checks, keeps the sigmoid form above, which is accurate
     even where the gate is 1e−260."""
-    xc = _clip(x)                       # numerical care: no overflow in x³, x²
+    xc = _clip(x)                                        # numerical care: no overflow in x³, x²
     u = xc * xc                                          # u = √(2/π) (x + 0.044715 x³)
     u *= _SQRT_2_OVER_PI * _C
     u += _SQRT_2_OVER_PI
@@ -163,13 +169,7 @@ def _gate_tanh_float32(x, with_grad):
         return s
     t *= t
     np.subtract(1.0, t, out=t)                           # 1 − tanh² u
-    ds = xc                                              # ds = ½ (1 − tanh² u) · √(2/π) (1 + 3 · 0.044715 x²)
-    ds *= xc
-    ds *= 3.0 * _C
-    ds += 1.0
-    ds *= 0.5 * _SQRT_2_OVER_PI
-    ds *= t
-    return s, ds
+    return s, _tanh_slope(xc, 0.5, t)                   # ds = ½ (1 − tanh² u) · √(2/π) (1 + 3 · 0.044715 x²)
 
 
 _GATES = {"tanh": _gate_tanh, "none": _gate_exact}
