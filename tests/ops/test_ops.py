@@ -348,3 +348,64 @@ def test_the_blocked_attention_really_splits_the_work(monkeypatch):
     monkeypatch.setattr(attention_mod, "_BLOCK", 7)
     blocks = attention_mod._blocks((2, 3, 4, 5), 6)        # 3 heads x 4 x 6 = 72 > 7 per item
     assert len(blocks) > 2 and any(isinstance(b[0], int) for b in blocks)
+
+
+class _Recompute:
+    """An attention op called with keep_probs=False: backward recomputes P from q and k."""
+
+    def __init__(self, op):
+        self.op = op
+
+    def forward(self, *args, **kwargs):
+        return self.op.forward(*args, keep_probs=False, **kwargs)
+
+    def backward(self, *args, **kwargs):
+        return self.op.backward(*args, **kwargs)
+
+
+ATTENTION_CASES = [c for c in TORCH_CASES if c.op in (attention, mha)]
+
+
+def _arrays(tree):
+    """Every ndarray in a nest of tuples and lists (an op's cache)."""
+    if isinstance(tree, np.ndarray):
+        return [tree]
+    if isinstance(tree, (tuple, list)):
+        return [a for t in tree for a in _arrays(t)]
+    return []
+
+
+@pytest.mark.parametrize("case", ATTENTION_CASES, ids=str)
+@pytest.mark.parametrize("rows, block", [(64, 1 << 17), (2, 7), (1, 1 << 17)])
+def test_attention_without_kept_probs_matches_torch_and_the_kept_path_bit_for_bit(case, rows, block, monkeypatch):
+    """keep_probs=False (what the GPT uses) keeps two numbers per query row instead of P and
+    recomputes P in backward: every attention and MHA row of the table against torch, through
+    query chunks (causal rows) and blocks, and the same bits as the path that keeps P, since the
+    recomputation repeats forward's operations on the same scores."""
+    import dataclasses
+
+    import numformer.ops.attention as attention_mod
+
+    from .op_harness import make_inputs, random_dout, run_backward, run_forward
+
+    monkeypatch.setattr(attention_mod, "_QROWS", rows)
+    monkeypatch.setattr(attention_mod, "_BLOCK", block)
+    lean = dataclasses.replace(case, op=_Recompute(case.op))
+    check_against_torch(lean)
+    for dtype in (np.float64, np.float32):
+        inputs, rng = make_inputs(case, dtype)
+        y1, c1 = run_forward(case, inputs)
+        y2, c2 = run_forward(lean, inputs)
+        dout = random_dout(y1, rng)
+        g1, g2 = run_backward(case, dout, c1), run_backward(lean, dout, c2)
+        np.testing.assert_array_equal(y1, y2)
+        for name in case.grads:
+            if g1[name] is None:
+                assert g2[name] is None
+            else:
+                np.testing.assert_array_equal(g1[name], g2[name], err_msg=f"d{name}")
+        Tq, Tk = (inputs["q"].shape[-2], inputs["k"].shape[-2]) if "q" in inputs else (inputs["x"].shape[-2],) * 2
+        if 2 < Tk and Tq <= Tk:     # two numbers per query row instead of up to Tk probabilities
+            kept = sum(a.nbytes for a in _arrays(c1))
+            lean_kept = sum(a.nbytes for a in _arrays(c2))
+            assert lean_kept < kept

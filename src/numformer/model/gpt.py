@@ -174,7 +174,8 @@ class GPT:
             a, c["attn"] = mha.forward(h, w["attn.c_attn.weight"], w["attn.c_attn.bias"],
                                        w["attn.c_proj.weight"], w["attn.c_proj.bias"], cfg.n_head,
                                        causal=True, dropout_p=drop, rng=self.rng,
-                                       keep_input=False)    # h is recomputed from LN_1's cache
+                                       keep_input=False,    # h is recomputed from LN_1's cache,
+                                       keep_probs=False)    # P from q, k and two numbers per row
             a, c["drop_1"] = dropout.forward(a, drop, self.rng, training=drop > 0)
             x, c["res_1"] = residual.forward(x, a)
             h, c["ln_2"] = layernorm.forward(x, w["ln_2.weight"], w["ln_2.bias"], eps)

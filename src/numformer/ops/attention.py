@@ -20,7 +20,8 @@ Which keys a query may see
 Work and memory skipped under a causal mask (see _QROWS): query rows are taken in chunks, each
 against only the keys its last row may see, so the upper triangle of S, where P = 0, is neither
 computed nor kept (the dropout mask, when there is one, is still drawn and kept whole). P is
-stored chunk by chunk; backward sums each key's dk and dv over chunks.
+stored chunk by chunk, or with keep_probs=False not at all (backward recomputes it); backward
+sums each key's dk and dv over chunks.
 
 A query row with no allowed key (all −inf) outputs zeros and passes zero gradient to q, k and v.
 (Softmax of an all −inf row is 0/0; we define its probabilities as 0, not NaN and not uniform.)
@@ -142,26 +143,49 @@ def _part(a, blk, ndim):
     return a[index]
 
 
-def _softmax_rows(s, allowed, bias, bias_col=0):
-    """s ← softmax(s + mask) over the last axis, in place (the scores of one block). An additive
-    `bias` covers the columns from bias_col on; the columns before it are allowed for every row."""
+def _mask_scores(s, allowed, bias, bias_col):
+    """The masked entries of the scores s set to −inf, in place. An additive `bias` covers the
+    columns from bias_col on; the columns before it are allowed for every row."""
     if bias is not None:
         s[..., bias_col:] += bias                             # + 0 or −inf: faster than where=
     elif allowed is not None:
         np.copyto(s, -np.inf, where=~allowed)
-    row_max = np.maximum.reduce(s, axis=-1, keepdims=True)    # (..., Tq, 1)
+
+
+def _softmax_rows(s, allowed, bias, bias_col=0, stats=None):
+    """s ← softmax(s + mask) over the last axis, in place (the scores of one block). With
+    stats = (row_max, inv_denom), (..., Tq, 1) arrays, each row's max and 1 / Σ exp are written
+    there, which is all _recompute_rows needs to make the same P again from the same scores."""
+    _mask_scores(s, allowed, bias, bias_col)
+    row_max = np.maximum.reduce(s, axis=-1, keepdims=True, out=None if stats is None else stats[0])
     if allowed is not None:
         row_max[row_max == -np.inf] = 0.0                     # numerical care: empty row: exp(−inf − 0) = 0, not NaN
     s -= row_max                                              # numerical care: max-subtraction
     np.exp(s, out=s)
-    denom = np.add.reduce(s, axis=-1, keepdims=True)          # (..., Tq, 1)
+    denom = np.add.reduce(s, axis=-1, keepdims=True, out=None if stats is None else stats[1])
     if allowed is not None:
         denom[denom == 0] = 1.0                               # numerical care: empty row: P = 0/1 = 0
     s *= np.reciprocal(denom, out=denom)                      # one division per row, not per entry
 
 
-def forward(q, k, v, causal=False, mask=None, dropout_p=0.0, rng=None):
-    """y = softmax(q kᵀ / √d_k + mask) v. Returns (y, cache)."""
+def _recompute_rows(s, allowed, bias, bias_col, stats):
+    """s (the scores, recomputed by the same matmul as forward's) ← the P forward made, in place,
+    from the row statistics _softmax_rows kept: the same operations in the same order, so the
+    same bits."""
+    _mask_scores(s, allowed, bias, bias_col)
+    s -= stats[0]
+    np.exp(s, out=s)
+    s *= stats[1]
+
+
+def forward(q, k, v, causal=False, mask=None, dropout_p=0.0, rng=None, keep_probs=True):
+    """y = softmax(q kᵀ / √d_k + mask) v. Returns (y, cache).
+
+    With keep_probs=False the cache holds, instead of P, each query row's max score and
+    1 / Σ exp: two numbers per row instead of Tk. Backward then recomputes P chunk by chunk from
+    q and k (one more q kᵀ matmul and exp pass), bit for bit as forward made it (see
+    _recompute_rows). For the small GPT of the benchmarks (6 layers, B 8, T 256) that is 45 MiB
+    less to keep, for about 1 % more time per training step; the GPT runs this way."""
     _check_shapes(q, k, v)
     check_p(dropout_p, "attention")
     scale = 1.0 / math.sqrt(q.shape[-1])
@@ -173,14 +197,19 @@ def forward(q, k, v, causal=False, mask=None, dropout_p=0.0, rng=None):
 
     rows = _query_chunks(Tq, Tk, bias is not None)
     lead = score_shape[:-2]
-    # P is kept chunk by chunk, each chunk only as wide as the keys its rows can see
-    p = [np.empty((*lead, b - a, e), dtype=dtype) for a, b, e in rows]        # (..., b−a, e)
     drop = None
     if dropout_p > 0.0:
         full = keep_mask(score_shape, dropout_p, rng).astype(dtype)   # M, in p's dtype
         full *= 1.0 / (1.0 - dropout_p) if dropout_p < 1.0 else 0.0  # M / (1 − p); p = 1 keeps nothing
         drop = [full[..., a:b, :e] for a, b, e in rows]
-    p_used = p if drop is None else [np.empty_like(c) for c in p]
+    if keep_probs:
+        # P is kept chunk by chunk, each chunk only as wide as the keys its rows can see
+        p = [np.empty((*lead, b - a, e), dtype=dtype) for a, b, e in rows]        # (..., b−a, e)
+        p_used = p if drop is None else [np.empty_like(c) for c in p]
+        stats = None
+    else:
+        p = p_used = None
+        stats = (np.empty((*lead, Tq, 1), dtype=dtype), np.empty((*lead, Tq, 1), dtype=dtype))
     y = np.empty((*q.shape[:-1], v.shape[-1]), dtype=dtype)  # (..., Tq, d_v)
     nd = len(score_shape)
     for blk in _blocks(q.shape, Tk):
@@ -188,36 +217,54 @@ def forward(q, k, v, causal=False, mask=None, dropout_p=0.0, rng=None):
         for c, (a, b, e) in enumerate(rows):   # query rows [a, b) against keys [0, e)
             if e == 0:
                 yb[..., a:b, :] = 0.0              # these rows see no key at all
+                if stats is not None:
+                    stats[0][blk][..., a:b, :] = 0.0
+                    stats[1][blk][..., a:b, :] = 1.0
                 continue
             # S = (q / √d_k) kᵀ: the scale goes on q's b−a rows of d_k, not on S's rows of e
             s = np.matmul(q[blk][..., a:b, :] * scale, k[blk][..., :e, :].swapaxes(-1, -2),
-                          out=p[c][blk])                             # (block, ..., b−a, e)
+                          out=None if p is None else p[c][blk])      # (block, ..., b−a, e)
             d = max(0, Tk - Tq + a)          # keys [0, d) are visible to every row of the chunk
             _softmax_rows(s, part[..., a:b, :e] if part is not None else None,
-                          bias[a:b, d:e] if bias is not None else None, d)   # P = softmax(S), in place
-            if drop is not None:
-                np.multiply(s, drop[c][blk], out=p_used[c][blk])    # P̃ = P ⊙ M / (1 − p)
-            np.matmul(p_used[c][blk], v[blk][..., :e, :], out=yb[..., a:b, :])  # y = P̃ v
-    return y, (q, k, v, p, drop, p_used, scale, rows)
+                          bias[a:b, d:e] if bias is not None else None, d,
+                          None if stats is None else (stats[0][blk][..., a:b, :], stats[1][blk][..., a:b, :]))
+            if drop is not None:                                        # P̃ = P ⊙ M / (1 − p)
+                s = np.multiply(s, drop[c][blk], out=None if p is None else p_used[c][blk])
+            np.matmul(s, v[blk][..., :e, :], out=yb[..., a:b, :])      # y = P̃ v
+    return y, (q, k, v, p, drop, p_used, scale, rows,
+               None if stats is None else (stats, allowed, bias))
 
 
 def backward(dy, cache):
     """Returns (dq, dk, dv)."""
-    q, k, v, p, drop, p_used, scale, rows = cache
+    q, k, v, p, drop, p_used, scale, rows, recompute = cache
     if dy.shape != (*q.shape[:-1], v.shape[-1]):
         raise ValueError(f"attention: dy has shape {dy.shape} but y had shape {(*q.shape[:-1], v.shape[-1])}")
-    dtype = np.result_type(p[0], dy)
+    dtype = np.result_type(q, k, v, dy)
+    Tq, Tk = q.shape[-2], k.shape[-2]
+    if recompute is not None:
+        stats, allowed, bias = recompute
     dq = np.empty(q.shape, dtype=dtype)
     whole = len(rows) == 1                  # one chunk: dk, dv written at once; else summed over chunks
     dk = (np.empty if whole else np.zeros)(k.shape, dtype=dtype)
     dv = (np.empty if whole else np.zeros)(v.shape, dtype=dtype)
-    for blk in _blocks(q.shape, k.shape[-2]):
+    for blk in _blocks(q.shape, Tk):
+        if recompute is not None:
+            part = _part(allowed, blk, q.ndim)
         for c, (a, b, e) in enumerate(rows):   # query rows [a, b) against keys [0, e)
             if e == 0:
                 dq[blk][..., a:b, :] = 0.0
                 continue
-            pb, ub = p[c][blk], p_used[c][blk]
             dyb, qb, kb, vb = dy[blk][..., a:b, :], q[blk][..., a:b, :], k[blk][..., :e, :], v[blk][..., :e, :]
+            if recompute is None:
+                pb, ub = p[c][blk], p_used[c][blk]
+            else:                                             # P again, as forward made it
+                d = max(0, Tk - Tq + a)
+                pb = np.matmul(qb * scale, kb.swapaxes(-1, -2))
+                _recompute_rows(pb, part[..., a:b, :e] if part is not None else None,
+                                bias[a:b, d:e] if bias is not None else None, d,
+                                (stats[0][blk][..., a:b, :], stats[1][blk][..., a:b, :]))
+                ub = pb if drop is None else pb * drop[c][blk]
             dp = dyb @ vb.swapaxes(-1, -2)                    # dP̃ (block, ..., b−a, e)
             if whole:
                 np.matmul(ub.swapaxes(-1, -2), dyb, out=dv[blk])       # dv = P̃ᵀ dy

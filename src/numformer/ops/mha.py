@@ -28,12 +28,13 @@ from numformer.ops import attention, linear
 
 
 def forward(x, w_qkv, b_qkv, w_o, b_o, n_head, causal=True, mask=None, dropout_p=0.0, rng=None,
-            keep_input=True):
+            keep_input=True, keep_probs=True):
     """y = Concat(head_1..head_nh) W_oᵀ + b_o with heads from one fused QKV map. Returns (y, cache).
 
     mask is broadcastable to (B, nh, T, T), True = may attend; dropout_p applies to the
     attention probabilities (see attention.py). With keep_input=False the cache leaves out x
-    and backward must be given it back (see linear.py).
+    and backward must be given it back (see linear.py); with keep_probs=False attention keeps
+    two numbers per query row instead of P and recomputes P in backward (see attention.py).
     """
     if x.ndim != 3:
         raise ValueError(f"mha: x has shape {x.shape}, expected (B, T, C)")
@@ -49,7 +50,7 @@ def forward(x, w_qkv, b_qkv, w_o, b_o, n_head, causal=True, mask=None, dropout_p
     heads = qkv.reshape(B, T, 3, n_head, hs).transpose(2, 0, 3, 1, 4)  # (3, B, nh, T, hs) view
     q, k, v = heads                                                   # each (B, nh, T, hs)
     att, att_cache = attention.forward(q, k, v, causal=causal, mask=mask,
-                                       dropout_p=dropout_p, rng=rng)   # (B, nh, T, hs)
+                                       dropout_p=dropout_p, rng=rng, keep_probs=keep_probs)  # (B, nh, T, hs)
     a = att.transpose(0, 2, 1, 3).reshape(B, T, C)                    # (B, T, C) concat heads
     y, out_cache = linear.forward(a, w_o, b_o)                        # (B, T, C)
     return y, (qkv_cache, att_cache, out_cache, (B, T, C, n_head))
