@@ -26,7 +26,11 @@ The NumPy sgemm ceiling (n = 2048) is measured in a child of each round. Reporte
 median ms/iter over --iters iterations after --warmup, tokens/s, the speed ratio to torch eager
 and to torch.compile (tokens/s over theirs: > 1 means faster), achieved model GFLOP/s (6N +
 12·L·T·C per token, N = parameters without position embeddings; see numformer/bench.py) and its
-share of the ceiling, and the child's peak RSS (ru_maxrss). Results go to benchmarks/results/.
+share of the ceiling, and the child's peak RSS (ru_maxrss). The numformer child then times the
+matmul floor (numformer.bench.matmul_floor): the step's matrix products alone, with the same
+shapes and threads; the reference's time over it is the best ratio any implementation built on
+NumPy's BLAS could reach on this machine, and the report prints it next to each target. Results
+go to benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -90,7 +94,16 @@ def child_numformer(spec):
         loss = tr.step()
         times.append(time.perf_counter() - t0)
         losses.append(loss)
-    return _summarise(times, losses, spec["warmup"], spec, {"params": tr.model.num_params()})
+    extra = {"params": tr.model.num_params(), "threads": tr.threads}
+    if spec.get("floor", True):
+        from numformer.bench import matmul_floor, peak_rss_bytes
+
+        extra["rss_bytes"] = peak_rss_bytes()          # training's peak, before the floor's own arrays
+
+        c = spec["config"]
+        extra["floor_ms"] = matmul_floor(tr.model.config, batch_size=c["batch_size"], threads=tr.threads,
+                                         iters=max(3, min(10, spec["iters"])), seed=spec["seed"])["ms"]
+    return _summarise(times, losses, spec["warmup"], spec, extra)
 
 
 def child_torch(spec):
@@ -241,6 +254,7 @@ def report(args, configs, impls, info, rounds):
                 "first_loss": ok[0]["first_loss"] if ok else None,
                 "last_loss": ok[0]["last_loss"] if ok else None,
                 "errors": [r["error"] for r in rs if "error" in r],
+                "floor_ms": common.median([r["floor_ms"] for r in ok if r.get("floor_ms")]),
             }
         # ratios per round, then their spread over the rounds
         ratios = {}
@@ -254,6 +268,16 @@ def report(args, configs, impls, info, rounds):
                     ratios[f"{impl}/{ref}"] = common.spread(xs)
             xs = [_ratio(r["cases"][f"{name}/{impl}"].get("gflops"), r["sgemm"].get("gflops")) for r in rounds]
             ratios[f"{impl}/ceiling"] = common.spread(xs)
+        if "numformer" in impls:
+            # the matmul floor: the reference's time over the step's matrix products alone, the
+            # best ratio any implementation on NumPy's BLAS could reach (see bench.matmul_floor)
+            for ref in ("torch", "compile"):
+                if ref in impls:
+                    xs = []
+                    for r in rounds:
+                        a, b = r["cases"][f"{name}/numformer"], r["cases"][f"{name}/{ref}"]
+                        xs.append(_ratio(b.get("ms_per_iter"), a.get("floor_ms")))
+                    ratios[f"floor/{ref}"] = common.spread(xs)
         if "numformer" in impls and "torch" in impls:
             a, b = per_impl["numformer"]["rss_bytes"], per_impl["torch"]["rss_bytes"]
             ratios["numformer/torch rss"] = common.spread([_ratio(a, b)])
@@ -294,6 +318,14 @@ def report(args, configs, impls, info, rounds):
             lasts = [s["impls"][i]["last_loss"] for i in firsts]
             checks.append(f"{name}: losses after {args.warmup + args.iters} iterations agree to "
                           f"{max(lasts) - min(lasts):.1e} (float32 rounding grows with each step)")
+        nf = s["impls"].get("numformer", {})
+        if nf.get("floor_ms") and nf.get("ms_per_iter"):
+            best = [f"{s['ratios'][f'floor/{ref}']['median']:.2f}x {LABEL[ref]}"
+                    for ref in ("torch", "compile") if s["ratios"].get(f"floor/{ref}")]
+            checks.append(f"{name}: matmul floor {nf['floor_ms']:,.1f} ms/iter, {nf['floor_ms'] / nf['ms_per_iter']:.0%} "
+                          f"of numformer's step (the step's matrix products alone, same shapes and threads; "
+                          f"everything else free)" + (": no NumPy implementation can beat " + " or ".join(best)
+                                                      if best else ""))
         errs = [f"{name}/{i}: {e}" for i in impls for e in s["impls"][i]["errors"]]
         checks += errs
     targets = target_lines(summary, impls)
@@ -332,8 +364,10 @@ def target_lines(summary, impls):
             s = summary[name]["ratios"].get(key)
             if s:
                 got = s["median"]
+                bound = summary[name]["ratios"].get(key.replace("numformer/", "floor/"))
                 out.append(f"{name} {what}: {got:.2f} (target >= {want:.2f}) "
-                           + ("met" if got >= want else f"missed by {want - got:.2f}"))
+                           + ("met" if got >= want else f"missed by {want - got:.2f}")
+                           + (f"; the matmul floor allows at most {bound['median']:.2f}" if bound else ""))
     for name, s in summary.items():
         r = s["ratios"].get("numformer/torch rss")
         if r:

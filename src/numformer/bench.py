@@ -21,6 +21,11 @@ How FLOPs are counted (the rule of the PaLM paper, appendix B, that nanoGPT's es
 - LayerNorm, GELU, softmax, AdamW and the rest are not counted: they cost memory traffic, not
   FLOPs, and a faster implementation should not look better by doing more of them.
 
+The "matmul floor" is the time of the iteration's matrix products alone, with the same shapes and
+the same split over threads (matmul_floor below): what the step would take if LayerNorm, GELU,
+softmax, the loss, AdamW and Python cost nothing. Its share of the iteration says how much of the
+time is left to win outside the BLAS (--no_floor skips it).
+
 The "ceiling" is the FLOP rate of one large square matmul in NumPy (n = 2048, float32 unless
 --dtype float64), which no model made of smaller matmuls can beat with the same BLAS; the share
 of it says how much of the machine the model uses. The benchmarks in benchmarks/ use the same
@@ -52,6 +57,8 @@ def add_arguments(parser) -> None:
                         help="size of the square matmul that measures the ceiling (default: 2048; 0 skips it)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the weights and the token ids (default: 0)")
     parser.add_argument("--threads", type=int, default=0, help="threads per step, as numformer train uses (default: 0, one per core)")
+    parser.add_argument("--no_floor", action="store_true",
+                        help="skip the matmul floor: the time of the step's matrix products alone, with the same shapes and threads")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
 
 
@@ -195,6 +202,120 @@ def measure(config, *, batch_size: int, dtype: str = "float32", iters: int = 20,
             "threads": threads}
 
 
+def matmul_floor(config, *, batch_size: int, dtype: str = "float32", threads: int = 0, iters: int = 10,
+                 warmup: int = 2, seed: int = 0) -> dict:
+    """The matrix products of one training step alone, timed: the fastest any implementation built
+    on this BLAS could run the step, with LayerNorm, GELU, softmax, the loss, AdamW and Python
+    itself costing nothing.
+
+    It makes the products the GPT makes, with the same shapes, the same layouts and the same
+    split of the batch over `threads` shards (each shard on one BLAS thread, forward products of
+    all shards first, then backward ones, as GPT.loss_and_grad runs them); the inputs are random
+    and preallocated, the outputs written in place. Per block: the four linear maps (qkv, the
+    attention output, the MLP's two), each forward (x Wᵀ) and backward (dy W and dyᵀ x); causal
+    attention's four score products per query chunk (q kᵀ, P v; backward dy vᵀ, P̃ᵀ dy, dS k,
+    dSᵀ q, the last two summed over chunks as the op does); and the tied LM head's three. (The
+    GPT itself makes one more, q kᵀ again in backward, to recompute P instead of keeping it; an
+    implementation could keep P, so the floor leaves it out.) Returns the median ms of `iters`
+    timed runs after `warmup`, and the FLOPs the products make, counted on one more untimed run
+    first."""
+    import math
+
+    import numpy as np
+
+    from numformer.ops.attention import _blocks, _query_chunks
+    from numformer.runtime import blas_threads, cores, parallel
+
+    threads = max(1, min(threads or cores(), batch_size))
+    rng = np.random.default_rng(seed)
+    dt = np.dtype(dtype)
+    C, T, H, V = config.n_embd, config.block_size, config.n_head, config.vocab_size
+    hs = C // H
+    maps = [(C, 3 * C), (C, C), (C, 4 * C), (4 * C, C)] * config.n_layer + [(C, V)]   # (C_in, C_out)
+
+    def rand(*shape):
+        return rng.standard_normal(shape, dtype=np.float32).astype(dt, copy=False)
+
+    weights = [rand(o, i) for i, o in maps]
+    rows = _query_chunks(T, T, True)
+
+    def shard_arrays(b):
+        M = b * T
+        a = {"x": [rand(M, i) for i, _ in maps], "dy": [rand(M, o) for _, o in maps],
+             "y": [np.empty((M, o), dt) for _, o in maps], "dx": [np.empty((M, i), dt) for i, _ in maps],
+             "dw": [np.empty((o, i), dt) for i, o in maps]}
+        shape = (b, H, T, hs)
+        a["q"], a["k"], a["v"], a["do"] = rand(*shape), rand(*shape), rand(*shape), rand(*shape)
+        a["o"], a["dq"], a["dk"], a["dv"] = (np.empty(shape, dt) for _ in range(4))
+        a["p"] = [rand(b, H, hi - lo, e) for lo, hi, e in rows]
+        a["blocks"] = _blocks(shape, T)
+        return a
+
+    bounds = [(batch_size * r // threads, batch_size * (r + 1) // threads) for r in range(threads)]
+    shards = [shard_arrays(hi - lo) for lo, hi in bounds]
+
+    flops = [0] * threads          # counted on the first run: 2·m·k·n per product (per batch item)
+
+    def mm(r, x, y, out=None):
+        if count:
+            flops[r] += 2 * math.prod(x.shape[:-1]) * x.shape[-1] * y.shape[-1]
+        return np.matmul(x, y, out=out)
+
+    def forward(r):
+        a = shards[r]
+        for layer in range(config.n_layer + 1):
+            for j in range(4) if layer < config.n_layer else (0,):
+                m = 4 * layer + j
+                mm(r, a["x"][m], weights[m].T, out=a["y"][m])
+            if layer == config.n_layer:
+                break
+            for blk in a["blocks"]:
+                for c, (lo, hi, e) in enumerate(rows):
+                    mm(r, a["q"][blk][..., lo:hi, :], a["k"][blk][..., :e, :].swapaxes(-1, -2), out=a["p"][c][blk])
+                    mm(r, a["p"][c][blk], a["v"][blk][..., :e, :], out=a["o"][blk][..., lo:hi, :])
+
+    def backward(r):
+        a = shards[r]
+        for layer in range(config.n_layer, -1, -1):
+            for j in (range(3, -1, -1) if layer < config.n_layer else (0,)):
+                m = 4 * layer + j
+                mm(r, a["dy"][m], weights[m], out=a["dx"][m])
+                mm(r, a["dy"][m].T, a["x"][m], out=a["dw"][m])
+            if layer == config.n_layer:
+                continue
+            for blk in a["blocks"]:
+                for c, (lo, hi, e) in enumerate(rows):
+                    p, do = a["p"][c][blk], a["do"][blk][..., lo:hi, :]
+                    k, v, q = a["k"][blk][..., :e, :], a["v"][blk][..., :e, :], a["q"][blk][..., lo:hi, :]
+                    dp = mm(r, do, v.swapaxes(-1, -2))
+                    a["dv"][blk][..., :e, :] += mm(r, p.swapaxes(-1, -2), do)
+                    mm(r, dp, k, out=a["dq"][blk][..., lo:hi, :])
+                    a["dk"][blk][..., :e, :] += mm(r, dp.swapaxes(-1, -2), q)
+
+    count = True                   # one untimed run counts the FLOPs
+    times = []
+    with blas_threads(1) if threads > 1 else _nothing():
+        for i in range(1 + warmup + iters):
+            t0 = time.perf_counter()
+            parallel(forward, list(range(threads)))
+            parallel(backward, list(range(threads)))
+            if i > warmup:
+                times.append(time.perf_counter() - t0)
+            count = False
+    times.sort()
+    n = len(times)
+    med = times[n // 2] if n % 2 else 0.5 * (times[n // 2 - 1] + times[n // 2])
+    return {"ms": 1000 * med, "ms_min": 1000 * times[0], "iters": iters, "threads": threads, "flops": sum(flops)}
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
 def _fmt_bytes(n) -> str:
     return "n/a" if n is None else f"{n / 2**20:,.0f} MiB"
 
@@ -217,8 +338,13 @@ def main(args) -> int:
               f"{config.pos_encoding} positions, {args.dtype}", flush=True)
     r = measure(config, batch_size=args.batch_size, dtype=args.dtype, iters=args.iters, warmup=args.warmup,
                 seed=args.seed, threads=args.threads)
+    r["rss_bytes"] = peak_rss_bytes()          # training's peak, before the floor's own arrays
+    floor = None if args.no_floor else matmul_floor(config, batch_size=args.batch_size, dtype=args.dtype,
+                                                    threads=args.threads, iters=min(args.iters, 10),
+                                                    warmup=min(args.warmup, 2), seed=args.seed)
+    r["floor_ms"] = floor["ms"] if floor else None
+    r["floor_share"] = floor["ms"] / r["ms_per_iter"] if floor else None
     gemm = gemm_ceiling(args.gemm_n, args.dtype) if args.gemm_n else None
-    r["rss_bytes"] = peak_rss_bytes()
     r["ceiling_gflops"] = gemm["gflops"] if gemm else None
     r["share_of_ceiling"] = r["gflops"] / gemm["gflops"] if gemm else None
     machine = {"cpu": cpu_model(), **blas_info()}
@@ -239,6 +365,9 @@ def main(args) -> int:
         ("tokens / s", f"{r['tokens_per_sec']:,.0f} ({args.batch_size} x {config.block_size} tokens per iteration)"),
         ("model GFLOP/s", f"{r['gflops']:,.1f} (6N + 12·L·T·C = {r['flops_per_token'] / 1e6:,.2f} MFLOP per token)"),
     ]
+    if floor:
+        rows.append(("matmul floor", f"{floor['ms']:,.1f} ms, {100 * r['floor_share']:.0f}% of the iteration: its matrix "
+                                     f"products alone, the least any implementation on this BLAS could take"))
     if gemm:
         rows.append((f"{gemm_name} ceiling", f"{gemm['gflops']:,.1f} GFLOP/s (NumPy {gemm['n']}x{gemm['n']} matmul); "
                                              f"the model uses {100 * r['share_of_ceiling']:.0f}% of it"))

@@ -43,7 +43,8 @@ def test_json_fields_exist_and_are_positive(extra):
 def test_table_has_its_lines():
     p = bench(*TINY)
     assert p.returncode == 0, p.stderr
-    for label in ("parameters", "time / iteration", "tokens / s", "model GFLOP/s", "sgemm ceiling", "peak memory"):
+    for label in ("parameters", "time / iteration", "tokens / s", "model GFLOP/s", "matmul floor", "sgemm ceiling",
+                  "peak memory"):
         line = next((ln for ln in p.stdout.splitlines() if ln.strip().startswith(label)), None)
         assert line is not None, (label, p.stdout)
         number = line.strip()[len(label):].split()[0].replace(",", "")
@@ -69,3 +70,37 @@ def test_bad_config_is_one_line():
     assert len(lines) == 1 and "divisible" in lines[0], p.stderr
     p = bench("--iters", "0")
     assert p.returncode != 0 and len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
+
+
+def _floor_flops(C, L, H, T, V, B):
+    """The FLOPs of a training step's matrix products, by hand: per token 2·(12C²·L + C·V) for
+    the linear maps and the tied head, times 3 (forward, dx, dW); causal attention's six products
+    per layer over the query chunks of 64 rows, each chunk against the keys up to its last row."""
+    linear = 3 * 2 * B * T * (12 * C * C * L + C * V)
+    q = 64
+    if T < 2 * q:
+        pairs = T * T
+    else:
+        pairs = sum((min(a + q, T) - a) * min(a + q, T) for a in range(0, T, q))
+    attention = L * 6 * 2 * B * H * pairs * (C // H)
+    return linear + attention
+
+
+@pytest.mark.parametrize("T, threads", [(8, 1), (128, 2), (200, 2)])
+def test_matmul_floor_makes_the_steps_products(T, threads):
+    from numformer.bench import matmul_floor
+
+    C, L, H, V, B = 16, 2, 2, 11, 3
+    cfg = GPTConfig(vocab_size=V, block_size=T, n_layer=L, n_head=H, n_embd=C)
+    r = matmul_floor(cfg, batch_size=B, threads=threads, iters=2, warmup=0)
+    assert r["flops"] == _floor_flops(C, L, H, T, V, B)
+    assert r["threads"] == threads and r["ms"] > 0
+
+
+def test_floor_is_reported_and_can_be_skipped():
+    p = bench(*TINY, "--json")
+    r = json.loads(p.stdout)
+    assert 0 < r["floor_ms"] and r["floor_share"] == pytest.approx(r["floor_ms"] / r["ms_per_iter"], rel=1e-9)
+    p = bench(*TINY, "--json", "--no_floor")
+    r = json.loads(p.stdout)
+    assert r["floor_ms"] is None and r["floor_share"] is None
