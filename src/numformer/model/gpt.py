@@ -385,7 +385,8 @@ class GPT:
             cache.k[i][:, :, t0:t1] = k
             cache.v[i][:, :, t0:t1] = v
             # one new token sits at the last position and may see every cached key: no mask
-            y, _ = attention.forward(q, cache.k[i][:, :, :t1], cache.v[i][:, :, :t1], causal=Tn > 1)
+            y, _ = attention.forward(q, cache.k[i][:, :, :t1], cache.v[i][:, :, :t1], causal=Tn > 1,
+                                     keep_probs=False)
             y = y.transpose(0, 2, 1, 3).reshape(B, Tn, C)                              # (B, Tn, C)
             a, _ = linear.forward(y, w["attn.c_proj.weight"], w["attn.c_proj.bias"])
             x = x + a
