@@ -308,6 +308,83 @@ def matmul_floor(config, *, batch_size: int, dtype: str = "float32", threads: in
     return {"ms": 1000 * med, "ms_min": 1000 * times[0], "iters": iters, "threads": threads, "flops": sum(flops)}
 
 
+def decode_floor(config, *, batch_size: int, prompt_len: int, new_tokens: int, dtype: str = "float32",
+                 reps: int = 3, seed: int = 0) -> dict:
+    """The matrix products of KV-cached generation alone, timed: the least time GPT.generate could
+    take for `new_tokens` tokens after a `prompt_len`-token prompt, on this BLAS, with LayerNorm,
+    GELU, softmax, sampling and Python itself costing nothing.
+
+    The products are those of GPT.generate's calls: one forward_cached over the prompt (every
+    linear map on batch_size·prompt_len rows, causal attention by query chunks), then one
+    forward_cached per further token (each map on batch_size rows, q kᵀ and P v against the
+    keys cached so far), layer by layer; inputs random and preallocated. With batch 1 these are
+    matrix-vector products, whose speed is set by how fast the weights stream from memory.
+    Returns the median seconds of `reps` runs (after one untimed run that also counts the
+    FLOPs) and the FLOPs."""
+    import math
+
+    import numpy as np
+
+    from numformer.ops.attention import _query_chunks
+
+    rng = np.random.default_rng(seed)
+    dt = np.dtype(dtype)
+    C, H, V, L = config.n_embd, config.n_head, config.vocab_size, config.n_layer
+    hs, B, P = C // H, batch_size, prompt_len
+    total = P + max(new_tokens - 1, 0)
+    if total > config.block_size:
+        raise ValueError(f"{P} + {new_tokens} positions do not fit the block size {config.block_size}")
+    maps = [(C, 3 * C), (C, C), (C, 4 * C), (4 * C, C)]                                   # (C_in, C_out)
+
+    def rand(*shape):
+        return rng.standard_normal(shape, dtype=np.float32).astype(dt, copy=False)
+
+    weights = [[rand(o, i) for i, o in maps] for _ in range(L)]
+    head = rand(V, C)
+    keys = [rand(B, H, total, hs) for _ in range(L)]
+    values = [rand(B, H, total, hs) for _ in range(L)]
+    wide = {n: [rand(n, i) for i, _ in maps] + [rand(n, C)] for n in {B * P, B}}   # inputs of B·P or B rows
+    q_prompt, q_one = rand(B, H, P, hs), rand(B, H, 1, hs)
+    rows = _query_chunks(P, P, True)
+    flops = [0]
+
+    def mm(x, y):
+        if count:
+            flops[0] += 2 * math.prod(x.shape[:-1]) * x.shape[-1] * y.shape[-1]
+        return np.matmul(x, y)
+
+    def position_step(n, q, lo, t):
+        """One forward_cached: n rows through every map, queries [lo, t) against keys [0, e)."""
+        xs = wide[n]
+        for layer in range(L):
+            w = weights[layer]
+            mm(xs[0], w[0].T)                                       # qkv
+            for a, b, e in (rows if q.shape[-2] > 1 else [(0, 1, t)]):
+                s = mm(q[..., a:b, :], keys[layer][:, :, :e].swapaxes(-1, -2))
+                mm(s, values[layer][:, :, :e])
+            for j in (1, 2, 3):                                     # attention output, MLP
+                mm(xs[j], w[j].T)
+        mm(xs[4], head.T)                                           # LM head
+
+    def run():
+        position_step(B * P, q_prompt, 0, P)
+        for t in range(P, total):
+            position_step(B, q_one, t, t + 1)
+
+    count = True
+    run()
+    count = False
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    n = len(times)
+    med = times[n // 2] if n % 2 else 0.5 * (times[n // 2 - 1] + times[n // 2])
+    return {"seconds": med, "reps": reps, "flops": flops[0]}
+
+
 class _nothing:
     def __enter__(self):
         return self

@@ -104,3 +104,23 @@ def test_floor_is_reported_and_can_be_skipped():
     p = bench(*TINY, "--json", "--no_floor")
     r = json.loads(p.stdout)
     assert r["floor_ms"] is None and r["floor_share"] is None
+
+
+@pytest.mark.parametrize("P, new", [(5, 4), (130, 3), (7, 1)])
+def test_decode_floor_makes_the_generations_products(P, new):
+    """GPT.generate: one pass over the prompt, then one position per further token (the last
+    token needs no pass); causal prompt attention by chunks of 64 query rows."""
+    from numformer.bench import decode_floor
+
+    C, L, H, V, B = 16, 2, 2, 11, 2
+    cfg = GPTConfig(vocab_size=V, block_size=P + new, n_layer=L, n_head=H, n_embd=C)
+    per_row = 2 * (12 * C * C * L + C * V)
+    q = 64
+    pairs = P * P if P < 2 * q else sum((min(a + q, P) - a) * min(a + q, P) for a in range(0, P, q))
+    want = B * P * per_row + L * 2 * 2 * B * H * (C // H) * pairs
+    for t in range(P, P + new - 1):
+        want += B * per_row + L * 2 * 2 * B * H * (C // H) * (t + 1)
+    r = decode_floor(cfg, batch_size=B, prompt_len=P, new_tokens=new, reps=1)
+    assert r["flops"] == want and r["seconds"] > 0
+    with pytest.raises(ValueError, match="block size"):
+        decode_floor(cfg, batch_size=B, prompt_len=P + 1, new_tokens=new + 1)
