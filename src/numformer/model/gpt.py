@@ -9,13 +9,15 @@
     loss    = CrossEntropy(logits, targets)
 
 `forward` runs the ops in that order and keeps each op's cache; `backward` walks the same list
-backwards, calling each op's backward, and adds into the flat gradient buffer. Three activations
-per block are not kept, because they can be made again at backward time for about one multiply
-per element, bit for bit as forward made them: GELU's output, the input of the MLP's second
-linear map (B·T·4C values), from GELU's input in the same pass that computes GELU's derivative
-(gelu.output_and_slope); and the two LayerNorm outputs, the inputs of c_attn and c_fc, from
-LayerNorm's cache (layernorm.output), as is the final LayerNorm's output for the LM head. Together that is 6·B·T·C values a block, about a third
-of what it would otherwise store (the small config at B = 8: 18 of 60 MiB a block).
+backwards, calling each op's backward, and adds into the flat gradient buffer. Four activations
+per block are not kept, because they can be made again at backward time, bit for bit as forward
+made them: GELU's output, the input of the MLP's second linear map (B·T·4C values), from GELU's
+input in the same pass that computes GELU's derivative (gelu.output_and_slope); the two
+LayerNorm outputs, the inputs of c_attn and c_fc, from LayerNorm's cache (layernorm.output), as
+is the final LayerNorm's output for the LM head; and attention's probabilities, from q, k and
+two numbers per query row (attention.forward with keep_probs=False, one more q kᵀ product in
+backward). Together that is almost half of what a block would otherwise store (the small config
+at B = 8: 25.5 of 55.5 MiB a block).
 Gradients meet in two places, and both are written as `+=`: at every residual (the skip path and
 the branch) and at the tied embedding (the LM head and the input lookup).
 
