@@ -34,7 +34,9 @@ functions, so their numbers and this command's agree.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import statistics
 import sys
 import time
 
@@ -95,7 +97,7 @@ def gemm_ceiling(n: int = 2048, dtype: str = "float32", reps: int = 5, warmup: i
         times.append(time.perf_counter() - t0)
     flops = 2.0 * n**3
     times.sort()
-    med = times[len(times) // 2] if len(times) % 2 else 0.5 * (times[len(times) // 2 - 1] + times[len(times) // 2])
+    med = statistics.median(times)
     return {"n": n, "dtype": str(dtype), "reps": reps, "median_s": med,
             "gflops": flops / med / 1e9, "best_gflops": flops / times[0] / 1e9}
 
@@ -191,8 +193,7 @@ def measure(config, *, batch_size: int, dtype: str = "float32", iters: int = 20,
         if i >= warmup:
             times.append(dt)
     times.sort()
-    n = len(times)
-    med = times[n // 2] if n % 2 else 0.5 * (times[n // 2 - 1] + times[n // 2])
+    med = statistics.median(times)
     tokens = batch_size * T
     fpt = flops_per_token(config)
     return {"params": model.num_params(), "flops_params": non_embedding_params(config),
@@ -294,7 +295,7 @@ def matmul_floor(config, *, batch_size: int, dtype: str = "float32", threads: in
 
     count = True                   # one untimed run counts the FLOPs
     times = []
-    with blas_threads(1) if threads > 1 else _nothing():
+    with blas_threads(1) if threads > 1 else contextlib.nullcontext():
         for i in range(1 + warmup + iters):
             t0 = time.perf_counter()
             parallel(forward, list(range(threads)))
@@ -303,8 +304,7 @@ def matmul_floor(config, *, batch_size: int, dtype: str = "float32", threads: in
                 times.append(time.perf_counter() - t0)
             count = False
     times.sort()
-    n = len(times)
-    med = times[n // 2] if n % 2 else 0.5 * (times[n // 2 - 1] + times[n // 2])
+    med = statistics.median(times)
     return {"ms": 1000 * med, "ms_min": 1000 * times[0], "iters": iters, "threads": threads, "flops": sum(flops)}
 
 
@@ -380,17 +380,8 @@ def decode_floor(config, *, batch_size: int, prompt_len: int, new_tokens: int, d
         run()
         times.append(time.perf_counter() - t0)
     times.sort()
-    n = len(times)
-    med = times[n // 2] if n % 2 else 0.5 * (times[n // 2 - 1] + times[n // 2])
+    med = statistics.median(times)
     return {"seconds": med, "reps": reps, "flops": flops[0]}
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _fmt_bytes(n) -> str:
