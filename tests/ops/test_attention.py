@@ -35,6 +35,18 @@ def test_row_with_no_allowed_key_is_zero_and_passes_zero_gradient():
     np.testing.assert_allclose(y[1:, keep], y2, rtol=1e-13, atol=1e-15)
 
 
+@pytest.mark.parametrize("keep_probs", [True, False])
+def test_no_keys_at_all_gives_zeros(keep_probs):
+    """Tk = 0 (an empty context): every query row sees no key, so y and every gradient are 0."""
+    rng = np.random.default_rng(7)
+    q, k, v = rand(rng, 2, 3, 4), rand(rng, 2, 0, 4), rand(rng, 2, 0, 5)
+    with np.errstate(all="raise"):
+        y, cache = attention.forward(q, k, v, keep_probs=keep_probs)
+        dq, dk, dv = attention.backward(rand(rng, 2, 3, 5), cache)
+    assert y.shape == (2, 3, 5) and np.all(y == 0.0) and np.all(dq == 0.0)
+    assert dk.shape == k.shape and dv.shape == v.shape
+
+
 def test_everything_masked_gives_zeros_not_nan():
     rng = np.random.default_rng(1)
     q, k, v = rand(rng, 3, 4), rand(rng, 3, 4), rand(rng, 3, 4)

@@ -197,7 +197,7 @@ def forward(q, k, v, causal=False, mask=None, dropout_p=0.0, rng=None, keep_prob
 
     rows = _query_chunks(Tq, Tk, bias is not None)
     lead = score_shape[:-2]
-    if allowed is None and dropout_p == 0.0 and math.prod(score_shape) <= _BLOCK:
+    if allowed is None and dropout_p == 0.0 and 0 < Tk and math.prod(score_shape) <= _BLOCK:
         # every key visible, no dropout, scores small enough for one block (a KV-cached decoding
         # step, for one): the loop below in one go, without its bookkeeping
         p = [np.empty(score_shape, dtype=dtype)] if keep_probs else None
@@ -269,7 +269,8 @@ def backward(dy, cache):
                 pb, ub = p[c][blk], p_used[c][blk]
             else:                                             # P again, as forward made it
                 d = max(0, Tk - Tq + a)
-                pb = np.matmul(qb * scale, kb.swapaxes(-1, -2))
+                qs = qb * scale
+                pb = np.matmul(qs, kb.swapaxes(-1, -2))
                 _recompute_rows(pb, part[..., a:b, :e] if part is not None else None,
                                 bias[a:b, d:e] if bias is not None else None, d,
                                 (stats[0][blk][..., a:b, :], stats[1][blk][..., a:b, :]))
@@ -286,7 +287,7 @@ def backward(dy, cache):
             ds -= np.multiply(pb, row, out=dp)                # term 2 (dP's buffer reused)
             dqb = np.matmul(ds, kb, out=dq[blk][..., a:b, :])
             dqb *= scale                                      # dq = dS k / √d_k
-            qb = qb * scale                                   # (the scale on q's side, as in forward)
+            qb = qs if recompute is not None else qb * scale  # (the scale on q's side, as in forward)
             if whole:
                 np.matmul(ds.swapaxes(-1, -2), qb, out=dk[blk])        # dk = dSᵀ q / √d_k
             else:
