@@ -50,6 +50,19 @@ def _torch_run(make_opt, groups_np, grads_seq, lrs=None):
     return [p.detach().numpy() for g in opt.param_groups for p in g["params"]], opt
 
 
+def _assert_matches_torch_masked(cls, theta0, mask, grads_seq, ours):
+    """ours (the flat result of cls at lr 2e-2, weight decay 0.2 where mask) against torch's
+    optimizer of the same name with two parameter groups: decayed and not."""
+    torch_cls = getattr(torch.optim, cls.__name__)
+    (on, off), _ = _torch_run(
+        lambda groups: torch_cls(groups, lr=2e-2),
+        [([theta0[mask]], {"weight_decay": 0.2}), ([theta0[~mask]], {"weight_decay": 0.0})],
+        [[g[mask], g[~mask]] for g in grads_seq],
+    )
+    _assert_close(ours[mask], on)
+    _assert_close(ours[~mask], off)
+
+
 def _assert_close(ours, theirs, rtol=1e-12):
     np.testing.assert_allclose(ours, theirs, rtol=rtol, atol=rtol * np.abs(theirs).max())
 
@@ -154,14 +167,7 @@ def test_decay_mask_elementwise_on_flat_buffer(cls, pattern):
     opt = cls(theta, lr=2e-2, weight_decay=0.2, decay_mask=mask)
     for g in grads_seq:
         opt.step(g)
-    torch_cls = getattr(torch.optim, cls.__name__)
-    (on, off), _ = _torch_run(
-        lambda groups: torch_cls(groups, lr=2e-2),
-        [([theta0[mask]], {"weight_decay": 0.2}), ([theta0[~mask]], {"weight_decay": 0.0})],
-        [[g[mask], g[~mask]] for g in grads_seq],
-    )
-    _assert_close(theta[mask], on)
-    _assert_close(theta[~mask], off)
+    _assert_matches_torch_masked(cls, theta0, mask, grads_seq, theta)
 
 
 @pytest.mark.parametrize("name,ours,theirs", CASES, ids=[c[0] for c in CASES])
@@ -361,12 +367,5 @@ def test_chunked_threaded_step_is_bit_identical_and_matches_torch(monkeypatch, c
     np.testing.assert_array_equal(chunked, whole)
     by_name, _ = run(3, threads, as_dict=True)
     np.testing.assert_array_equal(by_name, whole)
-    torch_cls = getattr(torch.optim, cls.__name__)
     flat0, _ = _params_dict(seed=9)
-    (on, off), _ = _torch_run(
-        lambda groups: torch_cls(groups, lr=2e-2),
-        [([flat0[mask]], {"weight_decay": 0.2}), ([flat0[~mask]], {"weight_decay": 0.0})],
-        [[g[mask], g[~mask]] for g in grads_seq],
-    )
-    _assert_close(chunked[mask], on)
-    _assert_close(chunked[~mask], off)
+    _assert_matches_torch_masked(cls, flat0, mask, grads_seq, chunked)
