@@ -577,3 +577,127 @@ def test_read_safetensors_accepts_a_header_length_whose_first_byte_is_0x80(tmp_p
         raise AssertionError("no name length gave a header length with first byte 0x80")
     out = read_safetensors(f)
     np.testing.assert_array_equal(out["t" * k], np.arange(3, dtype=np.float32))
+
+
+# ------------------------------------------------------- what cleaning up may and may not delete
+
+
+def _dead_pid():
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(proc.stdout)
+
+
+def _temp_folder(parent, name, pid=None):
+    """A folder named like a save's temporary folder; with pid, carrying numformer's writer record."""
+    folder = parent / name
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"partial")
+    if pid is not None:
+        record = {"writer": "numformer", "pid": pid, "host": __import__("socket").gethostname()}
+        (folder / checkpoint.WRITER_MARK).write_text(json.dumps(record))
+    return folder
+
+
+def test_cleanup_deletes_only_numformers_abandoned_folders(tmp_path):
+    """A user's folders that merely carry the names, and the temporary folder of a save still
+    running in another process, survive a save; what a dead writer left is removed."""
+    users_tmp = tmp_path / ".ckpt.numformer-tmp-mine"
+    users_tmp.mkdir()
+    (users_tmp / "notes.txt").write_text("keep")
+    users_old = tmp_path / ".ckpt.numformer-old-123-mine"
+    users_old.mkdir()
+    (users_old / "notes.txt").write_text("keep too")
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        running = _temp_folder(tmp_path, f".ckpt.numformer-tmp-{live.pid}-abc", pid=live.pid)
+        abandoned = _temp_folder(tmp_path, f".ckpt.numformer-tmp-{_dead_pid()}-abc", pid=_dead_pid())
+        _save(tmp_path / "ckpt")
+        _save(tmp_path / "ckpt", seed=2)
+        assert (users_tmp / "notes.txt").read_text() == "keep"
+        assert (users_old / "notes.txt").read_text() == "keep too"
+        assert (running / "model.safetensors").read_bytes() == b"partial"
+        assert not abandoned.exists()
+    finally:
+        live.kill()
+        live.wait()
+    _save(tmp_path / "ckpt", seed=3)       # its writer has ended now
+    assert not running.exists()
+    assert sorted(os.listdir(tmp_path)) == sorted(["ckpt", users_tmp.name, users_old.name])
+
+
+def test_temporary_names_carry_the_writers_pid(tmp_path, monkeypatch):
+    seen = []
+    real = checkpoint._write_file
+
+    def spy(file, data):
+        seen.append(file.parent.name)
+        real(file, data)
+
+    monkeypatch.setattr(checkpoint, "_write_file", spy)
+    _save(tmp_path / "ckpt")
+    assert seen and all(n.startswith(f".ckpt.numformer-tmp-{os.getpid()}-") for n in seen), seen
+
+
+# ------------------------------------------------------------------------------------- locking
+
+HOLD_LOCK = textwrap.dedent(
+    """
+    import sys, time
+    from numformer.checkpoint import lock_folder
+
+    lock = lock_folder(sys.argv[1], "numformer train")
+    print("locked", flush=True)
+    time.sleep(60)
+    """
+)
+
+
+def _hold_lock(folder):
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_second_process_is_refused_with_one_line_naming_the_first(tmp_path):
+    from numformer.errors import NumformerError
+
+    out = tmp_path / "out"
+    first = _hold_lock(out)
+    try:
+        with pytest.raises(NumformerError) as e:
+            checkpoint.lock_folder(out, "numformer train")
+        msg = str(e.value)
+        assert "\n" not in msg and "in use by numformer train" in msg, msg
+        assert f"pid {first.pid}" in msg and __import__("socket").gethostname() in msg, msg
+    finally:
+        first.kill()          # SIGKILL: no cleanup runs, yet the lock goes with the process
+        first.wait()
+    with checkpoint.lock_folder(out, "numformer train"):
+        pass
+
+
+def test_a_released_lock_leaves_no_trace(tmp_path):
+    with checkpoint.lock_folder(tmp_path / "new", "numformer train"):
+        assert os.listdir(tmp_path / "new") == [checkpoint.LOCK_FILE]
+        record = json.loads((tmp_path / "new" / checkpoint.LOCK_FILE).read_text())
+        assert record["pid"] == os.getpid() and record["numformer"] == "numformer train"
+    assert os.listdir(tmp_path) == []                  # it made the folder and put nothing else in it
+    (tmp_path / "kept").mkdir()
+    with checkpoint.lock_folder(tmp_path / "kept", "numformer train"):
+        (tmp_path / "kept" / "metrics.jsonl").write_text("")
+    assert os.listdir(tmp_path / "kept") == ["metrics.jsonl"]
+
+
+def test_a_users_file_named_like_the_lock_file_is_not_overwritten(tmp_path):
+    from numformer.errors import NumformerError
+
+    (tmp_path / checkpoint.LOCK_FILE).write_text("my notes")
+    with pytest.raises(NumformerError, match="not written by numformer"):
+        checkpoint.lock_folder(tmp_path, "numformer train")
+    assert (tmp_path / checkpoint.LOCK_FILE).read_text() == "my notes"
+
+
+def test_without_create_a_folder_without_a_lock_file_gets_none(tmp_path):
+    with checkpoint.lock_folder(tmp_path, "numformer convert", create=False):
+        pass
+    assert os.listdir(tmp_path) == []

@@ -9,13 +9,25 @@
       tokenizer.json         the tokenizer, as the JSON text the caller passed
 
 Writing. Everything is serialised in memory first, then written into a temporary sibling folder
-(`.NAME.numformer-tmp-*`, in the same parent, so a rename moves it without copying) and fsynced.
-Only then is it put in place: an existing checkpoint at `path` is renamed aside
-(`.NAME.numformer-old-*`), the new folder is renamed to `path`, and the old one is deleted. A
+(`.NAME.numformer-tmp-PID-*`, in the same parent, so a rename moves it without copying) and
+fsynced. Only then is it put in place: an existing checkpoint at `path` is renamed aside
+(`.NAME.numformer-old-PID-*`), the new folder is renamed to `path`, and the old one is deleted. A
 crash while writing leaves `path` untouched; a crash between the two renames leaves the complete
 old checkpoint aside (load_checkpoint then says where) and the next save cleans up. There is never
 a half-written checkpoint at `path`. A path that exists and is not a numformer checkpoint (a file,
 a folder of other things) is never overwritten.
+
+Cleaning up deletes only what is recognisably numformer's and abandoned: a temporary folder that
+holds numformer's writer record (WRITER_MARK: pid and host) of a process that no longer runs, and
+a set-aside folder that is a numformer checkpoint, named with the pid of a process that no longer
+runs. A user's folder that happens to have such a name, and the temporary folder of a save still
+in progress in another process, are left alone. write_folder and replace_file are the writers
+that the rest of numformer uses (Hugging Face export, metrics.jsonl, loss.png).
+
+Locking. lock_folder takes an advisory lock (flock) on a folder through its LOCK_FILE, which
+records who holds it; `numformer train` holds one on its out_dir for the whole run, so a second
+run on the same folder is refused with one line naming the first. The operating system releases
+the lock when the process ends, however it ends (kill -9 included).
 
 Reading. config.json records the SHA-256 and size of every other file, so a truncated or edited
 weight file is caught before it is parsed. Weights and optimizer state must be floating point and
@@ -27,18 +39,21 @@ The interop readers (interop/gpt2.py, model/encoder.py, sentence.py) share this 
 PICKLE_SUFFIXES, pickle_refusal and read_json, so every JSON and pickle error reads the same.
 """
 
+import fcntl
 import hashlib
 import json
 import math
 import os
 import shutil
+import socket
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from numformer.errors import CheckpointError
+from numformer.errors import CheckpointError, NumformerError
 
 FORMAT = 1
 BOOKKEEPING = "_numformer"  # the key in config.json that numformer owns
@@ -49,6 +64,8 @@ TOKENIZER_FILE = "tokenizer.json"
 CHECKPOINT_FILES = frozenset({MODEL_FILE, OPTIMIZER_FILE, CONFIG_FILE, TOKENIZER_FILE})
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"})
 _TMP, _OLD = ".numformer-tmp-", ".numformer-old-"
+WRITER_MARK = ".numformer-writing"  # inside a temporary folder while it is written: who writes it
+LOCK_FILE = ".numformer.lock"       # in a folder that a run holds: who holds it
 
 # safetensors dtype -> NumPy dtype, for the dtypes NumPy has
 _DTYPES = {
@@ -87,7 +104,7 @@ def save_checkpoint(
     tensors, a config that is not JSON) raise ValueError/TypeError.
     """
     path = Path(path)
-    _check_replaceable(path)
+    check_replaceable(path)
 
     # serialise and validate everything before touching the disk
     blobs = {MODEL_FILE: _serialise(model, "model")}
@@ -103,10 +120,22 @@ def save_checkpoint(
     files = {name: {"sha256": hashlib.sha256(b).hexdigest(), "bytes": len(b)} for name, b in blobs.items()}
     blobs[CONFIG_FILE] = _config_text(config, files).encode("utf-8")  # written last
 
+    write_folder(path, blobs, is_ours=is_own_checkpoint)
+
+
+def write_folder(path: Path, blobs: dict[str, bytes], *, is_ours) -> None:
+    """Put a folder holding exactly `blobs` (file name -> bytes) at `path`, atomically.
+
+    The caller has checked that whatever is at `path` may be replaced. `is_ours(folder)` says
+    whether a set-aside folder left by an interrupted earlier save is one of the caller's own (a
+    checkpoint, an export), so that it may be deleted.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}{_TMP}{uuid.uuid4().hex}"
+    tmp = _private_name(path, _TMP)
     tmp.mkdir()
     try:
+        _write_file(tmp / WRITER_MARK, _writer_record())  # first: the folder is ours from the start
         for name, data in blobs.items():
             _write_file(tmp / name, data)
         _fsync_dir(tmp)
@@ -114,7 +143,33 @@ def save_checkpoint(
     except BaseException:  # includes KeyboardInterrupt: never leave a temp folder behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _remove_leftovers(path)
+    try:
+        (path / WRITER_MARK).unlink()
+    except OSError:
+        pass  # a stale record in a finished folder is harmless: readers and writers ignore it
+    _remove_leftovers(path, is_ours)
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Write `data` to the file `path` through a temporary sibling unique to this process, then
+    rename it over `path`. The caller has checked that `path` may be replaced."""
+    path = Path(path)
+    tmp = _private_name(path, _TMP)
+    try:
+        _write_file(tmp, data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _private_name(path: Path, marker: str) -> Path:
+    """A sibling name that no other writer can pick: the pid says who made it."""
+    return path.parent / f".{path.name}{marker}{os.getpid()}-{uuid.uuid4().hex[:16]}"
+
+
+def _writer_record() -> bytes:
+    return json.dumps({"writer": "numformer", "pid": os.getpid(), "host": socket.gethostname()}).encode("utf-8")
 
 
 def _serialise(tensors, what: str) -> bytes:
@@ -181,7 +236,7 @@ def _swap_in(tmp: Path, path: Path) -> None:
         os.rename(tmp, path)
         _fsync_dir(path.parent)
         return
-    aside = path.parent / f".{path.name}{_OLD}{uuid.uuid4().hex}"
+    aside = _private_name(path, _OLD)
     os.rename(path, aside)
     try:
         os.rename(tmp, path)
@@ -192,10 +247,49 @@ def _swap_in(tmp: Path, path: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
-def _remove_leftovers(path: Path) -> None:
-    """Delete temp and set-aside folders that an earlier, interrupted save left next to `path`."""
-    for leftover in _siblings(path, _TMP) + _siblings(path, _OLD):
-        shutil.rmtree(leftover, ignore_errors=True)
+def _remove_leftovers(path: Path, is_ours) -> None:
+    """Delete temp and set-aside folders that an earlier, interrupted save left next to `path`:
+    only numformer's own (see the module docstring), and only those whose writer has ended."""
+    for tmp in _siblings(path, _TMP):
+        if _abandoned(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    for aside in _siblings(path, _OLD):
+        if not _pid_alive(_pid_in_name(aside, _OLD)) and is_ours(aside):
+            shutil.rmtree(aside, ignore_errors=True)
+
+
+def _abandoned(tmp: Path) -> bool:
+    """True for a temporary folder whose writer record names a process of this host that has ended."""
+    try:
+        record = json.loads((tmp / WRITER_MARK).read_text(encoding="utf-8"))
+        pid, host = record["pid"], record["host"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return False  # no record: not numformer's, or not yet readable
+    if record.get("writer") != "numformer" or type(pid) is not int or host != socket.gethostname():
+        return False  # another host's process cannot be checked from here
+    return not _pid_alive(pid)
+
+
+def _pid_in_name(folder: Path, marker: str) -> int | None:
+    rest = folder.name.split(marker, 1)[-1]
+    head = rest.split("-", 1)[0]
+    return int(head) if head.isdigit() and len(rest) > len(head) else None
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if pid is None:
+        return False  # named before pids went into the name: its writer is long gone
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by someone else
+    except (OverflowError, ValueError):
+        return False
+    return True
 
 
 def _siblings(path: Path, marker: str) -> list[Path]:
@@ -207,7 +301,7 @@ def _siblings(path: Path, marker: str) -> list[Path]:
     return sorted(path.parent / n for n in names if n.startswith(prefix) and (path.parent / n).is_dir())
 
 
-def _check_replaceable(path: Path) -> None:
+def check_replaceable(path: Path) -> None:
     """Refuse to replace anything at `path` that is not an empty folder or a numformer checkpoint."""
     if path.is_symlink():
         raise CheckpointError(f"{path} is a symbolic link; refusing to replace it (save to its target)")
@@ -225,7 +319,7 @@ def _check_replaceable(path: Path) -> None:
             f"{path} exists and is not a numformer checkpoint; refusing to overwrite it "
             "(choose another path or move it away)"
         )
-    extra = [e for e in entries if e not in CHECKPOINT_FILES]
+    extra = [e for e in entries if e not in CHECKPOINT_FILES | {WRITER_MARK}]
     if extra:
         raise CheckpointError(
             f"{path} holds files numformer did not write ({', '.join(extra[:3])}); refusing to overwrite it"
@@ -238,6 +332,122 @@ def _is_checkpoint(folder: Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(config, dict) and isinstance(config.get(BOOKKEEPING), dict)
+
+
+def is_own_checkpoint(folder: Path) -> bool:
+    """A numformer checkpoint holding only the files numformer writes: safe to delete or replace."""
+    try:
+        entries = set(os.listdir(folder))
+    except OSError:
+        return False
+    return entries <= CHECKPOINT_FILES | {WRITER_MARK} and _is_checkpoint(folder)
+
+
+# ---------------------------------------------------------------------------------------- lock
+
+
+class FolderLock:
+    """An advisory lock on a folder (flock on its LOCK_FILE), held until release() or the end of
+    the process. release() deletes the lock file (and the folder, if lock_folder created it and
+    nothing else was put there) before it lets go, so a finished run leaves no trace of it."""
+
+    def __init__(self, folder: Path, fd: int | None, created: bool):
+        self.folder, self._fd, self._created = folder, fd, created
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            # still locked while it goes: whoever opened the old file sees that it is gone and retries
+            (self.folder / LOCK_FILE).unlink()
+            if self._created:
+                self.folder.rmdir()  # only if empty: OSError otherwise
+        except OSError:
+            pass
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def lock_folder(folder, command: str, *, create: bool = True) -> FolderLock:
+    """Lock `folder` for `command` (say "numformer train"), or raise NumformerError in one line
+    naming the process that holds it (its command, pid, host and start time, read from the lock
+    file). With create=False a folder without a lock file is not locked (and nothing is written
+    into it): a command that writes one file into a folder of the user's checks that no run
+    holds it without leaving a lock file behind.
+    """
+    folder = Path(folder)
+    file = folder / LOCK_FILE
+    created = False
+    for _ in range(100):
+        if create and not folder.exists():
+            try:
+                folder.mkdir(parents=True)
+                created = True
+            except FileExistsError:
+                pass
+        elif not create and not os.path.lexists(file):
+            return FolderLock(folder, None, False)
+        try:
+            fd = os.open(file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except FileNotFoundError:
+            continue  # the folder was removed by the run that just gave it up
+        except OSError as e:
+            raise NumformerError(f"{file} cannot be used as numformer's lock file "
+                                 f"({e.strerror or type(e).__name__}); move it away") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            raise NumformerError(f"{folder} is in use by {holder}; wait for it to end or choose another "
+                                 "folder") from None
+        try:  # the run before us may have removed the file it had created: lock the one there now
+            same = os.path.samestat(os.fstat(fd), os.stat(file, follow_symlinks=False))
+        except OSError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    else:
+        raise NumformerError(f"{file}: could not take the lock (the file keeps changing)")
+    try:
+        text = os.pread(fd, 4096, 0)
+        if text.strip() and _lock_record(text) is None:
+            raise NumformerError(f"{file} exists and was not written by numformer; refusing to overwrite it "
+                                 "(move it away)")
+        record = {"numformer": command, "pid": os.getpid(), "host": socket.gethostname(),
+                  "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(record) + "\n").encode("utf-8"), 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return FolderLock(folder, fd, created)
+
+
+def _lock_record(text: bytes) -> dict | None:
+    try:
+        record = json.loads(text.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("numformer"), str) else None
+
+
+def _lock_holder(fd: int) -> str:
+    try:
+        record = _lock_record(os.pread(fd, 4096, 0))
+    except OSError:
+        record = None
+    if record is None:
+        return "another numformer process"
+    return f"{record['numformer']} (pid {record.get('pid')} on {record.get('host')}, since {record.get('since')})"
 
 
 # ---------------------------------------------------------------------------------------- load
