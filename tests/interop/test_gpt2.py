@@ -278,14 +278,89 @@ def test_export_writes_a_tokenizer_json_that_transformers_reads(tmp_path):
         assert hf_tok(text)["input_ids"] == tok.encode(text).tolist()
 
 
-def test_export_replaces_an_earlier_export_only(tmp_path):
+def test_export_replaces_an_earlier_export_only_with_overwrite(tmp_path, capsys):
     train_checkpoint(tmp_path / "ckpt", steps=1)
     out = tmp_path / "hf"
     argv = ["convert", "--to-hf", str(tmp_path / "ckpt"), "--out", str(out)]
     assert cli_main(argv) == 0
-    assert cli_main(argv) == 0                     # an earlier export is replaced
+    before = {n: (out / n).read_bytes() for n in os.listdir(out)}
+    (out / "model.safetensors").touch()
+    mtime = (out / "model.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
+    assert cli_main(argv) == 1                     # not without being asked
+    err = capsys.readouterr().err.strip()
+    assert "--overwrite" in err and "\n" not in err, err
+    assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before
+    assert (out / "model.safetensors").stat().st_mtime_ns == mtime
+    assert cli_main([*argv, "--overwrite"]) == 0   # an earlier export is replaced
     assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]
     assert not [n for n in os.listdir(tmp_path) if "numformer-" in n]
+
+
+def training_checkpoint(path):
+    """A checkpoint as `numformer train` leaves it: weights, optimizer moments, training state."""
+    model = train_checkpoint(path, steps=1)
+    n = model.params.flat.size
+    model.save(path, optimizer={"m": np.full(n, 0.5, np.float32), "v": np.full(n, 0.25, np.float32)},
+               train_state={"iter_num": 1, "batch_rng": {"state": 7}})
+    return {name: (path / name).read_bytes() for name in os.listdir(path)}
+
+
+def test_import_does_not_replace_a_training_checkpoint_without_overwrite(hf_folder, tmp_path, capsys):
+    latest = tmp_path / "out" / "latest"
+    before = training_checkpoint(latest)
+    assert "optimizer.safetensors" in before
+    argv = ["convert", "--from-hf", str(hf_folder), "--out", str(latest)]
+    assert cli_main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("numformer convert: error:") and "\n" not in err, err
+    assert "--overwrite" in err and "optimizer" in err, err
+    assert {name: (latest / name).read_bytes() for name in os.listdir(latest)} == before
+    assert load_checkpoint(latest).config["train"]["iter_num"] == 1      # --resume still has its state
+    assert sorted(os.listdir(tmp_path / "out")) == ["latest"]
+
+    assert cli_main([*argv, "--overwrite"]) == 0                          # asked for: replaced
+    assert load_checkpoint(latest).optimizer is None
+    assert_same_model(GPT.load(latest), GPT2LMHeadModel.from_pretrained(hf_folder).eval(), 40, 32)
+
+
+def test_overwrite_never_replaces_what_numformer_did_not_write(hf_folder, tmp_path, capsys):
+    train_checkpoint(tmp_path / "ckpt", steps=1)
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("keep me")
+    afile = tmp_path / "corpus.txt"
+    afile.write_text("my corpus")
+    for target in (notes, afile):
+        for argv in (["--from-hf", str(hf_folder)], ["--to-hf", str(tmp_path / "ckpt")]):
+            assert cli_main(["convert", *argv, "--out", str(target), "--overwrite"]) == 1
+            assert "refusing" in capsys.readouterr().err
+    assert (notes / "todo.txt").read_text() == "keep me" and os.listdir(notes) == ["todo.txt"]
+    assert afile.read_text() == "my corpus"
+
+
+def test_convert_refuses_empty_paths(hf_folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train_checkpoint(tmp_path / "ckpt", steps=1)
+    before = sorted(os.listdir(tmp_path))
+    for argv in (["--from-hf", str(hf_folder), "--out", ""], ["--to-hf", str(tmp_path / "ckpt"), "--out", ""],
+                 ["--from-hf", "", "--out", "new"], ["--to-hf", "", "--out", "new"]):
+        assert cli_main(["convert", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "is empty" in err and "\n" not in err, err
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_convert_refuses_a_folder_that_a_training_run_holds(hf_folder, tmp_path, capsys):
+    from numformer.checkpoint import lock_folder
+
+    train_checkpoint(tmp_path / "out" / "latest", steps=1)
+    with lock_folder(tmp_path / "out", "numformer train"):
+        argv = ["convert", "--from-hf", str(hf_folder), "--out", str(tmp_path / "out" / "latest"), "--overwrite"]
+        assert cli_main(argv) == 1
+        err = capsys.readouterr().err.strip()
+        assert "in use by numformer train" in err and f"pid {os.getpid()}" in err and "\n" not in err, err
+    assert cli_main(argv) == 0            # released: now it may
 
 
 # ============================================================================================ bad input

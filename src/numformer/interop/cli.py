@@ -3,6 +3,8 @@
     numformer convert --from-hf HF_FOLDER --out CHECKPOINT     Hugging Face GPT-2 -> numformer
     numformer convert --to-hf CHECKPOINT --out HF_FOLDER       numformer -> Hugging Face GPT-2
 
+An existing --out is replaced only with --overwrite, and only if numformer wrote it.
+
 The mapping of names, layouts and config keys is in numformer.interop.gpt2.
 """
 
@@ -14,8 +16,11 @@ def add_arguments(parser) -> None:
     direction.add_argument("--to-hf", metavar="CHECKPOINT",
                            help="a numformer GPT checkpoint folder to export")
     parser.add_argument("--out", required=True, metavar="FOLDER",
-                        help="where to write the converted checkpoint (a new or empty folder, or an "
-                             "earlier output of the same kind, which is replaced)")
+                        help="where to write the converted checkpoint: a new or empty folder (an earlier "
+                             "output of the same kind only with --overwrite)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a numformer checkpoint (--from-hf) or an earlier export (--to-hf) at "
+                             "--out; anything else there is never replaced")
     parser.add_argument("--dtype", choices=("float32", "float64"), default=None,
                         help="dtype of the imported weights (--from-hf only; default float32)")
 
@@ -24,14 +29,24 @@ def main(args) -> int:
     from numformer.errors import UsageError
     from numformer.interop import gpt2
 
-    if args.from_hf is not None:
-        notes = gpt2.import_hf_gpt2(args.from_hf, args.out, dtype=args.dtype or "float32")
-        done = f"wrote numformer checkpoint {args.out} (from Hugging Face GPT-2 {args.from_hf})"
-    else:
-        if args.dtype is not None:
-            raise UsageError("--dtype applies to --from-hf only; --to-hf keeps the checkpoint's dtype")
-        notes = gpt2.export_hf_gpt2(args.to_hf, args.out)
-        done = f"wrote Hugging Face GPT-2 folder {args.out} (load it with GPT2LMHeadModel.from_pretrained)"
+    from pathlib import Path
+
+    from numformer.checkpoint import lock_folder
+
+    for flag, value in (("--from-hf", args.from_hf), ("--to-hf", args.to_hf), ("--out", args.out)):
+        if value is not None and not value.strip():
+            raise UsageError(f"{flag} is empty; give a folder")
+    if args.from_hf is None and args.dtype is not None:
+        raise UsageError("--dtype applies to --from-hf only; --to-hf keeps the checkpoint's dtype")
+    # a `numformer train` writing into the same folder (--out out/latest) holds its lock
+    with lock_folder(Path(args.out).parent, "numformer convert", create=False):
+        if args.from_hf is not None:
+            notes = gpt2.import_hf_gpt2(args.from_hf, args.out, dtype=args.dtype or "float32",
+                                        overwrite=args.overwrite)
+            done = f"wrote numformer checkpoint {args.out} (from Hugging Face GPT-2 {args.from_hf})"
+        else:
+            notes = gpt2.export_hf_gpt2(args.to_hf, args.out, overwrite=args.overwrite)
+            done = f"wrote Hugging Face GPT-2 folder {args.out} (load it with GPT2LMHeadModel.from_pretrained)"
     for note in notes:
         print(f"note: {note}")
     print(done)

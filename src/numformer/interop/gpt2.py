@@ -75,9 +75,14 @@ Export choices.
   original checkpoint.
 - bias=False checkpoints are exported with zero biases (GPT-2 always has them); a zero bias adds
   nothing, so the logits are the same. Re-importing gives a bias=True model with zero biases.
-- The output folder is written atomically (temporary sibling folder, then rename). An existing
-  non-empty folder is replaced only if it is an earlier numformer export (its model.safetensors
-  says producer "numformer" and it holds nothing else than the files export writes).
+- The output folder is written atomically (temporary sibling folder, then rename), by the same
+  writer as numformer's checkpoints (numformer.checkpoint.write_folder).
+
+Never replacing what is there. Both directions refuse an existing non-empty --out unless
+`overwrite` is given, and even then replace only what numformer wrote itself: on import a
+numformer checkpoint (a training checkpoint loses its optimizer and RNG state with it), on export
+an earlier export (its model.safetensors says producer "numformer" and it holds nothing else than
+the files export writes). A file, a symbolic link or any other folder is never replaced.
 """
 
 from __future__ import annotations
@@ -85,14 +90,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from numformer.checkpoint import PICKLE_SUFFIXES, pickle_refusal, read_json
+from numformer.checkpoint import PICKLE_SUFFIXES, WRITER_MARK, pickle_refusal, read_json
 from numformer.errors import CheckpointError, UsageError
 
 HF_CONFIG = "config.json"
@@ -167,11 +170,25 @@ def load_hf_gpt2(folder, dtype=np.float32):
     return model
 
 
-def import_hf_gpt2(folder, out, dtype=np.float32) -> list[str]:
-    """`numformer convert --from-hf FOLDER --out OUT`: write a numformer checkpoint; returns notes."""
+def import_hf_gpt2(folder, out, dtype=np.float32, *, overwrite: bool = False) -> list[str]:
+    """`numformer convert --from-hf FOLDER --out OUT`: write a numformer checkpoint; returns notes.
+
+    An existing checkpoint at OUT is replaced only with overwrite=True; anything else there that
+    is not an empty folder is refused either way."""
+    _check_import_target(Path(out), overwrite)
     model = load_hf_gpt2(folder, dtype=dtype)
     model.save(out, tokenizer=model.tokenizer.to_json() if model.tokenizer is not None else None)
     return model.hf_notes
+
+
+def _check_import_target(out: Path, overwrite: bool) -> None:
+    from numformer.checkpoint import check_replaceable
+
+    check_replaceable(out)  # a file, a link, a folder that is not a numformer checkpoint
+    if out.is_dir() and os.listdir(out) and not overwrite:
+        raise CheckpointError(f"{out} already holds a numformer checkpoint; refusing to replace it (a training "
+                              "checkpoint would lose its optimizer and RNG state): pass --overwrite to "
+                              "replace it, or choose another --out")
 
 
 def gpt_config_from_hf(hf, source: str = HF_CONFIG):
@@ -439,16 +456,19 @@ def tensors_to_hf(model) -> tuple[dict[str, np.ndarray], list[str]]:
     return hf, notes
 
 
-def export_hf_gpt2(checkpoint, out) -> list[str]:
+def export_hf_gpt2(checkpoint, out, *, overwrite: bool = False) -> list[str]:
     """`numformer convert --to-hf CHECKPOINT --out OUT`: write config.json, model.safetensors (and
-    tokenizer.json for a BPE tokenizer) that transformers loads as GPT2LMHeadModel. Returns notes."""
+    tokenizer.json for a BPE tokenizer) that transformers loads as GPT2LMHeadModel. Returns notes.
+
+    An earlier export at OUT is replaced only with overwrite=True; anything else there that is
+    not an empty folder is refused either way."""
     from safetensors.numpy import save
 
-    from numformer.checkpoint import load_checkpoint
+    from numformer.checkpoint import load_checkpoint, write_folder
     from numformer.model.gpt import GPT
 
     checkpoint, out = Path(checkpoint), Path(out)
-    _check_export_target(out)
+    _check_export_target(out, overwrite)
     ckpt = load_checkpoint(checkpoint)
     model = GPT.from_checkpoint(ckpt, source=str(checkpoint))
     tensors, notes = tensors_to_hf(model)
@@ -467,7 +487,7 @@ def export_hf_gpt2(checkpoint, out) -> list[str]:
                      f"and is not exported; only BPE tokenizers are written as {HF_TOKENIZER}")
     config = gpt_config_to_hf(model.config, dtype=model.dtype.name, eos_token_id=eos)
     blobs[HF_CONFIG] = (json.dumps(config, indent=2) + "\n").encode("utf-8")
-    _write_folder_atomically(out, blobs)
+    write_folder(out, blobs, is_ours=_is_own_export)
     return notes
 
 
@@ -477,59 +497,40 @@ def _with(cfg, **changes):
     return dataclasses.replace(cfg, **changes)
 
 
-def _check_export_target(out: Path) -> None:
-    """Refuse to replace anything at `out` that is not an empty folder or an earlier export."""
+def _check_export_target(out: Path, overwrite: bool) -> None:
+    """Refuse to replace anything at `out` that is not an empty folder or, with overwrite, an
+    earlier export."""
     if out.is_symlink():
         raise CheckpointError(f"{out} is a symbolic link; refusing to replace it (export to its target)")
     if not out.exists():
         return
     if not out.is_dir():
         raise CheckpointError(f"{out} exists and is a file; refusing to overwrite it")
-    entries = sorted(os.listdir(out))
-    if not entries:
+    if not os.listdir(out):
         return
-    if set(entries) <= EXPORT_FILES and _is_export(out / HF_WEIGHTS):
-        return
-    raise CheckpointError(f"{out} exists and is not an earlier numformer export; refusing to write into it "
-                          "(choose an empty or new folder)")
+    if not _is_own_export(out):
+        raise CheckpointError(f"{out} exists and is not an earlier numformer export; refusing to write into it "
+                              "(choose an empty or new folder)")
+    if not overwrite:
+        raise CheckpointError(f"{out} holds an earlier numformer export; refusing to replace it: pass "
+                              "--overwrite to replace it, or choose another --out")
 
 
-def _is_export(weights: Path) -> bool:
+def _is_own_export(folder: Path) -> bool:
+    """An earlier export: only the files export writes, and weights that name numformer as producer."""
+    try:
+        entries = set(os.listdir(folder))
+    except OSError:
+        return False
+    if not entries <= EXPORT_FILES | {WRITER_MARK}:
+        return False
     try:
         from safetensors import safe_open
 
-        with safe_open(str(weights), framework="numpy") as f:
+        with safe_open(str(folder / HF_WEIGHTS), framework="numpy") as f:
             return (f.metadata() or {}).get("producer") == PRODUCER
     except Exception:  # a missing or damaged file is not our export
         return False
-
-
-def _write_folder_atomically(out: Path, blobs: dict[str, bytes]) -> None:
-    """Write every file into a temporary sibling folder, fsync, then rename it to `out` (an earlier
-    export there is renamed aside first and deleted once the new folder is in place)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.numformer-tmp-{uuid.uuid4().hex}"
-    tmp.mkdir()
-    try:
-        for name, data in blobs.items():
-            with open(tmp / name, "xb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        if out.exists():
-            aside = out.parent / f".{out.name}.numformer-old-{uuid.uuid4().hex}"
-            os.rename(out, aside)
-            try:
-                os.rename(tmp, out)
-            except BaseException:
-                os.rename(aside, out)
-                raise
-            shutil.rmtree(aside, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 __all__ = [
