@@ -14,6 +14,12 @@ Every `eval_interval` steps the mean loss over `eval_iters` batches of train and
 (`step N: train loss X, val loss Y`), appended to out_dir/metrics.jsonl, and a checkpoint is
 written to out_dir/latest (and out_dir/best when val loss improves). The checkpoint holds the
 batch and dropout RNG states, so `--resume` continues bit-identically.
+
+The run holds a lock on out_dir (numformer.checkpoint.lock_folder) from start to end, so a second
+run on the same folder stops at once with one line naming the first. Nothing in out_dir that
+numformer did not write is replaced or deleted: metrics.jsonl must be numformer's metrics and
+loss.png a plot that carries numformer's PNG text chunk (PNG_KEY), or the run refuses to start.
+Under MPI only rank 0 locks, checks and writes.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -237,6 +244,9 @@ def validate(cfg: TrainConfig) -> None:
     for k in ("beta1", "beta2"):
         if not (0.0 <= getattr(cfg, k) < 1.0):
             raise UsageError(f"{k} must be in [0, 1), got {getattr(cfg, k)}")
+    for k in ("data", "out_dir"):
+        if not getattr(cfg, k).strip():
+            raise UsageError(f"{k} is empty; give a path")
     if not (0.0 <= cfg.dropout < 1.0):
         raise UsageError(f"dropout must be in [0, 1), got {cfg.dropout}")
     if cfg.tokenizer == "char" and cfg.vocab_size:
@@ -429,24 +439,46 @@ def shard(batch_size: int, rank: int, size: int) -> tuple[int, int]:
 
 def run(cfg: TrainConfig, *, resume=False, overwrite=False, cache_dir=None, plot=True, world=None, out=None) -> dict:
     """Train as configured. Returns a summary dict (final losses, timings)."""
+    from numformer.checkpoint import lock_folder
     from numformer.distributed import init_world
 
     world = world or init_world()
-    out = out or sys.stdout
-    log = (lambda msg: print(msg, file=out, flush=True)) if world.is_main else (lambda msg: None)
+    if not cfg.out_dir.strip():
+        raise UsageError("out_dir is empty; give a folder (\".\" for the current one)")
+    if cache_dir is not None and not str(cache_dir).strip():
+        raise UsageError("cache_dir is empty; give a folder or leave it out")
     out_dir = Path(cfg.out_dir)
     if world.size > cfg.batch_size:
         raise UsageError(f"batch_size {cfg.batch_size} is smaller than the number of ranks ({world.size}): each rank "
                          f"needs at least one sequence of the global batch; use --batch_size {world.size} or more")
     # out_dir is rank 0's (the only writer); on other hosts it need not exist
-    if world.is_main and not resume and not overwrite and _holds_checkpoints(out_dir):
-        raise UsageError(f"{out_dir} already holds a checkpoint; use --resume to continue it, "
-                         f"--overwrite to start afresh, or another --out_dir")
-    if world.is_main and out_dir.exists() and not out_dir.is_dir():
+    if not world.is_main:
+        return _run(cfg, world, resume=resume, overwrite=overwrite, cache_dir=cache_dir, plot=plot, out=out)
+    if os.path.lexists(out_dir) and not out_dir.is_dir():
         raise UsageError(f"--out_dir {out_dir} exists and is not a folder")
-    metrics = out_dir / "metrics.jsonl"
-    if world.is_main and not resume and metrics.exists() and not _is_our_metrics(metrics):
-        raise UsageError(f"{metrics} exists and was not written by numformer train; choose another --out_dir")
+    lock = lock_folder(out_dir, "numformer train")
+    try:
+        return _run(cfg, world, resume=resume, overwrite=overwrite, cache_dir=cache_dir, plot=plot, out=out)
+    finally:
+        lock.release()
+
+
+def _run(cfg: TrainConfig, world, *, resume, overwrite, cache_dir, plot, out) -> dict:
+    out = out or sys.stdout
+    log = (lambda msg: print(msg, file=out, flush=True)) if world.is_main else (lambda msg: None)
+    out_dir = Path(cfg.out_dir)
+    if world.is_main:  # rank 0 holds the lock on out_dir: nothing can change under these checks
+        if not resume and not overwrite and _holds_checkpoints(out_dir):
+            raise UsageError(f"{out_dir} already holds a checkpoint; use --resume to continue it, "
+                             f"--overwrite to start afresh, or another --out_dir")
+        metrics = out_dir / "metrics.jsonl"
+        if os.path.lexists(metrics) and not _is_our_metrics(metrics):
+            raise UsageError(f"{metrics} exists and was not written by numformer train; move it or choose "
+                             f"another --out_dir")
+        png = out_dir / "loss.png"
+        if plot and os.path.lexists(png) and not _is_our_plot(png):
+            raise UsageError(f"{png} exists and was not written by numformer train; move it, choose another "
+                             f"--out_dir, or pass --no_plot")
     t_setup = time.perf_counter()
     tr = Trainer(cfg, world, resume=resume, cache_dir=cache_dir, log=log)
     if world.is_main:
@@ -534,6 +566,8 @@ def run(cfg: TrainConfig, *, resume=False, overwrite=False, cache_dir=None, plot
             png = plot_losses(out_dir)
             if png:
                 log(f"loss curve: {png}")
+            elif os.path.lexists(out_dir / "loss.png") and not _is_our_plot(out_dir / "loss.png"):
+                log(f"{out_dir / 'loss.png'} appeared during the run and is not numformer's: no plot written")
         if cfg.sample_tokens:
             log("sample:")
             log(_sample_text(tr, cfg.sample_tokens))
@@ -542,6 +576,8 @@ def run(cfg: TrainConfig, *, resume=False, overwrite=False, cache_dir=None, plot
 
 def _is_our_metrics(path: Path) -> bool:
     """Every line a JSON object with the keys numformer train writes (so it may be replaced)."""
+    if path.is_symlink():
+        return False
     try:
         lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         rows = [json.loads(line) for line in lines]
@@ -559,6 +595,7 @@ def _holds_checkpoints(out_dir: Path) -> bool:
 
 
 def _append_metrics(out_dir: Path, tr: Trainer, losses: dict, tokens_per_sec) -> None:
+    from numformer.checkpoint import replace_file
     from numformer.optim.schedule import cosine_lr
 
     c = tr.cfg
@@ -568,9 +605,7 @@ def _append_metrics(out_dir: Path, tr: Trainer, losses: dict, tokens_per_sec) ->
     path = out_dir / "metrics.jsonl"
     rows = read_metrics(path)
     rows = [r for r in rows if r["step"] < tr.iter_num] + [row]   # a resumed run rewrites what follows
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    tmp.replace(path)
+    replace_file(path, "".join(json.dumps(r) + "\n" for r in rows).encode("utf-8"))
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -586,10 +621,45 @@ def read_metrics(path: Path) -> list[dict]:
     return rows
 
 
+# loss.png carries a PNG text chunk with this keyword: numformer replaces only a plot of its own
+PNG_KEY = "numformer"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _is_our_plot(path: Path) -> bool:
+    """A PNG file with numformer's text chunk (PNG_KEY) before its image data."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return False
+    if not head.startswith(_PNG_SIGNATURE):
+        return False
+    pos = len(_PNG_SIGNATURE)
+    while pos + 8 <= len(head):           # chunks: length (4, big-endian), type (4), data, CRC (4)
+        length = int.from_bytes(head[pos:pos + 4], "big")
+        kind = head[pos + 4:pos + 8]
+        data = head[pos + 8:pos + 8 + length]
+        if kind == b"tEXt" and data.split(b"\0", 1)[0] == PNG_KEY.encode("latin-1"):
+            return True
+        if kind in (b"IDAT", b"IEND"):
+            return False
+        pos += 12 + length
+    return False
+
+
 def plot_losses(out_dir: Path):
-    """Write out_dir/loss.png: train and val loss at each evaluation."""
+    """Write out_dir/loss.png: train and val loss at each evaluation. A loss.png that numformer
+    did not write is left alone (returns None, as when there is nothing to plot)."""
+    import io
+
+    from numformer.checkpoint import replace_file
+
     rows = read_metrics(out_dir / "metrics.jsonl")
-    if len(rows) < 1:
+    png = out_dir / "loss.png"
+    if len(rows) < 1 or os.path.lexists(png) and not _is_our_plot(png):
         return None
     import matplotlib
 
@@ -606,11 +676,10 @@ def plot_losses(out_dir: Path):
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    png = out_dir / "loss.png"
-    tmp = out_dir / "loss.tmp.png"
-    fig.savefig(tmp)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={PNG_KEY: "loss curve of numformer train"})
     plt.close(fig)
-    tmp.replace(png)
+    replace_file(png, buf.getvalue())
     return png
 
 

@@ -332,3 +332,103 @@ def test_a_users_own_metrics_file_in_out_dir_is_not_deleted(tmp_path, corpus):
     r = cli(["train", "--data", str(corpus), "--out_dir", str(out), "--max_iters", "1"], tmp_path)
     assert_one_line_error(r, "metrics.jsonl")
     assert (out / "metrics.jsonl").read_text() == '{"my": "own data"}\n'
+
+
+# ------------------------------------------------------------------ nothing of the user's is lost
+
+TINY = ["--n_layer", "1", "--n_embd", "16", "--n_head", "2", "--block_size", "16", "--batch_size", "4",
+        "--eval_iters", "1", "--sample_tokens", "0"]
+
+
+def png_text(path):
+    """The PNG's text chunks, read by Pillow (a dependency of matplotlib)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return dict(im.text)
+
+
+def test_a_users_loss_png_in_out_dir_is_not_overwritten(tmp_path, corpus):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "loss.png").write_text("my corpus, unluckily named")
+    r = cli(["train", "--data", str(corpus), "--out_dir", str(out), "--max_iters", "2", *TINY], tmp_path)
+    assert_one_line_error(r, "loss.png", "--no_plot")
+    assert (out / "loss.png").read_text() == "my corpus, unluckily named"
+    assert sorted(os.listdir(out)) == ["loss.png"]
+    # with --no_plot the run goes ahead and leaves it alone
+    r = cli(["train", "--data", str(corpus), "--out_dir", str(out), "--max_iters", "2", "--no_plot", *TINY], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (out / "loss.png").read_text() == "my corpus, unluckily named"
+
+
+def test_files_named_like_the_old_temporary_files_survive_a_run(tmp_path, corpus):
+    """numformer's temporary files have names of their own: a user's metrics.jsonl.tmp and
+    loss.tmp.png are neither overwritten nor renamed away."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.jsonl.tmp").write_text("mine")
+    (out / "loss.tmp.png").write_text("mine too")
+    run(cfg_for(corpus, out, max_iters=20), cache_dir=tmp_path / "cache", out=open(os.devnull, "w"))
+    assert (out / "metrics.jsonl.tmp").read_text() == "mine"
+    assert (out / "loss.tmp.png").read_text() == "mine too"
+    assert png_text(out / "loss.png").get("numformer")           # the plot marks itself as numformer's
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [0, 10, 20]
+    assert not [n for n in os.listdir(out) if "numformer-" in n]
+
+
+def test_a_resumed_run_replaces_its_own_plot(tmp_path, corpus):
+    out = tmp_path / "out"
+    quiet = dict(cache_dir=tmp_path / "cache", out=open(os.devnull, "w"))
+    run(cfg_for(corpus, out, max_iters=10), **quiet)
+    first = (out / "loss.png").read_bytes()
+    run(cfg_for(corpus, out, max_iters=20), resume=True, **quiet)
+    assert (out / "loss.png").read_bytes() != first
+    assert png_text(out / "loss.png").get("numformer")
+
+
+def test_an_empty_out_dir_is_an_error_and_the_current_folder_is_untouched(tmp_path, corpus):
+    (tmp_path / "loss.png").write_text("mine")
+    before = sorted(os.listdir(tmp_path))
+    assert_one_line_error(cli(["train", "--data", str(corpus), "--out_dir", "", "--max_iters", "2", *TINY],
+                              tmp_path), "out_dir")
+    assert_one_line_error(cli(["train", "--data", "", "--max_iters", "2", *TINY], tmp_path), "data")
+    toml = tmp_path / "cfg.toml"
+    toml.write_text('out_dir = ""\n')
+    assert_one_line_error(cli(["train", str(toml), "--data", str(corpus), "--max_iters", "2", *TINY], tmp_path),
+                          "out_dir")
+    toml.unlink()
+    assert sorted(os.listdir(tmp_path)) == before
+    assert (tmp_path / "loss.png").read_text() == "mine"
+    with pytest.raises(NumformerError, match="out_dir is empty"):
+        run(cfg_for(corpus, ""), cache_dir=tmp_path / "cache", out=open(os.devnull, "w"))
+
+
+def test_a_second_run_on_the_same_out_dir_is_refused_while_the_first_runs(tmp_path, corpus):
+    """The first run holds a lock on out_dir: a second run gets one line naming it (pid and host)
+    and changes nothing; once the first is killed (SIGKILL, no cleanup) the folder is free."""
+    import signal
+    import socket
+    import time
+
+    out = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-m", "numformer", "train", "--data", str(corpus), "--out_dir", "run",
+                              "--max_iters", "100000", "--eval_interval", "5", "--no_plot", *TINY],
+                             cwd=tmp_path, env=env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "latest" / "config.json").exists():      # it has trained and saved
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        for extra in ([], ["--overwrite"], ["--resume"]):
+            r = cli(["train", "--data", str(corpus), "--out_dir", "run", "--max_iters", "2", *TINY, *extra], tmp_path)
+            assert_one_line_error(r, "in use by numformer train", f"pid {first.pid}", socket.gethostname())
+        assert first.poll() is None                                # the first run goes on
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    r = cli(["train", "--data", str(corpus), "--out_dir", "run", "--max_iters", "2", "--overwrite", "--no_plot",
+             *TINY], tmp_path)
+    assert r.returncode == 0, r.stderr                             # the lock went with the process
+    assert load_checkpoint(out / "latest").config["train"]["iter_num"] == 2
