@@ -24,8 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 
-# Measure the tree these scripts sit in (and find tests/model/reference_gpt.py).
-for _p in (str(REPO / "src"), str(REPO)):
+# Measure the tree these scripts sit in.
+for _p in (str(REPO / "src"),):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 

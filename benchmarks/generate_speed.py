@@ -12,7 +12,7 @@ weights three ways, each in its own child process, one after another:
 - hf: `transformers.GPT2LMHeadModel.generate(..., do_sample=False, use_cache=True)` on a model built
   in the child from the same weights with numformer's exporter (numformer.interop.gpt2:
   gpt_config_to_hf + tensors_to_hf, the Conv1D transposes);
-- reference: tests/model/reference_gpt.py's ReferenceGPT with no cache: a full forward pass over the
+- reference: numformer/reference/gpt.py's ReferenceGPT with no cache: a full forward pass over the
   whole sequence so far for every new token (under torch.inference_mode), argmax of the last row.
 
 The weights are numformer's random initialisation GPT(cfg, seed) with learned positions (GPT-2's
@@ -160,7 +160,7 @@ def child_hf(spec):
 def child_reference(spec):
     import torch
 
-    from tests.model.reference_gpt import ReferenceGPT
+    from numformer.reference.gpt import ReferenceGPT
 
     def build(model):
         ref = ReferenceGPT.from_config(model.config).load_numpy(model.state_dict()).eval()

@@ -13,7 +13,7 @@ a child process, one after another:
 - numformer: a real `numformer.train.Trainer`: `Trainer.step()` for every iteration and
   `Trainer.evaluate()` at every eval_interval and at the end (no checkpoints, plots or samples,
   which the reference does not do either);
-- torch: tests/model/reference_gpt.py's ReferenceGPT, eager, with the trainer's rules written out:
+- torch: numformer/reference/gpt.py's ReferenceGPT, eager, with the trainer's rules written out:
   the initial weights of numformer's GPT(cfg, seed=1337); batches from
   np.random.default_rng([seed, 0]) and numformer.data.batches.get_batch, in the same order; the
   same cosine_lr schedule; torch.optim.AdamW (configure_adamw) and clip_grad_norm_(1.0);
@@ -133,7 +133,7 @@ def child_torch(spec):
     from numformer.data.corpus import load_text
     from numformer.model.config import GPTConfig
     from numformer.model.gpt import GPT
-    from tests.model.reference_gpt import ReferenceGPT
+    from numformer.reference.gpt import ReferenceGPT
 
     t0 = time.perf_counter()
     cfg = _train_config(spec)

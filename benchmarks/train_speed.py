@@ -8,7 +8,7 @@ For each config, three child processes run one after another:
 
 - numformer: the real `numformer train` step, `Trainer.step()` (cosine lr, get_batch, forward,
   backward, clip_grad_norm 1.0, AdamW with weight decay 0.1 on matrices and embeddings), float32;
-- torch: tests/model/reference_gpt.py's ReferenceGPT in eager mode, with the same sequence of
+- torch: numformer/reference/gpt.py's ReferenceGPT in eager mode, with the same sequence of
   calls (torch.optim.AdamW from configure_adamw, clip_grad_norm_);
 - compile: the same module wrapped in torch.compile (default mode; the optimizer stays eager,
   as in nanoGPT). Its first iterations compile; they are warm-up and not timed.
@@ -116,7 +116,7 @@ def child_torch(spec):
     from numformer.data.corpus import load_text
     from numformer.model.config import GPTConfig
     from numformer.model.gpt import GPT
-    from tests.model.reference_gpt import ReferenceGPT
+    from numformer.reference.gpt import ReferenceGPT
 
     cfg = _train_config(spec)
     text, _ = load_text(cfg.data)

@@ -170,7 +170,8 @@ def measure(config, *, batch_size: int, dtype: str = "float32", iters: int = 20,
     from numformer.model.gpt import GPT
     from numformer.optim import AdamW
     from numformer.optim.clip import clip_grad_norm
-    from numformer.runtime import cores, tune_malloc
+    from numformer.parallel.process import cores, tune_malloc
+    from numformer.parallel.threads import loss_and_grad
 
     tune_malloc()
     threads = threads or cores()
@@ -185,7 +186,7 @@ def measure(config, *, batch_size: int, dtype: str = "float32", iters: int = 20,
         ids = rng.integers(0, V, size=(batch_size, T + 1))      # (B, T+1) random tokens
         x, y = ids[:, :-1], ids[:, 1:]
         model.zero_grad()
-        loss = model.loss_and_grad(x, y, threads=threads)   # as Trainer.step does
+        loss = loss_and_grad(model, x, y, threads=threads)   # as Trainer.step does
         clip_grad_norm(model.grads.flat, 1.0)
         opt.step(model.grads.flat)
         dt = time.perf_counter() - t0
@@ -211,7 +212,7 @@ def matmul_floor(config, *, batch_size: int, dtype: str = "float32", threads: in
 
     It makes the products the GPT makes, with the same shapes, the same layouts and the same
     split of the batch over `threads` shards (each shard on one BLAS thread, forward products of
-    all shards first, then backward ones, as GPT.loss_and_grad runs them); the inputs are random
+    all shards first, then backward ones, as numformer.parallel.threads.loss_and_grad runs them); the inputs are random
     and preallocated, the outputs written in place. Per block: the four linear maps (qkv, the
     attention output, the MLP's two), each forward (x Wᵀ) and backward (dy W and dyᵀ x); causal
     attention's four score products per query chunk (q kᵀ, P v; backward dy vᵀ, P̃ᵀ dy, dS k,
@@ -224,8 +225,9 @@ def matmul_floor(config, *, batch_size: int, dtype: str = "float32", threads: in
 
     import numpy as np
 
-    from numformer.ops.attention import _blocks, _query_chunks
-    from numformer.runtime import blas_threads, cores, parallel
+    from numformer.ops.fast.attention import query_chunks, score_blocks
+    from numformer.parallel.process import blas_threads, cores
+    from numformer.parallel.threads import parallel
 
     threads = max(1, min(threads or cores(), batch_size))
     rng = np.random.default_rng(seed)
@@ -238,7 +240,7 @@ def matmul_floor(config, *, batch_size: int, dtype: str = "float32", threads: in
         return rng.standard_normal(shape, dtype=np.float32).astype(dt, copy=False)
 
     weights = [rand(o, i) for i, o in maps]
-    rows = _query_chunks(T, T, True)
+    rows = query_chunks(T, T, True)
 
     def shard_arrays(b):
         M = b * T
@@ -249,7 +251,7 @@ def matmul_floor(config, *, batch_size: int, dtype: str = "float32", threads: in
         a["q"], a["k"], a["v"], a["do"] = rand(*shape), rand(*shape), rand(*shape), rand(*shape)
         a["o"], a["dq"], a["dk"], a["dv"] = (np.empty(shape, dt) for _ in range(4))
         a["p"] = [rand(b, H, hi - lo, e) for lo, hi, e in rows]
-        a["blocks"] = _blocks(shape, T)
+        a["blocks"] = score_blocks(shape, T)
         return a
 
     bounds = [(batch_size * r // threads, batch_size * (r + 1) // threads) for r in range(threads)]
@@ -325,7 +327,7 @@ def decode_floor(config, *, batch_size: int, prompt_len: int, new_tokens: int, d
 
     import numpy as np
 
-    from numformer.ops.attention import _query_chunks
+    from numformer.ops.fast.attention import query_chunks
 
     rng = np.random.default_rng(seed)
     dt = np.dtype(dtype)
@@ -345,7 +347,7 @@ def decode_floor(config, *, batch_size: int, prompt_len: int, new_tokens: int, d
     values = [rand(B, H, total, hs) for _ in range(L)]
     wide = {n: [rand(n, i) for i, _ in maps] + [rand(n, C)] for n in {B * P, B}}   # inputs of B·P or B rows
     q_prompt, q_one = rand(B, H, P, hs), rand(B, H, 1, hs)
-    rows = _query_chunks(P, P, True)
+    rows = query_chunks(P, P, True)
     flops = [0]
 
     def mm(x, y):

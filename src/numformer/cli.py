@@ -14,7 +14,7 @@ COMMANDS = {
     "train": ("numformer.train", "train a GPT on the built-in Shakespeare corpus or your own text"),
     "sample": ("numformer.generate", "generate text from a trained checkpoint (KV cache, streaming)"),
     "explain": ("numformer.explain.cli", "compute the seed document's thirteen worked examples live"),
-    "check": ("numformer.gradcheck", "gradient-check every op (finite differences, and PyTorch if installed)"),
+    "check": ("numformer.commands.check", "check every op, reference and fast: finite differences, float32, PyTorch if installed"),
     "embed": ("numformer.sentence", "sentence embeddings from a BERT-family model (all-MiniLM-L6-v2)"),
     "similarity": ("numformer.embed_similarity", "cosine similarity of two texts' embeddings"),
     "convert": ("numformer.interop.cli", "convert GPT-2 checkpoints to and from Hugging Face format"),
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     name, rest = argv[0], argv[1:]
     module_name, summary = COMMANDS[name]
     if name in ("train", "sample", "bench", "embed", "similarity"):
-        from numformer.runtime import tune_malloc
+        from numformer.parallel.process import tune_malloc
 
         tune_malloc()
     module = importlib.import_module(module_name)

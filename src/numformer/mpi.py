@@ -54,7 +54,7 @@ from numformer.errors import NumformerError
 
 GRACE_S = 1.5  # how long a rank other than 0 waits before reporting its failure (see above)
 FORWARD_S = 0.5  # pause between printing the failure and MPI_Abort, so that mpirun forwards the line
-from numformer.runtime import cores as _cores, limit_blas_threads  # noqa: E402
+from numformer.parallel.process import cores as _cores, limit_blas_threads  # noqa: E402
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from numformer.errors import NumformerError, UsageError
+from numformer.parallel.threads import loss_and_grad
 
 
 @dataclass
@@ -271,7 +272,7 @@ class Trainer:
         from numformer.model.gpt import GPT
         from numformer.optim import AdamW
 
-        from numformer.runtime import tune_malloc
+        from numformer.parallel.process import tune_malloc
 
         tune_malloc()
         self.cfg, self.world, self.log = cfg, world, log
@@ -304,7 +305,7 @@ class Trainer:
                          n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias,
                          pos_encoding=cfg.pos_encoding, gelu=cfg.gelu)
         self.model = GPT(mcfg, dtype=np.dtype(cfg.dtype), seed=cfg.seed)
-        from numformer.runtime import cores
+        from numformer.parallel.process import cores
 
         self.threads = cfg.threads or (cores() if world.size == 1 else 1)
         self.opt = AdamW(self.model.params.flat, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), eps=1e-8,
@@ -392,7 +393,7 @@ class Trainer:
             # a function of (seed, step, rank) so that a resumed run draws the same ones
             model.rng = np.random.default_rng([cfg.seed, 1, self.iter_num, self.world.rank])
         if x.shape[0]:
-            loss = model.loss_and_grad(x, y, dloss=share, threads=self.threads)
+            loss = loss_and_grad(model, x, y, dloss=share, threads=self.threads)
             if self.world.size > 1 and not math.isfinite(loss):   # name the rank before the sum hides it
                 raise NonFiniteLoss(f"loss became {loss} at step {self.iter_num} on rank {self.world.rank} "
                                     f"of {self.world.size}")
@@ -421,7 +422,7 @@ class Trainer:
                 total = 0.0
                 for _ in range(self.cfg.eval_iters):
                     x, y = self.get_batch(ids, rng)
-                    loss = self.model.loss(x, y, threads=self.threads) if x.shape[0] else 0.0
+                    loss = loss_and_grad(self.model, x, y, threads=self.threads, backward=False) if x.shape[0] else 0.0
                     total += loss * x.shape[0] / self.cfg.batch_size
                 out[split] = self.world.allreduce_scalar(total) / self.cfg.eval_iters
         finally:

@@ -8,8 +8,9 @@ from numformer import GPT, GPTConfig
 from numformer.optim import AdamW
 from numformer.optim.clip import clip_grad_norm
 from numformer.optim.schedule import cosine_lr
+from numformer.parallel.threads import loss_and_grad
 
-from .reference_gpt import ReferenceGPT
+from numformer.reference.gpt import ReferenceGPT
 
 CONFIGS = {
     "sinusoidal": dict(pos_encoding="sinusoidal", bias=True, gelu="tanh"),
@@ -35,9 +36,9 @@ def randomize(model, seed):
             w[...] = 1.0 + rng.normal(0, 0.2, size=w.shape)
 
 
-def pair(name, seed=0, **kw):
+def pair(name, seed=0, ops="fast", **kw):
     cfg = tiny(name, **kw)
-    model = GPT(cfg, dtype=np.float64, seed=seed)
+    model = GPT(cfg, dtype=np.float64, seed=seed, ops=ops)
     randomize(model, seed)
     ref = ReferenceGPT.from_config(cfg).double()
     ref.load_numpy(model.state_dict())
@@ -59,10 +60,14 @@ def rel_err(a, b):
     return np.abs(a - b).max() / max(np.abs(b).max(), 1e-300)
 
 
+OP_SETS = ["reference", "fast"]
+
+
+@pytest.mark.parametrize("ops", OP_SETS)
 @pytest.mark.parametrize("name", list(CONFIGS))
 @pytest.mark.parametrize("T", [8, 5, 1])
-def test_logits_loss_and_every_gradient_match_pytorch(name, T):
-    cfg, model, ref = pair(name)
+def test_logits_loss_and_every_gradient_match_pytorch(name, T, ops):
+    cfg, model, ref = pair(name, ops=ops)
     x, y = batch(cfg, T=T, ignore=(T > 2))
     logits, loss = model.forward(x, y)
     model.zero_grad()
@@ -103,9 +108,10 @@ def test_backward_accumulates_like_pytorch():
     np.testing.assert_allclose(model.grads.flat, 2 * once, rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.parametrize("ops", OP_SETS)
 @pytest.mark.parametrize("name", ["sinusoidal", "nobias-exact"])
-def test_ten_adamw_steps_with_clipping_and_weight_decay_match_pytorch(name):
-    cfg, model, ref = pair(name, seed=3)
+def test_ten_adamw_steps_with_clipping_and_weight_decay_match_pytorch(name, ops):
+    cfg, model, ref = pair(name, seed=3, ops=ops)
     lr, wd, betas, clip = 3e-3, 0.1, (0.9, 0.95), 0.5
     opt = AdamW(model.params.flat, lr=lr, betas=betas, eps=1e-8, weight_decay=wd, decay_mask=model.decay_mask())
     topt = ref.configure_adamw(lr, wd, betas, eps=1e-8)
@@ -137,8 +143,9 @@ def test_ten_adamw_steps_with_clipping_and_weight_decay_match_pytorch(name):
         assert rel_err(model.params[n], p.detach().numpy()) < 1e-9, n
 
 
-def test_finite_differences_through_the_whole_model():
-    cfg, model, _ = pair("learned", seed=5)
+@pytest.mark.parametrize("ops", OP_SETS)
+def test_finite_differences_through_the_whole_model(ops):
+    cfg, model, _ = pair("learned", seed=5, ops=ops)
     x, y = batch(cfg, B=2, seed=4)
     model.zero_grad()
     model.forward(x, y)
@@ -158,6 +165,60 @@ def test_finite_differences_through_the_whole_model():
             w[j] = old
             fd = (lp - lm) / (2 * h)
             assert abs(fd - g[j]) < 1e-6 * max(1.0, abs(fd)), (name, j, fd, g[j])
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 2e-5)])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_reference_ops_and_fast_ops_compute_the_same_model(name, dtype, tol):
+    """One GPT built on each op set, the same weights: the same logits, loss and gradients (up
+    to rounding), also with dropout (the same masks from the same generator state)."""
+    cfg = tiny(name, dropout=0.2, block_size=16)
+    models = {ops: GPT(cfg, dtype=dtype, seed=2, ops=ops) for ops in OP_SETS}
+    assert models["fast"].ops.attention is not models["reference"].ops.attention
+    x, y = batch(cfg, B=3, seed=3, ignore=True)
+    out = {}
+    for ops, m in models.items():
+        m.zero_grad()
+        logits, loss = m.forward(x, y)
+        m.backward()
+        out[ops] = (logits, loss, m.grads.flat.copy())
+    (l_ref, loss_ref, g_ref), (l_fast, loss_fast, g_fast) = out["reference"], out["fast"]
+    assert rel_err(l_fast, l_ref) < tol and abs(loss_fast - loss_ref) < tol * loss_ref
+    assert rel_err(g_fast, g_ref) < 10 * tol
+
+
+def test_the_op_set_is_an_explicit_choice():
+    cfg = tiny("sinusoidal")
+    import numformer.ops as reference
+    from numformer.ops import fast
+
+    assert GPT(cfg).ops is fast                         # the default, what `numformer train` uses
+    assert GPT(cfg, ops="reference").ops is reference
+    with pytest.raises(ValueError, match="op set"):
+        GPT(cfg, ops="faster")
+
+
+@pytest.mark.parametrize("form, tok_scale, pos_scale", [("scaled", 1.0, None), ("paper", None, 1.0),
+                                                        ("article", 1.0, 1.0)])
+def test_sinusoidal_forms_add_embedding_and_positions_as_documented(form, tok_scale, pos_scale):
+    """x0 = wte[idx] + P/√C ("scaled"), √C·wte[idx] + P ("paper"), wte[idx] + P ("article"):
+    seen through a model whose blocks and LN_f are switched off (zero weights, unit gain) so that
+    logits = LN_f(x0) · wteᵀ."""
+    from numformer.ops import layernorm, positional
+
+    cfg = tiny("sinusoidal", n_layer=1, sinusoidal_form=form)
+    C = cfg.n_embd
+    tok_scale = tok_scale or np.sqrt(C)
+    pos_scale = pos_scale or 1 / np.sqrt(C)
+    model = GPT(cfg, dtype=np.float64, seed=1)
+    for name, w in model.params.items():
+        if name.startswith("transformer.h."):
+            w[...] = 0.0
+    x, _ = batch(cfg, B=2)
+    wte = model.params["transformer.wte.weight"]
+    x0 = tok_scale * wte[x] + pos_scale * positional.sinusoidal(cfg.block_size, C)
+    expected = layernorm.forward(x0, np.ones(C), np.zeros(C))[0] @ wte.T
+    np.testing.assert_allclose(model.forward(x), expected, rtol=1e-10, atol=1e-12)
 
 
 def test_dropout_gradient_with_a_fixed_mask_matches_finite_differences():
@@ -241,10 +302,10 @@ def test_threaded_loss_and_grad_equals_one_thread(B, threads):
     cfg, model, ref = pair("sinusoidal", seed=9)
     x, y = batch(cfg, B=B, seed=2, ignore=True)
     model.zero_grad()
-    one = model.loss_and_grad(x, y, threads=1)
+    one = loss_and_grad(model, x, y, threads=1)
     g1 = model.grads.flat.copy()
     model.zero_grad()
-    many = model.loss_and_grad(x, y, threads=threads)
+    many = loss_and_grad(model, x, y, threads=threads)
     assert abs(many - one) < 1e-12 * abs(one)
     np.testing.assert_allclose(model.grads.flat, g1, rtol=1e-10, atol=1e-13)
     # and both equal PyTorch's gradient of the same loss
@@ -260,11 +321,11 @@ def test_threaded_dropout_is_decided_by_the_model_rng_state():
     x, y = batch(cfg, B=4, seed=3)
     state = model.rng.bit_generator.state
     model.zero_grad()
-    a = model.loss_and_grad(x, y, threads=2)
+    a = loss_and_grad(model, x, y, threads=2)
     ga = model.grads.flat.copy()
     model.rng.bit_generator.state = state
     model.zero_grad()
-    b = model.loss_and_grad(x, y, threads=2)
+    b = loss_and_grad(model, x, y, threads=2)
     assert a == b and np.array_equal(model.grads.flat, ga)
     model.eval()
     assert model.forward(x, y)[1] != a      # the masks really dropped something
@@ -276,12 +337,12 @@ def test_threaded_loss_and_grad_adds_to_existing_gradients():
     cfg, model, _ = pair("sinusoidal", seed=9)
     x, y = batch(cfg, B=4, seed=2)
     model.zero_grad()
-    model.loss_and_grad(x, y, threads=1)
-    model.loss_and_grad(x, y, threads=1)
+    loss_and_grad(model, x, y, threads=1)
+    loss_and_grad(model, x, y, threads=1)
     twice = model.grads.flat.copy()
     model.zero_grad()
-    model.loss_and_grad(x, y, threads=2)
-    model.loss_and_grad(x, y, threads=2)
+    loss_and_grad(model, x, y, threads=2)
+    loss_and_grad(model, x, y, threads=2)
     np.testing.assert_allclose(model.grads.flat, twice, rtol=1e-10, atol=1e-13)
 
 
@@ -289,11 +350,11 @@ def test_threaded_step_with_a_bad_id_in_a_later_shard_leaves_gradients_untouched
     cfg, model, _ = pair("sinusoidal", seed=9)
     x, y = batch(cfg, B=4, seed=2)
     model.zero_grad()
-    model.loss_and_grad(x, y, threads=2)
+    loss_and_grad(model, x, y, threads=2)
     before = model.grads.flat.copy()
     x[3, 0] = cfg.vocab_size                    # only the second shard sees it
     with pytest.raises(ValueError, match="ids must lie in"):
-        model.loss_and_grad(x, y, threads=2)
+        loss_and_grad(model, x, y, threads=2)
     np.testing.assert_array_equal(model.grads.flat, before)
 
 
@@ -305,30 +366,31 @@ def test_threaded_gradient_does_not_depend_on_thread_timing(threads, monkeypatch
     import time
 
     import numformer.model.gpt as gpt_module
+    import numformer.parallel.threads as threads_module
 
     cfg, model, _ = pair("learned", seed=5)
     x, y = batch(cfg, B=6, seed=1)
     model.zero_grad()
-    model.loss_and_grad(x, y, threads=threads)
+    loss_and_grad(model, x, y, threads=threads)
     calm = model.grads.flat.copy()
 
-    original = gpt_module._ShardAdds.add
+    original = threads_module.ShardAdds.add
     delays = random.Random(0)
 
     def jittery(self, r, name, value, index):
         time.sleep(delays.random() * 0.002)
         original(self, r, name, value, index)
 
-    monkeypatch.setattr(gpt_module._ShardAdds, "add", jittery)
+    monkeypatch.setattr(threads_module.ShardAdds, "add", jittery)
     for _ in range(3):
         model.zero_grad()
-        model.loss_and_grad(x, y, threads=threads)
+        loss_and_grad(model, x, y, threads=threads)
         np.testing.assert_array_equal(model.grads.flat, calm)
 
 
 def test_a_shard_that_fails_in_backward_raises_instead_of_hanging(monkeypatch):
-    """Shard 0 waits for shard 1's share of the tied embedding; if shard 1 dies first, shard 0
-    must be woken and the step must raise."""
+    """A shard waits for the other's share of each parameter; if the other dies, the waiting one
+    must be woken and the step must raise. Here the shard whose backward starts second dies."""
     import threading
 
     import numformer.model.gpt as gpt_module
@@ -336,18 +398,23 @@ def test_a_shard_that_fails_in_backward_raises_instead_of_hanging(monkeypatch):
     cfg, model, _ = pair("sinusoidal", seed=5)
     x, y = batch(cfg, B=4, seed=1)
     original = gpt_module.GPT.backward
+    started = []
+    lock = threading.Lock()
 
-    def broken(self, dloss=1.0):
-        if self._shard == 1:
-            raise ArithmeticError("shard 1 broke")
-        original(self, dloss)
+    def broken(self, dloss=1.0, **kw):
+        with lock:
+            started.append(self)
+            second = len(started) == 2
+        if second:
+            raise ArithmeticError("a shard broke")
+        original(self, dloss, **kw)
 
     monkeypatch.setattr(gpt_module.GPT, "backward", broken)
     outcome = []
 
     def step():
         try:
-            model.loss_and_grad(x, y, threads=2)
+            loss_and_grad(model, x, y, threads=2)
         except Exception as e:       # noqa: BLE001 (recorded for the assertion below)
             outcome.append(e)
 

@@ -1,4 +1,5 @@
-"""attention and mha beyond the op table: empty rows, masks, KV-cache alignment, dropout."""
+"""attention and mha beyond the op table: empty rows, masks, KV-cache alignment, dropout, for
+the reference ops and the fast ones alike."""
 
 import math
 
@@ -6,14 +7,29 @@ import numpy as np
 import pytest
 import torch
 
-from numformer.ops import attention, dropout, mha
+from numformer.ops import dropout, op_set
+
+
+@pytest.fixture(params=["reference", "fast"])
+def ops(request):
+    return op_set(request.param)
+
+
+@pytest.fixture
+def attention(ops):
+    return ops.attention
+
+
+@pytest.fixture
+def mha(ops):
+    return ops.mha
 
 
 def rand(rng, *shape):
     return rng.standard_normal(shape)
 
 
-def test_row_with_no_allowed_key_is_zero_and_passes_zero_gradient():
+def test_row_with_no_allowed_key_is_zero_and_passes_zero_gradient(attention):
     rng = np.random.default_rng(0)
     q, k, v = rand(rng, 2, 4, 3), rand(rng, 2, 5, 3), rand(rng, 2, 5, 2)
     mask = np.ones((2, 4, 5), dtype=bool)
@@ -36,7 +52,7 @@ def test_row_with_no_allowed_key_is_zero_and_passes_zero_gradient():
 
 
 @pytest.mark.parametrize("keep_probs", [True, False])
-def test_no_keys_at_all_gives_zeros(keep_probs):
+def test_no_keys_at_all_gives_zeros(keep_probs, attention):
     """Tk = 0 (an empty context): every query row sees no key, so y and every gradient are 0."""
     rng = np.random.default_rng(7)
     q, k, v = rand(rng, 2, 3, 4), rand(rng, 2, 0, 4), rand(rng, 2, 0, 5)
@@ -47,7 +63,7 @@ def test_no_keys_at_all_gives_zeros(keep_probs):
     assert dk.shape == k.shape and dv.shape == v.shape
 
 
-def test_everything_masked_gives_zeros_not_nan():
+def test_everything_masked_gives_zeros_not_nan(attention):
     rng = np.random.default_rng(1)
     q, k, v = rand(rng, 3, 4), rand(rng, 3, 4), rand(rng, 3, 4)
     with np.errstate(all="raise", under="ignore"):
@@ -57,7 +73,7 @@ def test_everything_masked_gives_zeros_not_nan():
     assert all(np.all(g == 0.0) for g in grads)
 
 
-def test_mask_is_minus_inf_not_a_large_finite_number():
+def test_mask_is_minus_inf_not_a_large_finite_number(attention):
     """A masked key with an enormous score must still get exactly zero weight (a finite -1e4
     added to a score of 1e6 would not hide it)."""
     rng = np.random.default_rng(2)
@@ -70,7 +86,7 @@ def test_mask_is_minus_inf_not_a_large_finite_number():
     np.testing.assert_allclose(y, y_ref, rtol=1e-14)
 
 
-def test_large_scores_stay_finite_and_match_torch():
+def test_large_scores_stay_finite_and_match_torch(attention):
     """Scores around 800 (exp would overflow without the max-subtraction), close to each other so
     the softmax is not one-hot."""
     rng = np.random.default_rng(10)
@@ -91,7 +107,7 @@ def test_large_scores_stay_finite_and_match_torch():
 
 
 @pytest.mark.parametrize("Tq,Tk", [(1, 6), (3, 7), (5, 5)])
-def test_causal_with_fewer_queries_is_the_tail_of_full_causal_attention(Tq, Tk):
+def test_causal_with_fewer_queries_is_the_tail_of_full_causal_attention(Tq, Tk, attention):
     """KV-cache alignment: the last Tq queries against all Tk keys give the last Tq rows of
     causal self-attention over the whole sequence."""
     rng = np.random.default_rng(Tq * 10 + Tk)
@@ -101,7 +117,7 @@ def test_causal_with_fewer_queries_is_the_tail_of_full_causal_attention(Tq, Tk):
     np.testing.assert_allclose(y_tail, y_all[:, Tk - Tq:], rtol=1e-13)
 
 
-def test_causal_equals_explicit_bottom_right_mask_and_combines_with_mask():
+def test_causal_equals_explicit_bottom_right_mask_and_combines_with_mask(attention):
     rng = np.random.default_rng(3)
     Tq, Tk = 3, 6
     q, k, v = rand(rng, 2, Tq, 4), rand(rng, 2, Tk, 4), rand(rng, 2, Tk, 4)
@@ -114,13 +130,14 @@ def test_causal_equals_explicit_bottom_right_mask_and_combines_with_mask():
 
 
 @pytest.mark.parametrize("rows", [2, 64])
-def test_attention_dropout_matches_torch_with_the_same_mask(rows, monkeypatch):
-    """rows = 2 takes the causal query rows in chunks (see attention._QROWS)."""
-    monkeypatch.setattr(attention, "_QROWS", rows)
+def test_attention_dropout_matches_torch_with_the_same_mask(rows, ops):
+    """rows = 2 takes the fast op's causal query rows in chunks (see query_chunks)."""
+    sizes = {"qrows": rows} if ops.__name__.endswith("fast") else {}
+    attention = ops.attention
     rng = np.random.default_rng(4)
     q, k, v = rand(rng, 2, 2, 5, 4), rand(rng, 2, 2, 5, 4), rand(rng, 2, 2, 5, 3)
     p = 0.3
-    y, cache = attention.forward(q, k, v, causal=True, dropout_p=p, rng=np.random.default_rng(9))
+    y, cache = attention.forward(q, k, v, causal=True, dropout_p=p, rng=np.random.default_rng(9), **sizes)
     dy = rand(rng, *y.shape)
     dq, dk, dv = attention.backward(dy, cache)
     # the mask the op drew, drawn again from the same seed
@@ -135,7 +152,7 @@ def test_attention_dropout_matches_torch_with_the_same_mask(rows, monkeypatch):
         np.testing.assert_allclose(ours, t.grad.numpy(), rtol=1e-10, atol=1e-13)
 
 
-def test_attention_dropout_same_seed_same_output_and_p1_is_zero():
+def test_attention_dropout_same_seed_same_output_and_p1_is_zero(attention):
     rng = np.random.default_rng(5)
     q, k, v = rand(rng, 2, 4, 3), rand(rng, 2, 4, 3), rand(rng, 2, 4, 3)
     a, _ = attention.forward(q, k, v, dropout_p=0.5, rng=np.random.default_rng(1))
@@ -149,7 +166,7 @@ def test_attention_dropout_same_seed_same_output_and_p1_is_zero():
     assert np.all(y == 0.0) and all(np.all(g == 0.0) for g in grads)
 
 
-def test_attention_bad_arguments():
+def test_attention_bad_arguments(attention):
     rng = np.random.default_rng(6)
     q, k, v = rand(rng, 2, 3, 4), rand(rng, 2, 5, 4), rand(rng, 2, 5, 6)
     with pytest.raises(ValueError, match=r"\(2, 3, 4\).*\(2, 5, 3\)"):
@@ -166,7 +183,7 @@ def test_attention_bad_arguments():
         attention.forward(q, k, v, dropout_p=1.5, rng=np.random.default_rng(0))
 
 
-def test_mha_bad_arguments():
+def test_mha_bad_arguments(mha):
     rng = np.random.default_rng(7)
     x = rand(rng, 2, 3, 8)
     w_qkv, w_o = rand(rng, 24, 8), rand(rng, 8, 8)
@@ -176,7 +193,7 @@ def test_mha_bad_arguments():
         mha.forward(x, w_qkv[:, :6], None, w_o, None, n_head=2)
 
 
-def test_mha_heads_are_independent_attention_calls():
+def test_mha_heads_are_independent_attention_calls(mha):
     """Head h of mha is attention on columns h·hs:(h+1)·hs of q, k and v (GPT-2's split)."""
     rng = np.random.default_rng(8)
     B, T, C, nh = 2, 4, 6, 3

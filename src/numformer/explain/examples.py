@@ -423,8 +423,8 @@ def gelu() -> Example:
     from numformer.ops import gelu
 
     x = _f([1.0])
-    y_tanh, _ = gelu.forward(x, approximate="tanh")
-    y_exact, _ = gelu.forward(x, approximate="none")
+    y_tanh, _ = gelu.forward(x, form="tanh")
+    y_exact, _ = gelu.forward(x, form="exact")
     printed = approx(0.841, 3)
     return Example(
         7, "gelu", "GELU激活函数",
@@ -436,7 +436,7 @@ def gelu() -> Example:
         ],
         note=(
             f"The seed evaluates the tanh approximation: {y_tanh[0]:.6f}. The exact x Φ(x) "
-            f"(numformer.ops.gelu.forward(x, approximate=\"none\"), through erf) is "
+            f"(numformer.ops.gelu.forward(x, form=\"exact\"), through erf) is "
             f"{y_exact[0]:.6f}; the two differ by {abs(y_exact[0] - y_tanh[0]):.1e}, below the "
             f"seed's 3 decimals."
         ),

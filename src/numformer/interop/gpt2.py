@@ -66,7 +66,7 @@ exported (a note says so). If the tokenizer has "<|endoftext|>", its id becomes 
 Export choices.
 - Sinusoidal positions are converted, exactly. numformer computes x0 = s·wte[idx] + P', where P'
   is its fixed position table (the sin/cos values divided by √C, see numformer.model.gpt) and
-  s = model.embed_scale (1 for every model numformer trains), and logits = LN_f(x)·wteᵀ. GPT-2
+  s = model.embed_scale (1 unless the config's sinusoidal_form is "paper"), and logits = LN_f(x)·wteᵀ. GPT-2
   computes x0 = wte'[idx] + wpe and logits = LN_f'(x)·wte'ᵀ with the same tied wte'. Taking
   wpe = P' (block_size rows), and when s ≠ 1 wte' = s·wte and LN_f' = LN_f with gain and bias
   divided by s, gives the same x0 and, since (LN(x)·g/s + b/s)·(s·wte)ᵀ = (LN(x)·g + b)·wteᵀ, the
@@ -441,7 +441,7 @@ def tensors_to_hf(model) -> tuple[dict[str, np.ndarray], list[str]]:
         notes.append("the checkpoint has no biases (bias=False); GPT-2 always has them, so they are "
                      "exported as zeros, which adds nothing to any output")
     if cfg.pos_encoding == "sinusoidal":
-        s = model.embed_scale                                   # 1 unless changed on the model
+        s = model.embed_scale                                   # from config.sinusoidal_form
         if s != 1.0:
             weights["transformer.wte.weight"] *= s              # the same rounding as the forward pass
             weights["transformer.ln_f.weight"] /= s             # (LN·g/s + b/s)·(s·wte)ᵀ = (LN·g + b)·wteᵀ
@@ -465,12 +465,12 @@ def export_hf_gpt2(checkpoint, out, *, overwrite: bool = False) -> list[str]:
     from safetensors.numpy import save
 
     from numformer.checkpoint import load_checkpoint, write_folder
-    from numformer.model.gpt import GPT
+    from numformer.model.serialize import gpt_from_checkpoint
 
     checkpoint, out = Path(checkpoint), Path(out)
     _check_export_target(out, overwrite)
     ckpt = load_checkpoint(checkpoint)
-    model = GPT.from_checkpoint(ckpt, source=str(checkpoint))
+    model = gpt_from_checkpoint(ckpt, source=str(checkpoint))
     tensors, notes = tensors_to_hf(model)
 
     blobs = {HF_WEIGHTS: save(tensors, metadata={"format": "pt", "producer": PRODUCER})}

@@ -6,11 +6,19 @@ The defaults are nanoGPT's CPU "baby GPT" on a character-level corpus.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from numformer.errors import UsageError
 
 POS_ENCODINGS = ("sinusoidal", "learned")
+# How token embedding and sinusoidal table P are added (see model/gpt.py, "Positions"):
+# name -> (factor on wte[idx], divisor of P) as a function of the width C
+SINUSOIDAL_FORMS = {
+    "scaled": lambda C: (1.0, math.sqrt(C)),          # wte[idx] + P/√C, numformer's default
+    "paper": lambda C: (math.sqrt(C), 1.0),           # √C·wte[idx] + P, Vaswani et al. §3.4
+    "article": lambda C: (1.0, 1.0),                  # wte[idx] + P, the article read literally
+}
 GELUS = ("tanh", "exact")
 
 
@@ -23,7 +31,8 @@ class GPTConfig:
     n_embd: int = 128
     dropout: float = 0.0
     bias: bool = True               # biases in Linear and LayerNorm layers, as GPT-2 has them
-    pos_encoding: str = "sinusoidal"  # "sinusoidal" (the seed, formula 2) or "learned" (GPT-2)
+    pos_encoding: str = "sinusoidal"  # "sinusoidal" (the article, formula 2) or "learned" (GPT-2)
+    sinusoidal_form: str = "scaled"   # with sinusoidal positions: a key of SINUSOIDAL_FORMS
     gelu: str = "tanh"              # "tanh" (GPT-2's approximation) or "exact" (erf)
     layer_norm_eps: float = 1e-5
 
@@ -38,6 +47,9 @@ class GPTConfig:
             raise UsageError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.pos_encoding not in POS_ENCODINGS:
             raise UsageError(f"pos_encoding must be one of {', '.join(POS_ENCODINGS)}, got {self.pos_encoding!r}")
+        if self.sinusoidal_form not in SINUSOIDAL_FORMS:
+            raise UsageError(f"sinusoidal_form must be one of {', '.join(SINUSOIDAL_FORMS)}, "
+                             f"got {self.sinusoidal_form!r}")
         if self.gelu not in GELUS:
             raise UsageError(f"gelu must be one of {', '.join(GELUS)}, got {self.gelu!r}")
         if not float(self.layer_norm_eps) > 0:

@@ -28,13 +28,13 @@ import numpy as np
 
 from numformer.checkpoint import PICKLE_SUFFIXES, pickle_refusal, read_json, read_safetensors
 from numformer.errors import CheckpointError
-from numformer.ops import embedding, gelu, layernorm, linear, mha, residual
+from numformer.ops.fast import embedding, gelu, layernorm, linear, mha, residual   # inference: the fast set
 
 # config.json model_type values whose weights have exactly BERT's names, shapes and formulas.
 BERT_MODEL_TYPES = ("bert",)
 
-# config.json hidden_act -> gelu.forward(approximate=...)
-HIDDEN_ACTS = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
+# config.json hidden_act -> gelu.forward(form=...)
+HIDDEN_ACTS = {"gelu": "exact", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
 
 WEIGHTS_FILE = "model.safetensors"
 
@@ -49,7 +49,7 @@ class EncoderConfig:
     max_position_embeddings: int = 512
     type_vocab_size: int = 2
     layer_norm_eps: float = 1e-12
-    gelu_approximate: str = "none"    # "none" = exact erf (BERT), "tanh" = GPT-2's approximation
+    gelu: str = "exact"               # "exact" = erf (BERT), "tanh" = GPT-2's approximation
 
     @property
     def head_size(self) -> int:
@@ -90,7 +90,7 @@ class EncoderConfig:
         if values["hidden_size"] % values["num_attention_heads"]:
             raise CheckpointError(f"{source}: 'hidden_size' ({values['hidden_size']}) is not divisible by "
                                   f"'num_attention_heads' ({values['num_attention_heads']})")
-        return cls(**values, layer_norm_eps=float(eps), gelu_approximate=HIDDEN_ACTS[act])
+        return cls(**values, layer_norm_eps=float(eps), gelu=HIDDEN_ACTS[act])
 
 
 def parameter_shapes(cfg: EncoderConfig) -> dict[str, tuple[int, ...]]:
@@ -191,7 +191,7 @@ class Encoder:
                                  P[p + "attention.output.LayerNorm.bias"], eps=eps)
 
         h, _ = linear.forward(a, P[p + "intermediate.dense.weight"], P[p + "intermediate.dense.bias"])  # (B, T, F)
-        h, _ = gelu.forward(h, approximate=cfg.gelu_approximate)
+        h, _ = gelu.forward(h, form=cfg.gelu)
         f, _ = linear.forward(h, P[p + "output.dense.weight"], P[p + "output.dense.bias"])             # (B, T, C)
         s, _ = residual.forward(a, f)
         y, _ = layernorm.forward(s, P[p + "output.LayerNorm.weight"], P[p + "output.LayerNorm.bias"], eps=eps)

@@ -1,4 +1,4 @@
-"""The seed's formulas as ops: one module per formula, each a pure `forward` / `backward` pair.
+"""The article's formulas as ops: one module per formula, each a pure `forward` / `backward` pair.
 
     y, cache = layernorm.forward(x, weight, bias)
     dx, dweight, dbias = layernorm.backward(dy, cache)
@@ -6,6 +6,9 @@
 `backward` returns the gradient of every differentiable input, in the order of `forward`'s
 arguments (a single array when there is one). See each module's docstring for the formula,
 its derivation and the shapes.
+
+These are the reference ops, written to be read. numformer.ops.fast holds the same ops with the
+same signatures, computed in blocks and chunks for speed; `op_set(name)` gives either.
 """
 
 from numformer.ops import (attention, cross_entropy, dropout, embedding, gelu, layernorm, linear,
@@ -13,3 +16,19 @@ from numformer.ops import (attention, cross_entropy, dropout, embedding, gelu, l
 
 __all__ = ["attention", "cross_entropy", "dropout", "embedding", "gelu", "layernorm", "linear",
            "mha", "positional", "residual", "softmax"]
+
+
+OP_SETS = ("reference", "fast")
+
+
+def op_set(name: str):
+    """The module holding the op set `name`: "reference" (numformer.ops) or "fast" (numformer.ops.fast)."""
+    if name == "reference":
+        import numformer.ops as reference
+
+        return reference
+    if name == "fast":
+        from numformer.ops import fast
+
+        return fast
+    raise ValueError(f"op set must be one of {', '.join(OP_SETS)}, got {name!r}")

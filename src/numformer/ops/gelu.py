@@ -1,244 +1,63 @@
-"""GELU activation (the seed's formula 7): y = x Φ(x), Φ the standard normal CDF.
+"""GELU activation (the article's formula 7): y = x Φ(x), Φ the standard normal CDF.
 
-Forward
-    approximate="tanh" (default, GPT-2's form):
-        u = √(2/π) (x + 0.044715 x³)
-        y = ½ x (1 + tanh u) = x s,   s = ½ (1 + tanh u) = sigmoid(2u)
-    approximate="none" (exact, BERT's form):
-        y = x Φ(x),   Φ(x) = ½ (1 + erf(x/√2)) = ½ erfc(−x/√2)
+Forward, two forms of the gate s(x):
+    form="tanh" (default, GPT-2's):  s = ½ (1 + tanh u),   u = √(2/π) (x + 0.044715 x³)
+    form="exact" (BERT's):            s = Φ(x) = ½ erfc(−x/√2)
+    y = x s(x)
     x any shape; y same shape.
 
-Backward (dy = ∂L/∂y), by the product rule y = x · s(x):
+Backward (dy = ∂L/∂y), by the product rule on y = x · s(x):
     dx = dy ⊙ ( s                     term 1: x's direct factor
               + x · ds/dx )            term 2: x's path through the gate s
     tanh form:  ds/dx = ½ (1 − tanh² u) · √(2/π) (1 + 3 · 0.044715 x²)
-                with ½ (1 − tanh² u) = 2 sigmoid(2u) sigmoid(−2u)
     exact form: ds/dx = φ(x) = exp(−x²/2) / √(2π)
 
-Numerical care, so that both passes stay finite and correct at |x| ≥ 20 in float32 and float64:
-- the gate is written as sigmoid(2u) through e = exp(−|2u|) ≤ 1, which never overflows and keeps
-  its accuracy in the far negative tail, where 1 + tanh u would cancel to 0;
-- x is clipped to ±40 inside the gate only. Beyond that the gate is exactly 0 or 1 and its
-  derivative exactly 0 in float64 (exp(−2·4600) and exp(−800) underflow), so clipping changes no
-  result, while x³ and x² can no longer overflow;
-- the exact form uses erfc for Φ, so Φ(−20) ≈ 2.8e−89 is a real number, not 1 − 1 = 0.
-
-NumPy has no vectorised erf; `erf` below is written here and accurate to a few float64 ulps
-(relative) everywhere: a positive-term Taylor series for |x| < 2.5 and Laplace's continued
-fraction for erfc beyond. `erfc` is as accurate for |x| ≥ 2.5 and for x ≤ 0; for 0 < x < 2.5 it is
-1 − erf(x), good to ~1e−12 relative, which is far below what GELU's gate needs.
+numformer.ops.fast.gelu computes the same in cache-sized slices, with a float64 gate that stays
+accurate where ½ (1 + tanh u) cancels to 0.
 """
 
 import math
 
 import numpy as np
 
+from numformer.ops.fast.gelu import erfc
+
+FORMS = ("tanh", "exact")
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-_SQRT_1_2 = math.sqrt(0.5)
-_C = 0.044715
-_CLIP = 40.0            # |x| beyond which the gate is exactly saturated in float64
-
-_SERIES_CUT = 2.5       # series below, continued fraction above; 45 terms reach ~1 ulp for both
-_TERMS = 45
 
 
-def _erf_series(a):
-    """erf(a) = 2/√π · exp(−a²) · Σ_n (2a²)ⁿ a / (1·3·5···(2n+1)), all terms positive, a ≥ 0."""
-    two_a2 = 2.0 * a * a
-    s = np.ones_like(a)
-    for n in range(_TERMS, 0, -1):                       # Horner, innermost term first
-        s = 1.0 + two_a2 / (2 * n + 1) * s
-    return (2.0 / math.sqrt(math.pi)) * np.exp(-a * a) * a * s
+def gate(x, form="tanh"):
+    """(s, ds/dx): the gate and its derivative."""
+    x = np.clip(x, -40.0, 40.0)          # numerical care: s is exactly 0 or 1 beyond ±40; no overflow in x³
+    if form == "tanh":
+        t = np.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x ** 3))
+        return 0.5 * (1.0 + t), 0.5 * (1.0 - t * t) * _SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * x * x)
+    s = 0.5 * erfc(-x / math.sqrt(2.0))  # numerical care: erfc keeps Φ(−20) ≈ 2.8e−89 a real number
+    return s, np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
 
 
-def _erfc_cf(a):
-    """erfc(a) = exp(−a²)/√π · 1/(a + (1/2)/(a + 1/(a + (3/2)/(a + ...)))), for a ≥ 2.5."""
-    a = np.minimum(a, 30.0)                              # erfc(30) underflows to 0; avoids inf − inf
-    f = a.copy()
-    for n in range(_TERMS, 0, -1):                       # the fraction, evaluated from the bottom
-        f = a + (0.5 * n) / f
-    # numerical care: a = hi + (a − hi) with hi on a 1/256 grid, so hi² is exact and exp(−a²)
-    # keeps full relative accuracy even where a² is large
-    hi = np.round(a * 256.0) / 256.0
-    return np.exp(-hi * hi) * np.exp(-(a - hi) * (a + hi)) / (math.sqrt(math.pi) * f)
-
-
-def _erf_erfc(x):
-    """(erf x, erfc x), both to full relative accuracy, computed in float64."""
-    x = np.asarray(x, dtype=np.float64)
-    a = np.abs(x)
-    near = a < _SERIES_CUT
-    erf_a = np.empty_like(a)
-    erfc_a = np.empty_like(a)
-    erf_a[near] = _erf_series(a[near])
-    erfc_a[near] = 1.0 - erf_a[near]
-    erfc_a[~near] = _erfc_cf(a[~near])
-    erf_a[~near] = 1.0 - erfc_a[~near]
-    erf_x = np.copysign(erf_a, x)                        # erf is odd
-    erfc_x = np.where(x < 0, 2.0 - erfc_a, erfc_a)       # erfc(−a) = 2 − erfc(a)
-    return erf_x, erfc_x
-
-
-def _like(value, x):
-    """Return `value` in x's floating dtype (float64 for integer input)."""
-    x = np.asarray(x)
-    dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64
-    return value.astype(dtype, copy=False).reshape(x.shape)
-
-
-def erf(x):
-    """Vectorised error function erf(x) = 2/√π ∫₀ˣ exp(−t²) dt, accurate to float64 rounding."""
-    return _like(_erf_erfc(x)[0], x)
-
-
-def erfc(x):
-    """Vectorised complementary error function 1 − erf(x), accurate also where it is tiny."""
-    return _like(_erf_erfc(x)[1], x)
-
-
-def _clip(x):
-    """x limited to [−_CLIP, _CLIP] (np.clip's result; two ufuncs cost less than its wrapper)."""
-    return np.minimum(np.maximum(x, -_CLIP), _CLIP)
-
-
-def _tanh_slope(xc, factor, g):
-    """factor · g · du/dx, with du/dx = √(2/π) (1 + 3 · 0.044715 x²), computed in place in xc
-    (the clipped input, no longer needed): the tanh form's ds/dx for either way of writing g."""
-    ds = xc
-    ds *= xc
-    ds *= 3.0 * _C
-    ds += 1.0
-    ds *= factor * _SQRT_2_OVER_PI
-    ds *= g
-    return ds
-
-
-def _gate_tanh(x, with_grad):
-    """s = sigmoid(2u) for the tanh form, and ds/dx if with_grad."""
-    xc = _clip(x)                                        # numerical care: no overflow in x³, x²
-    # z = 2u = 2√(2/π) (x + 0.044715 x³), evaluated in place as ((x² · 2√(2/π)·0.044715) + 2√(2/π)) · x
-    z = xc * xc
-    z *= 2.0 * _SQRT_2_OVER_PI * _C
-    z += 2.0 * _SQRT_2_OVER_PI
-    z *= xc
-    e = np.abs(z)                                        # numerical care: e = exp(−|z|) <= 1,
-    np.negative(e, out=e)                                # never overflows
-    np.exp(e, out=e)
-    r = e + 1.0
-    np.reciprocal(r, out=r)                              # r = 1 / (1 + e)
-    # sigmoid(z) = r for z >= 0 and e·r for z < 0; written as r · (1 − [z < 0](1 − e)) because
-    # arithmetic on the whole array is ~20× faster in NumPy than np.where or a where= mask
-    s = 1.0 - e
-    s *= z < 0
-    np.subtract(1.0, s, out=s)
-    s *= r
-    if not with_grad:
-        return s
-    r *= r
-    r *= e                                               # e r² = sigmoid(z) · sigmoid(−z) = (1 − tanh² u) / 4
-    return s, _tanh_slope(xc, 2.0, r)                   # ds = 2 · e r² · √(2/π) (1 + 3 · 0.044715 x²)
-
-
-def _gate_exact(x, with_grad):
-    """s = Φ(x) for the exact form, and ds/dx = φ(x) if with_grad."""
-    xc = _clip(x)                                        # numerical care: no overflow in x²
-    s = 0.5 * erfc(-xc * _SQRT_1_2)                      # Φ(x) = ½ erfc(−x/√2), exact in the tail
-    if not with_grad:
-        return s
-    ds = np.exp(-0.5 * xc * xc) / math.sqrt(2.0 * math.pi)
-    return s, ds
-
-
-def _gate_tanh_float32(x, with_grad):
-    """The tanh form's gate as PyTorch computes it, s = ½ (1 + tanh u), for float32 input.
-
-    In float32 the far negative tail's cancellation in 1 + tanh u costs nothing that float32 can
-    show next to x (the error stays below float32's rounding of |x|), and np.tanh is one
-    vectorised pass: 8 array passes for the gate instead of 14 (GELU forward+backward about 35 %
-    faster). float64, used for gradient checks, keeps the sigmoid form above, which is accurate
-    even where the gate is 1e−260."""
-    xc = _clip(x)                                        # numerical care: no overflow in x³, x²
-    u = xc * xc                                          # u = √(2/π) (x + 0.044715 x³)
-    u *= _SQRT_2_OVER_PI * _C
-    u += _SQRT_2_OVER_PI
-    u *= xc
-    t = np.tanh(u, out=u)
-    s = t + 1.0
-    s *= 0.5                                             # s = ½ (1 + tanh u)
-    if not with_grad:
-        return s
-    t *= t
-    np.subtract(1.0, t, out=t)                           # 1 − tanh² u
-    return s, _tanh_slope(xc, 0.5, t)                   # ds = ½ (1 − tanh² u) · √(2/π) (1 + 3 · 0.044715 x²)
-
-
-_GATES = {"tanh": _gate_tanh, "none": _gate_exact}
-
-
-def _gate(approximate, dtype):
-    return _gate_tanh_float32 if approximate == "tanh" and dtype == np.float32 else _GATES[approximate]
-
-
-# Elementwise work on a large array is done in slices of this many elements: the gate's dozen
-# NumPy passes then run on data that stays in the CPU's L2 cache instead of streaming the whole
-# array through memory a dozen times (about 2× faster on the small GPT's (2048, 1536) MLP).
-_CHUNK = 1 << 16
-
-
-def _chunks(n):
-    return (slice(i, min(i + _CHUNK, n)) for i in range(0, n, _CHUNK))
-
-
-def forward(x, approximate="tanh"):
-    """y = x Φ(x) (approximate="none") or its tanh approximation (default). Returns (y, cache).
-
-    The cache is just x: backward recomputes the gate, which is cheaper than storing two more
-    arrays of x's size.
-    """
-    if approximate not in _GATES:
-        raise ValueError(f"gelu: approximate must be 'tanh' or 'none', got {approximate!r}")
+def forward(x, form="tanh"):
+    """y = x Φ(x) (form="exact") or its tanh approximation (default). Returns (y, cache); the
+    cache is x, and backward evaluates the gate again."""
+    if form not in FORMS:
+        raise ValueError(f"gelu: form must be 'tanh' or 'exact', got {form!r}")
     x = np.asarray(x)
     if x.dtype.kind != "f":
         x = x.astype(np.float64)
-    x = np.ascontiguousarray(x)
-    gate = _gate(approximate, x.dtype)
-    y = np.empty_like(x)
-    xf, yf = x.reshape(-1), y.reshape(-1)
-    for c in _chunks(xf.size):
-        np.multiply(xf[c], gate(xf[c], with_grad=False), out=yf[c])      # y = x s
-    return y, (x, approximate)
+    s, _ = gate(x, form)
+    return (x * s).astype(x.dtype, copy=False), (x, form)
 
 
 def output_and_slope(cache):
-    """(y, dy/dx) from forward's cache: the output recomputed, bit for bit as forward made it,
-    and the local derivative s + x · ds/dx that backward multiplies dy by. Both come out of one
-    evaluation of the gate, so a caller that needs y again at backward time (the GPT, which does
-    not keep GELU's output; see model/gpt.py) gets it for about the price of backward alone:
-    dx = dy ⊙ slope."""
-    x, approximate = cache
-    gate = _gate(approximate, x.dtype)
-    y, slope = np.empty_like(x), np.empty_like(x)
-    xf, yf, sf = x.reshape(-1), y.reshape(-1), slope.reshape(-1)
-    for c in _chunks(xf.size):
-        s, ds = gate(xf[c], with_grad=True)
-        np.multiply(xf[c], s, out=yf[c])                                # y = x s
-        ds *= xf[c]              # term 2: x · ds/dx
-        np.add(ds, s, out=sf[c])  # term 1: s
-    return y, slope
+    """(y, dy/dx) from forward's cache: the output again and the local derivative s + x · ds/dx."""
+    x, form = cache
+    s, ds = gate(x, form)
+    return (x * s).astype(x.dtype, copy=False), (s + x * ds).astype(x.dtype, copy=False)
 
 
 def backward(dy, cache):
-    """Returns dx."""
-    x, approximate = cache
+    """Returns dx = dy ⊙ (s + x · ds/dx)."""
+    x, _ = cache
     if dy.shape != x.shape:
         raise ValueError(f"gelu: dy has shape {dy.shape} but x had shape {x.shape}")
-    gate = _gate(approximate, x.dtype)
-    dyf = np.ascontiguousarray(dy).reshape(-1)
-    dx = np.empty(x.shape, dtype=np.result_type(dy, x))
-    xf, dxf = x.reshape(-1), dx.reshape(-1)
-    for c in _chunks(xf.size):
-        s, ds = gate(xf[c], with_grad=True)
-        ds *= xf[c]              # term 2: x · ds/dx
-        ds += s                  # term 1: s
-        np.multiply(dyf[c], ds, out=dxf[c])
-    return dx
+    return dy * output_and_slope(cache)[1]

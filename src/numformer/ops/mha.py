@@ -1,4 +1,4 @@
-"""Multi-head attention (the seed's formula 4) with GPT-2's fused QKV projection.
+"""Multi-head attention (the article's formula 4) with GPT-2's fused QKV projection.
 
 Forward
     [q | k | v] = x W_qkvᵀ + b_qkv                (B, T, 3C)  one linear map, GPT-2's c_attn
@@ -33,9 +33,17 @@ def forward(x, w_qkv, b_qkv, w_o, b_o, n_head, causal=True, mask=None, dropout_p
 
     mask is broadcastable to (B, nh, T, T), True = may attend; dropout_p applies to the
     attention probabilities (see attention.py). With keep_input=False the cache leaves out x
-    and backward must be given it back (see linear.py); with keep_probs=False attention keeps
-    two numbers per query row instead of P and recomputes P in backward (see attention.py).
+    and backward must be given it back (see linear.py); with keep_probs=False attention does not
+    keep P and backward computes it again (see attention.py).
     """
+    return forward_with(attention, x, w_qkv, b_qkv, w_o, b_o, n_head, causal, mask, dropout_p, rng,
+                        keep_input, keep_probs)
+
+
+def forward_with(attention, x, w_qkv, b_qkv, w_o, b_o, n_head, causal=True, mask=None, dropout_p=0.0,
+                 rng=None, keep_input=True, keep_probs=True, **attention_kwargs):
+    """forward, with the given attention module (numformer.ops.attention or its fast version) for
+    the heads, which also gets attention_kwargs; the cache remembers the module, for backward."""
     if x.ndim != 3:
         raise ValueError(f"mha: x has shape {x.shape}, expected (B, T, C)")
     B, T, C = x.shape
@@ -50,16 +58,17 @@ def forward(x, w_qkv, b_qkv, w_o, b_o, n_head, causal=True, mask=None, dropout_p
     heads = qkv.reshape(B, T, 3, n_head, hs).transpose(2, 0, 3, 1, 4)  # (3, B, nh, T, hs) view
     q, k, v = heads                                                   # each (B, nh, T, hs)
     att, att_cache = attention.forward(q, k, v, causal=causal, mask=mask,
-                                       dropout_p=dropout_p, rng=rng, keep_probs=keep_probs)  # (B, nh, T, hs)
+                                       dropout_p=dropout_p, rng=rng, keep_probs=keep_probs,
+                                       **attention_kwargs)  # (B, nh, T, hs)
     a = att.transpose(0, 2, 1, 3).reshape(B, T, C)                    # (B, T, C) concat heads
     y, out_cache = linear.forward(a, w_o, b_o)                        # (B, T, C)
-    return y, (qkv_cache, att_cache, out_cache, (B, T, C, n_head))
+    return y, (attention, qkv_cache, att_cache, out_cache, (B, T, C, n_head))
 
 
 def backward(dy, cache, x=None):
     """Returns (dx, dw_qkv, db_qkv, dw_o, db_o); bias gradients are None where biases were. x is
     forward's input, needed only when forward was called with keep_input=False."""
-    qkv_cache, att_cache, out_cache, (B, T, C, n_head) = cache
+    attention, qkv_cache, att_cache, out_cache, (B, T, C, n_head) = cache
     hs = C // n_head
     da, dw_o, db_o = linear.backward(dy, out_cache)                   # (B, T, C)
     datt = da.reshape(B, T, n_head, hs).transpose(0, 2, 1, 3)         # (B, nh, T, hs) view

@@ -65,17 +65,19 @@ class Block(nn.Module):
 
 class ReferenceGPT(nn.Module):
     def __init__(self, vocab_size, block_size, n_layer, n_head, n_embd, dropout=0.0, bias=True,
-                 pos_encoding="sinusoidal", gelu="tanh", layer_norm_eps=1e-5):
+                 pos_encoding="sinusoidal", gelu="tanh", layer_norm_eps=1e-5, sinusoidal_form="scaled"):
         super().__init__()
         self.block_size = block_size
         self.pos_encoding = pos_encoding
-        self.scale = 1.0                 # multiplies the token embedding (benchmarks change it)
+        # x0 = scale · wte[idx] + P / divisor: "scaled" (numformer's default), "paper", "article"
+        self.scale, divisor = {"scaled": (1.0, math.sqrt(n_embd)), "paper": (math.sqrt(n_embd), 1.0),
+                               "article": (1.0, 1.0)}[sinusoidal_form]
         self.transformer = nn.Module()
         self.transformer.wte = nn.Embedding(vocab_size, n_embd)
         if pos_encoding == "learned":
             self.transformer.wpe = nn.Embedding(block_size, n_embd)
         else:
-            self.register_buffer("pe", sinusoidal_table(block_size, n_embd) / math.sqrt(n_embd), persistent=False)
+            self.register_buffer("pe", sinusoidal_table(block_size, n_embd) / divisor, persistent=False)
         self.transformer.drop = nn.Dropout(dropout)
         self.transformer.h = nn.ModuleList(
             Block(n_embd, n_head, bias, dropout, gelu, layer_norm_eps) for _ in range(n_layer))
@@ -85,7 +87,7 @@ class ReferenceGPT(nn.Module):
     def from_config(cls, cfg):
         """Build from a numformer GPTConfig (or any object with the same attributes)."""
         return cls(cfg.vocab_size, cfg.block_size, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.dropout, cfg.bias,
-                   cfg.pos_encoding, cfg.gelu, cfg.layer_norm_eps)
+                   cfg.pos_encoding, cfg.gelu, cfg.layer_norm_eps, getattr(cfg, "sinusoidal_form", "scaled"))
 
     def load_numpy(self, tensors: dict):
         """Copy a numformer state dict (name -> ndarray) into this module, checking names."""

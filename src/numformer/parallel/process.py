@@ -14,13 +14,14 @@ measured on the "small" config with 2 threads: peak RSS 779 -> 678 MiB, no slowe
 allocates a few hundred large blocks per step, so the shared arena's lock is not contended).
 
 `tune_malloc()` is called by the commands that train or generate (`numformer train`, `sample`,
-`bench`) and by `numformer.train.Trainer`. It is a no-op where glibc is not the C library.
+`bench`, `embed`) and by the Trainer. It is a no-op where glibc is not the C library.
+
+The rest of this module finds the OpenBLAS that NumPy loaded and sets its thread count.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 
 _done = False
 _blas = None  # (set, get) of the OpenBLAS NumPy loaded once looked up; False: there is none
@@ -135,38 +136,3 @@ class blas_threads:
         if self.previous is not None:
             limit_blas_threads(self.previous)
         return False
-
-
-_POOLS = {}
-_POOLS_LOCK = threading.Lock()
-
-
-def thread_pool(n: int):
-    """A process-wide pool of n worker threads, made on first use and kept."""
-    with _POOLS_LOCK:
-        pool = _POOLS.get(n)
-        if pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            pool = _POOLS[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="numformer")
-    return pool
-
-
-def chunks(n: int, size: int) -> list[tuple[int, int]]:
-    """[lo, hi) ranges of at most `size` elements that cover range(n) in order."""
-    return [(lo, min(lo + size, n)) for lo in range(0, n, size)]
-
-
-def groups(items: list, n: int) -> list[list]:
-    """items cut into at most n contiguous, near-equal, non-empty groups (in order)."""
-    n = max(1, min(int(n), len(items)))
-    return [items[len(items) * r // n:len(items) * (r + 1) // n] for r in range(n)]
-
-
-def parallel(fn, args: list) -> list:
-    """[fn(a) for a in args], with each call on its own pool thread when there is more than one.
-    NumPy releases the GIL inside its loops and BLAS calls, so the calls run on separate cores.
-    Not for use from inside a pool thread (the pool could run out of workers)."""
-    if len(args) <= 1:
-        return [fn(a) for a in args]
-    return list(thread_pool(len(args)).map(fn, args))

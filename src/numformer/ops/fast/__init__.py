@@ -1,0 +1,20 @@
+"""The fast op set: the same ops, signatures and cache contracts as numformer.ops, computed for
+speed and memory. Where an op has nothing to gain, the reference module is used as it is.
+
+    from numformer.ops import fast
+    y, cache = fast.attention.forward(q, k, v, causal=True, keep_probs=False)
+
+- attention: cache-sized score blocks, causal query chunks that skip masked keys, and
+  keep_probs=False (P recomputed in backward, bit for bit);
+- gelu: a float32 gate as PyTorch computes it, an accurate float64 gate, cache-sized slices;
+- mha: multi-head attention over the fast attention.
+
+The block and chunk sizes are parameters of forward (`block`, `qrows`, `chunk`) with module
+defaults; tests hold every fast op equal to its reference across those boundaries.
+"""
+
+from numformer.ops import cross_entropy, dropout, embedding, layernorm, linear, positional, residual, softmax
+from numformer.ops.fast import attention, gelu, mha
+
+__all__ = ["attention", "cross_entropy", "dropout", "embedding", "gelu", "layernorm", "linear",
+           "mha", "positional", "residual", "softmax"]

@@ -1,0 +1,227 @@
+"""The op table: every op, several shapes and the edge cases, as rows of one table.
+
+One harness (numformer.ops.harness) runs every row against both op sets, the reference
+(numformer.ops) and the fast one (numformer.ops.fast):
+
+- forward values and the gradients of (y ⊙ dy).sum() against PyTorch autograd in float64
+  (`torch` names the function in numformer.reference.ops);
+- the same gradients against central finite differences (no PyTorch needed);
+- float32 against float64;
+- and, for the ops whose fast version differs, fast against reference in float32 and float64
+  with the block and chunk sizes of FAST_SIZES, so that small shapes cross every block and
+  chunk boundary.
+
+The tests (tests/ops/test_ops.py) and `numformer check` both run this table. Adding an op means
+adding a row.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    op: str                                  # the op's module name in an op set: "attention"
+    inputs: dict                             # name -> shape (standard normal), callable(rng), array, or None
+    grads: tuple                             # names of backward's outputs, in its return order
+    torch: str | None = None                 # function in numformer.reference.ops; None: no torch check
+    kwargs: dict = field(default_factory=dict)
+    seed: int | None = None                  # forward gets rng=default_rng(seed) afresh each call
+    loss: bool = False                       # scalar output; backward(cache, dloss)
+    fd_tol: float = 1e-6                     # tolerance of the finite-difference comparison
+
+    def __str__(self):
+        return self.id
+
+
+# ---- input builders ---------------------------------------------------------------------------
+
+def ints(low, high, shape):
+    return lambda rng: rng.integers(low, high, size=shape)
+
+
+def scaled(shape, lo, hi):
+    """Uniform magnitudes in [lo, hi) with random signs."""
+    return lambda rng: rng.uniform(lo, hi, size=shape) * rng.choice([-1.0, 1.0], size=shape)
+
+
+def clustered(shape, at, spread):
+    """Values near +at or −at: large magnitudes whose softmax is still far from one-hot."""
+    return lambda rng: rng.choice([-at, at], size=shape) + rng.uniform(-spread, spread, size=shape)
+
+
+def padding_mask(B, Tk, lengths):
+    """(B, 1, 1, Tk) key padding mask: sequence b has lengths[b] real tokens."""
+    m = np.zeros((B, 1, 1, Tk), dtype=bool)
+    for b, n in enumerate(lengths):
+        m[b, ..., :n] = True
+    return lambda rng: m
+
+
+def mask_with_empty_row(shape, empty):
+    """Random boolean mask, with the rows at `empty` (index tuples) allowing no key at all."""
+    def build(rng):
+        m = rng.random(shape) < 0.6
+        m[..., 0] |= True                                  # every other row keeps a key
+        for ix in empty:
+            m[ix] = False
+        return m
+    return build
+
+
+def targets_with_ignored(shape, V, ignore_index, frac=0.3):
+    def build(rng):
+        t = rng.integers(0, V, size=shape)
+        t[rng.random(shape) < frac] = ignore_index
+        t.reshape(-1)[0] = ignore_index
+        return t
+    return build
+
+
+QKV = ("q", "k", "v")
+MHA = ("x", "w_qkv", "b_qkv", "w_o", "b_o")
+
+
+def mha_inputs(B, T, C, bias=True, mask=None):
+    d = {"x": (B, T, C), "w_qkv": (3 * C, C), "b_qkv": (3 * C,) if bias else None,
+         "w_o": (C, C), "b_o": (C,) if bias else None}
+    if mask is not None:
+        d["mask"] = mask
+    return d
+
+
+CASES = [
+    # linear: any number of leading dimensions, with and without bias
+    Case("linear (B,T,C)", "linear", {"x": (2, 3, 4), "weight": (5, 4), "bias": (5,)},
+         ("x", "weight", "bias"), "linear"),
+    Case("linear 2-D no bias", "linear", {"x": (3, 4), "weight": (2, 4), "bias": None},
+         ("x", "weight", "bias"), "linear"),
+    Case("linear 1-D x", "linear", {"x": (4,), "weight": (3, 4), "bias": (3,)},
+         ("x", "weight", "bias"), "linear"),
+    Case("linear 4-D x, batch 1", "linear", {"x": (1, 2, 3, 4), "weight": (6, 4), "bias": (6,)},
+         ("x", "weight", "bias"), "linear"),
+    # embedding: repeated ids accumulate
+    Case("embedding repeated ids", "embedding",
+         {"ids": np.array([[1, 1, 3], [0, 1, 3]]), "table": (5, 4)}, ("table",), "embedding"),
+    Case("embedding (B,T)", "embedding", {"ids": ints(0, 7, (3, 5)), "table": (7, 3)},
+         ("table",), "embedding"),
+    # attention
+    Case("attention self", "attention", {"q": (2, 3, 5, 4), "k": (2, 3, 5, 4), "v": (2, 3, 5, 6)},
+         QKV, "sdpa"),
+    Case("attention causal", "attention", {"q": (2, 2, 6, 4), "k": (2, 2, 6, 4), "v": (2, 2, 6, 3)},
+         QKV, "sdpa", kwargs={"causal": True}),
+    Case("attention causal T=1 batch 1 one head", "attention",
+         {"q": (1, 1, 1, 4), "k": (1, 1, 1, 4), "v": (1, 1, 1, 4)}, QKV, "sdpa",
+         kwargs={"causal": True}),
+    Case("attention no leading dims", "attention", {"q": (3, 4), "k": (5, 4), "v": (5, 2)},
+         QKV, "sdpa"),
+    Case("attention cross Tq<Tk", "attention", {"q": (2, 2, 3, 4), "k": (2, 2, 7, 4), "v": (2, 2, 7, 5)},
+         QKV, "sdpa"),
+    Case("attention cross Tq>Tk", "attention", {"q": (2, 7, 4), "k": (2, 3, 4), "v": (2, 3, 5)},
+         QKV, "sdpa"),
+    Case("attention causal Tq<Tk (KV cache) vs explicit mask", "attention",
+         {"q": (2, 2, 3, 4), "k": (2, 2, 7, 4), "v": (2, 2, 7, 5)}, QKV, "sdpa",
+         kwargs={"causal": True}),
+    Case("attention causal Tq<Tk, several query rows (a prompt onto a KV cache)", "attention",
+         {"q": (2, 2, 5, 4), "k": (2, 2, 9, 4), "v": (2, 2, 9, 3)}, QKV, "sdpa",
+         kwargs={"causal": True}),
+    Case("attention causal Tq=1 Tk=6 (one decode step)", "attention",
+         {"q": (2, 2, 1, 4), "k": (2, 2, 6, 4), "v": (2, 2, 6, 4)}, QKV, "sdpa",
+         kwargs={"causal": True}),
+    Case("attention causal Tq>Tk (first rows see nothing)", "attention",
+         {"q": (2, 6, 4), "k": (2, 4, 4), "v": (2, 4, 3)}, QKV, "attention",
+         kwargs={"causal": True}),
+    Case("attention padding mask", "attention",
+         {"q": (3, 2, 5, 4), "k": (3, 2, 5, 4), "v": (3, 2, 5, 4),
+          "mask": padding_mask(3, 5, [5, 2, 4])}, QKV, "sdpa"),
+    Case("attention padding mask + causal", "attention",
+         {"q": (3, 2, 5, 4), "k": (3, 2, 5, 4), "v": (3, 2, 5, 4),
+          "mask": padding_mask(3, 5, [5, 2, 1])}, QKV, "sdpa", kwargs={"causal": True}),
+    Case("attention rows with no allowed key", "attention",
+         {"q": (2, 2, 4, 3), "k": (2, 2, 5, 3), "v": (2, 2, 5, 3),
+          "mask": mask_with_empty_row((2, 2, 4, 5), [(0, 1, 2), (1, 0, 0), (1, 1, 3)])},
+         QKV, "attention"),
+    Case("attention padding mask, empty rows of a fully padded sequence", "attention",
+         {"q": (2, 1, 3, 4), "k": (2, 1, 3, 4), "v": (2, 1, 3, 4),
+          "mask": padding_mask(2, 3, [3, 0])}, QKV, "attention"),
+    Case("attention dropout", "attention", {"q": (2, 2, 5, 4), "k": (2, 2, 5, 4), "v": (2, 2, 5, 3)},
+         QKV, None, kwargs={"causal": True, "dropout_p": 0.4}, seed=7),
+    # multi-head attention with fused QKV, against torch's own multi_head_attention_forward
+    Case("mha causal", "mha", mha_inputs(2, 5, 8), MHA, "mha", kwargs={"n_head": 2}),
+    Case("mha one head", "mha", mha_inputs(2, 4, 6), MHA, "mha", kwargs={"n_head": 1}),
+    Case("mha T=1 batch 1", "mha", mha_inputs(1, 1, 8), MHA, "mha", kwargs={"n_head": 4}),
+    Case("mha no biases", "mha", mha_inputs(2, 3, 6, bias=False), MHA, "mha", kwargs={"n_head": 3}),
+    Case("mha bidirectional with padding mask", "mha",
+         mha_inputs(3, 4, 8, mask=padding_mask(3, 4, [4, 1, 3])), MHA, "mha",
+         kwargs={"n_head": 2, "causal": False}),
+    Case("mha dropout", "mha", mha_inputs(2, 4, 8), MHA, None,
+         kwargs={"n_head": 2, "dropout_p": 0.25}, seed=3),
+    # layernorm
+    Case("layernorm (B,T,C)", "layernorm", {"x": (2, 3, 6), "weight": (6,), "bias": (6,)},
+         ("x", "weight", "bias"), "layernorm"),
+    Case("layernorm T=1 batch 1, offset inputs", "layernorm",
+         {"x": lambda rng: 50.0 + 3.0 * rng.standard_normal((1, 1, 5)), "weight": (5,), "bias": (5,)},
+         ("x", "weight", "bias"), "layernorm"),
+    Case("layernorm 1-D, eps 1e-2", "layernorm", {"x": (7,), "weight": (7,), "bias": (7,)},
+         ("x", "weight", "bias"), "layernorm", kwargs={"eps": 1e-2}),
+    Case("layernorm no affine", "layernorm", {"x": (4, 5), "weight": None, "bias": None},
+         ("x", "weight", "bias"), "layernorm"),
+    # gelu, both forms, including |x| >= 20
+    Case("gelu tanh", "gelu", {"x": (3, 4, 5)}, ("x",), "gelu", kwargs={"form": "tanh"}),
+    Case("gelu exact", "gelu", {"x": lambda rng: 3 * rng.standard_normal((4, 25))}, ("x",), "gelu",
+         kwargs={"form": "exact"}),
+    Case("gelu tanh |x| >= 20", "gelu", {"x": scaled((4, 10), 20, 60)}, ("x",), "gelu",
+         kwargs={"form": "tanh"}),
+    Case("gelu exact |x| >= 20", "gelu", {"x": scaled((4, 10), 20, 60)}, ("x",), "gelu",
+         kwargs={"form": "exact"}),
+    Case("gelu tanh mid-tail 3<|x|<12", "gelu", {"x": scaled((6, 10), 3, 12)}, ("x",), "gelu",
+         kwargs={"form": "tanh"}),
+    Case("gelu exact mid-tail 3<|x|<12", "gelu", {"x": scaled((6, 10), 3, 12)}, ("x",), "gelu",
+         kwargs={"form": "exact"}),
+    # softmax
+    Case("softmax last axis", "softmax", {"x": (3, 4, 6)}, ("x",), "softmax"),
+    Case("softmax axis 0", "softmax", {"x": (5, 3)}, ("x",), "softmax", kwargs={"axis": 0}),
+    Case("softmax |x| >= 20", "softmax", {"x": clustered((4, 6), 30.0, 2.0)}, ("x",), "softmax"),
+    Case("softmax near-ties at 1000", "softmax",
+         {"x": lambda rng: 1000.0 + rng.standard_normal((3, 5))}, ("x",), "softmax"),
+    # cross-entropy
+    Case("cross_entropy (B,T,V)", "cross_entropy",
+         {"logits": (2, 3, 7), "targets": ints(0, 7, (2, 3))}, ("logits",), "cross_entropy", loss=True),
+    Case("cross_entropy ignore_index=-1", "cross_entropy",
+         {"logits": (4, 5, 6), "targets": targets_with_ignored((4, 5), 6, -1)}, ("logits",),
+         "cross_entropy", loss=True),
+    Case("cross_entropy ignore_index=-100, 2-D", "cross_entropy",
+         {"logits": (9, 4), "targets": targets_with_ignored((9,), 4, -100)}, ("logits",),
+         "cross_entropy", kwargs={"ignore_index": -100}, loss=True),
+    Case("cross_entropy large logits", "cross_entropy",
+         {"logits": scaled((3, 8), 20, 500), "targets": ints(0, 8, (3,))}, ("logits",),
+         "cross_entropy", loss=True),
+    Case("cross_entropy batch 1 T=1", "cross_entropy",
+         {"logits": (1, 1, 5), "targets": np.array([[3]])}, ("logits",), "cross_entropy", loss=True),
+    # dropout (torch's RNG cannot reproduce our mask: finite differences here, torch in test_dropout.py)
+    Case("dropout p=0.3", "dropout", {"x": (4, 6)}, ("x",), None, kwargs={"p": 0.3}, seed=11),
+    Case("dropout p=0", "dropout", {"x": (4, 6)}, ("x",), "identity", kwargs={"p": 0.0}, seed=11),
+    Case("dropout eval", "dropout", {"x": (2, 3, 4)}, ("x",), "identity",
+         kwargs={"p": 0.5, "training": False}, seed=11),
+    # residual
+    Case("residual", "residual", {"x": (2, 3, 4), "fx": (2, 3, 4)}, ("x", "fx"), "residual"),
+]
+
+# Block and chunk sizes for the fast ops, from the defaults down to sizes that split the
+# table's small shapes into many blocks (along batch items, and along heads of one item) and
+# causal chunks (including chunks of Tq > Tk rows that see no key at all).
+FAST_SIZES: dict[str, list[dict[str, Any]]] = {
+    "attention": [{}, {"block": 7}, {"qrows": 2}, {"qrows": 2, "block": 7}, {"qrows": 1},
+                  {"keep_probs": False}, {"keep_probs": False, "qrows": 2, "block": 7},
+                  {"keep_probs": False, "qrows": 1}],
+    "mha": [{}, {"block": 7, "qrows": 2}, {"keep_probs": False}, {"keep_probs": False, "qrows": 1}],
+    "gelu": [{}, {"chunk": 5}],
+}
+
+
+def fast_rows():
+    """(case, sizes) for every row whose op has a fast version, at every size of FAST_SIZES."""
+    return [(case, sizes) for case in CASES for sizes in FAST_SIZES.get(case.op, [])]

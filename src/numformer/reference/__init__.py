@@ -1,0 +1,6 @@
+"""PyTorch references that the tests, `numformer check` and the benchmarks share.
+
+Importing a module of this package imports torch; numformer itself never does. `ops` holds each
+op written with torch's own functions (the oracle of the op table in numformer.ops.table), `gpt`
+a GPT written in PyTorch that loads numformer's weights by name.
+"""

@@ -1,0 +1,86 @@
+"""Each op written with PyTorch's own functions, independently of numformer's code: the oracle
+that the op table (numformer.ops.table) compares forward values and autograd gradients with."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def causal_mask(Tq, Tk):
+    """Bottom-right aligned causal mask, spelt out: query i sees keys j <= Tk - Tq + i."""
+    return torch.tensor([[j <= Tk - Tq + i for j in range(Tk)] for i in range(Tq)])
+
+
+def attention(q, k, v, causal=False, mask=None, dropout_p=0.0):
+    """softmax(q kᵀ/√d + mask) v with −inf masking; a row with no allowed key gives 0."""
+    Tq, Tk = q.shape[-2], k.shape[-2]
+    s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    allowed = torch.ones(Tq, Tk, dtype=torch.bool)
+    if causal:
+        allowed = allowed & causal_mask(Tq, Tk)
+    if mask is not None:
+        allowed = allowed & mask
+    allowed = allowed.expand(s.shape)
+    any_key = allowed.any(dim=-1, keepdim=True)
+    s = s.masked_fill(~allowed, float("-inf"))
+    s = torch.where(any_key, s, torch.zeros_like(s))      # placeholder for empty rows...
+    return (torch.softmax(s, dim=-1) * any_key) @ v        # ...whose probabilities are then 0
+
+
+def sdpa(q, k, v, causal=False, mask=None, dropout_p=0.0):
+    """PyTorch's own fused attention, with the causal mask passed explicitly."""
+    allowed = mask
+    if causal:
+        c = causal_mask(q.shape[-2], k.shape[-2])
+        allowed = c if allowed is None else c & allowed
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+
+
+def mha(x, w_qkv, b_qkv, w_o, b_o, n_head, causal=True, mask=None):
+    """torch's own multi-head attention, whose packed in_proj_weight is [W_q; W_k; W_v] like c_attn."""
+    B, T, C = x.shape
+    allowed = torch.ones(B, n_head, T, T, dtype=torch.bool)
+    if causal:
+        allowed = allowed & causal_mask(T, T)
+    if mask is not None:
+        allowed = allowed & mask
+    xt = x.transpose(0, 1)                                 # (T, B, C): torch's default layout
+    y, _ = F.multi_head_attention_forward(
+        xt, xt, xt, C, n_head, w_qkv, b_qkv, None, None, False, 0.0, w_o, b_o,
+        training=False, need_weights=False, attn_mask=~allowed.reshape(B * n_head, T, T))
+    return y.transpose(0, 1)
+
+
+def linear(x, weight, bias):
+    return F.linear(x, weight, bias)
+
+
+def embedding(ids, table):
+    return F.embedding(ids, table)
+
+
+def layernorm(x, weight, bias, eps=1e-5):
+    return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
+
+
+def gelu(x, form="tanh"):
+    return F.gelu(x, approximate={"tanh": "tanh", "exact": "none"}[form])
+
+
+def softmax(x, axis=-1):
+    return torch.softmax(x, dim=axis)
+
+
+def cross_entropy(logits, targets, ignore_index=-1):
+    V = logits.shape[-1]
+    return F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), ignore_index=ignore_index)
+
+
+def identity(x, p=0.0, training=True):
+    """dropout with p = 0 or in evaluation"""
+    return x
+
+
+def residual(x, fx):
+    return x + fx
