@@ -14,6 +14,7 @@ COMMANDS = {
     "train": ("numformer.train", "train a GPT on the built-in Shakespeare corpus or your own text"),
     "sample": ("numformer.generate", "generate text from a trained checkpoint (KV cache, streaming)"),
     "explain": ("numformer.explain.cli", "compute the seed document's thirteen worked examples live"),
+    "explore": ("numformer.commands.explore", "one offline HTML page of a model's attention, predictions and formulas"),
     "check": ("numformer.commands.check", "check every op, reference and fast: finite differences, float32, PyTorch if installed"),
     "embed": ("numformer.sentence", "sentence embeddings from a BERT-family model (all-MiniLM-L6-v2)"),
     "similarity": ("numformer.embed_similarity", "cosine similarity of two texts' embeddings"),

@@ -1,0 +1,112 @@
+"""`numformer explore [OUT_DIR_OR_CHECKPOINT] --prompt TEXT --out explorer.html`
+
+Runs a trained GPT on a prompt and writes one self-contained HTML page of what it does: attention
+per layer and head, the next-token distribution with the sampling controls of `numformer
+sample`, the prompt shaded by probability, the logit lens, the residual stream and the positions,
+the training curves from metrics.jsonl, and the article's formulas (numformer.explore).
+
+The checkpoint is found as `numformer sample` finds it: the folder itself if it is a checkpoint,
+else its best/, else its latest/.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("out_dir", nargs="?", default="out", metavar="OUT_DIR_OR_CHECKPOINT",
+                        help="training output folder (its best/ or latest/ checkpoint is used), "
+                             "or a checkpoint folder itself (default: out)")
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--prompt", default=None, help='text to run the model on (default: a newline, "\\n")')
+    src.add_argument("--prompt_file", default=None, help="read the prompt from this UTF-8 file")
+    parser.add_argument("--out", default="explorer.html",
+                        help="the HTML file to write (default: explorer.html); an existing file is "
+                             "replaced only if numformer explore wrote it")
+    parser.add_argument("--temperature", type=float, default=0.8,
+                        help="the page's starting temperature; 0 is greedy (default: 0.8, as numformer sample)")
+    parser.add_argument("--top_k", type=int, default=200,
+                        help="the page's starting top-k; 0 turns it off (default: 200, as numformer sample)")
+    parser.add_argument("--top_p", type=float, default=None,
+                        help="the page's starting top-p (default: off, as numformer sample)")
+
+
+def main(args) -> int:
+    from numformer.errors import UsageError
+
+    if not (0 <= args.temperature < float("inf")):
+        raise UsageError(f"--temperature must be a number >= 0, got {args.temperature}")
+    if args.top_k < 0:
+        raise UsageError(f"--top_k must be >= 0, got {args.top_k}")
+    if args.top_p is not None and not (0.0 < args.top_p <= 1.0):
+        raise UsageError(f"--top_p must be in (0, 1], got {args.top_p}")
+    out = Path(args.out)
+    _check_out(out)
+
+    from numformer.explore import build_page, explore_data
+    from numformer.generate import _read_prompt, load_for_sampling
+
+    model = load_for_sampling(args.out_dir)
+    tok = model.tokenizer
+    if tok is None:
+        raise UsageError(f"{args.out_dir}: the checkpoint has no tokenizer, so text cannot be encoded")
+    ids = tok.encode(_read_prompt(args))       # DataError naming an unknown character
+    if len(ids) == 0:
+        raise UsageError("the prompt encodes to no tokens; give at least one character")
+    block = model.config.block_size
+    notice = None
+    if len(ids) > block:
+        notice = (f"the prompt is {len(ids)} tokens, more than the model's context of {block}; "
+                  f"the page shows its last {block}")
+        print(f"numformer explore: note: {notice}", file=sys.stderr)
+        ids = ids[-block:]
+
+    from numformer.train import read_metrics
+
+    ckpt, metrics = _checkpoint_and_metrics(Path(args.out_dir))
+    data = explore_data(model, ids, tokenizer=tok, metrics=read_metrics(metrics) if metrics else None,
+                        sampling={"temperature": args.temperature, "top_k": args.top_k or None,
+                                  "top_p": args.top_p},
+                        source=str(ckpt), notice=notice)
+    page = build_page(data).encode("utf-8")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(page)
+        os.replace(tmp, out)                   # a crash never leaves half a page under the name
+    finally:
+        tmp.unlink(missing_ok=True)
+    cfg = model.config
+    print(f"wrote {out} ({len(page) / 1e6:.2f} MB): {len(ids)} tokens, {cfg.n_layer} layers x "
+          f"{cfg.n_head} heads, from {ckpt}")
+    return 0
+
+
+def _check_out(out: Path) -> None:
+    """Refuse to write over a folder, or over a file that numformer explore did not write."""
+    from numformer.errors import UsageError
+    from numformer.explore import MARKER
+
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; give a file name such as {out / 'explorer.html'}")
+    if out.exists():
+        try:
+            with open(out, "rb") as f:
+                head = f.read(4096).decode("utf-8", errors="replace")
+        except OSError as e:
+            raise UsageError(f"--out {out}: cannot read the existing file ({e.strerror})") from None
+        if MARKER not in head:
+            raise UsageError(f"--out {out} exists and was not written by numformer explore; "
+                             f"choose another --out")
+
+
+def _checkpoint_and_metrics(root: Path):
+    """The checkpoint folder load_for_sampling takes (the folder, its best/ or its latest/), and
+    the run's metrics.jsonl (in the training folder, above the checkpoint) or None."""
+    ckpt = next((c for c in (root, root / "best", root / "latest") if (c / "config.json").is_file()), root)
+    run = ckpt.parent
+    metrics = next((m for m in (run / "metrics.jsonl", root / "metrics.jsonl") if m.is_file()), None)
+    return ckpt, metrics

@@ -1,0 +1,146 @@
+"""The numbers the explorer page draws, as one JSON-ready dict (`explore_data`).
+
+The keys `tokens`, `token_ids` and `attention` are a public contract (see the package docstring);
+the others are the page's own. Every array is rounded to what a picture or a hover needs, at a
+precision each key's comment gives, so a page stays small.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from numformer.explore.trace import trace
+
+# A page keeps every position's full logits when T·V is at most this many numbers (the default
+# model at its full context: 64 · 65). Beyond that each position keeps its LOGITS_TOP_MIN or more
+# most likely tokens, and the page says that its sampling controls work on those.
+LOGITS_BUDGET = 1 << 19
+LOGITS_TOP_MIN = 256
+# The page lists every token's string when the vocabulary has at most this many tokens, else
+# only the tokens it shows.
+VOCAB_FULL = 4096
+ATTENTION_DECIMALS = 6
+LOGIT_DECIMALS = 5
+
+
+def _round(a, decimals: int):
+    """A float array rounded to `decimals` places, as nested lists (JSON prints the shortest
+    decimal that reads back as the same double: 0.123457, not 0.12345699965953827)."""
+    return np.round(np.asarray(a, dtype=np.float64), decimals).tolist()
+
+
+def _softmax64(logits):
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)                      # numerical care: max-subtraction
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def token_string(tokenizer, i: int) -> str:
+    """The text of one token id ("\\ufffd" where a BPE token is part of a UTF-8 character)."""
+    return tokenizer.decode(np.array([i], dtype=np.int64))
+
+
+def explore_data(model, ids, *, tokenizer=None, metrics=None, sampling=None, source=None,
+                 notice=None) -> dict:
+    """Everything the page draws, for token ids (T,) with T <= block_size.
+
+    tokenizer: turns ids into the strings shown (default: model.tokenizer).
+    metrics: the rows of a run's metrics.jsonl (step, train_loss, val_loss, lr), or None.
+    sampling: the controls' starting values, {"temperature", "top_k", "top_p"}.
+    source: the checkpoint's name, shown in the header. notice: a line shown under it.
+    """
+    from numformer.explore.formulas import formulas_data
+
+    tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        raise ValueError("explore_data needs a tokenizer to show the tokens as text")
+    cfg = model.config
+    tr = trace(model, ids)
+    T, V, L = len(tr.ids), cfg.vocab_size, cfg.n_layer
+    ids = tr.ids
+
+    # ---- next-token distributions (panels 2 and 3)
+    probs = _softmax64(tr.logits)                                      # (T, V)
+    order = np.argsort(-probs, axis=-1, kind="stable")                 # (T, V) most likely first
+    top5 = order[:, :5]
+    complete = T * V <= LOGITS_BUDGET
+    if complete:
+        logits = {"complete": True, "ids": None, "values": _round(tr.logits, LOGIT_DECIMALS)}
+        shown = set(range(V))
+    else:
+        keep = max(LOGITS_TOP_MIN, LOGITS_BUDGET // T)
+        kept = order[:, :keep]                                         # (T, keep)
+        values = np.take_along_axis(np.asarray(tr.logits, dtype=np.float64), kept, axis=-1)
+        logits = {"complete": False, "ids": kept.tolist(), "values": _round(values, LOGIT_DECIMALS)}
+        shown = set(kept.ravel().tolist())
+
+    # probability the model gave each prompt token, from the position before it
+    token_prob = [None] + [float(probs[t - 1, ids[t]]) for t in range(1, T)]
+
+    # ---- logit lens: the final LayerNorm and the head on the stream after each block
+    from numformer.explore.trace import head
+
+    lens_ids, lens_p, lens_next = [], [], []
+    for layer in range(L + 1):
+        p = _softmax64(head(model, tr.residual[layer]))                # (T, V)
+        top = p.argmax(axis=-1)                                        # (T,)
+        lens_ids.append(top.tolist())
+        lens_p.append(_round(p[np.arange(T), top], 4))
+        lens_next.append(_round(p[np.arange(T - 1), ids[1:]], 4) + [None])
+        shown.update(top.tolist())
+    shown.update(top5.ravel().tolist())
+    shown.update(ids.tolist())
+
+    if V <= VOCAB_FULL:
+        vocab = [token_string(tokenizer, i) for i in range(V)]
+    else:
+        vocab = {str(i): token_string(tokenizer, i) for i in sorted(shown)}
+
+    # ---- inside the stream: norms and positions
+    norms = np.linalg.norm(tr.residual.astype(np.float64), axis=-1)    # (L + 1, T)
+    pos = tr.positions.astype(np.float64)                              # (T, C)
+
+    data = {
+        "format": 1,
+        "tokens": [token_string(tokenizer, int(i)) for i in ids],
+        "token_ids": ids.tolist(),
+        # n_layer lists of n_head (T, T) matrices, rounded to ATTENTION_DECIMALS places
+        "attention": [_round(a, ATTENTION_DECIMALS) for a in tr.attention],
+        "attention_decimals": ATTENTION_DECIMALS,
+        "model": {**cfg.to_dict(), "n_params": int(sum(v.size for _, v in model.params.items())),
+                  "source": source},
+        "notice": notice,
+        "vocab": vocab,
+        "logits": logits,                                  # (T, V) or (T, kept) rounded logits
+        "logit_decimals": LOGIT_DECIMALS,
+        "token_prob": token_prob,                          # p(token t | tokens < t); None at t = 0
+        "top5": {"ids": top5.tolist(), "probs": _round(np.take_along_axis(probs, top5, axis=-1), 5)},
+        "lens": {"ids": lens_ids, "probs": lens_p, "next_probs": lens_next},
+        "residual_norms": _round(norms, 4),                # (n_layer + 1, T)
+        # the (T, C) positions as added to the embeddings; the page computes their similarity
+        "positions": {"kind": cfg.pos_encoding,
+                      "scale": None if cfg.pos_encoding == "learned" else 1.0 / math.sqrt(cfg.n_embd),
+                      "table": _round(pos, 4)},
+        "metrics": _metric_rows(metrics),
+        "sampling": {"temperature": 0.8, "top_k": 200, "top_p": None, **(sampling or {})},
+        "formulas": formulas_data(),
+    }
+    return data
+
+
+def _metric_rows(rows):
+    """The rows of metrics.jsonl the page plots (step, train_loss, val_loss, lr); a value that is
+    not a finite number becomes None."""
+    if not rows:
+        return None
+
+    def number(v):
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        return v if ok else None
+
+    out = [{"step": r["step"], **{k: number(r.get(k)) for k in ("train_loss", "val_loss", "lr")}}
+           for r in rows if isinstance(r, dict) and isinstance(r.get("step"), int)]
+    return out or None

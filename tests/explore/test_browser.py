@@ -1,0 +1,290 @@
+"""The explorer page in a real browser (headless Chromium from the distribution, via Playwright).
+
+Every test fails on a console error, on any network request other than the page itself, and on a
+blank canvas. The numbers are checked against numformer: the attention the heatmap draws is the
+matrix of the selected layer and head, and the next-token bars are the distribution that
+numformer.generate.sample_next draws from, read off the sampler itself.
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+from numformer.explore import build_page, explore_data, trace
+from numformer.generate import sample_next
+
+from .conftest import TEXT, cli, tiny_model
+from .test_page import embedded
+
+SECTIONS = ["attention", "next-token", "prompt", "logit-lens", "stream", "training", "formulas"]
+
+
+class Opened:
+    """A page opened from a file, with every console error and network request recorded."""
+
+    def __init__(self, browser, path, viewport=(1280, 900)):
+        self.url = path.resolve().as_uri()
+        self.page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+        self.errors, self.requests = [], []
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.on("request", lambda r: self.requests.append(r.url))
+        self.page.goto(self.url)
+        self.page.wait_for_function("window.numformerExplorer !== undefined")
+
+    def check_clean(self):
+        """No console error, no request but the page's own, no blank canvas."""
+        assert self.errors == []
+        assert self.requests == [self.url]
+        blank = self.page.evaluate("""() => [...document.querySelectorAll('canvas')].map((c, k) => {
+            if (!c.width || !c.height) return k;
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            for (let o = 0; o < d.length; o += 4) {
+              if (d[o + 3] !== 0 && (d[o] !== 255 || d[o + 1] !== 255 || d[o + 2] !== 255)) return null;
+            }
+            return k;             // every pixel transparent or white: nothing drawn on it
+          }).filter((k) => k !== null)""")
+        assert blank == [], f"blank canvases: {blank}"
+        assert self.page.evaluate("document.querySelectorAll('canvas').length") >= 4
+
+    def close(self):
+        self.page.close()
+
+
+def write_page(tmp_path, model, prompt, **kw):
+    ids = model.tokenizer.encode(prompt)
+    path = tmp_path / "explorer.html"
+    path.write_text(build_page(explore_data(model, ids, **kw)), encoding="utf-8")
+    return path, ids
+
+
+def attn_rgb(v):
+    """The page's colour for an attention weight: white to (8, 48, 107) on √v."""
+    t = math.sqrt(min(1.0, max(0.0, v)))
+    return np.array([255 + (c - 255) * t for c in (8, 48, 107)])
+
+
+def drawn_cells(page, rows=None):
+    """The colour at the centre of every cell of the main heatmap's rows (all rows by default),
+    (len(rows), T, 3)."""
+    return np.array(page.evaluate("""(rows) => {
+        const c = document.getElementById('attn-canvas');
+        const T = window.numformerExplorer.data.tokens.length;
+        const cell = +c.dataset.cell, x0 = +c.dataset.left, y0 = +c.dataset.top;
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        return (rows || [...Array(T).keys()]).map((i) => [...Array(T).keys()].map((j) => {
+          const x = x0 + j * cell + (cell >> 1), y = y0 + i * cell + (cell >> 1), o = (y * c.width + x) * 4;
+          return [d[o], d[o + 1], d[o + 2]]; }));
+        }""", rows), dtype=np.float64)
+
+
+def assert_draws(page, A):
+    """The heatmap shows matrix A (T, T) below the diagonal and the mask's grey above it."""
+    cells = drawn_cells(page)
+    T = A.shape[0]
+    low = np.tril_indices(T)
+    expected = np.array([attn_rgb(v) for v in A[low]])
+    assert np.abs(cells[low] - expected).max() <= 1.0
+    up = np.triu_indices(T, 1)
+    assert np.all(cells[up][:, 0] == cells[up][:, 1]) and np.all(cells[up][:, 1] == cells[up][:, 2])  # grey
+
+
+def test_attention_heatmap_draws_the_selected_matrix(browser, tmp_path, screenshots):
+    model = tiny_model(n_layer=2, n_head=3, n_embd=48)
+    path, ids = write_page(tmp_path, model, "ROMEO:\nBut soft, what")
+    tr = trace(model, ids)
+    o = Opened(browser, path)
+    page = o.page
+    d = page.evaluate("window.numformerExplorer.data")
+    # the embedded matrices are numformer's attention for the same ids
+    assert d["token_ids"] == ids.tolist()
+    np.testing.assert_allclose(np.array(d["attention"]), np.stack(tr.attention), rtol=0, atol=1e-6)
+
+    assert_draws(page, tr.attention[0][0])
+    for layer, head in [(1, 2), (0, 1), (1, 0)]:
+        page.select_option("#attn-layer", index=layer)
+        page.select_option("#attn-head", index=head)
+        canvas = page.locator("#attn-canvas")
+        assert (canvas.get_attribute("data-layer"), canvas.get_attribute("data-head")) == (str(layer), str(head))
+        assert_draws(page, tr.attention[layer][head])
+        # and not some other head's matrix: the heads differ enough to tell
+        with pytest.raises(AssertionError):
+            assert_draws(page, tr.attention[1 - layer][head])
+    # a thumbnail of the overview selects its head too
+    page.click('.thumb[data-layer="1"][data-head="1"]')
+    assert_draws(page, tr.attention[1][1])
+    assert page.locator(".thumb.selected").count() == 1
+    # hovering a cell names the query, the key and the weight
+    box = page.locator("#attn-canvas").bounding_box()
+    c = page.locator("#attn-canvas")
+    cell, x0, y0 = (int(c.get_attribute(k)) for k in ("data-cell", "data-left", "data-top"))
+    page.mouse.move(box["x"] + x0 + 2 * cell + cell / 2, box["y"] + y0 + 7 * cell + cell / 2)
+    tip = page.locator("#tooltip").inner_text()
+    assert "query 7" in tip and "key 2" in tip and f"{tr.attention[1][1][7, 2]:.4f}" in tip
+    page.mouse.move(box["x"] + x0 + 9 * cell + cell / 2, box["y"] + y0 + 3 * cell + cell / 2)
+    assert "masked" in page.locator("#tooltip").inner_text()
+    page.locator("#attention").screenshot(path=str(screenshots / "explorer-attention-test.png"))
+    o.check_clean()
+    o.close()
+
+
+class _Uniform:
+    """A stand-in for np.random.Generator whose random() returns given numbers."""
+
+    def __init__(self, u):
+        self.u = u
+
+    def random(self, size):
+        return self.u.reshape(size)
+
+
+def sampler_distribution(logits, temperature, top_k, top_p):
+    """The distribution numformer.generate.sample_next draws from, read off sample_next itself.
+
+    For a uniform u it returns the number of entries of its cumulative distribution F that are
+    <= u (F normalised to end at 1), so it draws a token beyond j exactly when u >= F(j). Bisection
+    on u, for every j at once (row j of a batch), finds each F(j); p(j) = F(j) − F(j − 1).
+    """
+    V = len(logits)
+    rows = np.tile(np.asarray(logits, dtype=np.float64), (V, 1))      # (V, V): row j finds F(j)
+    lo, hi = np.zeros(V), np.ones(V)
+
+    def beyond(u):
+        return sample_next(rows, temperature, top_k, top_p, rng=_Uniform(u.copy())) > np.arange(V)
+
+    for _ in range(64):
+        mid = (lo + hi) / 2
+        b = beyond(mid)
+        hi, lo = np.where(b, mid, hi), np.where(b, lo, mid)
+    F = np.where(beyond(np.zeros(V)), 0.0, hi)          # F(j) = 0 exactly: drawn beyond j even at u = 0
+    return np.diff(np.concatenate([[0.0], F]))
+
+
+def shown_bars(page):
+    rows = page.eval_on_selector_all("#next-bars .bar-row", "rs => rs.map(r => [+r.dataset.id, +r.dataset.p])")
+    kept = int(page.locator("#next-caption").get_attribute("data-kept"))
+    return rows, kept
+
+
+def assert_bars(page, p):
+    """The bars are the most likely tokens of p, with p's values within 1e-4; the count of tokens
+    that can be drawn is p's."""
+    rows, kept = shown_bars(page)
+    assert kept == int(np.count_nonzero(p))
+    assert len(rows) == min(20, kept)
+    for token, shown in rows:
+        assert abs(shown - p[token]) <= 1e-4, (token, shown, p[token])
+    assert sorted(p, reverse=True)[len(rows) - 1] <= min(s for _, s in rows) + 1e-4
+
+
+def test_sampling_controls_give_the_samplers_distribution(browser, tmp_path, screenshots):
+    model = tiny_model()
+    prompt = "JULIET:\nO Romeo, Romeo"
+    path, ids = write_page(tmp_path, model, prompt)
+    logits = trace(model, ids).logits
+    o = Opened(browser, path)
+    page = o.page
+
+    # the page opens on numformer sample's defaults at the last position
+    assert page.input_value("#temperature-value") == "0.8" and page.input_value("#top-k") == "200"
+    assert_bars(page, sampler_distribution(logits[-1], 0.8, 200, None))
+
+    settings = [("1.3", "5", "1"), ("0.7", "0", "0.6"), ("1", "12", "0.35"), ("0", "0", "1"), ("2", "3", "0.9")]
+    for temperature, top_k, top_p in settings:
+        page.fill("#temperature-value", temperature)
+        page.fill("#top-k", top_k)
+        page.fill("#top-p-value", top_p)
+        p = sampler_distribution(logits[-1], float(temperature), int(top_k) or None,
+                                 None if top_p == "1" else float(top_p))
+        assert_bars(page, p)
+
+    # another position, and the sliders rather than the boxes
+    page.click('#next-context .tok[data-pos="4"]')
+    page.eval_on_selector("#temperature", "e => { e.value = '0.55'; e.dispatchEvent(new Event('input')); }")
+    page.eval_on_selector("#top-p", "e => { e.value = '0.8'; e.dispatchEvent(new Event('input')); }")
+    page.fill("#top-k", "0")
+    assert page.input_value("#temperature-value") == "0.55"
+    assert_bars(page, sampler_distribution(logits[4], 0.55, None, 0.8))
+    page.locator("#next-token").screenshot(path=str(screenshots / "explorer-next-token-test.png"))
+    o.check_clean()
+    o.close()
+
+
+def test_the_sampler_probe_can_tell_distributions_apart():
+    """sampler_distribution is exact: it gives softmax(z / T) with no filter, and top-k zeros."""
+    z = np.array([2.0, 1.0, 0.5, -1.0, 0.0])
+    p = sampler_distribution(z, 0.7, None, None)
+    q = np.exp(z / 0.7) / np.exp(z / 0.7).sum()
+    np.testing.assert_allclose(p, q, atol=1e-12)
+    assert np.count_nonzero(sampler_distribution(z, 1.0, 2, None)) == 2
+    assert sampler_distribution(z, 0.0, None, None).tolist() == [1, 0, 0, 0, 0]
+
+
+def test_a_trained_run_shows_all_seven_parts(browser, trained_run, tmp_path, screenshots):
+    """The page `numformer explore` writes for a real run: every part drawn, formulas rendered."""
+    out = tmp_path / "explorer.html"
+    r = cli(["explore", trained_run, "--prompt", "ROMEO:\nBut soft", "--out", out], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    o = Opened(browser, out)
+    page = o.page
+    for sid in SECTIONS:
+        box = page.locator(f"#{sid}").bounding_box()
+        assert box and box["height"] > 80, sid
+        page.locator(f"#{sid}").screenshot(path=str(screenshots / f"part-{sid}.png"))
+    assert page.locator("#loss-chart").count() == 1 and page.locator("#lr-chart").count() == 1
+    assert page.locator("#prompt-colored .tok").count() == len("ROMEO:\nBut soft")
+    assert page.locator("#lens-table tr").count() == 2 + 2 + 1       # input, 3 streams, next
+    # the thirteen formulas are rendered as MathML, each with its verdict
+    heights = page.eval_on_selector_all(".formula math", "ms => ms.map(m => m.getBoundingClientRect().height)")
+    assert len(heights) == 13 and min(heights) > 15
+    verdicts = page.eval_on_selector_all(".formula .verdict", "vs => vs.map(v => v.textContent)")
+    assert len(verdicts) == 13 and any(v.startswith("differs by") for v in verdicts)
+    # every link to a formula lands on one
+    targets = page.eval_on_selector_all('a[href^="#formula-"]', "as => as.map(a => a.getAttribute('href').slice(1))")
+    assert {"formula-attention", "formula-softmax", "formula-layernorm", "formula-positional_encoding",
+            "formula-cross_entropy"} <= set(targets)
+    for t in set(targets):
+        assert page.locator(f"#{t}").count() == 1, t
+    # hovering a prompt token lists the model's top five there
+    page.locator('#prompt-colored .tok[data-pos="3"]').hover()
+    assert page.locator("#tooltip").inner_text().count("\n") >= 6
+    page.screenshot(path=str(screenshots / "explorer-full.png"), full_page=True)
+    o.check_clean()
+    o.close()
+
+
+def test_a_page_without_metrics(browser, saved_model, tmp_path):
+    path, _ = saved_model
+    out = tmp_path / "p.html"
+    assert cli(["explore", path, "--prompt", "R", "--out", out], cwd=tmp_path).returncode == 0
+    o = Opened(browser, out)
+    assert "No metrics.jsonl" in o.page.locator("#training").inner_text()
+    assert o.page.locator("#next-bars .bar-row").count() == 20
+    o.check_clean()
+    o.close()
+
+
+def test_512_tokens(browser, tmp_path, screenshots):
+    """A long prompt: the main heatmap is one pixel per cell, the overview is downsampled, and
+    switching heads still draws the matching matrix."""
+    model = tiny_model(block_size=512, n_embd=16)
+    prompt = (TEXT * 8)[:512]
+    path, ids = write_page(tmp_path, model, prompt)
+    tr = trace(model, ids)
+    o = Opened(browser, path)
+    page = o.page
+    c = page.locator("#attn-canvas")
+    assert c.get_attribute("data-cell") == "1"
+    page.select_option("#attn-layer", index=1)
+    page.select_option("#attn-head", index=1)
+    rows = list(range(0, 512, 37)) + [511]
+    cells = drawn_cells(page, rows)
+    A = tr.attention[1][1]
+    for k, i in enumerate(rows):
+        assert np.abs(cells[k, : i + 1] - np.array([attn_rgb(v) for v in A[i, : i + 1]])).max() <= 1.0
+    thumbs = page.eval_on_selector_all(".thumb canvas", "cs => cs.map(c => [c.width, c.height])")
+    assert thumbs == [[96, 96]] * 4
+    page.locator("#attention").screenshot(path=str(screenshots / "explorer-512.png"))
+    o.check_clean()
+    o.close()

@@ -1,0 +1,107 @@
+"""`numformer explore` on the command line: finding the checkpoint, the prompt, and bad input."""
+
+import argparse
+import json
+import re
+
+from numformer.explore import MARKER
+
+from .conftest import cli
+from .test_page import embedded
+
+
+def test_default_checkpoint_and_metrics(trained_run, tmp_path):
+    """From the folder that holds out/: out/best is used, metrics.jsonl is found."""
+    root = trained_run.parent
+    r = cli(["explore", "--prompt", "ROMEO:"], cwd=root)
+    assert r.returncode == 0, r.stderr
+    page = root / "explorer.html"
+    assert page.is_file() and f"wrote {page.name}" in r.stdout
+    d = embedded(page.read_text(encoding="utf-8"))
+    assert d["tokens"] == list("ROMEO:")
+    assert d["model"]["source"].endswith("best")
+    rows = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in d["metrics"]] == [r["step"] for r in rows]
+    assert [m["val_loss"] for m in d["metrics"]] == [r["val_loss"] for r in rows]
+
+
+def test_checkpoint_folder_prompt_file_and_out(trained_run, tmp_path):
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("JULIET:\nO Romeo", encoding="utf-8")
+    out = tmp_path / "sub" / "page.html"
+    r = cli(["explore", trained_run / "latest", "--prompt_file", prompt, "--out", out, "--temperature", "1.2",
+             "--top_k", "0", "--top_p", "0.9"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    d = embedded(out.read_text(encoding="utf-8"))
+    assert "".join(d["tokens"]) == "JULIET:\nO Romeo"
+    assert d["model"]["source"].endswith("latest")
+    assert d["metrics"]                                     # the run folder above the checkpoint
+    assert d["sampling"] == {"temperature": 1.2, "top_k": None, "top_p": 0.9}
+
+
+def test_long_prompt_keeps_the_last_block(saved_model, tmp_path):
+    path, model = saved_model
+    prompt = "ROMEO:\nBut soft, what light through yonder window breaks?"
+    r = cli(["explore", path, "--prompt", prompt, "--out", tmp_path / "p.html"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    notes = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(notes) == 1 and notes[0].startswith("numformer explore: note:") and "last 32" in notes[0]
+    d = embedded((tmp_path / "p.html").read_text(encoding="utf-8"))
+    assert "".join(d["tokens"]) == prompt[-32:]
+    assert d["notice"] and "last 32" in d["notice"]
+
+
+def one_line_error(r, pattern):
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, r.stderr
+    assert re.match(r"numformer explore: error: ", lines[0]), lines[0]
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+def test_unknown_character_as_in_sample(saved_model, tmp_path):
+    path, _ = saved_model
+    r = cli(["explore", path, "--prompt", "ROMEO: Ω", "--out", tmp_path / "p.html"], cwd=tmp_path)
+    one_line_error(r, r"character 'Ω' \(U\+03A9\) at position 7")
+    s = cli(["sample", "--out_dir", path, "--prompt", "ROMEO: Ω", "--max_new_tokens", "1"], cwd=tmp_path)
+    assert r.stderr.split("error: ")[1] == s.stderr.split("error: ")[1]
+    assert not (tmp_path / "p.html").exists()
+
+
+def test_bad_input(saved_model, tmp_path):
+    path, _ = saved_model
+    one_line_error(cli(["explore", "--prompt", "R"], cwd=tmp_path), r"out: no such folder")
+    one_line_error(cli(["explore", path, "--prompt", ""], cwd=tmp_path), r"no tokens")
+    one_line_error(cli(["explore", path, "--prompt", "R", "--top_p", "0"], cwd=tmp_path), r"--top_p")
+    one_line_error(cli(["explore", path, "--prompt", "R", "--temperature", "-1"], cwd=tmp_path), r"--temperature")
+    one_line_error(cli(["explore", path, "--prompt_file", tmp_path / "nope.txt"], cwd=tmp_path), r"not found")
+    one_line_error(cli(["explore", path, "--prompt", "R", "--out", tmp_path], cwd=tmp_path), r"is a folder")
+
+
+def test_never_overwrites_a_file_it_did_not_write(saved_model, tmp_path):
+    path, _ = saved_model
+    mine = tmp_path / "explorer.html"
+    mine.write_text("<html>my own notes</html>", encoding="utf-8")
+    r = cli(["explore", path, "--prompt", "R"], cwd=tmp_path)
+    one_line_error(r, r"not written by numformer explore")
+    assert mine.read_text(encoding="utf-8") == "<html>my own notes</html>"
+    # a page it wrote is replaced
+    other = tmp_path / "page.html"
+    assert cli(["explore", path, "--prompt", "R", "--out", other], cwd=tmp_path).returncode == 0
+    assert MARKER in other.read_text(encoding="utf-8")
+    r = cli(["explore", path, "--prompt", "ROMEO", "--out", other], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert embedded(other.read_text(encoding="utf-8"))["tokens"] == list("ROMEO")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["explorer.html", "page.html"]   # no temp files left
+
+
+def test_starting_controls_are_samples_defaults():
+    from numformer import generate
+    from numformer.commands import explore
+
+    ours, theirs = argparse.ArgumentParser(), argparse.ArgumentParser()
+    explore.add_arguments(ours)
+    generate.add_arguments(theirs)
+    for name in ("temperature", "top_k", "top_p", "prompt", "prompt_file"):
+        assert ours.get_default(name) == theirs.get_default(name), name

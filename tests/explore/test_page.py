@@ -1,0 +1,136 @@
+"""The page as a file: the JSON contract, self-containment, and what each part is fed."""
+
+import json
+import re
+
+import numpy as np
+
+from numformer.explain import NAMES
+from numformer.explain.examples import explain
+from numformer.explore import build_page, data_json, explore_data, trace
+from numformer.explore import data as explore_data_module
+
+from .conftest import tiny_model
+
+
+def embedded(html: str) -> dict:
+    """The object in <script type="application/json" id="numformer-data">."""
+    m = re.search(r'<script type="application/json" id="numformer-data">(.*?)</script>', html, re.S)
+    assert m, "no numformer-data element"
+    return json.loads(m.group(1))
+
+
+def test_contract_keys_and_shapes():
+    model = tiny_model(n_head=4, n_layer=3)
+    prompt = "ROMEO:\nBut soft"
+    ids = model.tokenizer.encode(prompt)
+    d = embedded(build_page(explore_data(model, ids)))
+    T = len(ids)
+    assert d["tokens"] == list(prompt) and "".join(d["tokens"]) == prompt
+    assert d["token_ids"] == ids.tolist()
+    att = d["attention"]
+    assert len(att) == 3 and all(len(layer) == 4 for layer in att)
+    assert all(len(m) == T and all(len(row) == T for row in m) for layer in att for m in layer)
+    tr = trace(model, ids)
+    np.testing.assert_allclose(np.array(att), np.stack(tr.attention), rtol=0,
+                               atol=0.5 * 10.0 ** -d["attention_decimals"] + 1e-9)
+    assert np.all(np.triu(np.array(att), k=1) == 0)
+
+
+def test_whole_weights_are_written_short():
+    """0.0 and 1.0 in the matrices become 0 and 1; nothing else in the JSON changes."""
+    data = {"attention": [[[[1.0, 0.0], [0.25, 0.75]]]], "note": "[0.0,1.0]", "x": [0.0, 10.0, 1.05]}
+    text = data_json(data)
+    assert '"attention":[[[[1,0],[0.25,0.75]]]]' in text
+    assert json.loads(text) == data
+
+
+def test_a_token_cannot_break_out_of_the_script_element():
+    model = tiny_model()
+    prompt = "</script><b>&amp;"
+    html = build_page(explore_data(model, model.tokenizer.encode(prompt)))
+    assert html.count("</script>") == 2                          # the data element's and the code's
+    assert embedded(html)["tokens"] == list(prompt)
+
+
+def test_self_contained():
+    """No script, style, font or image comes from anywhere else."""
+    model = tiny_model()
+    html = build_page(explore_data(model, model.tokenizer.encode("ROMEO:")))
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", html, re.I)
+    assert not re.search(r"@import|url\(|<link\b|<script[^>]*\bsrc\b|<img\b|<iframe\b", html, re.I)
+    assert not re.search(r"fetch\(|XMLHttpRequest|import\(", html)
+
+
+def test_logits_next_tokens_and_lens():
+    model = tiny_model()
+    ids = model.tokenizer.encode("JULIET:\nO Romeo")
+    d = explore_data(model, ids)
+    tr = trace(model, ids)
+    assert d["logits"]["complete"]
+    np.testing.assert_allclose(np.array(d["logits"]["values"]), tr.logits, rtol=0, atol=1e-5)
+    z = tr.logits.astype(np.float64)
+    p = np.exp(z - z.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    assert d["token_prob"][0] is None
+    np.testing.assert_allclose(d["token_prob"][1:], p[np.arange(len(ids) - 1), ids[1:]], rtol=1e-9)
+    assert d["top5"]["ids"][3] == np.argsort(-p[3])[:5].tolist()
+    # the last row of the logit lens is the model's own prediction
+    assert d["lens"]["ids"][-1] == p.argmax(-1).tolist()
+    assert len(d["lens"]["ids"]) == model.config.n_layer + 1
+    np.testing.assert_allclose(d["residual_norms"], np.linalg.norm(tr.residual, axis=-1), atol=1e-3)
+
+
+def test_large_vocabulary_keeps_the_most_likely_logits(monkeypatch):
+    monkeypatch.setattr(explore_data_module, "LOGITS_BUDGET", 100)
+    monkeypatch.setattr(explore_data_module, "LOGITS_TOP_MIN", 7)
+    monkeypatch.setattr(explore_data_module, "VOCAB_FULL", 10)
+    model = tiny_model()
+    ids = model.tokenizer.encode("ROMEO: But")
+    d = explore_data(model, ids)
+    tr = trace(model, ids)
+    lg = d["logits"]
+    assert not lg["complete"]
+    keep = max(7, 100 // len(ids))
+    for t in range(len(ids)):
+        assert lg["ids"][t] == np.argsort(-tr.logits[t], kind="stable")[:keep].tolist()
+        np.testing.assert_allclose(lg["values"][t], tr.logits[t][lg["ids"][t]], atol=1e-5)
+    # the vocabulary then lists only the tokens the page shows, by id
+    assert isinstance(d["vocab"], dict) and all(d["vocab"][str(i)] for i in lg["ids"][0])
+
+
+def test_positions_as_the_model_adds_them():
+    model = tiny_model()
+    d = explore_data(model, model.tokenizer.encode("ROMEO:"))
+    from numformer.ops import positional
+
+    C = model.config.n_embd
+    np.testing.assert_allclose(d["positions"]["table"], positional.sinusoidal(6, C) / np.sqrt(C), atol=1e-4)
+    learned = tiny_model(pos_encoding="learned")
+    d = explore_data(learned, learned.tokenizer.encode("ROMEO:"))
+    np.testing.assert_allclose(d["positions"]["table"], learned.params["transformer.wpe.weight"][:6], atol=1e-4)
+
+
+def test_formulas_are_numformer_explains():
+    model = tiny_model()
+    d = explore_data(model, model.tokenizer.encode("R"))
+    forms = d["formulas"]
+    assert [f["name"] for f in forms] == list(NAMES)
+    for f, ex in zip(forms, explain()):
+        doc = ex.to_json()
+        assert f["agrees"] == doc["agrees"] and f["formula"] == doc["formula"]
+        assert {s["key"]: s["computed"] for s in f["steps"]} == doc["computed"]
+        assert f["verdict"] == {True: "agrees", False: "differs", None: "incomplete"}[doc["agrees"]]
+        assert f["mathml"].startswith("<math") and "<mi>" in f["mathml"]
+    assert {f["verdict"] for f in forms} == {"agrees", "differs", "incomplete"}
+
+
+def test_metrics_rows():
+    model = tiny_model()
+    rows = [{"step": 0, "train_loss": 4.2, "val_loss": 4.3, "lr": 0.0, "tokens_per_sec": None},
+            {"step": 10, "train_loss": 3.1, "val_loss": float("nan"), "lr": 1e-3},
+            {"step": "bad"}]
+    d = explore_data(model, model.tokenizer.encode("R"), metrics=rows)
+    assert d["metrics"] == [{"step": 0, "train_loss": 4.2, "val_loss": 4.3, "lr": 0.0},
+                            {"step": 10, "train_loss": 3.1, "val_loss": None, "lr": 1e-3}]
+    json.dumps(d, allow_nan=False)
