@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from numformer.ops.fast.gelu import erfc
+from numformer.ops.erf import erfc
 
 FORMS = ("tanh", "exact")
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)

@@ -14,77 +14,19 @@
 - output_and_slope gives forward's output again, bit for bit, with the slope, from one
   evaluation of the gate: the GPT keeps no GELU output and gets it back at backward time.
 
-NumPy has no vectorised erf; `erf` below is written here and accurate to a few float64 ulps
-(relative) everywhere: a positive-term Taylor series for |x| < 2.5 and Laplace's continued
-fraction for erfc beyond. `erfc` is as accurate for |x| ≥ 2.5 and for x ≤ 0; for 0 < x < 2.5 it is
-1 − erf(x), good to ~1e−12 relative, which is far below what GELU's gate needs.
+Φ and φ come from numformer.ops.erf (Cody's rationals in float64; for float32 a low-degree form
+within 1 ulp): a few array passes per slice. `erf` and `erfc` stay importable from here.
 """
 
 import math
 
 import numpy as np
 
+from numformer.ops.erf import erf, erfc, normal_cdf, normal_pdf  # noqa: F401  (erf, erfc: importable here)
+
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-_SQRT_1_2 = math.sqrt(0.5)
 _C = 0.044715
 _CLIP = 40.0            # |x| beyond which the gate is exactly saturated in float64
-
-_SERIES_CUT = 2.5       # series below, continued fraction above; 45 terms reach ~1 ulp for both
-_TERMS = 45
-
-
-def _erf_series(a):
-    """erf(a) = 2/√π · exp(−a²) · Σ_n (2a²)ⁿ a / (1·3·5···(2n+1)), all terms positive, a ≥ 0."""
-    two_a2 = 2.0 * a * a
-    s = np.ones_like(a)
-    for n in range(_TERMS, 0, -1):                       # Horner, innermost term first
-        s = 1.0 + two_a2 / (2 * n + 1) * s
-    return (2.0 / math.sqrt(math.pi)) * np.exp(-a * a) * a * s
-
-
-def _erfc_cf(a):
-    """erfc(a) = exp(−a²)/√π · 1/(a + (1/2)/(a + 1/(a + (3/2)/(a + ...)))), for a ≥ 2.5."""
-    a = np.minimum(a, 30.0)                              # erfc(30) underflows to 0; avoids inf − inf
-    f = a.copy()
-    for n in range(_TERMS, 0, -1):                       # the fraction, evaluated from the bottom
-        f = a + (0.5 * n) / f
-    # numerical care: a = hi + (a − hi) with hi on a 1/256 grid, so hi² is exact and exp(−a²)
-    # keeps full relative accuracy even where a² is large
-    hi = np.round(a * 256.0) / 256.0
-    return np.exp(-hi * hi) * np.exp(-(a - hi) * (a + hi)) / (math.sqrt(math.pi) * f)
-
-
-def _erf_erfc(x):
-    """(erf x, erfc x), both to full relative accuracy, computed in float64."""
-    x = np.asarray(x, dtype=np.float64)
-    a = np.abs(x)
-    near = a < _SERIES_CUT
-    erf_a = np.empty_like(a)
-    erfc_a = np.empty_like(a)
-    erf_a[near] = _erf_series(a[near])
-    erfc_a[near] = 1.0 - erf_a[near]
-    erfc_a[~near] = _erfc_cf(a[~near])
-    erf_a[~near] = 1.0 - erfc_a[~near]
-    erf_x = np.copysign(erf_a, x)                        # erf is odd
-    erfc_x = np.where(x < 0, 2.0 - erfc_a, erfc_a)       # erfc(−a) = 2 − erfc(a)
-    return erf_x, erfc_x
-
-
-def _like(value, x):
-    """Return `value` in x's floating dtype (float64 for integer input)."""
-    x = np.asarray(x)
-    dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64
-    return value.astype(dtype, copy=False).reshape(x.shape)
-
-
-def erf(x):
-    """Vectorised error function erf(x) = 2/√π ∫₀ˣ exp(−t²) dt, accurate to float64 rounding."""
-    return _like(_erf_erfc(x)[0], x)
-
-
-def erfc(x):
-    """Vectorised complementary error function 1 − erf(x), accurate also where it is tiny."""
-    return _like(_erf_erfc(x)[1], x)
 
 
 def _clip(x):
@@ -131,13 +73,10 @@ def _gate_tanh(x, with_grad):
 
 
 def _gate_exact(x, with_grad):
-    """s = Φ(x) for the exact form, and ds/dx = φ(x) if with_grad."""
-    xc = _clip(x)                                        # numerical care: no overflow in x²
-    s = 0.5 * erfc(-xc * _SQRT_1_2)                      # Φ(x) = ½ erfc(−x/√2), exact in the tail
-    if not with_grad:
-        return s
-    ds = np.exp(-0.5 * xc * xc) / math.sqrt(2.0 * math.pi)
-    return s, ds
+    """s = Φ(x) for the exact form, and ds/dx = φ(x) if with_grad (both finite and warning-free
+    for any x, and relatively accurate in the tails: Φ(−20) ≈ 2.8e−89 in float64)."""
+    s = normal_cdf(x)
+    return (s, normal_pdf(x)) if with_grad else s
 
 
 def _gate_tanh_float32(x, with_grad):
