@@ -192,6 +192,7 @@
       }
     }
     ctx.putImageData(img, 0, 0);
+    canvas.style.width = canvas.style.height = "96px";   // small prompts scaled up, pixel for pixel
   }
   const overview = $("attn-overview");
   overview.style.gridTemplateColumns = `repeat(${H}, max-content)`;
@@ -296,7 +297,8 @@
     }
     const next = state.pos + 1 < T ? ` The prompt continues with ${esc(shown(D.tokens[state.pos + 1]))}.` : "";
     const filters = [temperature === 0 ? "temperature 0: greedy" : `temperature ${temperature}`,
-      topK > 0 && topK < ids.length ? `top-k ${topK}` : "no top-k", topP === null ? "no top-p" : `top-p ${topP}`];
+      topK === 0 ? "no top-k" : topK < ids.length ? `top-k ${topK}` : `top-k ${topK} (keeps all ${ids.length})`,
+      topP === null ? "no top-p" : `top-p ${topP}`];
     $("next-caption").textContent =
       `After position ${state.pos} (${shown(D.tokens[state.pos])}); ${filters.join(", ")}: ` +
       `${order.length} token${order.length === 1 ? "" : "s"} can be drawn` +
@@ -388,7 +390,8 @@
     const raw = (hi - lo) / Math.max(1, n), mag = Math.pow(10, Math.floor(Math.log10(raw)));
     const step = [1, 2, 5, 10].map((f) => f * mag).find((s) => s >= raw);
     const out = [];
-    for (let v = Math.ceil(lo / step - 1e-9) * step; v <= hi + step * 1e-9; v += step) out.push(Math.abs(v) < step * 1e-9 ? 0 : v);
+    const first = Math.floor(lo / step + 1e-9), last = Math.ceil(hi / step - 1e-9);
+    for (let k = first; k <= last; k++) out.push(k * step);
     return out;
   }
 
@@ -421,7 +424,7 @@
     ctx.strokeStyle = "#8a949f";
     ctx.beginPath(); ctx.moveTo(pad.l, pad.t); ctx.lineTo(pad.l, Hh - pad.b); ctx.lineTo(W - pad.r, Hh - pad.b); ctx.stroke();
     ctx.textAlign = "center"; ctx.textBaseline = "top"; ctx.fillStyle = "#5b6573";
-    const xt = opts.xTicks || ticks(x0, x1, 5);
+    const xt = opts.xTicks || ticks(x0, x1, 5).filter((x) => x >= x0 - 1e-9 && x <= x1 + 1e-9);
     for (const x of xt) ctx.fillText(opts.xFormat ? opts.xFormat(x) : String(+x.toPrecision(6)), X(x), Hh - pad.b + 5);
     if (opts.xLabel) ctx.fillText(opts.xLabel, (pad.l + W - pad.r) / 2, Hh - 17);
     for (const s of series) {
@@ -517,7 +520,7 @@
     if (rows.some((r) => r.lr !== null)) {
       box.append(el("figure", {}, lrCanvas, el("figcaption", { text: "learning rate at each evaluation (warmup, then cosine decay)" })));
       lineChart(lrCanvas, [{ points: rows.map((r) => [r.step, r.lr]), color: "#6f42c1", label: "learning rate", dots: rows.length < 40 }],
-        { xLabel: "step", yZero: true, yFormat: (y) => y.toExponential(1) });
+        { xLabel: "step", yZero: true, yFormat: (y) => (y === 0 ? "0" : y.toExponential(1)) });
     }
   } else {
     box.append(el("p", { class: "caption", text: "No metrics.jsonl was found next to this checkpoint, so there is no training curve to show." }));
