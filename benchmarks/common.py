@@ -101,7 +101,7 @@ def child_main(handlers: dict) -> bool:
     RESULT line with the peak RSS added, and return True. Otherwise return False."""
     if len(sys.argv) < 3 or sys.argv[1] != "--child":
         return False
-    from numformer.bench import peak_rss_bytes
+    from numformer.perf import peak_rss_bytes
 
     spec = json.loads(sys.argv[2])
     result = handlers[spec["impl"]](spec)
@@ -123,7 +123,7 @@ def torch_info() -> dict:
 
 
 def machine_header(with_torch: bool = True) -> dict:
-    from numformer.bench import blas_info, cpu_model
+    from numformer.perf import blas_info, cpu_model
 
     info = {"cpu": cpu_model(), "python": sys.version.split()[0], **blas_info(),
             "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),

@@ -26,7 +26,7 @@ generation (fewer if they pass --max_seconds), median. tokens/s = batch x new to
 prompt processing included. --repeat N runs every child N times, interleaved, and reports each
 case's median over the rounds (on a shared machine a whole process can run 25 % slow, which one
 round cannot tell from a real difference). The numformer child then times the matmul floor
-(numformer.bench.decode_floor): the same generation's matrix products alone. HF's time over it is
+(numformer.perf.decode_floor): the same generation's matrix products alone. HF's time over it is
 the best ratio any implementation built on NumPy's BLAS could reach here; the report prints it.
 Results go to benchmarks/results/generate_speed-*.{md,json}.
 """
@@ -111,7 +111,7 @@ def child_numformer(spec):
         return generate, last_logits
 
     r = _child(spec, build)
-    from numformer.bench import decode_floor, peak_rss_bytes
+    from numformer.perf import decode_floor, peak_rss_bytes
 
     r["rss_bytes"] = peak_rss_bytes()                 # generation's peak, before the floor's own arrays
     model = _numpy_model(spec)

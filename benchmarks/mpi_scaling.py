@@ -6,7 +6,7 @@
 Each measurement is its own `mpirun -n N python benchmarks/mpi_scaling.py --worker` (each rank
 limits OpenBLAS to its share of the cores, as `numformer train` does under MPI), plus a plain
 single process (BLAS with its default threads, one per core) for reference. A worker builds a real
-`numformer.train.Trainer` with TrainConfig's defaults (4 layers, 4 heads, 128 wide, block 64,
+`numformer.training.Trainer` with TrainConfig's defaults (4 layers, 4 heads, 128 wide, block 64,
 global batch 12, Shakespeare, char tokenizer) and times `Trainer.step()`:
 
 - step: the wall time of one step (forward, backward, Allreduce, clip, AdamW);
@@ -53,11 +53,11 @@ def worker(args) -> None:
 
     import numpy as np
 
-    from numformer.distributed import init_world
-    from numformer.train import TrainConfig, Trainer
+    from numformer.parallel.mpi import init_world
+    from numformer.training import TrainConfig, Trainer
 
     world = init_world()
-    cfg = TrainConfig(out_dir=tempfile.mkdtemp(prefix="mpi_scaling-"), batch_size=args.batch_size)
+    cfg = TrainConfig.of(out_dir=tempfile.mkdtemp(prefix="mpi_scaling-"), batch_size=args.batch_size)
     tr = Trainer(cfg, world, log=lambda msg: None)
     opt_time = [0.0]
     real_opt_step = tr.opt.step

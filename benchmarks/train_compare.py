@@ -1,7 +1,7 @@
 """The default `numformer train` run, in numformer and in the PyTorch reference, side by side.
 
     python benchmarks/train_compare.py                         # baby GPT, 2000 iterations, both
-    python benchmarks/train_compare.py --pos_encoding all      # + learned, the paper's and the seed's sinusoidal forms
+    python benchmarks/train_compare.py --pos_encoding all      # + learned, the paper's and the article's sinusoidal forms
     python benchmarks/train_compare.py --max_iters 100 --eval_interval 50 --eval_iters 4   # quick check
 
 Issue 3's benchmark. The config is `numformer train`'s default (TrainConfig: 4 layers, 4 heads,
@@ -10,7 +10,7 @@ lr_decay_iters, AdamW betas (0.9, 0.99), weight decay 0.1 on matrices and embedd
 1.0, dropout 0, seed 1337) on the built-in Shakespeare corpus with the char tokenizer. Each run is
 a child process, one after another:
 
-- numformer: a real `numformer.train.Trainer`: `Trainer.step()` for every iteration and
+- numformer: a real `numformer.training.Trainer`: `Trainer.step()` for every iteration and
   `Trainer.evaluate()` at every eval_interval and at the end (no checkpoints, plots or samples,
   which the reference does not do either);
 - torch: numformer/reference/gpt.py's ReferenceGPT, eager, with the trainer's rules written out:
@@ -28,9 +28,8 @@ and setup are reported beside it.
 
 `--pos_encoding all` also measures the positional encodings on the built-in corpus, each with
 both implementations: sinusoidal as numformer adds it (wte[idx] + P/√C, the default), learned,
-the paper's form √C·wte[idx] + P, and the seed's formula read literally, wte[idx] + P (the
-children set the model's embed_scale and position table for the last two), to show why the
-scale matters. Results go to benchmarks/results/train_compare-*.{md,json}.
+the paper's form √C·wte[idx] + P, and the article's formula read literally, wte[idx] + P (the
+GPTConfig.sinusoidal_form "paper" and "article"), to show why the scale matters. Results go to benchmarks/results/train_compare-*.{md,json}.
 """
 
 from __future__ import annotations
@@ -42,38 +41,30 @@ import common
 
 IMPLS = ("numformer", "torch", "compile")
 LABEL = {"numformer": "numformer", "torch": "torch eager", "compile": "torch.compile"}
-# name -> (pos_encoding, form of x0 for sinusoidal positions; None: the model's default,
-# wte[idx] + P/√C). "paper": √C·wte[idx] + P (Vaswani et al. §3.4 with GPT-2's init);
-# "seed": wte[idx] + P, a straight reading of the seed's formula 2.
+# name -> (pos_encoding, sinusoidal_form: how x0 adds the sinusoidal table P, see GPTConfig).
+# "scaled": wte[idx] + P/√C (numformer's default); "paper": √C·wte[idx] + P (Vaswani et al.
+# §3.4 with GPT-2's init); "article": wte[idx] + P, a straight reading of the article's formula 2.
 VARIANTS = {
-    "sinusoidal": ("sinusoidal", None),
-    "learned": ("learned", None),
+    "sinusoidal": ("sinusoidal", "scaled"),
+    "learned": ("learned", "scaled"),
     "sinusoidal-paper": ("sinusoidal", "paper"),
-    "sinusoidal-unscaled": ("sinusoidal", "seed"),
+    "sinusoidal-unscaled": ("sinusoidal", "article"),
 }
-
-
-def _embedding_form(form, C):
-    """(token scale, position-table multiplier relative to the model's P/√C) of a variant."""
-    import math
-
-    if form is None:
-        return None
-    return (math.sqrt(C), math.sqrt(C)) if form == "paper" else (1.0, math.sqrt(C))
 
 
 # --------------------------------------------------------------------------------- children
 
 def _train_config(spec):
-    from numformer.train import TrainConfig
+    from numformer.training import TrainConfig
 
-    return TrainConfig(pos_encoding=VARIANTS[spec["variant"]][0], max_iters=spec["max_iters"],
+    pos_encoding, form = VARIANTS[spec["variant"]]
+    return TrainConfig.of(pos_encoding=pos_encoding, sinusoidal_form=form, max_iters=spec["max_iters"],
                        lr_decay_iters=spec["lr_decay_iters"], eval_interval=spec["eval_interval"],
                        eval_iters=spec["eval_iters"], seed=spec["seed"], out_dir=spec["out_dir"], sample_tokens=0)
 
 
 def _loop(cfg, step, evaluate):
-    """nanoGPT's loop as numformer.train.run has it: evaluate at 0, every eval_interval, and at the end."""
+    """nanoGPT's loop as numformer.training.run has it: evaluate at 0, every eval_interval, and at the end."""
     curve, t_train, t_eval, losses = [], 0.0, 0.0, []
     it = 0
     while True:
@@ -97,16 +88,12 @@ def _loop(cfg, step, evaluate):
 
 
 def child_numformer(spec):
-    from numformer.distributed import SingleProcess
-    from numformer.train import Trainer
+    from numformer.parallel.mpi import SingleProcess
+    from numformer.training import Trainer
 
     t0 = time.perf_counter()
     cfg = _train_config(spec)
     tr = Trainer(cfg, SingleProcess(), cache_dir=spec["cache_dir"], log=lambda *a: None)
-    form = _embedding_form(VARIANTS[spec["variant"]][1], cfg.n_embd)
-    if form is not None:
-        tr.model.embed_scale = form[0]
-        tr.model.pe = (tr.model.pe * form[1]).astype(tr.model.pe.dtype)
     setup = time.perf_counter() - t0
 
     def step(it):
@@ -124,6 +111,7 @@ def child_numformer(spec):
 
 
 def child_torch(spec):
+    import dataclasses
     import gc
 
     import numpy as np
@@ -131,7 +119,6 @@ def child_torch(spec):
 
     from numformer.data import batches
     from numformer.data.corpus import load_text
-    from numformer.model.config import GPTConfig
     from numformer.model.gpt import GPT
     from numformer.reference.gpt import ReferenceGPT
 
@@ -139,18 +126,12 @@ def child_torch(spec):
     cfg = _train_config(spec)
     text, _ = load_text(None if cfg.data == "shakespeare" else cfg.data)
     train_ids, val_ids, tok = batches.prepare(text, tokenizer=cfg.tokenizer, cache_dir=spec["cache_dir"])
-    mcfg = GPTConfig(vocab_size=tok.vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
-                     n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias, pos_encoding=cfg.pos_encoding,
-                     gelu=cfg.gelu)
+    mcfg = dataclasses.replace(cfg.model, vocab_size=tok.vocab_size)
     np_model = GPT(mcfg, dtype=np.float32, seed=cfg.seed)          # the trainer's initial weights
     model = ReferenceGPT.from_config(mcfg).load_numpy(np_model.state_dict())
     n_params = np_model.num_params()
     del np_model
     gc.collect()
-    form = _embedding_form(VARIANTS[spec["variant"]][1], cfg.n_embd)
-    if form is not None:
-        model.scale = form[0]
-        model.pe = model.pe * form[1]
     model.train()
     opt = model.configure_adamw(cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2), eps=1e-8)
     fwd = torch.compile(model) if spec["impl"] == "compile" else model

@@ -27,7 +27,7 @@ median ms/iter over --iters iterations after --warmup, tokens/s, the speed ratio
 and to torch.compile (tokens/s over theirs: > 1 means faster), achieved model GFLOP/s (6N +
 12·L·T·C per token, N = parameters without position embeddings; see numformer/bench.py) and its
 share of the ceiling, and the child's peak RSS (ru_maxrss). The numformer child then times the
-matmul floor (numformer.bench.matmul_floor): the step's matrix products alone, with the same
+matmul floor (numformer.perf.matmul_floor): the step's matrix products alone, with the same
 shapes and threads; the reference's time over it is the best ratio any implementation built on
 NumPy's BLAS could reach on this machine, and the report prints it next to each target. Results
 go to benchmarks/results/.
@@ -47,10 +47,10 @@ LABEL = {"numformer": "numformer", "torch": "torch eager", "compile": "torch.com
 # --------------------------------------------------------------------------------- children
 
 def _train_config(spec):
-    from numformer.train import TrainConfig
+    from numformer.training import TrainConfig
 
     c = spec["config"]
-    return TrainConfig(data=spec["corpus"], n_layer=c["n_layer"], n_head=c["n_head"], n_embd=c["n_embd"],
+    return TrainConfig.of(data=spec["corpus"], n_layer=c["n_layer"], n_head=c["n_head"], n_embd=c["n_embd"],
                        block_size=c["block_size"], batch_size=c["batch_size"],
                        max_iters=spec["warmup"] + spec["iters"], seed=spec["seed"], out_dir=spec["out_dir"],
                        sample_tokens=0, dtype="float32",
@@ -60,7 +60,7 @@ def _train_config(spec):
 def _summarise(times, losses, warmup, spec, extra=None):
     import numpy as np
 
-    from numformer.bench import flops_per_token
+    from numformer.perf import flops_per_token
     from numformer.model.config import GPTConfig
 
     c = spec["config"]
@@ -80,8 +80,8 @@ def _summarise(times, losses, warmup, spec, extra=None):
 
 
 def child_numformer(spec):
-    from numformer.distributed import SingleProcess
-    from numformer.train import Trainer
+    from numformer.parallel.mpi import SingleProcess
+    from numformer.training import Trainer
 
     cfg = _train_config(spec)
     tr = Trainer(cfg, SingleProcess(), cache_dir=spec["cache_dir"], log=lambda *a: None)
@@ -96,7 +96,7 @@ def child_numformer(spec):
         losses.append(loss)
     extra = {"params": tr.model.num_params(), "threads": tr.threads}
     if spec.get("floor", True):
-        from numformer.bench import matmul_floor, peak_rss_bytes
+        from numformer.perf import matmul_floor, peak_rss_bytes
 
         extra["rss_bytes"] = peak_rss_bytes()          # training's peak, before the floor's own arrays
 
@@ -146,7 +146,7 @@ def child_torch(spec):
 
 
 def child_sgemm(spec):
-    from numformer.bench import gemm_ceiling
+    from numformer.perf import gemm_ceiling
 
     return gemm_ceiling(spec["n"], "float32", reps=spec["reps"], warmup=2)
 

@@ -1,25 +1,25 @@
 """The `numformer` command.
 
-Each subcommand lives in its own module, which defines `add_arguments(parser)` and
-`main(args) -> int`. Modules are imported only when their subcommand runs, so that
-`numformer --help` does not pay for NumPy, tokenizers or matplotlib.
+Each command lives in its own module, numformer.commands.<name>, which defines
+`add_arguments(parser)` and `main(args) -> int`. Modules are imported only when their command
+runs, so that `numformer --help` does not pay for NumPy, tokenizers or matplotlib.
 """
 
 import argparse
 import importlib
 import sys
 
-# name -> (module, one-line summary). Order is the order shown by --help.
+# name -> one-line summary; the module is numformer.commands.<name>. Order is the order of --help.
 COMMANDS = {
-    "train": ("numformer.train", "train a GPT on the built-in Shakespeare corpus or your own text"),
-    "sample": ("numformer.generate", "generate text from a trained checkpoint (KV cache, streaming)"),
-    "explain": ("numformer.explain.cli", "compute the seed document's thirteen worked examples live"),
-    "explore": ("numformer.commands.explore", "one offline HTML page of a model's attention, predictions and formulas"),
-    "check": ("numformer.commands.check", "check every op, reference and fast: finite differences, float32, PyTorch if installed"),
-    "embed": ("numformer.sentence", "sentence embeddings from a BERT-family model (all-MiniLM-L6-v2)"),
-    "similarity": ("numformer.embed_similarity", "cosine similarity of two texts' embeddings"),
-    "convert": ("numformer.interop.cli", "convert GPT-2 checkpoints to and from Hugging Face format"),
-    "bench": ("numformer.bench", "measure training tokens/s and GFLOP/s of a config on this machine"),
+    "train": "train a GPT on the built-in Shakespeare corpus or your own text",
+    "sample": "generate text from a trained checkpoint (KV cache, streaming)",
+    "explain": "compute the article's thirteen worked examples live",
+    "explore": "one offline HTML page of a model's attention, predictions and formulas",
+    "check": "check every op, reference and fast: finite differences, float32, PyTorch if installed",
+    "embed": "sentence embeddings from a BERT-family model (all-MiniLM-L6-v2)",
+    "similarity": "cosine similarity of two texts' embeddings",
+    "convert": "convert GPT-2 checkpoints to and from Hugging Face format",
+    "bench": "measure training tokens/s and GFLOP/s of a config on this machine",
 }
 
 
@@ -31,7 +31,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _top_parser() -> argparse.ArgumentParser:
-    lines = [f"  {name:<11} {summary}" for name, (_, summary) in COMMANDS.items()]
+    lines = [f"  {name:<11} {summary}" for name, summary in COMMANDS.items()]
     parser = argparse.ArgumentParser(
         prog="numformer",
         description="A Transformer language model written from the math up in NumPy.",
@@ -62,12 +62,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if not argv else 2
 
     name, rest = argv[0], argv[1:]
-    module_name, summary = COMMANDS[name]
+    summary = COMMANDS[name]
     if name in ("train", "sample", "bench", "embed", "similarity"):
         from numformer.parallel.process import tune_malloc
 
         tune_malloc()
-    module = importlib.import_module(module_name)
+    module = importlib.import_module(f"numformer.commands.{name}")
     parser = _Parser(prog=f"numformer {name}", description=summary[0].upper() + summary[1:] + ".")
     module.add_arguments(parser)
     args = parser.parse_args(rest)

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from numformer.bench import flops_per_token, non_embedding_params
+from numformer.perf import flops_per_token, non_embedding_params
 from numformer.model.config import GPTConfig
 
 TINY = ["--n_layer", "1", "--n_head", "2", "--n_embd", "16", "--block_size", "8", "--batch_size", "2",
@@ -88,7 +88,7 @@ def _floor_flops(C, L, H, T, V, B):
 
 @pytest.mark.parametrize("T, threads", [(8, 1), (128, 2), (200, 2)])
 def test_matmul_floor_makes_the_steps_products(T, threads):
-    from numformer.bench import matmul_floor
+    from numformer.perf import matmul_floor
 
     C, L, H, V, B = 16, 2, 2, 11, 3
     cfg = GPTConfig(vocab_size=V, block_size=T, n_layer=L, n_head=H, n_embd=C)
@@ -110,7 +110,7 @@ def test_floor_is_reported_and_can_be_skipped():
 def test_decode_floor_makes_the_generations_products(P, new):
     """GPT.generate: one pass over the prompt, then one position per further token (the last
     token needs no pass); causal prompt attention by chunks of 64 query rows."""
-    from numformer.bench import decode_floor
+    from numformer.perf import decode_floor
 
     C, L, H, V, B = 16, 2, 2, 11, 2
     cfg = GPTConfig(vocab_size=V, block_size=P + new, n_layer=L, n_head=H, n_embd=C)

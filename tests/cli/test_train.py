@@ -13,7 +13,7 @@ import pytest
 
 from numformer.checkpoint import load_checkpoint
 from numformer.errors import NumformerError
-from numformer.train import TrainConfig, run
+from numformer.training import TrainConfig, run
 
 SMALL = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=8, eval_interval=10, eval_iters=2,
              warmup_iters=5, lr_decay_iters=60, sample_tokens=0)
@@ -46,7 +46,7 @@ def cli(args, tmp_path, **kw):
 def cfg_for(corpus, out_dir, **kw):
     d = dict(SMALL, data=str(corpus), out_dir=str(out_dir))
     d.update(kw)
-    return TrainConfig(**d)
+    return TrainConfig.of(**d)
 
 
 def unigram_entropy(text):
@@ -82,7 +82,7 @@ class StopAfter:
     `numformer train` raises it."""
 
     def __new__(cls, n):
-        from numformer.distributed import SingleProcess
+        from numformer.parallel.mpi import SingleProcess
 
         class World(SingleProcess):
             calls = 0
@@ -119,7 +119,7 @@ def test_resume_after_an_interruption_is_bit_identical(corpus, tmp_path):
 def test_an_interrupt_inside_a_step_saves_nothing_and_resume_is_still_exact(corpus, tmp_path, monkeypatch):
     """A KeyboardInterrupt in the middle of a step (the second Ctrl-C) leaves half-updated state:
     it must not be saved; the last evaluation's checkpoint stays and resuming from it is exact."""
-    import numformer.train as trainer
+    import numformer.training.trainer as trainer
 
     kw = dict(max_iters=30)
     quiet = dict(cache_dir=tmp_path / "cache", plot=False, out=open(os.devnull, "w"))
@@ -158,7 +158,7 @@ def test_resume_takes_the_saved_settings_and_the_flags_given(trained, tmp_path, 
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(corpus, tmp_path, monkeypatch):
-    import numformer.train as trainer
+    import numformer.training.trainer as trainer
 
     real = trainer.loss_and_grad
     calls = {"n": 0}

@@ -145,7 +145,7 @@ def test_help_lists_names():
 
 def test_narrow_layout_stacks_rows(monkeypatch):
     """When seed and computed do not fit side by side, each row is stacked, still within WIDTH."""
-    from numformer.explain import cli
+    from numformer.commands import explain as cli
     from numformer.explain.examples import explain
 
     monkeypatch.setattr(cli, "WIDTH", 60)

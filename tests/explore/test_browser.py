@@ -3,7 +3,7 @@
 Every test fails on a console error, on any network request other than the page itself, and on a
 blank canvas. The numbers are checked against numformer: the attention the heatmap draws is the
 matrix of the selected layer and head, and the next-token bars are the distribution that
-numformer.generate.sample_next draws from, read off the sampler itself.
+numformer.model.generate.sample_next draws from, read off the sampler itself.
 """
 
 import math
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from numformer.explore import build_page, explore_data, trace
-from numformer.generate import sample_next
+from numformer.model.generate import sample_next
 
 from .conftest import TEXT, cli, tiny_model
 from .test_page import embedded
@@ -140,7 +140,7 @@ class _Uniform:
 
 
 def sampler_distribution(logits, temperature, top_k, top_p):
-    """The distribution numformer.generate.sample_next draws from, read off sample_next itself.
+    """The distribution numformer.model.generate.sample_next draws from, read off sample_next itself.
 
     For a uniform u it returns the number of entries of its cumulative distribution F that are
     <= u (F normalised to end at 1), so it draws a token beyond j exactly when u >= F(j). Bisection

@@ -97,7 +97,7 @@ def test_never_overwrites_a_file_it_did_not_write(saved_model, tmp_path):
 
 
 def test_starting_controls_are_samples_defaults():
-    from numformer import generate
+    from numformer.commands import sample as generate
     from numformer.commands import explore
 
     ours, theirs = argparse.ArgumentParser(), argparse.ArgumentParser()

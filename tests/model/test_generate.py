@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from numformer import GPT, GPTConfig
-from numformer.generate import generate_tokens, sample_next
+from numformer.model.generate import generate_tokens, sample_next
 
 from .test_gpt import randomize
 
@@ -80,7 +80,7 @@ def test_generate_tokens_yields_one_array_per_step():
 
 def test_stream_decoder_holds_back_a_split_character_and_writes_each_piece_once():
     from numformer.data.tokenizer import BPETokenizer
-    from numformer.generate import StreamDecoder
+    from numformer.commands.sample import StreamDecoder
 
     text = "猫坐在垫子上。The cat sat on the mat. 猫" * 20
     tok = BPETokenizer.train(text, 300)

@@ -365,7 +365,6 @@ def test_threaded_gradient_does_not_depend_on_thread_timing(threads, monkeypatch
     import random
     import time
 
-    import numformer.model.gpt as gpt_module
     import numformer.parallel.threads as threads_module
 
     cfg, model, _ = pair("learned", seed=5)

@@ -32,7 +32,8 @@ def main():
     argv = sys.argv[5:]
 
     import numformer.checkpoint as checkpoint
-    from numformer import cli, train
+    from numformer import cli
+    from numformer.training import trainer as train
     from numformer.model.gpt import GPT
 
     real_step, real_forward, real_save, real_write = train.Trainer.step, GPT.forward, train.Trainer.save, checkpoint._write_file

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from numformer.checkpoint import load_checkpoint
-from numformer.train import TrainConfig, run
+from numformer.training import TrainConfig, run
 
 HERE = Path(__file__).resolve().parent
 DRIVER = HERE / "driver.py"
@@ -78,7 +78,7 @@ class Lab:
     def single(self, name, *, resume=False, **kw):
         """One process, in this pytest process (no MPI at all)."""
         if name not in self.done:
-            run(TrainConfig(**self.cfg(name, **kw)), resume=resume, cache_dir=self.cache, plot=False,
+            run(TrainConfig.of(**self.cfg(name, **kw)), resume=resume, cache_dir=self.cache, plot=False,
                 out=open(os.devnull, "w"))
             self.done[name] = self.root / name
         return self.done[name]
@@ -296,7 +296,7 @@ def test_ranks_on_one_host_share_its_cores_for_blas(lab):
     """N ranks must not each start one OpenBLAS thread per core (N-fold oversubscription)."""
     code = (
         "import ctypes, os, numpy\n"
-        "from numformer.distributed import init_world\n"
+        "from numformer.parallel.mpi import init_world\n"
         "w = init_world()\n"
         "libs = sorted({l.split()[-1] for l in open('/proc/self/maps') if 'openblas' in l.lower() and '/' in l})\n"
         "got = None\n"

@@ -47,7 +47,7 @@ def main(args) -> int:
     _check_out(out)
 
     from numformer.explore import build_page, explore_data
-    from numformer.generate import _read_prompt, load_for_sampling
+    from numformer.commands.sample import _read_prompt, load_for_sampling
 
     model = load_for_sampling(args.out_dir)
     tok = model.tokenizer
@@ -64,7 +64,7 @@ def main(args) -> int:
         print(f"numformer explore: note: {notice}", file=sys.stderr)
         ids = ids[-block:]
 
-    from numformer.train import read_metrics
+    from numformer.training.metrics import read_metrics
 
     ckpt, metrics = _checkpoint_and_metrics(Path(args.out_dir))
     data = explore_data(model, ids, tokenizer=tok, metrics=read_metrics(metrics) if metrics else None,

@@ -7,7 +7,7 @@
 `numformer.explain.examples` re-does each worked example by calling numformer.ops and
 numformer.optim, and sets every number the seed prints beside the computed one with a verdict:
 the two agree (at the precision the seed prints), they differ (and by how much), or the seed stops
-before the result. `numformer.explain.cli` prints that for people or as JSON.
+before the result. `numformer explain` (numformer.commands.explain) prints that for people or as JSON.
 
 This module stays free of NumPy so that `numformer explain --help` starts fast.
 """

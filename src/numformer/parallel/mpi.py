@@ -1,7 +1,8 @@
-"""One rank of a data-parallel job under MPI (mpi4py): the `MPIWorld` the trainer talks to.
+"""Who is training: one process (`SingleProcess`), or one rank of a data-parallel MPI job
+(`MPIWorld`, on mpi4py). The trainer talks to a world and never to MPI directly.
 
-`numformer.distributed.init_world()` returns an MPIWorld only when an MPI launcher started the
-process (`mpirun -n N numformer train ...`), so a plain run never imports mpi4py.
+`init_world()` returns an MPIWorld only when an MPI launcher started the process
+(`mpirun -n N numformer train ...`), so a plain run never imports mpi4py.
 
 Data-parallel training needs four collectives, all over COMM_WORLD:
 
@@ -68,6 +69,95 @@ def _mpi():
     from mpi4py import MPI
 
     return MPI
+
+
+class SingleProcess:
+    """The world of one process: rank 0 of 1; every collective is the identity."""
+
+    rank = 0
+    size = 1
+    is_main = True
+
+    def allreduce_sum(self, buf: np.ndarray) -> np.ndarray:
+        return buf
+
+    def allreduce_scalar(self, value: float) -> float:
+        return value
+
+    def allreduce_any(self, flag: bool) -> bool:
+        return bool(flag)
+
+    def bcast(self, obj):
+        return obj
+
+    def barrier(self) -> None:
+        pass
+
+    def abort(self, code: int = 1) -> None:
+        raise SystemExit(code)
+
+    _interrupted = False
+
+    def stop_requested(self) -> bool:
+        """Has Ctrl-C been pressed inside guard()? The trainer asks after each step, so that it
+        stops between steps and saves a consistent checkpoint."""
+        return self._interrupted
+
+    def guard(self, command: str):
+        """Inside: the first SIGINT only sets the flag stop_requested() reports; a second one
+        raises KeyboardInterrupt at once. Errors propagate as usual (the CLI prints them)."""
+        import contextlib
+        import signal
+        import threading
+
+        @contextlib.contextmanager
+        def guarded():
+            def on_sigint(signum, frame):
+                if self._interrupted:
+                    raise KeyboardInterrupt
+                self._interrupted = True
+                print(f"\n{command}: stopping after this step (Ctrl-C again to quit without saving)",
+                      file=sys.stderr, flush=True)
+
+            import sys
+
+            previous = None
+            if threading.current_thread() is threading.main_thread():
+                previous = signal.signal(signal.SIGINT, on_sigint)
+            try:
+                yield self
+            finally:
+                if previous is not None:
+                    signal.signal(signal.SIGINT, previous)
+
+        return guarded()
+
+
+def launched_by_mpi() -> bool:
+    """True when an MPI launcher started this process (checked from the environment only)."""
+    import os
+
+    keys = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "MPI_LOCALRANKID", "HYDRA_CONTROL_FD")
+    return any(k in os.environ for k in keys)
+
+
+def init_world():
+    """SingleProcess, or an MPIWorld when an MPI launcher started us (needs the `mpi` extra)."""
+    import os
+
+    if launched_by_mpi():
+        try:
+            import mpi4py  # noqa: F401
+        except ImportError:
+            if os.environ.get("PMI_SIZE", os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) == "1":
+                return SingleProcess()
+            # N copies of a single-process run would all write the same out_dir: refuse instead
+            from numformer.errors import UsageError
+
+            raise UsageError("started by an MPI launcher but mpi4py is not installed; "
+                             "install it with: pip install '.[mpi]' (in a clone of numformer)") from None
+        return MPIWorld()
+    return SingleProcess()
 
 
 class MPIWorld:

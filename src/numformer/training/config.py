@@ -1,0 +1,228 @@
+"""TrainConfig: what a run of `numformer train` is told, and how flags and TOML files become one.
+
+A TrainConfig holds the model's shape as a GPTConfig (`cfg.model`), beside the data, optimiser
+and output settings. Flags, TOML keys and the record in a checkpoint stay flat (`--n_layer`,
+`n_layer = 4`): MODEL_KEYS are the GPTConfig fields a run sets, and `cfg.n_layer` reads
+`cfg.model.n_layer`. The model's vocab_size comes from the tokenizer when the run starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from numformer.errors import UsageError
+from numformer.model.config import GELUS, POS_ENCODINGS, SINUSOIDAL_FORMS, GPTConfig
+
+# The GPTConfig fields a run sets; vocab_size comes from the tokenizer, layer_norm_eps is GPT-2's.
+MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias", "pos_encoding",
+              "sinusoidal_form", "gelu")
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data: str = "shakespeare"
+    tokenizer: str = "char"
+    vocab_size: int = 0            # BPE only: the vocabulary size to train (0: 1024)
+    # the model: nanoGPT's CPU "baby GPT" (4 layers, 4 heads, 128 wide, block 64) by default
+    model: GPTConfig = field(default_factory=GPTConfig)
+    # optimisation
+    batch_size: int = 12
+    max_iters: int = 2000
+    learning_rate: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_iters: int = 100
+    lr_decay_iters: int = 2000
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    # evaluation and output
+    eval_interval: int = 250
+    eval_iters: int = 20
+    out_dir: str = "out"
+    seed: int = 1337
+    dtype: str = "float32"
+    threads: int = 0               # threads for each step's shards and AdamW (0: one per core; 1 under MPI)
+    sample_tokens: int = 300       # length of the sample printed at the end (0: none)
+
+    def __getattr__(self, name):
+        if name in MODEL_KEYS:                      # cfg.n_layer is cfg.model.n_layer
+            return getattr(self.__dict__["model"], name)
+        raise AttributeError(f"TrainConfig has no field {name!r}")
+
+    @classmethod
+    def of(cls, **flat) -> "TrainConfig":
+        """A TrainConfig from flat keys, as flags and TOML files give them (n_layer=..., ...)."""
+        model = {k: flat.pop(k) for k in MODEL_KEYS if k in flat}
+        return cls(**flat, model=GPTConfig(**model))
+
+    def to_flat(self) -> dict:
+        """The flat keys and values (what a checkpoint records and a TOML file may set)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "model"}
+        d.update({k: getattr(self.model, k) for k in MODEL_KEYS})
+        return d
+
+
+HELP = {
+    "data": "'shakespeare' (built in), a UTF-8 text file, or a folder of .txt files",
+    "tokenizer": "'char' or 'bpe' (byte-level BPE trained on the corpus)",
+    "vocab_size": "vocabulary size for --tokenizer bpe (0 means 1024)",
+    "n_layer": "number of Transformer blocks",
+    "n_head": "attention heads per block",
+    "n_embd": "embedding width C",
+    "block_size": "context length T",
+    "dropout": "dropout probability (0 disables it)",
+    "bias": "biases in Linear and LayerNorm layers (true/false)",
+    "pos_encoding": "'sinusoidal' (the article's formula 2) or 'learned' (GPT-2)",
+    "sinusoidal_form": "how sinusoidal positions are added: 'scaled' (wte + P/sqrt(C)), 'paper' (sqrt(C)*wte + P) or 'article' (wte + P)",
+    "gelu": "'tanh' (GPT-2's approximation) or 'exact' (erf)",
+    "batch_size": "sequences per step (the global batch under MPI)",
+    "max_iters": "optimizer steps in total",
+    "learning_rate": "peak learning rate",
+    "min_lr": "learning rate at the end of the cosine decay",
+    "warmup_iters": "steps of linear warmup",
+    "lr_decay_iters": "step at which the cosine decay reaches min_lr",
+    "weight_decay": "AdamW decoupled weight decay (matrices and embeddings only)",
+    "beta1": "AdamW beta1",
+    "beta2": "AdamW beta2",
+    "grad_clip": "clip the global gradient norm to this (0 disables clipping)",
+    "eval_interval": "evaluate, log and checkpoint every this many steps",
+    "eval_iters": "batches averaged for each evaluation",
+    "out_dir": "folder for checkpoints (latest/, best/), metrics.jsonl and loss.png",
+    "seed": "random seed for the initial weights, batches and dropout",
+    "dtype": "'float32' or 'float64'",
+    "threads": "split each batch, and the AdamW update, over this many threads (0: one per core, or 1 per MPI rank)",
+    "sample_tokens": "length of the text sample printed at the end (0 for none)",
+}
+
+
+FIXED_ON_RESUME = ("data", "tokenizer", "vocab_size", "n_layer", "n_head", "n_embd", "block_size",
+                   "bias", "pos_encoding", "sinusoidal_form", "gelu", "dtype")
+CHOICES = {"tokenizer": ("char", "bpe"), "pos_encoding": POS_ENCODINGS, "sinusoidal_form": tuple(SINUSOIDAL_FORMS),
+           "gelu": GELUS, "dtype": ("float32", "float64")}
+
+
+def fields() -> dict:
+    """Flat key -> its type name ("int", "float", "str", "bool") and default, in --help order."""
+    out = {}
+    defaults = TrainConfig().to_flat()
+    types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    types.update({f.name: f.type for f in dataclasses.fields(GPTConfig)})
+    for key in ("data", "tokenizer", "vocab_size", *MODEL_KEYS, *[k for k in defaults if k not in out]):
+        if key not in out:
+            t = types[key]
+            out[key] = (t if isinstance(t, str) else t.__name__, defaults[key])
+    return out
+
+
+def parse_bool(text: str) -> bool:
+    t = text.strip().lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+def _check_type(key: str, value, source: str):
+    """Return value as the field's type, or raise UsageError naming the key and source."""
+    want = {"int": int, "float": float, "str": str, "bool": bool}[fields()[key][0]]
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if want is bool and isinstance(value, bool) or want is not bool and type(value) is want:
+        if key in CHOICES and value not in CHOICES[key]:
+            raise UsageError(f"{source}: {key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
+        return value
+    raise UsageError(f"{source}: {key} must be {want.__name__}, got {type(value).__name__} {value!r}")
+
+
+def load_toml(path: str) -> dict:
+    import tomllib
+
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{p}: config file not found")
+    try:
+        with p.open("rb") as f:
+            d = tomllib.load(f)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{p}: not valid TOML: {e}") from None
+    known = fields()
+    out = {}
+    for key, value in d.items():
+        if key not in known:
+            raise UsageError(f"{p}: unknown key {key!r} (valid keys: {', '.join(known)})")
+        out[key] = _check_type(key, value, str(p))
+    return out
+
+
+def validate(cfg: TrainConfig) -> None:
+    positive = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "eval_interval", "eval_iters")
+    for k in positive:
+        if getattr(cfg, k) < 1:
+            raise UsageError(f"{k} must be >= 1, got {getattr(cfg, k)}")
+    for k in ("max_iters", "warmup_iters", "lr_decay_iters", "sample_tokens", "vocab_size", "threads"):
+        if getattr(cfg, k) < 0:
+            raise UsageError(f"{k} must be >= 0, got {getattr(cfg, k)}")
+    if cfg.n_embd % cfg.n_head:
+        raise UsageError(f"n_embd ({cfg.n_embd}) must be divisible by n_head ({cfg.n_head})")
+    for k in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):
+        v = getattr(cfg, k)
+        if not (math.isfinite(v) and v >= 0):
+            raise UsageError(f"{k} must be a finite number >= 0, got {v}")
+    for k in ("beta1", "beta2"):
+        if not (0.0 <= getattr(cfg, k) < 1.0):
+            raise UsageError(f"{k} must be in [0, 1), got {getattr(cfg, k)}")
+    for k in ("data", "out_dir"):
+        if not getattr(cfg, k).strip():
+            raise UsageError(f"{k} is empty; give a path")
+    if not (0.0 <= cfg.dropout < 1.0):
+        raise UsageError(f"dropout must be in [0, 1), got {cfg.dropout}")
+    if cfg.tokenizer == "char" and cfg.vocab_size:
+        raise UsageError("vocab_size applies only to --tokenizer bpe (the char vocabulary comes from the corpus)")
+    if cfg.tokenizer == "bpe" and cfg.vocab_size and cfg.vocab_size < 257:
+        raise UsageError(f"vocab_size must be at least 257 for byte-level BPE (256 bytes + merges), got {cfg.vocab_size}")
+
+
+
+def resolve(given: dict, *, resume: bool = False):
+    """(TrainConfig, checkpoint or None) from the settings given as flat keys (flags, a TOML file).
+
+    Fresh: the defaults, then `given`. With resume: out_dir/latest is read, once; its run's own
+    settings take the place of the defaults, and a model or data key in `given` that differs
+    from them (FIXED_ON_RESUME) is refused. A resumed run may change its schedule and evaluation.
+    """
+    values, ckpt = {}, None
+    if resume:
+        latest = Path(given.get("out_dir", TrainConfig.out_dir)) / "latest"
+        ckpt, saved = _resume_checkpoint(latest)
+        for key in FIXED_ON_RESUME:
+            if key in given and key in saved and given[key] != saved[key]:
+                raise UsageError(f"--resume: {key} is {saved[key]!r} in {latest} but {given[key]!r} was given; "
+                                 f"a resumed run keeps its model and data")
+        values.update(saved)
+    values.update(given)
+    cfg = TrainConfig.of(**values)
+    validate(cfg)
+    return cfg, ckpt
+
+
+def _resume_checkpoint(latest: Path):
+    """The checkpoint at `latest` and the training settings it records, type-checked (keys this
+    version does not know are dropped)."""
+    from numformer.checkpoint import load_checkpoint
+    from numformer.errors import CheckpointError
+
+    if not latest.exists() and not any(latest.parent.glob(".latest.numformer-old-*")):
+        raise CheckpointError(f"--resume: no checkpoint at {latest}; start without --resume")
+    ckpt = load_checkpoint(latest)       # says where a checkpoint set aside by a crash is
+    train = ckpt.config.get("train")
+    saved = train.get("config") if isinstance(train, dict) else None
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{latest}: config.json has no training state to resume from")
+    known = fields()
+    return ckpt, {k: _check_type(k, v, f"{latest}/config.json") for k, v in saved.items() if k in known}

@@ -1,0 +1,362 @@
+"""The training loop.
+
+One iteration, as nanoGPT does it:
+
+    lr        = cosine_lr(it)                       linear warmup, cosine decay to min_lr
+    x, y      = get_batch(train)                    (B, T) random windows of the corpus
+    loss      = model.forward(x, y)                 the GPT, composed from numformer.ops
+    grads     = model.backward()                    every op's hand-derived backward, in reverse
+    grads     = allreduce(grads)                    data-parallel ranks only (numformer.parallel.mpi)
+    clip_grad_norm(grads, grad_clip)
+    AdamW.step(params, grads, lr)                   one vectorised update over one flat buffer
+
+Every `eval_interval` steps the mean loss over `eval_iters` batches of train and val is printed
+(`step N: train loss X, val loss Y`), appended to out_dir/metrics.jsonl, and a checkpoint is
+written to out_dir/latest (and out_dir/best when val loss improves). The checkpoint holds the
+batch and dropout RNG states, so a resumed run continues bit-identically.
+
+The run holds a lock on out_dir (numformer.checkpoint.lock_folder) from start to end, so a second
+run on the same folder stops at once with one line naming the first; the checkpoint a resumed
+run continues from is read under that lock. Nothing in out_dir that numformer did not write is
+replaced or deleted (see numformer.training.metrics). Under MPI only rank 0 locks, reads and
+writes; the other ranks get the settings and the checkpoint from it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from numformer.errors import NumformerError, UsageError
+from numformer.parallel.threads import loss_and_grad
+from numformer.training.config import TrainConfig, resolve
+from numformer.training.metrics import append_metrics, is_our_metrics, is_our_plot, plot_losses
+
+
+class NonFiniteLoss(NumformerError):
+    pass
+
+
+class Trainer:
+    """Holds one run: the model, its optimizer, the data and the RNG streams."""
+
+    def __init__(self, cfg: TrainConfig, world, *, checkpoint=None, cache_dir=None, log=print):
+        """checkpoint: a checkpoint (numformer.checkpoint.Checkpoint) to continue from; every
+        rank must be given it (see run)."""
+        import dataclasses
+
+        from numformer.data import batches
+        from numformer.data.corpus import load_text
+        from numformer.model.gpt import GPT
+        from numformer.optim import AdamW
+        from numformer.parallel.process import cores, tune_malloc
+
+        tune_malloc()
+        self.cfg, self.world, self.log = cfg, world, log
+        self.out_dir = Path(cfg.out_dir)
+        self.latest, self.best = self.out_dir / "latest", self.out_dir / "best"
+        # Under MPI only rank 0 reads the corpus and the token cache and sends what it got to the
+        # other ranks (bcast; the identity for a single process): ranks never race on the cache,
+        # BPE is trained once, and other hosts need neither corpus nor out_dir.
+        ckpt = checkpoint
+
+        def load_data():
+            text, name = load_text(None if cfg.data == "shakespeare" else cfg.data)
+            if ckpt is not None:
+                # the tokenizer travels inside the checkpoint; the corpus is re-encoded with it
+                from numformer.data.tokenizer import from_json
+
+                tok = from_json(ckpt.tokenizer)
+                return (*batches.prepare(text, tokenizer=tok, cache_dir=cache_dir), name)
+            return (*batches.prepare(
+                text, tokenizer=cfg.tokenizer, vocab_size=(cfg.vocab_size or None) if cfg.tokenizer == "bpe" else None,
+                cache_dir=cache_dir), name)
+
+        data = world.bcast(load_data() if world.is_main else None)
+        self.train_ids, self.val_ids, self.tokenizer, self.data_name = data
+        batches.check_length(self.train_ids, self.val_ids, cfg.block_size)
+
+        mcfg = dataclasses.replace(cfg.model, vocab_size=self.tokenizer.vocab_size)
+        self.model = GPT(mcfg, dtype=np.dtype(cfg.dtype), seed=cfg.seed, ops="fast")
+        self.threads = cfg.threads or (cores() if world.size == 1 else 1)
+        self.opt = AdamW(self.model.params.flat, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), eps=1e-8,
+                         weight_decay=cfg.weight_decay, decay_mask=self.model.decay_mask(), threads=self.threads)
+        self.batch_rng = np.random.default_rng([cfg.seed, 0])
+        self.iter_num = 0
+        self.best_val = float("inf")
+        if ckpt is not None:
+            self._restore(ckpt)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def _restore(self, ckpt) -> None:
+        from numformer.errors import CheckpointError
+
+        self.model.load_state_dict(ckpt.model, source=str(self.latest))
+        st = ckpt.config["train"]
+        try:
+            if ckpt.optimizer is None:
+                raise KeyError("optimizer.safetensors")
+            self.opt.load_state_dict({"m": ckpt.optimizer["m"], "v": ckpt.optimizer["v"], "step": int(st["opt_step"])})
+            self.iter_num = int(st["iter_num"])
+            self.best_val = float(st["best_val_loss"])
+            self.batch_rng.bit_generator.state = st["batch_rng"]
+            self.model.rng.bit_generator.state = st["dropout_rng"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{self.latest}: incomplete training state ({e})") from None
+
+    def train_state(self) -> dict:
+        return {
+            "config": self.cfg.to_flat(),
+            "iter_num": self.iter_num,
+            "opt_step": self.opt.step_count,
+            "best_val_loss": self.best_val if math.isfinite(self.best_val) else 1e300,
+            "batch_rng": self.batch_rng.bit_generator.state,
+            "dropout_rng": self.model.rng.bit_generator.state,
+            "world_size": self.world.size,
+        }
+
+    def save(self, path: Path) -> None:
+        if not self.world.is_main:
+            return
+        st = self.opt.state_dict()
+        self.model.save(path, tokenizer=self.tokenizer.to_json(), optimizer={"m": st["m"], "v": st["v"]},
+                        train_state=self.train_state())
+
+    # -- one step ------------------------------------------------------------------------------
+
+    def get_batch(self, ids, rng):
+        """The global batch is drawn the same way on every rank; each rank keeps its slice."""
+        from numformer.data.batches import get_batch
+
+        x, y = get_batch(ids, self.cfg.block_size, self.cfg.batch_size, rng)
+        lo, hi = shard(self.cfg.batch_size, self.world.rank, self.world.size)
+        return x[lo:hi], y[lo:hi]
+
+    def step(self) -> float:
+        from numformer.optim.clip import clip_grad_norm
+        from numformer.optim.schedule import cosine_lr
+
+        cfg, model = self.cfg, self.model
+        lr = cosine_lr(self.iter_num, cfg.learning_rate, cfg.warmup_iters, cfg.lr_decay_iters, cfg.min_lr)
+        x, y = self.get_batch(self.train_ids, self.batch_rng)
+        model.zero_grad()
+        share = x.shape[0] / cfg.batch_size     # this rank's part of the global mean
+        if self.world.size > 1 and cfg.dropout > 0:
+            # each rank its own dropout masks (one shared stream would repeat them across ranks),
+            # a function of (seed, step, rank) so that a resumed run draws the same ones
+            model.rng = np.random.default_rng([cfg.seed, 1, self.iter_num, self.world.rank])
+        if x.shape[0]:
+            loss = loss_and_grad(model, x, y, dloss=share, threads=self.threads)
+            if self.world.size > 1 and not math.isfinite(loss):   # name the rank before the sum hides it
+                raise NonFiniteLoss(f"loss became {loss} at step {self.iter_num} on rank {self.world.rank} "
+                                    f"of {self.world.size}")
+        else:
+            loss = 0.0
+        self.world.allreduce_sum(model.grads.flat)
+        loss = self.world.allreduce_scalar(loss * share)
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(f"loss became {loss} at step {self.iter_num}")
+        if cfg.grad_clip > 0:
+            norm = clip_grad_norm(model.grads.flat, cfg.grad_clip)
+            if not math.isfinite(norm):
+                raise NonFiniteLoss(f"gradient norm became {norm} at step {self.iter_num}")
+        self.opt.step(model.grads.flat, lr=lr)
+        self.iter_num += 1
+        return loss
+
+    def evaluate(self) -> dict:
+        """Mean loss over eval_iters batches of each split, drawn from an RNG fixed by the step, so
+        evaluating never changes the training batches."""
+        self.model.eval()
+        out = {}
+        try:
+            for split, ids in (("train", self.train_ids), ("val", self.val_ids)):
+                rng = np.random.default_rng([self.cfg.seed, 2, self.iter_num])
+                total = 0.0
+                for _ in range(self.cfg.eval_iters):
+                    x, y = self.get_batch(ids, rng)
+                    loss = loss_and_grad(self.model, x, y, threads=self.threads, backward=False) if x.shape[0] else 0.0
+                    total += loss * x.shape[0] / self.cfg.batch_size
+                out[split] = self.world.allreduce_scalar(total) / self.cfg.eval_iters
+        finally:
+            self.model.train()
+        return out
+
+
+def shard(batch_size: int, rank: int, size: int) -> tuple[int, int]:
+    """Rows [lo, hi) of a global batch that rank keeps: sizes differ by at most one when size
+    does not divide batch_size (the first batch_size % size ranks get one more)."""
+    base, extra = divmod(batch_size, size)
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (1 if rank < extra else 0)
+
+
+def run(settings, *, resume=False, overwrite=False, cache_dir=None, plot=True, world=None, out=None) -> dict:
+    """Train. `settings` is a TrainConfig, or a dict of flat keys as flags and TOML files give
+    them (see numformer.training.config.resolve; with resume=True the rest comes from the
+    checkpoint). Returns a summary dict (final losses, timings)."""
+    from numformer.checkpoint import lock_folder
+    from numformer.parallel.mpi import init_world
+
+    world = world or init_world()
+    if not world.is_main:            # rank 0 resolves the settings under its lock and sends them
+        cfg, ckpt = world.bcast(None)
+        return _run(cfg, world, checkpoint=ckpt, overwrite=overwrite, cache_dir=cache_dir, plot=plot, out=out)
+    given = settings.to_flat() if isinstance(settings, TrainConfig) else dict(settings)
+    out_dir = str(given.get("out_dir", TrainConfig.out_dir))
+    if not out_dir.strip():
+        raise UsageError("out_dir is empty; give a folder (\".\" for the current one)")
+    if cache_dir is not None and not str(cache_dir).strip():
+        raise UsageError("cache_dir is empty; give a folder or leave it out")
+    if os.path.lexists(out_dir) and not Path(out_dir).is_dir():
+        raise UsageError(f"--out_dir {out_dir} exists and is not a folder")
+    lock = lock_folder(Path(out_dir), "numformer train")
+    try:
+        cfg, ckpt = resolve(given, resume=resume)
+        if world.size > cfg.batch_size:
+            raise UsageError(f"batch_size {cfg.batch_size} is smaller than the number of ranks ({world.size}): each "
+                             f"rank needs at least one sequence of the global batch; use --batch_size {world.size} "
+                             f"or more")
+        world.bcast((cfg, ckpt))
+        return _run(cfg, world, checkpoint=ckpt, overwrite=overwrite, cache_dir=cache_dir, plot=plot, out=out)
+    finally:
+        lock.release()
+
+
+def _run(cfg: TrainConfig, world, *, checkpoint, overwrite, cache_dir, plot, out) -> dict:
+    out = out or sys.stdout
+    log = (lambda msg: print(msg, file=out, flush=True)) if world.is_main else (lambda msg: None)
+    out_dir = Path(cfg.out_dir)
+    if world.is_main:  # rank 0 holds the lock on out_dir: nothing can change under these checks
+        if checkpoint is None and not overwrite and _holds_checkpoints(out_dir):
+            raise UsageError(f"{out_dir} already holds a checkpoint; use --resume to continue it, "
+                             f"--overwrite to start afresh, or another --out_dir")
+        metrics = out_dir / "metrics.jsonl"
+        if os.path.lexists(metrics) and not is_our_metrics(metrics):
+            raise UsageError(f"{metrics} exists and was not written by numformer train; move it or choose "
+                             f"another --out_dir")
+        png = out_dir / "loss.png"
+        if plot and os.path.lexists(png) and not is_our_plot(png):
+            raise UsageError(f"{png} exists and was not written by numformer train; move it, choose another "
+                             f"--out_dir, or pass --no_plot")
+    t_setup = time.perf_counter()
+    tr = Trainer(cfg, world, checkpoint=checkpoint, cache_dir=cache_dir, log=log)
+    resume = checkpoint is not None
+    if world.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            (out_dir / "metrics.jsonl").unlink(missing_ok=True)   # ours: checked before the Trainer was built
+    m = tr.model
+    log(f"numformer train: {tr.data_name}, {len(tr.train_ids):,} train / {len(tr.val_ids):,} val tokens, "
+        f"vocab {tr.tokenizer.vocab_size} ({cfg.tokenizer}); model {m.num_params():,} parameters "
+        f"({cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} wide, block {cfg.block_size}, "
+        f"{cfg.pos_encoding} positions)" + (f"; {world.size} ranks" if world.size > 1 else "")
+        + (f"; resuming at step {tr.iter_num}" if resume else "") + f" [setup {time.perf_counter() - t_setup:.1f}s]")
+
+    tokens_per_iter = cfg.batch_size * cfg.block_size
+    bar = None
+    if world.is_main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.max_iters, initial=tr.iter_num, unit="it", dynamic_ncols=True, file=sys.stderr,
+                   mininterval=0.5, smoothing=0.1)
+    summary = {"interrupted": False}
+    in_step = False               # True while a step runs: its state is then half-updated
+    last_eval_iter = None
+    t_train, iters_done = 0.0, 0
+    try:
+        while True:
+            at_end = tr.iter_num >= cfg.max_iters
+            if (tr.iter_num % cfg.eval_interval == 0 or at_end) and tr.iter_num != last_eval_iter:
+                losses = tr.evaluate()
+                last_eval_iter = tr.iter_num
+                msg = f"step {tr.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+                (bar.write(msg, file=out) if bar is not None else log(msg))
+                summary.update(step=tr.iter_num, train_loss=losses["train"], val_loss=losses["val"])
+                if world.is_main:
+                    append_metrics(out_dir, tr, losses, iters_done / t_train * tokens_per_iter if t_train else None)
+                improved = losses["val"] < tr.best_val
+                if improved:
+                    tr.best_val = losses["val"]
+                if tr.iter_num > 0 or not resume:
+                    tr.save(tr.latest)
+                    if improved:
+                        tr.save(tr.best)
+                world.barrier()
+            if at_end:
+                break
+            t0 = time.perf_counter()
+            in_step = True
+            loss = tr.step()
+            in_step = False
+            dt = time.perf_counter() - t0
+            t_train += dt
+            iters_done += 1
+            if bar is not None:
+                bar.set_postfix_str(f"loss {loss:.4f}, {iters_done / t_train * tokens_per_iter:,.0f} tok/s", refresh=False)
+                bar.update(1)
+            if world.stop_requested():   # Ctrl-C (seen by any rank): stop after this same step
+                raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.close()
+            bar = None
+        summary["interrupted"] = True
+        summary["step"] = tr.iter_num
+        if in_step:               # the weights may be half-updated: keep the last checkpoint as it is
+            log(f"interrupted during step {tr.iter_num}: nothing saved; {tr.latest} holds the last "
+                f"checkpoint; continue with --resume")
+            return summary
+        tr.save(tr.latest)
+        log(f"interrupted at step {tr.iter_num}: checkpoint saved to {tr.latest}; continue with --resume")
+        return summary
+    except NonFiniteLoss as e:
+        raise NonFiniteLoss(f"{e}; stopped. The last good checkpoint is kept in {tr.latest}. "
+                            f"Try a lower --learning_rate or a --grad_clip") from None
+    finally:
+        if bar is not None:
+            bar.close()
+
+    summary["tokens_per_sec"] = iters_done / t_train * tokens_per_iter if t_train else None
+    summary["ms_per_iter"] = 1000 * t_train / iters_done if iters_done else None
+    if world.is_main:
+        if summary["ms_per_iter"]:
+            log(f"trained {iters_done} steps in {t_train:.1f}s: {summary['ms_per_iter']:.1f} ms/iter, "
+                f"{summary['tokens_per_sec']:,.0f} tokens/s; checkpoints in {tr.latest} and {tr.best}")
+        if plot:
+            png = plot_losses(out_dir)
+            if png:
+                log(f"loss curve: {png}")
+            elif os.path.lexists(out_dir / "loss.png") and not is_our_plot(out_dir / "loss.png"):
+                log(f"{out_dir / 'loss.png'} appeared during the run and is not numformer's: no plot written")
+        if cfg.sample_tokens:
+            log("sample:")
+            log(_sample_text(tr, cfg.sample_tokens))
+    return summary
+
+
+def _holds_checkpoints(out_dir: Path) -> bool:
+    """latest/ or best/, or one set aside by a save that was interrupted between its renames."""
+    if any((out_dir / name / "config.json").exists() for name in ("latest", "best")):
+        return True
+    return out_dir.is_dir() and any(out_dir.glob(".latest.numformer-old-*")) or \
+        out_dir.is_dir() and any(out_dir.glob(".best.numformer-old-*"))
+
+
+def _sample_text(tr: Trainer, n: int) -> str:
+    prompt = "\n"
+    try:
+        ids = tr.tokenizer.encode(prompt)
+    except NumformerError:
+        ids = np.array([0], dtype=np.int64)
+    if len(ids) == 0:
+        ids = np.array([0], dtype=np.int64)
+    out = tr.model.generate(ids[None, :], n, temperature=0.8, top_k=200, rng=np.random.default_rng(tr.cfg.seed))
+    return tr.tokenizer.decode(out[0]).strip("\n")
+
