@@ -15,7 +15,6 @@ from numformer.explore import build_page, explore_data, trace
 from numformer.model.generate import sample_next
 
 from .conftest import TEXT, cli, tiny_model
-from .test_page import embedded
 
 SECTIONS = ["attention", "next-token", "prompt", "logit-lens", "stream", "training", "formulas"]
 

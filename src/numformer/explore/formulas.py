@@ -86,11 +86,29 @@ def _angle():
 
 
 _T = _mi("\u22a4")                                           # the transpose mark ⊤
-_HAT_Y = "<mover accent=\"true\"><mi>y</mi><mo>^</mo></mover>"
 
 
 def _hat(s):
-    return f'<mover accent="true"><mi>{escape(s)}</mi><mo>^</mo></mover>'
+    return f'<mover accent="true"><mi>{escape(s)}</mi><mo>\u02c6</mo></mover>'
+
+
+_HAT_Y = _hat("y")
+
+
+def _adam():
+    t, t_1 = _mi("t"), _row(_mi("t"), _mo("−"), _mn(1))
+    b1, b2 = _sub(_mi("β"), _mn(1)), _sub(_mi("β"), _mn(2))
+    m_t, v_t, g_t = _sub(_mi("m"), t), _sub(_mi("v"), t), _sub(_mi("g"), t)
+    m_hat, v_hat = _sub(_hat("m"), t), _sub(_hat("v"), t)
+    return _math(_lines(
+        _row(m_t, _mo("="), b1, _sub(_mi("m"), t_1), _mo("+"), _paren(_mn(1), _mo("−"), b1), g_t),
+        _row(v_t, _mo("="), b2, _sub(_mi("v"), t_1), _mo("+"), _paren(_mn(1), _mo("−"), b2),
+             _subsup(_mi("g"), t, _mn(2))),
+        _row(m_hat, _mo("="), _frac(m_t, _row(_mn(1), _mo("−"), _subsup(_mi("β"), _mn(1), t))), _mo(","),
+             v_hat, _mo("="), _frac(v_t, _row(_mn(1), _mo("−"), _subsup(_mi("β"), _mn(2), t)))),
+        _row(_sub(_mi("θ"), t), _mo("="), _sub(_mi("θ"), t_1), _mo("−"),
+             _frac(_row(_mi("η"), m_hat), _row(_sqrt(v_hat), _mo("+"), _mi("ε")))),
+    ))
 
 
 MATHML = {
@@ -151,19 +169,7 @@ MATHML = {
     )),
     "gradient_descent": _math(_row(
         _mi("θ"), _mo("←"), _mi("θ"), _mo("−"), _mi("η"), _sub(_mo("∇"), _mi("θ")), _mi("L"))),
-    "adam": _math(_lines(
-        _row(_sub(_mi("m"), _mi("t")), _mo("="), _sub(_mi("β"), _mn(1)), _sub(_mi("m"), _row(_mi("t"), _mo("−"), _mn(1))),
-             _mo("+"), _paren(_mn(1), _mo("−"), _sub(_mi("β"), _mn(1))), _sub(_mi("g"), _mi("t"))),
-        _row(_sub(_mi("v"), _mi("t")), _mo("="), _sub(_mi("β"), _mn(2)), _sub(_mi("v"), _row(_mi("t"), _mo("−"), _mn(1))),
-             _mo("+"), _paren(_mn(1), _mo("−"), _sub(_mi("β"), _mn(2))), _subsup(_mi("g"), _mi("t"), _mn(2))),
-        _row(_sub(_hat("m"), _mi("t")), _mo("="),
-             _frac(_sub(_mi("m"), _mi("t")), _row(_mn(1), _mo("−"), _subsup(_mi("β"), _mn(1), _mi("t")))),
-             _mo(","), _sub(_hat("v"), _mi("t")), _mo("="),
-             _frac(_sub(_mi("v"), _mi("t")), _row(_mn(1), _mo("−"), _subsup(_mi("β"), _mn(2), _mi("t"))))),
-        _row(_sub(_mi("θ"), _mi("t")), _mo("="), _sub(_mi("θ"), _row(_mi("t"), _mo("−"), _mn(1))), _mo("−"),
-             _frac(_row(_mi("η"), _sub(_hat("m"), _mi("t"))),
-                   _row(_sqrt(_sub(_hat("v"), _mi("t"))), _mo("+"), _mi("ε")))),
-    )),
+    "adam": _adam(),
 }
 
 
