@@ -245,6 +245,32 @@ def publish(name: str, payload: dict, markdown: str, info: dict) -> None:
     print(f"\nwrote {pm.relative_to(REPO)} and {pj.relative_to(REPO)}")
 
 
+def torch_reference(cfg, vocab_size: int, impl: str):
+    """The PyTorch side of a side-by-side run: numformer.reference.gpt.ReferenceGPT with the
+    initial weights numformer's trainer starts from (GPT(cfg.model, seed=cfg.seed)), in train
+    mode, with AdamW as the trainer configures it. impl "compile" wraps it in torch.compile.
+    Returns (model, forward function, optimizer, number of parameters)."""
+    import dataclasses
+    import gc
+
+    import numpy as np
+    import torch
+
+    from numformer.model.gpt import GPT
+    from numformer.reference.gpt import ReferenceGPT
+
+    mcfg = dataclasses.replace(cfg.model, vocab_size=vocab_size)
+    np_model = GPT(mcfg, dtype=np.float32, seed=cfg.seed)          # the trainer's initial weights
+    model = ReferenceGPT.from_config(mcfg).load_numpy(np_model.state_dict())
+    n_params = np_model.num_params()
+    del np_model
+    gc.collect()
+    model.train()
+    opt = model.configure_adamw(cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2), eps=1e-8)
+    fwd = torch.compile(model) if impl == "compile" else model
+    return model, fwd, opt, n_params
+
+
 def torch_train_step(model, fwd, opt, cfg, train_ids, rng, it: int) -> float:
     """One step of the PyTorch reference as numformer's Trainer.step takes it: the cosine
     learning rate, the trainer's batch draw, forward, backward, clipping and AdamW."""

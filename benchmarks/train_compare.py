@@ -111,30 +111,17 @@ def child_numformer(spec):
 
 
 def child_torch(spec):
-    import dataclasses
-    import gc
-
     import numpy as np
     import torch
 
     from numformer.data import batches
     from numformer.data.corpus import load_text
-    from numformer.model.gpt import GPT
-    from numformer.reference.gpt import ReferenceGPT
 
     t0 = time.perf_counter()
     cfg = _train_config(spec)
     text, _ = load_text(None if cfg.data == "shakespeare" else cfg.data)
     train_ids, val_ids, tok = batches.prepare(text, tokenizer=cfg.tokenizer, cache_dir=spec["cache_dir"])
-    mcfg = dataclasses.replace(cfg.model, vocab_size=tok.vocab_size)
-    np_model = GPT(mcfg, dtype=np.float32, seed=cfg.seed)          # the trainer's initial weights
-    model = ReferenceGPT.from_config(mcfg).load_numpy(np_model.state_dict())
-    n_params = np_model.num_params()
-    del np_model
-    gc.collect()
-    model.train()
-    opt = model.configure_adamw(cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2), eps=1e-8)
-    fwd = torch.compile(model) if spec["impl"] == "compile" else model
+    model, fwd, opt, n_params = common.torch_reference(cfg, tok.vocab_size, spec["impl"])
     batch_rng = np.random.default_rng([cfg.seed, 0])                # Trainer.batch_rng
     setup = time.perf_counter() - t0
 

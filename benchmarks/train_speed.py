@@ -107,32 +107,17 @@ def child_numformer(spec):
 
 
 def child_torch(spec):
-    import gc
-
     import numpy as np
     import torch
 
     from numformer.data import batches
     from numformer.data.corpus import load_text
-    from numformer.model.config import GPTConfig
-    from numformer.model.gpt import GPT
-    from numformer.reference.gpt import ReferenceGPT
 
     cfg = _train_config(spec)
     text, _ = load_text(cfg.data)
     train_ids, _, tok = batches.prepare(text, tokenizer="char", cache_dir=spec["cache_dir"])
-    mcfg = GPTConfig(vocab_size=tok.vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
-                     n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias, pos_encoding=cfg.pos_encoding,
-                     gelu=cfg.gelu)
     spec["pos_encoding_used"] = cfg.pos_encoding
-    np_model = GPT(mcfg, dtype=np.float32, seed=cfg.seed)                 # the trainer's initial weights
-    model = ReferenceGPT.from_config(mcfg).load_numpy(np_model.state_dict())
-    n_params = np_model.num_params()
-    del np_model
-    gc.collect()
-    model.train()
-    opt = model.configure_adamw(cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2), eps=1e-8)
-    fwd = torch.compile(model) if spec["impl"] == "compile" else model
+    model, fwd, opt, n_params = common.torch_reference(cfg, tok.vocab_size, spec["impl"])
     rng = np.random.default_rng([cfg.seed, 0])                            # the trainer's batch stream
     times, losses = [], []
     for it in range(spec["warmup"] + spec["iters"]):
