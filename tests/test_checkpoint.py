@@ -542,7 +542,7 @@ def _raw_safetensors(header: dict, data: bytes) -> bytes:
 @pytest.mark.parametrize(
     "header,message",
     [
-        ({"w": {"dtype": "BF16", "shape": [2], "data_offsets": [0, 4]}}, "bfloat16"),
+        ({"w": {"dtype": "BF16", "shape": [3], "data_offsets": [0, 4]}}, "inconsistent"),  # 3 bfloat16 are 6 bytes
         ({"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 4]}}, "inconsistent"),
         ({"w": {"dtype": "Q4", "shape": [2], "data_offsets": [0, 4]}}, "unsupported dtype"),
         ({"w": {"dtype": "F32"}}, "damaged header entry"),

@@ -597,7 +597,8 @@ def read_safetensors(file) -> dict[str, np.ndarray]:
     The header is checked first (length, JSON, dtypes, byte ranges against the file size), so a
     truncated or damaged file gives one CheckpointError line saying what is wrong. Pickle files
     are refused unopened. The dtype is not restricted here (Hugging Face files may hold int
-    buffers); load_checkpoint adds the float and finiteness checks.
+    buffers); load_checkpoint adds the float and finiteness checks. bfloat16 tensors are widened
+    to float32 exactly (see _read_with_bfloat16).
     """
     from safetensors.numpy import load_file
 
@@ -635,12 +636,37 @@ def read_safetensors(file) -> dict[str, np.ndarray]:
     if not isinstance(header, dict):
         raise CheckpointError(f"{file}: not a safetensors file (its header is not a JSON object)")
     _check_header(file, header, data_bytes=size - 8 - n)
+    if any(isinstance(e, dict) and e.get("dtype") == "BF16" for e in header.values()):
+        return _read_with_bfloat16(file, header, start=8 + n)
     try:
         return load_file(file)
     except Exception as e:  # the Rust reader raises its own error type; keep the first line
         text = str(e).strip().splitlines()
         reason = text[0] if text else type(e).__name__
         raise CheckpointError(f"{file}: cannot be read as safetensors ({reason})") from None
+
+
+def _read_with_bfloat16(file: Path, header: dict, start: int) -> dict[str, np.ndarray]:
+    """The tensors of a file that holds bfloat16 ones (NumPy has no bfloat16, and safetensors'
+    NumPy reader refuses them). A bfloat16 is the top 16 bits of a float32 (sign, 8 exponent
+    bits, 7 mantissa bits), so shifting its bits into the top half of a uint32 gives the float32
+    of exactly the same value. The header has been checked: every byte range lies in the data."""
+    with open(file, "rb") as f:
+        f.seek(start)
+        data = f.read()
+    out = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        a, b = (int(x) for x in entry["data_offsets"])
+        shape = tuple(int(s) for s in entry["shape"])
+        if entry["dtype"] == "BF16":
+            bits = np.frombuffer(data, dtype="<u2", count=(b - a) // 2, offset=a)
+            out[name] = (bits.astype(np.uint32) << 16).view(np.float32).reshape(shape)
+        else:
+            dt = np.dtype(_DTYPES[entry["dtype"]]).newbyteorder("<")
+            out[name] = np.frombuffer(data, dtype=dt, count=(b - a) // dt.itemsize, offset=a).reshape(shape).copy()
+    return out
 
 
 def _check_header(file: Path, header: dict, data_bytes: int) -> None:
@@ -654,13 +680,9 @@ def _check_header(file: Path, header: dict, data_bytes: int) -> None:
             a, b = int(a), int(b)
         except (TypeError, KeyError, ValueError):
             raise CheckpointError(f"{file}: damaged header entry for tensor {name!r}") from None
-        if dtype == "BF16":
-            raise CheckpointError(
-                f"{file}: tensor {name!r} is bfloat16, which NumPy cannot hold; convert the file to float32"
-            )
-        if dtype not in _DTYPES:
+        if dtype not in _DTYPES and dtype != "BF16":
             raise CheckpointError(f"{file}: tensor {name!r} has unsupported dtype {dtype!r}")
-        nbytes = numel * np.dtype(_DTYPES[dtype]).itemsize
+        nbytes = numel * (2 if dtype == "BF16" else np.dtype(_DTYPES[dtype]).itemsize)
         if any(int(s) < 0 for s in shape) or not 0 <= a <= b or b - a != nbytes:
             raise CheckpointError(
                 f"{file}: header entry for {name!r} is inconsistent ({dtype} {shape} at [{a}, {b}))"
