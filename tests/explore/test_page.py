@@ -99,16 +99,24 @@ def test_large_vocabulary_keeps_the_most_likely_logits(monkeypatch):
     assert isinstance(d["vocab"], dict) and all(d["vocab"][str(i)] for i in lg["ids"][0])
 
 
+def test_positions_beyond_the_budget_are_the_prompts(monkeypatch):
+    monkeypatch.setattr(explore_data_module, "POSITION_VALUES", 100)
+    model = tiny_model()                                           # 32 wide: 3 positions' worth
+    assert len(explore_data(model, model.tokenizer.encode("ROMEO:"))["positions"]["table"]) == 6
+    assert len(explore_data(model, model.tokenizer.encode("R"))["positions"]["table"]) == 3
+
+
 def test_positions_as_the_model_adds_them():
     model = tiny_model()
     d = explore_data(model, model.tokenizer.encode("ROMEO:"))
     from numformer.ops import positional
 
-    C = model.config.n_embd
-    np.testing.assert_allclose(d["positions"]["table"], positional.sinusoidal(6, C) / np.sqrt(C), atol=1e-4)
+    C, block = model.config.n_embd, model.config.block_size
+    # the whole context's table, not just the prompt's six positions
+    np.testing.assert_allclose(d["positions"]["table"], positional.sinusoidal(block, C) / np.sqrt(C), atol=1e-4)
     learned = tiny_model(pos_encoding="learned")
     d = explore_data(learned, learned.tokenizer.encode("ROMEO:"))
-    np.testing.assert_allclose(d["positions"]["table"], learned.params["transformer.wpe.weight"][:6], atol=1e-4)
+    np.testing.assert_allclose(d["positions"]["table"], learned.params["transformer.wpe.weight"], atol=1e-4)
 
 
 def test_formulas_are_numformer_explains():

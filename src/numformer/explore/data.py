@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from numformer.explore.trace import trace
+from numformer.explore.trace import position_table, trace
 
 # A page keeps every position's full logits when T·V is at most this many numbers (the default
 # model at its full context: 64 · 65). Beyond that each position keeps its LOGITS_TOP_MIN or more
@@ -21,6 +21,8 @@ LOGITS_TOP_MIN = 256
 # The page lists every token's string when the vocabulary has at most this many tokens, else
 # only the tokens it shows.
 VOCAB_FULL = 4096
+# The positions panel shows the position table for this many numbers' worth of positions.
+POSITION_VALUES = 1 << 16
 ATTENTION_DECIMALS = 6
 LOGIT_DECIMALS = 5
 
@@ -101,7 +103,10 @@ def explore_data(model, ids, *, tokenizer=None, metrics=None, sampling=None, sou
 
     # ---- inside the stream: norms and positions
     norms = np.linalg.norm(tr.residual.astype(np.float64), axis=-1)    # (L + 1, T)
-    pos = tr.positions.astype(np.float64)                              # (T, C)
+    # the position table for the whole context when it is small (the default: 64 x 128), else
+    # for as many positions as POSITION_VALUES numbers allow, and at least the prompt's
+    n_pos = min(cfg.block_size, max(T, POSITION_VALUES // cfg.n_embd))
+    pos = position_table(model, n_pos).astype(np.float64)             # (n_pos, C)
 
     data = {
         "format": 1,
@@ -120,7 +125,7 @@ def explore_data(model, ids, *, tokenizer=None, metrics=None, sampling=None, sou
         "top5": {"ids": top5.tolist(), "probs": _round(np.take_along_axis(probs, top5, axis=-1), 5)},
         "lens": {"ids": lens_ids, "probs": lens_p, "next_probs": lens_next},
         "residual_norms": _round(norms, 4),                # (n_layer + 1, T)
-        # the (T, C) positions as added to the embeddings; the page computes their similarity
+        # the (n_pos, C) positions as added to the embeddings; the page computes their similarity
         "positions": {"kind": cfg.pos_encoding,
                       "scale": None if cfg.pos_encoding == "learned" else 1.0 / math.sqrt(cfg.n_embd),
                       "table": _round(pos, 4)},

@@ -477,30 +477,31 @@
     yZero: true, xTicks: layerNames.map((_, l) => l), xFormat: (x) => layerNames[x], xLabel: "after the embedding (emb) and after block l" });
 
   const P = D.positions;
-  const C = P.table[0].length;
+  const NP = P.table.length, C = P.table[0].length;       // positions shown, channels
   let pmax = 1e-12;
   for (const row of P.table) for (const v of row) pmax = Math.max(pmax, Math.abs(v));
-  const pw = Math.max(1, Math.min(16, Math.floor(480 / C))), ph = Math.max(1, Math.min(12, Math.floor(320 / T)));
+  const pw = Math.max(1, Math.min(16, Math.floor(480 / C))), ph = Math.max(1, Math.min(12, Math.floor(320 / NP)));
   const posCanvas = $("pos-heatmap");
   heatmap(posCanvas, P.table, pw, ph, (v) => diverge(v / pmax));
   $("pos-caption").textContent = (P.kind === "learned"
     ? "the learned position table wpe"
     : `the sinusoidal table P (the article's formula 2) times 1/√C = ${fix(P.scale, 4)}, as the model adds it`) +
-    `: rows are positions 0..${T - 1}, columns the ${C} channels (blue −${fix(pmax, 3)}, red +${fix(pmax, 3)})`;
+    `: rows are positions 0..${NP - 1} (the prompt uses 0..${T - 1}), columns the ${C} channels ` +
+    `(blue −${fix(pmax, 3)}, red +${fix(pmax, 3)})`;
   posCanvas.addEventListener("mousemove", (evt) => {
-    const c = cellAt(posCanvas, evt, 0, 0, pw, ph, T, C);
+    const c = cellAt(posCanvas, evt, 0, 0, pw, ph, NP, C);
     if (!c) return hideTip();
     showTip(evt, `position ${c[0]}, channel ${c[1]}: ${fix(P.table[c[0]][c[1]], 4)}`);
   });
   posCanvas.addEventListener("mouseleave", hideTip);
-  // cosine similarity of the position vectors, (T, T)
+  // cosine similarity of the position vectors, (NP, NP)
   const unit = P.table.map((row) => { const n = Math.hypot(...row) || 1; return row.map((v) => v / n); });
   const similarity = unit.map((a) => unit.map((b) => { let s = 0; for (let k = 0; k < C; k++) s += a[k] * b[k]; return s; }));
-  const sc = Math.max(1, Math.min(12, Math.floor(320 / T)));
+  const sc = Math.max(1, Math.min(12, Math.floor(320 / NP)));
   const simCanvas = $("pos-similarity");
   heatmap(simCanvas, similarity, sc, sc, diverge);
   simCanvas.addEventListener("mousemove", (evt) => {
-    const c = cellAt(simCanvas, evt, 0, 0, sc, sc, T, T);
+    const c = cellAt(simCanvas, evt, 0, 0, sc, sc, NP, NP);
     if (!c) return hideTip();
     showTip(evt, `positions ${c[0]} and ${c[1]}: cosine ${fix(similarity[c[0]][c[1]], 3)}`);
   });
