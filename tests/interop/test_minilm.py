@@ -127,6 +127,81 @@ def test_batching_does_not_change_results(references):
             assert np.abs(embed(text)[0] - r).max() <= TOL
 
 
+def test_float32_parity_within_1e6(references):
+    """The parity figure itself, tighter than TOL: every case within 1e-6 of sentence-transformers."""
+    for case, texts in CASES.items():
+        assert np.abs(embed(texts) - references[case]).max() <= 1e-6, case
+
+
+def test_threads_and_batches_keep_input_order_and_values(references):
+    """Sorted by length, cut into batches, run on several threads: every vector still lands on its
+    own text, and none moves by more than 1e-6 from sentence-transformers'."""
+    texts = [t for texts in CASES.values() for t in texts]
+    ref = np.concatenate([references[c] for c in CASES])
+    order = np.random.default_rng(0).permutation(len(texts))
+    model = load_model()
+    for threads in (1, 2, 3):
+        for batch_size in (1, 4, 32):
+            got = model.encode([texts[i] for i in order], batch_size=batch_size, threads=threads)
+            assert np.abs(got - ref[order]).max() <= 1e-6, (threads, batch_size)
+
+
+def _padded_batch(tokenizer, texts):
+    encodings = tokenizer.encode_batch(texts)
+    lengths = np.array([len(e.ids) for e in encodings])
+    ids = np.zeros((len(texts), lengths.max()), dtype=np.int64)
+    types = np.zeros_like(ids)
+    for row, e in enumerate(encodings):
+        ids[row, :len(e.ids)], types[row, :len(e.ids)] = e.ids, e.type_ids
+    return ids, types, np.arange(ids.shape[1]) < lengths[:, None], lengths
+
+
+def test_padded_forward_matches_transformers_at_every_position(minilm_dir):
+    """Encoder.forward on a padded batch gives Hugging Face BertModel's last hidden state at every
+    position, padding included (float64)."""
+    import torch
+    from transformers import AutoModel
+
+    model = load_model(dtype=np.float64)
+    ids, types, mask, _ = _padded_batch(model.tokenizer, CASES["lengths"])
+    hf = AutoModel.from_pretrained(str(minilm_dir)).to(torch.float64).eval()
+    with torch.no_grad():
+        ref = hf(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask.astype(np.int64)),
+                 token_type_ids=torch.from_numpy(types)).last_hidden_state.numpy()
+    ours = model.encoder.forward(ids, mask, types)
+    assert ours.shape == ref.shape and not mask.all()
+    assert np.abs(ours - ref).max() <= 1e-11
+
+
+def test_packed_rows_equal_the_padded_forward():
+    """forward_packed (real tokens only) gives forward's numbers at the real positions (float64)."""
+    model = load_model(dtype=np.float64)
+    ids, types, mask, lengths = _padded_batch(model.tokenizer, CASES["lengths"] + CASES["long"])
+    padded = model.encoder.forward(ids, mask, types)                            # (B, T, C)
+    packed = model.encoder.forward_packed(ids[mask], lengths, types[mask])      # (N, C)
+    assert packed.shape == (lengths.sum(), 384)
+    assert np.abs(packed - padded[mask]).max() <= 1e-12
+    with pytest.raises(ValueError, match="forward_packed"):
+        model.encoder.forward_packed(ids[mask], lengths + 1)
+
+
+def test_a_text_without_tokens_gets_a_zero_vector():
+    """A tokenizer without [CLS]/[SEP] gives "" no tokens at all: its vector is zero, the others
+    are what the same model gives them alone."""
+    import dataclasses
+
+    from tokenizers import Tokenizer
+
+    model = load_model()
+    bare = Tokenizer.from_str(model.tokenizer.to_str())
+    bare.post_processor = None
+    plain = dataclasses.replace(model, tokenizer=bare)
+    got = plain.encode(["", "hi there", "", "a longer text than the other one"], threads=2)
+    assert np.all(got[[0, 2]] == 0)
+    alone = plain.encode(["hi there", "a longer text than the other one"], threads=1)
+    assert np.abs(got[[1, 3]] - alone).max() <= 1e-6 and np.all(np.abs(alone).sum(axis=1) > 1)
+
+
 def test_unit_norm_and_similarity_order(references):
     e = embed(["A man is eating food.", "A man is eating a piece of bread.", "The stock market fell today."])
     np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-6)

@@ -15,8 +15,19 @@ padding. GELU is the exact erf form (`hidden_act: "gelu"`), and eps comes from c
 
 Parameters keep Hugging Face's names (`encoder.layer.0.attention.self.query.weight`, ...), so a
 reader can hold this file next to `modeling_bert.py`. The three separate query/key/value linears
-are stacked once at load time into the fused (3C, C) `w_qkv` that `ops.mha` takes: the same
-matrix product, done as one.
+are stacked once at load time into one fused (3C, C) `w_qkv`: the same matrix product, done as one.
+
+Packed rows. Every step but attention works on each token alone (the linear maps, LayerNorm,
+GELU, the residual sums), so the blocks run on the tokens as rows of an (N, C) array. `forward`
+takes every position of a padded (B, T) batch as a row, padding included, as Hugging Face does;
+`forward_packed` takes only the N real tokens of B texts, one text after another, so padding
+costs nothing there. Attention alone lays the rows out as (B, T) again, with zero rows at the
+padding and the key mask keeping every query to the real keys of its own text:
+
+    [q | k | v] = x W_qkvᵀ + b_qkv                       (N, 3C)
+    grid[b, t] = [q | k | v] of text b's token t          (B, T, 3C), zeros at padding
+    heads = attention(q, k, v, key mask)                  (B, nh, T, hs)
+    MultiHead(x) = (heads at the rows' places) W_oᵀ + b_o (N, C)
 """
 
 from __future__ import annotations
@@ -28,7 +39,7 @@ import numpy as np
 
 from numformer.checkpoint import PICKLE_SUFFIXES, pickle_refusal, read_json, read_safetensors
 from numformer.errors import CheckpointError
-from numformer.ops.fast import embedding, gelu, layernorm, linear, mha, residual   # inference: the fast set
+from numformer.ops.fast import attention, embedding, gelu, layernorm, linear, residual   # inference: the fast set
 
 # config.json model_type values whose weights have exactly BERT's names, shapes and formulas.
 BERT_MODEL_TYPES = ("bert",)
@@ -130,7 +141,7 @@ class Encoder:
         expected = parameter_shapes(config)
         check_tensors(params, expected, source="params")
         self.params = {name: np.ascontiguousarray(params[name], dtype=self.dtype) for name in expected}
-        # Fused attention input projection per layer, rows [q; k; v] as ops.mha expects.
+        # Fused attention input projection per layer, rows [q; k; v].
         self._qkv = []
         for l in range(config.num_hidden_layers):
             p = f"encoder.layer.{l}.attention.self."
@@ -152,8 +163,9 @@ class Encoder:
         return cls(config, params, dtype=dtype)
 
     def forward(self, ids, attention_mask=None, token_type_ids=None) -> np.ndarray:
-        """ids (B, T) int; attention_mask (B, T), 1/True for real tokens; -> hidden states (B, T, C)."""
-        cfg, P = self.config, self.params
+        """ids (B, T) int; attention_mask (B, T), 1/True for real tokens; -> hidden states (B, T, C)
+        at every position, padding included (Hugging Face's numbers there too)."""
+        cfg = self.config
         ids = np.asarray(ids)
         if ids.ndim != 2:
             raise ValueError(f"ids must have shape (B, T), got {ids.shape}")
@@ -164,38 +176,87 @@ class Encoder:
         if keep.shape != (B, T):
             raise ValueError(f"attention_mask shape {keep.shape} does not match ids shape {ids.shape}")
         types = np.zeros((B, T), dtype=np.int64) if token_type_ids is None else np.asarray(token_type_ids)
+        positions = np.broadcast_to(np.arange(T), (B, T))
+        layout = _Layout(B, T, rows=None, key_mask=keep[:, None, None, :])
+        x = self._rows(ids.reshape(-1), positions.reshape(-1), types.reshape(-1), layout)          # (B·T, C)
+        return x.reshape(B, T, cfg.hidden_size)
 
-        word, _ = embedding.forward(ids, P["embeddings.word_embeddings.weight"])                       # (B, T, C)
-        pos, _ = embedding.forward(np.arange(T), P["embeddings.position_embeddings.weight"])           # (T, C)
-        seg, _ = embedding.forward(types, P["embeddings.token_type_embeddings.weight"])                # (B, T, C)
+    def forward_packed(self, ids, lengths, token_type_ids=None) -> np.ndarray:
+        """The real tokens of B texts only: ids (N,) holds text 0's tokens, then text 1's, ...,
+        lengths (B,) how many each has (N = Σ lengths); -> hidden states (N, C), the numbers
+        `forward` gives at those positions (up to float rounding)."""
+        cfg = self.config
+        ids = np.asarray(ids)
+        lengths = np.asarray(lengths, dtype=np.int64)
+        if ids.ndim != 1 or lengths.ndim != 1 or lengths.sum() != ids.size or (lengths < 1).any():
+            raise ValueError(f"forward_packed: ids {ids.shape} must hold Σ lengths tokens, lengths {lengths.shape} "
+                             "a positive count per text")
+        B, T = lengths.size, int(lengths.max())
+        if T > cfg.max_position_embeddings:
+            raise ValueError(f"sequence length {T} exceeds max_position_embeddings {cfg.max_position_embeddings}")
+        types = np.zeros(ids.size, dtype=np.int64) if token_type_ids is None else np.asarray(token_type_ids)
+        grid = np.arange(T) < lengths[:, None]                        # (B, T) True at real tokens
+        positions = np.broadcast_to(np.arange(T), (B, T))[grid]       # (N,) each token's place in its text
+        layout = _Layout(B, T, rows=np.flatnonzero(grid), key_mask=grid[:, None, None, :])
+        return self._rows(ids, positions, types, layout)
+
+    def _rows(self, ids, positions, types, layout) -> np.ndarray:
+        """The embeddings and every block, on tokens as rows: ids, positions, types (N,) -> (N, C)."""
+        cfg, P = self.config, self.params
+        word, _ = embedding.forward(ids, P["embeddings.word_embeddings.weight"])                       # (N, C)
+        pos, _ = embedding.forward(positions, P["embeddings.position_embeddings.weight"])              # (N, C)
+        seg, _ = embedding.forward(types, P["embeddings.token_type_embeddings.weight"])                # (N, C)
         x, _ = layernorm.forward(word + pos + seg, P["embeddings.LayerNorm.weight"],
                                  P["embeddings.LayerNorm.bias"], eps=cfg.layer_norm_eps)
-
-        # Every query may look at every real key of its own text: a key mask broadcast over queries.
-        key_mask = keep[:, None, None, :]  # (B, 1, 1, T) -> (B, nh, Tq, Tk)
         for l in range(cfg.num_hidden_layers):
-            x = self._block(x, l, key_mask)
+            x = self._block(x, l, layout)
         return x
 
-    def _block(self, x: np.ndarray, l: int, key_mask: np.ndarray) -> np.ndarray:
+    def _block(self, x: np.ndarray, l: int, layout: "_Layout") -> np.ndarray:
         cfg, P = self.config, self.params
         p = f"encoder.layer.{l}."
         eps = cfg.layer_norm_eps
+        C, nh = cfg.hidden_size, cfg.num_attention_heads
         w_qkv, b_qkv = self._qkv[l]
 
-        att, _ = mha.forward(x, w_qkv, b_qkv, P[p + "attention.output.dense.weight"],
-                             P[p + "attention.output.dense.bias"], cfg.num_attention_heads,
-                             causal=False, mask=key_mask)                                            # (B, T, C)
+        qkv, _ = linear.forward(x, w_qkv, b_qkv)                                                        # (N, 3C)
+        heads = layout.grid(qkv).reshape(layout.B, layout.T, 3, nh, C // nh).transpose(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
+        att, _ = attention.forward(*heads, causal=False, mask=layout.key_mask)                         # (B, nh, T, hs)
+        att = layout.rows_of(att.transpose(0, 2, 1, 3).reshape(layout.B * layout.T, C))                # (N, C) heads concatenated
+        att, _ = linear.forward(att, P[p + "attention.output.dense.weight"], P[p + "attention.output.dense.bias"])
         s, _ = residual.forward(x, att)
         a, _ = layernorm.forward(s, P[p + "attention.output.LayerNorm.weight"],
                                  P[p + "attention.output.LayerNorm.bias"], eps=eps)
 
-        h, _ = linear.forward(a, P[p + "intermediate.dense.weight"], P[p + "intermediate.dense.bias"])  # (B, T, F)
+        h, _ = linear.forward(a, P[p + "intermediate.dense.weight"], P[p + "intermediate.dense.bias"])  # (N, F)
         h, _ = gelu.forward(h, form=cfg.gelu)
-        f, _ = linear.forward(h, P[p + "output.dense.weight"], P[p + "output.dense.bias"])             # (B, T, C)
+        f, _ = linear.forward(h, P[p + "output.dense.weight"], P[p + "output.dense.bias"])             # (N, C)
         s, _ = residual.forward(a, f)
         y, _ = layernorm.forward(s, P[p + "output.LayerNorm.weight"], P[p + "output.LayerNorm.bias"], eps=eps)
         return y
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where the rows sit in the (B, T) grid attention needs: rows (N,) flat indices into B·T, or
+    None when every position is a row; key_mask (B, 1, 1, T), True at real keys."""
+
+    B: int
+    T: int
+    rows: np.ndarray | None
+    key_mask: np.ndarray
+
+    def grid(self, a):
+        """(N, D) rows -> (B·T, D), zeros where no row sits."""
+        if self.rows is None:
+            return a
+        out = np.zeros((self.B * self.T, a.shape[1]), dtype=a.dtype)
+        out[self.rows] = a
+        return out
+
+    def rows_of(self, a):
+        """(B·T, D) -> the (N, D) rows."""
+        return a if self.rows is None else a[self.rows]
 
 
 # --------------------------------------------------------------------------- loading and validation
