@@ -12,10 +12,10 @@ same signatures, computed in blocks and chunks for speed; `op_set(name)` gives e
 """
 
 from numformer.ops import (attention, cross_entropy, dropout, embedding, gelu, layernorm, linear,
-                           mha, positional, residual, softmax)
+                           lora, mha, positional, residual, softmax)
 
 __all__ = ["attention", "cross_entropy", "dropout", "embedding", "gelu", "layernorm", "linear",
-           "mha", "positional", "residual", "softmax"]
+           "lora", "mha", "positional", "residual", "softmax"]
 
 
 OP_SETS = ("reference", "fast")

@@ -82,6 +82,7 @@ def targets_with_ignored(shape, V, ignore_index, frac=0.3):
 
 
 QKV = ("q", "k", "v")
+LORA = ("x", "weight", "bias", "lora_a", "lora_b")
 MHA = ("x", "w_qkv", "b_qkv", "w_o", "b_o")
 
 
@@ -103,6 +104,16 @@ CASES = [
          ("x", "weight", "bias"), "linear"),
     Case("linear 4-D x, batch 1", "linear", {"x": (1, 2, 3, 4), "weight": (6, 4), "bias": (6,)},
          ("x", "weight", "bias"), "linear"),
+    # lora: a linear map plus (α/r)·B A x; ranks 1, 2 and C_in; B random so that dA is not zero
+    Case("lora (B,T,C) rank 2", "lora",
+         {"x": (2, 3, 4), "weight": (5, 4), "bias": (5,), "lora_a": (2, 4), "lora_b": (5, 2)},
+         LORA, "lora", kwargs={"alpha": 4.0}),
+    Case("lora 2-D no bias rank 1", "lora",
+         {"x": (3, 6), "weight": (2, 6), "bias": None, "lora_a": (1, 6), "lora_b": (2, 1)},
+         LORA, "lora", kwargs={"alpha": 0.5}),
+    Case("lora rank = C_in, T=1 batch 1", "lora",
+         {"x": (1, 1, 3), "weight": (7, 3), "bias": (7,), "lora_a": (3, 3), "lora_b": (7, 3)},
+         LORA, "lora", kwargs={"alpha": 16.0}),
     # embedding: repeated ids accumulate
     Case("embedding repeated ids", "embedding",
          {"ids": np.array([[1, 1, 3], [0, 1, 3]]), "table": (5, 4)}, ("table",), "embedding"),

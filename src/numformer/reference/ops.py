@@ -56,6 +56,11 @@ def linear(x, weight, bias):
     return F.linear(x, weight, bias)
 
 
+def lora(x, weight, bias, lora_a, lora_b, alpha=1.0, frozen=False):
+    """A linear map plus its low-rank adapter, each a plain torch Linear: W x + b + (α/r)·B(A x)."""
+    return F.linear(x, weight, bias) + (alpha / lora_a.shape[0]) * F.linear(F.linear(x, lora_a), lora_b)
+
+
 def embedding(ids, table):
     return F.embedding(ids, table)
 

@@ -13,8 +13,8 @@ The block and chunk sizes are parameters of forward (`block`, `qrows`, `chunk`) 
 defaults; tests hold every fast op equal to its reference across those boundaries.
 """
 
-from numformer.ops import cross_entropy, dropout, embedding, layernorm, linear, positional, residual, softmax
+from numformer.ops import cross_entropy, dropout, embedding, layernorm, linear, lora, positional, residual, softmax
 from numformer.ops.fast import attention, gelu, mha
 
 __all__ = ["attention", "cross_entropy", "dropout", "embedding", "gelu", "layernorm", "linear",
-           "mha", "positional", "residual", "softmax"]
+           "lora", "mha", "positional", "residual", "softmax"]
