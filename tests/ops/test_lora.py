@@ -52,3 +52,16 @@ def test_shapes_that_do_not_fit_are_refused(shapes):
     x, w, b, _, _ = _inputs(rng)
     with pytest.raises(ValueError, match="lora"):
         lora.forward(x, w, b, np.zeros(shapes[0]), np.zeros(shapes[1]))
+
+
+def test_frozen_linear_gives_only_dx():
+    rng = np.random.default_rng(4)
+    x, w, b, _, _ = _inputs(rng)
+    y, cache = linear.forward(x, w, b)
+    yf, cache_f = linear.forward(x, w, b, frozen=True, keep_input=False)
+    dy = rng.standard_normal(y.shape)
+    np.testing.assert_array_equal(y, yf)
+    dx, dw, db = linear.backward(dy, cache)
+    dxf, dwf, dbf = linear.backward(dy, cache_f)          # no x needed: dW is not computed
+    np.testing.assert_array_equal(dx, dxf)
+    assert dwf is None and dbf is None and dw is not None

@@ -22,6 +22,13 @@ Memory. Four activations per block are not kept, because backward can make them 
 bit: GELU's output (gelu.output_and_slope), the two LayerNorm outputs and LN_f's
 (layernorm.output), and attention's probabilities (keep_probs=False).
 
+Adapters. `GPT(config, lora=LoRAConfig(rank, alpha, targets))` gives the layers named in
+targets a low-rank adapter (numformer.model.adapters): those layers run ops.lora instead of
+ops.linear. A and B live in their own flat buffer, `model.adapters`; `model.trainable` is the
+buffer that training updates (the adapters, or without them the parameters) and `model.grads`
+has its layout. With adapters the base weights are frozen: backward adds no gradient for them,
+and the frozen linear maps skip their dW products.
+
 Positions. `pos_encoding="learned"` adds a trained table `wpe` as GPT-2 does. The default,
 `"sinusoidal"`, adds the article's fixed table P (formula 2), scaled by `sinusoidal_form`:
 "scaled" (the default) is x0 = wte[idx] + P/√C. Read literally ("article"), wte[idx] + P trains
@@ -38,7 +45,7 @@ import numpy as np
 
 from numformer.errors import CheckpointError
 from numformer.model.config import SINUSOIDAL_FORMS, GPTConfig
-from numformer.model.params import FlatParams, gpt_param_shapes
+from numformer.model.params import FlatParams, gpt_param_shapes, lora_param_shapes
 from numformer.ops import op_set, positional
 
 
@@ -57,19 +64,24 @@ class KVCache:
 
 # ----------------------------------------------------------------------------- one block
 
-def block_forward(ops, w, x, cfg: GPTConfig, *, drop=0.0, rng=None, kv=None):
+def block_forward(ops, w, x, cfg: GPTConfig, *, drop=0.0, rng=None, kv=None, lora=None):
     """One pre-LayerNorm block: x + Dropout(MHA(LN_1(x))), then x + Dropout(MLP(LN_2(x))).
 
     w: the block's parameters by short name ("ln_1.weight", ...); x (B, T, C). With kv =
     (K, V, t0), the layer's KV cache (B, nh, block_size, hs) and the position of x's first row,
     the new keys and values are written into it and the queries attend to positions 0..t0+T-1.
-    Returns (x, cache)."""
+    With lora = (alpha, {layer: (A, B)}), the base weights are frozen and those layers have
+    adapters (see `linear_forward`). Returns (x, cache)."""
     B, T, C = x.shape
     nh, hs = cfg.n_head, cfg.head_size
     c = {}
+
+    def linear(layer, h, key, **kw):
+        y, c[key] = linear_forward(ops, w, layer, h, lora, **kw)
+        return y
+
     h, c["ln_1"] = ops.layernorm.forward(x, w["ln_1.weight"], w["ln_1.bias"], cfg.layer_norm_eps)
-    qkv, c["c_attn"] = ops.linear.forward(h, w["attn.c_attn.weight"], w["attn.c_attn.bias"],
-                                          keep_input=False)       # (B, T, 3C); h from LN_1's cache
+    qkv = linear("attn.c_attn", h, "c_attn", keep_input=False)   # (B, T, 3C); h from LN_1's cache
     q, k, v = qkv.reshape(B, T, 3, nh, hs).transpose(2, 0, 3, 1, 4)   # each (B, nh, T, hs), views
     if kv is not None:
         K, V, t0 = kv
@@ -79,15 +91,13 @@ def block_forward(ops, w, x, cfg: GPTConfig, *, drop=0.0, rng=None, kv=None):
                                          dropout_p=drop, rng=rng,
                                          keep_probs=False)        # P from q, k and two numbers per row
     y = y.transpose(0, 2, 1, 3).reshape(B, T, C)                  # (B, T, C) heads concatenated
-    a, c["c_proj_attn"] = ops.linear.forward(y, w["attn.c_proj.weight"], w["attn.c_proj.bias"])
+    a = linear("attn.c_proj", y, "c_proj_attn")
     a, c["drop_1"] = ops.dropout.forward(a, drop, rng, training=drop > 0)
     x, c["res_1"] = ops.residual.forward(x, a)
     h, c["ln_2"] = ops.layernorm.forward(x, w["ln_2.weight"], w["ln_2.bias"], cfg.layer_norm_eps)
-    f, c["c_fc"] = ops.linear.forward(h, w["mlp.c_fc.weight"], w["mlp.c_fc.bias"],
-                                      keep_input=False)           # (B, T, 4C); h from LN_2's cache
+    f = linear("mlp.c_fc", h, "c_fc", keep_input=False)          # (B, T, 4C); h from LN_2's cache
     g, c["gelu"] = ops.gelu.forward(f, form=cfg.gelu)
-    m, c["c_proj"] = ops.linear.forward(g, w["mlp.c_proj.weight"], w["mlp.c_proj.bias"],
-                                        keep_input=False)         # (B, T, C); g is recomputed in backward
+    m = linear("mlp.c_proj", g, "c_proj", keep_input=False)      # (B, T, C); g is recomputed in backward
     del g
     m, c["drop_2"] = ops.dropout.forward(m, drop, rng, training=drop > 0)
     x, c["res_2"] = ops.residual.forward(x, m)
@@ -97,28 +107,29 @@ def block_forward(ops, w, x, cfg: GPTConfig, *, drop=0.0, rng=None, kv=None):
 def block_backward(ops, dx, c, cfg: GPTConfig, add):
     """block_forward walked backwards. dx: the gradient at the block's output; c: its cache, emptied
     as each op's backward uses it; add(layer, dweight, dbias) takes each layer's gradients (dbias
-    None where it has no bias). Returns the gradient at the block's input."""
+    None where it has no bias, both None where frozen; after them an adapted layer's dA, dB).
+    Returns the gradient at the block's input."""
     # x = x_mid + Dropout(MLP(LN_2(x_mid)))
     dx_mid, dm = ops.residual.backward(dx, c.pop("res_2"))
     dm = ops.dropout.backward(dm, c.pop("drop_2"))
     g, slope = ops.gelu.output_and_slope(c.pop("gelu"))           # GELU's output again, and its slope
-    dg, dw, db = ops.linear.backward(dm, c.pop("c_proj"), x=g)
+    dg, *grads = linear_backward(dm, c.pop("c_proj"), x=g)
     del g, dm
-    add("mlp.c_proj", dw, db)
+    add("mlp.c_proj", *grads)
     df = np.multiply(dg, slope, out=slope)                        # gelu backward: dy ⊙ GELU'(f)
     del dg, slope
     ln_2 = c.pop("ln_2")
-    dh, dw, db = ops.linear.backward(df, c.pop("c_fc"), x=ops.layernorm.output(ln_2))
+    dh, *grads = linear_backward(df, c.pop("c_fc"), x=ops.layernorm.output(ln_2))
     del df
-    add("mlp.c_fc", dw, db)
+    add("mlp.c_fc", *grads)
     dln, dw, db = ops.layernorm.backward(dh, ln_2)
     add("ln_2", dw, db)
     dx_mid += dln                                                 # residual fan-in
     # x_mid = x_in + Dropout(c_proj(Attention(split heads(c_attn(LN_1(x_in))))))
     dx_in, da = ops.residual.backward(dx_mid, c.pop("res_1"))
     da = ops.dropout.backward(da, c.pop("drop_1"))
-    dy, dw, db = ops.linear.backward(da, c.pop("c_proj_attn"))
-    add("attn.c_proj", dw, db)
+    dy, *grads = linear_backward(da, c.pop("c_proj_attn"))
+    add("attn.c_proj", *grads)
     B, T, C = dy.shape
     nh, hs = cfg.n_head, cfg.head_size
     dq, dk, dv = ops.attention.backward(dy.reshape(B, T, nh, hs).transpose(0, 2, 1, 3),
@@ -129,13 +140,39 @@ def block_backward(ops, dx, c, cfg: GPTConfig, add):
     dqkv[:, :, 2] = dv.transpose(0, 2, 1, 3)
     del dq, dk, dv, dy, da
     ln_1 = c.pop("ln_1")
-    dh, dw, db = ops.linear.backward(dqkv.reshape(B, T, 3 * C), c.pop("c_attn"), x=ops.layernorm.output(ln_1))
+    dh, *grads = linear_backward(dqkv.reshape(B, T, 3 * C), c.pop("c_attn"), x=ops.layernorm.output(ln_1))
     del dqkv
-    add("attn.c_attn", dw, db)
+    add("attn.c_attn", *grads)
     dln, dw, db = ops.layernorm.backward(dh, ln_1)
     add("ln_1", dw, db)
     dx_in += dln                                                  # residual fan-in
     return dx_in
+
+
+def linear_forward(ops, w, layer, x, lora, **kw):
+    """The block's linear map `layer` ("attn.c_attn", ...): ops.linear, or ops.lora where lora =
+    (alpha, adapters) gives the layer an adapter; with lora every base weight is frozen. Returns
+    (y, (op, cache)) for linear_backward."""
+    weight, bias = w[f"{layer}.weight"], w[f"{layer}.bias"]
+    if lora is None:
+        return _tagged(ops.linear, ops.linear.forward(x, weight, bias, **kw))
+    alpha, adapters = lora
+    if layer in adapters:
+        A, B = adapters[layer]
+        return _tagged(ops.lora, ops.lora.forward(x, weight, bias, A, B, alpha=alpha, frozen=True, **kw))
+    return _tagged(ops.linear, ops.linear.forward(x, weight, bias, frozen=True, **kw))
+
+
+def _tagged(op, result):
+    y, cache = result
+    return y, (op, cache)
+
+
+def linear_backward(dy, tagged_cache, x=None):
+    """linear_forward walked backwards: (dx, dweight, dbias) from ops.linear, and from ops.lora
+    also (dA, dB)."""
+    op, cache = tagged_cache
+    return op.backward(dy, cache, x=x)
 
 
 # ----------------------------------------------------------------------------- the model
@@ -149,7 +186,7 @@ class GPT:
     """
 
     def __init__(self, config: GPTConfig, *, dtype=np.float32, seed: int = 0, init: bool = True,
-                 ops: str = "fast"):
+                 ops: str = "fast", lora=None):
         self.config = config
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
@@ -157,7 +194,13 @@ class GPT:
         self.ops_name = ops
         self.ops = op_set(ops)
         self.params = FlatParams(gpt_param_shapes(config), self.dtype)
-        self.grads = self.params.like()
+        self.lora, self.adapters = lora, None          # see "Adapters" above
+        if lora is not None:
+            lora.check_fits(config)
+            self.adapters = FlatParams(lora_param_shapes(config, lora.rank, lora.targets), self.dtype)
+            self.init_adapters(seed)
+        self.trainable = self.params if lora is None else self.adapters
+        self.grads = self.trainable.like()
         self.training = True
         self.rng = np.random.default_rng([seed, 1])  # dropout masks; its state is checkpointed
         C = config.n_embd
@@ -168,6 +211,7 @@ class GPT:
         self._zeros_C = np.zeros(C, dtype=self.dtype)  # stands in for LayerNorm bias when bias=False
         self._tape = None
         self._blocks = [self._block_params(i) for i in range(config.n_layer)]
+        self._lora = [self._block_adapters(i) for i in range(config.n_layer)]
         if init:
             self.init_weights(seed)
 
@@ -187,13 +231,26 @@ class GPT:
                 std = resid_std if name.endswith("c_proj.weight") else 0.02
                 w[...] = rng.normal(0.0, std, size=w.shape)
 
+    def init_adapters(self, seed: int = 0) -> None:
+        """LoRA's initialisation: A uniform in ±1/√C_in (as a Linear layer's default), B = 0, so
+        an adapted layer starts as the layer it adapts."""
+        rng = np.random.default_rng([seed, 3])
+        for name, w in self.adapters.items():
+            if name.endswith(".lora_A"):
+                bound = 1.0 / np.sqrt(w.shape[1])
+                w[...] = rng.uniform(-bound, bound, size=w.shape)
+            else:
+                w[...] = 0.0
+
     def decay_mask(self) -> np.ndarray:
-        """Flat mask of the parameters that get weight decay: those with two or more dimensions
-        (matmul weights and embeddings), not biases or LayerNorm gains."""
-        return self.params.mask(lambda name, shape: len(shape) >= 2)
+        """Flat mask, in the layout of `trainable`, of the parameters that get weight decay: those
+        with two or more dimensions (matmul weights, embeddings, adapters), not biases or
+        LayerNorm gains."""
+        return self.trainable.mask(lambda name, shape: len(shape) >= 2)
 
     def num_params(self) -> int:
-        return self.params.size
+        """The model's parameters, adapters included."""
+        return self.params.size + (self.adapters.size if self.adapters is not None else 0)
 
     def zero_grad(self) -> None:
         self.grads.flat[...] = 0
@@ -207,11 +264,16 @@ class GPT:
         return self
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        return dict(self.params.views)
+        """The parameters by name, and the adapters' A and B when the model has them."""
+        out = dict(self.params.views)
+        if self.adapters is not None:
+            out.update(self.adapters.views)
+        return out
 
     def load_state_dict(self, tensors: dict[str, np.ndarray], source: str = "state dict") -> None:
-        """Copy tensors into the flat buffer, checking that every name and shape matches."""
-        expected = self.params.shapes
+        """Copy tensors into the flat buffers, checking that every name and shape matches."""
+        views = self.state_dict()
+        expected = {**self.params.shapes, **(self.adapters.shapes if self.adapters is not None else {})}
         missing = [n for n in expected if n not in tensors]
         if missing:
             raise CheckpointError(f"{source}: missing tensor {missing[0]}"
@@ -224,7 +286,7 @@ class GPT:
             if tuple(t.shape) != shape:
                 raise CheckpointError(f"{source}: tensor {name} has shape {tuple(t.shape)}, "
                                       f"the config needs {shape}")
-            self.params.views[name][...] = t
+            views[name][...] = t
 
     # ----------------------------------------------------------------------------- forward
 
@@ -245,8 +307,8 @@ class GPT:
 
         x, tape["emb"] = self._embed(idx, 0)                                  # (B, T, C)
         x, tape["drop"] = ops.dropout.forward(x, drop, self.rng, training=drop > 0)
-        for w in self._blocks:
-            x, c = block_forward(ops, w, x, cfg, drop=drop, rng=self.rng)
+        for w, lora in zip(self._blocks, self._lora):
+            x, c = block_forward(ops, w, x, cfg, drop=drop, rng=self.rng, lora=lora)
             tape["blocks"].append(c)
         logits, tape["ln_f"], tape["lm_head"] = self._head(x)                 # (B, T, V)
         self._tape = tape
@@ -270,8 +332,8 @@ class GPT:
         p = self.params
         x, ln_f = self.ops.layernorm.forward(x, p["transformer.ln_f.weight"], self._ln_bias("transformer.ln_f"),
                                              self.config.layer_norm_eps)
-        logits, head = self.ops.linear.forward(x, p["transformer.wte.weight"],
-                                               keep_input=False)   # tied; x from LN_f's cache
+        logits, head = self.ops.linear.forward(x, p["transformer.wte.weight"], keep_input=False,  # tied; x from LN_f's cache
+                                               frozen=self.lora is not None)
         return logits, ln_f, head
 
     # ----------------------------------------------------------------------------- backward
@@ -295,12 +357,18 @@ class GPT:
             else:
                 accumulate(name, value, index)
 
+        frozen = self.lora is not None     # only the adapters get gradients
+
         def add_layer(prefix):
-            def add_weight_and_bias(layer, dweight, dbias):
-                add(f"{prefix}{layer}.weight", dweight)
-                if cfg.bias:
-                    add(f"{prefix}{layer}.bias", dbias)
-            return add_weight_and_bias
+            def add_grads(layer, dweight, dbias, *dlora):
+                if not frozen:
+                    add(f"{prefix}{layer}.weight", dweight)
+                    if cfg.bias:
+                        add(f"{prefix}{layer}.bias", dbias)
+                if dlora:
+                    add(f"{prefix}{layer}.lora_A", dlora[0])
+                    add(f"{prefix}{layer}.lora_B", dlora[1])
+            return add_grads
 
         # each op's cache is popped as its backward runs, and each temporary is dropped once used,
         # so activations are freed as early as they can be (the memory peak is early in backward)
@@ -309,7 +377,8 @@ class GPT:
         ln_f = tape.pop("ln_f")
         dx, dwte_head, _ = ops.linear.backward(dlogits, tape.pop("lm_head"), x=ops.layernorm.output(ln_f))
         del dlogits
-        add("transformer.wte.weight", dwte_head)                               # tied weight: head's share, +=
+        if not frozen:
+            add("transformer.wte.weight", dwte_head)                           # tied weight: head's share, +=
         dx, dw, db = ops.layernorm.backward(dx, ln_f)
         del ln_f
         add_layer("transformer.")("ln_f", dw, db)
@@ -318,6 +387,8 @@ class GPT:
         for i in reversed(range(cfg.n_layer)):
             dx = block_backward(ops, dx, blocks[i], cfg, add_layer(f"transformer.h.{i}."))
             blocks[i] = None
+        if frozen:
+            return
 
         dx = ops.dropout.backward(dx, tape["drop"])
         if cfg.pos_encoding == "learned":
@@ -340,7 +411,7 @@ class GPT:
             raise ValueError(f"KV cache holds {self.config.block_size} positions; {t1} requested")
         x, _ = self._embed(idx, t0)                                            # (B, Tn, C)
         for i, w in enumerate(self._blocks):
-            x, _ = block_forward(self.ops, w, x, self.config, kv=(cache.k[i], cache.v[i], t0))
+            x, _ = block_forward(self.ops, w, x, self.config, kv=(cache.k[i], cache.v[i], t0), lora=self._lora[i])
         logits, _, _ = self._head(x)
         cache.length = t1
         return logits
@@ -390,6 +461,14 @@ class GPT:
             for key in ("attn.c_attn.bias", "attn.c_proj.bias", "mlp.c_fc.bias", "mlp.c_proj.bias"):
                 w[key] = None
         return w
+
+    def _block_adapters(self, i: int):
+        """Block i's adapters as (alpha, {layer: (A, B)}) for block_forward, or None."""
+        if self.lora is None:
+            return None
+        prefix = f"transformer.h.{i}."
+        return self.lora.alpha, {layer: (self.adapters[f"{prefix}{layer}.lora_A"], self.adapters[f"{prefix}{layer}.lora_B"])
+                                 for layer in self.lora.targets}
 
     def _ln_bias(self, name: str):
         return self.params.views.get(f"{name}.bias", self._zeros_C)

@@ -47,6 +47,25 @@ def gpt_param_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+LORA_TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")   # the layers an adapter can adapt
+
+
+def lora_param_shapes(config: GPTConfig, rank: int, targets) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of the low-rank adapters (numformer.ops.lora) on the `targets` layers of every
+    block: `{layer}.lora_A` (r, C_in) and `{layer}.lora_B` (C_out, r), beside the layer's weight
+    (C_out, C_in). They live in a flat buffer of their own, so that fine-tuning with adapters
+    needs gradients and optimizer moments for them alone."""
+    base = gpt_param_shapes(config)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for i in range(config.n_layer):
+        for layer in LORA_TARGETS:          # buffer order: block by block, layer by layer
+            if layer in targets:
+                n_out, n_in = base[f"transformer.h.{i}.{layer}.weight"]
+                shapes[f"transformer.h.{i}.{layer}.lora_A"] = (rank, n_in)
+                shapes[f"transformer.h.{i}.{layer}.lora_B"] = (n_out, rank)
+    return shapes
+
+
 class FlatParams:
     """One contiguous buffer `flat` and a dict `views` of named array views into it.
 

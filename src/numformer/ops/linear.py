@@ -16,12 +16,15 @@ products above is a single 2-D matrix multiply (one BLAS call).
 Memory: the cache holds x, needed for dW. A caller that can recompute x cheaply at backward time
 passes keep_input=False to forward and gives x back to backward (the GPT does this for the MLP's
 second layer, whose input GELU(h) it recomputes; see model/gpt.py).
+
+Frozen weights (fine-tuning with adapters, see ops/lora.py): forward(..., frozen=True) keeps no x,
+and backward returns (dx, None, None), skipping the dW product.
 """
 
 
-def forward(x, weight, bias=None, keep_input=True):
+def forward(x, weight, bias=None, keep_input=True, frozen=False):
     """y = x @ weight.T + bias. Returns (y, cache); with keep_input=False the cache leaves out x,
-    and backward must be given it."""
+    and backward must be given it; with frozen=True backward gives no dweight, dbias."""
     if weight.ndim != 2:
         raise ValueError(f"linear: x has shape {x.shape} but weight has shape {weight.shape} "
                          f"(weight must be (C_out, C_in))")
@@ -37,16 +40,19 @@ def forward(x, weight, bias=None, keep_input=True):
     if bias is not None:
         y += bias
     y = y.reshape(*x.shape[:-1], c_out)         # (..., C_out)
-    return y, (x2 if keep_input else None, weight, bias is not None, x.shape)
+    return y, (x2 if keep_input and not frozen else None, weight, bias is not None, x.shape, frozen)
 
 
 def backward(dy, cache, x=None):
-    """Returns (dx, dweight, dbias); dbias is None when forward had no bias. x is forward's input,
-    needed only when forward was called with keep_input=False."""
-    x2, weight, has_bias, x_shape = cache
+    """Returns (dx, dweight, dbias); dbias is None when forward had no bias, both are None when
+    forward was called with frozen=True. x is forward's input, needed only when forward was
+    called with keep_input=False (and frozen=False)."""
+    x2, weight, has_bias, x_shape, frozen = cache
     c_out = weight.shape[0]
     if dy.shape != (*x_shape[:-1], c_out):
         raise ValueError(f"linear: dy has shape {dy.shape} but y had shape {(*x_shape[:-1], c_out)}")
+    if frozen:
+        return (dy.reshape(-1, c_out) @ weight).reshape(x_shape), None, None
     if x2 is None:
         if x is None or x.shape != x_shape:
             raise ValueError(f"linear: forward kept no input (keep_input=False), so backward needs "

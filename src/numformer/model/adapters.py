@@ -1,0 +1,94 @@
+"""Low-rank adapters (LoRA) on a GPT: which layers, what rank, and merging them into the weights.
+
+A layer with an adapter computes y = x Wᵀ + b + (α/r)·(x Aᵀ) Bᵀ (numformer.ops.lora). While
+fine-tuning only A and B train: the GPT keeps them in a flat buffer of their own
+(`model.adapters`), and its gradient buffer and the optimizer's moments have that buffer's
+layout, so the base weights get neither (see GPT, "Adapters"). A checkpoint stores A and B in
+model.safetensors beside the weights and this config under "lora" in config.json.
+
+Merging gives the plain layer with the same function: W' = W + (α/r)·B A (B A is C_out × C_in),
+which is what `numformer convert --to-hf` exports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from numformer.errors import UsageError
+from numformer.model.params import LORA_TARGETS, lora_param_shapes
+
+DEFAULT_TARGETS = ("attn.c_attn", "attn.c_proj")
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    rank: int
+    alpha: float
+    targets: tuple[str, ...] = DEFAULT_TARGETS
+
+    def __post_init__(self):
+        if isinstance(self.rank, bool) or not isinstance(self.rank, (int, np.integer)) or self.rank < 1:
+            raise UsageError(f"lora_rank must be a positive integer, got {self.rank!r}")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not np.isfinite(self.alpha) \
+                or self.alpha <= 0:
+            raise UsageError(f"lora_alpha must be a positive number, got {self.alpha!r}")
+        targets = tuple(self.targets)
+        if not targets:
+            raise UsageError(f"lora_targets is empty; choose from {', '.join(LORA_TARGETS)}")
+        for t in targets:
+            if t not in LORA_TARGETS:
+                raise UsageError(f"lora_targets: unknown layer {t!r}; choose from {', '.join(LORA_TARGETS)}")
+        if len(set(targets)) != len(targets):
+            raise UsageError(f"lora_targets names a layer twice: {','.join(targets)}")
+        object.__setattr__(self, "targets", tuple(t for t in LORA_TARGETS if t in targets))
+
+    @property
+    def scale(self) -> float:
+        """α/r, the factor on the adapter's output."""
+        return self.alpha / self.rank
+
+    def check_fits(self, config) -> None:
+        """UsageError unless the rank is at most min(C_in, C_out) of every adapted layer (a larger
+        rank adds parameters but no expressive power: B A cannot exceed that rank)."""
+        shapes = lora_param_shapes(config, 1, self.targets)
+        for name, shape in shapes.items():
+            if name.endswith(".lora_B"):
+                n_out = shape[0]
+                n_in = shapes[name[:-len("lora_B")] + "lora_A"][1]
+                if self.rank > min(n_in, n_out):
+                    layer = name[len("transformer.h.0."):-len(".lora_B")]
+                    raise UsageError(f"lora_rank {self.rank} is larger than the layer: {layer} maps {n_in} -> {n_out}, "
+                                     f"so the rank can be at most {min(n_in, n_out)}")
+
+    def to_dict(self) -> dict:
+        return {"rank": int(self.rank), "alpha": float(self.alpha), "targets": list(self.targets)}
+
+    @classmethod
+    def from_dict(cls, d) -> "LoRAConfig":
+        if not isinstance(d, dict) or set(d) != {"rank", "alpha", "targets"} or not isinstance(d["targets"], list):
+            raise UsageError("a lora config needs exactly the keys rank, alpha, targets (a list)")
+        return cls(rank=d["rank"], alpha=d["alpha"], targets=tuple(d["targets"]))
+
+
+def parse_targets(text: str) -> tuple[str, ...]:
+    """'attn.c_attn,mlp.c_fc' -> ('attn.c_attn', 'mlp.c_fc'); checked by LoRAConfig."""
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def merged_state_dict(model) -> dict[str, np.ndarray]:
+    """The model's base weights with every adapter merged in: W + (α/r)·B A. Computed in float64
+    and rounded once, so the merged weight is the closest float to the exact sum."""
+    out = {name: arr.copy() for name, arr in model.params.items()}
+    if model.lora is None:
+        return out
+    s = model.lora.scale
+    for name in model.adapters.shapes:
+        if name.endswith(".lora_A"):
+            layer = name[:-len(".lora_A")]
+            A = model.adapters[name].astype(np.float64)                      # (r, C_in)
+            B = model.adapters[f"{layer}.lora_B"].astype(np.float64)         # (C_out, r)
+            W = model.params[f"{layer}.weight"]
+            out[f"{layer}.weight"] = (W.astype(np.float64) + s * (B @ A)).astype(W.dtype)
+    return out
