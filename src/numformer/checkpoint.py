@@ -633,6 +633,8 @@ def read_safetensors(file) -> dict[str, np.ndarray]:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise CheckpointError(f"{file}: not a safetensors file (its header is not JSON)") from None
+    except RecursionError:
+        raise CheckpointError(f"{file}: not a safetensors file (its header's JSON is nested too deeply)") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{file}: not a safetensors file (its header is not a JSON object)")
     _check_header(file, header, data_bytes=size - 8 - n)
@@ -676,14 +678,17 @@ def _check_header(file: Path, header: dict, data_bytes: int) -> None:
             continue
         try:
             dtype, shape, (a, b) = entry["dtype"], entry["shape"], entry["data_offsets"]
-            numel = math.prod(int(s) for s in shape)
-            a, b = int(a), int(b)
         except (TypeError, KeyError, ValueError):
             raise CheckpointError(f"{file}: damaged header entry for tensor {name!r}") from None
+        # JSON numbers may be floats, Infinity or 1e400 (inf): only whole numbers are sizes
+        if not (isinstance(dtype, str) and isinstance(shape, list) and all(_is_count(x) for x in (*shape, a, b))):
+            raise CheckpointError(f"{file}: damaged header entry for tensor {name!r} (dtype must be a name, "
+                                  "shape and data_offsets whole numbers >= 0)")
+        numel = math.prod(shape)
         if dtype not in _DTYPES and dtype != "BF16":
             raise CheckpointError(f"{file}: tensor {name!r} has unsupported dtype {dtype!r}")
         nbytes = numel * (2 if dtype == "BF16" else np.dtype(_DTYPES[dtype]).itemsize)
-        if any(int(s) < 0 for s in shape) or not 0 <= a <= b or b - a != nbytes:
+        if not a <= b or b - a != nbytes:
             raise CheckpointError(
                 f"{file}: header entry for {name!r} is inconsistent ({dtype} {shape} at [{a}, {b}))"
             )
@@ -694,3 +699,7 @@ def _check_header(file: Path, header: dict, data_bytes: int) -> None:
         end = max(end, b)
     if end != data_bytes:
         raise CheckpointError(f"{file}: damaged: {data_bytes - end} bytes after the last tensor")
+
+
+def _is_count(x) -> bool:
+    return type(x) is int and x >= 0

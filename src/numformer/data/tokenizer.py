@@ -12,6 +12,7 @@ Both map a string to a 1-D int64 array of token ids (`encode`) and back (`decode
   cut by GPT-2's pre-tokenizer regex, each piece is written as UTF-8 bytes, and merges learned on
   the corpus join frequent byte pairs. The 256 single bytes are always in the vocabulary, so any
   string encodes, and decoding gives back exactly the string that was encoded.
+  `BPETokenizer.from_gpt2_files` builds the same scheme from GPT-2's own vocab.json + merges.txt.
 
 JSON documents:
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -41,6 +43,35 @@ def _codes(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
 
 
+def _unknown_message(text: str, unknown: np.ndarray, vocab_size: int, shown: int = 5) -> str:
+    """One line naming the distinct unknown characters of `text` (the first `shown`, in order of
+    first appearance, each with its first position) and how many there are in all."""
+    positions = np.flatnonzero(unknown)
+    first_at: dict[str, int] = {}
+    for i in positions:
+        ch = text[int(i)]
+        if ch not in first_at:
+            first_at[ch] = int(i)
+            if len(first_at) > shown:
+                break
+    distinct = len(set(_codes(text)[positions].tolist())) if len(first_at) > shown else len(first_at)
+    named = ", ".join(f"{_describe(c)} at position {i}" for c, i in list(first_at.items())[:shown])
+    if distinct == 1:
+        head = f"character {named} is"
+    else:
+        more = f" and {distinct - shown} more" if distinct > shown else ""
+        head = f"{distinct} characters ({named}{more}) are"
+    count = f" ({len(positions)} occurrences in all)" if len(positions) > 1 else ""
+    return f"{head} not in the tokenizer's vocabulary of {vocab_size} characters{count}"
+
+
+def check_fits(tokenizer, vocab_size: int, source: str) -> None:
+    """DataError if `tokenizer` can make ids that a model with `vocab_size` rows cannot embed."""
+    if tokenizer.vocab_size > vocab_size:
+        raise DataError(f"{source}: the tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary "
+                        f"only {vocab_size}; they do not belong together")
+
+
 class CharTokenizer:
     """One token per character; the vocabulary is the sorted distinct characters of a text."""
 
@@ -54,6 +85,10 @@ class CharTokenizer:
             raise DataError("a character tokenizer's vocabulary must be single characters")
         if sorted(set(chars)) != chars:
             raise DataError("a character tokenizer's vocabulary must be sorted and without repeats")
+        lone = [c for c in chars if "\ud800" <= c <= "\udfff"]
+        if lone:  # UTF-8 text never holds one, and it cannot be printed or written as UTF-8
+            raise DataError(f"a character tokenizer's vocabulary holds a lone surrogate {_describe(lone[0])}, "
+                            "which is not a character of any UTF-8 text")
         self.chars = chars
         self._codes = _codes("".join(chars))  # (V,) sorted code points; id i <-> chars[i]
 
@@ -73,13 +108,7 @@ class CharTokenizer:
         ids = np.minimum(ids, len(self._codes) - 1)
         unknown = self._codes[ids] != codes
         if unknown.any():
-            first = int(np.argmax(unknown))
-            n = int(unknown.sum())
-            more = f" ({n} characters in all are unknown)" if n > 1 else ""
-            raise DataError(
-                f"character {_describe(text[first])} at position {first} is not in the "
-                f"tokenizer's vocabulary of {self.vocab_size} characters{more}"
-            )
+            raise DataError(_unknown_message(text, unknown, self.vocab_size))
         return ids.astype(np.int64)
 
     def decode(self, ids) -> str:
@@ -130,6 +159,31 @@ def _chunks(text: str) -> list[str]:
     return chunks
 
 
+def safe_pieces(pieces: Iterable[str]) -> Iterator[str]:
+    """The same text as `pieces`, regrouped so that every piece but the last ends at a safe cut
+    point: encoding (or training on) the pieces one by one then gives what the whole text gives."""
+    carry = ""
+    for piece in pieces:
+        text = carry + piece
+        cut = _last_safe_cut(text)
+        carry = text[cut:]
+        if cut:
+            yield text[:cut]
+    if carry:
+        yield carry
+
+
+def _last_safe_cut(text: str) -> int:
+    """The last position where _SAFE_CUT matches in `text` (0 if none): just after a "\\n" that
+    has a non-space on both sides."""
+    end = len(text) - 1
+    while (i := text.rfind("\n", 1, end)) > 0:
+        if not text[i - 1].isspace() and not text[i + 1].isspace():
+            return i + 1
+        end = i
+    return 0
+
+
 class BPETokenizer:
     """Byte-level BPE (GPT-2's scheme), trained on the corpus with Hugging Face `tokenizers`."""
 
@@ -139,8 +193,12 @@ class BPETokenizer:
         self._tok = hf_tokenizer
 
     @classmethod
-    def train(cls, text: str, vocab_size: int) -> BPETokenizer:
-        """Learn merges on `text` until the vocabulary has `vocab_size` tokens (or no pair is left)."""
+    def train(cls, text: str | Iterable[str], vocab_size: int) -> BPETokenizer:
+        """Learn merges on `text` until the vocabulary has `vocab_size` tokens (or no pair is left).
+
+        `text` may be one string or the pieces of one (a corpus read in pieces): the pieces are
+        regrouped at safe cut points and streamed to the trainer, which keeps only the counts of
+        the words it has seen, so the result is the same as for the whole string."""
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)):
             raise UsageError(f"vocab_size must be an integer, got {vocab_size!r}")
         if vocab_size < MIN_BPE_VOCAB:
@@ -148,7 +206,7 @@ class BPETokenizer:
                 f"vocab_size {vocab_size} is too small for byte-level BPE: it needs at least "
                 f"{MIN_BPE_VOCAB} (256 bytes plus merges)"
             )
-        if not text:
+        if isinstance(text, str) and not text:
             raise DataError("cannot train a BPE tokenizer on empty text")
         hf = _hf()
         tok = hf.Tokenizer(hf.models.BPE())
@@ -160,7 +218,26 @@ class BPETokenizer:
             special_tokens=[],
             show_progress=False,
         )
-        tok.train_from_iterator(_chunks(text), trainer=trainer)
+        pieces = [text] if isinstance(text, str) else safe_pieces(text)
+        tok.train_from_iterator((chunk for piece in pieces for chunk in _chunks(piece)), trainer=trainer)
+        return cls(tok)
+
+    @classmethod
+    def from_gpt2_files(cls, vocab, merges) -> BPETokenizer:
+        """GPT-2's byte-level BPE from its vocab.json (token -> id) and merges.txt (one merge rule
+        per line, in rank order). "<|endoftext|>", when the vocabulary has it, is a special token
+        that is never split, as in GPT-2. DataError (one line) if the files cannot be read."""
+        hf = _hf()
+        try:
+            model = hf.models.BPE.from_file(str(vocab), str(merges))
+        except Exception as e:  # the Rust side raises a bare Exception
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise DataError(f"{vocab} and {merges} cannot be read as GPT-2 BPE files ({first})") from None
+        tok = hf.Tokenizer(model)
+        tok.pre_tokenizer = hf.pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = hf.decoders.ByteLevel()
+        if tok.token_to_id("<|endoftext|>") is not None:
+            tok.add_special_tokens(["<|endoftext|>"])
         return cls(tok)
 
     @property
@@ -204,6 +281,8 @@ def from_json(s: str | bytes) -> CharTokenizer | BPETokenizer:
         doc = json.loads(s)
     except (ValueError, TypeError) as e:
         raise DataError(f"tokenizer JSON is not valid JSON: {e}") from None
+    except RecursionError:
+        raise DataError("tokenizer JSON is not valid JSON: nested too deeply") from None
     if not isinstance(doc, dict):
         raise DataError("tokenizer JSON must be an object with a \"type\" field")
     kind = doc.get("type")

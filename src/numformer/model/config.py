@@ -43,6 +43,8 @@ class GPTConfig:
                 raise UsageError(f"{name} must be a positive integer, got {value!r}")
         if self.n_embd % self.n_head:
             raise UsageError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if not isinstance(self.bias, bool):     # the text "false" would read as true
+            raise UsageError(f"bias must be true or false, got {self.bias!r}")
         if not (0.0 <= float(self.dropout) < 1.0):
             raise UsageError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.pos_encoding not in POS_ENCODINGS:
@@ -52,8 +54,8 @@ class GPTConfig:
                              f"got {self.sinusoidal_form!r}")
         if self.gelu not in GELUS:
             raise UsageError(f"gelu must be one of {', '.join(GELUS)}, got {self.gelu!r}")
-        if not float(self.layer_norm_eps) > 0:
-            raise UsageError(f"layer_norm_eps must be positive, got {self.layer_norm_eps!r}")
+        if not 0 < float(self.layer_norm_eps) < math.inf:
+            raise UsageError(f"layer_norm_eps must be positive and finite, got {self.layer_norm_eps!r}")
 
     @property
     def head_size(self) -> int:

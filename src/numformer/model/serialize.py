@@ -1,7 +1,9 @@
 """A GPT to and from a checkpoint folder (numformer.checkpoint writes and reads the folder).
 
 config.json holds {"format": "numformer-gpt", "model": GPTConfig, "dtype": ..., "train": ...};
-model.safetensors the parameters by their Hugging Face names; tokenizer.json the tokenizer.
+model.safetensors the parameters by their Hugging Face names; tokenizer.json the tokenizer. A
+model with low-rank adapters also has "lora": {"rank", "alpha", "targets"} in config.json and its
+adapters' A and B in model.safetensors (`transformer.h.{i}.{layer}.lora_A`, `.lora_B`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ def save_gpt(model: GPT, path, *, tokenizer: str | None = None, optimizer: dict 
     from numformer.checkpoint import save_checkpoint
 
     config = {"format": FORMAT, "model": model.config.to_dict(), "dtype": model.dtype.name}
+    if model.lora is not None:
+        config["lora"] = model.lora.to_dict()
     if train_state is not None:
         config["train"] = train_state
     save_checkpoint(path, model=model.state_dict(), config=config,
@@ -32,7 +36,44 @@ def load_gpt(path, *, dtype=None, ops: str = "fast") -> GPT:
     """Load a checkpoint folder written by save_gpt (or `numformer train`)."""
     from numformer.checkpoint import load_checkpoint
 
+    check_before_loading(path, dtype)
     return gpt_from_checkpoint(load_checkpoint(path), source=str(path), dtype=dtype, ops=ops)
+
+
+def check_before_loading(path, dtype=None) -> None:
+    """Refuse, before any weight is read or allocated, a checkpoint whose config.json describes
+    another model than its model.safetensors holds (checked against the file's header), or whose
+    weights would not fit in the memory this machine has. Anything unreadable is left for
+    load_checkpoint to report."""
+    from pathlib import Path
+
+    from numformer.checkpoint import CONFIG_FILE, MODEL_FILE
+    from numformer.model import memory
+
+    path = Path(path)
+    try:
+        import json
+
+        cfg = json.loads((path / CONFIG_FILE).read_bytes())
+        config = GPTConfig.from_dict(cfg["model"])
+        itemsize = np.dtype(dtype or cfg.get("dtype", "float32")).itemsize
+    except Exception:  # noqa: BLE001 - any problem here is load_checkpoint's to report, in its words
+        return
+    shapes = memory.header_shapes(path / MODEL_FILE)
+    if shapes is None:
+        return
+    from numformer.model.adapters import adapter_params
+
+    memory.check_counts(memory.gpt_params(config) + adapter_params(config, cfg.get("lora")), memory.count(shapes),
+                        path / CONFIG_FILE, path / MODEL_FILE, _described(config), exact=True)
+    memory.refuse_if_too_big("loading this model", [("the file", memory.file_bytes([path / MODEL_FILE])),
+                                                    ("weights", memory.gpt_params(config) * itemsize)],
+                             "free some memory or use a machine with more")
+
+
+def _described(config: GPTConfig) -> str:
+    return (f"n_layer {config.n_layer}, n_embd {config.n_embd}, vocab_size {config.vocab_size}, "
+            f"block_size {config.block_size}")
 
 
 def gpt_from_checkpoint(ckpt, source: str, dtype=None, ops: str = "fast") -> GPT:
@@ -50,10 +91,28 @@ def gpt_from_checkpoint(ckpt, source: str, dtype=None, ops: str = "fast") -> GPT
     if dtype not in ("float32", "float64", np.float32, np.float64):
         raise CheckpointError(f"{source}: config.json gives dtype {dtype!r}; numformer models are "
                               f"float32 or float64")
-    model = GPT(config, dtype=dtype, init=False, ops=ops)
+    from numformer.model import memory
+
+    from numformer.model.adapters import adapter_params
+
+    memory.check_counts(memory.gpt_params(config) + adapter_params(config, cfg.get("lora")),
+                        sum(t.size for t in ckpt.model.values()),
+                        f"{source}/config.json", f"{source}/model.safetensors", _described(config), exact=True)
+    lora = None
+    if cfg.get("lora") is not None:
+        from numformer.errors import UsageError
+        from numformer.model.adapters import LoRAConfig
+
+        try:
+            lora = LoRAConfig.from_dict(cfg["lora"])
+            lora.check_fits(config)
+        except UsageError as e:
+            raise CheckpointError(f"{source}: bad lora section in config.json: {e}") from None
+    model = GPT(config, dtype=dtype, init=False, ops=ops, lora=lora)
     model.load_state_dict(ckpt.model, source=source)
     if ckpt.tokenizer and ckpt.tokenizer.strip() != "null":
-        from numformer.data.tokenizer import from_json
+        from numformer.data.tokenizer import check_fits, from_json
 
         model.tokenizer = from_json(ckpt.tokenizer)
+        check_fits(model.tokenizer, config.vocab_size, source)
     return model
