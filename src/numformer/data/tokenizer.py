@@ -13,6 +13,7 @@ Both map a string to a 1-D int64 array of token ids (`encode`) and back (`decode
   the corpus join frequent byte pairs. The 256 single bytes are always in the vocabulary, so any
   string encodes, and decoding gives back exactly the string that was encoded.
   `BPETokenizer.from_gpt2_files` builds the same scheme from GPT-2's own vocab.json + merges.txt.
+  `BPETokenizer.from_gpt2_files` builds the same scheme from GPT-2's own vocab.json + merges.txt.
 
 JSON documents:
 
@@ -220,6 +221,24 @@ class BPETokenizer:
         )
         pieces = [text] if isinstance(text, str) else safe_pieces(text)
         tok.train_from_iterator((chunk for piece in pieces for chunk in _chunks(piece)), trainer=trainer)
+        return cls(tok)
+
+    @classmethod
+    def from_gpt2_files(cls, vocab, merges) -> BPETokenizer:
+        """GPT-2's byte-level BPE from its vocab.json (token -> id) and merges.txt (one merge rule
+        per line, in rank order). "<|endoftext|>", when the vocabulary has it, is a special token
+        that is never split, as in GPT-2. DataError (one line) if the files cannot be read."""
+        hf = _hf()
+        try:
+            model = hf.models.BPE.from_file(str(vocab), str(merges))
+        except Exception as e:  # the Rust side raises a bare Exception
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise DataError(f"{vocab} and {merges} cannot be read as GPT-2 BPE files ({first})") from None
+        tok = hf.Tokenizer(model)
+        tok.pre_tokenizer = hf.pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = hf.decoders.ByteLevel()
+        if tok.token_to_id("<|endoftext|>") is not None:
+            tok.add_special_tokens(["<|endoftext|>"])
         return cls(tok)
 
     @classmethod

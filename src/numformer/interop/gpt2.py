@@ -36,7 +36,7 @@ On import the `transformer.` prefix is optional (a GPT2Model saves without it). 
 is usually absent (transformers drops the tied copy); if present it must equal wte exactly, since
 numformer always ties the head. Attention-mask buffers of older files are ignored. Any other
 tensor is an error that names it, as are a missing tensor, a wrong shape, a non-float or
-non-finite tensor. Float16 or float64 files are converted to the dtype asked for (float32 by
+non-finite tensor. Float16, bfloat16 (widened exactly) or float64 files are converted to the dtype asked for (float32 by
 default). Pickle files (pytorch_model.bin, *.pt, *.pth) are refused and never opened: loading a
 pickle can run arbitrary code.
 
@@ -63,6 +63,12 @@ stores no tokenizer and a note says so. Export writes tokenizer.json for a BPE t
 Hugging Face document it wraps); a character tokenizer has no Hugging Face equivalent and is not
 exported (a note says so). If the tokenizer has "<|endoftext|>", its id becomes bos/eos_token_id.
 
+GPT-2's original folders have no tokenizer.json but vocab.json (token -> id) and merges.txt (the
+merge rules, in order): from those two files import builds GPT-2's byte-level BPE (GPT-2's
+pre-tokenizer regex, bytes as printable characters, the merges applied by rank, <|endoftext|> as a
+special token) with the `tokenizers` package, and stores it in the checkpoint like any other
+BPETokenizer (and export writes it as tokenizer.json).
+
 Export choices.
 - Sinusoidal positions are converted, exactly. numformer computes x0 = s·wte[idx] + P', where P'
   is its fixed position table (the sin/cos values divided by √C, see numformer.model.gpt) and
@@ -75,6 +81,9 @@ Export choices.
   original checkpoint.
 - bias=False checkpoints are exported with zero biases (GPT-2 always has them); a zero bias adds
   nothing, so the logits are the same. Re-importing gives a bias=True model with zero biases.
+- A checkpoint with low-rank adapters (LoRA) is exported with each adapter merged into its
+  weight, W' = W + (α/r)·B A (numformer.model.adapters), so transformers loads a plain GPT-2 that
+  computes what numformer computes with the adapters applied (up to float rounding).
 - The output folder is written atomically (temporary sibling folder, then rename), by the same
   writer as numformer's checkpoints (numformer.checkpoint.write_folder).
 
@@ -102,6 +111,7 @@ HF_CONFIG = "config.json"
 HF_WEIGHTS = "model.safetensors"
 HF_INDEX = "model.safetensors.index.json"
 HF_TOKENIZER = "tokenizer.json"
+HF_VOCAB, HF_MERGES = "vocab.json", "merges.txt"  # GPT-2's original tokenizer files
 _NEEDED = "a Hugging Face model folder needs it"  # ends the "missing" error of read_json
 EXPORT_FILES = frozenset({HF_CONFIG, HF_WEIGHTS, HF_TOKENIZER})
 PRODUCER = "numformer"
@@ -371,6 +381,8 @@ def _read_tokenizer(folder: Path, vocab_size: int) -> tuple[str, str | None]:
     missing = (f"{folder} has no {HF_TOKENIZER}: the checkpoint stores no tokenizer, so "
                "`numformer sample` cannot turn its token ids into text")
     if not file.is_file():
+        if (folder / HF_VOCAB).is_file() or (folder / HF_MERGES).is_file():
+            return _read_vocab_and_merges(folder, vocab_size)
         return "null", missing
     from tokenizers import Tokenizer
 
@@ -388,6 +400,25 @@ def _read_tokenizer(folder: Path, vocab_size: int) -> tuple[str, str | None]:
         return "null", f"{file} cannot be loaded by tokenizers ({first}); the checkpoint stores no tokenizer"
     if tok.vocab_size > vocab_size:
         return "null", (f"{file} has {tok.vocab_size} tokens but the model only {vocab_size}; "
+                        "the checkpoint stores no tokenizer")
+    return tok.to_json(), None
+
+
+def _read_vocab_and_merges(folder: Path, vocab_size: int) -> tuple[str, str | None]:
+    """(numformer tokenizer JSON or "null", note) for GPT-2's vocab.json + merges.txt."""
+    from numformer.data.tokenizer import BPETokenizer
+    from numformer.errors import DataError
+
+    vocab, merges = folder / HF_VOCAB, folder / HF_MERGES
+    for have, lack in ((vocab, merges), (merges, vocab)):
+        if not lack.is_file():
+            return "null", f"{folder} has {have.name} but no {lack.name}; the checkpoint stores no tokenizer"
+    try:
+        tok = BPETokenizer.from_gpt2_files(vocab, merges)
+    except DataError as e:
+        return "null", f"{e}; the checkpoint stores no tokenizer"
+    if tok.vocab_size > vocab_size:
+        return "null", (f"{vocab} has {tok.vocab_size} tokens but the model only {vocab_size}; "
                         "the checkpoint stores no tokenizer")
     return tok.to_json(), None
 
@@ -429,7 +460,12 @@ def tensors_to_hf(model) -> tuple[dict[str, np.ndarray], list[str]]:
     names, no lm_head), and notes. Sinusoidal positions and missing biases are rewritten into
     GPT-2's form exactly, as the module docstring derives."""
     cfg, notes = model.config, []
-    weights = {name: arr.copy() for name, arr in model.state_dict().items()}
+    from numformer.model.adapters import merged_state_dict
+
+    weights = merged_state_dict(model)                          # copies; adapters merged: W + (α/r)·B A
+    if model.lora is not None:
+        notes.append(f"the low-rank adapters (rank {model.lora.rank}, alpha {model.lora.alpha:g}, on "
+                     f"{', '.join(model.lora.targets)}) are merged into the weights: W + (alpha/rank)·B A")
     if not cfg.bias:
         from numformer.model.params import gpt_param_shapes
 

@@ -92,3 +92,18 @@ def merged_state_dict(model) -> dict[str, np.ndarray]:
             W = model.params[f"{layer}.weight"]
             out[f"{layer}.weight"] = (W.astype(np.float64) + s * (B @ A)).astype(W.dtype)
     return out
+
+
+def adapter_params(config, lora: dict | None) -> int:
+    """Parameters of the adapters that a checkpoint's "lora" section describes, in closed form
+    (r·(C_in + C_out) per adapted layer per block); 0 when it describes none or is not a valid
+    section (loading reports that in its own words)."""
+    try:
+        lc = LoRAConfig.from_dict(lora) if lora is not None else None
+    except UsageError:
+        return 0
+    if lc is None:
+        return 0
+    C = config.n_embd
+    sizes = {"attn.c_attn": C + 3 * C, "attn.c_proj": C + C, "mlp.c_fc": C + 4 * C, "mlp.c_proj": 4 * C + C}
+    return config.n_layer * lc.rank * sum(sizes[t] for t in lc.targets)
