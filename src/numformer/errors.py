@@ -30,3 +30,7 @@ class CheckpointError(NumformerError):
 
 class DataError(NumformerError):
     """A corpus or prompt that cannot be used (missing, empty, not UTF-8, too short, unknown char)."""
+
+
+class MemoryLimitError(NumformerError):
+    """A model, batch or corpus that would need more memory than the machine has available."""

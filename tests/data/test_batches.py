@@ -15,7 +15,7 @@ def text(shakespeare_text):
 
 
 def _entry(folder):
-    (ids,) = folder.glob("tokens-*.npy")
+    (ids,) = folder.glob("tokens-*.bin")
     (meta,) = folder.glob("tokens-*.json")
     return ids, meta
 
@@ -25,7 +25,8 @@ def test_char_split_is_first_90_percent(text, tmp_path):
     vocab = sorted(set(text))
     expected = np.array([vocab.index(c) for c in text])
     n_train = int(0.9 * len(text))
-    assert train.dtype == np.uint16 and val.dtype == np.uint16
+    assert train.dtype == np.uint8 and val.dtype == np.uint8  # V <= 256: one byte per id
+    assert isinstance(train, np.memmap) and not train.flags.writeable
     assert np.array_equal(train, expected[:n_train]) and np.array_equal(val, expected[n_train:])
     assert tok.chars == vocab
 
@@ -50,7 +51,7 @@ def test_cache_key_separates_text_and_tokenizer(text, tmp_path):
     prepare(text[:-1], "char", cache_dir=tmp_path)
     prepare(text, "bpe", 300, cache_dir=tmp_path)
     prepare(text, "bpe", 320, cache_dir=tmp_path)
-    assert len(list(tmp_path.glob("tokens-*.npy"))) == 4
+    assert len(list(tmp_path.glob("tokens-*.bin"))) == 4
 
 
 @pytest.mark.parametrize(
@@ -61,13 +62,14 @@ def test_cache_key_separates_text_and_tokenizer(text, tmp_path):
         lambda ids, meta: ids.unlink(),
         lambda ids, meta: meta.write_text("{truncated"),
         lambda ids, meta: meta.unlink(),
-        # a flipped bit in the ids: np.load is happy, only the checksum can tell
+        # a flipped bit in the ids: the size is right, only the checksum can tell
         lambda ids, meta: ids.write_bytes(ids.read_bytes()[:-1] + bytes([ids.read_bytes()[-1] ^ 1])),
         lambda ids, meta: meta.write_text(json.dumps({**json.loads(meta.read_text()), "tokenizer": "{}"})),
     ],
 )
 def test_damaged_cache_is_rebuilt(text, tmp_path, damage):
-    first = prepare(text, "char", cache_dir=tmp_path)
+    train, val, tok = prepare(text, "char", cache_dir=tmp_path)
+    first = (np.array(train), np.array(val), tok)  # copies: the damage below rewrites the mapped file in place
     damage(*_entry(tmp_path))
     again = prepare(text, "char", cache_dir=tmp_path)
     assert np.array_equal(first[0], again[0]) and np.array_equal(first[1], again[1])
@@ -81,14 +83,14 @@ def test_cache_files_appear_only_by_rename(text, tmp_path, monkeypatch):
     """Nothing is ever written at a cache path directly: readers see a whole file or none."""
     import os
 
-    real_replace, real_save = os.replace, np.save
+    real_replace, real_encode = os.replace, CharTokenizer.encode
     renamed = []
 
-    def save(f, arr, **kw):
+    def encode(self, text):
         # while the ids are being written, only a hidden temporary file exists
         assert [p.name for p in tmp_path.glob("tokens-*")] == []
         assert len(list(tmp_path.glob(".tokens-*.tmp"))) == 1
-        return real_save(f, arr, **kw)
+        return real_encode(self, text)
 
     def replace(src, dst):
         assert os.path.dirname(src) == os.path.dirname(dst)  # same folder: rename is atomic
@@ -97,7 +99,7 @@ def test_cache_files_appear_only_by_rename(text, tmp_path, monkeypatch):
         return real_replace(src, dst)
 
     monkeypatch.setattr(batches.os, "replace", replace)
-    monkeypatch.setattr(batches.np, "save", save)
+    monkeypatch.setattr(CharTokenizer, "encode", encode)
     prepare(text, "char", cache_dir=tmp_path)
     ids_file, meta_file = _entry(tmp_path)
     assert renamed == [ids_file.name, meta_file.name]  # ids first, then the JSON vouching for them
@@ -136,7 +138,7 @@ def test_default_cache_dir_follows_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("NUMFORMER_CACHE", str(tmp_path / "c"))
     assert batches.default_cache_dir() == tmp_path / "c"
     prepare("hello world, hello numformer\n" * 20, "char")
-    assert len(list((tmp_path / "c").glob("tokens-*.npy"))) == 1
+    assert len(list((tmp_path / "c").glob("tokens-*.bin"))) == 1
     monkeypatch.delenv("NUMFORMER_CACHE")
     assert str(batches.default_cache_dir()).endswith(".cache/numformer")
 

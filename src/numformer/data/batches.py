@@ -1,19 +1,25 @@
 """From text to training batches: tokenize once, cache the ids, split 90/10, draw (x, y) blocks.
 
-`prepare(text, tokenizer="char")` builds (or reuses) the tokenizer, encodes the whole text, and
-returns `(train_ids, val_ids, tokenizer)`: the first 90% of the tokens for training, the last 10%
-for validation. The ids are cached on disk, so a second run on the same text starts at once:
+`prepare(corpus, tokenizer="char")` builds (or reuses) the tokenizer, encodes the whole corpus,
+and returns `(train_ids, val_ids, tokenizer)`: the first 90% of the tokens for training, the last
+10% for validation. The corpus (a string, or a numformer.data.corpus.Corpus) is read in pieces,
+never whole, in up to three passes: one to hash it, and on a cache miss one to build the
+vocabulary (the set of characters, or BPE merges trained from the pieces) and one to encode it
+into the cache file. Training then reads the ids through `np.memmap`, as nanoGPT does, so memory
+does not grow with the corpus. The ids are cached on disk, so a second run on the same text
+starts at once:
 
 - key: SHA-256 of the corpus text (UTF-8) together with the tokenizer spec: its type, and for
   BPE the vocab_size asked for and the `tokenizers` version (or, for a tokenizer passed in, a
-  SHA-256 of its JSON);
+  SHA-256 of its JSON), and CACHE_FORMAT;
 - files, in `cache_dir` (default: $NUMFORMER_CACHE, else ~/.cache/numformer):
-  `tokens-<key>.npy` (all ids, uint16 when V < 65536 else uint32) and `tokens-<key>.json`
+  `tokens-<key>.bin` (all ids, little-endian, in the smallest unsigned type that holds the
+  vocabulary: uint8 when V <= 256, uint16 when V <= 65536, else uint32) and `tokens-<key>.json`
   (the tokenizer's JSON, the dtype, the count and a SHA-256 of the ids);
 - writes are atomic (a temporary file in the same folder, then `os.replace`), so processes that
   start together (MPI ranks) never read half a file; a cache entry that is missing, truncated or
   does not match its own checksum is ignored and rebuilt, never an error; a folder that cannot be
-  written just means no cache.
+  written just means no cache (the ids are then held in memory).
 
 `get_batch(ids, block_size, batch_size, rng)` draws `batch_size` offsets with
 `rng.integers(0, len(ids) - block_size, size=batch_size)` and returns int64 arrays x, y of shape
@@ -31,12 +37,13 @@ from pathlib import Path
 
 import numpy as np
 
-from numformer.data.tokenizer import BPETokenizer, CharTokenizer, _hf, from_json
+from numformer.data.corpus import Corpus
+from numformer.data.tokenizer import BPETokenizer, CharTokenizer, _codes, _hf, from_json, safe_pieces
 from numformer.errors import DataError, NumformerError, UsageError
 
 TRAIN_FRACTION = 0.9
 DEFAULT_BPE_VOCAB_SIZE = 1024
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: raw little-endian ids in tokens-<key>.bin, read through np.memmap
 
 
 # ----------------------------------------------------------------------------- the cache folder
@@ -52,6 +59,8 @@ def _write_atomic(path: Path, write) -> bool:
     """Call write(file) on a temporary file beside `path`, then rename it into place.
 
     Returns False (with a warning) when the folder cannot be written: a cache is never required.
+    Any other error from `write` (bad input found while writing) removes the temporary file and
+    propagates.
     """
     tmp = None
     try:
@@ -66,12 +75,13 @@ def _write_atomic(path: Path, write) -> bool:
         return True
     except OSError as e:
         warnings.warn(f"numformer: could not write cache file {path}: {e}", stacklevel=3)
-        if tmp is not None:
+        return False
+    finally:
+        if tmp is not None and os.path.lexists(tmp):
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
-        return False
 
 
 def read_cached_text(path: Path) -> str | None:
@@ -96,8 +106,13 @@ def write_cached_text(path: Path, text: str) -> None:
 # ----------------------------------------------------------------------------- prepare
 
 
-def _id_dtype(vocab_size: int):
-    return np.uint16 if vocab_size < 65536 else np.uint32
+def id_dtype(vocab_size: int):
+    """The smallest unsigned integer type that holds every id of a vocabulary of vocab_size."""
+    return np.uint8 if vocab_size <= 256 else np.uint16 if vocab_size <= 65536 else np.uint32
+
+
+def _file_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(id_dtype(vocab_size)).newbyteorder("<")  # the cache file is little-endian
 
 
 def _spec(tokenizer, vocab_size) -> str:
@@ -108,33 +123,70 @@ def _spec(tokenizer, vocab_size) -> str:
     return f"bpe:{vocab_size}:tokenizers-{_hf().__version__}"
 
 
+def _file_sha256(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
 def _load_entry(ids_path: Path, meta_path: Path):
-    """(ids, tokenizer) from a cache entry, or None if anything about it is wrong."""
+    """(ids as a read-only np.memmap, tokenizer) from a cache entry, or None if anything about it
+    is wrong. The ids are checked against their SHA-256 by reading the file in pieces."""
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        ids = np.load(ids_path, allow_pickle=False)
+        dtype = np.dtype(meta["dtype"])
+        n = meta["n_tokens"]
         if (
             meta.get("cache_format") != CACHE_FORMAT
-            or ids.ndim != 1
-            or ids.dtype != np.dtype(meta["dtype"])
-            or len(ids) != meta["n_tokens"]
-            or hashlib.sha256(ids.tobytes()).hexdigest() != meta["ids_sha256"]
+            or type(n) is not int
+            or n < 1
+            or ids_path.stat().st_size != n * dtype.itemsize
+            or _file_sha256(ids_path) != meta["ids_sha256"]
         ):
             return None
         tok = from_json(meta["tokenizer"])
-        if ids.dtype != _id_dtype(tok.vocab_size):
+        if dtype != _file_dtype(tok.vocab_size):
             return None
-        return ids, tok
+        return np.memmap(ids_path, dtype=dtype, mode="r", shape=(n,)), tok
     except (OSError, ValueError, KeyError, TypeError, NumformerError, EOFError):
         return None
 
 
-def prepare(text: str, tokenizer="char", vocab_size: int | None = None, cache_dir=None):
-    """Tokenize `text` (cached) and split it 90/10: returns (train_ids, val_ids, tokenizer).
+def _char_vocabulary(corpus: Corpus) -> CharTokenizer:
+    """The sorted distinct characters of the corpus, found one piece at a time."""
+    seen = np.zeros(0x110000, dtype=bool)  # one flag per Unicode code point
+    for piece in corpus.pieces():
+        seen[_codes(piece)] = True
+    return CharTokenizer([chr(c) for c in np.flatnonzero(seen)])
 
-    tokenizer: "char", "bpe" (trained on `text` with `vocab_size` tokens, default
-    DEFAULT_BPE_VOCAB_SIZE), or an existing CharTokenizer/BPETokenizer (e.g. the one a checkpoint
-    carries, when resuming), used as it is. The id arrays are uint16 (uint32 if V >= 65536).
+
+def _encoded(corpus: Corpus, tok, dtype):
+    """The corpus's ids, piece by piece, as arrays of `dtype` (BPE pieces regrouped at safe cuts)."""
+    if isinstance(tok, CharTokenizer):
+        start = 0
+        for piece in corpus.pieces():
+            try:
+                ids = tok.encode(piece)  # (n,)
+            except DataError as e:  # the position it names is inside this piece
+                raise DataError(f"{corpus.name}, in the characters from {start:,} on: {e}") from None
+            start += len(piece)
+            yield ids.astype(dtype)
+    else:
+        for piece in safe_pieces(corpus.pieces()):
+            yield tok.encode(piece).astype(dtype)
+
+
+def prepare(text: str | Corpus, tokenizer="char", vocab_size: int | None = None, cache_dir=None):
+    """Tokenize a corpus (cached) and split it 90/10: returns (train_ids, val_ids, tokenizer).
+
+    text: a string, or a Corpus (numformer.data.corpus.open_corpus), which is read in pieces and
+    never held whole. tokenizer: "char", "bpe" (trained on the text with `vocab_size` tokens,
+    default DEFAULT_BPE_VOCAB_SIZE), or an existing CharTokenizer/BPETokenizer (e.g. the one a
+    checkpoint carries, when resuming), used as it is. The ids are of the smallest unsigned type
+    that holds the vocabulary (id_dtype), read-only views of a np.memmap of the cache file (an
+    in-memory array only when the cache folder cannot be written).
     """
     if isinstance(tokenizer, (CharTokenizer, BPETokenizer)):
         if vocab_size is not None and vocab_size != tokenizer.vocab_size:
@@ -146,40 +198,60 @@ def prepare(text: str, tokenizer="char", vocab_size: int | None = None, cache_di
         vocab_size = DEFAULT_BPE_VOCAB_SIZE if vocab_size is None else vocab_size
     else:
         raise UsageError(f"unknown tokenizer {tokenizer!r}: use 'char' or 'bpe'")
-    if not text:
-        raise DataError("the text is empty: nothing to train on")
+    corpus = text if isinstance(text, Corpus) else Corpus.of_text(text)
 
-    text_sha = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    # pass 1: the key (reading the corpus also checks it: UTF-8, not only whitespace)
+    sha, n_chars = hashlib.sha256(), 0
+    for piece in corpus.pieces():
+        sha.update(piece.encode("utf-8", "surrogatepass"))
+        n_chars += len(piece)
+    if not n_chars:
+        raise DataError("the text is empty: nothing to train on")
+    text_sha = sha.hexdigest()
     spec = _spec(tokenizer, vocab_size)
     key = hashlib.sha256(f"{CACHE_FORMAT}\0{text_sha}\0{spec}".encode()).hexdigest()[:32]
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    ids_path = folder / f"tokens-{key}.npy"
+    ids_path = folder / f"tokens-{key}.bin"
     meta_path = folder / f"tokens-{key}.json"
 
     entry = _load_entry(ids_path, meta_path)
     if entry is not None:
         ids, tok = entry
     else:
+        # pass 2: the vocabulary (char: the corpus's characters; BPE: merges learned on it)
         if tokenizer == "char":
-            tok = CharTokenizer.from_text(text)
+            tok = _char_vocabulary(corpus)
         elif tokenizer == "bpe":
-            tok = BPETokenizer.train(text, vocab_size)
+            tok = BPETokenizer.train(corpus.pieces(), vocab_size)
         else:
             tok = tokenizer
-        ids = tok.encode(text).astype(_id_dtype(tok.vocab_size))  # (N,)
-        meta = {
-            "cache_format": CACHE_FORMAT,
-            "text_sha256": text_sha,
-            "spec": spec,
-            "dtype": ids.dtype.str,
-            "n_tokens": int(len(ids)),
-            "ids_sha256": hashlib.sha256(ids.tobytes()).hexdigest(),
-            "tokenizer": tok.to_json(),
-        }
-        # ids first, then the JSON that vouches for them: a reader that sees the new JSON with
-        # another writer's ids notices the checksum and rebuilds, instead of trusting them.
-        if _write_atomic(ids_path, lambda f: np.save(f, ids, allow_pickle=False)):
+        # pass 3: the ids, written piece by piece to the cache file
+        dtype = _file_dtype(tok.vocab_size)
+        ids_sha, counted = hashlib.sha256(), [0]
+
+        def write(f):
+            for part in _encoded(corpus, tok, dtype):
+                data = part.tobytes()
+                ids_sha.update(data)
+                f.write(data)
+                counted[0] += len(part)
+
+        if _write_atomic(ids_path, write):
+            meta = {
+                "cache_format": CACHE_FORMAT,
+                "text_sha256": text_sha,
+                "spec": spec,
+                "dtype": dtype.str,
+                "n_tokens": counted[0],
+                "ids_sha256": ids_sha.hexdigest(),
+                "tokenizer": tok.to_json(),
+            }
+            # ids first, then the JSON that vouches for them: a reader that sees the new JSON with
+            # another writer's ids notices the checksum and rebuilds, instead of trusting them.
             _write_atomic(meta_path, lambda f: f.write(json.dumps(meta, ensure_ascii=False).encode("utf-8")))
+            ids = np.memmap(ids_path, dtype=dtype, mode="r", shape=(counted[0],))
+        else:  # no cache folder: the ids in memory
+            ids = np.concatenate(list(_encoded(corpus, tok, dtype)))
     if isinstance(tokenizer, (CharTokenizer, BPETokenizer)):
         tok = tokenizer
     n_train = int(len(ids) * TRAIN_FRACTION)

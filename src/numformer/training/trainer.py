@@ -51,7 +51,7 @@ class Trainer:
         import dataclasses
 
         from numformer.data import batches
-        from numformer.data.corpus import load_text
+        from numformer.data.corpus import open_corpus
         from numformer.model.gpt import GPT
         from numformer.optim import AdamW
         from numformer.parallel.process import cores, tune_malloc
@@ -64,23 +64,27 @@ class Trainer:
         # other ranks (bcast; the identity for a single process): ranks never race on the cache,
         # BPE is trained once, and other hosts need neither corpus nor out_dir.
         ckpt = checkpoint
+        # Refuse a model or batch too big for this machine before reading the corpus (with the
+        # vocabulary at its smallest), and again with the tokenizer's own size.
+        check_memory(cfg, vocab_size=cfg.vocab_size or (1024 if cfg.tokenizer == "bpe" else 1), ranks=world.size)
 
         def load_data():
-            text, name = load_text(None if cfg.data == "shakespeare" else cfg.data)
+            corpus = open_corpus(None if cfg.data == "shakespeare" else cfg.data)
             if ckpt is not None:
                 # the tokenizer travels inside the checkpoint; the corpus is re-encoded with it
                 from numformer.data.tokenizer import from_json
 
                 tok = from_json(ckpt.tokenizer)
-                return (*batches.prepare(text, tokenizer=tok, cache_dir=cache_dir), name)
+                return (*batches.prepare(corpus, tokenizer=tok, cache_dir=cache_dir), corpus.name)
             return (*batches.prepare(
-                text, tokenizer=cfg.tokenizer, vocab_size=(cfg.vocab_size or None) if cfg.tokenizer == "bpe" else None,
-                cache_dir=cache_dir), name)
+                corpus, tokenizer=cfg.tokenizer, vocab_size=(cfg.vocab_size or None) if cfg.tokenizer == "bpe" else None,
+                cache_dir=cache_dir), corpus.name)
 
         data = world.bcast(load_data() if world.is_main else None)
         self.train_ids, self.val_ids, self.tokenizer, self.data_name = data
         batches.check_length(self.train_ids, self.val_ids, cfg.block_size)
 
+        check_memory(cfg, vocab_size=self.tokenizer.vocab_size, ranks=world.size)
         mcfg = dataclasses.replace(cfg.model, vocab_size=self.tokenizer.vocab_size)
         self.model = GPT(mcfg, dtype=np.dtype(cfg.dtype), seed=cfg.seed, ops="fast")
         self.threads = cfg.threads or (cores() if world.size == 1 else 1)
@@ -187,6 +191,19 @@ class Trainer:
         finally:
             self.model.train()
         return out
+
+
+def check_memory(cfg: TrainConfig, *, vocab_size: int, ranks: int = 1) -> None:
+    """MemoryLimitError (one line, with the estimate) if one process of this run would need more
+    memory than the machine has available (numformer.model.memory)."""
+    import dataclasses
+
+    from numformer.model import memory
+
+    mcfg = dataclasses.replace(cfg.model, vocab_size=max(1, vocab_size))
+    parts = memory.training_estimate(mcfg, cfg.batch_size, np.dtype(cfg.dtype).itemsize, ranks=ranks)
+    memory.refuse_if_too_big("training this model", parts,
+                             "use a smaller --n_layer, --n_embd, --batch_size or --block_size")
 
 
 def shard(batch_size: int, rank: int, size: int) -> tuple[int, int]:
