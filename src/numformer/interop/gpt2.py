@@ -153,6 +153,7 @@ def read_hf_gpt2(folder, dtype=np.float32) -> HFImport:
     config_file = folder / HF_CONFIG
     hf = read_json(config_file, _NEEDED)
     config, notes = gpt_config_from_hf(hf, str(config_file))
+    _check_before_reading(folder, config, config_file, np.dtype(dtype).itemsize)
     weights = _read_weights(folder)
     source = str(folder / HF_WEIGHTS) if (folder / HF_WEIGHTS).is_file() else str(folder)
     tensors = tensors_from_hf(weights, config, dtype=np.dtype(dtype),
@@ -360,6 +361,27 @@ def _weight_files(folder: Path) -> list[Path]:
     if pickles:
         raise pickle_refusal(pickles[0], context=f"{folder} has no {HF_WEIGHTS}")
     raise CheckpointError(f"no weights in {folder}: expected {HF_WEIGHTS} (Hugging Face safetensors format)")
+
+
+def _check_before_reading(folder: Path, config, config_file: Path, itemsize: int) -> None:
+    """Refuse, from the safetensors headers alone, a config.json that describes more parameters
+    than the weight files hold, and weights that would not fit in this machine's memory."""
+    from numformer.model import memory
+
+    files = _weight_files(folder)
+    held = 0
+    for file in files:
+        shapes = memory.header_shapes(file)
+        if shapes is None:
+            return  # the full read says what is wrong with the file
+        held += memory.count(shapes)
+    source = files[0] if len(files) == 1 else folder
+    memory.check_counts(memory.gpt_params(config), held, config_file, source,
+                        f"n_layer {config.n_layer}, n_embd {config.n_embd}, vocab_size {config.vocab_size}, "
+                        f"n_positions {config.block_size}")
+    memory.refuse_if_too_big("importing this model", [("the files", memory.file_bytes(files)),
+                                                      ("weights", memory.gpt_params(config) * itemsize)],
+                             "free some memory or use a machine with more")
 
 
 def _read_weights(folder: Path) -> dict[str, np.ndarray]:
