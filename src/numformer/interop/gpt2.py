@@ -60,8 +60,11 @@ Tokenizer. A numformer checkpoint carries its tokenizer. If the Hugging Face fol
 tokenizer.json holding a BPE model (GPT-2's byte-level BPE is one), import wraps it as numformer's
 BPETokenizer, so `numformer sample` works on the imported checkpoint; otherwise the checkpoint
 stores no tokenizer and a note says so. Export writes tokenizer.json for a BPE tokenizer (the
-Hugging Face document it wraps); a character tokenizer has no Hugging Face equivalent and is not
-exported (a note says so). If the tokenizer has "<|endoftext|>", its id becomes bos/eos_token_id.
+Hugging Face document it wraps). A character tokenizer has no Hugging Face equivalent: export
+writes numformer's own tokenizer document beside the Hugging Face files as
+numformer_tokenizer.json (transformers ignores it), and import reads it back, so a character-level
+model survives the round trip and can still be sampled. If the tokenizer has "<|endoftext|>", its
+id becomes bos/eos_token_id.
 
 GPT-2's original folders have no tokenizer.json but vocab.json (token -> id) and merges.txt (the
 merge rules, in order): from those two files import builds GPT-2's byte-level BPE (GPT-2's
@@ -112,8 +115,9 @@ HF_WEIGHTS = "model.safetensors"
 HF_INDEX = "model.safetensors.index.json"
 HF_TOKENIZER = "tokenizer.json"
 HF_VOCAB, HF_MERGES = "vocab.json", "merges.txt"  # GPT-2's original tokenizer files
+NF_TOKENIZER = "numformer_tokenizer.json"  # a character tokenizer, which Hugging Face has no form for
 _NEEDED = "a Hugging Face model folder needs it"  # ends the "missing" error of read_json
-EXPORT_FILES = frozenset({HF_CONFIG, HF_WEIGHTS, HF_TOKENIZER})
+EXPORT_FILES = frozenset({HF_CONFIG, HF_WEIGHTS, HF_TOKENIZER, NF_TOKENIZER})
 PRODUCER = "numformer"
 PREFIX = "transformer."
 
@@ -182,7 +186,7 @@ def load_hf_gpt2(folder, dtype=np.float32):
 
 
 def import_hf_gpt2(folder, out, dtype=np.float32, *, overwrite: bool = False) -> list[str]:
-    """`numformer convert --from-hf FOLDER --out OUT`: write a numformer checkpoint; returns notes.
+    """`numformer convert --from_hf FOLDER --out OUT`: write a numformer checkpoint; returns notes.
 
     An existing checkpoint at OUT is replaced only with overwrite=True; anything else there that
     is not an empty folder is refused either way."""
@@ -210,7 +214,7 @@ def gpt_config_from_hf(hf, source: str = HF_CONFIG):
     if not isinstance(hf, dict):
         raise CheckpointError(f"{source}: expected a JSON object, found {type(hf).__name__}")
     if "model_type" not in hf:
-        hint = " (it looks like a numformer checkpoint: use --to-hf to export it)" if "_numformer" in hf else ""
+        hint = " (it looks like a numformer checkpoint: use --to_hf to export it)" if "_numformer" in hf else ""
         raise CheckpointError(f"{source}: no 'model_type' key; not a Hugging Face GPT-2 config{hint}")
     if hf["model_type"] != "gpt2":
         raise CheckpointError(f"{source}: model_type {hf['model_type']!r} is not 'gpt2'; "
@@ -233,8 +237,13 @@ def gpt_config_from_hf(hf, source: str = HF_CONFIG):
         raise CheckpointError(f"{source}: activation_function {act!r} is not supported "
                               f"(numformer computes {', '.join(TANH_GELUS + EXACT_GELUS)})")
     eps = hf.get("layer_norm_epsilon", 1e-5)
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-        raise CheckpointError(f"{source}: 'layer_norm_epsilon' must be a positive number, found {eps!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < float("inf"):
+        raise CheckpointError(f"{source}: 'layer_norm_epsilon' must be a positive finite number, found {eps!r}")
+    # a flag written as text ("false") would otherwise read as true
+    for key in ("tie_word_embeddings", "scale_attn_weights", "scale_attn_by_inverse_layer_idx",
+                "reorder_and_upcast_attn", "add_cross_attention"):
+        if key in hf and not isinstance(hf[key], bool):
+            raise CheckpointError(f"{source}: {key!r} must be true or false, found {hf[key]!r}")
 
     # Options that change the function GPT-2 computes; numformer computes only the default.
     unsupported = {
@@ -349,10 +358,11 @@ def _weight_files(folder: Path) -> list[Path]:
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
         if not isinstance(weight_map, dict) or not weight_map:
             raise CheckpointError(f"{folder / HF_INDEX}: no 'weight_map' object")
+        for tensor, shard in weight_map.items():
+            if not isinstance(shard, str) or Path(shard).name != shard:
+                raise CheckpointError(f"{folder / HF_INDEX}: bad shard file name {shard!r} for tensor {tensor!r}")
         files = []
         for shard in sorted(set(weight_map.values())):
-            if not isinstance(shard, str) or Path(shard).name != shard:
-                raise CheckpointError(f"{folder / HF_INDEX}: bad shard file name {shard!r}")
             if not (folder / shard).is_file():
                 raise CheckpointError(f"{folder / shard}: missing (listed in {HF_INDEX})")
             files.append(folder / shard)
@@ -399,6 +409,17 @@ def _read_weights(folder: Path) -> dict[str, np.ndarray]:
 def _read_tokenizer(folder: Path, vocab_size: int) -> tuple[str, str | None]:
     """(numformer tokenizer JSON or "null", note). A usable tokenizer.json is wrapped as numformer's
     BPETokenizer; anything else is left out with a note saying why."""
+    own = folder / NF_TOKENIZER
+    if own.is_file():  # written by export for a character tokenizer
+        from numformer.data.tokenizer import check_fits, from_json
+        from numformer.errors import DataError
+
+        try:
+            tok = from_json(own.read_bytes().decode("utf-8"))
+            check_fits(tok, vocab_size, str(own))
+        except (DataError, UnicodeDecodeError, OSError) as e:
+            return "null", f"{own} cannot be used ({e}); the checkpoint stores no tokenizer"
+        return tok.to_json(), None
     file = folder / HF_TOKENIZER
     missing = (f"{folder} has no {HF_TOKENIZER}: the checkpoint stores no tokenizer, so "
                "`numformer sample` cannot turn its token ids into text")
@@ -515,8 +536,9 @@ def tensors_to_hf(model) -> tuple[dict[str, np.ndarray], list[str]]:
 
 
 def export_hf_gpt2(checkpoint, out, *, overwrite: bool = False) -> list[str]:
-    """`numformer convert --to-hf CHECKPOINT --out OUT`: write config.json, model.safetensors (and
-    tokenizer.json for a BPE tokenizer) that transformers loads as GPT2LMHeadModel. Returns notes.
+    """`numformer convert --to_hf CHECKPOINT --out OUT`: write config.json, model.safetensors (and
+    tokenizer.json for a BPE tokenizer, numformer_tokenizer.json for a character tokenizer) that
+    transformers loads as GPT2LMHeadModel. Returns notes.
 
     An earlier export at OUT is replaced only with overwrite=True; anything else there that is
     not an empty folder is refused either way."""
@@ -533,7 +555,12 @@ def export_hf_gpt2(checkpoint, out, *, overwrite: bool = False) -> list[str]:
 
     blobs = {HF_WEIGHTS: save(tensors, metadata={"format": "pt", "producer": PRODUCER})}
     eos = None
-    tok_doc = json.loads(ckpt.tokenizer) if ckpt.tokenizer.strip() != "null" else None
+    tok_doc = None
+    if ckpt.tokenizer.strip() != "null":
+        from numformer.data.tokenizer import from_json
+
+        from_json(ckpt.tokenizer)   # DataError (one line) for a document that is not a tokenizer
+        tok_doc = json.loads(ckpt.tokenizer)
     if isinstance(tok_doc, dict) and tok_doc.get("type") == "bpe":
         hf_tok = tok_doc["hf"]
         blobs[HF_TOKENIZER] = json.dumps(hf_tok, ensure_ascii=False, indent=2).encode("utf-8")
@@ -541,8 +568,10 @@ def export_hf_gpt2(checkpoint, out, *, overwrite: bool = False) -> list[str]:
             if added.get("content") == "<|endoftext|>":
                 eos = added.get("id")
     elif tok_doc is not None:
-        notes.append(f"the checkpoint's {tok_doc.get('type')} tokenizer has no Hugging Face equivalent "
-                     f"and is not exported; only BPE tokenizers are written as {HF_TOKENIZER}")
+        blobs[NF_TOKENIZER] = ckpt.tokenizer.encode("utf-8")
+        notes.append(f"the checkpoint's {tok_doc.get('type')} tokenizer has no Hugging Face equivalent; it is "
+                     f"written as {NF_TOKENIZER}, which `numformer convert --from_hf` reads back "
+                     "(transformers ignores it)")
     config = gpt_config_to_hf(model.config, dtype=model.dtype.name, eos_token_id=eos)
     blobs[HF_CONFIG] = (json.dumps(config, indent=2) + "\n").encode("utf-8")
     write_folder(out, blobs, is_ours=_is_own_export)
