@@ -114,7 +114,7 @@ def test_config_that_does_not_describe_the_weights_is_refused_before_loading(che
     held = sum(math.prod(s) for s in gpt_param_shapes(GPTConfig(n_layer=2, n_embd=32, n_head=2, vocab_size=11,
                                                                 block_size=16)).values())
     assert "\n" not in msg and f"holds {held:,};" in msg
-    assert f"n_layer {keys.get('n_layer', 2)}" in msg and "does not match the weights" in msg
+    assert f"n_layer {keys.get('n_layer', 2)}" in msg and "shapes in the config do not match the weights" in msg
 
 
 def test_weights_bigger_than_the_machine_are_refused(checkpoint, monkeypatch):
@@ -151,7 +151,7 @@ def one_error_line(r, command):
 def test_sample_refuses_a_billion_layers(checkpoint, tmp_path):
     path = edited(checkpoint, tmp_path, n_layer=HUGE)
     line = one_error_line(cli(["sample", "--out_dir", str(path), "--max_new_tokens", "3"], tmp_path), "sample")
-    assert f"n_layer {HUGE}" in line and "does not match the weights" in line
+    assert f"n_layer {HUGE}" in line and "shapes in the config do not match the weights" in line
 
 
 @pytest.mark.parametrize("flags", [["--batch_size", str(HUGE)], ["--n_embd", "1048576"], ["--n_layer", str(HUGE)]])
@@ -185,4 +185,4 @@ def test_embed_refuses_a_billion_bert_layers(tmp_path):
     config["num_hidden_layers"] = HUGE
     (model / "config.json").write_text(json.dumps(config))
     line = one_error_line(cli(["embed", "--model", str(model), "hello"], tmp_path), "embed")
-    assert f"num_hidden_layers {HUGE}" in line and "does not match the weights" in line
+    assert f"num_hidden_layers {HUGE}" in line and "shapes in the config do not match the weights" in line

@@ -137,7 +137,7 @@ def check_counts(needed: int, held: int, config_source, weights_source, describe
     with exact, a different number): the config does not describe these weights."""
     if needed > held or (exact and needed != held):
         raise CheckpointError(f"{config_source} describes a model of {needed:,} parameters ({described}) but "
-                              f"{weights_source} holds {held:,}; the config does not match the weights")
+                              f"{weights_source} holds {held:,}; the shapes in the config do not match the weights")
 
 
 def file_bytes(files) -> int:
