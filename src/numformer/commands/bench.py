@@ -68,6 +68,10 @@ def main(args) -> int:
     r["ceiling_gflops"] = gemm["gflops"] if gemm else None
     r["share_of_ceiling"] = r["gflops"] / gemm["gflops"] if gemm else None
     machine = {"cpu": cpu_model(), **blas_info()}
+    if machine["blas_threads"] is None:   # without threadpoolctl: ask the OpenBLAS NumPy loaded
+        from numformer.parallel.process import blas_thread_count
+
+        machine["blas_threads"] = blas_thread_count()
     if args.json:
         import json
 
@@ -76,8 +80,9 @@ def main(args) -> int:
         return 0
     gemm_name = "sgemm" if args.dtype == "float32" else "dgemm"
     rows = [
-        ("machine", f"{machine['cpu']}; NumPy {machine['numpy']}, {machine['blas'] or 'BLAS ?'}, "
-                    f"{machine['blas_threads'] or '?'} BLAS threads"),
+        ("machine", f"{machine['cpu']}; NumPy {machine['numpy']}, {machine['blas'] or 'BLAS library unknown'}, "
+                    + (f"{machine['blas_threads']} BLAS threads" if machine["blas_threads"]
+                       else "BLAS threads unknown")),
         ("threads / step", f"{r['threads']} (the batch and the AdamW update are split over them, as numformer train does)"),
         ("parameters", f"{r['params']:,} (N = {r['flops_params']:,} without position embeddings)"),
         ("time / iteration", f"{r['ms_per_iter']:,.1f} ms (median of {args.iters} after {args.warmup} warm-up; "

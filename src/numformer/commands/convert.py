@@ -1,7 +1,7 @@
 """`numformer convert`: GPT-2 checkpoints to and from Hugging Face format.
 
-    numformer convert --from-hf HF_FOLDER --out CHECKPOINT     Hugging Face GPT-2 -> numformer
-    numformer convert --to-hf CHECKPOINT --out HF_FOLDER       numformer -> Hugging Face GPT-2
+    numformer convert --from_hf HF_FOLDER --out CHECKPOINT     Hugging Face GPT-2 -> numformer
+    numformer convert --to_hf CHECKPOINT --out HF_FOLDER       numformer -> Hugging Face GPT-2
 
 An existing --out is replaced only with --overwrite, and only if numformer wrote it.
 
@@ -11,18 +11,18 @@ The mapping of names, layouts and config keys is in numformer.interop.gpt2.
 
 def add_arguments(parser) -> None:
     direction = parser.add_mutually_exclusive_group(required=True)
-    direction.add_argument("--from-hf", metavar="HF_FOLDER",
+    direction.add_argument("--from_hf", metavar="HF_FOLDER",
                            help="a Hugging Face GPT-2 folder (config.json + model.safetensors) to import")
-    direction.add_argument("--to-hf", metavar="CHECKPOINT",
+    direction.add_argument("--to_hf", metavar="CHECKPOINT",
                            help="a numformer GPT checkpoint folder to export")
     parser.add_argument("--out", required=True, metavar="FOLDER",
                         help="where to write the converted checkpoint: a new or empty folder (an earlier "
                              "output of the same kind only with --overwrite)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace a numformer checkpoint (--from-hf) or an earlier export (--to-hf) at "
+                        help="replace a numformer checkpoint (--from_hf) or an earlier export (--to_hf) at "
                              "--out; anything else there is never replaced")
     parser.add_argument("--dtype", choices=("float32", "float64"), default=None,
-                        help="dtype of the imported weights (--from-hf only; default float32)")
+                        help="dtype of the imported weights (--from_hf only; default float32)")
 
 
 def main(args) -> int:
@@ -33,11 +33,11 @@ def main(args) -> int:
 
     from numformer.checkpoint import lock_folder
 
-    for flag, value in (("--from-hf", args.from_hf), ("--to-hf", args.to_hf), ("--out", args.out)):
+    for flag, value in (("--from_hf", args.from_hf), ("--to_hf", args.to_hf), ("--out", args.out)):
         if value is not None and not value.strip():
             raise UsageError(f"{flag} is empty; give a folder")
     if args.from_hf is None and args.dtype is not None:
-        raise UsageError("--dtype applies to --from-hf only; --to-hf keeps the checkpoint's dtype")
+        raise UsageError("--dtype applies to --from_hf only; --to_hf keeps the checkpoint's dtype")
     # a `numformer train` writing into the same folder (--out out/latest) holds its lock
     with lock_folder(Path(args.out).parent, "numformer convert", create=False):
         if args.from_hf is not None:

@@ -51,7 +51,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--top_k", type=int, default=200, help="sample from the k most likely tokens; 0 turns it off (default: 200)")
     parser.add_argument("--top_p", type=float, default=None, help="nucleus sampling: keep the smallest set of tokens with mass >= p")
     parser.add_argument("--num_samples", type=int, default=1, help="how many samples to draw (default: 1)")
-    parser.add_argument("--seed", type=int, default=1337, help="random seed (default: 1337)")
+    parser.add_argument("--seed", type=int, default=1337, help="random seed, an integer >= 0 (default: 1337)")
     parser.add_argument("--no_cache", action="store_true", help="recompute the whole window for every token (slow; for checking)")
 
 
@@ -68,6 +68,11 @@ def main(args) -> int:
         raise UsageError(f"--top_p must be in (0, 1], got {args.top_p}")
     if args.num_samples < 1:
         raise UsageError(f"--num_samples must be >= 1, got {args.num_samples}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be an integer >= 0, got {args.seed}")
+    from numformer.parallel.process import one_blas_thread
+
+    one_blas_thread()   # sampling is one token at a time on one thread (see numformer.parallel.process)
 
     model = load_for_sampling(args.out_dir)
     tok = model.tokenizer
@@ -128,4 +133,6 @@ def _read_prompt(args) -> str:
             return path.read_bytes().decode("utf-8")
         except UnicodeDecodeError as e:
             raise DataError(f"{path}: not valid UTF-8 (byte {e.start})") from None
-    return "\n" if args.prompt is None else args.prompt
+    from numformer.cli import check_text
+
+    return "\n" if args.prompt is None else check_text(args.prompt, "--prompt")

@@ -36,7 +36,11 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
+    from numformer.cli import check_text
     from numformer.sentence import embed
+
+    check_text(args.a, "A")
+    check_text(args.b, "B")
 
     va, vb = embed([args.a, args.b], model=args.model, batch_size=DEFAULT_BATCH_SIZE)
     sim = cosine_similarity(va, vb)

@@ -16,12 +16,19 @@ allocates a few hundred large blocks per step, so the shared arena's lock is not
 `tune_malloc()` is called by the commands that train or generate (`numformer train`, `sample`,
 `bench`, `embed`) and by the Trainer. It is a no-op where glibc is not the C library.
 
-The rest of this module finds the OpenBLAS that NumPy loaded and sets its thread count.
+The rest of this module finds the OpenBLAS that NumPy loaded and sets its thread count. OpenBLAS
+starts one thread per core; work that runs on one thread anyway (`numformer sample`, `numformer
+train --threads 1`) gets one BLAS thread through `one_blas_thread()`, because the small matrix
+products of a baby GPT gain little from more, and lose a great deal when another process keeps a
+core busy (the BLAS threads then wait on each other). An explicit OPENBLAS_NUM_THREADS,
+OMP_NUM_THREADS or MKL_NUM_THREADS is always honoured.
 """
 
 from __future__ import annotations
 
 import os
+
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")  # the user's choice of BLAS threads
 
 _done = False
 _blas = None  # (set, get) of the OpenBLAS NumPy loaded once looked up; False: there is none
@@ -111,6 +118,19 @@ def limit_blas_threads(n: int):
         return None
     fns[0](int(n))
     return n
+
+
+def blas_threads_chosen() -> bool:
+    """True when the environment sets BLAS's thread count (THREAD_VARS)."""
+    return any(os.environ.get(k) for k in THREAD_VARS)
+
+
+def one_blas_thread():
+    """Give OpenBLAS one thread for work that runs on one thread, unless the environment chose a
+    count (THREAD_VARS). Returns 1 when it was set, else None."""
+    if blas_threads_chosen():
+        return None
+    return limit_blas_threads(1)
 
 
 def blas_thread_count():

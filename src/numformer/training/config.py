@@ -35,7 +35,8 @@ class TrainConfig:
     learning_rate: float = 1e-3
     min_lr: float = 1e-4
     warmup_iters: int = 100
-    lr_decay_iters: int = 2000
+    lr_decay_iters: int = 0        # 0: max_iters (the decay ends with the run)
+    gradient_accumulation_steps: int = 1   # micro-batches per step, accumulated into one gradient
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.99
@@ -43,11 +44,18 @@ class TrainConfig:
     # evaluation and output
     eval_interval: int = 250
     eval_iters: int = 20
+    eval_only: bool = False        # evaluate once and exit: no training, nothing written
+    log_interval: int = 0          # print the training loss every this many steps (0: only the progress bar)
     out_dir: str = "out"
     seed: int = 1337
     dtype: str = "float32"
     threads: int = 0               # threads for each step's shards and AdamW (0: one per core; 1 under MPI)
     sample_tokens: int = 300       # length of the sample printed at the end (0: none)
+    # fine-tuning (numformer.training.finetune)
+    init_from: str = ""            # start from this checkpoint or Hugging Face GPT-2 folder ("": from scratch)
+    lora_rank: int = 0             # train low-rank adapters of this rank, the rest frozen (0: train every weight)
+    lora_alpha: float = 0.0        # adapters are scaled by lora_alpha / lora_rank (0: alpha = rank)
+    lora_targets: str = "attn.c_attn,attn.c_proj"
 
     def __getattr__(self, name):
         if name in MODEL_KEYS:                      # cfg.n_layer is cfg.model.n_layer
@@ -59,6 +67,11 @@ class TrainConfig:
         """A TrainConfig from flat keys, as flags and TOML files give them (n_layer=..., ...)."""
         model = {k: flat.pop(k) for k in MODEL_KEYS if k in flat}
         return cls(**flat, model=GPTConfig(**model))
+
+    @property
+    def decay_iters(self) -> int:
+        """The step at which the cosine decay reaches min_lr: lr_decay_iters, or max_iters when 0."""
+        return self.lr_decay_iters or self.max_iters
 
     def to_flat(self) -> dict:
         """The flat keys and values (what a checkpoint records and a TOML file may set)."""
@@ -85,23 +98,34 @@ HELP = {
     "learning_rate": "peak learning rate",
     "min_lr": "learning rate at the end of the cosine decay",
     "warmup_iters": "steps of linear warmup",
-    "lr_decay_iters": "step at which the cosine decay reaches min_lr",
+    "lr_decay_iters": "step at which the cosine decay reaches min_lr (0: max_iters, so the decay ends with the run, "
+                      "and a resumed run with a larger --max_iters stretches it to the new end)",
+    "gradient_accumulation_steps": "split each step's batch into this many micro-batches and add up their gradients: "
+                                   "the same step as one batch of batch_size, in the memory of batch_size/N sequences",
     "weight_decay": "AdamW decoupled weight decay (matrices and embeddings only)",
     "beta1": "AdamW beta1",
     "beta2": "AdamW beta2",
     "grad_clip": "clip the global gradient norm to this (0 disables clipping)",
     "eval_interval": "evaluate, log and checkpoint every this many steps",
     "eval_iters": "batches averaged for each evaluation",
+    "eval_only": "evaluate train and val loss once (the resumed checkpoint's with --resume) and exit; nothing is written",
+    "log_interval": "print the training loss every this many steps (0: only the progress bar shows it)",
     "out_dir": "folder for checkpoints (latest/, best/), metrics.jsonl and loss.png",
-    "seed": "random seed for the initial weights, batches and dropout",
+    "seed": "random seed for the initial weights, batches and dropout (an integer >= 0)",
     "dtype": "'float32' or 'float64'",
     "threads": "split each batch, and the AdamW update, over this many threads (0: one per core, or 1 per MPI rank)",
     "sample_tokens": "length of the text sample printed at the end (0 for none)",
+    "init_from": "fine-tune: start from this numformer checkpoint folder (or a run's out_dir) or Hugging Face GPT-2 "
+                 "folder, at step 0 with a fresh optimizer; the model and tokenizer come from it",
+    "lora_rank": "fine-tune low-rank adapters of this rank and freeze every other weight (0: train every weight)",
+    "lora_alpha": "adapter scale: the adapters' output is multiplied by lora_alpha / lora_rank (0: alpha = rank)",
+    "lora_targets": "comma-separated layers that get adapters: attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj",
 }
 
 
 FIXED_ON_RESUME = ("data", "tokenizer", "vocab_size", "n_layer", "n_head", "n_embd", "block_size",
-                   "bias", "pos_encoding", "sinusoidal_form", "gelu", "dtype")
+                   "bias", "pos_encoding", "sinusoidal_form", "gelu", "dtype", "init_from", "lora_rank",
+                   "lora_alpha", "lora_targets")
 CHOICES = {"tokenizer": ("char", "bpe"), "pos_encoding": POS_ENCODINGS, "sinusoidal_form": tuple(SINUSOIDAL_FORMS),
            "gelu": GELUS, "dtype": ("float32", "float64")}
 
@@ -151,6 +175,10 @@ def load_toml(path: str) -> dict:
             d = tomllib.load(f)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"{p}: not valid TOML: {e}") from None
+    except RecursionError:
+        raise UsageError(f"{p}: not valid TOML: nested too deeply") from None
+    except OSError as e:
+        raise UsageError(f"{p}: cannot be read ({e.strerror or type(e).__name__})") from None
     known = fields()
     out = {}
     for key, value in d.items():
@@ -161,15 +189,20 @@ def load_toml(path: str) -> dict:
 
 
 def validate(cfg: TrainConfig) -> None:
-    positive = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "eval_interval", "eval_iters")
+    positive = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "eval_interval", "eval_iters",
+                "gradient_accumulation_steps")
     for k in positive:
         if getattr(cfg, k) < 1:
             raise UsageError(f"{k} must be >= 1, got {getattr(cfg, k)}")
-    for k in ("max_iters", "warmup_iters", "lr_decay_iters", "sample_tokens", "vocab_size", "threads"):
+    for k in ("max_iters", "warmup_iters", "lr_decay_iters", "sample_tokens", "vocab_size", "threads", "seed",
+              "log_interval"):
         if getattr(cfg, k) < 0:
             raise UsageError(f"{k} must be >= 0, got {getattr(cfg, k)}")
     if cfg.n_embd % cfg.n_head:
         raise UsageError(f"n_embd ({cfg.n_embd}) must be divisible by n_head ({cfg.n_head})")
+    if cfg.gradient_accumulation_steps > cfg.batch_size:
+        raise UsageError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be at most batch_size "
+                         f"({cfg.batch_size}): each micro-batch needs at least one sequence")
     for k in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):
         v = getattr(cfg, k)
         if not (math.isfinite(v) and v >= 0):
@@ -186,6 +219,9 @@ def validate(cfg: TrainConfig) -> None:
         raise UsageError("vocab_size applies only to --tokenizer bpe (the char vocabulary comes from the corpus)")
     if cfg.tokenizer == "bpe" and cfg.vocab_size and cfg.vocab_size < 257:
         raise UsageError(f"vocab_size must be at least 257 for byte-level BPE (256 bytes + merges), got {cfg.vocab_size}")
+    from numformer.training.finetune import validate_finetuning
+
+    validate_finetuning(cfg)
 
 
 
@@ -206,6 +242,10 @@ def resolve(given: dict, *, resume: bool = False):
                                  f"a resumed run keeps its model and data")
         values.update(saved)
     values.update(given)
+    if not resume and values.get("init_from"):
+        from numformer.training.finetune import init_settings
+
+        values.update(init_settings(values["init_from"], given))   # the model's shape comes from init_from
     cfg = TrainConfig.of(**values)
     validate(cfg)
     return cfg, ckpt

@@ -4,8 +4,9 @@ One iteration, as nanoGPT does it:
 
     lr        = cosine_lr(it)                       linear warmup, cosine decay to min_lr
     x, y      = get_batch(train)                    (B, T) random windows of the corpus
-    loss      = model.forward(x, y)                 the GPT, composed from numformer.ops
-    grads     = model.backward()                    every op's hand-derived backward, in reverse
+    for each micro-batch (gradient_accumulation_steps of them, B/N rows each):
+        loss  = model.forward(x, y)                 the GPT, composed from numformer.ops
+        grads += model.backward()                   every op's hand-derived backward, in reverse
     grads     = allreduce(grads)                    data-parallel ranks only (numformer.parallel.mpi)
     clip_grad_norm(grads, grad_clip)
     AdamW.step(params, grads, lr)                   one vectorised update over one flat buffer
@@ -14,6 +15,18 @@ Every `eval_interval` steps the mean loss over `eval_iters` batches of train and
 (`step N: train loss X, val loss Y`), appended to out_dir/metrics.jsonl, and a checkpoint is
 written to out_dir/latest (and out_dir/best when val loss improves). The checkpoint holds the
 batch and dropout RNG states, so a resumed run continues bit-identically.
+
+Schedule. lr_decay_iters 0 (the default) means max_iters: the cosine ends with the run. A run
+resumed with a larger --max_iters then stretches its decay to the new end (the rate at the
+resumed step is recomputed on the longer curve, so it rises a little, continuously thereafter);
+an lr_decay_iters given explicitly is kept. A resumed run whose --max_iters is at or below the
+checkpoint's step has nothing to train: it says so and exits 0 without writing anything.
+
+Gradient accumulation. The global batch is drawn exactly as without it, then cut into
+gradient_accumulation_steps micro-batches whose gradients are added into model.grads, each
+scaled by its share of the batch: the step is the one-batch step up to float rounding (with
+dropout, the masks are drawn per micro-batch and differ), and only one micro-batch's activations
+are alive at a time.
 
 The run holds a lock on out_dir (numformer.checkpoint.lock_folder) from start to end, so a second
 run on the same folder stops at once with one line naming the first; the checkpoint a resumed
@@ -34,6 +47,7 @@ import numpy as np
 
 from numformer.errors import NumformerError, UsageError
 from numformer.parallel.threads import loss_and_grad
+from numformer.training import finetune
 from numformer.training.config import TrainConfig, resolve
 from numformer.training.metrics import append_metrics, is_our_metrics, is_our_plot, plot_losses
 
@@ -54,7 +68,7 @@ class Trainer:
         from numformer.data.corpus import open_corpus
         from numformer.model.gpt import GPT
         from numformer.optim import AdamW
-        from numformer.parallel.process import cores, tune_malloc
+        from numformer.parallel.process import cores, one_blas_thread, tune_malloc
 
         tune_malloc()
         self.cfg, self.world, self.log = cfg, world, log
@@ -70,25 +84,36 @@ class Trainer:
 
         def load_data():
             corpus = open_corpus(None if cfg.data == "shakespeare" else cfg.data)
-            if ckpt is not None:
+            if ckpt is not None or init is not None:
                 # the tokenizer travels inside the checkpoint; the corpus is re-encoded with it
                 from numformer.data.tokenizer import from_json
 
-                tok = from_json(ckpt.tokenizer)
+                tok = from_json(ckpt.tokenizer if ckpt is not None else init["tokenizer"])
                 return (*batches.prepare(corpus, tokenizer=tok, cache_dir=cache_dir), corpus.name)
             return (*batches.prepare(
                 corpus, tokenizer=cfg.tokenizer, vocab_size=(cfg.vocab_size or None) if cfg.tokenizer == "bpe" else None,
                 cache_dir=cache_dir), corpus.name)
 
+        init = None        # --init_from: rank 0 reads the weights and tokenizer to start from (finetune.py)
+        if ckpt is None and cfg.init_from:
+            init = world.bcast(finetune.read_init(cfg) if world.is_main else None)
         data = world.bcast(load_data() if world.is_main else None)
         self.train_ids, self.val_ids, self.tokenizer, self.data_name = data
         batches.check_length(self.train_ids, self.val_ids, cfg.block_size)
 
         check_memory(cfg, vocab_size=self.tokenizer.vocab_size, ranks=world.size)
         mcfg = dataclasses.replace(cfg.model, vocab_size=self.tokenizer.vocab_size)
-        self.model = GPT(mcfg, dtype=np.dtype(cfg.dtype), seed=cfg.seed, ops="fast")
+        if cfg.init_from:  # fine-tuning: the model's own config (its vocab_size, layer_norm_eps), the run's dropout
+            mcfg = init["config"] if init is not None else finetune.checkpoint_model_config(ckpt, cfg.dropout)
+        self.model = GPT(mcfg, dtype=np.dtype(cfg.dtype), seed=cfg.seed, ops="fast", lora=finetune.lora_config(cfg))
+        if init is not None:
+            self.model.params.flat[...] = init["params"]
+        self.grad_health = []      # (step, gradient norm before clipping, clipped) since the last evaluation
+        self.update_ratio = {}     # ‖Δθ‖/‖θ‖ per weight matrix, of the step before the last evaluation
         self.threads = cfg.threads or (cores() if world.size == 1 else 1)
-        self.opt = AdamW(self.model.params.flat, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), eps=1e-8,
+        if self.threads == 1 and world.size == 1:
+            one_blas_thread()   # one thread of work: BLAS threads would only wait on each other (parallel.process)
+        self.opt = AdamW(self.model.trainable.flat, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), eps=1e-8,
                          weight_decay=cfg.weight_decay, decay_mask=self.model.decay_mask(), threads=self.threads)
         self.batch_rng = np.random.default_rng([cfg.seed, 0])
         self.iter_num = 0
@@ -106,6 +131,9 @@ class Trainer:
         try:
             if ckpt.optimizer is None:
                 raise KeyError("optimizer.safetensors")
+            for key in ("iter_num", "opt_step"):
+                if type(st[key]) is not int or st[key] < 0:
+                    raise ValueError(f"{key} must be an integer >= 0, found {st[key]!r}")
             self.opt.load_state_dict({"m": ckpt.optimizer["m"], "v": ckpt.optimizer["v"], "step": int(st["opt_step"])})
             self.iter_num = int(st["iter_num"])
             self.best_val = float(st["best_val_loss"])
@@ -129,8 +157,15 @@ class Trainer:
         if not self.world.is_main:
             return
         st = self.opt.state_dict()
-        self.model.save(path, tokenizer=self.tokenizer.to_json(), optimizer={"m": st["m"], "v": st["v"]},
-                        train_state=self.train_state())
+        try:
+            self.model.save(path, tokenizer=self.tokenizer.to_json(), optimizer={"m": st["m"], "v": st["v"]},
+                            train_state=self.train_state())
+        except OSError as e:  # a full disk, a read-only folder: the previous checkpoint is still whole
+            from numformer.cli import os_error_line
+
+            kept = f"; the previous checkpoint in {path} is kept" if (path / "config.json").exists() else ""
+            raise NumformerError(f"cannot save the checkpoint of step {self.iter_num} to {path} "
+                                 f"({os_error_line(e)}){kept}") from None
 
     # -- one step ------------------------------------------------------------------------------
 
@@ -147,7 +182,7 @@ class Trainer:
         from numformer.optim.schedule import cosine_lr
 
         cfg, model = self.cfg, self.model
-        lr = cosine_lr(self.iter_num, cfg.learning_rate, cfg.warmup_iters, cfg.lr_decay_iters, cfg.min_lr)
+        lr = cosine_lr(self.iter_num, cfg.learning_rate, cfg.warmup_iters, cfg.decay_iters, cfg.min_lr)
         x, y = self.get_batch(self.train_ids, self.batch_rng)
         model.zero_grad()
         share = x.shape[0] / cfg.batch_size     # this rank's part of the global mean
@@ -156,7 +191,11 @@ class Trainer:
             # a function of (seed, step, rank) so that a resumed run draws the same ones
             model.rng = np.random.default_rng([cfg.seed, 1, self.iter_num, self.world.rank])
         if x.shape[0]:
-            loss = loss_and_grad(model, x, y, dloss=share, threads=self.threads)
+            # each micro-batch's gradient is scaled by its part of the global mean
+            losses = [(hi - lo, loss_and_grad(model, x[lo:hi], y[lo:hi], dloss=(hi - lo) / cfg.batch_size,
+                                              threads=self.threads))
+                      for lo, hi in micro_batches(x.shape[0], cfg.gradient_accumulation_steps)]
+            loss = losses[0][1] if len(losses) == 1 else sum(n * part for n, part in losses) / x.shape[0]
             if self.world.size > 1 and not math.isfinite(loss):   # name the rank before the sum hides it
                 raise NonFiniteLoss(f"loss became {loss} at step {self.iter_num} on rank {self.world.rank} "
                                     f"of {self.world.size}")
@@ -166,11 +205,17 @@ class Trainer:
         loss = self.world.allreduce_scalar(loss * share)
         if not math.isfinite(loss):
             raise NonFiniteLoss(f"loss became {loss} at step {self.iter_num}")
-        if cfg.grad_clip > 0:
-            norm = clip_grad_norm(model.grads.flat, cfg.grad_clip)
-            if not math.isfinite(norm):
-                raise NonFiniteLoss(f"gradient norm became {norm} at step {self.iter_num}")
+        # the global norm before clipping is kept for metrics.jsonl; a max_norm of inf clips nothing
+        norm = clip_grad_norm(model.grads.flat, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        if not math.isfinite(norm):
+            raise NonFiniteLoss(f"gradient norm became {norm} at step {self.iter_num}")
+        if self.world.is_main:
+            self.grad_health.append((self.iter_num, norm, finetune.is_clipped(norm, cfg.grad_clip)))
+        evaluates_next = (self.iter_num + 1) % cfg.eval_interval == 0 or self.iter_num + 1 >= cfg.max_iters
+        before = model.trainable.flat.copy() if evaluates_next and self.world.is_main else None
         self.opt.step(model.grads.flat, lr=lr)
+        if before is not None:
+            self.update_ratio = finetune.update_ratios(model.trainable.views, before, model.trainable.flat)
         self.iter_num += 1
         return loss
 
@@ -191,6 +236,11 @@ class Trainer:
         finally:
             self.model.train()
         return out
+
+
+def micro_batches(rows: int, n: int) -> list[tuple[int, int]]:
+    """[lo, hi) ranges cutting `rows` into at most n near-equal, non-empty micro-batches."""
+    return [shard(rows, i, min(n, rows)) for i in range(min(n, rows))]
 
 
 def check_memory(cfg: TrainConfig, *, vocab_size: int, ranks: int = 1) -> None:
@@ -223,8 +273,10 @@ def run(settings, *, resume=False, overwrite=False, cache_dir=None, plot=True, w
 
     world = world or init_world()
     if not world.is_main:            # rank 0 resolves the settings under its lock and sends them
-        cfg, ckpt = world.bcast(None)
-        return _run(cfg, world, checkpoint=ckpt, overwrite=overwrite, cache_dir=cache_dir, plot=plot, out=out)
+        cfg, ckpt, done = world.bcast(None)
+        if done is not None:
+            return done
+        return _guarded_run(cfg, world, checkpoint=ckpt, overwrite=overwrite, cache_dir=cache_dir, plot=plot, out=out)
     given = settings.to_flat() if isinstance(settings, TrainConfig) else dict(settings)
     out_dir = str(given.get("out_dir", TrainConfig.out_dir))
     if not out_dir.strip():
@@ -233,24 +285,55 @@ def run(settings, *, resume=False, overwrite=False, cache_dir=None, plot=True, w
         raise UsageError("cache_dir is empty; give a folder or leave it out")
     if os.path.lexists(out_dir) and not Path(out_dir).is_dir():
         raise UsageError(f"--out_dir {out_dir} exists and is not a folder")
-    lock = lock_folder(Path(out_dir), "numformer train")
+    try:
+        lock = lock_folder(Path(out_dir), "numformer train")
+    except OSError as e:          # a read-only or otherwise unusable place for out_dir
+        from numformer.cli import os_error_line
+
+        raise NumformerError(f"--out_dir {out_dir} cannot be used: {os_error_line(e)}") from None
     try:
         cfg, ckpt = resolve(given, resume=resume)
         if world.size > cfg.batch_size:
             raise UsageError(f"batch_size {cfg.batch_size} is smaller than the number of ranks ({world.size}): each "
                              f"rank needs at least one sequence of the global batch; use --batch_size {world.size} "
                              f"or more")
-        world.bcast((cfg, ckpt))
-        return _run(cfg, world, checkpoint=ckpt, overwrite=overwrite, cache_dir=cache_dir, plot=plot, out=out)
+        done = _nothing_to_train(cfg, ckpt, out or sys.stdout)
+        world.bcast((cfg, ckpt, done))
+        if done is not None:
+            return done
+        return _guarded_run(cfg, world, checkpoint=ckpt, overwrite=overwrite, cache_dir=cache_dir, plot=plot, out=out)
     finally:
         lock.release()
+
+
+def _nothing_to_train(cfg: TrainConfig, ckpt, out):
+    """A summary when a resumed run is already at or past --max_iters (it then says so and
+    writes nothing, its checkpoint's max_iters included); None when there is training to do."""
+    if ckpt is None or cfg.eval_only:
+        return None
+    step = ckpt.config["train"].get("iter_num")
+    if type(step) is not int or cfg.max_iters > step:
+        return None          # a bad step is reported when the Trainer restores the checkpoint
+    print(f"nothing to train: {Path(cfg.out_dir) / 'latest'} is at step {step} and --max_iters is {cfg.max_iters}; "
+          f"give a --max_iters above {step} to train further (nothing was changed)", file=out, flush=True)
+    return {"interrupted": False, "nothing_to_train": True, "step": step}
+
+
+def _guarded_run(cfg, world, **kw) -> dict:
+    """_run, with an error of the machine's (a full disk, a read-only folder) as one line."""
+    try:
+        return _run(cfg, world, **kw)
+    except OSError as e:
+        from numformer.cli import os_error_line
+
+        raise NumformerError(f"{os_error_line(e)} (checkpoints already in {cfg.out_dir} are kept)") from None
 
 
 def _run(cfg: TrainConfig, world, *, checkpoint, overwrite, cache_dir, plot, out) -> dict:
     out = out or sys.stdout
     log = (lambda msg: print(msg, file=out, flush=True)) if world.is_main else (lambda msg: None)
     out_dir = Path(cfg.out_dir)
-    if world.is_main:  # rank 0 holds the lock on out_dir: nothing can change under these checks
+    if world.is_main and not cfg.eval_only:  # rank 0 holds the lock on out_dir: nothing can change under these checks
         if checkpoint is None and not overwrite and _holds_checkpoints(out_dir):
             raise UsageError(f"{out_dir} already holds a checkpoint; use --resume to continue it, "
                              f"--overwrite to start afresh, or another --out_dir")
@@ -265,16 +348,21 @@ def _run(cfg: TrainConfig, world, *, checkpoint, overwrite, cache_dir, plot, out
     t_setup = time.perf_counter()
     tr = Trainer(cfg, world, checkpoint=checkpoint, cache_dir=cache_dir, log=log)
     resume = checkpoint is not None
-    if world.is_main:
+    if world.is_main and not cfg.eval_only:
         out_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
             (out_dir / "metrics.jsonl").unlink(missing_ok=True)   # ours: checked before the Trainer was built
     m = tr.model
-    log(f"numformer train: {tr.data_name}, {len(tr.train_ids):,} train / {len(tr.val_ids):,} val tokens, "
+    log(f"numformer train: {_data_description(tr.data_name)}, {len(tr.train_ids):,} train / {len(tr.val_ids):,} val tokens, "
         f"vocab {tr.tokenizer.vocab_size} ({cfg.tokenizer}); model {m.num_params():,} parameters "
         f"({cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} wide, block {cfg.block_size}, "
         f"{cfg.pos_encoding} positions)" + (f"; {world.size} ranks" if world.size > 1 else "")
         + (f"; resuming at step {tr.iter_num}" if resume else "") + f" [setup {time.perf_counter() - t_setup:.1f}s]")
+    if cfg.eval_only:
+        losses = tr.evaluate()
+        log(f"step {tr.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} (eval_only: nothing "
+            f"written)")
+        return {"interrupted": False, "step": tr.iter_num, "train_loss": losses["train"], "val_loss": losses["val"]}
 
     tokens_per_iter = cfg.batch_size * cfg.block_size
     bar = None
@@ -318,6 +406,8 @@ def _run(cfg: TrainConfig, world, *, checkpoint, overwrite, cache_dir, plot, out
             if bar is not None:
                 bar.set_postfix_str(f"loss {loss:.4f}, {iters_done / t_train * tokens_per_iter:,.0f} tok/s", refresh=False)
                 bar.update(1)
+                if cfg.log_interval and (tr.iter_num - 1) % cfg.log_interval == 0:   # as nanoGPT counts
+                    bar.write(f"iter {tr.iter_num - 1}: loss {loss:.4f}, time {1000 * dt:.1f} ms", file=out)
             if world.stop_requested():   # Ctrl-C (seen by any rank): stop after this same step
                 raise KeyboardInterrupt
     except KeyboardInterrupt:
@@ -356,6 +446,16 @@ def _run(cfg: TrainConfig, world, *, checkpoint, overwrite, cache_dir, plot, out
             log("sample:")
             log(_sample_text(tr, cfg.sample_tokens))
     return summary
+
+
+def _data_description(name: str) -> str:
+    """The corpus's name, and for a folder how many .txt files it was read from (the files
+    numformer.data.corpus reads: the folder's own .txt files, not its subfolders')."""
+    folder = Path(name)
+    if name == "shakespeare" or not folder.is_dir():
+        return name
+    n = sum(1 for p in folder.iterdir() if p.suffix == ".txt" and p.is_file())
+    return f"{name} ({n} .txt file{'s' if n != 1 else ''})"
 
 
 def _holds_checkpoints(out_dir: Path) -> bool:
