@@ -31,7 +31,7 @@ def lab(tmp_path_factory):
     rng = np.random.default_rng(0)
     words = ["the", "king", "queen", "shall", "not", "be", "my", "lord"]
     (root / "corpus.txt").write_text("\n".join(" ".join(rng.choice(words, size=8)) for _ in range(400)) + "\n")
-    run(TrainConfig.of(**TINY, max_iters=10, data=str(root / "corpus.txt"), out_dir=str(root / "run")),
+    run(dict(TINY, max_iters=10, data=str(root / "corpus.txt"), out_dir=str(root / "run")),
         cache_dir=root / "cache", plot=False, out=open(os.devnull, "w"))
     return root
 

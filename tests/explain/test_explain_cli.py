@@ -117,8 +117,8 @@ def test_text_output_all(text_all):
         elif verdict is False:
             assert "DIFFERS by" in header, header
         else:
-            assert "INCOMPLETE in the seed -> computed" in header, header
-    assert "13 formulas: 7 agree, 3 differ, 3 incomplete in the seed" in text_all
+            assert "INCOMPLETE in the article -> computed" in header, header
+    assert "13 formulas: 7 agree, 3 differ, 3 incomplete in the article" in text_all
 
 
 def test_text_shows_seed_and_computed_side_by_side(text_all):
@@ -150,6 +150,6 @@ def test_narrow_layout_stacks_rows(monkeypatch):
 
     monkeypatch.setattr(cli, "WIDTH", 60)
     lines = cli.render(explain(["attention"])[0])
-    assert any(line.strip().startswith("seed prints  = [2 3]") for line in lines)
+    assert any(line.strip().startswith("article prints  = [2 3]") for line in lines)
     assert any(line.strip().startswith("numformer    [2.3395 3.3395]") for line in lines)
     assert not any("quantity" in line for line in lines)

@@ -1,7 +1,7 @@
-"""`numformer explain [NAME ...] [--json]`: the seed's worked examples, computed live.
+"""`numformer explain [NAME ...] [--json]`: the article's worked examples, computed live.
 
-For people, each formula gets a section: the formula, the seed's inputs, then one row per
-quantity with what the seed prints, what numformer computes and whether they agree; the rows
+For people, each formula gets a section: the formula, the article's inputs, then one row per
+quantity with what the article prints, what numformer computes and whether they agree; the rows
 that make up the result are marked ▶ and decide the verdict in the section's header. A summary
 table closes the output. With --json: a JSON array, one object per formula, with the keys name,
 formula, inputs, computed, seed_printed, agrees, note.
@@ -23,8 +23,8 @@ GAP = "  "
 def add_arguments(parser) -> None:
     parser.add_argument(
         "names", nargs="*", metavar="NAME",
-        help="formulas to show, in the order given (default: all thirteen in the seed's order): "
-             + ", ".join(NAMES),
+        help="formulas to show, by name or by number 1-13, in the order given (default: all thirteen in "
+             "the article's order): " + ", ".join(f"{i} {n}" for i, n in enumerate(NAMES, 1)),
     )
     parser.add_argument(
         "--json", action="store_true",
@@ -33,13 +33,21 @@ def add_arguments(parser) -> None:
     )
 
 
+# What the article is, in one line of at most WIDTH columns (the first line of the text output)
+ABOUT = "The article: a Chinese article on the math of Transformers, 13 formulas with worked examples."
+
+
+
 def select(names: list[str]) -> list[str]:
-    """Command-line names -> formula names, in the order given, without repeats."""
+    """Command-line names or numbers (1-13, as the output numbers them) -> formula names, in the
+    order given, without repeats."""
     chosen = []
     for raw in names:
         name = raw.strip().lower().replace("-", "_")
+        if name.isdigit() and 1 <= int(name) <= len(NAMES):
+            name = NAMES[int(name) - 1]
         if name not in NAMES:
-            raise UsageError(f"unknown formula {raw!r}; valid names: {', '.join(NAMES)}")
+            raise UsageError(f"unknown formula {raw!r}; give a number 1-{len(NAMES)} or a name: {', '.join(NAMES)}")
         if name not in chosen:
             chosen.append(name)
     return chosen or list(NAMES)
@@ -55,7 +63,7 @@ def main(args) -> int:
         return 0
     _safe_stdout()
     style = _Style(_use_color(sys.stdout))
-    out = []
+    out = [ABOUT, ""]
     for ex in examples:
         out += render(ex, style) + [""]
     if len(examples) > 1:
@@ -98,9 +106,9 @@ class _Style:
 
 
 def verdict(ex, style: _Style, short: bool = False) -> str:
-    """AGREES / DIFFERS by x / INCOMPLETE in the seed -> computed."""
+    """AGREES / DIFFERS by x / INCOMPLETE in the article -> computed."""
     if ex.agrees is None:
-        return style.open("INCOMPLETE in the seed" + ("" if short else " -> computed"))
+        return style.open("INCOMPLETE in the article" + ("" if short else " -> computed"))
     if ex.agrees:
         return style.good("AGREES")
     return style.bad(f"DIFFERS by {_num(ex.diff)}")
@@ -151,7 +159,7 @@ def _cell(x: float, decimals: int | None) -> str:
 
     if decimals is None and 0 < abs(x) < 1e-4:  # eps = 1e-08, not 0.00000001
         s = np.format_float_scientific(float(x), trim="-")
-    elif decimals is None:  # as the seed writes it: 4.5, 0.0001, 2
+    elif decimals is None:  # as the article writes it: 4.5, 0.0001, 2
         s = np.format_float_positional(float(x), trim="-")
     else:
         s = f"{float(x):.{decimals}f}"
@@ -275,7 +283,7 @@ def _seed_block(step) -> list[str]:
 def _step_table(ex, style: _Style) -> list[str]:
     rows = [(s, s.label, _seed_block(s), block(s.computed, s.decimals), check(s, style))
             for s in ex.steps]
-    head = ("quantity", "seed prints", "numformer computes", "check")
+    head = ("quantity", "article prints", "numformer computes", "check")
     w_label = max([_width(head[0])] + [_width(r[1]) for r in rows])
     w_seed = max([_width(head[1])] + [_width(x) for r in rows for x in r[2]])
     w_comp = max([_width(head[2])] + [_width(x) for r in rows for x in r[3]])
@@ -301,7 +309,7 @@ def _step_table(ex, style: _Style) -> list[str]:
     else:  # too wide for one line: one row per line, stacked
         for step, label, seed, comp, chk in rows:
             lines.append(mark(step) + label + "   " + chk)
-            lines += [INDENT + "    seed prints  " + x for x in seed[:1]]
+            lines += [INDENT + "    article prints  " + x for x in seed[:1]]
             lines += [INDENT + "                 " + x for x in seed[1:]]
             lines += [INDENT + "    numformer    " + x for x in comp[:1]]
             lines += [INDENT + "                 " + x for x in comp[1:]]
@@ -325,15 +333,15 @@ def _clip(text: str, width: int) -> str:
 
 
 def summary(examples, style: _Style) -> list[str]:
-    """One line per formula: the seed's result, numformer's, the verdict."""
+    """One line per formula: the article's result, numformer's, the verdict."""
     n_agree = sum(ex.agrees is True for ex in examples)
     n_differ = sum(ex.agrees is False for ex in examples)
     n_open = sum(ex.agrees is None for ex in examples)
     title = (f"── summary: {len(examples)} formulas: {n_agree} agree, {n_differ} differ, "
-             f"{n_open} incomplete in the seed ")
+             f"{n_open} incomplete in the article ")
     lines = [style.bold(title) + "─" * (WIDTH - _width(title))]
-    widths = (3, 20, 21, 28)
-    head = ("#", "formula", "seed prints (result)", "numformer computes")
+    widths = (3, 20, 21, 25)
+    head = ("#", "formula", "article prints (result)", "numformer computes")
     lines.append(style.dim(" ".join(_pad(h, w) for h, w in zip(head, widths)) + " verdict"))
     for ex in examples:
         first = ex.results[0]

@@ -1,18 +1,18 @@
-"""The seed document's thirteen worked examples, computed live by numformer's own ops.
+"""The article's thirteen worked examples, computed live by numformer's own ops.
 
-    numformer explain                   all thirteen, in the seed's order
+    numformer explain                   all thirteen, in the article's order
     numformer explain attention adam    just those
     numformer explain --json            one JSON object per formula
 
 `numformer.explain.examples` re-does each worked example by calling numformer.ops and
-numformer.optim, and sets every number the seed prints beside the computed one with a verdict:
-the two agree (at the precision the seed prints), they differ (and by how much), or the seed stops
+numformer.optim, and sets every number the article prints beside the computed one with a verdict:
+the two agree (at the precision the article prints), they differ (and by how much), or the article stops
 before the result. `numformer explain` (numformer.commands.explain) prints that for people or as JSON.
 
 This module stays free of NumPy so that `numformer explain --help` starts fast.
 """
 
-# The seed's thirteen formulas, in the seed's order. These names are the command-line names and
+# The article's thirteen formulas, in the article's order. These names are the command-line names and
 # the "name" field of the JSON output.
 NAMES = (
     "linear",

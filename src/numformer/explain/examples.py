@@ -1,16 +1,16 @@
-"""The seed's thirteen worked examples, re-done by calling numformer.ops and numformer.optim.
+"""The article's thirteen worked examples, re-done by calling numformer.ops and numformer.optim.
 
-Each function below takes one worked example's inputs exactly as the seed gives them, computes
-every quantity with numformer's own ops and optimizers, and sets each number the seed prints
+Each function below takes one worked example's inputs exactly as the article gives them, computes
+every quantity with numformer's own ops and optimizers, and sets each number the article prints
 beside the computed one. The printed numbers are transcribed data (`exact(...)`, `approx(...)`),
-never used as results. A verdict compares the two at the precision the seed prints:
+never used as results. A verdict compares the two at the precision the article prints:
 
-- the seed writes "= [4.5, 1.5]": an exact claim; it agrees when equal up to float64 rounding;
-- the seed writes "≈ 0.357": a value rounded to 3 decimals; it agrees when |computed − 0.357| is
+- the article writes "= [4.5, 1.5]": an exact claim; it agrees when equal up to float64 rounding;
+- the article writes "≈ 0.357": a value rounded to 3 decimals; it agrees when |computed − 0.357| is
   at most half a unit in the last printed decimal, 0.0005.
 
-An example whose result the seed never prints (it stops half-way, or gives only a formula) has
-agrees = None, and its computed result is the answer the seed leaves out.
+An example whose result the article never prints (it stops half-way, or gives only a formula) has
+agrees = None, and its computed result is the answer the article leaves out.
 """
 
 import math
@@ -33,9 +33,9 @@ _EXACT_ATOL = 1e-12
 
 @dataclass(frozen=True)
 class Printed:
-    """A number or array as the seed prints it.
+    """A number or array as the article prints it.
 
-    decimals is None when the seed writes "=" (an exact value), or the number of decimals it
+    decimals is None when the article writes "=" (an exact value), or the number of decimals it
     rounds to when it writes "≈".
     """
 
@@ -47,30 +47,30 @@ class Printed:
         return self.decimals is None
 
     def tolerance(self) -> float:
-        """Largest |computed − printed| that still agrees with what the seed wrote."""
+        """Largest |computed − printed| that still agrees with what the article wrote."""
         if self.exact:
             return _EXACT_ATOL + _EXACT_RTOL * float(np.max(np.abs(self.value), initial=0.0))
         return 0.5 * 10.0 ** (-self.decimals) + _EXACT_ATOL
 
 
 def exact(value) -> Printed:
-    """The seed writes `= value`."""
+    """The article writes `= value`."""
     return Printed(np.asarray(value, dtype=np.float64))
 
 
 def approx(value, decimals: int) -> Printed:
-    """The seed writes `≈ value`, rounded to `decimals` decimals."""
+    """The article writes `≈ value`, rounded to `decimals` decimals."""
     return Printed(np.asarray(value, dtype=np.float64), decimals)
 
 
 @dataclass
 class Step:
-    """One quantity of a worked example: its computed value and what the seed prints for it."""
+    """One quantity of a worked example: its computed value and what the article prints for it."""
 
     key: str  # name in the JSON output
     label: str  # name on the terminal
     computed: np.ndarray
-    seed: Printed | None = None  # None: the seed prints no number for it
+    seed: Printed | None = None  # None: the article prints no number for it
     decimals: int = 4  # decimals shown for the computed value
     result: bool = False  # the example's result: it decides the verdict
 
@@ -84,7 +84,7 @@ class Step:
 
     @property
     def diff(self) -> float | None:
-        """max |computed − printed|, or None if the seed prints nothing here."""
+        """max |computed − printed|, or None if the article prints nothing here."""
         if self.seed is None:
             return None
         return float(np.max(np.abs(self.computed - self.seed.value), initial=0.0))
@@ -98,16 +98,16 @@ class Step:
 
 @dataclass
 class Example:
-    """One of the seed's formulas with its worked example, computed."""
+    """One of the article's formulas with its worked example, computed."""
 
     number: int  # section number in the seed
     name: str
-    title_zh: str  # the seed's own section title, to find it in the document
+    title_zh: str  # the article's own section title, to find it in the document
     formula: str
     inputs: dict[str, Any]
     steps: list[Step]
     note: str
-    ours: tuple[str, ...] = ()  # inputs the seed does not give, chosen here (said in the note)
+    ours: tuple[str, ...] = ()  # inputs the article does not give, chosen here (said in the note)
     extra: dict[str, Any] = field(default_factory=dict)  # by-products the tests cross-check
 
     @property
@@ -116,7 +116,7 @@ class Example:
 
     @property
     def agrees(self) -> bool | None:
-        """True/False when the seed prints its result, None when it stops before it."""
+        """True/False when the article prints its result, None when it stops before it."""
         verdicts = [s.agrees for s in self.results]
         if not verdicts or any(v is None for v in verdicts):
             return None
@@ -124,7 +124,7 @@ class Example:
 
     @property
     def diff(self) -> float | None:
-        """Largest |computed − printed| over the result, or None if the seed prints none."""
+        """Largest |computed − printed| over the result, or None if the article prints none."""
         diffs = [s.diff for s in self.results]
         if not diffs or any(d is None for d in diffs):
             return None
@@ -192,7 +192,7 @@ def num(x: float) -> str:
 def linear() -> Example:
     from numformer.ops import linear
 
-    W = _f([[1, 0, 1], [0, 1, 0]])  # (d_out, d_in): the seed's W is already PyTorch's (out, in)
+    W = _f([[1, 0, 1], [0, 1, 0]])  # (d_out, d_in): the article's W is already PyTorch's (out, in)
     x = _f([1, 2, 3])
     b = _f([0.5, -0.5])
     wx, _ = linear.forward(x, W)
@@ -207,7 +207,7 @@ def linear() -> Example:
         ],
         note=(
             f"numformer.ops.linear.forward(x, W, b) computes x Wᵀ + b with W in PyTorch's "
-            f"(out, in) layout, which for one vector x is the seed's W x + b: W x = {fmt(wx, 1)}, "
+            f"(out, in) layout, which for one vector x is the article's W x + b: W x = {fmt(wx, 1)}, "
             f"y = {fmt(y, 1)}."
         ),
     )
@@ -237,10 +237,10 @@ def positional_encoding() -> Example:
             Step("PE", "PE(1, 0..3)", pe, None, 6, result=True),
         ],
         note=(
-            f"The seed stops at sin(1), cos(1), sin(1/100), cos(1/100) without numbers. Row "
+            f"The article stops at sin(1), cos(1), sin(1/100), cos(1/100) without numbers. Row "
             f"pos = 1 of numformer.ops.positional.sinusoidal(2, 4) gives PE(1, 0..3) = "
             f"{fmt(pe, 8)}. The angles read back from the op's sin/cos pairs (atan2) "
-            f"{read_back} the seed's 1 and 1/100."
+            f"{read_back} the article's 1 and 1/100."
         ),
     )
 
@@ -275,7 +275,7 @@ def attention() -> Example:
             Step("output", "Attention(Q, K, V)", out, exact([[2, 3], [2, 3]]), 4, result=True),
         ],
         note=(
-            f"The seed rounds softmax([0, {scaled[0, 1]:.3f}]) to [0.5, 0.5]; it is "
+            f"The article rounds softmax([0, {scaled[0, 1]:.3f}]) to [0.5, 0.5]; it is "
             f"{fmt(weights[0])}: a score gap of {scaled[0, 1]:.3f} makes one weight "
             f"e^{scaled[0, 1]:.3f} = {weights[0, 1] / weights[0, 0]:.3f} times the other. With "
             f"the true "
@@ -300,10 +300,10 @@ def multi_head_attention() -> Example:
     W_Q, W_K, W_V = [I2, P], [I2, P], [I2, P]  # head i's projections W_i^Q, W_i^K, W_i^V (d, hs)
     n_head, hs = len(W_Q), W_Q[0].shape[1]
     T, C = Q.shape[0], n_head * hs
-    # The seed never gives W_O; the identity adds nothing and shows Concat itself.
+    # The article never gives W_O; the identity adds nothing and shows Concat itself.
     W_O = _f(np.eye(C))
 
-    # Q W_i^Q for every head (the seed multiplies on the right; linear's weight is (out, in)).
+    # Q W_i^Q for every head (the article multiplies on the right; linear's weight is (out, in)).
     q = np.stack([linear.forward(Q, w.T)[0] for w in W_Q])  # (nh, T, hs)
     k = np.stack([linear.forward(K, w.T)[0] for w in W_K])  # (nh, T, hs)
     v = np.stack([linear.forward(V, w.T)[0] for w in W_V])  # (nh, T, hs)
@@ -344,14 +344,14 @@ def multi_head_attention() -> Example:
             Step("output", "MultiHead = Concat · W_O", out, None, 4, result=True),
         ],
         note=(
-            f"The seed stops at head_2's inputs and never gives W_O. head_1 = {fmt(heads[0])} "
+            f"The article stops at head_2's inputs and never gives W_O. head_1 = {fmt(heads[0])} "
             f"(the attention example's output); head_2 = {fmt(heads[1])}"
             + (", head_1 with its columns swapped: (Q P)(K P)ᵀ = Q Kᵀ since P Pᵀ = I, and V P "
                "swaps V's columns" if swapped else "")
             + f". W_O: numformer uses the {C}×{C} identity, since any other matrix would be an "
             f"invented number; the result is then Concat(head_1, head_2) itself. The fused op "
             f"numformer.ops.mha.forward (one input, GPT-2's c_attn layout; fed x = [Q | V], "
-            f"possible because the seed's Q is the identity) gives the same output to "
+            f"possible because the article's Q is the identity) gives the same output to "
             f"{mha_gap:.1e}."
         ),
         extra={"mha_output": y_mha[0]},
@@ -367,7 +367,7 @@ def residual() -> Example:
     from numformer.ops import residual
 
     x = _f([1, 2])
-    fx = _f([0.5, -0.5])  # Layer(x), as the seed gives it
+    fx = _f([0.5, -0.5])  # Layer(x), as the article gives it
     y, _ = residual.forward(x, fx)
     return Example(
         5, "residual", "残差连接",
@@ -405,10 +405,10 @@ def layernorm() -> Example:
         inputs={"x": x, "gamma": gamma, "beta": beta},
         steps=[s1, s0],
         note=(
-            f"The seed's σ = √(2/3) divides by n (the biased variance), as numformer and PyTorch "
-            f"do; dividing by n − 1 would give σ = 1 and [-1, 0, 1]. The seed has no eps; "
+            f"The article's σ = √(2/3) divides by n (the biased variance), as numformer and PyTorch "
+            f"do; dividing by n − 1 would give σ = 1 and [-1, 0, 1]. The article has no eps; "
             f"PyTorch's default eps = 1e-5 goes inside the square root. The two differ by "
-            f"{gap:.1e}, and {same} the seed's 3 decimals: {fmt(y, 6)} (eps = 1e-5) and "
+            f"{gap:.1e}, and {same} the article's 3 decimals: {fmt(y, 6)} (eps = 1e-5) and "
             f"{fmt(y0, 6)} (eps = 0)."
         ),
     )
@@ -435,7 +435,7 @@ def gelu() -> Example:
             Step("exact", "GELU(1), exact x Φ(x)", y_exact[0], printed, 6, result=True),
         ],
         note=(
-            f"The seed evaluates the tanh approximation: {y_tanh[0]:.6f}. The exact x Φ(x) "
+            f"The article evaluates the tanh approximation: {y_tanh[0]:.6f}. The exact x Φ(x) "
             f"(numformer.ops.gelu.forward(x, form=\"exact\"), through erf) is "
             f"{y_exact[0]:.6f}; the two differ by {abs(y_exact[0] - y_tanh[0]):.1e}, below the "
             f"seed's 3 decimals."
@@ -504,29 +504,29 @@ def dropout() -> Example:
 
     x = _f([1, 2, 3])
     p = 0.5
-    mask = _f([1, 0, 1])  # the seed's m
-    # The op draws its own mask from rng; take the first seed whose draw is the seed's m.
+    mask = _f([1, 0, 1])  # the article's m
+    # The op draws its own mask from rng; take the first seed whose draw is the article's m.
     for rng_seed in range(10_000):
         y, _ = dropout.forward(x, p, np.random.default_rng(rng_seed), training=True)
         if np.array_equal(y != 0, mask != 0):
             break
     else:
-        raise RuntimeError("dropout never drew the seed's mask [1, 0, 1]")
+        raise RuntimeError("dropout never drew the article's mask [1, 0, 1]")
     y_eval, _ = dropout.forward(x, p, np.random.default_rng(rng_seed), training=False)
     kept = mask != 0
     scale = y[kept] / (mask * x)[kept]  # what the op multiplies the kept units by
     return Example(
         10, "dropout", "Dropout",
-        formula="y = m ⊙ x  (seed);  numformer (inverted dropout): y = m ⊙ x / (1 − p)",
+        formula="y = m ⊙ x  (article);  numformer (inverted dropout): y = m ⊙ x / (1 − p)",
         inputs={"x": x, "p": p, "m": mask},
         steps=[
             Step("y", "y, training (mask m)", y, exact([1, 0, 3]), 4, result=True),
             Step("y_eval", "y, inference", y_eval, None, 4),
         ],
         note=(
-            f"The seed's product m ⊙ x = [1, 0, 3] is right for its own formula, but that formula "
+            f"The article's product m ⊙ x = [1, 0, 3] is right for its own formula, but that formula "
             f"leaves out the 1/(1 − p) scale. numformer.ops.dropout.forward(x, p=0.5, "
-            f"rng=np.random.default_rng({rng_seed})) draws the seed's mask [1, 0, 1] and returns "
+            f"rng=np.random.default_rng({rng_seed})) draws the article's mask [1, 0, 1] and returns "
             f"{fmt(y, 1)}: each kept unit is multiplied by {num(scale.max())} = 1/(1 − p), so that "
             f"E[y] = (1 − p) · x / (1 − p) = x and inference (training=False) is the identity, "
             f"{fmt(y_eval, 1)}. Without the scale E[y] = (1 − p) x = {num(1 - p)} x during "
@@ -547,7 +547,7 @@ def backpropagation() -> Example:
 
     W = _f([[1, 0, 1], [0, 1, 0]])  # W and x from the linear example
     x = _f([1, 2, 3])
-    t = _f([3, 3])  # the target: the seed names t but gives no number; this one is ours
+    t = _f([3, 3])  # the target: the article names t but gives no number; this one is ours
 
     def loss(w):
         y, cache = linear.forward(x, w)  # y = W x
@@ -564,7 +564,7 @@ def backpropagation() -> Example:
         e[idx] = h
         dW_fd[idx] = (loss(W + e)[0] - loss(W - e)[0]) / (2 * h)
     fd_gap = float(np.max(np.abs(dW - dW_fd)))
-    seed_rule_gap = float(np.max(np.abs(dW - np.outer(dy, x))))  # the seed's (y − t) · xᵀ
+    seed_rule_gap = float(np.max(np.abs(dW - np.outer(dy, x))))  # the article's (y − t) · xᵀ
 
     return Example(
         11, "backpropagation", "反向传播",
@@ -580,9 +580,9 @@ def backpropagation() -> Example:
             Step("dL/dx", "∂L/∂x = Wᵀ (y − t)", dx, None, 4),
         ],
         note=(
-            f"The seed gives the rule but no numbers. With W, x from the linear example and our "
+            f"The article gives the rule but no numbers. With W, x from the linear example and our "
             f"target t = {fmt(t, 0)}: y = W x = {fmt(y, 0)}, ∂L/∂y = y − t = {fmt(dy, 0)}, and "
-            f"numformer.ops.linear.backward returns ∂L/∂W = {fmt(dW, 0)}. That is the seed's "
+            f"numformer.ops.linear.backward returns ∂L/∂W = {fmt(dW, 0)}. That is the article's "
             f"(y − t) xᵀ (gap {seed_rule_gap:.1e}) and matches central finite differences of L "
             f"to {fd_gap:.1e}. The same backward also gives ∂L/∂x = Wᵀ (y − t) = {fmt(dx, 0)}, "
             f"the gradient passed on to the layer below."
@@ -648,7 +648,7 @@ def adam() -> Example:
 
     g = _f([0.1, -0.2])
     beta1, beta2, lr, eps = 0.9, 0.999, 0.001, 1e-8
-    theta = _f([0.0, 0.0])  # θ0: the seed keeps it symbolic; the step θ0 − θ1 does not use it
+    theta = _f([0.0, 0.0])  # θ0: the article keeps it symbolic; the step θ0 − θ1 does not use it
     theta0 = theta.copy()
     opt = Adam(theta, lr=lr, betas=(beta1, beta2), eps=eps)
     opt.step(g.copy())
@@ -672,13 +672,13 @@ def adam() -> Example:
     ]
     by_key = {s.key: s for s in steps}
 
-    # Where the seed goes wrong, line by line, from the numbers above.
+    # Where the article goes wrong, line by line, from the numbers above.
     lines = []
     if by_key["m_1"].agrees:
-        lines.append(f"m₁ = {fmt(m, 2)} agrees with the seed")
+        lines.append(f"m₁ = {fmt(m, 2)} agrees with the article")
     if not by_key["v_1"].agrees:
         lines.append(
-            f"v₁ = 0.001 · [0.01, 0.04] = {fmt(v, 5)}; the seed writes [0.0001, 0.0004], "
+            f"v₁ = 0.001 · [0.01, 0.04] = {fmt(v, 5)}; the article writes [0.0001, 0.0004], "
             f"{times(seed_v.value, v)}× too large (0.001 · 0.01 = 0.00001)"
         )
     for key, hat, raw, beta, corr, mine, prev in (
@@ -688,24 +688,24 @@ def adam() -> Example:
         s = by_key[key]
         if not s.agrees and np.array_equal(s.seed.value, prev.value):
             lines.append(
-                f"the seed's {hat} equals its {raw}: the division by 1 − {beta} = {num(corr)} "
+                f"the article's {hat} equals its {raw}: the division by 1 − {beta} = {num(corr)} "
                 f"is skipped; {hat} = {fmt(mine, 2)}"
             )
     seed_ratio = seed_m_hat.value / np.sqrt(seed_v_hat.value)
     true_ratio = m_hat / (np.sqrt(v_hat) + eps)
     lines.append(
-        f"m̂₁ / √v̂₁ = {fmt(true_ratio, 4)}, and the seed's own m̂₁, v̂₁ give "
+        f"m̂₁ / √v̂₁ = {fmt(true_ratio, 4)}, and the article's own m̂₁, v̂₁ give "
         f"{fmt(seed_ratio, 0)} too, so even its line should end θ₀ − {fmt(lr * seed_ratio, 3)}"
     )
     if not by_key["step"].agrees:
         lines.append(
-            f"numformer.optim.Adam moves θ by {fmt(step, 6)}; the seed prints [0.1, -0.1], "
+            f"numformer.optim.Adam moves θ by {fmt(step, 6)}; the article prints [0.1, -0.1], "
             f"{times(seed_step.value, step)}× too large"
         )
     note = (
         "Step by step: "
         + " ".join(f"({i}) {line}." for i, line in enumerate(lines, 1))
-        + f" θ₀ = {fmt(theta0, 0)} is ours (the seed keeps it symbolic; the step does not depend "
+        + f" θ₀ = {fmt(theta0, 0)} is ours (the article keeps it symbolic; the step does not depend "
         "on it). At t = 1 the bias correction makes m̂₁ = g and "
         f"v̂₁ = g², so Adam's first step is about η · sign(g) = ±{num(lr)}, whatever the "
         "gradient's size."
@@ -745,5 +745,5 @@ assert tuple(EXAMPLES) == NAMES
 
 
 def explain(names=None) -> list[Example]:
-    """Compute the worked examples named (all thirteen, in the seed's order, when None)."""
+    """Compute the worked examples named (all thirteen, in the article's order, when None)."""
     return [EXAMPLES[name]() for name in (NAMES if names is None else names)]
