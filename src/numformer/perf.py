@@ -116,24 +116,31 @@ def blas_info() -> dict:
 
 
 def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo on Linux) and the number of usable cores."""
+    """The CPU's model name (from /proc/cpuinfo on Linux), its widest vector instruction set and
+    the number of usable cores: "AMD EPYC, AVX-512, 2 cores"."""
     import platform
 
-    name = None
+    name, flags = None, set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith("model name") and name is None:
                     name = line.split(":", 1)[1].strip()
+                elif line.startswith(("flags", "Features")) and not flags:
+                    flags = set(line.split(":", 1)[1].split())
+                if name and flags:
                     break
     except OSError:
         pass
+    isa = next((label for flag, label in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"),
+                                           ("sse4_2", "SSE4.2"), ("asimd", "NEON"))
+                if flag in flags), None)
     name = name or platform.processor() or platform.machine() or "unknown CPU"
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count()
-    return f"{name}, {cores} cores"
+    return f"{name}, {isa + ', ' if isa else ''}{cores} cores"
 
 
 # --------------------------------------------------------------------------------- the measurement
@@ -182,9 +189,11 @@ def measure(config, *, batch_size: int, dtype: str = "float32", iters: int = 20,
 
 def matmul_floor(config, *, batch_size: int, dtype: str = "float32", threads: int = 0, iters: int = 10,
                  warmup: int = 2, seed: int = 0) -> dict:
-    """The matrix products of one training step alone, timed: the fastest any implementation built
-    on this BLAS could run the step, with LayerNorm, GELU, softmax, the loss, AdamW and Python
-    itself costing nothing.
+    """The matrix products of one training step alone, timed: the least time numformer's current
+    decomposition of the step (these products, these shapes, this split over threads) could take
+    on this BLAS, with LayerNorm, GELU, softmax, the loss, AdamW and Python itself costing
+    nothing. It is not a limit for every design: fewer or larger products, another BLAS, or
+    another split of the work can go below it.
 
     It makes the products the GPT makes, with the same shapes, the same layouts and the same
     split of the batch over `threads` shards (each shard on one BLAS thread, forward products of
