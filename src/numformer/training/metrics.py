@@ -1,5 +1,13 @@
 """What a run writes beside its checkpoints: metrics.jsonl (one JSON object per evaluation) and
-loss.png. Neither is ever written over a file numformer did not write: metrics.jsonl must hold
+loss.png.
+
+A row of metrics.jsonl: step, train_loss, val_loss, lr, tokens_per_sec, time, and the gradient's
+health (numformer.training.finetune): grad_norm, the global gradient norm before clipping of the
+step just before this row, and clipped, whether clipping scaled it (both null at a row with no
+step before it); grad_norms, [step, norm] of every step since the previous row, and clipped_steps,
+how many of them were clipped; grad_clip, the run's clipping threshold (0: none); update_ratio,
+‖Δθ‖/‖θ‖ of that last step for every weight matrix, by name. loss.png has two panels: the losses,
+and the gradient norm of every step with the clipped steps marked. Neither is ever written over a file numformer did not write: metrics.jsonl must hold
 numformer's rows, and loss.png must carry numformer's PNG text chunk (PNG_KEY)."""
 
 from __future__ import annotations
@@ -30,6 +38,13 @@ def append_metrics(out_dir: Path, tr, losses: dict, tokens_per_sec) -> None:
     row = {"step": tr.iter_num, "train_loss": losses["train"], "val_loss": losses["val"],
            "lr": cosine_lr(tr.iter_num, c.learning_rate, c.warmup_iters, c.lr_decay_iters, c.min_lr),
            "tokens_per_sec": tokens_per_sec, "time": time.time()}
+    health = getattr(tr, "grad_health", [])
+    last = health[-1] if health else (None, None, None)
+    row.update(grad_norm=last[1], clipped=last[2], grad_norms=[[step, norm] for step, norm, _ in health],
+               clipped_steps=sum(bool(clipped) for *_, clipped in health), grad_clip=c.grad_clip,
+               update_ratio=dict(getattr(tr, "update_ratio", {})))
+    if health:
+        tr.grad_health = []                   # the next row holds the steps after this one
     path = out_dir / "metrics.jsonl"
     rows = read_metrics(path)
     rows = [r for r in rows if r["step"] < tr.iter_num] + [row]   # a resumed run rewrites what follows
@@ -79,6 +94,29 @@ def is_our_plot(path: Path) -> bool:
     return False
 
 
+def _plot_grad_norms(gx, rows, norms) -> None:
+    """The lower panel: the gradient norm before clipping at every step, clipped steps in red,
+    and the clipping threshold."""
+    from numformer.training.finetune import is_clipped
+
+    gx.set_xlabel("step")
+    gx.set_ylabel("gradient norm (before clipping)")
+    gx.grid(alpha=0.3)
+    if not norms:
+        gx.text(0.5, 0.5, "no steps yet", ha="center", va="center", transform=gx.transAxes, color="0.5")
+        return
+    gx.plot([s for s, _ in norms], [n for _, n in norms], "-", lw=0.8, color="C2", label="global norm")
+    clip = next((r.get("grad_clip") for r in reversed(rows) if r.get("grad_clip")), 0)
+    if clip:
+        over = [(s, n) for s, n in norms if is_clipped(n, clip)]
+        if over:
+            gx.plot([s for s, _ in over], [n for _, n in over], ".", color="C3", ms=4, label="clipped")
+        gx.axhline(clip, color="C3", lw=0.8, ls="--", label=f"grad_clip {clip:g}")
+    if max(n for _, n in norms) > 20 * max(min(n for _, n in norms), 1e-12):
+        gx.set_yscale("log")
+    gx.legend(fontsize="small")
+
+
 def plot_losses(out_dir: Path):
     """Write out_dir/loss.png: train and val loss at each evaluation. A loss.png that numformer
     did not write is left alone (returns None, as when there is nothing to plot)."""
@@ -96,14 +134,15 @@ def plot_losses(out_dir: Path):
     import matplotlib.pyplot as plt
 
     steps = [r["step"] for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    norms = [(s, n) for r in rows for s, n in (r.get("grad_norms") or [])]
+    fig, (ax, gx) = plt.subplots(2, 1, figsize=(7, 6.4), dpi=110, height_ratios=[3, 2], sharex=True)
     ax.plot(steps, [r["train_loss"] for r in rows], "o-", label="train", ms=3)
     ax.plot(steps, [r["val_loss"] for r in rows], "s-", label="val", ms=3)
-    ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy loss (nats/token)")
     ax.set_title("numformer train")
     ax.grid(alpha=0.3)
     ax.legend()
+    _plot_grad_norms(gx, rows, norms)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={PNG_KEY: "loss curve of numformer train"})

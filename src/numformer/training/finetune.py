@@ -1,0 +1,169 @@
+"""Fine-tuning: `numformer train --init_from DIR`, low-rank adapters, and gradient health.
+
+--init_from DIR starts training from the weights in DIR (a numformer checkpoint folder, a training
+run's out_dir, whose best/ or latest/ is used, or a Hugging Face GPT-2 folder) at step 0 with fresh
+optimizer state. The model's shape and its tokenizer come from DIR: a model flag that contradicts
+DIR is refused in one line (only --dropout may be set), and --data is encoded with DIR's tokenizer.
+A numformer checkpoint with adapters is merged first (W + (α/r)·B A), so fine-tuning continues
+from the function it computes.
+
+--lora_rank R trains low-rank adapters (numformer.model.adapters) on the layers --lora_targets
+names, scaled by --lora_alpha / R, and freezes every other weight: the gradient buffer and Adam's
+moments then hold the adapters alone.
+
+Gradient health (metrics.jsonl, see numformer.training.metrics): every step records the global
+gradient norm before clipping and whether clipping changed it; the step before each evaluation
+also measures, per weight matrix, ‖Δθ‖ / ‖θ‖, the size of the update against the size of the
+weights (about 1e-3 is the usual healthy range for Adam; far above, training is unstable, far
+below, it learns little).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from numformer.errors import CheckpointError, UsageError
+
+# The flat keys a fine-tuning run takes from DIR, not from its flags (dropout excepted).
+SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "pos_encoding", "sinusoidal_form", "gelu")
+LORA_KEYS = ("lora_rank", "lora_alpha", "lora_targets")
+
+
+def init_folder(path) -> tuple[Path, str]:
+    """(folder, kind) of --init_from: kind "numformer" or "hf". CheckpointError (one line) for a
+    path that is not such a folder; a pickle is refused without being opened."""
+    from numformer.checkpoint import PICKLE_SUFFIXES, pickle_refusal, read_json
+
+    root = Path(path)
+    if not str(path).strip():
+        raise UsageError("--init_from is empty; give a checkpoint folder or a Hugging Face GPT-2 folder")
+    if not root.exists():
+        raise CheckpointError(f"--init_from {root}: no such folder")
+    if not root.is_dir():
+        if root.suffix.lower() in PICKLE_SUFFIXES:
+            raise pickle_refusal(root)
+        raise CheckpointError(f"--init_from {root} is a file; give a numformer checkpoint folder or a Hugging Face "
+                              f"GPT-2 folder")
+    if not (root / "config.json").is_file():
+        for sub in ("best", "latest"):            # a training run's out_dir, as `numformer sample` takes it
+            if (root / sub / "config.json").is_file():
+                return init_folder(root / sub)
+        pickles = sorted(p for p in root.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+        if pickles:
+            raise pickle_refusal(pickles[0], context=f"{root} has no config.json")
+        raise CheckpointError(f"--init_from {root}: no config.json; give a numformer checkpoint folder or a Hugging "
+                              f"Face GPT-2 folder")
+    doc = read_json(root / "config.json", "--init_from needs it")
+    return root, ("numformer" if isinstance(doc, dict) and doc.get("format") == "numformer-gpt" else "hf")
+
+
+def load_init_model(path, dtype="float32"):
+    """The GPT in --init_from's folder, adapters merged, with its tokenizer (model.tokenizer)."""
+    from numformer.model.adapters import merged_state_dict
+    from numformer.model.gpt import GPT
+
+    root, kind = init_folder(path)
+    model = GPT.load(root, dtype=dtype) if kind == "numformer" else GPT.from_hf(root, dtype=np.dtype(dtype))
+    if model.lora is not None:
+        plain = GPT(model.config, dtype=model.dtype, init=False)
+        plain.load_state_dict(merged_state_dict(model), source=str(root))
+        plain.tokenizer = model.tokenizer
+        model = plain
+    if model.tokenizer is None:
+        raise CheckpointError(f"--init_from {root} has no tokenizer (numformer's tokenizer.json, or Hugging Face's "
+                              f"tokenizer.json or vocab.json + merges.txt), so --data cannot be encoded for it")
+    if model.tokenizer.vocab_size > model.config.vocab_size:
+        raise CheckpointError(f"--init_from {root}: its tokenizer has {model.tokenizer.vocab_size} tokens but the "
+                              f"model only {model.config.vocab_size}")
+    return model
+
+
+def init_settings(path, given: dict) -> dict:
+    """The flat settings that --init_from fixes (the model's shape and the tokenizer's kind),
+    after refusing any given flag that contradicts them."""
+    model = load_init_model(path)
+    cfg = model.config
+    fixed = {key: getattr(cfg, key) for key in SHAPE_KEYS}
+    fixed["tokenizer"] = model.tokenizer.kind
+    for key, value in fixed.items():
+        if key in given and given[key] != value:
+            raise UsageError(f"--{key} {given[key]!r} contradicts --init_from {path}, whose model has {key} {value!r}; "
+                             f"the model comes from the folder (of its settings only --dropout may be changed)")
+    if given.get("vocab_size"):
+        raise UsageError(f"--vocab_size contradicts --init_from {path}: the tokenizer and its vocabulary come from "
+                         f"the folder")
+    if "dropout" not in given:
+        fixed["dropout"] = cfg.dropout
+    return fixed
+
+
+def read_init(cfg) -> dict:
+    """What a fine-tuning run starts from: the model's full config (GPTConfig, with the run's
+    dropout), its flat parameters and its tokenizer's JSON."""
+    import dataclasses
+
+    model = load_init_model(cfg.init_from, dtype=cfg.dtype)
+    return {"config": dataclasses.replace(model.config, dropout=cfg.dropout), "params": model.params.flat,
+            "tokenizer": model.tokenizer.to_json()}
+
+
+def checkpoint_model_config(ckpt, dropout):
+    """The full GPTConfig a resumed fine-tuning run's checkpoint records (vocab_size and
+    layer_norm_eps included, which the flat settings do not carry)."""
+    import dataclasses
+
+    from numformer.model.config import GPTConfig
+
+    return dataclasses.replace(GPTConfig.from_dict(ckpt.config["model"]), dropout=dropout)
+
+
+def lora_config(cfg):
+    """The run's LoRAConfig, or None without --lora_rank."""
+    from numformer.model.adapters import LoRAConfig, parse_targets
+
+    if not cfg.lora_rank:
+        return None
+    return LoRAConfig(cfg.lora_rank, float(cfg.lora_alpha or cfg.lora_rank), parse_targets(cfg.lora_targets))
+
+
+def validate_finetuning(cfg) -> None:
+    """One-line UsageErrors for the fine-tuning settings."""
+    import math
+
+    if cfg.lora_rank < 0:
+        raise UsageError(f"lora_rank must be >= 0 (0: no adapters), got {cfg.lora_rank}")
+    if not (math.isfinite(cfg.lora_alpha) and cfg.lora_alpha >= 0):
+        raise UsageError(f"lora_alpha must be a finite number >= 0 (0: equal to lora_rank), got {cfg.lora_alpha}")
+    if not cfg.lora_rank:
+        return
+    if not cfg.init_from:
+        raise UsageError("--lora_rank trains adapters on frozen pretrained weights: give them with --init_from")
+    lora_config(cfg).check_fits(cfg.model)
+
+
+# ------------------------------------------------------------------------------- gradient health
+
+def is_clipped(norm: float, grad_clip: float) -> bool:
+    """Did clip_grad_norm(grads, grad_clip) scale a gradient of this norm? (its rule: c < 1)."""
+    return grad_clip > 0 and grad_clip / (norm + 1e-6) < 1.0
+
+
+def update_ratios(views: dict, before: np.ndarray, after: np.ndarray) -> dict:
+    """‖Δθ‖ / ‖θ‖ for every weight matrix (two or more dimensions) of a flat buffer whose named
+    views are `views`, between its values `before` and `after` an optimizer step."""
+    out, offset = {}, 0
+    for name, v in views.items():
+        n = v.size
+        if v.ndim >= 2:
+            new = after[offset:offset + n].astype(np.float64)
+            delta = new - before[offset:offset + n]
+            norm = float(np.linalg.norm(new))
+            out[name] = float(np.linalg.norm(delta)) / norm if norm > 0 else None
+        offset += n
+    return out
+
+
+__all__ = ["init_folder", "load_init_model", "init_settings", "read_init", "lora_config", "validate_finetuning",
+           "is_clipped", "update_ratios"]

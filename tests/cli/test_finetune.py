@@ -1,0 +1,230 @@
+"""`numformer train --init_from DIR`, with and without LoRA, and gradient health in metrics.jsonl.
+
+The GPT-2 folders are random GPT2LMHeadModels with a byte-level BPE trained on the corpus, saved
+as GPT-2's own folders are (vocab.json + merges.txt, no tokenizer.json): docs/make_gpt2_folder.py.
+"""
+
+import json
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from numformer.checkpoint import load_checkpoint
+from numformer.cli import main as cli_main
+from numformer.errors import NumformerError
+from numformer.model.gpt import GPT
+from numformer.training import run
+from tests.gpt2_folder import TEXT, make_gpt2_folder
+
+RUN = dict(batch_size=4, max_iters=6, eval_interval=3, eval_iters=2, warmup_iters=0, learning_rate=3e-3,
+           min_lr=3e-4, lr_decay_iters=6, sample_tokens=0)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    root = tmp_path_factory.mktemp("finetune")
+    (root / "corpus.txt").write_text(TEXT * 3, encoding="utf-8")
+    make_gpt2_folder(root / "gpt2", TEXT, vocab_size=300, n_layer=2, n_head=2, n_embd=32, n_positions=32)
+    return root
+
+
+def train(lab, name, plot=False, **kw):
+    settings = dict(RUN, data=str(lab / "corpus.txt"), out_dir=str(lab / name), init_from=str(lab / "gpt2"))
+    settings.update(kw)
+    return run(settings, cache_dir=lab / "cache", plot=plot)
+
+
+def error_line(capsys, args):
+    capsys.readouterr()
+    code = cli_main(args)
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and err.count("\n") == 0, err
+    return err
+
+
+def test_init_from_a_gpt2_folder_starts_from_its_weights_and_learns(lab):
+    summary = train(lab, "full", max_iters=30, eval_interval=30, learning_rate=1e-2)
+    rows = [json.loads(line) for line in (lab / "full" / "metrics.jsonl").read_text().splitlines()]
+    start = GPT.from_hf(lab / "gpt2")
+    # the step-0 evaluation is of the imported weights: transformers' loss on the same windows
+    from transformers import GPT2LMHeadModel
+
+    hf = GPT2LMHeadModel.from_pretrained(lab / "gpt2").eval()
+    ids = start.tokenizer.encode((lab / "corpus.txt").read_text())
+    x = torch.tensor(ids[:32 * 8].reshape(8, 32))
+    with torch.no_grad():
+        hf_loss = hf(x, labels=x).loss.item()
+    assert abs(rows[0]["val_loss"] - hf_loss) < 0.1       # a random model: near log V on any windows
+    assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 1.0, rows
+    ckpt = load_checkpoint(lab / "full" / "latest")
+    assert ckpt.config["train"]["config"]["init_from"] == str(lab / "gpt2")
+    assert ckpt.config["model"]["vocab_size"] == start.config.vocab_size
+    assert set(ckpt.optimizer["m"].shape) == {start.num_params()}       # every weight trains
+    tuned = GPT.load(lab / "full" / "latest")
+    assert tuned.tokenizer == start.tokenizer                            # GPT-2's tokenizer travels along
+    assert summary["step"] == 30
+
+
+def test_resume_continues_a_fine_tuning_run_bit_for_bit(lab):
+    train(lab, "straight", max_iters=6)
+    train(lab, "halves", max_iters=3)
+    run(dict(out_dir=str(lab / "halves"), max_iters=6), resume=True, cache_dir=lab / "cache", plot=False)
+    a = load_checkpoint(lab / "straight" / "latest")
+    b = load_checkpoint(lab / "halves" / "latest")
+    for name in a.model:
+        np.testing.assert_array_equal(a.model[name], b.model[name], err_msg=name)
+
+
+def test_lora_trains_only_the_adapters(lab):
+    train(lab, "lora", lora_rank=4, lora_alpha=8.0, max_iters=6)
+    start = GPT.from_hf(lab / "gpt2")
+    tuned = GPT.load(lab / "lora" / "latest")
+    assert tuned.lora.rank == 4 and tuned.lora.alpha == 8.0 and tuned.lora.targets == ("attn.c_attn", "attn.c_proj")
+    np.testing.assert_array_equal(tuned.params.flat, start.params.flat)       # the base is frozen
+    assert np.abs(tuned.adapters.flat).max() > 0
+    B = tuned.adapters["transformer.h.1.attn.c_proj.lora_B"]
+    assert np.abs(B).max() > 0                                                   # B left zero, it trained
+    ckpt = load_checkpoint(lab / "lora" / "latest")
+    assert ckpt.optimizer["m"].shape == (tuned.adapters.size,)                   # moments for the adapters alone
+    assert tuned.adapters.size == 2 * 4 * ((32 + 96) + (32 + 32))
+
+
+def test_lora_resume_is_bit_for_bit(lab):
+    train(lab, "lora_straight", lora_rank=2, lora_targets="attn.c_attn,mlp.c_fc", max_iters=6)
+    train(lab, "lora_halves", lora_rank=2, lora_targets="attn.c_attn,mlp.c_fc", max_iters=3)
+    run(dict(out_dir=str(lab / "lora_halves"), max_iters=6), resume=True, cache_dir=lab / "cache", plot=False)
+    a, b = GPT.load(lab / "lora_straight" / "latest"), GPT.load(lab / "lora_halves" / "latest")
+    np.testing.assert_array_equal(a.adapters.flat, b.adapters.flat)
+
+
+def test_init_from_a_numformer_checkpoint_with_adapters_starts_from_the_merged_model(lab):
+    train(lab, "lora_src", lora_rank=2, max_iters=3)
+    src = GPT.load(lab / "lora_src" / "latest")
+    train(lab, "from_lora", init_from=str(lab / "lora_src" / "latest"), max_iters=0, eval_interval=1)
+    again = GPT.load(lab / "from_lora" / "latest")
+    assert again.lora is None
+    x = np.arange(32)[None, :] % src.config.vocab_size
+    np.testing.assert_allclose(again.eval().forward(x), src.eval().forward(x), atol=1e-5)
+
+
+def test_dropout_may_be_set(lab):
+    train(lab, "dropout", dropout=0.1, max_iters=2, eval_interval=2)
+    assert load_checkpoint(lab / "dropout" / "latest").config["model"]["dropout"] == 0.1
+
+
+@pytest.mark.parametrize("flag, value", [("n_layer", "3"), ("n_embd", "64"), ("block_size", "16"), ("tokenizer", "char"),
+                                         ("pos_encoding", "sinusoidal")])
+def test_a_model_flag_that_contradicts_init_from_is_one_line(lab, capsys, flag, value):
+    err = error_line(capsys, ["train", "--init_from", str(lab / "gpt2"), "--data", str(lab / "corpus.txt"),
+                              "--out_dir", str(lab / f"bad_{flag}"), f"--{flag}", value])
+    assert f"--{flag}" in err and "contradicts --init_from" in err
+    assert not (lab / f"bad_{flag}" / "latest").exists()
+
+
+def test_bad_init_from_folders_are_one_line(lab, tmp_path, capsys):
+    common = ["--data", str(lab / "corpus.txt"), "--out_dir", str(tmp_path / "out")]
+    err = error_line(capsys, ["train", "--init_from", str(tmp_path / "nowhere"), *common])
+    assert "no such folder" in err
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text((lab / "gpt2" / "config.json").read_text())
+    (pickled / "pytorch_model.bin").write_bytes(b"\x80\x04K\x01.")     # never opened
+    err = error_line(capsys, ["train", "--init_from", str(pickled), *common])
+    assert "pickle" in err.lower()
+    (pickled / "config.json").unlink()
+    err = error_line(capsys, ["train", "--init_from", str(pickled), *common])
+    assert "pickle" in err.lower()
+    # a config.json that contradicts the weights' shapes
+    bad = tmp_path / "bad_shapes"
+    bad.mkdir()
+    for f in (lab / "gpt2").iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["n_embd"] = 48
+    (bad / "config.json").write_text(json.dumps(cfg))
+    err = error_line(capsys, ["train", "--init_from", str(bad), *common])
+    assert "config" in err and ("shape" in err or "parameters" in err)
+
+
+def test_char_checkpoint_meeting_a_new_character_names_it(lab, tmp_path, capsys):
+    corpus = tmp_path / "abc.txt"
+    corpus.write_text("abc cab bca\n" * 400, encoding="utf-8")
+    run(dict(RUN, data=str(corpus), out_dir=str(tmp_path / "char"), n_layer=1, n_head=1, n_embd=8, block_size=8,
+             max_iters=1, eval_interval=1), cache_dir=tmp_path / "cache", plot=False)
+    new = tmp_path / "new.txt"
+    new.write_text("abc cab\n" * 300 + "abz\n", encoding="utf-8")
+    err = error_line(capsys, ["train", "--init_from", str(tmp_path / "char" / "latest"), "--data", str(new),
+                              "--out_dir", str(tmp_path / "out")])
+    assert "'z'" in err and "U+007A" in err
+
+
+@pytest.mark.parametrize("flags, words", [(["--lora_rank", "0"], "lora_rank must be >= 1"),
+                                          (["--lora_rank", "33"], "at most 32"),
+                                          (["--lora_rank", "2", "--lora_targets", "attn.c_attn,c_proj"], "unknown layer"),
+                                          (["--lora_alpha", "-1", "--lora_rank", "2"], "lora_alpha")])
+def test_bad_lora_settings_are_one_line(lab, capsys, flags, words):
+    err = error_line(capsys, ["train", "--init_from", str(lab / "gpt2"), "--data", str(lab / "corpus.txt"),
+                              "--out_dir", str(lab / "bad_lora"), *flags])
+    assert words in err
+
+
+def test_lora_without_init_from_is_refused(lab, capsys):
+    err = error_line(capsys, ["train", "--data", str(lab / "corpus.txt"), "--out_dir", str(lab / "x"), "--lora_rank", "2"])
+    assert "--init_from" in err
+
+
+# ----------------------------------------------------------------------------------- gradient health
+
+def test_metrics_hold_the_gradient_norm_and_the_update_ratio(lab):
+    train(lab, "health", max_iters=6, eval_interval=3, grad_clip=1.0, plot=True)
+    rows = [json.loads(line) for line in (lab / "health" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 3, 6]
+    assert rows[0]["grad_norm"] is None and rows[0]["grad_norms"] == [] and rows[0]["update_ratio"] == {}
+    assert [s for r in rows for s, _ in r["grad_norms"]] == list(range(6))      # every step, once
+    for r in rows[1:]:
+        assert r["grad_norm"] == r["grad_norms"][-1][1]
+        assert r["clipped"] == (r["grad_norm"] > 1.0)
+        assert r["clipped_steps"] == sum(n > 1.0 for _, n in r["grad_norms"])
+        weights = {n for n in r["update_ratio"]}
+        assert "transformer.h.0.attn.c_attn.weight" in weights and "transformer.wte.weight" in weights
+        assert not any(n.endswith((".bias", "ln_1.weight", "ln_f.weight")) for n in weights)
+        assert all(0 < v < 1 for v in r["update_ratio"].values())
+    # loss.png has the grad-norm panel below the losses: taller than one panel (7 x 4.2 in at 110 dpi)
+    png = (lab / "health" / "loss.png").read_bytes()
+    width, height = struct.unpack(">II", png[16:24])
+    assert width == 770 and height > 600
+
+
+def test_the_first_gradient_norm_is_torchs(lab):
+    """The norm logged for step 0 is the norm of the gradient PyTorch computes for the same batch."""
+    from numformer.data.batches import get_batch
+    from numformer.parallel.mpi import SingleProcess
+    from numformer.reference.gpt import ReferenceGPT
+    from numformer.training import Trainer
+    from numformer.training.config import resolve
+
+    train(lab, "norm", max_iters=1, eval_interval=1, grad_clip=0.0)
+    rows = [json.loads(line) for line in (lab / "norm" / "metrics.jsonl").read_text().splitlines()]
+    logged = rows[1]["grad_norms"][0][1]
+    assert rows[1]["clipped"] is False
+    cfg, _ = resolve(dict(RUN, data=str(lab / "corpus.txt"), out_dir=str(lab / "norm2"), init_from=str(lab / "gpt2"),
+                          max_iters=1))
+    assert cfg.block_size == 32                              # from the folder's n_positions
+    tr = Trainer(cfg, SingleProcess(), cache_dir=lab / "cache")
+    x, y = get_batch(tr.train_ids, cfg.block_size, cfg.batch_size, np.random.default_rng([cfg.seed, 0]))
+    ref = ReferenceGPT.from_config(tr.model.config).double()
+    ref.load_numpy({k: v.astype(np.float64) for k, v in GPT.from_hf(lab / "gpt2").state_dict().items()})
+    _, loss = ref(torch.from_numpy(x), torch.from_numpy(y))
+    loss.backward()
+    norm = torch.sqrt(sum((p.grad ** 2).sum() for p in ref.parameters())).item()
+    assert abs(logged - norm) < 1e-4 * norm
+
+
+def test_lr_zero_means_an_update_ratio_of_zero(lab):
+    train(lab, "still", max_iters=3, eval_interval=3, learning_rate=0.0, min_lr=0.0, lora_rank=2)
+    row = [json.loads(line) for line in (lab / "still" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert set(row["update_ratio"]) == {n for n in GPT.load(lab / "still" / "latest").adapters.shapes}
+    assert all(v == 0.0 for v in row["update_ratio"].values() if v is not None)
+    assert row["grad_norm"] > 0
