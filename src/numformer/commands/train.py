@@ -44,6 +44,10 @@ def given_settings(args) -> dict:
         v = getattr(args, name, None)
         if v is not None:
             given[name] = v
+    if given.get("lora_rank", 1) < 1:    # 0 is the default's "no adapters"; asking for it is a mistake
+        from numformer.errors import UsageError
+
+        raise UsageError(f"lora_rank must be >= 1, got {given['lora_rank']} (leave it out to train every weight)")
     return given
 
 

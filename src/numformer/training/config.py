@@ -242,8 +242,6 @@ def resolve(given: dict, *, resume: bool = False):
                                  f"a resumed run keeps its model and data")
         values.update(saved)
     values.update(given)
-    if "lora_rank" in given and given["lora_rank"] < 1:
-        raise UsageError(f"lora_rank must be >= 1, got {given['lora_rank']} (leave it out to train every weight)")
     if not resume and values.get("init_from"):
         from numformer.training.finetune import init_settings
 
