@@ -7,6 +7,7 @@ MODE  raise     Trainer.step raises RuntimeError on rank RANK when it is about t
       nan       the model's training loss on rank RANK is NaN at step STEP
       kill-save rank RANK is killed with SIGKILL half-way through writing the checkpoint of step STEP
                 (after the first file of out_dir/latest's temporary folder is written)
+      kill      rank RANK is killed with SIGKILL when it is about to run step STEP
       slow      every step sleeps STEP milliseconds (to interrupt a run part-way, from outside)
 
 Before failing, the rank writes the time to $NUMFORMER_TEST_MARK (so the test can measure how
@@ -44,6 +45,9 @@ def main():
         if mode == "raise" and self.world.rank == rank and self.iter_num == at:
             mark()
             raise RuntimeError(f"injected failure at step {self.iter_num}")
+        if mode == "kill" and self.world.rank == rank and self.iter_num == at:
+            mark()
+            os.kill(os.getpid(), signal.SIGKILL)
         if mode == "slow":
             time.sleep(at / 1000)
         return real_step(self)

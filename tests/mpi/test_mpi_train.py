@@ -272,10 +272,24 @@ def test_rank_0_killed_while_writing_a_checkpoint_leaves_the_previous_one_whole(
     assert np.array_equal(got, want)
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_killed_rank_is_named_in_one_line(lab, rank):
+    """kill -9 (or the OOM killer) leaves a rank no time to speak: its watcher names it, once."""
+    r, since, _ = failing_run(lab, f"kill{rank}", ["kill", str(rank), "6"])
+    assert r.returncode != 0
+    assert since < 10, since
+    lines = [line for line in r.stderr.replace("\r", "\n").splitlines() if "numformer train: rank" in line]
+    assert len(lines) == 1, r.stderr[-3000:]
+    assert f"numformer train: rank {rank} of 2: error: the process was killed" in lines[0], lines[0]
+    assert_latest_is_complete(lab.root / f"kill{rank}", 4)
+
+
 def test_bad_input_under_mpi_is_one_line_from_rank_0(lab):
     r = lab.launch(2, flags(lab.cfg("nobatch", batch_size=1)))
     assert r.returncode == 2, r.stderr[-3000:]
     assert "batch_size 1 is smaller than the number of ranks (2)" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr     # no MPI_Abort line after ours
+    assert "MPI_Abort" not in r.stderr + r.stdout
     # only rank 0 reads the corpus, so a missing one is reported exactly once
     r = lab.launch(2, flags(dict(lab.cfg("nodata"), data=str(lab.root / "missing.txt"))))
     assert r.returncode == 1, r.stderr[-3000:]

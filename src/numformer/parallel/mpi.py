@@ -17,8 +17,21 @@ Data-parallel training needs four collectives, all over COMM_WORLD:
 Failures. A rank that stops while the others wait in a collective would hang the job, so the
 command runs inside `world.guard("numformer train")`: an exception that escapes it prints ONE line
 on stderr naming the rank (`numformer train: rank 1 of 2: error: ...`; a traceback first for a
-programming error) and calls MPI_Abort, which makes the launcher kill every rank and exit non-zero
-at once. Errors that every rank hits together (a bad flag, a NaN in the all-reduced loss) would
+programming error) and calls MPI_Abort, which makes the launcher kill every rank and exit with
+the error's status at once. MPICH's MPI_Abort prints a line of its own ("Abort(2) on node 0 ...
+application called MPI_Abort"); the failing rank points its stdout and stderr at /dev/null just
+before the call, so the user sees numformer's line alone.
+
+A rank that is killed (kill -9, the out-of-memory killer) cannot say anything itself. Inside the
+guard each rank has a watcher: a small child process, in the rank's process group, that holds
+the read end of a pipe from the rank. When the pipe closes without the rank having written that
+it ended in order, the rank died abruptly, and the watcher prints the one line
+`numformer train: rank R of N: error: the process was killed ...`. The watcher runs in its own
+session, so it outlives its rank; the first one to report leaves a marker file (in the temporary
+folder, named after the launcher's process on this host), and so does a rank that fails with an
+error, so the watchers of the ranks the launcher then kills stay silent and only the rank that
+died first is named. (Ranks on other hosts do not see the marker: their watchers may name
+themselves too.) Errors that every rank hits together (a bad flag, a NaN in the all-reduced loss) would
 print N copies, so a rank other than 0 waits `GRACE_S` before reporting: if rank 0 failed too, its
 abort ends the job first and only rank 0's line is printed. The failing rank also pauses
 `FORWARD_S` between printing and aborting: mpirun forwards output asynchronously and was seen to
@@ -54,10 +67,9 @@ import numpy as np
 from numformer.errors import NumformerError
 
 GRACE_S = 1.5  # how long a rank other than 0 waits before reporting its failure (see above)
-FORWARD_S = 0.5  # pause between printing the failure and MPI_Abort, so that mpirun forwards the line
-from numformer.parallel.process import cores as _cores, limit_blas_threads  # noqa: E402
-
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+JOB_MARKER_S = 30  # how long a rank's failure silences the watchers of the other ranks on its host
+FORWARD_S = 0.5  # pause between printing the failure and ending, so that mpirun forwards the line
+from numformer.parallel.process import THREAD_VARS, cores as _cores, limit_blas_threads  # noqa: E402, F401
 
 
 def _mpi():
@@ -229,10 +241,19 @@ class MPIWorld:
         return self.allreduce_any(self._interrupted)
 
     def abort(self, code: int = 1) -> None:
-        """End the whole job now: every rank is killed and mpirun exits with `code`."""
+        """End the whole job now: every rank is killed and mpirun exits with `code`.
+
+        MPI_Abort, with this process's stderr and stdout pointed at /dev/null first: everything
+        numformer had to say is flushed by then, and MPICH would follow it with a line of its own
+        ("Abort(2) on node 0 ... application called MPI_Abort ...")."""
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
+        self._ended_in_order(failed=True)
+        with contextlib.suppress(OSError):
+            quiet = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(quiet, 1)
+            os.dup2(quiet, 2)
         self.comm.Abort(code)
         # MPICH's MPI_Abort can return before the launcher's kill arrives: never run on after it
         time.sleep(5)
@@ -269,6 +290,7 @@ class MPIWorld:
         previous = None
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGINT, self._on_sigint)
+        self._start_watcher(command)
         try:
             with warnings.catch_warnings():
                 if not self.is_main:
@@ -282,8 +304,60 @@ class MPIWorld:
         except BaseException as e:
             self.fail(command, e)
         finally:
+            self._ended_in_order()
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
+
+    _watcher_pipe = None
+
+    def _job_marker(self) -> str:
+        """A file that says "a rank of this job has already been named": keyed by the launcher's
+        process on this host (the ranks' common parent), fresh for JOB_MARKER_S seconds."""
+        import tempfile
+
+        return os.path.join(tempfile.gettempdir(), f".numformer-mpi-ended-{os.getppid()}")
+
+    def _start_watcher(self, command: str) -> None:
+        """Start this rank's watcher (see the module docstring); nothing happens if it cannot start."""
+        import subprocess
+
+        line = (f"{command}: rank {self.rank} of {self.size}: error: the process was killed (kill -9, or the "
+                f"out-of-memory killer); the job was stopped")
+        code = (
+            "import os, signal, sys, time\n"
+            "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+            "if b'ended' in sys.stdin.buffer.read():\n"
+            "    sys.exit(0)\n"
+            f"marker = {self._job_marker()!r}\n"
+            "try:\n"
+            f"    if time.time() - os.stat(marker).st_mtime < {JOB_MARKER_S}:\n"
+            "        sys.exit(0)\n"        # another rank was named first; the launcher killed this one
+            "except OSError:\n"
+            "    pass\n"
+            "open(marker, 'w').close()\n"
+            f"sys.stderr.write({line!r} + '\\n')\n"
+            "sys.stderr.flush()\n")
+        try:
+            # its own session: the launcher kills each rank's process group, and this one must outlive its rank
+            proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                    close_fds=True, start_new_session=True)
+        except OSError:
+            return
+        self._watcher_pipe = proc.stdin
+
+    def _ended_in_order(self, failed: bool = False) -> None:
+        """Tell the watcher that this rank is ending by its own hand (it then stays silent). A rank
+        that failed also leaves the job's marker, so that the watchers of the ranks the launcher
+        then kills stay silent too."""
+        if failed:
+            with contextlib.suppress(OSError):
+                open(self._job_marker(), "w").close()
+        pipe, self._watcher_pipe = self._watcher_pipe, None
+        if pipe is None:
+            return
+        with contextlib.suppress(OSError):
+            pipe.write(b"ended")
+            pipe.close()
 
     def _on_sigint(self, signum, frame):
         if self._interrupted:  # the second Ctrl-C: stop the job now, without a checkpoint
