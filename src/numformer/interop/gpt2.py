@@ -374,23 +374,22 @@ def _weight_files(folder: Path) -> list[Path]:
 
 
 def _check_before_reading(folder: Path, config, config_file: Path, itemsize: int) -> None:
-    """Refuse, from the safetensors headers alone, a config.json that describes more parameters
-    than the weight files hold, and weights that would not fit in this machine's memory."""
+    """Refuse, from the safetensors headers alone, a config.json that asks for more blocks than
+    the weight files hold (n_layer 1000000000, say), and weights that would not fit in this
+    machine's memory. The tensor-by-tensor check (tensors_from_hf) comes after the read."""
     from numformer.model import memory
 
     files = _weight_files(folder)
-    held = 0
+    shapes = {}
     for file in files:
-        shapes = memory.header_shapes(file)
-        if shapes is None:
+        found = memory.header_shapes(file)
+        if found is None:
             return  # the full read says what is wrong with the file
-        held += memory.count(shapes)
-    source = files[0] if len(files) == 1 else folder
-    memory.check_counts(memory.gpt_params(config), held, config_file, source,
-                        f"n_layer {config.n_layer}, n_embd {config.n_embd}, vocab_size {config.vocab_size}, "
-                        f"n_positions {config.block_size}")
+        shapes.update(found)
+    memory.check_blocks(config.n_layer, "n_layer", shapes, r"(?:^|\.)h\.(\d+)\.", config_file,
+                        files[0] if len(files) == 1 else folder)
     memory.refuse_if_too_big("importing this model", [("the files", memory.file_bytes(files)),
-                                                      ("weights", memory.gpt_params(config) * itemsize)],
+                                                      ("weights", memory.count(shapes) * itemsize)],
                              "free some memory or use a machine with more")
 
 

@@ -15,14 +15,17 @@ The available memory is MemAvailable from /proc/meminfo (what Linux can hand out
 swapping), else the free physical pages from os.sysconf; when neither is known nothing is refused.
 
 Shapes are checked against the tensors of a safetensors file through its header alone
-(`header_shapes`): a config that describes more parameters than the file holds is refused
-before the file's data is read.
+(`header_shapes`), before the file's data is read: a numformer checkpoint's config must describe
+exactly the parameters its file holds (`check_counts`), and a Hugging Face config may not ask for
+more blocks than its file has tensors for (`check_blocks`; the per-tensor checks that follow
+then name any tensor that differs).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 
 from numformer.errors import CheckpointError, MemoryLimitError
@@ -138,6 +141,17 @@ def check_counts(needed: int, held: int, config_source, weights_source, describe
     if needed > held or (exact and needed != held):
         raise CheckpointError(f"{config_source} describes a model of {needed:,} parameters ({described}) but "
                               f"{weights_source} holds {held:,}; the shapes in the config do not match the weights")
+
+
+def check_blocks(n_config: int, key: str, shapes: dict[str, tuple[int, ...]], pattern: str, config_source,
+                 weights_source) -> None:
+    """CheckpointError (one line) if a config asks for more blocks (layers) than the file has tensors
+    for: the per-tensor checks that follow loop over the config's blocks, so this bounds them by
+    the file. `pattern` finds a block's index in a tensor name (r"\\.h\\.(\\d+)\\.")."""
+    found = {m.group(1) for name in shapes if (m := re.search(pattern, name))}
+    if n_config > len(found):
+        raise CheckpointError(f"{config_source}: {key} is {n_config:,} but {weights_source} holds the weights of "
+                              f"{len(found)} block{'' if len(found) == 1 else 's'}; the config does not describe these weights")
 
 
 def file_bytes(files) -> int:
