@@ -214,27 +214,30 @@ class Encoder:
         return x
 
     def _block(self, x: np.ndarray, l: int, layout: "_Layout") -> np.ndarray:
+        """One post-LayerNorm block on rows x (N, C). Each op's cache is dropped at once ([0]):
+        the encoder never runs backward, and a batch's peak memory is then a few (N, F) arrays."""
         cfg, P = self.config, self.params
         p = f"encoder.layer.{l}."
         eps = cfg.layer_norm_eps
         C, nh = cfg.hidden_size, cfg.num_attention_heads
         w_qkv, b_qkv = self._qkv[l]
 
-        qkv, _ = linear.forward(x, w_qkv, b_qkv)                                                        # (N, 3C)
-        heads = layout.grid(qkv).reshape(layout.B, layout.T, 3, nh, C // nh).transpose(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
-        att, _ = attention.forward(*heads, causal=False, mask=layout.key_mask)                         # (B, nh, T, hs)
-        att = layout.rows_of(att.transpose(0, 2, 1, 3).reshape(layout.B * layout.T, C))                # (N, C) heads concatenated
-        att, _ = linear.forward(att, P[p + "attention.output.dense.weight"], P[p + "attention.output.dense.bias"])
-        s, _ = residual.forward(x, att)
-        a, _ = layernorm.forward(s, P[p + "attention.output.LayerNorm.weight"],
-                                 P[p + "attention.output.LayerNorm.bias"], eps=eps)
+        qkv = layout.grid(linear.forward(x, w_qkv, b_qkv)[0])                                        # (B·T, 3C)
+        q, k, v = qkv.reshape(layout.B, layout.T, 3, nh, C // nh).transpose(2, 0, 3, 1, 4)         # each (B, nh, T, hs)
+        att = attention.forward(q, k, v, causal=False, mask=layout.key_mask, keep_probs=False)[0]  # (B, nh, T, hs)
+        del qkv, q, k, v
+        att = layout.rows_of(att.transpose(0, 2, 1, 3).reshape(layout.B * layout.T, C))           # (N, C) heads concatenated
+        att = linear.forward(att, P[p + "attention.output.dense.weight"], P[p + "attention.output.dense.bias"])[0]
+        a = layernorm.forward(residual.forward(x, att)[0], P[p + "attention.output.LayerNorm.weight"],
+                              P[p + "attention.output.LayerNorm.bias"], eps=eps)[0]                  # (N, C)
+        del att
 
-        h, _ = linear.forward(a, P[p + "intermediate.dense.weight"], P[p + "intermediate.dense.bias"])  # (N, F)
-        h, _ = gelu.forward(h, form=cfg.gelu)
-        f, _ = linear.forward(h, P[p + "output.dense.weight"], P[p + "output.dense.bias"])             # (N, C)
-        s, _ = residual.forward(a, f)
-        y, _ = layernorm.forward(s, P[p + "output.LayerNorm.weight"], P[p + "output.LayerNorm.bias"], eps=eps)
-        return y
+        h = linear.forward(a, P[p + "intermediate.dense.weight"], P[p + "intermediate.dense.bias"])[0]  # (N, F)
+        h = gelu.forward(h, form=cfg.gelu)[0]
+        f = linear.forward(h, P[p + "output.dense.weight"], P[p + "output.dense.bias"])[0]             # (N, C)
+        del h
+        return layernorm.forward(residual.forward(a, f)[0], P[p + "output.LayerNorm.weight"],
+                                 P[p + "output.LayerNorm.bias"], eps=eps)[0]                          # (N, C)
 
 
 @dataclass(frozen=True)
