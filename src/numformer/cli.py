@@ -18,6 +18,7 @@ import sys
 COMMANDS = {
     "train": "train a GPT on the built-in Shakespeare corpus or your own text",
     "sample": "generate text from a trained checkpoint (KV cache, streaming)",
+    "eval": "loss, perplexity and bits per byte of a text file under a checkpoint",
     "explain": "compute the article's thirteen worked examples live",
     "explore": "one offline HTML page of a model's attention, predictions and formulas",
     "check": "check every op, reference and fast: finite differences, float32, PyTorch if installed",
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     name, rest = argv[0], argv[1:]
-    if name in ("train", "sample", "bench", "embed", "similarity"):
+    if name in ("train", "sample", "eval", "bench", "embed", "similarity"):
         from numformer.parallel.process import tune_malloc
 
         tune_malloc()

@@ -1,0 +1,112 @@
+"""`numformer eval` against the same computation in transformers on the exported model."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from numformer.cli import main as cli_main
+from numformer.interop.gpt2 import export_hf_gpt2
+from numformer.model.adapters import LoRAConfig
+from numformer.model.evaluate import windows
+from numformer.model.gpt import GPT
+from tests.gpt2_folder import TEXT, make_gpt2_folder
+
+BLOCK = 32
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """A checkpoint with adapters (the harder case: its export is merged) and its export."""
+    root = tmp_path_factory.mktemp("eval")
+    hf_dir = make_gpt2_folder(root / "gpt2", TEXT, vocab_size=300, n_embd=32, n_positions=BLOCK, seed=3)
+    base = GPT.from_hf(hf_dir)
+    model = GPT(base.config, lora=LoRAConfig(2, 4.0, ("attn.c_attn", "mlp.c_proj")))
+    model.params.flat[...] = base.params.flat
+    model.adapters.flat[...] = np.random.default_rng(0).normal(0, 0.3, model.adapters.size)
+    model.save(root / "ckpt", tokenizer=base.tokenizer.to_json())
+    export_hf_gpt2(root / "ckpt", root / "export")
+    (root / "text.txt").write_text(TEXT[:1500], encoding="utf-8")
+    return root
+
+
+def transformers_eval(folder, ids, stride):
+    """The same windows, with transformers' GPT2LMHeadModel and torch's log-softmax: Σ −ln p."""
+    from transformers import GPT2LMHeadModel
+
+    hf = GPT2LMHeadModel.from_pretrained(folder).eval()
+    total, n, scored = 0.0, 0, 0
+    begin = 0
+    while scored < len(ids) - 1:
+        end = min(begin + BLOCK, len(ids) - 1)
+        with torch.no_grad():
+            logp = torch.log_softmax(hf(torch.tensor(ids[begin:end])[None]).logits[0].double(), dim=-1)
+        for t in range(begin + 1, end + 1):            # target token t, predicted at position t - 1 - begin
+            if t > scored:
+                total -= logp[t - 1 - begin, ids[t]].item()
+                n += 1
+        scored, begin = end, begin + stride
+    return total, n
+
+
+def run_eval(capsys, *args):
+    capsys.readouterr()
+    assert cli_main(["eval", *map(str, args), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("stride", [None, 16, 7, 1])
+def test_eval_matches_transformers_on_the_exported_model(lab, capsys, stride):
+    got = run_eval(capsys, lab / "ckpt", "--data", lab / "text.txt", *(["--stride", stride] if stride else []))
+    assert set(got) == {"loss", "perplexity", "bits_per_byte", "tokens"}
+    text = (lab / "text.txt").read_text(encoding="utf-8")
+    ids = GPT.load(lab / "ckpt").tokenizer.encode(text).tolist()
+    total, n = transformers_eval(lab / "export", ids, stride or BLOCK)
+    assert n == len(ids) - 1 and got["tokens"] == len(ids)        # every token after the first, once
+    assert abs(got["loss"] - total / n) <= 1e-5 * total / n
+    assert abs(got["perplexity"] - math.exp(total / n)) <= 1e-4 * math.exp(total / n)
+    assert abs(got["bits_per_byte"] - total / math.log(2) / len(text.encode())) <= 1e-5 * got["bits_per_byte"]
+
+
+def test_an_out_dir_means_its_best_checkpoint(lab, tmp_path, capsys):
+    import shutil
+
+    shutil.copytree(lab / "ckpt", tmp_path / "out" / "best")
+    a = run_eval(capsys, tmp_path / "out", "--data", lab / "text.txt", "--stride", 9)
+    b = run_eval(capsys, lab / "ckpt", "--data", lab / "text.txt", "--stride", 9)
+    assert a == b
+
+
+def test_windows_score_each_token_once():
+    for n, T, S in [(2, 4, 4), (10, 4, 4), (10, 4, 1), (11, 4, 3), (100, 16, 5), (5, 8, 8)]:
+        seen = []
+        for b, e, first in windows(n, T, S):
+            assert e - b <= T and b < first <= e + 1
+            seen += list(range(first, e + 1))
+        assert seen == list(range(1, n)), (n, T, S)
+
+
+def error_line(capsys, *args):
+    capsys.readouterr()
+    code = cli_main(["eval", *map(str, args)])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and err.startswith("numformer eval: error:") and "\n" not in err, err
+    return err
+
+
+def test_bad_inputs_are_one_line(lab, tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert "is empty" in error_line(capsys, lab / "ckpt", "--data", empty)
+    one = tmp_path / "one.txt"
+    one.write_text("a")
+    assert "at least two" in error_line(capsys, lab / "ckpt", "--data", one)
+    assert "no such file" in error_line(capsys, lab / "ckpt", "--data", tmp_path / "missing.txt")
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"ok \xff")
+    assert "UTF-8" in error_line(capsys, lab / "ckpt", "--data", bad)
+    assert "--stride" in error_line(capsys, lab / "ckpt", "--data", lab / "text.txt", "--stride", BLOCK + 1)
+    assert "--stride" in error_line(capsys, lab / "ckpt", "--data", lab / "text.txt", "--stride", 0)
+    assert "no such folder" in error_line(capsys, tmp_path / "nowhere", "--data", lab / "text.txt")
