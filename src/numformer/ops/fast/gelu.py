@@ -107,9 +107,10 @@ def _gate_tanh_float32(x, with_grad):
         return s
     t *= t
     np.subtract(1.0, t, out=t)                           # 1 − tanh² u
-    ds = x2                                              # ds = ½ (1 − tanh² u) · √(2/π) (1 + 3 · 0.044715 x²)
-    ds *= 3.0 * _C * 0.5 * _SQRT_2_OVER_PI
-    ds += 0.5 * _SQRT_2_OVER_PI
+    ds = x2                                              # ds = ½ (1 − tanh² u) · √(2/π) (1 + 3 · 0.044715 x²),
+    ds *= 3.0 * _C                                       # the operations of _tanh_slope, so the same bits
+    ds += 1.0
+    ds *= 0.5 * _SQRT_2_OVER_PI
     ds *= t
     return s, ds
 
