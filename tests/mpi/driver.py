@@ -9,6 +9,7 @@ MODE  raise     Trainer.step raises RuntimeError on rank RANK when it is about t
                 (after the first file of out_dir/latest's temporary folder is written)
       kill      rank RANK is killed with SIGKILL when it is about to run step STEP
       slow      every step sleeps STEP milliseconds (to interrupt a run part-way, from outside)
+      hang      rank RANK sleeps for an hour when it is about to run step STEP (no error, no exit)
 
 Before failing, the rank writes the time to $NUMFORMER_TEST_MARK (so the test can measure how
 fast the job stops).
@@ -48,6 +49,9 @@ def main():
         if mode == "kill" and self.world.rank == rank and self.iter_num == at:
             mark()
             os.kill(os.getpid(), signal.SIGKILL)
+        if mode == "hang" and self.world.rank == rank and self.iter_num == at:
+            mark()
+            time.sleep(3600)
         if mode == "slow":
             time.sleep(at / 1000)
         return real_step(self)

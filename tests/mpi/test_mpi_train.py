@@ -284,6 +284,31 @@ def test_a_killed_rank_is_named_in_one_line(lab, rank):
     assert_latest_is_complete(lab.root / f"kill{rank}", 4)
 
 
+@pytest.mark.parametrize("rank", [1, 0])
+def test_a_hung_rank_is_named_after_the_timeout_and_the_checkpoint_stays_whole(lab, rank):
+    """A rank that sleeps (neither fails nor exits): after NUMFORMER_MPI_TIMEOUT seconds the lowest
+    rank that is still answering names it in one line and the job ends."""
+    name = f"hang{rank}"
+    mark = lab.root / f"{name}.mark"
+    r = lab.launch(2, flags(lab.cfg(name, max_iters=20)) + ["--no_plot"], driver=["hang", str(rank), "6"],
+                   env={"NUMFORMER_TEST_MARK": str(mark), "NUMFORMER_MPI_TIMEOUT": "4"})
+    since = time.time() - float(mark.read_text())
+    assert r.returncode != 0
+    assert 4 <= since < 4 + 15, since         # the deadline, then the report (a non-zero rank's grace)
+    lines = [line for line in r.stderr.replace("\r", "\n").splitlines() if "numformer train: rank" in line]
+    assert len(lines) == 1, r.stderr[-3000:]
+    reporter = 1 - rank
+    # (rank 0's progress bar may still be on that line: the hang left it unfinished)
+    assert f"numformer train: rank {reporter} of 2: error: rank {rank} of 2 stopped answering" in lines[0], lines[0]
+    assert "NUMFORMER_MPI_TIMEOUT" in lines[0]
+    assert_latest_is_complete(lab.root / name, 4)
+
+
+def test_a_bad_mpi_timeout_is_refused(lab):
+    r = lab.launch(2, flags(lab.cfg("badtimeout")), env={"NUMFORMER_MPI_TIMEOUT": "soon"})
+    assert r.returncode == 2 and "NUMFORMER_MPI_TIMEOUT must be a number of seconds" in r.stderr, r.stderr[-2000:]
+
+
 def test_bad_input_under_mpi_is_one_line_from_rank_0(lab):
     r = lab.launch(2, flags(lab.cfg("nobatch", batch_size=1)))
     assert r.returncode == 2, r.stderr[-3000:]

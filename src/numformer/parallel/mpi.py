@@ -37,6 +37,18 @@ abort ends the job first and only rank 0's line is printed. The failing rank als
 `FORWARD_S` between printing and aborting: mpirun forwards output asynchronously and was seen to
 drop a line still in flight when the abort arrived.
 
+A hung rank. A rank that neither fails nor dies but stops answering (a deadlock, a stuck file
+system, a sleep) would leave the others waiting in a collective forever. The collectives of the
+training loop (allreduce_sum, allreduce_scalar, allreduce_any, barrier) are therefore started
+non-blocking and waited for with a deadline: HANG_TIMEOUT_S seconds (300), or the number of
+seconds in the environment variable NUMFORMER_MPI_TIMEOUT. Before each of them a rank sends every
+other rank a note with the collective's number (on a communicator of their own), so a rank that
+times out knows who never arrived. The lowest rank that did arrive reports it as its error,
+`numformer train: rank 0 of 2: error: rank 1 of 2 stopped answering ...`, and aborts the job; the
+others wait REPORT_WAIT_S first, so the line is printed once. Checkpoints are written whole or
+not at all (numformer.checkpoint), so the last one stays whole. The setup's bcast (rank 0 reading
+the corpus while the others wait) has no deadline: it can legitimately take minutes.
+
 Ctrl-C. mpirun forwards SIGINT to every rank, but each rank would see it at a different point
 (rank 0 possibly inside a blocking Allreduce that the others never join). Inside the guard the
 first SIGINT only sets a flag; the trainer asks `stop_requested()` (a collective) after each step,
@@ -69,6 +81,12 @@ from numformer.errors import NumformerError
 GRACE_S = 1.5  # how long a rank other than 0 waits before reporting its failure (see above)
 JOB_MARKER_S = 30  # how long a rank's failure silences the watchers of the other ranks on its host
 FORWARD_S = 0.5  # pause between printing the failure and ending, so that mpirun forwards the line
+HANG_TIMEOUT_S = 300.0  # a collective of the training loop not done after this long names the missing rank
+TIMEOUT_VAR = "NUMFORMER_MPI_TIMEOUT"  # seconds, to set another deadline
+SPIN_S = 2.0  # a collective is polled without pause this long (as a blocking one would), then every POLL_S
+POLL_S = 0.005
+REPORT_WAIT_S = 10.0  # a rank that saw a hang but is not the one to report it waits this long first
+_NOTE_TAG = 7
 from numformer.parallel.process import THREAD_VARS, cores as _cores, limit_blas_threads  # noqa: E402, F401
 
 
@@ -172,6 +190,26 @@ def init_world():
     return SingleProcess()
 
 
+class HungRank(NumformerError):
+    """A rank stopped answering: a collective did not complete before the deadline."""
+
+
+def hang_timeout() -> float:
+    """The deadline for a collective, in seconds: NUMFORMER_MPI_TIMEOUT, else HANG_TIMEOUT_S."""
+    from numformer.errors import UsageError
+
+    text = os.environ.get(TIMEOUT_VAR, "").strip()
+    if not text:
+        return HANG_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise UsageError(f"{TIMEOUT_VAR} must be a number of seconds > 0, got {text!r}")
+    return value
+
+
 class MPIWorld:
     """This process's place in COMM_WORLD: rank, size, and the collectives the trainer needs."""
 
@@ -187,6 +225,12 @@ class MPIWorld:
         self._interrupted = False
         self._command = "numformer"
         self.blas_threads = self._share_cores()
+        self.hang_timeout = hang_timeout()
+        self._notes = self.comm.Dup()          # "I have reached collective k" (see "A hung rank")
+        self._seq = 0                          # collectives started so far
+        self._seen = [0] * self.size           # the highest note from each rank
+        self._sent = []                        # (request, buffer) of notes in flight
+        self._note_in = np.zeros(1, dtype=np.int64)
 
     def _share_cores(self):
         """Give each rank on this host its share of the cores for BLAS (see limit_blas_threads)."""
@@ -209,7 +253,7 @@ class MPIWorld:
         if not (isinstance(buf, np.ndarray) and buf.flags.c_contiguous and buf.flags.writeable):
             raise ValueError("allreduce_sum needs a writeable C-contiguous ndarray (the flat gradient buffer)")
         t0 = time.perf_counter()
-        self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
+        self._collective(lambda: self.comm.Iallreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM), "gradient all-reduce")
         self.allreduce_seconds += time.perf_counter() - t0
         self.allreduce_calls += 1
         self.allreduce_bytes += buf.nbytes
@@ -218,13 +262,13 @@ class MPIWorld:
     def allreduce_scalar(self, value: float) -> float:
         """The float64 sum of `value` over all ranks (NaN anywhere gives NaN everywhere)."""
         a = np.array([value], dtype=np.float64)
-        self.comm.Allreduce(self.MPI.IN_PLACE, a, op=self.MPI.SUM)
+        self._collective(lambda: self.comm.Iallreduce(self.MPI.IN_PLACE, a, op=self.MPI.SUM), "sum of the losses")
         return float(a[0])
 
     def allreduce_any(self, flag: bool) -> bool:
         """True on every rank if `flag` is true on any rank."""
         a = np.array([1 if flag else 0], dtype=np.int32)
-        self.comm.Allreduce(self.MPI.IN_PLACE, a, op=self.MPI.MAX)
+        self._collective(lambda: self.comm.Iallreduce(self.MPI.IN_PLACE, a, op=self.MPI.MAX), "check for Ctrl-C")
         return bool(a[0])
 
     def bcast(self, obj, root: int = 0):
@@ -232,7 +276,45 @@ class MPIWorld:
         return self.comm.bcast(obj, root=root)
 
     def barrier(self) -> None:
-        self.comm.Barrier()
+        self._collective(self.comm.Ibarrier, "barrier after the checkpoint")
+
+    # -- a hung rank (see the module docstring) -----------------------------------------------------
+
+    def _collective(self, start, what: str) -> None:
+        """Tell the other ranks this one has reached the next collective, start it (a non-blocking
+        MPI call) and wait for it; HungRank if it is not done within hang_timeout seconds."""
+        self._seq += 1
+        note = np.array([self._seq], dtype=np.int64)
+        self._sent = [(req, buf) for req, buf in self._sent if not req.Test()]
+        for peer in range(self.size):
+            if peer != self.rank:
+                self._sent.append((self._notes.Isend(note, dest=peer, tag=_NOTE_TAG), note))
+        req = start()
+        t0 = time.monotonic()
+        while not req.Test():
+            waited = time.monotonic() - t0
+            if waited > self.hang_timeout:
+                self._report_hang(what, waited)
+            if waited > SPIN_S:
+                time.sleep(POLL_S)
+        self._read_notes()
+
+    def _read_notes(self) -> None:
+        status = self.MPI.Status()
+        while self._notes.Iprobe(source=self.MPI.ANY_SOURCE, tag=_NOTE_TAG, status=status):
+            src = status.Get_source()
+            self._notes.Recv(self._note_in, source=src, tag=_NOTE_TAG)
+            self._seen[src] = max(self._seen[src], int(self._note_in[0]))
+
+    def _report_hang(self, what: str, waited: float) -> None:
+        self._read_notes()
+        missing = [r for r in range(self.size) if r != self.rank and self._seen[r] < self._seq]
+        arrived = [r for r in range(self.size) if r not in missing]
+        if self.rank != min(arrived):
+            time.sleep(REPORT_WAIT_S)    # the lowest rank that arrived reports, and its abort ends the job
+        who = ", ".join(f"rank {r}" for r in missing) or "a rank"
+        raise HungRank(f"{who} of {self.size} stopped answering: it did not reach the {what} of the others "
+                       f"within {self.hang_timeout:g} s ({TIMEOUT_VAR}); the job was stopped")
 
     # -- stopping ------------------------------------------------------------------------------
 
