@@ -115,7 +115,8 @@ def _softmax_rows(s, allowed, bias, bias_col=0, stats=None):
         row_max[row_max == -np.inf] = 0.0                     # numerical care: empty row: exp(−inf − 0) = 0, not NaN
     s -= row_max                                              # numerical care: max-subtraction
     np.exp(s, out=s)
-    denom = np.add.reduce(s, axis=-1, keepdims=True, out=None if stats is None else stats[1])
+    denom = np.empty((*s.shape[:-1], 1), dtype=s.dtype) if stats is None else stats[1]
+    np.vecdot(s, np.ones(s.shape[-1], dtype=s.dtype), out=denom[..., 0])   # Σ exp: a BLAS dot
     if allowed is not None:
         denom[denom == 0] = 1.0                               # numerical care: empty row: P = 0/1 = 0
     s *= np.reciprocal(denom, out=denom)                      # one division per row, not per entry
@@ -236,9 +237,9 @@ def backward(dy, cache):
                 dv[blk][..., :e, :] += ub.swapaxes(-1, -2) @ dyb        # dv = Σ_chunks P̃ᵀ dy
             if drop is not None:
                 dp *= drop[c][blk]                            # dP = dP̃ ⊙ M / (1 − p)
-            ds = dp * pb                                      # term 1: P ⊙ dP
-            row = np.add.reduce(ds, axis=-1, keepdims=True)   # (..., b−a, 1) Σ_l dP_il P_il
-            ds -= np.multiply(pb, row, out=dp)                # term 2 (dP's buffer reused)
+            row = np.vecdot(dp, pb)[..., None]                # (..., b−a, 1) Σ_l dP_il P_il: a BLAS dot
+            dp -= row
+            ds = np.multiply(dp, pb, out=dp)                  # P ⊙ dP − P Σ_l dP_il P_il (terms 1, 2)
             dqb = np.matmul(ds, kb, out=dq[blk][..., a:b, :])
             dqb *= scale                                      # dq = dS k / √d_k
             qb = qs if recompute is not None else qb * scale  # (the scale on q's side, as in forward)
