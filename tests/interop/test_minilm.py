@@ -173,11 +173,16 @@ def test_padded_forward_matches_transformers_at_every_position(minilm_dir):
     assert np.abs(ours - ref).max() <= 1e-11
 
 
-def test_packed_rows_equal_the_padded_forward():
-    """forward_packed (real tokens only) gives forward's numbers at the real positions (float64)."""
+def test_packed_rows_equal_the_padded_forward(monkeypatch):
+    """forward_packed (real tokens only, the feed-forward 7 rows at a time) gives forward's numbers
+    (whole batch at once) at the real positions (float64)."""
+    from numformer.model import encoder
+
     model = load_model(dtype=np.float64)
     ids, types, mask, lengths = _padded_batch(model.tokenizer, CASES["lengths"] + CASES["long"])
+    monkeypatch.setattr(encoder, "FFN_ROWS", 10**6)
     padded = model.encoder.forward(ids, mask, types)                            # (B, T, C)
+    monkeypatch.setattr(encoder, "FFN_ROWS", 7)
     packed = model.encoder.forward_packed(ids[mask], lengths, types[mask])      # (N, C)
     assert packed.shape == (lengths.sum(), 384)
     assert np.abs(packed - padded[mask]).max() <= 1e-12

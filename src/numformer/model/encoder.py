@@ -49,6 +49,10 @@ HIDDEN_ACTS = {"gelu": "exact", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
 
 WEIGHTS_FILE = "model.safetensors"
 
+# The feed-forward W_2 GELU(W_1 a + b_1) + b_2 works on each row alone, so a batch goes through it
+# this many rows at a time: its (rows, F) activations stay a few MiB however long the batch is.
+FFN_ROWS = 1024
+
 
 @dataclass(frozen=True)
 class EncoderConfig:
@@ -178,7 +182,7 @@ class Encoder:
             raise ValueError(f"attention_mask shape {keep.shape} does not match ids shape {ids.shape}")
         types = np.zeros((B, T), dtype=np.int64) if token_type_ids is None else np.asarray(token_type_ids)
         positions = np.broadcast_to(np.arange(T), (B, T))
-        layout = _Layout(B, T, rows=None, key_mask=keep[:, None, None, :])
+        layout = _Layout(B, T, rows=None, key_mask=None if keep.all() else keep[:, None, None, :])
         x = self._rows(ids.reshape(-1), positions.reshape(-1), types.reshape(-1), layout)          # (B·T, C)
         return x.reshape(B, T, cfg.hidden_size)
 
@@ -198,7 +202,10 @@ class Encoder:
         types = np.zeros(ids.size, dtype=np.int64) if token_type_ids is None else np.asarray(token_type_ids)
         grid = np.arange(T) < lengths[:, None]                        # (B, T) True at real tokens
         positions = np.broadcast_to(np.arange(T), (B, T))[grid]       # (N,) each token's place in its text
-        layout = _Layout(B, T, rows=np.flatnonzero(grid), key_mask=grid[:, None, None, :])
+        if grid.all():                                                # texts of one length: no padding at all
+            layout = _Layout(B, T, rows=None, key_mask=None)
+        else:
+            layout = _Layout(B, T, rows=np.flatnonzero(grid), key_mask=grid[:, None, None, :])
         return self._rows(ids, positions, types, layout)
 
     def _rows(self, ids, positions, types, layout) -> np.ndarray:
@@ -215,7 +222,7 @@ class Encoder:
 
     def _block(self, x: np.ndarray, l: int, layout: "_Layout") -> np.ndarray:
         """One post-LayerNorm block on rows x (N, C). Each op's cache is dropped at once ([0]):
-        the encoder never runs backward, and a batch's peak memory is then a few (N, F) arrays."""
+        the encoder never runs backward."""
         cfg, P = self.config, self.params
         p = f"encoder.layer.{l}."
         eps = cfg.layer_norm_eps
@@ -232,10 +239,12 @@ class Encoder:
                               P[p + "attention.output.LayerNorm.bias"], eps=eps)[0]                  # (N, C)
         del att
 
-        h = linear.forward(a, P[p + "intermediate.dense.weight"], P[p + "intermediate.dense.bias"])[0]  # (N, F)
-        h = gelu.forward(h, form=cfg.gelu)[0]
-        f = linear.forward(h, P[p + "output.dense.weight"], P[p + "output.dense.bias"])[0]             # (N, C)
-        del h
+        f = np.empty_like(a)                                                                           # (N, C)
+        for lo in range(0, len(a), FFN_ROWS):                   # the feed-forward, FFN_ROWS rows at a time
+            rows = slice(lo, lo + FFN_ROWS)
+            h = linear.forward(a[rows], P[p + "intermediate.dense.weight"], P[p + "intermediate.dense.bias"])[0]  # (rows, F)
+            h = gelu.forward(h, form=cfg.gelu)[0]
+            f[rows] = linear.forward(h, P[p + "output.dense.weight"], P[p + "output.dense.bias"])[0]    # (rows, C)
         return layernorm.forward(residual.forward(a, f)[0], P[p + "output.LayerNorm.weight"],
                                  P[p + "output.LayerNorm.bias"], eps=eps)[0]                          # (N, C)
 
@@ -243,12 +252,13 @@ class Encoder:
 @dataclass(frozen=True)
 class _Layout:
     """Where the rows sit in the (B, T) grid attention needs: rows (N,) flat indices into B·T, or
-    None when every position is a row; key_mask (B, 1, 1, T), True at real keys."""
+    None when every position is a row; key_mask (B, 1, 1, T), True at real keys, or None when
+    every key is real."""
 
     B: int
     T: int
     rows: np.ndarray | None
-    key_mask: np.ndarray
+    key_mask: np.ndarray | None
 
     def grid(self, a):
         """(N, D) rows -> (B·T, D), zeros where no row sits."""
