@@ -116,7 +116,7 @@ def test_bpe_trained_on_chinese_round_trips():
     assert tok.decode(tok.encode("夜来风雨声，花落知多少。")) == "夜来风雨声，花落知多少。"
 
 
-def test_bpe_chunked_encoding_equals_whole(sample, monkeypatch):
+def test_bpe_chunked_encoding_equals_whole(sample):
     # Long texts are encoded in chunks (for speed). A cut inside a whitespace run such as
     # "  \n  " would change GPT-2's pre-tokens and so the ids; train on text full of such runs so
     # that merges of whitespace exist and a careless cut would show.
@@ -126,12 +126,13 @@ def test_bpe_chunked_encoding_equals_whole(sample, monkeypatch):
     text = "".join(w + seps[i] for w, i in zip(words, rng.integers(0, len(seps), len(words))))
     tok = BPETokenizer.train(text, 400)
     whole = tok._tok.encode(text, add_special_tokens=False).ids
-    monkeypatch.setattr(tk, "_CHUNK_CHARS", 300)
-    chunks = tk._chunks(text)
+    chunks = tk.chunks(text, 300)
     assert len(chunks) > 50 and "".join(chunks) == text
     for a, b in zip(chunks, chunks[1:]):
         assert a[-2:-1].strip() and a[-1] == "\n" and b[0].strip(), (a[-5:], b[:5])
-    assert tok.encode(text).tolist() == whole
+    assert [i for c in chunks for i in tok._tok.encode(c, add_special_tokens=False).ids] == whole
+    long = text * (tk.CHUNK_CHARS // len(text) + 2)  # longer than a chunk: encode() cuts it itself
+    assert tok.encode(long).tolist() == tok._tok.encode(long, add_special_tokens=False).ids
     assert tok.decode(tok.encode(text)) == text
 
 

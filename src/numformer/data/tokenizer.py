@@ -141,15 +141,16 @@ def _hf():
 # sides, the "\n" is a piece of its own. Encoding the chunks between such points one by one gives
 # exactly the ids of encoding the whole text at once, and lets `encode_batch` use every core.
 _SAFE_CUT = re.compile(r"(?<=\S\n)(?=\S)")
-_CHUNK_CHARS = 1 << 16
+CHUNK_CHARS = 1 << 16
 
 
-def _chunks(text: str) -> list[str]:
-    if len(text) <= _CHUNK_CHARS:
+def chunks(text: str, size: int = CHUNK_CHARS) -> list[str]:
+    """text cut at safe points (see _SAFE_CUT) into pieces of about `size` characters or more."""
+    if len(text) <= size:
         return [text]
     chunks, start = [], 0
     while start < len(text):
-        end = start + _CHUNK_CHARS
+        end = start + size
         if end >= len(text):
             chunks.append(text[start:])
             break
@@ -220,7 +221,7 @@ class BPETokenizer:
             show_progress=False,
         )
         pieces = [text] if isinstance(text, str) else safe_pieces(text)
-        tok.train_from_iterator((chunk for piece in pieces for chunk in _chunks(piece)), trainer=trainer)
+        tok.train_from_iterator((chunk for piece in pieces for chunk in chunks(piece)), trainer=trainer)
         return cls(tok)
 
     @classmethod
@@ -264,11 +265,11 @@ class BPETokenizer:
         return self._tok.get_vocab_size()
 
     def encode(self, text: str) -> np.ndarray:
-        chunks = _chunks(text)
-        if len(chunks) == 1:
+        pieces = chunks(text)
+        if len(pieces) == 1:
             return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int64)
         batch = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
-        encodings = batch(chunks, add_special_tokens=False)
+        encodings = batch(pieces, add_special_tokens=False)
         return np.concatenate([np.asarray(e.ids, dtype=np.int64) for e in encodings])
 
     def decode(self, ids) -> str:
