@@ -13,7 +13,6 @@ import torch
 
 from numformer.checkpoint import load_checkpoint
 from numformer.cli import main as cli_main
-from numformer.errors import NumformerError
 from numformer.model.gpt import GPT
 from numformer.training import run
 from tests.gpt2_folder import TEXT, make_gpt2_folder

@@ -14,30 +14,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from numformer import cli
 from numformer.checkpoint import load_checkpoint
-from numformer.training import TrainConfig, run
 
-TINY = dict(n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=4, eval_interval=5, eval_iters=1,
-            warmup_iters=2, sample_tokens=0)
+from .tiny import TINY, flags, make_lab
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    root = tmp_path_factory.mktemp("oneline")
-    rng = np.random.default_rng(0)
-    words = ["the", "king", "queen", "shall", "not", "be", "my", "lord"]
-    (root / "corpus.txt").write_text("\n".join(" ".join(rng.choice(words, size=8)) for _ in range(400)) + "\n")
-    run(dict(TINY, max_iters=10, data=str(root / "corpus.txt"), out_dir=str(root / "run")),
-        cache_dir=root / "cache", plot=False, out=open(os.devnull, "w"))
-    return root
-
-
-def flags(d):
-    return [x for k, v in d.items() for x in (f"--{k}", str(v))]
+    return make_lab(tmp_path_factory.mktemp("oneline"))
 
 
 def numformer(args, cwd, **kw):

@@ -242,24 +242,6 @@ class BPETokenizer:
             tok.add_special_tokens(["<|endoftext|>"])
         return cls(tok)
 
-    @classmethod
-    def from_gpt2_files(cls, vocab, merges) -> BPETokenizer:
-        """GPT-2's byte-level BPE from its vocab.json (token -> id) and merges.txt (one merge rule
-        per line, in rank order). "<|endoftext|>", when the vocabulary has it, is a special token
-        that is never split, as in GPT-2. DataError (one line) if the files cannot be read."""
-        hf = _hf()
-        try:
-            model = hf.models.BPE.from_file(str(vocab), str(merges))
-        except Exception as e:  # the Rust side raises a bare Exception
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise DataError(f"{vocab} and {merges} cannot be read as GPT-2 BPE files ({first})") from None
-        tok = hf.Tokenizer(model)
-        tok.pre_tokenizer = hf.pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = hf.decoders.ByteLevel()
-        if tok.token_to_id("<|endoftext|>") is not None:
-            tok.add_special_tokens(["<|endoftext|>"])
-        return cls(tok)
-
     @property
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size()

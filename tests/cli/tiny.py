@@ -1,0 +1,25 @@
+"""A tiny trained run that several CLI tests start from: a word-salad corpus and ten steps of a
+one-layer GPT."""
+
+import os
+
+import numpy as np
+
+from numformer.training import run
+
+TINY = dict(n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=4, eval_interval=5, eval_iters=1,
+            warmup_iters=2, sample_tokens=0)
+
+
+def make_lab(root):
+    """root/corpus.txt, root/run (a finished 10-step run) and root/cache; returns root."""
+    rng = np.random.default_rng(0)
+    words = ["the", "king", "queen", "shall", "not", "be", "my", "lord"]
+    (root / "corpus.txt").write_text("\n".join(" ".join(rng.choice(words, size=8)) for _ in range(400)) + "\n")
+    run(dict(TINY, max_iters=10, data=str(root / "corpus.txt"), out_dir=str(root / "run")),
+        cache_dir=root / "cache", plot=False, out=open(os.devnull, "w"))
+    return root
+
+
+def flags(d):
+    return [x for k, v in d.items() for x in (f"--{k}", str(v))]
