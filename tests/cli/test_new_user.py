@@ -108,6 +108,23 @@ def test_the_rate_actually_used_decays_over_a_short_run(lab, tmp_path, monkeypat
     assert TrainConfig.min_lr <= seen[-1] < 0.2 * TrainConfig.learning_rate    # before: ~learning_rate throughout
 
 
+def test_metrics_log_the_rate_the_step_uses(lab, tmp_path):
+    """metrics.jsonl's lr at each evaluation is the schedule's rate at that step, with the decay
+    ending at max_iters (written out here: warmup, then a half cosine from learning_rate to min_lr)."""
+    import math
+
+    out = tmp_path / "o"
+    run(dict(TINY, max_iters=20, eval_interval=5, data=str(lab / "corpus.txt"), out_dir=str(out)),
+        cache_dir=lab / "cache", plot=False, out=open(os.devnull, "w"))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    hi, lo, W, D = TrainConfig.learning_rate, TrainConfig.min_lr, TINY["warmup_iters"], 20
+    for r in rows:
+        it = r["step"]
+        want = hi * (it + 1) / (W + 1) if it < W else lo + 0.5 * (1 + math.cos(math.pi * (it - W) / (D - W))) * (hi - lo)
+        assert r["lr"] == pytest.approx(want, rel=1e-12), r
+    assert [r["step"] for r in rows] == [0, 5, 10, 15, 20]
+
+
 def test_resume_with_a_larger_max_iters_stretches_the_schedule(lab, tmp_path):
     import shutil
 

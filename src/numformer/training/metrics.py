@@ -32,16 +32,13 @@ def is_our_metrics(path: Path) -> bool:
 
 def append_metrics(out_dir: Path, tr, losses: dict, tokens_per_sec) -> None:
     from numformer.checkpoint import replace_file
-    from numformer.optim.schedule import cosine_lr
 
-    c = tr.cfg
-    row = {"step": tr.iter_num, "train_loss": losses["train"], "val_loss": losses["val"],
-           "lr": cosine_lr(tr.iter_num, c.learning_rate, c.warmup_iters, c.lr_decay_iters, c.min_lr),
+    row = {"step": tr.iter_num, "train_loss": losses["train"], "val_loss": losses["val"], "lr": tr.lr(),
            "tokens_per_sec": tokens_per_sec, "time": time.time()}
     health = getattr(tr, "grad_health", [])
     last = health[-1] if health else (None, None, None)
     row.update(grad_norm=last[1], clipped=last[2], grad_norms=[[step, norm] for step, norm, _ in health],
-               clipped_steps=sum(bool(clipped) for *_, clipped in health), grad_clip=c.grad_clip,
+               clipped_steps=sum(bool(clipped) for *_, clipped in health), grad_clip=tr.cfg.grad_clip,
                update_ratio=dict(getattr(tr, "update_ratio", {})))
     if health:
         tr.grad_health = []                   # the next row holds the steps after this one

@@ -177,12 +177,18 @@ class Trainer:
         lo, hi = shard(self.cfg.batch_size, self.world.rank, self.world.size)
         return x[lo:hi], y[lo:hi]
 
-    def step(self) -> float:
-        from numformer.optim.clip import clip_grad_norm
+    def lr(self) -> float:
+        """The learning rate of the step at iter_num (what step() uses and metrics.jsonl logs)."""
         from numformer.optim.schedule import cosine_lr
 
+        cfg = self.cfg
+        return cosine_lr(self.iter_num, cfg.learning_rate, cfg.warmup_iters, cfg.decay_iters, cfg.min_lr)
+
+    def step(self) -> float:
+        from numformer.optim.clip import clip_grad_norm
+
         cfg, model = self.cfg, self.model
-        lr = cosine_lr(self.iter_num, cfg.learning_rate, cfg.warmup_iters, cfg.decay_iters, cfg.min_lr)
+        lr = self.lr()
         x, y = self.get_batch(self.train_ids, self.batch_rng)
         model.zero_grad()
         share = x.shape[0] / cfg.batch_size     # this rank's part of the global mean
