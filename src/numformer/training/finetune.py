@@ -35,6 +35,7 @@ def init_folder(path) -> tuple[Path, str]:
     """(folder, kind) of --init_from: kind "numformer" or "hf". CheckpointError (one line) for a
     path that is not such a folder; a pickle is refused without being opened."""
     from numformer.checkpoint import PICKLE_SUFFIXES, pickle_refusal, read_json
+    from numformer.model.serialize import FORMAT
 
     root = Path(path)
     if not str(path).strip():
@@ -56,7 +57,7 @@ def init_folder(path) -> tuple[Path, str]:
         raise CheckpointError(f"--init_from {root}: no config.json; give a numformer checkpoint folder or a Hugging "
                               f"Face GPT-2 folder")
     doc = read_json(root / "config.json", "--init_from needs it")
-    return root, ("numformer" if isinstance(doc, dict) and doc.get("format") == "numformer-gpt" else "hf")
+    return root, ("numformer" if isinstance(doc, dict) and doc.get("format") == FORMAT else "hf")
 
 
 def load_init_model(path, dtype="float32"):
