@@ -36,10 +36,14 @@ def test_float32_agrees_with_float64(case, ops_name):
     assert_ok(harness.float32_against_float64(case, ops_name))
 
 
+@pytest.mark.parametrize("jit", ["numba", "numpy"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize("case, sizes", fast_rows(), ids=lambda v: str(v) if not isinstance(v, dict) else
                          (",".join(f"{k}={x}" for k, x in v.items()) or "default"))
-def test_fast_equals_reference(case, sizes, dtype):
+def test_fast_equals_reference(case, sizes, dtype, jit, monkeypatch):
+    """float32 runs the compiled kernels (numformer.ops.fast.jit) with jit="numba", the fast ops'
+    NumPy code with NUMFORMER_JIT=0; float64 always runs NumPy."""
+    monkeypatch.setenv("NUMFORMER_JIT", "1" if jit == "numba" else "0")
     assert_ok(harness.fast_against_reference(case, sizes, dtype))
 
 

@@ -230,6 +230,7 @@ FAST_SIZES: dict[str, list[dict[str, Any]]] = {
                   {"keep_probs": False, "qrows": 1}],
     "mha": [{}, {"block": 7, "qrows": 2}, {"keep_probs": False}, {"keep_probs": False, "qrows": 1}],
     "gelu": [{}, {"chunk": 5}],
+    "layernorm": [{}],           # no sizes: the compiled kernels (numba) against the NumPy reference
 }
 
 

@@ -7,14 +7,18 @@ speed and memory. Where an op has nothing to gain, the reference module is used 
 - attention: cache-sized score blocks, causal query chunks that skip masked keys, and
   keep_probs=False (P recomputed in backward, bit for bit);
 - gelu: a float32 gate as PyTorch computes it, an accurate float64 gate, cache-sized slices;
+- layernorm: with numba, one compiled pass per row for forward and one for backward (float32);
 - mha: multi-head attention over the fast attention.
+
+numformer.ops.fast.jit holds the compiled float32 kernels (numba, optional: `pip install
+'numformer[jit]'`); without numba, or with NUMFORMER_JIT=0, the fast ops run NumPy code only.
 
 The block and chunk sizes are parameters of forward (`block`, `qrows`, `chunk`) with module
 defaults; tests hold every fast op equal to its reference across those boundaries.
 """
 
-from numformer.ops import cross_entropy, dropout, embedding, layernorm, linear, lora, positional, residual, softmax
-from numformer.ops.fast import attention, gelu, mha
+from numformer.ops import cross_entropy, dropout, embedding, linear, lora, positional, residual, softmax
+from numformer.ops.fast import attention, gelu, layernorm, mha
 
 __all__ = ["attention", "cross_entropy", "dropout", "embedding", "gelu", "layernorm", "linear",
            "lora", "mha", "positional", "residual", "softmax"]

@@ -33,6 +33,7 @@ import numpy as np
 
 from numformer.ops.attention import allowed_keys, check_shapes
 from numformer.ops.dropout import check_p, keep_mask
+from numformer.ops.fast import jit
 
 
 _BIAS_CACHE = {}
@@ -132,6 +133,58 @@ def _recompute_rows(s, allowed, bias, bias_col, stats):
     s *= stats[1]
 
 
+def _softmax_kernel(s, first, limits, stats):
+    """_softmax_rows by the compiled kernel: s (..., rows, e) ← P in place, where row i sees the
+    keys [0, min(e, first + i, limits[...]))."""
+    rows, e = s.shape[-2:]
+    if stats is None:
+        stats = (np.empty((*s.shape[:-1], 1), s.dtype), np.empty((*s.shape[:-1], 1), s.dtype))
+    limit = np.ascontiguousarray(np.broadcast_to(limits, s.shape[:-2]), dtype=np.int64).reshape(-1)
+    jit.kernels().softmax_rows(_rows_view(s, rows, e), first, limit,
+                               _stats_view(stats[0], rows), _stats_view(stats[1], rows))
+
+
+def _kernel_limits(q, k, v, lead, Tk, causal, mask, dropout_p):
+    """With numba (float32, no dropout): the number of keys each item of the leading dimensions
+    sees, an int64 array of shape `lead` (or the int Tk without a mask), for the compiled
+    softmax kernels; None where the NumPy code runs instead: no numba, float64, dropout, or a
+    mask that is not a run of real keys followed by padding (the encoder's key mask is one),
+    or such a mask together with the causal one."""
+    if not (dropout_p == 0.0 and jit.usable(q, k, v)):
+        return None
+    if mask is None:
+        return Tk                     # the same for every item
+    if causal:
+        return None
+    m = np.asarray(mask)
+    if m.ndim < 2 or m.shape[-2] != 1 or m.dtype != np.bool_:
+        return None
+    m = np.broadcast_to(m, (*lead, 1, Tk))[..., 0, :]
+    n = m.sum(axis=-1)
+    if not np.array_equal(m, np.arange(Tk) < n[..., None]):
+        return None
+    return np.ascontiguousarray(n, dtype=np.int64)
+
+
+def _part_limits(limits, blk):
+    """The key counts of the block `blk` (limits is an int or, with leading dimensions, an array)."""
+    return limits[blk] if isinstance(limits, np.ndarray) and limits.ndim else limits
+
+
+def _rows_view(a, rows, cols):
+    """a (..., rows, cols) as a (G, rows, cols) view of the same memory (writes go through)."""
+    v = a.view()
+    v.shape = (-1, rows, cols)        # raises instead of copying when no view is possible
+    return v
+
+
+def _stats_view(a, rows):
+    """A block's row statistics (..., rows, 1) as a (G, rows) view."""
+    v = a[..., 0].view()
+    v.shape = (-1, rows)
+    return v
+
+
 def forward(q, k, v, causal=False, mask=None, dropout_p=0.0, rng=None, keep_probs=True,
             block=BLOCK, qrows=QROWS):
     """y = softmax(q kᵀ / √d_k + mask) v. Returns (y, cache).
@@ -152,15 +205,20 @@ def forward(q, k, v, causal=False, mask=None, dropout_p=0.0, rng=None, keep_prob
 
     rows = query_chunks(Tq, Tk, bias is not None, qrows)
     lead = score_shape[:-2]
+    limits = _kernel_limits(q, k, v, lead, Tk, causal, mask, dropout_p)
     if allowed is None and dropout_p == 0.0 and 0 < Tk and math.prod(score_shape) <= block:
         # every key visible, no dropout, scores small enough for one block (a KV-cached decoding
         # step, for one): the loop below in one go, without its bookkeeping
         p = [np.empty(score_shape, dtype=dtype)] if keep_probs else None
         stats = None if keep_probs else (np.empty((*lead, Tq, 1), dtype=dtype), np.empty((*lead, Tq, 1), dtype=dtype))
         s = np.matmul(q * scale, k.swapaxes(-1, -2), out=None if p is None else p[0])   # (..., Tq, Tk)
-        _softmax_rows(s, None, None, 0, stats)                       # P = softmax(S), in place
+        if limits is not None:                                        # P = softmax(S), in place
+            _softmax_kernel(s, Tk, limits, stats)
+        else:
+            _softmax_rows(s, None, None, 0, stats)
         y = np.matmul(s, v)                                           # (..., Tq, d_v)
-        return y, (q, k, v, p, None, p, scale, rows, block, None if stats is None else (stats, None, None))
+        return y, (q, k, v, p, None, p, scale, rows, block,
+                   None if stats is None else (stats, None, None, limits))
     drop = None
     if dropout_p > 0.0:
         full = keep_mask(score_shape, dropout_p, rng).astype(dtype)   # M, in p's dtype
@@ -189,14 +247,17 @@ def forward(q, k, v, causal=False, mask=None, dropout_p=0.0, rng=None, keep_prob
             s = np.matmul(q[blk][..., a:b, :] * scale, k[blk][..., :e, :].swapaxes(-1, -2),
                           out=None if p is None else p[c][blk])      # (block, ..., b−a, e)
             d = max(0, Tk - Tq + a)          # keys [0, d) are visible to every row of the chunk
-            _softmax_rows(s, part[..., a:b, :e] if part is not None else None,
-                          bias[a:b, d:e] if bias is not None else None, d,
-                          None if stats is None else (stats[0][blk][..., a:b, :], stats[1][blk][..., a:b, :]))
+            chunk_stats = None if stats is None else (stats[0][blk][..., a:b, :], stats[1][blk][..., a:b, :])
+            if limits is not None:
+                _softmax_kernel(s, Tk - Tq + a + 1 if bias is not None else e, _part_limits(limits, blk), chunk_stats)
+            else:
+                _softmax_rows(s, part[..., a:b, :e] if part is not None else None,
+                              bias[a:b, d:e] if bias is not None else None, d, chunk_stats)
             if drop is not None:                                        # P̃ = P ⊙ M / (1 − p)
                 s = np.multiply(s, drop[c][blk], out=None if p is None else p_used[c][blk])
             np.matmul(s, v[blk][..., :e, :], out=yb[..., a:b, :])      # y = P̃ v
     return y, (q, k, v, p, drop, p_used, scale, rows, block,
-               None if stats is None else (stats, allowed, bias))
+               None if stats is None else (stats, allowed, bias, limits))
 
 
 def backward(dy, cache):
@@ -206,8 +267,10 @@ def backward(dy, cache):
         raise ValueError(f"attention: dy has shape {dy.shape} but y had shape {(*q.shape[:-1], v.shape[-1])}")
     dtype = np.result_type(q, k, v, dy)
     Tq, Tk = q.shape[-2], k.shape[-2]
+    limits = None
     if recompute is not None:
-        stats, allowed, bias = recompute
+        stats, allowed, bias, limits = recompute
+    kernel = jit.usable(q, k, v, dy)
     dq = np.empty(q.shape, dtype=dtype)
     whole = len(rows) == 1                  # one chunk: dk, dv written at once; else summed over chunks
     dk = (np.empty if whole else np.zeros)(k.shape, dtype=dtype)
@@ -226,9 +289,15 @@ def backward(dy, cache):
                 d = max(0, Tk - Tq + a)
                 qs = qb * scale
                 pb = np.matmul(qs, kb.swapaxes(-1, -2))
-                _recompute_rows(pb, part[..., a:b, :e] if part is not None else None,
-                                bias[a:b, d:e] if bias is not None else None, d,
-                                (stats[0][blk][..., a:b, :], stats[1][blk][..., a:b, :]))
+                chunk_stats = (stats[0][blk][..., a:b, :], stats[1][blk][..., a:b, :])
+                if limits is not None:
+                    limit = np.ascontiguousarray(np.broadcast_to(_part_limits(limits, blk), pb.shape[:-2]), dtype=np.int64).reshape(-1)
+                    jit.kernels().softmax_again(_rows_view(pb, b - a, e), Tk - Tq + a + 1 if bias is not None else e,
+                                                limit, _stats_view(chunk_stats[0], b - a),
+                                                _stats_view(chunk_stats[1], b - a))
+                else:
+                    _recompute_rows(pb, part[..., a:b, :e] if part is not None else None,
+                                    bias[a:b, d:e] if bias is not None else None, d, chunk_stats)
                 ub = pb if drop is None else pb * drop[c][blk]
             dp = dyb @ vb.swapaxes(-1, -2)                    # dP̃ (block, ..., b−a, e)
             if whole:
@@ -237,9 +306,13 @@ def backward(dy, cache):
                 dv[blk][..., :e, :] += ub.swapaxes(-1, -2) @ dyb        # dv = Σ_chunks P̃ᵀ dy
             if drop is not None:
                 dp *= drop[c][blk]                            # dP = dP̃ ⊙ M / (1 − p)
-            row = np.vecdot(dp, pb)[..., None]                # (..., b−a, 1) Σ_l dP_il P_il: a BLAS dot
-            dp -= row
-            ds = np.multiply(dp, pb, out=dp)                  # P ⊙ dP − P Σ_l dP_il P_il (terms 1, 2)
+            if kernel and pb.flags.c_contiguous:              # the three lines below, in one compiled pass
+                jit.kernels().softmax_backward_rows(_rows_view(pb, b - a, e), _rows_view(dp, b - a, e))
+                ds = dp
+            else:
+                row = np.vecdot(dp, pb)[..., None]            # (..., b−a, 1) Σ_l dP_il P_il: a BLAS dot
+                dp -= row
+                ds = np.multiply(dp, pb, out=dp)              # P ⊙ dP − P Σ_l dP_il P_il (terms 1, 2)
             dqb = np.matmul(ds, kb, out=dq[blk][..., a:b, :])
             dqb *= scale                                      # dq = dS k / √d_k
             qb = qs if recompute is not None else qb * scale  # (the scale on q's side, as in forward)

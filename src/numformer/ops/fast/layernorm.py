@@ -1,0 +1,76 @@
+"""Layer normalisation, the fast version: the same formula, signature and cache contract as
+numformer.ops.layernorm (read that module for the math and the derivation of backward).
+
+With numba installed (numformer.ops.fast.jit), float32 input runs compiled kernels that take
+each row once: forward makes μ, σ², rstd, x̂ and y in one kernel; backward makes dx, and adds
+dγ and dβ, in one. The row sums are float32, as the reference's are, but summed in another
+order, so the results agree with the reference to float32 rounding, not bit for bit. `output`
+repeats forward's last step with the same operations, so it gives forward's y again bit for bit.
+Everything else (float64, no numba, NUMFORMER_JIT=0) is the reference's NumPy code.
+"""
+
+import numpy as np
+
+from numformer.ops import layernorm as reference
+from numformer.ops.fast import jit
+
+
+def _affine(C, weight, bias):
+    """γ and β as float32 arrays; ones and zeros stand in for a missing one (x·1 and x + 0 are
+    exact, so the output is the reference's)."""
+    w = np.ones(C, np.float32) if weight is None else np.ascontiguousarray(weight, dtype=np.float32)
+    b = np.zeros(C, np.float32) if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
+    return w, b
+
+
+def _fits(x, weight, bias):
+    return (jit.usable(x) and x.ndim >= 1 and x.shape[-1] > 0 and x.size > 0
+            and all(p is None or p.dtype == np.float32 for p in (weight, bias)))
+
+
+def forward(x, weight, bias, eps=1e-5):
+    """y = weight * (x - mean) / sqrt(var + eps) + bias over the last axis. Returns (y, cache)."""
+    C = x.shape[-1]
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and p.shape != (C,):
+            raise ValueError(f"layernorm: x has shape {x.shape} but {name} has shape {p.shape} "
+                             f"(must be ({C},))")
+    if not _fits(x, weight, bias):
+        return reference.forward(x, weight, bias, eps)
+    x2 = np.ascontiguousarray(x).reshape(-1, C)                     # (R, C)
+    xhat, y = np.empty_like(x2), np.empty_like(x2)
+    rstd = np.empty((x2.shape[0], 1), np.float32)
+    w, b = _affine(C, weight, bias)
+    jit.kernels().layernorm_forward(x2, w, b, np.float32(eps), xhat, rstd, y)
+    lead = x.shape[:-1]
+    cache = (xhat.reshape(x.shape), rstd.reshape(*lead, 1), weight, bias)
+    return y.reshape(x.shape), cache
+
+
+def output(cache):
+    """y = x̂ ⊙ γ + β from forward's cache: forward's output again, bit for bit."""
+    xhat, _, weight, bias = cache
+    if not _fits(xhat, weight, bias):
+        return reference.output(cache)
+    C = xhat.shape[-1]
+    y = np.empty_like(xhat)
+    w, b = _affine(C, weight, bias)
+    jit.kernels().layernorm_output(xhat.reshape(-1, C), w, b, y.reshape(-1, C))
+    return y
+
+
+def backward(dy, cache):
+    """Returns (dx, dweight, dbias); a gradient is None where forward got None."""
+    xhat, rstd, weight, bias = cache
+    if dy.shape != xhat.shape:
+        raise ValueError(f"layernorm: dy has shape {dy.shape} but y had shape {xhat.shape}")
+    if not (_fits(xhat, weight, bias) and dy.dtype == np.float32):
+        return reference.backward(dy, cache)
+    C = xhat.shape[-1]
+    dy2 = np.ascontiguousarray(dy).reshape(-1, C)
+    dx = np.empty_like(dy2)
+    dw, db = np.zeros(C, np.float32), np.zeros(C, np.float32)
+    w, _ = _affine(C, weight, None)
+    jit.kernels().layernorm_backward(dy2, np.ascontiguousarray(xhat).reshape(-1, C),
+                                     np.ascontiguousarray(rstd).reshape(-1, 1), w, dx, dw, db)
+    return dx.reshape(dy.shape), dw if weight is not None else None, db if bias is not None else None

@@ -1,0 +1,160 @@
+"""The compiled float32 kernels (numformer.ops.fast.jit): their exp and erf against float64 on
+dense grids and at the edges, GELU and LayerNorm against PyTorch in float64, NaN passing
+through, and the switch that turns them off. (The fast ops' equality with the reference, with
+the kernels on and off, is in test_ops.py.) numba is in the test extras, so these always run."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from numformer.ops.fast import attention, gelu, jit, layernorm
+from numformer.ops import attention as reference_attention
+
+
+@pytest.fixture(autouse=True)
+def kernels_on(monkeypatch):
+    monkeypatch.delenv("NUMFORMER_JIT", raising=False)
+    assert jit.enabled(), "numba is in the test extras: the kernels must be on"
+
+
+def ulps(got, want):
+    """|got − want| in units of float32's spacing at want (want in float64)."""
+    spacing = np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
+    return np.abs(got.astype(np.float64) - want) / spacing
+
+
+def test_exp_within_two_ulp_and_its_edges():
+    """exp, on which both GELU gates and the attention softmax rest."""
+    x = np.linspace(-87.0, 88.0, 3_000_001).astype(np.float32)
+    out = np.empty_like(x)
+    jit.kernels().exp_array(x, out)
+    assert ulps(out, np.exp(x.astype(np.float64))).max() <= 2.0
+    edges = np.array([0.0, -0.0, 1e-30, -1e-30, -87.5, -100.0, -np.inf, 88.5, np.inf, np.nan], np.float32)
+    out = np.empty_like(edges)
+    jit.kernels().exp_array(edges, out)
+    assert out[:4].tolist() == [1.0, 1.0, 1.0, 1.0]
+    assert out[4:7].tolist() == [0.0, 0.0, 0.0]          # below −87: 0 (no subnormals)
+    assert out[7:9].tolist() == [np.inf, np.inf]
+    assert np.isnan(out[9])
+
+
+def test_normal_cdf_within_nine_ulp_in_both_tails_and_its_edges():
+    """The exact GELU's gate Φ, relatively accurate also where it is tiny (x ≪ 0)."""
+    x = np.linspace(-13.0, 6.0, 1_000_001).astype(np.float32)
+    out = np.empty_like(x)
+    jit.kernels().normal_cdf_array(x, out)
+    want = np.array([0.5 * math.erfc(-v / math.sqrt(2)) for v in x.astype(np.float64)])
+    assert ulps(out, want).max() <= 9.0
+    edges = np.array([0.0, -0.0, -16.0, 16.0, np.inf, -np.inf, np.nan], np.float32)
+    out = np.empty_like(edges)
+    jit.kernels().normal_cdf_array(edges, out)
+    assert out[:6].tolist() == [0.5, 0.5, 0.0, 1.0, 1.0, 0.0]
+    assert np.isnan(out[6])
+
+
+@pytest.mark.parametrize("form", ["tanh", "exact"])
+def test_gelu_kernels_against_torch(form):
+    x = np.random.default_rng(0).normal(0, 3, size=(64, 1000)).astype(np.float32)
+    x[0, :8] = [-40.0, -12.0, -5.0, -1e-20, 0.0, 1e-20, 12.0, 1e6]
+    y, cache = gelu.forward(x, form)
+    y2, slope = gelu.output_and_slope(cache)
+    dy = np.random.default_rng(1).normal(size=x.shape).astype(np.float32)
+    dx = gelu.backward(dy, cache)
+    assert y.dtype == slope.dtype == dx.dtype == np.float32
+    np.testing.assert_array_equal(y2, y)                  # forward's output again, bit for bit
+    np.testing.assert_array_equal(dx, dy * slope)
+    tx = torch.tensor(x.astype(np.float64), requires_grad=True)
+    ty = torch.nn.functional.gelu(tx, approximate={"tanh": "tanh", "exact": "none"}[form])
+    ty.sum().backward()
+    # absolute on the scale of x, as float32 rounding of x itself is
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(slope, tx.grad.numpy(), rtol=2e-6, atol=2e-6)
+    assert y[0, 6] == 12.0 and y[0, 7] == 1e6             # the gate is exactly 1 for large x
+    assert y[0, 0] == 0.0 and y[0, 4] == 0.0
+
+
+@pytest.mark.parametrize("form", ["tanh", "exact"])
+def test_gelu_kernels_pass_nan_and_inf(form):
+    x = np.array([np.nan, np.inf, -np.inf, 1.0], np.float32)
+    y, cache = gelu.forward(x, form)
+    _, slope = gelu.output_and_slope(cache)
+    assert np.isnan(y[0]) and np.isnan(slope[0])
+    assert y[1] == np.inf and np.isnan(y[2])           # −inf · Φ(−inf) = −inf · 0, as in NumPy
+    assert y[3] == pytest.approx(0.8413, abs=1e-3)
+
+
+def test_layernorm_kernels_against_torch():
+    rng = np.random.default_rng(2)
+    x = (rng.normal(size=(3, 50, 384)) * 4 + 7).astype(np.float32)
+    w, b = rng.normal(size=384).astype(np.float32), rng.normal(size=384).astype(np.float32)
+    y, cache = layernorm.forward(x, w, b, eps=1e-5)
+    np.testing.assert_array_equal(layernorm.output(cache), y)
+    dy = rng.normal(size=x.shape).astype(np.float32)
+    dx, dw, db = layernorm.backward(dy, cache)
+    assert y.dtype == dx.dtype == dw.dtype == db.dtype == np.float32
+    t = [torch.tensor(a.astype(np.float64), requires_grad=True) for a in (x, w, b)]
+    ty = torch.nn.functional.layer_norm(t[0], (384,), t[1], t[2], eps=1e-5)
+    (ty * torch.tensor(dy.astype(np.float64))).sum().backward()
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-5, atol=1e-5)
+    for ours, theirs in zip((dx, dw, db), t):
+        scale = np.abs(theirs.grad.numpy()).max()
+        np.testing.assert_allclose(ours, theirs.grad.numpy(), rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_layernorm_kernel_passes_nan():
+    x = np.ones((2, 8), np.float32)
+    x[0, 3] = np.nan
+    y, _ = layernorm.forward(x, np.ones(8, np.float32), np.zeros(8, np.float32))
+    assert np.isnan(y[0]).all() and not np.isnan(y[1]).any()
+
+
+def _padded_attention_inputs(lengths, T=9, nh=2, hs=4, seed=3):
+    rng = np.random.default_rng(seed)
+    B = len(lengths)
+    q, k, v = (rng.normal(size=(B, nh, T, hs)).astype(np.float32) for _ in range(3))
+    mask = np.zeros((B, 1, 1, T), bool)
+    for i, n in enumerate(lengths):
+        mask[i, ..., :n] = True
+    return q, k, v, mask
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_softmax_kernels_take_key_padding_and_causal_masks(causal):
+    """A mask of real keys then padding (the encoder's) runs the compiled softmax, with each
+    group's own key count; any other mask, or such a mask with the causal one, runs NumPy.
+    Both agree with the reference, forward and backward, through blocks and chunks."""
+    q, k, v, mask = _padded_attention_inputs([9, 4, 1])
+    lead = q.shape[:-2]
+    limits = attention._kernel_limits(q, k, v, lead, 9, causal, mask, 0.0)
+    assert (limits is None) == causal
+    if not causal:
+        assert limits.tolist() == [[9, 9], [4, 4], [1, 1]]
+    scattered = mask.copy()
+    scattered[1, ..., 6] = True                              # a hole: not a run of real keys
+    assert attention._kernel_limits(q, k, v, lead, 9, False, scattered, 0.0) is None
+    assert attention._kernel_limits(q, k, v, lead, 9, True, None, 0.0) == 9
+    for m in (mask, scattered, None):
+        want, rcache = reference_attention.forward(q, k, v, causal=causal, mask=m)
+        dy = np.random.default_rng(4).normal(size=want.shape).astype(np.float32)
+        wq, wk, wv = reference_attention.backward(dy, rcache)
+        for sizes in ({}, {"block": 7, "qrows": 2}):
+            y, cache = attention.forward(q, k, v, causal=causal, mask=m, keep_probs=False, **sizes)
+            np.testing.assert_allclose(y, want, rtol=2e-5, atol=2e-6)
+            for got, ref in zip(attention.backward(dy, cache), (wq, wk, wv)):
+                np.testing.assert_allclose(got, ref, rtol=2e-5, atol=2e-6)
+
+
+def test_switched_off_the_fast_ops_run_numpy(monkeypatch):
+    """NUMFORMER_JIT=0 turns the kernels off: the float32 GELU then gives the NumPy gate's
+    numbers, which differ from the kernel's in the last bits somewhere on a large sample."""
+    x = np.random.default_rng(5).normal(0, 3, size=100_000).astype(np.float32)
+    with_kernels = gelu.forward(x, "exact")[0]
+    monkeypatch.setenv("NUMFORMER_JIT", "0")
+    assert not jit.enabled() and not jit.usable(x)
+    without = gelu.forward(x, "exact")[0]
+    monkeypatch.delenv("NUMFORMER_JIT")
+    assert jit.enabled()
+    assert not np.array_equal(with_kernels, without)
+    np.testing.assert_allclose(with_kernels, without, rtol=1e-6, atol=1e-7)
