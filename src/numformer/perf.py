@@ -89,10 +89,13 @@ def peak_rss_bytes():
 
 
 def blas_info() -> dict:
-    """NumPy's BLAS library and its thread count (via threadpoolctl when it is installed)."""
+    """NumPy's BLAS library and its thread count (via threadpoolctl when it is installed), and
+    which elementwise kernels the fast ops run (numformer.ops.fast.jit)."""
     import numpy as np
 
-    info = {"numpy": np.__version__, "blas": None, "blas_threads": None}
+    from numformer.ops.fast import jit
+
+    info = {"numpy": np.__version__, "blas": None, "blas_threads": None, "kernels": jit.describe()}
     try:
         deps = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
         info["blas"] = f"{deps.get('name')} {deps.get('version')}"

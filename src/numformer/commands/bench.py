@@ -83,6 +83,7 @@ def main(args) -> int:
         ("machine", f"{machine['cpu']}; NumPy {machine['numpy']}, {machine['blas'] or 'BLAS library unknown'}, "
                     + (f"{machine['blas_threads']} BLAS threads" if machine["blas_threads"]
                        else "BLAS threads unknown")),
+        ("kernels", machine["kernels"]),
         ("threads / step", f"{r['threads']} (the batch and the AdamW update are split over them, as numformer train does)"),
         ("parameters", f"{r['params']:,} (N = {r['flops_params']:,} without position embeddings)"),
         ("time / iteration", f"{r['ms_per_iter']:,.1f} ms (median of {args.iters} after {args.warmup} warm-up; "
@@ -92,7 +93,7 @@ def main(args) -> int:
     ]
     if floor:
         rows.append(("matmul floor", f"{floor['ms']:,.1f} ms, {100 * r['floor_share']:.0f}% of the iteration: its matrix "
-                                     f"products alone, the least any implementation on this BLAS could take"))
+                                     f"products alone, the least numformer's present decomposition of the step could take on this BLAS"))
     if gemm:
         rows.append((f"{gemm_name} ceiling", f"{gemm['gflops']:,.1f} GFLOP/s (NumPy {gemm['n']}x{gemm['n']} matmul); "
                                              f"the model uses {100 * r['share_of_ceiling']:.0f}% of it"))
