@@ -4,6 +4,9 @@ through, and the switch that turns them off. (The fast ops' equality with the re
 the kernels on and off, is in test_ops.py.) numba is in the test extras, so these always run."""
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,7 +18,7 @@ from numformer.ops import attention as reference_attention
 
 @pytest.fixture(autouse=True)
 def kernels_on(monkeypatch):
-    monkeypatch.delenv("NUMFORMER_JIT", raising=False)
+    monkeypatch.setattr(jit, "OFF", False)
     assert jit.enabled(), "numba is in the test extras: the kernels must be on"
 
 
@@ -147,17 +150,28 @@ def test_softmax_kernels_take_key_padding_and_causal_masks(causal):
 
 
 def test_switched_off_the_fast_ops_run_numpy(monkeypatch):
-    """NUMFORMER_JIT=0 turns the kernels off: the float32 GELU then gives the NumPy gate's
-    numbers, which differ from the kernel's in the last bits somewhere on a large sample."""
+    """jit.OFF turns the kernels off: the float32 GELU then gives the NumPy gate's numbers,
+    which differ from the kernel's in the last bits somewhere on a large sample."""
     x = np.random.default_rng(5).normal(0, 3, size=100_000).astype(np.float32)
     with_kernels = gelu.forward(x, "exact")[0]
-    monkeypatch.setenv("NUMFORMER_JIT", "0")
+    monkeypatch.setattr(jit, "OFF", True)
     assert not jit.enabled() and not jit.usable(x)
     without = gelu.forward(x, "exact")[0]
-    monkeypatch.delenv("NUMFORMER_JIT")
+    monkeypatch.setattr(jit, "OFF", False)
     assert jit.enabled()
     assert not np.array_equal(with_kernels, without)
     np.testing.assert_allclose(with_kernels, without, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("value, off", [("0", True), ("off", True), ("1", False), (None, False)])
+def test_the_environment_variable_switches_them_at_import(value, off):
+    env = {k: v for k, v in os.environ.items() if k != "NUMFORMER_JIT"}
+    if value is not None:
+        env["NUMFORMER_JIT"] = value
+    code = "from numformer.ops.fast import jit; print(jit.OFF, jit.describe())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split()[0] == str(off)
+    assert out.split(maxsplit=1)[1].startswith("NumPy only" if off else "numba ")
 
 
 @pytest.mark.parametrize("name", ["Adam", "AdamW"])
@@ -167,7 +181,7 @@ def test_adam_update_kernel_gives_the_numpy_bits(name, monkeypatch):
     from numformer import optim
 
     def run(switch):
-        monkeypatch.setenv("NUMFORMER_JIT", switch)
+        monkeypatch.setattr(jit, "OFF", switch == "0")
         p = np.random.default_rng(1).standard_normal(300_007).astype(np.float32)
         decay = np.zeros(p.size, bool)
         decay[1000:200_000] = True

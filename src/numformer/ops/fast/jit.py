@@ -1,6 +1,7 @@
 """Compiled float32 kernels for the fast ops, with numba when it is installed (`pip install
-'numformer[jit]'`); without it, or with NUMFORMER_JIT=0 in the environment, every fast op runs
-its NumPy code and nothing here is used.
+'numformer[jit]'`); without it, or with NUMFORMER_JIT=0 in the environment when numformer is
+imported (or `jit.OFF = True` in a running process), every fast op runs its NumPy code and
+nothing here is used.
 
 Why a compiled layer at all: an elementwise formula in NumPy is a chain of whole-array passes
 (the float32 GELU gate and its slope are a dozen, the exact one about thirty), each reading and
@@ -35,30 +36,39 @@ import numpy as np
 
 from numformer.ops.erf import PHI_P32, PHI_Q32, PHI_TOP32, ROUND16_32   # float32 Φ's form, as NumPy's
 
-_STATE: dict = {}
-
-
-def _switched_off() -> bool:
+def _off_by_environment() -> bool:
     return os.environ.get("NUMFORMER_JIT", "1").strip().lower() in ("0", "false", "no", "off", "numpy")
 
 
+# True when the kernels are switched off: NUMFORMER_JIT=0 when numformer was imported. Read once,
+# because the fast ops ask on every call (a KV-cached decoding step makes dozens of calls); a
+# running process (a test, say) switches them by setting this.
+OFF = _off_by_environment()
+
+_KERNELS = None          # the compiled kernels, once built
+_TRIED = False           # whether _build() has run (numba may be missing)
+_F32 = np.dtype(np.float32)
+
+
 def enabled() -> bool:
-    """True when numba is importable and NUMFORMER_JIT is not 0: the fast ops then call the
-    kernels below for float32 arrays."""
-    if _switched_off():
+    """True when numba is importable and the kernels are not switched off (OFF): the fast ops
+    then call the kernels below for float32 arrays."""
+    global _KERNELS, _TRIED
+    if OFF:
         return False
-    if "kernels" not in _STATE:
+    if not _TRIED:
         try:
-            _STATE["kernels"] = _build()
+            _KERNELS = _build()
         except ImportError:
-            _STATE["kernels"] = None
-    return _STATE["kernels"] is not None
+            _KERNELS = None
+        _TRIED = True
+    return _KERNELS is not None
 
 
 def describe() -> str:
     """One line for reports: which kernels the fast ops run."""
-    if _switched_off():
-        return "NumPy only (NUMFORMER_JIT=0)"
+    if OFF:
+        return "NumPy only (switched off: NUMFORMER_JIT=0)"
     if not enabled():
         return "NumPy only (numba not installed)"
     import numba
@@ -68,12 +78,17 @@ def describe() -> str:
 
 def kernels():
     """The compiled kernels (a namespace); call enabled() first."""
-    return _STATE["kernels"]
+    return _KERNELS
 
 
 def usable(*arrays) -> bool:
-    """True when the kernels can take these arrays: JIT on, every one float32."""
-    return enabled() and all(a.dtype == np.float32 for a in arrays)
+    """True when the kernels can take these arrays: kernels on, every one float32."""
+    if OFF or (_KERNELS is None and (_TRIED or not enabled())):
+        return False
+    for a in arrays:
+        if a.dtype != _F32:
+            return False
+    return True
 
 
 # ---------------------------------------------------------------- coefficients (float32 at use)
