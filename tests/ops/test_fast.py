@@ -21,6 +21,7 @@ def test_query_chunks_cover_every_row_once_and_skip_the_masked_keys():
     assert chunks(3, 3, True, qrows=2) == [(0, 3, 3)]                          # shorter than two chunks
     assert chunks(5, 9, True, qrows=2)[:2] == [(0, 2, 6), (2, 4, 8)]
     assert chunks(256, 256, True) == [(a, a + 64, a + 64) for a in range(0, 256, 64)]   # the default
+    assert chunks(1024, 1024, True) == [(a, a + 128, a + 128) for a in range(0, 1024, 128)]  # an eighth
 
 
 def test_score_blocks_split_along_items_and_along_heads():
