@@ -1,0 +1,287 @@
+"""The compiled float32 kernels themselves (numba); numformer.ops.fast.jit imports this module
+only when numba is installed and the kernels are on. Read jit.py's docstring for why each kernel
+is written as it is. They are module-level functions, so that numba's on-disk cache can find
+them again in the next process (a function made inside another is compiled afresh each time).
+"""
+
+import math
+
+import numpy as np
+from numba import njit, types
+from numba.extending import intrinsic
+
+from numformer.ops.erf import PHI_P32, PHI_Q32, PHI_TOP32, ROUND16_32   # float32 Φ's form, as NumPy's
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_GELU_C = 0.044715
+# exp(r) ≈ P(r) on |r| ≤ ln2/2
+_EXP = (1.0000000005531853, 1.0000000362545531, 0.49999992085859296, 0.16666420463523385,
+        0.041668225925047195, 0.008374792155748163, 0.001383674009437124)
+
+
+@intrinsic
+def _bits_as_float(typingctx, i):
+    """The int32 i's bits read as a float32 (a register move, no conversion)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float32))
+    return types.float32(types.int32), codegen
+
+
+f32 = np.float32
+
+# the constants, rounded to float32 once (numba freezes module globals into the code)
+P0, P1, P2, P3, P4 = (f32(c) for c in PHI_P32)
+Q0, Q1, Q2, Q3, Q4 = (f32(c) for c in PHI_Q32)
+PHI_TOP, ROUND16 = f32(PHI_TOP32), f32(ROUND16_32)
+X0, X1, X2, X3, X4, X5, X6 = (f32(c) for c in _EXP)
+ONE, TWO, HALF, ZERO = f32(1.0), f32(2.0), f32(0.5), f32(0.0)
+S, SC, TWO_S = f32(_SQRT_2_OVER_PI), f32(_SQRT_2_OVER_PI * _GELU_C), f32(2.0 * _SQRT_2_OVER_PI)
+C3 = f32(3.0 * _GELU_C)
+X2_MAX = f32(40.0 * 40.0)             # the float32 NumPy path's limit on x² in the slope
+RSQRT2PI = f32(1.0 / math.sqrt(2.0 * math.pi))
+LOG2E, LN2_HI, LN2_LO = f32(1.0 / math.log(2.0)), f32(0.693359375), f32(math.log(2.0) - 0.693359375)
+EXP_LO, EXP_HI = f32(-87.0), f32(88.0)
+ROUND = f32(1.5 * 2.0**23)            # adding and subtracting it rounds a float32 to an integer
+INF = f32(np.inf)
+
+_OPTS = dict(nogil=True, cache=True, error_model="numpy", fastmath=False)
+
+
+@njit(inline="always", **_OPTS)
+def exp(x):
+    """e^x = 2^n · e^r, x = n·ln2 + r, |r| ≤ ln2/2; 0 below −87, inf above 88 (the float32
+    range's edges, kept simple: e^−87 = 1.6e−38 is the smallest normal float32's size)."""
+    c = x if not (x < EXP_LO) else EXP_LO
+    c = c if not (c > EXP_HI) else EXP_HI
+    n = (c * LOG2E + ROUND) - ROUND            # nearest integer to x / ln2
+    r = (c - n * LN2_HI) - n * LN2_LO          # n·LN2_HI is exact: Cody and Waite's split
+    p = (((((X6 * r + X5) * r + X4) * r + X3) * r + X2) * r + X1) * r + X0
+    e = p * _bits_as_float((np.int32(n) + np.int32(127)) << np.int32(23))   # · 2^n
+    e = e if not (x < EXP_LO) else ZERO
+    return e if not (x > EXP_HI) else INF
+
+# -- GELU, tanh form: s = ½ (1 + tanh u) = sigmoid(2u), u = √(2/π) (x + 0.044715 x³), written
+# through e = exp(−|2u|) ≤ 1 as the float64 NumPy gate is: s = 1/(1 + e) for u ≥ 0, e/(1 + e)
+# for u < 0, and s (1 − s) = e/(1 + e)², accurate in both tails (1 − tanh² u would cancel)
+
+
+@njit(inline="always", **_OPTS)
+def gate_tanh(x):
+    x2 = x * x
+    x2 = x2 if not (x2 > X2_MAX) else X2_MAX   # beyond, the gate is saturated; x³ stays finite
+    z = TWO * (x * (S + SC * x2))
+    e = exp(-abs(z))
+    r = ONE / (ONE + e)
+    s = r if not (z < ZERO) else e * r
+    return s, e * (r * r), x2                  # s, s (1 − s), x²
+
+
+@njit(inline="always", **_OPTS)
+def slope_tanh(x, s, s1s, x2):
+    return s + x * (TWO_S * s1s * (ONE + C3 * x2))     # ds/dx = 2 s (1 − s) · √(2/π) (1 + 3·0.044715 x²)
+
+
+@njit(**_OPTS)
+def gelu_tanh_forward(x, y):
+    for i in range(x.size):
+        s, s1s, x2 = gate_tanh(x[i])
+        y[i] = x[i] * s
+
+
+@njit(**_OPTS)
+def gelu_tanh_output_and_slope(x, y, slope):
+    for i in range(x.size):
+        s, s1s, x2 = gate_tanh(x[i])
+        y[i] = x[i] * s
+        slope[i] = slope_tanh(x[i], s, s1s, x2)
+
+
+@njit(**_OPTS)
+def gelu_tanh_backward(x, dy, dx):
+    for i in range(x.size):
+        s, s1s, x2 = gate_tanh(x[i])
+        dx[i] = dy[i] * slope_tanh(x[i], s, s1s, x2)
+
+# -- GELU, exact form: s = Φ(x), ds/dx = φ(x) = exp(−x²/2)/√(2π). As numformer.ops.erf's
+# float32 Φ: with b = |x|, Φ(−b) = ½ erfc(b/√2) = exp(−b²/2) · P(b)/Q(b), and Φ(x) is that
+# for x < 0 and 1 − that for x ≥ 0, relatively accurate in both tails; exp(−b²/2) serves φ too
+
+
+@njit(inline="always", **_OPTS)
+def gate_exact(x):
+    b = abs(x)
+    b = b if not (b > PHI_TOP) else PHI_TOP       # Φ(−15.5) is 0 in float32; no inf/inf
+    h = (b + ROUND16) - ROUND16                   # b to a multiple of 1/16: h² is exact
+    e = exp(-HALF * (h * h)) * exp(-HALF * ((b - h) * (b + h)))    # exp(−b²/2), b² unrounded
+    p = (((P4 * b + P3) * b + P2) * b + P1) * b + P0
+    q = ((((b + Q4) * b + Q3) * b + Q2) * b + Q1) * b + Q0
+    t = e * (p / q)                               # Φ(−|x|)
+    return (t if x < ZERO else ONE - t), e
+
+
+@njit(inline="always", **_OPTS)
+def slope_exact(x, s, e):
+    return s + x * (RSQRT2PI * e)
+
+
+@njit(**_OPTS)
+def gelu_exact_forward(x, y):
+    for i in range(x.size):
+        s, e = gate_exact(x[i])
+        y[i] = x[i] * s
+
+
+@njit(**_OPTS)
+def gelu_exact_output_and_slope(x, y, slope):
+    for i in range(x.size):
+        s, e = gate_exact(x[i])
+        y[i] = x[i] * s
+        slope[i] = slope_exact(x[i], s, e)
+
+
+@njit(**_OPTS)
+def gelu_exact_backward(x, dy, dx):
+    for i in range(x.size):
+        s, e = gate_exact(x[i])
+        dx[i] = dy[i] * slope_exact(x[i], s, e)
+
+# -- LayerNorm over the rows of (R, C) arrays; row sums in float32, reassociated (vectorised)
+
+_SUMS = dict(_OPTS, fastmath={"reassoc"})
+
+
+@njit(**_SUMS)
+def layernorm_forward(x, w, b, eps, xhat, rstd, y):
+    R, C = x.shape
+    inv_c = ONE / f32(C)
+    for r in range(R):
+        row = x[r]
+        acc = ZERO
+        for j in range(C):
+            acc += row[j]
+        mu = acc * inv_c
+        acc = ZERO
+        for j in range(C):
+            d = row[j] - mu
+            acc += d * d
+        rs = ONE / np.sqrt(acc * inv_c + eps)
+        rstd[r, 0] = rs
+        for j in range(C):
+            h = (row[j] - mu) * rs
+            xhat[r, j] = h
+            y[r, j] = h * w[j] + b[j]
+
+
+@njit(**_OPTS)
+def layernorm_output(xhat, w, b, y):
+    R, C = xhat.shape
+    for r in range(R):
+        for j in range(C):
+            y[r, j] = xhat[r, j] * w[j] + b[j]
+
+
+@njit(**_SUMS)
+def layernorm_backward(dy, xhat, rstd, w, dx, dw, db):
+    """dx per row; dw, db (float32, zeroed by the caller) summed over the rows."""
+    R, C = dy.shape
+    inv_c = ONE / f32(C)
+    for r in range(R):
+        g, h = dy[r], xhat[r]
+        m1 = ZERO
+        m2 = ZERO
+        for j in range(C):
+            d = g[j] * w[j]
+            m1 += d
+            m2 += d * h[j]
+            db[j] += g[j]
+            dw[j] += g[j] * h[j]
+        m1 *= inv_c
+        m2 *= inv_c
+        rs = rstd[r, 0]
+        for j in range(C):
+            dx[r, j] = rs * (g[j] * w[j] - m1 - h[j] * m2)
+
+# -- softmax over the rows of attention scores s (G, R, E): row i of group g sees the keys
+# [0, n) with n = min(E, first + i, limit[g]) (first: the causal edge of row 0; limit: the
+# real keys of g); the rest of the row becomes 0. A row with n ≤ 0 is all zeros, with the
+# statistics (0, 1), as the NumPy code makes them.
+
+
+@njit(**_SUMS)
+def softmax_rows(s, first, limit, row_max, inv_sum):
+    G, R, E = s.shape
+    for g in range(G):
+        for i in range(R):
+            n = min(E, first + i, limit[g])
+            row = s[g, i]
+            m = -INF
+            for j in range(n):
+                m = max(m, row[j])
+            m = m if n > 0 else ZERO
+            acc = ZERO
+            for j in range(n):
+                e = exp(row[j] - m)
+                row[j] = e
+                acc += e
+            inv = ONE / acc if n > 0 else ONE
+            for j in range(n):
+                row[j] *= inv
+            for j in range(max(n, 0), E):
+                row[j] = ZERO
+            row_max[g, i] = m
+            inv_sum[g, i] = inv
+
+
+@njit(**_OPTS)
+def softmax_again(s, first, limit, row_max, inv_sum):
+    """P from the scores and softmax_rows' statistics: the same operations, the same bits."""
+    G, R, E = s.shape
+    for g in range(G):
+        for i in range(R):
+            n = min(E, first + i, limit[g])
+            row = s[g, i]
+            m, inv = row_max[g, i], inv_sum[g, i]
+            for j in range(n):
+                row[j] = exp(row[j] - m) * inv
+            for j in range(max(n, 0), E):
+                row[j] = ZERO
+
+
+@njit(**_SUMS)
+def softmax_backward_rows(p, dp):
+    """dp ← p ⊙ (dp − Σ_j dp_j p_j) per row, in place: dS from dP and P."""
+    G, R, E = p.shape
+    for g in range(G):
+        for i in range(R):
+            a, b = p[g, i], dp[g, i]
+            acc = ZERO
+            for j in range(E):
+                acc += a[j] * b[j]
+            for j in range(E):
+                b[j] = (b[j] - acc) * a[j]
+
+# -- Adam's moment and parameter update (numformer.optim.adam), the NumPy code's operations
+# in its order, each rounded to float32 as NumPy rounds it: the same bits in one pass
+
+
+@njit(**_OPTS)
+def adam_update(p, g, m, v, beta1, one_minus_beta1, beta2, one_minus_beta2, bias2_sqrt, eps, step):
+    for i in range(p.size):
+        gi = g[i]
+        mi = m[i] * beta1 + gi * one_minus_beta1            # m_t = β1 m_{t-1} + (1 − β1) g_t
+        vi = v[i] * beta2 + (gi * gi) * one_minus_beta2     # v_t = β2 v_{t-1} + (1 − β2) g_t²
+        m[i] = mi
+        v[i] = vi
+        p[i] -= mi / (np.sqrt(vi) / bias2_sqrt + eps) * step   # θ −= η m̂_t / (√v̂_t + ε)
+
+
+@njit(**_OPTS)
+def normal_cdf_array(x, out):
+    for i in range(x.size):
+        out[i] = gate_exact(x[i])[0]
+
+
+@njit(**_OPTS)
+def exp_array(x, out):
+    for i in range(x.size):
+        out[i] = exp(x[i])
