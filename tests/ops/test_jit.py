@@ -193,3 +193,22 @@ def test_adam_update_kernel_gives_the_numpy_bits(name, monkeypatch):
 
     for ours, numpy_only in zip(run("1"), run("0")):
         np.testing.assert_array_equal(ours, numpy_only)
+
+
+def test_a_numba_that_fails_to_load_leaves_numpy_running(monkeypatch):
+    """numba installed but unusable (a broken llvmlite, say): the fast ops run on NumPy and the
+    reports say why, instead of numformer failing."""
+    def broken():
+        raise OSError("libllvmlite.so: cannot open shared object file\nmore")
+
+    monkeypatch.setattr(jit, "_build", broken)
+    monkeypatch.setattr(jit, "_TRIED", False)
+    monkeypatch.setattr(jit, "_KERNELS", None)
+    monkeypatch.setattr(jit, "_STATE", {})
+    x = np.random.default_rng(6).normal(size=1000).astype(np.float32)
+    assert not jit.enabled() and not jit.usable(x)
+    assert jit.describe() == "NumPy only (numba failed to load: OSError: libllvmlite.so: cannot open shared object file)"
+    monkeypatch.setattr(jit, "OFF", True)
+    want = gelu.forward(x)[0]
+    monkeypatch.setattr(jit, "OFF", False)
+    np.testing.assert_array_equal(gelu.forward(x)[0], want)

@@ -47,6 +47,7 @@ OFF = _off_by_environment()
 
 _KERNELS = None          # the compiled kernels, once built
 _TRIED = False           # whether _build() has run (numba may be missing)
+_STATE: dict = {}        # "error": why numba, though installed, could not be used
 _F32 = np.dtype(np.float32)
 
 
@@ -61,6 +62,9 @@ def enabled() -> bool:
             _KERNELS = _build()
         except ImportError:
             _KERNELS = None
+        except Exception as e:    # numba present but unusable (a broken llvmlite, say): run on NumPy
+            _KERNELS = None
+            _STATE["error"] = f"{type(e).__name__}: {e}".splitlines()[0]
         _TRIED = True
     return _KERNELS is not None
 
@@ -70,6 +74,8 @@ def describe() -> str:
     if OFF:
         return "NumPy only (switched off: NUMFORMER_JIT=0)"
     if not enabled():
+        if "error" in _STATE:
+            return f"NumPy only (numba failed to load: {_STATE['error']})"
         return "NumPy only (numba not installed)"
     import numba
 
