@@ -23,13 +23,19 @@ Backward (dy = ∂L/∂y; sums over "rows" run over every leading dimension):
 import numpy as np
 
 
-def forward(x, weight, bias, eps=1e-5):
-    """y = weight * (x - mean) / sqrt(var + eps) + bias over the last axis. Returns (y, cache)."""
+def check_shapes(x, weight, bias):
+    """ValueError unless weight and bias (each may be None) have shape (C,), C = x's last axis."""
     C = x.shape[-1]
     for name, p in (("weight", weight), ("bias", bias)):
         if p is not None and p.shape != (C,):
             raise ValueError(f"layernorm: x has shape {x.shape} but {name} has shape {p.shape} "
                              f"(must be ({C},))")
+
+
+def forward(x, weight, bias, eps=1e-5):
+    """y = weight * (x - mean) / sqrt(var + eps) + bias over the last axis. Returns (y, cache)."""
+    check_shapes(x, weight, bias)
+    C = x.shape[-1]
     if x.dtype.kind != "f":
         x = x.astype(np.float64)
     # the means are written as a sum and a division by C: for float32 and float64 the same

@@ -30,13 +30,10 @@ def _fits(x, weight, bias):
 
 def forward(x, weight, bias, eps=1e-5):
     """y = weight * (x - mean) / sqrt(var + eps) + bias over the last axis. Returns (y, cache)."""
-    C = x.shape[-1]
-    for name, p in (("weight", weight), ("bias", bias)):
-        if p is not None and p.shape != (C,):
-            raise ValueError(f"layernorm: x has shape {x.shape} but {name} has shape {p.shape} "
-                             f"(must be ({C},))")
+    reference.check_shapes(x, weight, bias)
     if not _fits(x, weight, bias):
         return reference.forward(x, weight, bias, eps)
+    C = x.shape[-1]
     x2 = np.ascontiguousarray(x).reshape(-1, C)                     # (R, C)
     xhat, y = np.empty_like(x2), np.empty_like(x2)
     rstd = np.empty((x2.shape[0], 1), np.float32)
