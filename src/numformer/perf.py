@@ -237,7 +237,8 @@ def matmul_floor(config, *, batch_size: int, dtype: str = "float32", threads: in
              "dw": [np.empty((o, i), dt) for i, o in maps]}
         shape = (b, H, T, hs)
         a["q"], a["k"], a["v"], a["do"] = rand(*shape), rand(*shape), rand(*shape), rand(*shape)
-        a["o"], a["dq"], a["dk"], a["dv"] = (np.empty(shape, dt) for _ in range(4))
+        a["o"], a["dq"] = np.empty(shape, dt), np.empty(shape, dt)
+        a["dk"], a["dv"] = np.zeros(shape, dt), np.zeros(shape, dt)   # summed into with +=: no garbage (inf, NaN)
         a["p"] = [rand(b, H, hi - lo, e) for lo, hi, e in rows]
         a["blocks"] = score_blocks(shape, T)
         return a
