@@ -20,11 +20,10 @@ evaluated in float32, within 9 ulp): a few array passes per slice. `erf` and `er
 importable from here.
 
 With numba installed (numformer.ops.fast.jit), float32 arrays skip all of the above: one
-compiled pass per call computes the gate, the output and the slope per element (the tanh
-form's gate as sigmoid(2u) through exp, exp within 2 ulp, erf a rational function within 7
-ulp). The exact form's gate is then
-½ (1 + erf(x/√2)), accurate to float32's rounding of numbers near ½ and 1 but not relatively in
-the far negative tail (as PyTorch's float32 GELU); float64 always takes the NumPy code.
+compiled pass per call computes the gate, the output and the slope per element. The tanh form's
+gate is sigmoid(2u) through exp(−|2u|), as the float64 gate above, with exp within 2 ulp; the
+exact form's Φ is numformer.ops.erf's float32 rational form (within 9 ulp, relatively, in both
+tails), and its exp(−x²/2) serves φ too. float64 always takes the NumPy code.
 """
 
 import math
