@@ -113,6 +113,25 @@ def test_layernorm_kernel_passes_nan():
     assert np.isnan(y[0]).all() and not np.isnan(y[1]).any()
 
 
+def test_softmax_kernel_rows_against_float64():
+    """Each probability to float32's precision (the kernel reassociates its row sums, but its
+    exp keeps the rounding that splits x into n·ln2 + r), rows limited by first and limit."""
+    s = (np.random.default_rng(1).standard_normal((3, 5, 300)) * 8).astype(np.float32)
+    want = np.exp(s.astype(np.float64) - s.max(-1, keepdims=True))
+    want /= want.sum(-1, keepdims=True)
+    stats = np.empty((3, 5), np.float32), np.empty((3, 5), np.float32)
+    got = s.copy()
+    jit.kernels().softmax_rows(got, 300, np.full(3, 300, np.int64), *stats)
+    assert (np.abs(got - want) / want).max() < 1e-5
+    limited = s.copy()
+    jit.kernels().softmax_rows(limited, 7, np.array([300, 9, 0]), *stats)   # row i sees min(7 + i, limit) keys
+    n = 7 + 2                                                                # group 0, row 2
+    part = np.exp(s[0, 2, :n].astype(np.float64) - s[0, 2, :n].max())
+    np.testing.assert_allclose(limited[0, 2, :n], part / part.sum(), rtol=1e-5)
+    assert not limited[0, 2, n:].any() and not limited[1, 4, 9:].any() and limited[1, 4, :9].all()
+    assert not limited[2].any() and (stats[0][2] == 0).all() and (stats[1][2] == 1).all()
+
+
 def _padded_attention_inputs(lengths, T=9, nh=2, hs=4, seed=3):
     rng = np.random.default_rng(seed)
     B = len(lengths)

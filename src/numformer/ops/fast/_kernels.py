@@ -47,7 +47,7 @@ INF = f32(np.inf)
 _OPTS = dict(nogil=True, cache=True, error_model="numpy", fastmath=False)
 
 
-@njit(inline="always", **_OPTS)
+@njit(**_OPTS)    # not inlined by numba: its operations keep these flags inside a reassociating caller
 def exp(x):
     """e^x = 2^n · e^r, x = n·ln2 + r, |r| ≤ ln2/2; 0 below −87, inf above 88 (the float32
     range's edges, kept simple: e^−87 = 1.6e−38 is the smallest normal float32's size)."""
