@@ -203,8 +203,8 @@ def layernorm_backward(dy, xhat, rstd, w, dx, dw, db):
 
 # -- softmax over the rows of attention scores s (G, R, E): row i of group g sees the keys
 # [0, n) with n = min(E, first + i, limit[g]) (first: the causal edge of row 0; limit: the
-# real keys of g); the rest of the row becomes 0. A row with n ≤ 0 is all zeros, with the
-# statistics (0, 1), as the NumPy code makes them.
+# real keys of g, or one number for every group); the rest of the row becomes 0. A row with
+# n ≤ 0 is all zeros, with the statistics (0, 1), as the NumPy code makes them.
 
 
 @njit(**_SUMS)
@@ -212,7 +212,7 @@ def softmax_rows(s, first, limit, row_max, inv_sum):
     G, R, E = s.shape
     for g in range(G):
         for i in range(R):
-            n = min(E, first + i, limit[g])
+            n = min(E, first + i, limit[g if limit.size > 1 else 0])
             row = s[g, i]
             m = -INF
             for j in range(n):
@@ -238,7 +238,7 @@ def softmax_again(s, first, limit, row_max, inv_sum):
     G, R, E = s.shape
     for g in range(G):
         for i in range(R):
-            n = min(E, first + i, limit[g])
+            n = min(E, first + i, limit[g if limit.size > 1 else 0])
             row = s[g, i]
             m, inv = row_max[g, i], inv_sum[g, i]
             for j in range(n):

@@ -145,14 +145,28 @@ def _recompute_rows(s, allowed, bias, bias_col, stats):
     s *= stats[1]
 
 
+_ONE_LIMIT = {}
+
+
+def _group_limits(limits, lead):
+    """The kernels' per-group key counts: (G,) int64 for the groups of the leading dims `lead`,
+    or a cached one-element array when every group has the same count (limits an int)."""
+    if isinstance(limits, np.ndarray):
+        return np.ascontiguousarray(np.broadcast_to(limits, lead), dtype=np.int64).reshape(-1)
+    one = _ONE_LIMIT.get(limits)
+    if one is None:
+        one = _ONE_LIMIT[limits] = np.array([limits], dtype=np.int64)
+        one.setflags(write=False)
+    return one
+
+
 def _softmax_kernel(s, first, limits, stats):
     """_softmax_rows by the compiled kernel: s (..., rows, e) ← P in place, where row i sees the
     keys [0, min(e, first + i, limits[...]))."""
     rows, e = s.shape[-2:]
     if stats is None:
         stats = (np.empty((*s.shape[:-1], 1), s.dtype), np.empty((*s.shape[:-1], 1), s.dtype))
-    limit = np.ascontiguousarray(np.broadcast_to(limits, s.shape[:-2]), dtype=np.int64).reshape(-1)
-    jit.kernels().softmax_rows(_rows_view(s, rows, e), first, limit,
+    jit.kernels().softmax_rows(_rows_view(s, rows, e), first, _group_limits(limits, s.shape[:-2]),
                                _stats_view(stats[0], rows), _stats_view(stats[1], rows))
 
 
@@ -303,10 +317,9 @@ def backward(dy, cache):
                 pb = np.matmul(qs, kb.swapaxes(-1, -2))
                 chunk_stats = (stats[0][blk][..., a:b, :], stats[1][blk][..., a:b, :])
                 if limits is not None:
-                    limit = np.ascontiguousarray(np.broadcast_to(_part_limits(limits, blk), pb.shape[:-2]), dtype=np.int64).reshape(-1)
                     jit.kernels().softmax_again(_rows_view(pb, b - a, e), Tk - Tq + a + 1 if bias is not None else e,
-                                                limit, _stats_view(chunk_stats[0], b - a),
-                                                _stats_view(chunk_stats[1], b - a))
+                                                _group_limits(_part_limits(limits, blk), pb.shape[:-2]),
+                                                _stats_view(chunk_stats[0], b - a), _stats_view(chunk_stats[1], b - a))
                 else:
                     _recompute_rows(pb, part[..., a:b, :e] if part is not None else None,
                                     bias[a:b, d:e] if bias is not None else None, d, chunk_stats)
