@@ -132,6 +132,16 @@ def test_softmax_kernel_rows_against_float64():
     assert not limited[2].any() and (stats[0][2] == 0).all() and (stats[1][2] == 1).all()
 
 
+def test_softmax_kernel_passes_nan_to_the_whole_row():
+    """A NaN score makes its row's probabilities NaN, as the NumPy softmax does (the kernel's
+    row max skips NaN, but the NaN's own exp reaches the row sum)."""
+    s = np.random.default_rng(2).standard_normal((1, 2, 40)).astype(np.float32)
+    s[0, 0, 33] = np.nan
+    stats = np.empty((1, 2), np.float32), np.empty((1, 2), np.float32)
+    jit.kernels().softmax_rows(s, 40, np.array([40]), *stats)
+    assert np.isnan(s[0, 0]).all() and not np.isnan(s[0, 1]).any()
+
+
 def _padded_attention_inputs(lengths, T=9, nh=2, hs=4, seed=3):
     rng = np.random.default_rng(seed)
     B = len(lengths)
