@@ -36,6 +36,7 @@ import os
 
 import numpy as np
 
+
 def _off_by_environment() -> bool:
     return os.environ.get("NUMFORMER_JIT", "1").strip().lower() in ("0", "false", "no", "off", "numpy")
 
@@ -83,7 +84,7 @@ def describe() -> str:
 
 
 def kernels():
-    """The compiled kernels (a namespace); call enabled() first."""
+    """The kernels' module (numformer.ops.fast._kernels); call enabled() first."""
     return _KERNELS
 
 
@@ -96,8 +97,6 @@ def usable(*arrays) -> bool:
             return False
     return True
 
-
-# ---------------------------------------------------------------- coefficients (float32 at use)
 
 def _build():
     """The kernels module (compiled on first use of each kernel, or loaded from numba's cache);
