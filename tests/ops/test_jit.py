@@ -1,6 +1,7 @@
-"""The compiled float32 kernels (numformer.ops.fast.jit): their exp and erf against float64 on
-dense grids and at the edges, GELU and LayerNorm against PyTorch in float64, NaN passing
-through, and the switch that turns them off. (The fast ops' equality with the reference, with
+"""The compiled float32 kernels (numformer.ops.fast.jit): their exp and Φ against float64 on
+dense grids and at the edges, GELU and LayerNorm against PyTorch in float64, the softmax rows
+against float64, the Adam update against NumPy's bits, NaN passing through, and the switches
+that turn them off. (The fast ops' equality with the reference, with
 the kernels on and off, is in test_ops.py.) numba is in the test extras, so these always run."""
 
 import math
