@@ -309,7 +309,7 @@ def report(args, configs, impls, batch_sizes, info, results, rounds):
                              "-" if impl == "numformer" or same is None else f"{same:.0%}"])
     notes = [f"tokens/s = batch x {args.new_tokens} / wall seconds of the whole generate call (prompt included); "
              "ms/step = seconds / new tokens; ratios are tokens/s over the other's (> 1: faster)",
-             "peak RSS is the child process's ru_maxrss over all its batch sizes",
+             "peak RSS is the child process's own high-water mark (VmHWM) over all its batch sizes",
              "max |Δlogit|: the prompt's last-position logits against numformer's (same weights => ~1e-6); "
              "same tokens: share of greedy tokens equal to numformer's (random weights give near-ties, "
              "so float32 rounding can flip an argmax and the sequences then part)"]

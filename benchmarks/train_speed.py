@@ -26,7 +26,7 @@ The NumPy sgemm ceiling (n = 2048) is measured in a child of each round. Reporte
 median ms/iter over --iters iterations after --warmup, tokens/s, the speed ratio to torch eager
 and to torch.compile (tokens/s over theirs: > 1 means faster), achieved model GFLOP/s (6N +
 12·L·T·C per token, N = parameters without position embeddings; see numformer/bench.py) and its
-share of the ceiling, and the child's peak RSS (ru_maxrss), as measured and minus the idle process
+share of the ceiling, and the child's peak RSS (VmHWM; numformer.perf.peak_rss_bytes), as measured and minus the idle process
 (the child's peak after its imports, before any model exists: PyTorch's import alone is about
 200 MiB, numformer's about 30). The numformer child then times the
 matmul floor (numformer.perf.matmul_floor): the step's matrix products alone, with the same

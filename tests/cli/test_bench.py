@@ -124,3 +124,15 @@ def test_decode_floor_makes_the_generations_products(P, new):
     assert r["flops"] == want and r["seconds"] > 0
     with pytest.raises(ValueError, match="block size"):
         decode_floor(cfg, batch_size=B, prompt_len=P + 1, new_tokens=new + 1)
+
+
+def test_peak_rss_is_the_process_own_not_its_parents():
+    """Benchmark children report their own peak: started from a parent holding 320 MB, a child
+    that allocates nothing reports well under it (ru_maxrss would report the parent's 320 MB)."""
+    import numpy as np
+
+    held = np.ones(40_000_000)                      # 320 MB resident in this process
+    code = "from numformer.perf import peak_rss_bytes; print(peak_rss_bytes())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert held.sum() == held.size
+    assert int(out) < 200 * 2**20
