@@ -27,7 +27,8 @@ prompt processing included. --repeat N runs every child N times, interleaved, an
 case's median over the rounds (on a shared machine a whole process can run 25 % slow, which one
 round cannot tell from a real difference). The numformer child then times the matmul floor
 (numformer.perf.decode_floor): the same generation's matrix products alone. HF's time over it is
-the best ratio any implementation built on NumPy's BLAS could reach here; the report prints it.
+the best ratio numformer's present decomposition could reach on NumPy's BLAS here (fewer or
+larger products, or another BLAS, could go further); the report prints it.
 Results go to benchmarks/results/generate_speed-*.{md,json}.
 """
 
@@ -317,8 +318,8 @@ def report(args, configs, impls, batch_sizes, info, results, rounds):
         name, B = key.split("/")
         nf = results[f"{name}/numformer"]["batches"][B]
         notes.append(f"{name} batch {B}: matmul floor {1000 * floor / args.new_tokens:,.2f} ms/step (the generation's "
-                     f"matrix products alone; numformer's time is {nf['seconds'] / floor:.2f}x it): no implementation on "
-                     f"NumPy's BLAS can beat {best:.2f}x HF generate here")
+                     f"matrix products alone; numformer's time is {nf['seconds'] / floor:.2f}x it): numformer's present "
+                     f"decomposition cannot beat {best:.2f}x HF generate on this BLAS (a limit of that design, not of every one)")
     if len(rounds) > 1:
         notes.insert(0, f"each number is the median over {len(rounds)} rounds (one child per case and round, "
                         "interleaved); vs HF at batch 1 is also given per round below")
