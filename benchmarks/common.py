@@ -140,7 +140,8 @@ def header_lines(info: dict) -> list[str]:
              f"NumPy {info['numpy']} with {info.get('blas') or 'unknown BLAS'}"
              + (f" ({info['blas_arch']} kernels)" if info.get("blas_arch") else "")
              + f", BLAS threads: {info.get('blas_threads') or 'unknown'}",
-             f"numformer's kernels: {info.get('kernels') or 'unknown'}"]
+             f"numformer's kernels: {info.get('kernels') or 'unknown'}",
+             f"numformer's linear products: {info.get('linear_blas') or 'unknown'}"]
     if "torch" in info:
         lines.append(f"torch {info['torch']}, torch threads: {info.get('torch_threads')} "
                      f"(interop {info.get('torch_interop_threads')})")

@@ -101,13 +101,15 @@ def peak_rss_bytes():
 
 
 def blas_info() -> dict:
-    """NumPy's BLAS library and its thread count (via threadpoolctl when it is installed), and
-    which elementwise kernels the fast ops run (numformer.ops.fast.jit)."""
+    """NumPy's BLAS library and its thread count (via threadpoolctl when it is installed), which
+    elementwise kernels the fast ops run (numformer.ops.fast.jit) and which BLAS makes the fast
+    linear map's products (numformer.ops.fast.blas)."""
     import numpy as np
 
-    from numformer.ops.fast import jit
+    from numformer.ops.fast import blas, jit
 
-    info = {"numpy": np.__version__, "blas": None, "blas_threads": None, "kernels": jit.describe()}
+    info = {"numpy": np.__version__, "blas": None, "blas_threads": None, "kernels": jit.describe(),
+            "linear_blas": blas.describe()}
     try:
         deps = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
         info["blas"] = f"{deps.get('name')} {deps.get('version')}"
@@ -116,7 +118,7 @@ def blas_info() -> dict:
     try:
         from threadpoolctl import threadpool_info
 
-        pools = [p for p in threadpool_info() if p.get("user_api") == "blas"]
+        pools = [p for p in threadpool_info() if p.get("user_api") == "blas" and p.get("internal_api") != "mkl"]
         if pools:
             info["blas_threads"] = pools[0].get("num_threads")
             info["blas_arch"] = pools[0].get("architecture")
@@ -212,7 +214,8 @@ def matmul_floor(config, *, batch_size: int, dtype: str = "float32", threads: in
 
     It makes the products the GPT makes, with the same shapes, the same layouts and the same
     split of the batch over `threads` shards (each shard on one BLAS thread, forward products of
-    all shards first, then backward ones, as numformer.parallel.threads.loss_and_grad runs them); the inputs are random
+    all shards first, then backward ones, as numformer.parallel.threads.loss_and_grad runs them),
+    made by the same BLAS (the linear maps' through numformer.ops.fast.blas); the inputs are random
     and preallocated, the outputs written in place. Per block: the four linear maps (qkv, the
     attention output, the MLP's two), each forward (x Wᵀ) and backward (dy W and dyᵀ x); causal
     attention's four score products per query chunk (q kᵀ, P v; backward dy vᵀ, P̃ᵀ dy, dS k,
@@ -225,6 +228,7 @@ def matmul_floor(config, *, batch_size: int, dtype: str = "float32", threads: in
 
     import numpy as np
 
+    from numformer.ops.fast import blas
     from numformer.ops.fast.attention import query_chunks, score_blocks
     from numformer.parallel.process import blas_threads, cores
     from numformer.parallel.threads import parallel
@@ -260,17 +264,17 @@ def matmul_floor(config, *, batch_size: int, dtype: str = "float32", threads: in
 
     flops = [0] * threads          # counted on the first run: 2·m·k·n per product (per batch item)
 
-    def mm(r, x, y, out=None):
+    def mm(r, x, y, out=None, product=np.matmul):
         if count:
             flops[r] += 2 * math.prod(x.shape[:-1]) * x.shape[-1] * y.shape[-1]
-        return np.matmul(x, y, out=out)
+        return product(x, y, out=out)
 
     def forward(r):
         a = shards[r]
         for layer in range(config.n_layer + 1):
             for j in range(4) if layer < config.n_layer else (0,):
                 m = 4 * layer + j
-                mm(r, a["x"][m], weights[m].T, out=a["y"][m])
+                mm(r, a["x"][m], weights[m].T, out=a["y"][m], product=blas.matmul)
             if layer == config.n_layer:
                 break
             for blk in a["blocks"]:
@@ -283,8 +287,8 @@ def matmul_floor(config, *, batch_size: int, dtype: str = "float32", threads: in
         for layer in range(config.n_layer, -1, -1):
             for j in (range(3, -1, -1) if layer < config.n_layer else (0,)):
                 m = 4 * layer + j
-                mm(r, a["dy"][m], weights[m], out=a["dx"][m])
-                mm(r, a["dy"][m].T, a["x"][m], out=a["dw"][m])
+                mm(r, a["dy"][m], weights[m], out=a["dx"][m], product=blas.matmul)
+                mm(r, a["dy"][m].T, a["x"][m], out=a["dw"][m], product=blas.matmul)
             if layer == config.n_layer:
                 continue
             for blk in a["blocks"]:

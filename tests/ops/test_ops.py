@@ -36,16 +36,18 @@ def test_float32_agrees_with_float64(case, ops_name):
     assert_ok(harness.float32_against_float64(case, ops_name))
 
 
-@pytest.mark.parametrize("jit", ["numba", "numpy"])
+@pytest.mark.parametrize("native", ["native", "numpy"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize("case, sizes", fast_rows(), ids=lambda v: str(v) if not isinstance(v, dict) else
                          (",".join(f"{k}={x}" for k, x in v.items()) or "default"))
-def test_fast_equals_reference(case, sizes, dtype, jit, monkeypatch):
-    """float32 runs the compiled kernels (numformer.ops.fast.jit) with jit="numba", the fast ops'
-    NumPy code with the kernels switched off; float64 always runs NumPy."""
-    from numformer.ops.fast import jit as kernels
+def test_fast_equals_reference(case, sizes, dtype, native, monkeypatch):
+    """native: float32 runs the compiled kernels (numformer.ops.fast.jit) and the linear map's
+    products go to MKL (numformer.ops.fast.blas; float64 too); numpy: both switched off, the
+    fast ops' NumPy code alone. The test extras install numba and, on x86-64, MKL."""
+    from numformer.ops.fast import blas, jit as kernels
 
-    monkeypatch.setattr(kernels, "OFF", jit == "numpy")
+    monkeypatch.setattr(kernels, "OFF", native == "numpy")
+    monkeypatch.setattr(blas, "OFF", native == "numpy")
     assert_ok(harness.fast_against_reference(case, sizes, dtype))
 
 

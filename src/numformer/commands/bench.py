@@ -84,6 +84,7 @@ def main(args) -> int:
                     + (f"{machine['blas_threads']} BLAS threads" if machine["blas_threads"]
                        else "BLAS threads unknown")),
         ("kernels", machine["kernels"]),
+        ("linear products", machine["linear_blas"]),
         ("threads / step", f"{r['threads']} (the batch and the AdamW update are split over them, as numformer train does)"),
         ("parameters", f"{r['params']:,} (N = {r['flops_params']:,} without position embeddings)"),
         ("time / iteration", f"{r['ms_per_iter']:,.1f} ms (median of {args.iters} after {args.warmup} warm-up; "

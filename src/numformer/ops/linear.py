@@ -25,16 +25,8 @@ and backward returns (dx, None, None), skipping the dW product.
 def forward(x, weight, bias=None, keep_input=True, frozen=False):
     """y = x @ weight.T + bias. Returns (y, cache); with keep_input=False the cache leaves out x,
     and backward must be given it; with frozen=True backward gives no dweight, dbias."""
-    if weight.ndim != 2:
-        raise ValueError(f"linear: x has shape {x.shape} but weight has shape {weight.shape} "
-                         f"(weight must be (C_out, C_in))")
+    check_shapes(x, weight, bias)
     c_out, c_in = weight.shape
-    if x.ndim < 1 or x.shape[-1] != c_in:
-        raise ValueError(f"linear: x has shape {x.shape} but weight has shape {weight.shape} "
-                         f"(x's last dimension must be {c_in})")
-    if bias is not None and bias.shape != (c_out,):
-        raise ValueError(f"linear: bias has shape {bias.shape} but weight has shape {weight.shape} "
-                         f"(bias must be ({c_out},))")
     x2 = x.reshape(-1, c_in)                    # (N, C_in)
     y = x2 @ weight.T                           # (N, C_out)
     if bias is not None:
@@ -47,19 +39,40 @@ def backward(dy, cache, x=None):
     """Returns (dx, dweight, dbias); dbias is None when forward had no bias, both are None when
     forward was called with frozen=True. x is forward's input, needed only when forward was
     called with keep_input=False (and frozen=False)."""
-    x2, weight, has_bias, x_shape, frozen = cache
-    c_out = weight.shape[0]
-    if dy.shape != (*x_shape[:-1], c_out):
-        raise ValueError(f"linear: dy has shape {dy.shape} but y had shape {(*x_shape[:-1], c_out)}")
-    if frozen:
-        return (dy.reshape(-1, c_out) @ weight).reshape(x_shape), None, None
-    if x2 is None:
-        if x is None or x.shape != x_shape:
-            raise ValueError(f"linear: forward kept no input (keep_input=False), so backward needs "
-                             f"x of shape {x_shape}, got {None if x is None else x.shape}")
-        x2 = x.reshape(-1, x_shape[-1])         # (N, C_in)
-    dy2 = dy.reshape(-1, c_out)                 # (N, C_out)
+    _, weight, has_bias, x_shape, frozen = cache
+    dy2, x2 = backward_operands(dy, cache, x)   # (N, C_out), (N, C_in)
     dx = (dy2 @ weight).reshape(x_shape)        # (..., C_in)
+    if frozen:
+        return dx, None, None
     dweight = dy2.T @ x2                        # (C_out, C_in)
     dbias = dy2.sum(axis=0) if has_bias else None
     return dx, dweight, dbias
+
+
+def check_shapes(x, weight, bias):
+    """Raise ValueError unless x (..., C_in), weight (C_out, C_in) and bias (C_out,) or None fit."""
+    if weight.ndim != 2:
+        raise ValueError(f"linear: x has shape {x.shape} but weight has shape {weight.shape} "
+                         f"(weight must be (C_out, C_in))")
+    c_out, c_in = weight.shape
+    if x.ndim < 1 or x.shape[-1] != c_in:
+        raise ValueError(f"linear: x has shape {x.shape} but weight has shape {weight.shape} "
+                         f"(x's last dimension must be {c_in})")
+    if bias is not None and bias.shape != (c_out,):
+        raise ValueError(f"linear: bias has shape {bias.shape} but weight has shape {weight.shape} "
+                         f"(bias must be ({c_out},))")
+
+
+def backward_operands(dy, cache, x=None):
+    """(dy, x) of backward as 2-D (N, C_out) and (N, C_in) arrays, x from the cache or the x given
+    (x is None for frozen weights); raises ValueError when a shape does not fit the cache."""
+    x2, weight, _, x_shape, frozen = cache
+    c_out = weight.shape[0]
+    if dy.shape != (*x_shape[:-1], c_out):
+        raise ValueError(f"linear: dy has shape {dy.shape} but y had shape {(*x_shape[:-1], c_out)}")
+    if x2 is None and not frozen:
+        if x is None or x.shape != x_shape:
+            raise ValueError(f"linear: forward kept no input (keep_input=False), so backward needs "
+                             f"x of shape {x_shape}, got {None if x is None else x.shape}")
+        x2 = x.reshape(-1, x_shape[-1])
+    return dy.reshape(-1, c_out), x2

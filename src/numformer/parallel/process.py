@@ -113,11 +113,28 @@ def limit_blas_threads(n: int):
     late for a world created inside `numformer train`, so this calls openblas_set_num_threads in
     the loaded library.
     """
+    global _blas_count
     fns = _find_blas()
     if fns is None:
         return None
     fns[0](int(n))
+    _blas_count = int(n)
     return n
+
+
+_blas_count = None        # OpenBLAS's thread count as last set by limit_blas_threads (None: not yet)
+
+
+def blas_single_threaded() -> bool:
+    """True when NumPy's BLAS runs on one thread: held there by limit_blas_threads(1) (the
+    threaded step, the sentence encoder, one_blas_thread()), or started that way (one core, or
+    OPENBLAS_NUM_THREADS=1). numformer.ops.fast.blas then makes the fast linear map's products
+    with MKL's sequential gemm, where it is installed. Asked on every product, so it reads a
+    variable; the library is asked only the first time."""
+    global _blas_count
+    if _blas_count is None:
+        _blas_count = blas_thread_count() or 0
+    return _blas_count == 1
 
 
 def blas_threads_chosen() -> bool:

@@ -7,6 +7,8 @@ speed and memory. Where an op has nothing to gain, the reference module is used 
 - attention: cache-sized score blocks, causal query chunks that skip masked keys, and
   keep_probs=False (P recomputed in backward, bit for bit);
 - gelu: a float32 gate as PyTorch computes it, an accurate float64 gate, cache-sized slices;
+- linear: its products through numformer.ops.fast.blas (MKL's gemm, where installed, while BLAS
+  runs on one thread), the bias added inside the forward product;
 - layernorm: with numba, one compiled pass per row for forward and one for backward (float32);
 - mha: multi-head attention over the fast attention.
 
@@ -17,8 +19,8 @@ The block and chunk sizes are parameters of forward (`block`, `qrows`, `chunk`) 
 defaults; tests hold every fast op equal to its reference across those boundaries.
 """
 
-from numformer.ops import cross_entropy, dropout, embedding, linear, lora, positional, residual, softmax
-from numformer.ops.fast import attention, gelu, layernorm, mha
+from numformer.ops import cross_entropy, dropout, embedding, lora, positional, residual, softmax
+from numformer.ops.fast import attention, gelu, layernorm, linear, mha
 
 __all__ = ["attention", "cross_entropy", "dropout", "embedding", "gelu", "layernorm", "linear",
            "lora", "mha", "positional", "residual", "softmax"]
