@@ -18,8 +18,10 @@ MKL_EXPECTED = platform.machine() == "x86_64" and sys.platform == "linux"   # as
 
 @pytest.fixture
 def calls(monkeypatch):
-    """Counts the calls that reach MKL's gemm (by dtype name); fails if MKL is expected but absent."""
+    """Counts the calls that reach MKL's gemm (by dtype name); fails if MKL is expected but absent.
+    Products of any size go to MKL meanwhile (MIN_WORK 1), so that small test matrices reach it."""
     monkeypatch.setattr(blas, "OFF", False)
+    monkeypatch.setattr(blas, "MIN_WORK", 1)
     if not blas.available():
         assert not MKL_EXPECTED, f"MKL did not load: {blas.describe()}"
         pytest.skip("no MKL on this platform (the mkl wheel is x86-64 only)")
@@ -136,3 +138,18 @@ def test_the_fast_linear_map_uses_it(calls):
     np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
     for g, g_ref in zip(grads, grads_ref):
         np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_vectors_and_small_products_stay_with_numpy(calls, monkeypatch):
+    """A matrix times a vector (one token's decoding step) goes to NumPy's gemv, and so does a
+    product below MIN_WORK multiply-adds, where MKL's call costs more than it saves."""
+    monkeypatch.setattr(blas, "MIN_WORK", 1 << 19)
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal((384, 1152)).astype(np.float32)
+    with process.blas_threads(1):
+        blas.matmul(rng.standard_normal((1, 384)).astype(np.float32), w)        # M = 1
+        blas.matmul(w, rng.standard_normal((1152, 1)).astype(np.float32))       # N = 1
+        blas.matmul(rng.standard_normal((16, 384)).astype(np.float32), w[:, :65])   # 0.4 M multiply-adds
+        assert calls == {}
+        blas.matmul(rng.standard_normal((2, 384)).astype(np.float32), w)        # 0.9 M
+    assert calls == {"float32": 1}
