@@ -75,6 +75,36 @@ def test_training_estimate_grows_with_model_and_batch():
     assert wide > small and batch > small
 
 
+def test_gradient_accumulation_holds_one_micro_batch_of_activations():
+    """Micro-batches run one after another and each frees its activations, so the estimate
+    counts the largest one: 48 rows in 4 micro-batches hold what 12 rows do, and 50 rows on 2
+    ranks in 4 micro-batches hold 7 (25 rows on a rank, cut 7, 6, 6, 6)."""
+    cfg = GPTConfig()
+
+    def acts(*args, **kw):
+        return next(n for part, n in memory.training_estimate(cfg, *args, **kw) if part.startswith("activations"))
+
+    assert acts(48, 4, accumulation=4) == acts(12, 4)
+    assert acts(50, 4, ranks=2, accumulation=4) == acts(7, 4)
+    labels = [part for part, _ in memory.training_estimate(cfg, 48, 4, accumulation=4)]
+    assert f"activations for 12×{cfg.block_size} tokens" in labels
+
+
+def test_a_run_that_fits_through_accumulation_is_not_refused(monkeypatch):
+    """The check before training: a batch whose activations do not fit is refused, with advice
+    that names --gradient_accumulation_steps, and the same batch in micro-batches is let through."""
+    from numformer.training.config import TrainConfig
+    from numformer.training.trainer import check_memory
+
+    big = TrainConfig.of(batch_size=64, n_layer=2, n_embd=64, n_head=2, block_size=256)
+    whole = sum(n for _, n in memory.training_estimate(big.model, 64, 4))
+    monkeypatch.setattr(memory, "available", lambda: int(whole * 0.6))
+    with pytest.raises(MemoryLimitError, match="--gradient_accumulation_steps"):
+        check_memory(big, vocab_size=big.model.vocab_size)
+    check_memory(TrainConfig.of(batch_size=64, gradient_accumulation_steps=8, n_layer=2, n_embd=64, n_head=2,
+                                block_size=256), vocab_size=big.model.vocab_size)
+
+
 # ----------------------------------------------------------------------------- checkpoints and files
 
 

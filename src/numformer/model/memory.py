@@ -86,11 +86,14 @@ def encoder_params(cfg) -> int:
 # ----------------------------------------------------------------------------- estimates
 
 
-def training_estimate(cfg, batch_size: int, itemsize: int, ranks: int = 1) -> list[tuple[str, int]]:
+def training_estimate(cfg, batch_size: int, itemsize: int, ranks: int = 1,
+                      accumulation: int = 1) -> list[tuple[str, int]]:
     """(part, bytes) of one training process: weights, gradients, Adam moments, activations of its
-    share of the batch, and the batch's ids."""
+    largest micro-batch (its share of the batch, cut into `accumulation` micro-batches whose
+    activations are freed before the next one runs), and the batch's ids."""
     P = gpt_params(cfg)
     rows = -(-batch_size // ranks)                    # this rank's rows of the global batch
+    rows = -(-rows // max(1, accumulation))           # the largest micro-batch of them
     tokens = rows * cfg.block_size
     per_token = cfg.n_layer * ACT_PER_LAYER * cfg.n_embd + ACT_HEAD * cfg.vocab_size
     return [

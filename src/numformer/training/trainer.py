@@ -257,9 +257,11 @@ def check_memory(cfg: TrainConfig, *, vocab_size: int, ranks: int = 1) -> None:
     from numformer.model import memory
 
     mcfg = dataclasses.replace(cfg.model, vocab_size=max(1, vocab_size))
-    parts = memory.training_estimate(mcfg, cfg.batch_size, np.dtype(cfg.dtype).itemsize, ranks=ranks)
+    parts = memory.training_estimate(mcfg, cfg.batch_size, np.dtype(cfg.dtype).itemsize, ranks=ranks,
+                                     accumulation=cfg.gradient_accumulation_steps)
     memory.refuse_if_too_big("training this model", parts,
-                             "use a smaller --n_layer, --n_embd, --batch_size or --block_size")
+                             "use a smaller --n_layer, --n_embd, --batch_size or --block_size, "
+                             "or a larger --gradient_accumulation_steps")
 
 
 def shard(batch_size: int, rank: int, size: int) -> tuple[int, int]:
