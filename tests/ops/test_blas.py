@@ -153,3 +153,31 @@ def test_vectors_and_small_products_stay_with_numpy(calls, monkeypatch):
         assert calls == {}
         blas.matmul(rng.standard_normal((2, 384)).astype(np.float32), w)        # 0.9 M
     assert calls == {"float32": 1}
+
+
+def test_threads_that_ask_at_once_all_wait_for_mkl(monkeypatch):
+    """The first products of a threaded step come from several threads at once: none may take
+    NumPy's product while another is still loading MKL (the bits would depend on timing)."""
+    import threading
+    import time
+
+    if not MKL_EXPECTED:
+        pytest.skip("no MKL on this platform (the mkl wheel is x86-64 only)")
+    real, made = blas._open_mkl, []
+
+    def slow_open():
+        time.sleep(0.2)
+        gemm, info = real()
+        return {dt: (lambda *args, _fn=fn: (made.append(1), _fn(*args))[1]) for dt, fn in gemm.items()}, info
+
+    monkeypatch.setattr(blas, "_STATE", {})
+    monkeypatch.setattr(blas, "_open_mkl", slow_open)
+    monkeypatch.setattr(blas, "OFF", False)
+    a = np.ones((128, 128), np.float32)
+    with process.blas_threads(1):
+        threads = [threading.Thread(target=blas.matmul, args=(a, a)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert len(made) == 4

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 
 import numpy as np
 
@@ -41,6 +42,7 @@ _LP64 = 0                           # MKL_INTERFACE_LP64: 32-bit integer argumen
 _CBWR_AUTO_STRICT = 2 | 0x10000     # MKL_CBWR_AUTO | MKL_CBWR_STRICT
 
 _STATE: dict = {}                   # "gemm": {dtype: function}, "version": str, "error": str
+_LOCK = threading.Lock()
 
 
 def _find_mkl_rt() -> str | None:
@@ -60,13 +62,25 @@ def _find_mkl_rt() -> str | None:
 
 
 def _load() -> dict:
-    if _STATE:
+    """_STATE, filled on the first call: "gemm" ({dtype: cblas function}, empty without MKL) is
+    set last, under a lock, so that the threads of a training step that ask at once all wait for
+    the same answer (one taking NumPy's product while another loads MKL would make the first
+    step's bits depend on timing)."""
+    if "gemm" in _STATE:
         return _STATE
-    _STATE["gemm"] = {}
+    with _LOCK:
+        if "gemm" not in _STATE:
+            gemm, info = _open_mkl()
+            _STATE.update(info)
+            _STATE["gemm"] = gemm
+    return _STATE
+
+
+def _open_mkl() -> tuple[dict, dict]:
+    """({dtype: cblas gemm}, {"version": ...} or {"error": why not}) of the installed MKL."""
     path = _find_mkl_rt()
     if path is None:
-        _STATE["error"] = "the mkl wheel is not installed"
-        return _STATE
+        return {}, {"error": "the mkl wheel is not installed"}
     try:
         lib = ctypes.CDLL(path)
         for name in ("MKL_Set_Threading_Layer", "MKL_Set_Interface_Layer", "MKL_CBWR_Set"):
@@ -89,12 +103,10 @@ def _load() -> dict:
                                                 ctypes.c_int, scalar, ctypes.c_void_p, ctypes.c_int]
             gemm[np.dtype(dtype)] = fn
     except (OSError, AttributeError) as e:
-        _STATE["error"] = f"libmkl_rt could not be used ({e})"
-        return _STATE
-    _STATE["gemm"] = gemm
+        return {}, {"error": f"libmkl_rt could not be used ({e})"}
     text = buf.value.decode(errors="replace")
-    _STATE["version"] = text.split("Version", 1)[1].split()[0].split("-")[0] if "Version" in text else "(version unknown)"
-    return _STATE
+    version = text.split("Version", 1)[1].split()[0].split("-")[0] if "Version" in text else "(version unknown)"
+    return gemm, {"version": version}
 
 
 def available() -> bool:
