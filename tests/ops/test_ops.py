@@ -42,12 +42,14 @@ def test_float32_agrees_with_float64(case, ops_name):
                          (",".join(f"{k}={x}" for k, x in v.items()) or "default"))
 def test_fast_equals_reference(case, sizes, dtype, native, monkeypatch):
     """native: float32 runs the compiled kernels (numformer.ops.fast.jit) and the linear map's
-    products go to MKL (numformer.ops.fast.blas; float64 too); numpy: both switched off, the
-    fast ops' NumPy code alone. The test extras install numba and, on x86-64, MKL."""
+    products go to MKL (numformer.ops.fast.blas, float64 too; MIN_WORK lowered to 1 so that the
+    table's small shapes reach it); numpy: both switched off, the fast ops' NumPy code alone.
+    The test extras install numba and, on x86-64 Linux, MKL."""
     from numformer.ops.fast import blas, jit as kernels
 
     monkeypatch.setattr(kernels, "OFF", native == "numpy")
     monkeypatch.setattr(blas, "OFF", native == "numpy")
+    monkeypatch.setattr(blas, "MIN_WORK", 1)
     assert_ok(harness.fast_against_reference(case, sizes, dtype))
 
 

@@ -231,7 +231,8 @@ FAST_SIZES: dict[str, list[dict[str, Any]]] = {
     "mha": [{}, {"block": 7, "qrows": 2}, {"keep_probs": False}, {"keep_probs": False, "qrows": 1}],
     "gelu": [{}, {"chunk": 5}],
     "layernorm": [{}],           # no sizes: the compiled kernels (numba) against the NumPy reference
-    "linear": [{}],              # no sizes: MKL's gemm (where installed) against NumPy's matmul
+    "linear": [{}],              # no sizes: MKL's gemm (where installed) against NumPy's matmul; products
+                                 # under blas.MIN_WORK stay NumPy's, so tests/ops lower it for these shapes
 }
 
 
