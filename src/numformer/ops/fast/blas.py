@@ -163,12 +163,14 @@ def matmul(a, b, out=None, bias=None):
     gemm = _STATE.get("gemm") if not OFF else None
     if gemm is None and not OFF:
         gemm = _load()["gemm"]
-    fn = gemm.get(a.dtype) if gemm and process.blas_single_threaded() else None
+    M, K = a.shape
+    N = b.shape[1]
+    # the cheap tests first: a decoding step's vector products come here dozens of times a token
+    fn = (gemm.get(a.dtype) if gemm and M > 1 and N > 1 and M * N * K >= MIN_WORK
+          and process.blas_single_threaded() else None)
     if fn is not None and b.dtype == a.dtype and (bias is None or bias.dtype == a.dtype):
-        M, K = a.shape
-        N = b.shape[1]
         la, lb = _operand(a), _operand(b)
-        if (la is not None and lb is not None and M > 1 and N > 1 and M * N * K >= MIN_WORK and b.shape[0] == K
+        if (la is not None and lb is not None and b.shape[0] == K
                 and (out is None or (out.dtype == a.dtype and out.shape == (M, N) and out.flags.c_contiguous))):
             if out is None:
                 out = np.empty((M, N), a.dtype)
