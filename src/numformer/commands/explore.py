@@ -11,7 +11,6 @@ else its best/, else its latest/.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -46,6 +45,7 @@ def main(args) -> int:
     out = Path(args.out)
     _check_out(out)
 
+    from numformer.checkpoint import replace_file
     from numformer.explore import build_page, explore_data
     from numformer.commands.sample import _read_prompt, load_for_sampling
 
@@ -73,12 +73,7 @@ def main(args) -> int:
                         source=str(ckpt), notice=notice)
     page = build_page(data).encode("utf-8")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(page)
-        os.replace(tmp, out)                   # a crash never leaves half a page under the name
-    finally:
-        tmp.unlink(missing_ok=True)
+    replace_file(out, page)                    # the one atomic writer: a crash never leaves half a page
     cfg = model.config
     print(f"wrote {out} ({len(page) / 1e6:.2f} MB): {len(ids)} tokens, {cfg.n_layer} layers x "
           f"{cfg.n_head} heads, from {ckpt}")
