@@ -4,7 +4,7 @@ import argparse
 import json
 import re
 
-from numformer.explore import MARKER
+from numformer.explore import is_explorer_page
 
 from .conftest import cli
 from .test_page import embedded
@@ -84,12 +84,12 @@ def test_never_overwrites_a_file_it_did_not_write(saved_model, tmp_path):
     mine = tmp_path / "explorer.html"
     mine.write_text("<html>my own notes</html>", encoding="utf-8")
     r = cli(["explore", path, "--prompt", "R"], cwd=tmp_path)
-    one_line_error(r, r"not written by numformer explore")
+    one_line_error(r, r"is not a page numformer explore wrote")
     assert mine.read_text(encoding="utf-8") == "<html>my own notes</html>"
     # a page it wrote is replaced
     other = tmp_path / "page.html"
     assert cli(["explore", path, "--prompt", "R", "--out", other], cwd=tmp_path).returncode == 0
-    assert MARKER in other.read_text(encoding="utf-8")
+    assert is_explorer_page(other)
     r = cli(["explore", path, "--prompt", "ROMEO", "--out", other], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert embedded(other.read_text(encoding="utf-8"))["tokens"] == list("ROMEO")

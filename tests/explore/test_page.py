@@ -1,5 +1,6 @@
 """The page as a file: the JSON contract, self-containment, and what each part is fed."""
 
+import hashlib
 import json
 import re
 
@@ -7,7 +8,7 @@ import numpy as np
 
 from numformer.explain import NAMES
 from numformer.explain.examples import explain
-from numformer.explore import build_page, data_json, explore_data, trace
+from numformer.explore import build_page, data_json, explore_data, is_explorer_page, trace
 from numformer.explore import data as explore_data_module
 
 from .conftest import tiny_model
@@ -142,3 +143,21 @@ def test_metrics_rows():
     assert d["metrics"] == [{"step": 0, "train_loss": 4.2, "val_loss": 4.3, "lr": 0.0},
                             {"step": 10, "train_loss": 3.1, "val_loss": None, "lr": 1e-3}]
     json.dumps(d, allow_nan=False)
+
+
+def test_a_page_carries_the_sha256_of_the_rest_of_itself(tmp_path):
+    from numformer.explore.page import HEAD, SEAL_END
+
+    model = tiny_model()
+    html = build_page(explore_data(model, model.tokenizer.encode("ROMEO:")))
+    assert html.startswith(HEAD)
+    line_end = html.index(SEAL_END, len(HEAD)) + len(SEAL_END)
+    rest = html[line_end:].encode("utf-8")
+    assert html[len(HEAD):line_end - len(SEAL_END)] == hashlib.sha256(rest).hexdigest()
+    page = tmp_path / "p.html"
+    page.write_bytes(html.encode("utf-8"))
+    assert is_explorer_page(page)
+    page.write_bytes(html.encode("utf-8").replace(b"<h1>numformer explore</h1>", b"<h1>mine</h1>"))
+    assert not is_explorer_page(page)
+    page.write_bytes(HEAD.encode("utf-8"))
+    assert not is_explorer_page(page)

@@ -24,7 +24,7 @@ def add_arguments(parser) -> None:
     src.add_argument("--prompt_file", default=None, help="read the prompt from this UTF-8 file")
     parser.add_argument("--out", default="explorer.html",
                         help="the HTML file to write (default: explorer.html); an existing file is "
-                             "replaced only if numformer explore wrote it")
+                             "replaced only if it is a page numformer explore wrote, unchanged since")
     parser.add_argument("--temperature", type=float, default=0.8,
                         help="the page's starting temperature; 0 is greedy (default: 0.8, as numformer sample)")
     parser.add_argument("--top_k", type=int, default=200,
@@ -72,6 +72,7 @@ def main(args) -> int:
                                   "top_p": args.top_p},
                         source=str(ckpt), notice=notice)
     page = build_page(data).encode("utf-8")
+    _check_out(out)                            # again: the model took a while to load
     out.parent.mkdir(parents=True, exist_ok=True)
     replace_file(out, page)                    # the one atomic writer: a crash never leaves half a page
     cfg = model.config
@@ -81,21 +82,23 @@ def main(args) -> int:
 
 
 def _check_out(out: Path) -> None:
-    """Refuse to write over a folder, or over a file that numformer explore did not write."""
+    """Refuse to write over a link, a folder, or a file that is not a page numformer explore wrote
+    (explore.is_explorer_page: HEAD and the SHA-256 of the rest; a page edited since is refused)."""
     from numformer.errors import UsageError
-    from numformer.explore import MARKER
+    from numformer.explore import is_explorer_page
 
+    if out.is_symlink():
+        raise UsageError(f"--out {out} is a symbolic link; refusing to replace it (give the path it points to)")
     if out.is_dir():
         raise UsageError(f"--out {out} is a folder; give a file name such as {out / 'explorer.html'}")
     if out.exists():
         try:
-            with open(out, "rb") as f:
-                head = f.read(4096).decode("utf-8", errors="replace")
+            ours = is_explorer_page(out)
         except OSError as e:
             raise UsageError(f"--out {out}: cannot read the existing file ({e.strerror})") from None
-        if MARKER not in head:
-            raise UsageError(f"--out {out} exists and was not written by numformer explore; "
-                             f"choose another --out")
+        if not ours:
+            raise UsageError(f"--out {out} exists and is not a page numformer explore wrote (or it was "
+                             f"changed since); choose another --out, or remove the file")
 
 
 def _checkpoint_and_metrics(root: Path):
