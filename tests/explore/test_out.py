@@ -68,3 +68,14 @@ def test_a_symlink_out_is_refused(saved_model, tmp_path):
         assert link.is_symlink() and os.readlink(link) == str(target)
         link.unlink()
     assert page.read_bytes() == before and not (tmp_path / "nowhere.html").exists()
+
+
+def test_out_that_is_not_a_regular_file_is_refused_before_loading(tmp_path):
+    """A FIFO used to hang explore (it opened it to read the old page); a device is no page either.
+    Refused before the checkpoint is even looked for: the checkpoint named here does not exist."""
+    fifo = tmp_path / "page.html"
+    os.mkfifo(fifo)
+    for out in (fifo, "/dev/null"):
+        r = cli(["explore", tmp_path / "no-checkpoint", "--prompt", "R", "--out", out], cwd=tmp_path, timeout=30)
+        one_line_error(r, r"--out .* is not a regular file \(a FIFO, a device or a socket\); give a file name")
+    assert fifo.is_fifo()

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import re
 
 import numpy as np
@@ -161,3 +162,9 @@ def test_a_page_carries_the_sha256_of_the_rest_of_itself(tmp_path):
     assert not is_explorer_page(page)
     page.write_bytes(HEAD.encode("utf-8"))
     assert not is_explorer_page(page)
+    # a link to a page, and a FIFO, are not pages (and the FIFO is not waited on)
+    page.write_bytes(html.encode("utf-8"))
+    (tmp_path / "link.html").symlink_to(page)
+    assert not is_explorer_page(tmp_path / "link.html")
+    os.mkfifo(tmp_path / "fifo.html")
+    assert not is_explorer_page(tmp_path / "fifo.html")

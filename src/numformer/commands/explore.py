@@ -82,8 +82,9 @@ def main(args) -> int:
 
 
 def _check_out(out: Path) -> None:
-    """Refuse to write over a link, a folder, or a file that is not a page numformer explore wrote
-    (explore.is_explorer_page: HEAD and the SHA-256 of the rest; a page edited since is refused)."""
+    """Refuse to write over a link, a folder, anything but a regular file (reading a FIFO would wait
+    for a writer), or a file that is not a page numformer explore wrote (explore.is_explorer_page:
+    HEAD and the SHA-256 of the rest; a page edited since is refused)."""
     from numformer.errors import UsageError
     from numformer.explore import is_explorer_page
 
@@ -91,6 +92,8 @@ def _check_out(out: Path) -> None:
         raise UsageError(f"--out {out} is a symbolic link; refusing to replace it (give the path it points to)")
     if out.is_dir():
         raise UsageError(f"--out {out} is a folder; give a file name such as {out / 'explorer.html'}")
+    if out.exists() and not out.is_file():
+        raise UsageError(f"--out {out} is not a regular file (a FIFO, a device or a socket); give a file name")
     if out.exists():
         try:
             ours = is_explorer_page(out)

@@ -12,9 +12,12 @@ checks both). A page that anyone changed, even by a byte, is then no longer numf
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import re
+import stat
 from html import escape
 from importlib import resources
 
@@ -64,11 +67,19 @@ def build_page(data: dict) -> str:
 
 
 def is_explorer_page(file) -> bool:
-    """True if the file at `file` is a page build_page made, unchanged since: it starts with HEAD,
-    and the SHA-256 it carries is that of its bytes after the line that carries it. The caller
-    has checked that `file` is a regular file (opening a FIFO would wait for a writer)."""
+    """True if `file` is a regular file that build_page made, unchanged since: it starts with HEAD,
+    and the SHA-256 it carries is that of its bytes after the line that carries it. A link, a FIFO
+    or a device is never a page (opened without following links and without waiting for a writer)."""
     start = (HEAD + "0" * 64 + SEAL_END).encode("utf-8")
-    with open(file, "rb") as f:
+    try:
+        fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as e:
+        if e.errno == errno.ELOOP:                 # a symbolic link
+            return False
+        raise
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
         head = f.read(len(start))
         if len(head) < len(start) or not head.startswith(HEAD.encode("utf-8")):
             return False
