@@ -287,3 +287,53 @@ def test_512_tokens(browser, tmp_path, screenshots):
     page.locator("#attention").screenshot(path=str(screenshots / "explorer-512.png"))
     o.check_clean()
     o.close()
+
+
+def long_run(folder, model, n_rows):
+    """A run folder with the model's checkpoint in best/ and a metrics.jsonl of n_rows rows: a long
+    run evaluated often. The train loss falls from 4 to 1 with one spike to 9 at step 10 * (n_rows // 3)."""
+    model.save(folder / "best", tokenizer=model.tokenizer.to_json())
+    spike = n_rows // 3
+    lines = []
+    for k in range(n_rows):
+        loss = 9.0 if k == spike else 4.0 - 3.0 * k / n_rows
+        lines.append(f'{{"step": {10 * k}, "train_loss": {loss}, "val_loss": {loss + 0.1}, "lr": 0.001}}\n')
+    (folder / "metrics.jsonl").write_text("".join(lines), encoding="utf-8")
+    return 10 * spike
+
+
+def test_a_long_runs_curves_and_the_formulas_are_drawn(browser, tmp_path):
+    """At about 100,000 rows Math.min(...points) overflowed the browser's stack: the training panel
+    and everything after it (the thirteen formula cards) were missing."""
+    run = tmp_path / "run"
+    spike = long_run(run, tiny_model(), 120_000)
+    out = tmp_path / "p.html"
+    r = cli(["explore", run, "--prompt", "ROMEO:", "--out", out], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    o = Opened(browser, out)
+    page = o.page
+    assert page.locator("#loss-chart").count() == 1 and page.locator("#lr-chart").count() == 1
+    assert page.locator(".formula").count() == 13
+    caption = page.locator("#training figcaption").first.inner_text()
+    assert "120,000 evaluations" in caption
+    # the curve keeps its shape: the spike and the last value are among the rows drawn
+    d = page.evaluate("window.numformerExplorer.data")
+    assert {"step": spike, "train_loss": 9.0} in [{k: m[k] for k in ("step", "train_loss")} for m in d["metrics"]]
+    assert d["metrics"][-1]["step"] == 10 * 119_999
+    o.check_clean()
+    o.close()
+
+
+def test_a_page_with_every_row_of_a_long_run_draws(browser, tmp_path, monkeypatch):
+    """The page itself copes with 200,000 rows (no spread of a long array into a call)."""
+    from numformer.explore import data as explore_data_module
+
+    monkeypatch.setattr(explore_data_module, "METRICS_ROWS", 10**9)
+    model = tiny_model()
+    rows = [{"step": k, "train_loss": 4.0 - k / 1e5, "val_loss": 4.1 - k / 1e5, "lr": 1e-3} for k in range(200_000)]
+    path, _ = write_page(tmp_path, model, "ROMEO:", metrics=rows)
+    o = Opened(browser, path)
+    assert o.page.evaluate("window.numformerExplorer.data.metrics.length") == 200_000
+    assert o.page.locator("#loss-chart").count() == 1 and o.page.locator(".formula").count() == 13
+    o.check_clean()
+    o.close()

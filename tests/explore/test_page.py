@@ -168,3 +168,32 @@ def test_a_page_carries_the_sha256_of_the_rest_of_itself(tmp_path):
     assert not is_explorer_page(tmp_path / "link.html")
     os.mkfifo(tmp_path / "fifo.html")
     assert not is_explorer_page(tmp_path / "fifo.html")
+
+
+def test_a_long_curve_is_thinned_keeping_its_shape(monkeypatch):
+    """Past METRICS_ROWS rows the page keeps, of each of about METRICS_ROWS // 10 stretches of the
+    run, the first row and the rows where each curve is lowest and highest (and where it has a gap),
+    and says how many rows there were."""
+    monkeypatch.setattr(explore_data_module, "METRICS_ROWS", 100)
+    model = tiny_model()
+    n = 5000
+    rng = np.random.default_rng(0)
+    train = 3.0 + rng.normal(0, 0.1, n)
+    train[1234], train[4321] = 9.0, 0.5                  # a spike and a dip
+    rows = [{"step": 5 * k, "train_loss": float(train[k]), "val_loss": 4.0 if k != 777 else None,
+             "lr": 1e-3 * (1 - k / n)} for k in range(n)]
+    d = explore_data(model, model.tokenizer.encode("R"), metrics=rows)
+    kept = d["metrics"]
+    assert d["metrics_count"] == n
+    assert 10 <= len(kept) <= 100
+    steps = [m["step"] for m in kept]
+    assert steps == sorted(steps) and steps[0] == 0 and steps[-1] == 5 * (n - 1)
+    by_step = {m["step"]: m for m in kept}
+    assert by_step[5 * 1234]["train_loss"] == 9.0 and by_step[5 * 4321]["train_loss"] == 0.5
+    assert by_step[5 * 777]["val_loss"] is None                       # the gap is kept
+    assert min(m["lr"] for m in kept) == rows[-1]["lr"]
+    assert all(m == {k: r[k] for k in ("step", "train_loss", "val_loss", "lr")}
+               for m in kept for r in [rows[m["step"] // 5]])
+    # a short run is kept whole
+    d = explore_data(model, model.tokenizer.encode("R"), metrics=rows[:100])
+    assert len(d["metrics"]) == 100 and d["metrics_count"] == 100

@@ -23,6 +23,9 @@ LOGITS_TOP_MIN = 256
 VOCAB_FULL = 4096
 # The positions panel shows the position table for this many numbers' worth of positions.
 POSITION_VALUES = 1 << 16
+# The training panel draws at most about this many rows of metrics.jsonl; a longer run is thinned
+# to the rows that keep its curves' shape (_thin).
+METRICS_ROWS = 10_000
 ATTENTION_DECIMALS = 6
 LOGIT_DECIMALS = 5
 
@@ -129,7 +132,9 @@ def explore_data(model, ids, *, tokenizer=None, metrics=None, sampling=None, sou
         "positions": {"kind": cfg.pos_encoding,
                       "scale": None if cfg.pos_encoding == "learned" else 1.0 / math.sqrt(cfg.n_embd),
                       "table": _round(pos, 4)},
-        "metrics": _metric_rows(metrics),
+        # the rows the training panel draws (thinned past METRICS_ROWS) and how many the run has
+        "metrics": _thin(rows, METRICS_ROWS) if (rows := _metric_rows(metrics)) else None,
+        "metrics_count": len(rows) if rows else 0,
         "sampling": {"temperature": 0.8, "top_k": 200, "top_p": None, **(sampling or {})},
         "formulas": formulas_data(),
     }
@@ -149,3 +154,29 @@ def _metric_rows(rows):
     out = [{"step": r["step"], **{k: number(r.get(k)) for k in ("train_loss", "val_loss", "lr")}}
            for r in rows if isinstance(r, dict) and isinstance(r.get("step"), int)]
     return out or None
+
+
+_CURVES = ("train_loss", "val_loss", "lr")
+
+
+def _thin(rows, limit: int):
+    """At most `limit` of `rows` (limit >= 11), keeping the curves' shape: the run is cut into
+    (limit - 1) // 10 stretches of consecutive rows, and each keeps its first row and, for every
+    curve, the rows where the curve is lowest and highest and the first where it has no value (a
+    gap in the line). The last row is kept too. `limit` rows or fewer are kept whole."""
+    n = len(rows)
+    if n <= limit:
+        return rows
+    stretches = (limit - 1) // (1 + 3 * len(_CURVES))
+    keep = {n - 1}
+    for b in range(stretches):
+        lo, hi = b * n // stretches, (b + 1) * n // stretches
+        keep.add(lo)
+        for key in _CURVES:
+            known = [(rows[i][key], i) for i in range(lo, hi) if rows[i][key] is not None]
+            if known:
+                keep.update((min(known)[1], max(known)[1]))
+            gap = next((i for i in range(lo, hi) if rows[i][key] is None), None)
+            if gap is not None:
+                keep.add(gap)
+    return [rows[i] for i in sorted(keep)]

@@ -32,6 +32,20 @@
   const tokSpan = (s, cls) => el("span", { class: "tok" + (cls ? " " + cls : ""), text: shown(s) });
   const esc = (s) => String(s).replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" }[c]));
   const fix = (x, d) => (x === null || x === undefined ? "—" : Number(x).toFixed(d));
+  const count = (n, what) => `${n.toLocaleString("en-US")} ${what}${n === 1 ? "" : "s"}`;
+
+  // The smallest and largest of a list, skipping null and non-finite entries ([Infinity, -Infinity]
+  // if none is left). A loop, never Math.min(...list): spreading a list into a call puts every
+  // element on the stack, which overflows at about 100,000 numbers.
+  function extent(values) {
+    let lo = Infinity, hi = -Infinity;
+    for (const v of values) {
+      if (v === null || !Number.isFinite(v)) continue;
+      if (v < lo) lo = v;
+      if (v > hi) hi = v;
+    }
+    return [lo, hi];
+  }
 
   const tip = $("tooltip");
   function showTip(evt, html) {
@@ -97,7 +111,7 @@
   if (withLabels) {
     const ctx = mainCanvas.getContext("2d");
     ctx.font = `${labelFont}px ui-monospace, "DejaVu Sans Mono", monospace`;
-    const widest = Math.max(...D.tokens.map((s) => ctx.measureText(shown(s)).width));
+    const widest = extent(D.tokens.map((s) => ctx.measureText(shown(s)).width))[1];
     upright = widest <= cell;
     margin = Math.min(110, Math.ceil(widest) + 8);
   }
@@ -317,7 +331,7 @@
 
   const GREEN = [26, 127, 55], RED = [198, 40, 40];
   const losses = D.token_prob.map((p) => (p === null ? null : -Math.log(Math.max(p, 1e-300))));
-  const maxLoss = Math.max(1e-9, ...losses.filter((x) => x !== null));
+  const maxLoss = Math.max(1e-9, extent(losses)[1]);
   const colored = $("prompt-colored");
   D.tokens.forEach((s, t) => {
     const span = tokSpan(s, t === 0 ? "first" : "");
@@ -404,8 +418,8 @@
     ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, W, Hh);
     const pad = { l: 58, r: 16, t: 30, b: 42 };
     const pts = series.flatMap((s) => s.points).filter((p) => p[1] !== null && Number.isFinite(p[1]));
-    let [x0, x1] = [Math.min(...pts.map((p) => p[0])), Math.max(...pts.map((p) => p[0]))];
-    let [y0, y1] = [Math.min(...pts.map((p) => p[1])), Math.max(...pts.map((p) => p[1]))];
+    let [x0, x1] = extent(pts.map((p) => p[0]));
+    let [y0, y1] = extent(pts.map((p) => p[1]));
     if (opts.yZero) y0 = Math.min(0, y0);
     if (x1 === x0) { x0 -= 1; x1 += 1; }
     if (y1 === y0) { y0 -= Math.abs(y0) * 0.1 + 1e-9; y1 += Math.abs(y1) * 0.1 + 1e-9; }
@@ -495,7 +509,12 @@
   });
   posCanvas.addEventListener("mouseleave", hideTip);
   // cosine similarity of the position vectors, (NP, NP)
-  const unit = P.table.map((row) => { const n = Math.hypot(...row) || 1; return row.map((v) => v / n); });
+  const unit = P.table.map((row) => {
+    let ss = 0;
+    for (const v of row) ss += v * v;
+    const n = Math.sqrt(ss) || 1;
+    return row.map((v) => v / n);
+  });
   const similarity = unit.map((a) => unit.map((b) => { let s = 0; for (let k = 0; k < C; k++) s += a[k] * b[k]; return s; }));
   const sc = Math.max(1, Math.min(12, Math.floor(320 / NP)));
   const simCanvas = $("pos-similarity");
@@ -511,9 +530,10 @@
 
   const box = $("training-charts");
   if (D.metrics && D.metrics.length) {
-    const rows = D.metrics;
+    const rows = D.metrics, n = Math.max(D.metrics_count || 0, rows.length), last = rows[rows.length - 1];
+    const drawn = rows.length < n ? `; ${count(rows.length, "row")} drawn: the first, lowest and highest of every stretch` : "";
     const lossCanvas = el("canvas", { id: "loss-chart" }), lrCanvas = el("canvas", { id: "lr-chart" });
-    box.append(el("figure", {}, lossCanvas, el("figcaption", { text: `loss at each evaluation (${rows.length}), last: train ${fix(rows[rows.length - 1].train_loss, 4)}, val ${fix(rows[rows.length - 1].val_loss, 4)}` })));
+    box.append(el("figure", {}, lossCanvas, el("figcaption", { text: `loss at each evaluation (${count(n, "evaluation")}${drawn}), last: train ${fix(last.train_loss, 4)}, val ${fix(last.val_loss, 4)}` })));
     lineChart(lossCanvas, [
       { points: rows.map((r) => [r.step, r.train_loss]), color: "#0b5cad", label: "train", dots: rows.length < 40 },
       { points: rows.map((r) => [r.step, r.val_loss]), color: "#d9480f", label: "val", dots: rows.length < 40 },
