@@ -337,3 +337,17 @@ def test_a_page_with_every_row_of_a_long_run_draws(browser, tmp_path, monkeypatc
     assert o.page.locator("#loss-chart").count() == 1 and o.page.locator(".formula").count() == 13
     o.check_clean()
     o.close()
+
+
+def test_a_part_that_fails_leaves_the_others_drawn(browser, tmp_path):
+    """One part whose data it cannot draw says so in its own section; the parts after it are drawn."""
+    model = tiny_model()
+    data = explore_data(model, model.tokenizer.encode("ROMEO:"))
+    data["metrics"] = [{"step": 0, "train_loss": 1.0}, None]           # no row numformer writes
+    path = tmp_path / "p.html"
+    path.write_text(build_page(data), encoding="utf-8")
+    o = Opened(browser, path)
+    assert "This part could not be drawn" in o.page.locator("#training").inner_text()
+    assert o.page.locator(".formula").count() == 13
+    assert len(o.errors) == 1 and "training" in o.errors[0]             # and the console says which
+    o.close()

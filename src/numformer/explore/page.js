@@ -70,6 +70,16 @@
     return (i >= 0 && i < n && j >= 0 && j < m) ? [i, j] : null;
   }
 
+  // A part that cannot be drawn says so in its own section, and the parts after it are still drawn.
+  function part(id, draw) {
+    try {
+      draw();
+    } catch (e) {
+      console.error(`numformer explore: the part "${id}" could not be drawn:`, e);
+      $(id).append(el("p", { class: "caption failed", text: `This part could not be drawn: ${e}` }));
+    }
+  }
+
   // ------------------------------------------------------------------ colours
 
   // Attention: white (0) to dark blue (1), on √weight so that small weights still show.
@@ -329,73 +339,77 @@
 
   // ------------------------------------------------------------------ 3. the prompt, by probability
 
-  const GREEN = [26, 127, 55], RED = [198, 40, 40];
-  const losses = D.token_prob.map((p) => (p === null ? null : -Math.log(Math.max(p, 1e-300))));
-  const maxLoss = Math.max(1e-9, extent(losses)[1]);
-  const colored = $("prompt-colored");
-  D.tokens.forEach((s, t) => {
-    const span = tokSpan(s, t === 0 ? "first" : "");
-    span.dataset.pos = t;
-    span.addEventListener("mousemove", (evt) => {
-      if (t === 0) return showTip(evt, `${tipTok(s)} is the first token: nothing before it to predict it from.`);
-      const ids = D.top5.ids[t - 1], ps = D.top5.probs[t - 1];
-      const rows = ids.map((id, k) => `${tipTok(vocab(id))} ${fix(ps[k], 4)}`).join("<br>");
-      showTip(evt, `${tipTok(s)} p = <b>${fix(D.token_prob[t], 4)}</b>, loss −log p = <b>${fix(losses[t], 3)}</b>` +
-        `<br>the model's top 5 after position ${t - 1}:<br>${rows}`);
+  part("prompt", () => {
+    const GREEN = [26, 127, 55], RED = [198, 40, 40];
+    const losses = D.token_prob.map((p) => (p === null ? null : -Math.log(Math.max(p, 1e-300))));
+    const maxLoss = Math.max(1e-9, extent(losses)[1]);
+    const colored = $("prompt-colored");
+    D.tokens.forEach((s, t) => {
+      const span = tokSpan(s, t === 0 ? "first" : "");
+      span.dataset.pos = t;
+      span.addEventListener("mousemove", (evt) => {
+        if (t === 0) return showTip(evt, `${tipTok(s)} is the first token: nothing before it to predict it from.`);
+        const ids = D.top5.ids[t - 1], ps = D.top5.probs[t - 1];
+        const rows = ids.map((id, k) => `${tipTok(vocab(id))} ${fix(ps[k], 4)}`).join("<br>");
+        showTip(evt, `${tipTok(s)} p = <b>${fix(D.token_prob[t], 4)}</b>, loss −log p = <b>${fix(losses[t], 3)}</b>` +
+          `<br>the model's top 5 after position ${t - 1}:<br>${rows}`);
+      });
+      span.addEventListener("mouseleave", hideTip);
+      colored.append(span);
     });
-    span.addEventListener("mouseleave", hideTip);
-    colored.append(span);
+    function drawPrompt() {
+      const mode = document.querySelector('input[name="prompt-mode"]:checked').value;
+      [...colored.children].forEach((span, t) => {
+        if (t === 0) return;
+        const rgb = mode === "prob" ? mix(GREEN, D.token_prob[t]) : mix(RED, losses[t] / maxLoss);
+        span.style.background = css(rgb);
+        const dark = (mode === "prob" ? D.token_prob[t] : losses[t] / maxLoss) > 0.6;
+        span.style.color = dark ? "#fff" : "";
+      });
+      $("prompt-ramp").style.background = `linear-gradient(to right, #fff, ${css(mode === "prob" ? GREEN : RED)})`;
+      $("prompt-ramp-label").textContent = mode === "prob" ? "p = 0 → 1" : `loss 0 → ${fix(maxLoss, 2)}`;
+    }
+    for (const r of document.querySelectorAll('input[name="prompt-mode"]')) r.addEventListener("change", drawPrompt);
+    drawPrompt();
+    if (T > 1) {
+      const mean = losses.slice(1).reduce((a, b) => a + b, 0) / (T - 1);
+      $("prompt-loss").textContent = `Mean cross-entropy over the prompt's ${T - 1} predictions: ${fix(mean, 4)} ` +
+        `(perplexity ${fix(Math.exp(mean), 2)}).`;
+    } else {
+      $("prompt-loss").textContent = "A one-token prompt: there is nothing to predict.";
+    }
   });
-  function drawPrompt() {
-    const mode = document.querySelector('input[name="prompt-mode"]:checked').value;
-    [...colored.children].forEach((span, t) => {
-      if (t === 0) return;
-      const rgb = mode === "prob" ? mix(GREEN, D.token_prob[t]) : mix(RED, losses[t] / maxLoss);
-      span.style.background = css(rgb);
-      const dark = (mode === "prob" ? D.token_prob[t] : losses[t] / maxLoss) > 0.6;
-      span.style.color = dark ? "#fff" : "";
-    });
-    $("prompt-ramp").style.background = `linear-gradient(to right, #fff, ${css(mode === "prob" ? GREEN : RED)})`;
-    $("prompt-ramp-label").textContent = mode === "prob" ? "p = 0 → 1" : `loss 0 → ${fix(maxLoss, 2)}`;
-  }
-  for (const r of document.querySelectorAll('input[name="prompt-mode"]')) r.addEventListener("change", drawPrompt);
-  drawPrompt();
-  if (T > 1) {
-    const mean = losses.slice(1).reduce((a, b) => a + b, 0) / (T - 1);
-    $("prompt-loss").textContent = `Mean cross-entropy over the prompt's ${T - 1} predictions: ${fix(mean, 4)} ` +
-      `(perplexity ${fix(Math.exp(mean), 2)}).`;
-  } else {
-    $("prompt-loss").textContent = "A one-token prompt: there is nothing to predict.";
-  }
 
   // ------------------------------------------------------------------ 4. logit lens
 
-  const BLUE = [11, 92, 173];
-  const lens = $("lens-table");
-  const head = el("tr", {}, el("th", { class: "row", text: "input →" }));
-  D.tokens.forEach((s, t) => head.append(el("th", { text: shown(s), title: `position ${t}` })));
-  lens.append(head);
-  for (let l = L; l >= 0; l--) {
-    const label = l === 0 ? "embedding" : `block ${l}` + (l === L ? " (output)" : "");
-    const tr = el("tr", {}, el("th", { class: "row", text: label }));
-    for (let t = 0; t < T; t++) {
-      const id = D.lens.ids[l][t], p = D.lens.probs[l][t];
-      const hit = t + 1 < T && id === D.token_ids[t + 1];
-      const td = el("td", { class: hit ? "hit" : "", text: shown(vocab(id)) });
-      td.style.background = css(mix(BLUE, p));
-      if (p > 0.55) td.style.color = "#fff";
-      td.addEventListener("mousemove", (evt) => {
-        const nxt = t + 1 < T ? `<br>the token that comes next, ${tipTok(D.tokens[t + 1])}: p = ${fix(D.lens.next_probs[l][t], 4)}` : "";
-        showTip(evt, `${label}, position ${t} ${tipTok(D.tokens[t])}<br>most likely next: ${tipTok(vocab(id))} p = <b>${fix(p, 4)}</b>${nxt}`);
-      });
-      td.addEventListener("mouseleave", hideTip);
-      tr.append(td);
+  part("logit-lens", () => {
+    const BLUE = [11, 92, 173];
+    const lens = $("lens-table");
+    const head = el("tr", {}, el("th", { class: "row", text: "input →" }));
+    D.tokens.forEach((s, t) => head.append(el("th", { text: shown(s), title: `position ${t}` })));
+    lens.append(head);
+    for (let l = L; l >= 0; l--) {
+      const label = l === 0 ? "embedding" : `block ${l}` + (l === L ? " (output)" : "");
+      const tr = el("tr", {}, el("th", { class: "row", text: label }));
+      for (let t = 0; t < T; t++) {
+        const id = D.lens.ids[l][t], p = D.lens.probs[l][t];
+        const hit = t + 1 < T && id === D.token_ids[t + 1];
+        const td = el("td", { class: hit ? "hit" : "", text: shown(vocab(id)) });
+        td.style.background = css(mix(BLUE, p));
+        if (p > 0.55) td.style.color = "#fff";
+        td.addEventListener("mousemove", (evt) => {
+          const nxt = t + 1 < T ? `<br>the token that comes next, ${tipTok(D.tokens[t + 1])}: p = ${fix(D.lens.next_probs[l][t], 4)}` : "";
+          showTip(evt, `${label}, position ${t} ${tipTok(D.tokens[t])}<br>most likely next: ${tipTok(vocab(id))} p = <b>${fix(p, 4)}</b>${nxt}`);
+        });
+        td.addEventListener("mouseleave", hideTip);
+        tr.append(td);
+      }
+      lens.append(tr);
     }
-    lens.append(tr);
-  }
-  const actual = el("tr", {}, el("th", { class: "row", text: "comes next →" }));
-  for (let t = 0; t < T; t++) actual.append(el("th", { text: t + 1 < T ? shown(D.tokens[t + 1]) : "" }));
-  lens.append(actual);
+    const actual = el("tr", {}, el("th", { class: "row", text: "comes next →" }));
+    for (let t = 0; t < T; t++) actual.append(el("th", { text: t + 1 < T ? shown(D.tokens[t + 1]) : "" }));
+    lens.append(actual);
+  });
 
   // ------------------------------------------------------------------ charts
 
@@ -482,105 +496,111 @@
 
   // ------------------------------------------------------------------ 5. inside the stream
 
-  const layerNames = Array.from({ length: L + 1 }, (_, l) => (l === 0 ? "emb" : String(l)));
-  const perPos = Array.from({ length: T }, (_, t) => ({
-    points: D.residual_norms.map((row, l) => [l, row[t]]), color: "rgba(11,92,173,0.18)", width: 1 }));
-  const mean = { points: D.residual_norms.map((row, l) => [l, row.reduce((a, b) => a + b, 0) / T]),
-    color: "#0b5cad", width: 2.5, dots: true, label: "mean over positions" };
-  lineChart($("norm-chart"), [...perPos, mean], {
-    yZero: true, xTicks: layerNames.map((_, l) => l), xFormat: (x) => layerNames[x], xLabel: "after the embedding (emb) and after block l" });
+  part("stream", () => {
+    const layerNames = Array.from({ length: L + 1 }, (_, l) => (l === 0 ? "emb" : String(l)));
+    const perPos = Array.from({ length: T }, (_, t) => ({
+      points: D.residual_norms.map((row, l) => [l, row[t]]), color: "rgba(11,92,173,0.18)", width: 1 }));
+    const mean = { points: D.residual_norms.map((row, l) => [l, row.reduce((a, b) => a + b, 0) / T]),
+      color: "#0b5cad", width: 2.5, dots: true, label: "mean over positions" };
+    lineChart($("norm-chart"), [...perPos, mean], {
+      yZero: true, xTicks: layerNames.map((_, l) => l), xFormat: (x) => layerNames[x], xLabel: "after the embedding (emb) and after block l" });
 
-  const P = D.positions;
-  const NP = P.table.length, C = P.table[0].length;       // positions shown, channels
-  let pmax = 1e-12;
-  for (const row of P.table) for (const v of row) pmax = Math.max(pmax, Math.abs(v));
-  const pw = Math.max(1, Math.min(16, Math.floor(480 / C))), ph = Math.max(1, Math.min(12, Math.floor(320 / NP)));
-  const posCanvas = $("pos-heatmap");
-  heatmap(posCanvas, P.table, pw, ph, (v) => diverge(v / pmax));
-  $("pos-caption").textContent = (P.kind === "learned"
-    ? "the learned position table wpe"
-    : `the sinusoidal table P (the article's formula 2) times 1/√C = ${fix(P.scale, 4)}, as the model adds it`) +
-    `: rows are positions 0..${NP - 1} (the prompt uses 0..${T - 1}), columns the ${C} channels ` +
-    `(blue −${fix(pmax, 3)}, red +${fix(pmax, 3)})`;
-  posCanvas.addEventListener("mousemove", (evt) => {
-    const c = cellAt(posCanvas, evt, 0, 0, pw, ph, NP, C);
-    if (!c) return hideTip();
-    showTip(evt, `position ${c[0]}, channel ${c[1]}: ${fix(P.table[c[0]][c[1]], 4)}`);
+    const P = D.positions;
+    const NP = P.table.length, C = P.table[0].length;       // positions shown, channels
+    let pmax = 1e-12;
+    for (const row of P.table) for (const v of row) pmax = Math.max(pmax, Math.abs(v));
+    const pw = Math.max(1, Math.min(16, Math.floor(480 / C))), ph = Math.max(1, Math.min(12, Math.floor(320 / NP)));
+    const posCanvas = $("pos-heatmap");
+    heatmap(posCanvas, P.table, pw, ph, (v) => diverge(v / pmax));
+    $("pos-caption").textContent = (P.kind === "learned"
+      ? "the learned position table wpe"
+      : `the sinusoidal table P (the article's formula 2) times 1/√C = ${fix(P.scale, 4)}, as the model adds it`) +
+      `: rows are positions 0..${NP - 1} (the prompt uses 0..${T - 1}), columns the ${C} channels ` +
+      `(blue −${fix(pmax, 3)}, red +${fix(pmax, 3)})`;
+    posCanvas.addEventListener("mousemove", (evt) => {
+      const c = cellAt(posCanvas, evt, 0, 0, pw, ph, NP, C);
+      if (!c) return hideTip();
+      showTip(evt, `position ${c[0]}, channel ${c[1]}: ${fix(P.table[c[0]][c[1]], 4)}`);
+    });
+    posCanvas.addEventListener("mouseleave", hideTip);
+    // cosine similarity of the position vectors, (NP, NP)
+    const unit = P.table.map((row) => {
+      let ss = 0;
+      for (const v of row) ss += v * v;
+      const n = Math.sqrt(ss) || 1;
+      return row.map((v) => v / n);
+    });
+    const similarity = unit.map((a) => unit.map((b) => { let s = 0; for (let k = 0; k < C; k++) s += a[k] * b[k]; return s; }));
+    const sc = Math.max(1, Math.min(12, Math.floor(320 / NP)));
+    const simCanvas = $("pos-similarity");
+    heatmap(simCanvas, similarity, sc, sc, diverge);
+    simCanvas.addEventListener("mousemove", (evt) => {
+      const c = cellAt(simCanvas, evt, 0, 0, sc, sc, NP, NP);
+      if (!c) return hideTip();
+      showTip(evt, `positions ${c[0]} and ${c[1]}: cosine ${fix(similarity[c[0]][c[1]], 3)}`);
+    });
+    simCanvas.addEventListener("mouseleave", hideTip);
   });
-  posCanvas.addEventListener("mouseleave", hideTip);
-  // cosine similarity of the position vectors, (NP, NP)
-  const unit = P.table.map((row) => {
-    let ss = 0;
-    for (const v of row) ss += v * v;
-    const n = Math.sqrt(ss) || 1;
-    return row.map((v) => v / n);
-  });
-  const similarity = unit.map((a) => unit.map((b) => { let s = 0; for (let k = 0; k < C; k++) s += a[k] * b[k]; return s; }));
-  const sc = Math.max(1, Math.min(12, Math.floor(320 / NP)));
-  const simCanvas = $("pos-similarity");
-  heatmap(simCanvas, similarity, sc, sc, diverge);
-  simCanvas.addEventListener("mousemove", (evt) => {
-    const c = cellAt(simCanvas, evt, 0, 0, sc, sc, NP, NP);
-    if (!c) return hideTip();
-    showTip(evt, `positions ${c[0]} and ${c[1]}: cosine ${fix(similarity[c[0]][c[1]], 3)}`);
-  });
-  simCanvas.addEventListener("mouseleave", hideTip);
 
   // ------------------------------------------------------------------ 6. training
 
-  const box = $("training-charts");
-  if (D.metrics && D.metrics.length) {
-    const rows = D.metrics, n = Math.max(D.metrics_count || 0, rows.length), last = rows[rows.length - 1];
-    const drawn = rows.length < n ? `; ${count(rows.length, "row")} drawn: the first, lowest and highest of every stretch` : "";
-    const lossCanvas = el("canvas", { id: "loss-chart" }), lrCanvas = el("canvas", { id: "lr-chart" });
-    box.append(el("figure", {}, lossCanvas, el("figcaption", { text: `loss at each evaluation (${count(n, "evaluation")}${drawn}), last: train ${fix(last.train_loss, 4)}, val ${fix(last.val_loss, 4)}` })));
-    lineChart(lossCanvas, [
-      { points: rows.map((r) => [r.step, r.train_loss]), color: "#0b5cad", label: "train", dots: rows.length < 40 },
-      { points: rows.map((r) => [r.step, r.val_loss]), color: "#d9480f", label: "val", dots: rows.length < 40 },
-    ], { xLabel: "step" });
-    if (rows.some((r) => r.lr !== null)) {
-      box.append(el("figure", {}, lrCanvas, el("figcaption", { text: "learning rate at each evaluation (warmup, then cosine decay)" })));
-      lineChart(lrCanvas, [{ points: rows.map((r) => [r.step, r.lr]), color: "#6f42c1", label: "learning rate", dots: rows.length < 40 }],
-        { xLabel: "step", yZero: true, yFormat: (y) => (y === 0 ? "0" : y.toExponential(1)) });
+  part("training", () => {
+    const box = $("training-charts");
+    if (D.metrics && D.metrics.length) {
+      const rows = D.metrics, n = Math.max(D.metrics_count || 0, rows.length), last = rows[rows.length - 1];
+      const drawn = rows.length < n ? `; ${count(rows.length, "row")} drawn: the first, lowest and highest of every stretch` : "";
+      const lossCanvas = el("canvas", { id: "loss-chart" }), lrCanvas = el("canvas", { id: "lr-chart" });
+      box.append(el("figure", {}, lossCanvas, el("figcaption", { text: `loss at each evaluation (${count(n, "evaluation")}${drawn}), last: train ${fix(last.train_loss, 4)}, val ${fix(last.val_loss, 4)}` })));
+      lineChart(lossCanvas, [
+        { points: rows.map((r) => [r.step, r.train_loss]), color: "#0b5cad", label: "train", dots: rows.length < 40 },
+        { points: rows.map((r) => [r.step, r.val_loss]), color: "#d9480f", label: "val", dots: rows.length < 40 },
+      ], { xLabel: "step" });
+      if (rows.some((r) => r.lr !== null)) {
+        box.append(el("figure", {}, lrCanvas, el("figcaption", { text: "learning rate at each evaluation (warmup, then cosine decay)" })));
+        lineChart(lrCanvas, [{ points: rows.map((r) => [r.step, r.lr]), color: "#6f42c1", label: "learning rate", dots: rows.length < 40 }],
+          { xLabel: "step", yZero: true, yFormat: (y) => (y === 0 ? "0" : y.toExponential(1)) });
+      }
+    } else {
+      box.append(el("p", { class: "caption", text: "No metrics.jsonl was found next to this checkpoint, so there is no training curve to show." }));
     }
-  } else {
-    box.append(el("p", { class: "caption", text: "No metrics.jsonl was found next to this checkpoint, so there is no training curve to show." }));
-  }
+  });
 
   // ------------------------------------------------------------------ 7. the formulas
 
-  function fmtValue(v, decimals) {
-    const one = (x) => (typeof x === "number" ? (decimals === null ? String(x) : x.toFixed(decimals)) : String(x));
-    if (!Array.isArray(v)) return one(v);
-    if (!Array.isArray(v[0])) return "[" + v.map(one).join(", ") + "]";
-    return v.map((r) => fmtValue(r, decimals)).join("\n");
-  }
-  const list = $("formula-list");
-  for (const f of D.formulas) {
-    const card = el("div", { class: "formula", id: `formula-${f.name}` });
-    const title = el("h3", { text: `${f.number}. ${f.name.replace(/_/g, " ")} · ${f.title_zh}` });
-    card.append(el("div", { class: "head" }, title, el("span", { class: `verdict ${f.verdict}`, text: f.verdict_text })));
-    const math = el("div", { class: "math" });
-    math.innerHTML = f.mathml;
-    card.append(math, el("div", { class: "text", text: f.formula }));
-    const inputs = el("div", { class: "inputs" });
-    for (const [k, v] of Object.entries(f.inputs)) {
-      inputs.append(el("span", { text: `${k}${f.ours.includes(k) ? " (ours)" : ""} = ${fmtValue(v, null).replace(/\n/g, "; ")}` }));
+  part("formulas", () => {
+    function fmtValue(v, decimals) {
+      const one = (x) => (typeof x === "number" ? (decimals === null ? String(x) : x.toFixed(decimals)) : String(x));
+      if (!Array.isArray(v)) return one(v);
+      if (!Array.isArray(v[0])) return "[" + v.map(one).join(", ") + "]";
+      return v.map((r) => fmtValue(r, decimals)).join("\n");
     }
-    card.append(el("div", { class: "caption", text: "inputs of the worked example" }), inputs);
-    const table = el("table", {}, el("tr", {}, el("th", { text: "quantity" }), el("th", { text: "the article prints" }),
-      el("th", { text: "numformer computes" }), el("th", { text: "check" })));
-    for (const s of f.steps) {
-      const printed = s.printed ? (s.printed.decimals === null ? "= " : "≈ ") + fmtValue(s.printed.value, s.printed.decimals) : "—";
-      const check = s.printed === null ? ["open", "not printed"]
-        : s.agrees ? ["agrees", "agrees"] : ["differs", `differs by ${s.diff}`];
-      table.append(el("tr", { class: s.result ? "result" : "" }, el("td", { text: s.label }),
-        el("td", { class: "val", text: printed }), el("td", { class: "val", text: fmtValue(s.computed, s.decimals) }),
-        el("td", { class: `check ${check[0]}`, text: check[1] })));
+    const list = $("formula-list");
+    for (const f of D.formulas) {
+      const card = el("div", { class: "formula", id: `formula-${f.name}` });
+      const title = el("h3", { text: `${f.number}. ${f.name.replace(/_/g, " ")} · ${f.title_zh}` });
+      card.append(el("div", { class: "head" }, title, el("span", { class: `verdict ${f.verdict}`, text: f.verdict_text })));
+      const math = el("div", { class: "math" });
+      math.innerHTML = f.mathml;
+      card.append(math, el("div", { class: "text", text: f.formula }));
+      const inputs = el("div", { class: "inputs" });
+      for (const [k, v] of Object.entries(f.inputs)) {
+        inputs.append(el("span", { text: `${k}${f.ours.includes(k) ? " (ours)" : ""} = ${fmtValue(v, null).replace(/\n/g, "; ")}` }));
+      }
+      card.append(el("div", { class: "caption", text: "inputs of the worked example" }), inputs);
+      const table = el("table", {}, el("tr", {}, el("th", { text: "quantity" }), el("th", { text: "the article prints" }),
+        el("th", { text: "numformer computes" }), el("th", { text: "check" })));
+      for (const s of f.steps) {
+        const printed = s.printed ? (s.printed.decimals === null ? "= " : "≈ ") + fmtValue(s.printed.value, s.printed.decimals) : "—";
+        const check = s.printed === null ? ["open", "not printed"]
+          : s.agrees ? ["agrees", "agrees"] : ["differs", `differs by ${s.diff}`];
+        table.append(el("tr", { class: s.result ? "result" : "" }, el("td", { text: s.label }),
+          el("td", { class: "val", text: printed }), el("td", { class: "val", text: fmtValue(s.computed, s.decimals) }),
+          el("td", { class: `check ${check[0]}`, text: check[1] })));
+      }
+      card.append(table, el("p", { class: "note", text: f.note }));
+      list.append(card);
     }
-    card.append(table, el("p", { class: "note", text: f.note }));
-    list.append(card);
-  }
+  });
 
   // For the browser tests and the curious: the state and the two functions the panels use.
   window.numformerExplorer = { data: D, state, distribution, attnColor, drawAttention, drawNext };
