@@ -58,6 +58,10 @@ def write_page(tmp_path, model, prompt, **kw):
     return path, ids
 
 
+# the page's colour for a weight that is not a finite number
+NOT_FINITE_RGB = (204, 0, 153)
+
+
 def attn_rgb(v):
     """The page's colour for an attention weight: white to (8, 48, 107) on √v."""
     t = math.sqrt(min(1.0, max(0.0, v)))
@@ -351,3 +355,31 @@ def test_a_part_that_fails_leaves_the_others_drawn(browser, tmp_path):
     assert o.page.locator(".formula").count() == 13
     assert len(o.errors) == 1 and "training" in o.errors[0]             # and the console says which
     o.close()
+
+
+def test_a_model_whose_numbers_overflow_is_drawn_honestly(browser, tmp_path):
+    """Weights that overflow float32: the page opens clean, says so, draws what is not finite in
+    its own colour, and gives no distribution built from NaN."""
+    from .test_command import overflowing_models
+
+    for name, ckpt in overflowing_models(tmp_path).items():
+        out = tmp_path / f"{name}.html"
+        r = cli(["explore", ckpt, "--prompt", "ROMEO:", "--out", out], cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        o = Opened(browser, out)
+        page = o.page
+        assert "not finite" in page.locator("#notice").inner_text()
+        assert "not all finite" in page.locator("#next-caption").inner_text()
+        assert page.locator("#next-bars .bar-row").count() == 0
+        A = page.evaluate("window.numformerExplorer.data.attention[1][0]")
+        page.select_option("#attn-layer", index=1)
+        cells = drawn_cells(page)
+        for i, row in enumerate(A):
+            for j in range(i + 1):
+                if row[j] is None:
+                    assert cells[i, j].tolist() == list(NOT_FINITE_RGB), (i, j)
+        if name == "everywhere":
+            assert any(v is None for row in A for v in row[: len(row)])
+            assert "undefined" in page.locator("#prompt-loss").inner_text()
+        o.check_clean()
+        o.close()

@@ -4,6 +4,8 @@ import argparse
 import json
 import re
 
+import numpy as np
+
 from numformer.explore import is_explorer_page
 
 from .conftest import cli
@@ -105,3 +107,45 @@ def test_starting_controls_are_samples_defaults():
     generate.add_arguments(theirs)
     for name in ("temperature", "top_k", "top_p", "prompt", "prompt_file"):
         assert ours.get_default(name) == theirs.get_default(name), name
+
+
+def strict_json(text):
+    """JSON.parse's JSON: NaN and Infinity are not numbers there."""
+    def refuse(name):
+        raise AssertionError(f"{name} in the page's JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def overflowing_models(tmp_path):
+    """Checkpoints of finite weights whose numbers overflow float32: in the head only (a token the
+    prompt does not use has a huge embedding, so the tied head's logits for it are ±inf or NaN), and
+    everywhere (the prompt's first token has one, so the residual stream and all after it overflow)."""
+    from .conftest import tiny_model
+
+    out = {}
+    for name, char in (("head", "\t"), ("everywhere", "R")):
+        model = tiny_model()
+        model.params["transformer.wte.weight"][model.tokenizer.encode(char)[0]] = 3e38
+        model.save(tmp_path / name, tokenizer=model.tokenizer.to_json())
+        out[name] = tmp_path / name
+    return out
+
+
+def test_weights_that_overflow_give_valid_json_and_say_so(tmp_path):
+    """json.dumps(allow_nan=False) raised on the inf and NaN logits: a traceback, no page."""
+    for name, ckpt in overflowing_models(tmp_path).items():
+        out = tmp_path / f"{name}.html"
+        r = cli(["explore", ckpt, "--prompt", "ROMEO:", "--out", out], cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        notes = [line for line in r.stderr.splitlines() if line.strip()]
+        assert len(notes) == 1 and re.match(r"numformer explore: note: .*not finite", notes[0]), r.stderr
+        html = out.read_text(encoding="utf-8")
+        d = strict_json(re.search(r'id="numformer-data">(.*?)</script>', html, re.S).group(1))
+        assert "not finite" in d["notice"]
+        logits = np.array(d["logits"]["values"], dtype=object)
+        assert any(v is None for v in logits.ravel())
+        if name == "head":                                  # what stayed finite is still shown
+            assert all(v is not None for v in np.ravel(d["attention"]))
+            assert all(v is not None for v in logits[:, 5])
+        else:
+            assert all(v is None for v in np.ravel(d["residual_norms"])[len(d["tokens"]):])

@@ -71,6 +71,8 @@ def main(args) -> int:
                         sampling={"temperature": args.temperature, "top_k": args.top_k or None,
                                   "top_p": args.top_p},
                         source=str(ckpt), notice=notice)
+    if data["overflow"]:
+        print(f"numformer explore: note: {data['overflow']}", file=sys.stderr)
     page = build_page(data).encode("utf-8")
     _check_out(out)                            # again: the model took a while to load
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -32,8 +32,32 @@ LOGIT_DECIMALS = 5
 
 def _round(a, decimals: int):
     """A float array rounded to `decimals` places, as nested lists (JSON prints the shortest
-    decimal that reads back as the same double: 0.123457, not 0.12345699965953827)."""
-    return np.round(np.asarray(a, dtype=np.float64), decimals).tolist()
+    decimal that reads back as the same double: 0.123457, not 0.12345699965953827). NaN and ±inf,
+    which JSON has no way to write, become None (null): the page shows them as not finite."""
+    return _finite_list(np.round(np.asarray(a, dtype=np.float64), decimals))
+
+
+def _finite_list(a):
+    """A float64 array as nested lists, NaN and ±inf as None."""
+    finite = np.isfinite(a)
+    if finite.all():
+        return a.tolist()
+    a = a.astype(object)
+    a[~finite] = None
+    return a.tolist()
+
+
+def _not_finite(tr) -> str | None:
+    """A line saying how many of the trace's numbers are NaN or ±inf (weights so large that float32
+    overflows), or None when all are finite."""
+    parts = [("logits", tr.logits), ("attention weights", np.stack(tr.attention)),
+             ("values of the residual stream", tr.residual)]
+    bad = [f"{a.size - np.count_nonzero(np.isfinite(a)):,} of {a.size:,} {what}"
+           for what, a in parts if not np.isfinite(a).all()]
+    if not bad:
+        return None
+    return (f"the model's numbers overflow float32: {', '.join(bad)} are not finite (NaN or ±inf); "
+            f"the page marks them and draws no distribution from them")
 
 
 def _softmax64(logits):
@@ -48,6 +72,7 @@ def token_string(tokenizer, i: int) -> str:
     return tokenizer.decode(np.array([i], dtype=np.int64))
 
 
+@np.errstate(over="ignore", invalid="ignore", divide="ignore")   # overflow is reported once, in "overflow"
 def explore_data(model, ids, *, tokenizer=None, metrics=None, sampling=None, source=None,
                  notice=None) -> dict:
     """Everything the page draws, for token ids (T,) with T <= block_size.
@@ -56,6 +81,10 @@ def explore_data(model, ids, *, tokenizer=None, metrics=None, sampling=None, sou
     metrics: the rows of a run's metrics.jsonl (step, train_loss, val_loss, lr), or None.
     sampling: the controls' starting values, {"temperature", "top_k", "top_p"}.
     source: the checkpoint's name, shown in the header. notice: a line shown under it.
+
+    Numbers that are not finite (weights whose products overflow float32) are None in the dict,
+    and "overflow" is a line that says how many there are (None when there are none); the page
+    shows it beside `notice`.
     """
     from numformer.explore.formulas import formulas_data
 
@@ -66,6 +95,7 @@ def explore_data(model, ids, *, tokenizer=None, metrics=None, sampling=None, sou
     tr = trace(model, ids)
     T, V, L = len(tr.ids), cfg.vocab_size, cfg.n_layer
     ids = tr.ids
+    overflow = _not_finite(tr)
 
     # ---- next-token distributions (panels 2 and 3)
     probs = _softmax64(tr.logits)                                      # (T, V)
@@ -83,7 +113,7 @@ def explore_data(model, ids, *, tokenizer=None, metrics=None, sampling=None, sou
         shown = set(kept.ravel().tolist())
 
     # probability the model gave each prompt token, from the position before it
-    token_prob = [None] + [float(probs[t - 1, ids[t]]) for t in range(1, T)]
+    token_prob = [None] + _finite_list(probs[np.arange(T - 1), ids[1:]])
 
     # ---- logit lens: the final LayerNorm and the head on the stream after each block
     from numformer.explore.trace import head
@@ -120,7 +150,8 @@ def explore_data(model, ids, *, tokenizer=None, metrics=None, sampling=None, sou
         "attention_decimals": ATTENTION_DECIMALS,
         "model": {**cfg.to_dict(), "n_params": int(sum(v.size for _, v in model.params.items())),
                   "source": source},
-        "notice": notice,
+        "notice": "; ".join(n for n in (notice, overflow) if n) or None,
+        "overflow": overflow,
         "vocab": vocab,
         "logits": logits,                                  # (T, V) or (T, kept) rounded logits
         "logit_decimals": LOGIT_DECIMALS,

@@ -87,6 +87,8 @@
     const t = Math.sqrt(Math.min(1, Math.max(0, v)));
     return [Math.round(255 + (8 - 255) * t), Math.round(255 + (48 - 255) * t), Math.round(255 + (107 - 255) * t)];
   }
+  // A number that is not finite (null in the data: NaN or ±inf where the weights overflow float32).
+  const NOT_FINITE = [204, 0, 153];
   // Masked cells: a grey hatch, so the causal mask reads as "not allowed", not as "weight 0".
   const hatch = (x, y) => ((x + y) % 6 < 2 ? [180, 180, 180] : [226, 226, 226]);
   // Sequential (0..1): white to a colour.
@@ -105,6 +107,12 @@
     `prompt: ${T} token${T === 1 ? "" : "s"}`,
   ].join(" · ");
   if (D.notice) { $("notice").textContent = D.notice; $("notice").hidden = false; }
+  if (D.overflow) {                     // the colour of what is not finite, beside the attention's ramp
+    const swatch = el("span", { class: "ramp" });
+    swatch.style.background = css(NOT_FINITE);
+    swatch.style.width = "12px";
+    document.querySelector("#attention .controls").append(el("span", { class: "legend" }, swatch, "not a finite number"));
+  }
 
   // ------------------------------------------------------------------ 1. attention
 
@@ -141,7 +149,7 @@
       const row = A[i];
       for (let j = 0; j < T; j++) {
         const masked = j > i;
-        const rgb = masked ? null : attnColor(row[j]);
+        const rgb = masked ? null : row[j] === null ? NOT_FINITE : attnColor(row[j]);
         for (let y = i * cell; y < (i + 1) * cell; y++) {
           let o = (y * n + j * cell) * 4;
           for (let x = j * cell; x < (j + 1) * cell; x++, o += 4) {
@@ -192,7 +200,7 @@
     const q = `query ${i} ${tipTok(D.tokens[i])}`, k = `key ${j} ${tipTok(D.tokens[j])}`;
     if (j > i) return showTip(evt, `${q} → ${k}<br>masked: key ${j} comes after query ${i} (−∞ before the softmax)`);
     const w = D.attention[state.layer][state.head][i][j];
-    showTip(evt, `${q} → ${k}<br>layer ${state.layer + 1}, head ${state.head + 1}: weight <b>${fix(w, 4)}</b>`);
+    showTip(evt, `${q} → ${k}<br>layer ${state.layer + 1}, head ${state.head + 1}: weight <b>${w === null ? "not a finite number" : fix(w, 4)}</b>`);
   });
   mainCanvas.addEventListener("mouseleave", hideTip);
   layerSel.addEventListener("change", () => { state.layer = +layerSel.value; drawAttention(); });
@@ -209,8 +217,10 @@
       for (let qx = 0; qx < S; qx++) {
         const j0 = Math.floor(qx * T / S), j1 = Math.max(j0 + 1, Math.floor((qx + 1) * T / S));
         let best = -1;
-        for (let i = i0; i < i1; i++) for (let j = j0; j < Math.min(j1, i + 1); j++) best = Math.max(best, A[i][j]);
-        const c = best < 0 ? hatch(qx, py) : attnColor(best);
+        for (let i = i0; i < i1; i++) {
+          for (let j = j0; j < Math.min(j1, i + 1); j++) best = A[i][j] === null ? Infinity : Math.max(best, A[i][j]);
+        }
+        const c = best < 0 ? hatch(qx, py) : best === Infinity ? NOT_FINITE : attnColor(best);
         const o = (py * S + qx) * 4;
         px[o] = c[0]; px[o + 1] = c[1]; px[o + 2] = c[2]; px[o + 3] = 255;
       }
@@ -304,6 +314,14 @@
   function drawNext() {
     const { temperature, topK, topP } = controls();
     const { ids, values } = candidates(state.pos);
+    if (values.includes(null)) {       // no distribution can be drawn from NaN or ±inf
+      for (const t of context.children) t.classList.toggle("selected", +t.dataset.pos === state.pos);
+      $("next-bars").replaceChildren();
+      $("next-caption").textContent = `After position ${state.pos} (${shown(D.tokens[state.pos])}): the logits ` +
+        "are not all finite numbers (the model's numbers overflow), so there is no distribution to draw.";
+      $("next-caption").dataset.kept = 0;
+      return;
+    }
     const p = distribution(values, temperature, topK, topP);
     const order = Array.from(p.keys()).filter((i) => p[i] > 0).sort((a, b) => p[b] - p[a]);
     for (const t of context.children) t.classList.toggle("selected", +t.dataset.pos === state.pos);
@@ -361,6 +379,7 @@
       const mode = document.querySelector('input[name="prompt-mode"]:checked').value;
       [...colored.children].forEach((span, t) => {
         if (t === 0) return;
+        if (D.token_prob[t] === null) { span.style.background = css(NOT_FINITE); span.style.color = "#fff"; return; }
         const rgb = mode === "prob" ? mix(GREEN, D.token_prob[t]) : mix(RED, losses[t] / maxLoss);
         span.style.background = css(rgb);
         const dark = (mode === "prob" ? D.token_prob[t] : losses[t] / maxLoss) > 0.6;
@@ -371,7 +390,11 @@
     }
     for (const r of document.querySelectorAll('input[name="prompt-mode"]')) r.addEventListener("change", drawPrompt);
     drawPrompt();
-    if (T > 1) {
+    const unknown = losses.slice(1).filter((x) => x === null).length;
+    if (unknown) {
+      $("prompt-loss").textContent = `The mean cross-entropy is undefined: ${count(unknown, "prediction")} of ` +
+        `the prompt's ${T - 1} are not finite numbers.`;
+    } else if (T > 1) {
       const mean = losses.slice(1).reduce((a, b) => a + b, 0) / (T - 1);
       $("prompt-loss").textContent = `Mean cross-entropy over the prompt's ${T - 1} predictions: ${fix(mean, 4)} ` +
         `(perplexity ${fix(Math.exp(mean), 2)}).`;
@@ -394,12 +417,13 @@
       for (let t = 0; t < T; t++) {
         const id = D.lens.ids[l][t], p = D.lens.probs[l][t];
         const hit = t + 1 < T && id === D.token_ids[t + 1];
-        const td = el("td", { class: hit ? "hit" : "", text: shown(vocab(id)) });
-        td.style.background = css(mix(BLUE, p));
-        if (p > 0.55) td.style.color = "#fff";
+        const td = el("td", { class: hit ? "hit" : "", text: p === null ? "—" : shown(vocab(id)) });
+        td.style.background = css(p === null ? NOT_FINITE : mix(BLUE, p));
+        if (p === null || p > 0.55) td.style.color = "#fff";
         td.addEventListener("mousemove", (evt) => {
           const nxt = t + 1 < T ? `<br>the token that comes next, ${tipTok(D.tokens[t + 1])}: p = ${fix(D.lens.next_probs[l][t], 4)}` : "";
-          showTip(evt, `${label}, position ${t} ${tipTok(D.tokens[t])}<br>most likely next: ${tipTok(vocab(id))} p = <b>${fix(p, 4)}</b>${nxt}`);
+          showTip(evt, `${label}, position ${t} ${tipTok(D.tokens[t])}<br>` +
+            (p === null ? "the probabilities here are not finite numbers" : `most likely next: ${tipTok(vocab(id))} p = <b>${fix(p, 4)}</b>${nxt}`));
         });
         td.addEventListener("mouseleave", hideTip);
         tr.append(td);
@@ -432,8 +456,8 @@
     ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, W, Hh);
     const pad = { l: 58, r: 16, t: 30, b: 42 };
     const pts = series.flatMap((s) => s.points).filter((p) => p[1] !== null && Number.isFinite(p[1]));
-    let [x0, x1] = extent(pts.map((p) => p[0]));
-    let [y0, y1] = extent(pts.map((p) => p[1]));
+    let [x0, x1] = pts.length ? extent(pts.map((p) => p[0])) : [0, 1];      // no finite point: empty axes
+    let [y0, y1] = pts.length ? extent(pts.map((p) => p[1])) : [0, 1];
     if (opts.yZero) y0 = Math.min(0, y0);
     if (x1 === x0) { x0 -= 1; x1 += 1; }
     if (y1 === y0) { y0 -= Math.abs(y0) * 0.1 + 1e-9; y1 += Math.abs(y1) * 0.1 + 1e-9; }
@@ -500,7 +524,7 @@
     const layerNames = Array.from({ length: L + 1 }, (_, l) => (l === 0 ? "emb" : String(l)));
     const perPos = Array.from({ length: T }, (_, t) => ({
       points: D.residual_norms.map((row, l) => [l, row[t]]), color: "rgba(11,92,173,0.18)", width: 1 }));
-    const mean = { points: D.residual_norms.map((row, l) => [l, row.reduce((a, b) => a + b, 0) / T]),
+    const mean = { points: D.residual_norms.map((row, l) => [l, row.includes(null) ? null : row.reduce((a, b) => a + b, 0) / T]),
       color: "#0b5cad", width: 2.5, dots: true, label: "mean over positions" };
     lineChart($("norm-chart"), [...perPos, mean], {
       yZero: true, xTicks: layerNames.map((_, l) => l), xFormat: (x) => layerNames[x], xLabel: "after the embedding (emb) and after block l" });
