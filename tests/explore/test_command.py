@@ -149,3 +149,33 @@ def test_weights_that_overflow_give_valid_json_and_say_so(tmp_path):
             assert all(v is not None for v in logits[:, 5])
         else:
             assert all(v is None for v in np.ravel(d["residual_norms"])[len(d["tokens"]):])
+
+
+def test_paths_that_are_not_utf8(saved_model, tmp_path):
+    """A checkpoint folder and an --out whose names hold bytes that are not UTF-8 (Python hands them
+    over as lone surrogates): the page is written to the real path and shows the names with U+FFFD;
+    the line on stdout too, even where stdout refuses surrogates."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    path, _ = saved_model
+    ckpt = tmp_path / os.fsdecode(b"ckpt-\xff")
+    shutil.copytree(path, ckpt)
+    out = tmp_path / os.fsdecode(b"page-\xfe.html")
+    env = dict(os.environ, PYTHONIOENCODING="utf-8:strict")
+    r = subprocess.run([sys.executable, "-m", "numformer", "explore", ckpt, "--prompt", "R", "--out", out],
+                       capture_output=True, cwd=tmp_path, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr.decode("utf-8", "replace")
+    assert os.fsencode(out.name) in os.listdir(os.fsencode(tmp_path))
+    html = out.read_bytes().decode("utf-8")
+    d = embedded(html)
+    assert d["model"]["source"].endswith("ckpt-\ufffd")
+    assert "<title>numformer explore: " in html and "ckpt-\ufffd</title>" in html
+    assert r.stdout.decode("utf-8").startswith(f"wrote {tmp_path}/page-\ufffd.html")
+    # and it is ours: the next run replaces it
+    r = subprocess.run([sys.executable, "-m", "numformer", "explore", ckpt, "--prompt", "RO", "--out", out],
+                       capture_output=True, cwd=tmp_path, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr.decode("utf-8", "replace")
+    assert embedded(out.read_bytes().decode("utf-8"))["tokens"] == ["R", "O"]

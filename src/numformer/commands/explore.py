@@ -47,6 +47,7 @@ def main(args) -> int:
 
     from numformer.checkpoint import replace_file
     from numformer.explore import build_page, explore_data
+    from numformer.explore.data import readable
     from numformer.commands.sample import _read_prompt, load_for_sampling
 
     model = load_for_sampling(args.out_dir)
@@ -78,8 +79,8 @@ def main(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     replace_file(out, page)                    # the one atomic writer: a crash never leaves half a page
     cfg = model.config
-    print(f"wrote {out} ({len(page) / 1e6:.2f} MB): {len(ids)} tokens, {cfg.n_layer} layers x "
-          f"{cfg.n_head} heads, from {ckpt}")
+    print(f"wrote {readable(str(out))} ({len(page) / 1e6:.2f} MB): {len(ids)} tokens, {cfg.n_layer} layers x "
+          f"{cfg.n_head} heads, from {readable(str(ckpt))}")
     return 0
 
 

@@ -67,6 +67,15 @@ def _softmax64(logits):
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def readable(text: str) -> str:
+    """`text` as UTF-8 can carry it: bytes that are not UTF-8 (in a file name, which Python hands
+    over as lone surrogates) become U+FFFD, the replacement character."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:                   # a lone surrogate that stands for no byte
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def token_string(tokenizer, i: int) -> str:
     """The text of one token id ("\\ufffd" where a BPE token is part of a UTF-8 character)."""
     return tokenizer.decode(np.array([i], dtype=np.int64))
@@ -80,7 +89,7 @@ def explore_data(model, ids, *, tokenizer=None, metrics=None, sampling=None, sou
     tokenizer: turns ids into the strings shown (default: model.tokenizer).
     metrics: the rows of a run's metrics.jsonl (step, train_loss, val_loss, lr), or None.
     sampling: the controls' starting values, {"temperature", "top_k", "top_p"}.
-    source: the checkpoint's name, shown in the header. notice: a line shown under it.
+    source: the checkpoint's name, shown in the header (see `readable`). notice: a line shown under it.
 
     Numbers that are not finite (weights whose products overflow float32) are None in the dict,
     and "overflow" is a line that says how many there are (None when there are none); the page
@@ -149,7 +158,7 @@ def explore_data(model, ids, *, tokenizer=None, metrics=None, sampling=None, sou
         "attention": [_round(a, ATTENTION_DECIMALS) for a in tr.attention],
         "attention_decimals": ATTENTION_DECIMALS,
         "model": {**cfg.to_dict(), "n_params": int(sum(v.size for _, v in model.params.items())),
-                  "source": source},
+                  "source": None if source is None else readable(str(source))},
         "notice": "; ".join(n for n in (notice, overflow) if n) or None,
         "overflow": overflow,
         "vocab": vocab,
