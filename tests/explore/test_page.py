@@ -139,10 +139,14 @@ def test_metrics_rows():
     model = tiny_model()
     rows = [{"step": 0, "train_loss": 4.2, "val_loss": 4.3, "lr": 0.0, "tokens_per_sec": None},
             {"step": 10, "train_loss": 3.1, "val_loss": float("nan"), "lr": 1e-3},
-            {"step": "bad"}]
+            {"step": "bad"},
+            # numbers JSON.parse would read as Infinity: a loss past float's range, a step past 2**53
+            {"step": 20, "train_loss": 10**400, "val_loss": 3.0, "lr": True},
+            {"step": 10**30, "train_loss": 1.0, "val_loss": 1.0}]
     d = explore_data(model, model.tokenizer.encode("R"), metrics=rows)
     assert d["metrics"] == [{"step": 0, "train_loss": 4.2, "val_loss": 4.3, "lr": 0.0},
-                            {"step": 10, "train_loss": 3.1, "val_loss": None, "lr": 1e-3}]
+                            {"step": 10, "train_loss": 3.1, "val_loss": None, "lr": 1e-3},
+                            {"step": 20, "train_loss": None, "val_loss": 3.0, "lr": None}]
     json.dumps(d, allow_nan=False)
 
 

@@ -65,10 +65,8 @@ def main(args) -> int:
         print(f"numformer explore: note: {notice}", file=sys.stderr)
         ids = ids[-block:]
 
-    from numformer.training.metrics import read_metrics
-
     ckpt, metrics = _checkpoint_and_metrics(Path(args.out_dir))
-    data = explore_data(model, ids, tokenizer=tok, metrics=read_metrics(metrics) if metrics else None,
+    data = explore_data(model, ids, tokenizer=tok, metrics=_read_metrics(metrics) if metrics else None,
                         sampling={"temperature": args.temperature, "top_k": args.top_k or None,
                                   "top_p": args.top_p},
                         source=str(ckpt), notice=notice)
@@ -114,3 +112,20 @@ def _checkpoint_and_metrics(root: Path):
     run = ckpt.parent
     metrics = next((m for m in (run / "metrics.jsonl", root / "metrics.jsonl") if m.is_file()), None)
     return ckpt, metrics
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    """The rows of the run's metrics.jsonl; lines that cannot be read are skipped with a note."""
+    from numformer.explore.data import readable
+    from numformer.training.metrics import scan_metrics
+
+    try:
+        rows, skipped = scan_metrics(path)
+    except OSError as e:
+        rows, skipped = [], [f"cannot be read ({e.strerror or type(e).__name__})"]
+    if skipped:
+        what = (f"skipped {len(skipped)} of {len(rows) + len(skipped)} rows that numformer cannot read"
+                if rows else "no row could be read; the page shows no training curves")
+        more = f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
+        print(f"numformer explore: note: {readable(str(path))}: {what} ({skipped[0]}{more})", file=sys.stderr)
+    return rows

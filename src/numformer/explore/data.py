@@ -183,16 +183,21 @@ def explore_data(model, ids, *, tokenizer=None, metrics=None, sampling=None, sou
 
 def _metric_rows(rows):
     """The rows of metrics.jsonl the page plots (step, train_loss, val_loss, lr); a value that is
-    not a finite number becomes None."""
+    not a finite float64 becomes None, and a row whose step is no integer in 0 .. 2**53 (what a
+    browser's numbers hold exactly) is left out."""
     if not rows:
         return None
 
     def number(v):
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        return v if ok else None
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            return None
+        try:
+            return v if math.isfinite(v) else None
+        except OverflowError:                 # an int beyond float64's range
+            return None
 
     out = [{"step": r["step"], **{k: number(r.get(k)) for k in ("train_loss", "val_loss", "lr")}}
-           for r in rows if isinstance(r, dict) and isinstance(r.get("step"), int)]
+           for r in rows if isinstance(r, dict) and type(r.get("step")) is int and 0 <= r["step"] <= 2**53]
     return out or None
 
 

@@ -585,7 +585,7 @@
           { xLabel: "step", yZero: true, yFormat: (y) => (y === 0 ? "0" : y.toExponential(1)) });
       }
     } else {
-      box.append(el("p", { class: "caption", text: "No metrics.jsonl was found next to this checkpoint, so there is no training curve to show." }));
+      box.append(el("p", { class: "caption", text: "No metrics.jsonl with rows to draw was found next to this checkpoint, so there is no training curve to show." }));
     }
   });
 
