@@ -383,3 +383,47 @@ def test_a_model_whose_numbers_overflow_is_drawn_honestly(browser, tmp_path):
             assert "undefined" in page.locator("#prompt-loss").inner_text()
         o.check_clean()
         o.close()
+
+
+def label_ink(page):
+    """For each position, whether the row labels' margin and the column labels' band hold ink
+    (a pixel that is not white) level with its row and its column."""
+    return page.evaluate("""() => {
+        const c = document.getElementById('attn-canvas');
+        const T = window.numformerExplorer.data.tokens.length;
+        const cell = +c.dataset.cell, x0 = +c.dataset.left, y0 = +c.dataset.top;
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        const ink = (xa, xb, ya, yb) => {
+          for (let y = Math.max(0, ya); y < yb; y++) for (let x = Math.max(0, xa); x < xb; x++) {
+            const o = (y * c.width + x) * 4;
+            if (d[o] < 200) return true;
+          }
+          return false;
+        };
+        // within 5 pixels of the cell's centre line (a label is 9 or more pixels high), and short of
+        // the 3-pixel ticks beside the heatmap, which are not labels
+        return [...Array(T).keys()].map((i) => {
+          const mid = Math.floor(i * cell + cell / 2);
+          return [ink(0, x0 - 4, y0 + mid - 5, y0 + mid + 6), ink(x0 + mid - 5, x0 + mid + 6, 0, y0 - 4)];
+        });
+      }""")
+
+
+@pytest.mark.parametrize("T", [50, 64, 200])
+def test_attention_axes_are_labelled_at_a_full_context(browser, tmp_path, T):
+    """At 64 tokens (the default model's context) the cells are 8 pixels and no label was drawn;
+    now every token is labelled where a label fits, else every second, third, ... one."""
+    model = tiny_model(block_size=T)
+    path, _ = write_page(tmp_path, model, (TEXT * 4)[:T])
+    o = Opened(browser, path)
+    c = o.page.locator("#attn-canvas")
+    assert int(c.get_attribute("data-left")) > 0 and int(c.get_attribute("data-top")) > 0
+    step = int(c.get_attribute("data-label-step"))
+    cell = int(c.get_attribute("data-cell"))
+    assert 1 <= step and (step - 1) * cell < 11                    # no sparser than a 9-pixel font needs
+    assert (step == 1) == (cell >= 9)                              # every token's label where cells allow
+    ink = label_ink(o.page)
+    labelled = [i for i in range(T) if i % step == 0]
+    assert all(ink[i][0] and ink[i][1] for i in labelled), [i for i in labelled if not all(ink[i])]
+    o.check_clean()
+    o.close()

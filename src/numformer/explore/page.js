@@ -123,16 +123,16 @@
 
   const mainCanvas = $("attn-canvas");
   const cell = Math.max(1, Math.min(28, Math.floor(560 / T)));
-  const labelFont = Math.min(cell - 2, 13);
-  const withLabels = cell >= 9;
-  let margin = 0, upright = false;      // upright: the column labels fit their cells unrotated
-  if (withLabels) {
-    const ctx = mainCanvas.getContext("2d");
-    ctx.font = `${labelFont}px ui-monospace, "DejaVu Sans Mono", monospace`;
-    const widest = extent(D.tokens.map((s) => ctx.measureText(shown(s)).width))[1];
-    upright = widest <= cell;
-    margin = Math.min(110, Math.ceil(widest) + 8);
-  }
+  // Token labels on both axes: every position's, a pixel or two smaller than the cells (7 to 13
+  // pixels), where cells are 9 pixels or more; below that, 9-pixel labels at every labelStep-th
+  // position, with a short tick at each labelled row and column.
+  const labelFont = cell >= 9 ? Math.min(cell - 2, 13) : 9;
+  const labelStep = Math.ceil((labelFont + 2) / cell);
+  const labelCtx = mainCanvas.getContext("2d");
+  labelCtx.font = `${labelFont}px ui-monospace, "DejaVu Sans Mono", monospace`;
+  const widest = extent(D.tokens.map((s) => labelCtx.measureText(shown(s)).width))[1];
+  const upright = widest <= labelStep * cell - 2;   // the column labels fit their spacing unrotated
+  const margin = Math.min(110, Math.ceil(widest) + 8);
   const band = upright ? labelFont + 8 : margin;   // height of the column labels' band
 
   function drawAttention() {
@@ -160,30 +160,33 @@
       }
     }
     ctx.putImageData(img, margin, band);
-    if (withLabels) {
-      ctx.fillStyle = "#1d232b";
-      ctx.font = `${labelFont}px ui-monospace, "DejaVu Sans Mono", monospace`;
-      ctx.textBaseline = "middle";
-      for (let i = 0; i < T; i++) {
-        const label = shown(D.tokens[i]);
-        ctx.textAlign = "right";
-        ctx.fillText(label, margin - 4, band + i * cell + cell / 2);
-        if (upright) {
-          ctx.textAlign = "center";
-          ctx.fillText(label, margin + i * cell + cell / 2, band / 2);
-        } else {
-          ctx.save();
-          ctx.translate(margin + i * cell + cell / 2, band - 4);
-          ctx.rotate(-Math.PI / 2);
-          ctx.textAlign = "left";
-          ctx.fillText(label, 0, 0);
-          ctx.restore();
-        }
+    ctx.fillStyle = "#1d232b";
+    ctx.font = `${labelFont}px ui-monospace, "DejaVu Sans Mono", monospace`;
+    ctx.textBaseline = "middle";
+    for (let i = 0; i < T; i += labelStep) {
+      const label = shown(D.tokens[i]);
+      if (labelStep > 1) {            // ticks: which row and column the label belongs to
+        ctx.fillRect(margin - 3, band + i * cell + Math.floor(cell / 2), 3, 1);
+        ctx.fillRect(margin + i * cell + Math.floor(cell / 2), band - 3, 1, 3);
+      }
+      ctx.textAlign = "right";
+      ctx.fillText(label, margin - 4, band + i * cell + cell / 2);
+      if (upright) {
+        ctx.textAlign = "center";
+        ctx.fillText(label, margin + i * cell + cell / 2, band / 2);
+      } else {
+        ctx.save();
+        ctx.translate(margin + i * cell + cell / 2, band - (labelStep > 1 ? 5 : 4));
+        ctx.rotate(-Math.PI / 2);
+        ctx.textAlign = "left";
+        ctx.fillText(label, 0, 0);
+        ctx.restore();
       }
     }
     mainCanvas.dataset.layer = state.layer;
     mainCanvas.dataset.head = state.head;
     mainCanvas.dataset.cell = cell;
+    mainCanvas.dataset.labelStep = labelStep;
     mainCanvas.dataset.left = margin;
     mainCanvas.dataset.top = band;
     layerSel.value = state.layer;
