@@ -179,3 +179,21 @@ def test_paths_that_are_not_utf8(saved_model, tmp_path):
                        capture_output=True, cwd=tmp_path, env=env, timeout=120)
     assert r.returncode == 0, r.stderr.decode("utf-8", "replace")
     assert embedded(out.read_bytes().decode("utf-8"))["tokens"] == ["R", "O"]
+
+
+def test_the_readmes_example_fills_most_of_the_default_context():
+    """The README's first explore command used --prompt "ROMEO:": a page of 6 tokens. Its example
+    is now a prompt the default model can encode, near its context, and the README says how long."""
+    from pathlib import Path
+
+    from numformer.data.corpus import shakespeare
+    from numformer.training.config import TrainConfig
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## See inside: `numformer explore`")[1].split("\n## ")[0]
+    prompt = re.search(r'```bash\nnumformer explore --prompt "(.*?)"', section, re.S).group(1)
+    cfg = TrainConfig()
+    assert cfg.tokenizer == "char" and set(prompt) <= set(shakespeare())     # a token a character
+    assert 48 <= len(prompt) <= cfg.block_size
+    assert f"is {len(prompt)} tokens of the default model's {cfg.block_size}" in " ".join(section.split())
+    assert "fonts-noto-cjk" in section
