@@ -197,3 +197,18 @@ def test_the_readmes_example_fills_most_of_the_default_context():
     assert 48 <= len(prompt) <= cfg.block_size
     assert f"is {len(prompt)} tokens of the default model's {cfg.block_size}" in " ".join(section.split())
     assert "fonts-noto-cjk" in section
+
+
+def test_the_checkpoint_as_out_dir_too(saved_model, tmp_path):
+    """`numformer sample` names the checkpoint with --out_dir; explore takes that form as well as
+    its folder argument, and refuses the two naming different folders."""
+    path, _ = saved_model
+    r = cli(["explore", "--out_dir", path, "--prompt", "R", "--out", tmp_path / "a.html"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert embedded((tmp_path / "a.html").read_text(encoding="utf-8"))["model"]["source"] == str(path)
+    r = cli(["explore", path, "--out-dir", f"{path}/", "--prompt", "R", "--out", tmp_path / "b.html"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr                                 # the same folder twice
+    r = cli(["explore", path, "--out_dir", tmp_path, "--prompt", "R", "--out", tmp_path / "c.html"], cwd=tmp_path)
+    one_line_error(r, r"two checkpoints: .* and --out_dir .*; give one")
+    assert r.returncode == 2 and not (tmp_path / "c.html").exists()
+    assert "--out_dir" in cli(["explore", "--help"], cwd=tmp_path).stdout

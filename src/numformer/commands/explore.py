@@ -1,4 +1,4 @@
-"""`numformer explore [OUT_DIR_OR_CHECKPOINT] --prompt TEXT --out explorer.html`
+"""`numformer explore [OUT_DIR_OR_CHECKPOINT | --out_dir OUT_DIR_OR_CHECKPOINT] --prompt TEXT --out explorer.html`
 
 Runs a trained GPT on a prompt and writes one self-contained HTML page of what it does: attention
 per layer and head, the next-token distribution with the sampling controls of `numformer
@@ -16,9 +16,11 @@ from pathlib import Path
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("out_dir", nargs="?", default="out", metavar="OUT_DIR_OR_CHECKPOINT",
+    parser.add_argument("out_dir", nargs="?", default=None, metavar="OUT_DIR_OR_CHECKPOINT",
                         help="training output folder (its best/ or latest/ checkpoint is used), "
                              "or a checkpoint folder itself (default: out)")
+    parser.add_argument("--out_dir", dest="out_dir_flag", default=None, metavar="OUT_DIR_OR_CHECKPOINT",
+                        help="the same folder as a flag, as numformer sample takes it")
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--prompt", default=None, help='text to run the model on (default: a newline, "\\n")')
     src.add_argument("--prompt_file", default=None, help="read the prompt from this UTF-8 file")
@@ -36,6 +38,7 @@ def add_arguments(parser) -> None:
 def main(args) -> int:
     from numformer.errors import UsageError
 
+    args.out_dir = _checkpoint_arg(args.out_dir, args.out_dir_flag)
     if not (0 <= args.temperature < float("inf")):
         raise UsageError(f"--temperature must be a number >= 0, got {args.temperature}")
     if args.top_k < 0:
@@ -80,6 +83,15 @@ def main(args) -> int:
     print(f"wrote {readable(str(out))} ({len(page) / 1e6:.2f} MB): {len(ids)} tokens, {cfg.n_layer} layers x "
           f"{cfg.n_head} heads, from {readable(str(ckpt))}")
     return 0
+
+
+def _checkpoint_arg(positional, flag) -> str:
+    """The folder named by OUT_DIR_OR_CHECKPOINT or --out_dir (either; both if they agree), or "out"."""
+    from numformer.errors import UsageError
+
+    if positional is not None and flag is not None and Path(positional) != Path(flag):
+        raise UsageError(f"two checkpoints: {positional} and --out_dir {flag}; give one")
+    return next((v for v in (positional, flag) if v is not None), "out")
 
 
 def _check_out(out: Path) -> None:
