@@ -58,6 +58,10 @@ def write_page(tmp_path, model, prompt, **kw):
     return path, ids
 
 
+# the page's colour for a weight that is not a finite number
+NOT_FINITE_RGB = (204, 0, 153)
+
+
 def attn_rgb(v):
     """The page's colour for an attention weight: white to (8, 48, 107) on √v."""
     t = math.sqrt(min(1.0, max(0.0, v)))
@@ -285,5 +289,141 @@ def test_512_tokens(browser, tmp_path, screenshots):
     thumbs = page.eval_on_selector_all(".thumb canvas", "cs => cs.map(c => [c.width, c.height])")
     assert thumbs == [[96, 96]] * 4
     page.locator("#attention").screenshot(path=str(screenshots / "explorer-512.png"))
+    o.check_clean()
+    o.close()
+
+
+def long_run(folder, model, n_rows):
+    """A run folder with the model's checkpoint in best/ and a metrics.jsonl of n_rows rows: a long
+    run evaluated often. The train loss falls from 4 to 1 with one spike to 9 at step 10 * (n_rows // 3)."""
+    model.save(folder / "best", tokenizer=model.tokenizer.to_json())
+    spike = n_rows // 3
+    lines = []
+    for k in range(n_rows):
+        loss = 9.0 if k == spike else 4.0 - 3.0 * k / n_rows
+        lines.append(f'{{"step": {10 * k}, "train_loss": {loss}, "val_loss": {loss + 0.1}, "lr": 0.001}}\n')
+    (folder / "metrics.jsonl").write_text("".join(lines), encoding="utf-8")
+    return 10 * spike
+
+
+def test_a_long_runs_curves_and_the_formulas_are_drawn(browser, tmp_path):
+    """At about 100,000 rows Math.min(...points) overflowed the browser's stack: the training panel
+    and everything after it (the thirteen formula cards) were missing."""
+    run = tmp_path / "run"
+    spike = long_run(run, tiny_model(), 120_000)
+    out = tmp_path / "p.html"
+    r = cli(["explore", run, "--prompt", "ROMEO:", "--out", out], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    o = Opened(browser, out)
+    page = o.page
+    assert page.locator("#loss-chart").count() == 1 and page.locator("#lr-chart").count() == 1
+    assert page.locator(".formula").count() == 13
+    caption = page.locator("#training figcaption").first.inner_text()
+    assert "120,000 evaluations" in caption
+    # the curve keeps its shape: the spike and the last value are among the rows drawn
+    d = page.evaluate("window.numformerExplorer.data")
+    assert {"step": spike, "train_loss": 9.0} in [{k: m[k] for k in ("step", "train_loss")} for m in d["metrics"]]
+    assert d["metrics"][-1]["step"] == 10 * 119_999
+    o.check_clean()
+    o.close()
+
+
+def test_a_page_with_every_row_of_a_long_run_draws(browser, tmp_path, monkeypatch):
+    """The page itself copes with 200,000 rows (no spread of a long array into a call)."""
+    from numformer.explore import data as explore_data_module
+
+    monkeypatch.setattr(explore_data_module, "METRICS_ROWS", 10**9)
+    model = tiny_model()
+    rows = [{"step": k, "train_loss": 4.0 - k / 1e5, "val_loss": 4.1 - k / 1e5, "lr": 1e-3} for k in range(200_000)]
+    path, _ = write_page(tmp_path, model, "ROMEO:", metrics=rows)
+    o = Opened(browser, path)
+    assert o.page.evaluate("window.numformerExplorer.data.metrics.length") == 200_000
+    assert o.page.locator("#loss-chart").count() == 1 and o.page.locator(".formula").count() == 13
+    o.check_clean()
+    o.close()
+
+
+def test_a_part_that_fails_leaves_the_others_drawn(browser, tmp_path):
+    """One part whose data it cannot draw says so in its own section; the parts after it are drawn."""
+    model = tiny_model()
+    data = explore_data(model, model.tokenizer.encode("ROMEO:"))
+    data["metrics"] = [{"step": 0, "train_loss": 1.0}, None]           # no row numformer writes
+    path = tmp_path / "p.html"
+    path.write_text(build_page(data), encoding="utf-8")
+    o = Opened(browser, path)
+    assert "This part could not be drawn" in o.page.locator("#training").inner_text()
+    assert o.page.locator(".formula").count() == 13
+    assert len(o.errors) == 1 and "training" in o.errors[0]             # and the console says which
+    o.close()
+
+
+def test_a_model_whose_numbers_overflow_is_drawn_honestly(browser, tmp_path):
+    """Weights that overflow float32: the page opens clean, says so, draws what is not finite in
+    its own colour, and gives no distribution built from NaN."""
+    from .test_command import overflowing_models
+
+    for name, ckpt in overflowing_models(tmp_path).items():
+        out = tmp_path / f"{name}.html"
+        r = cli(["explore", ckpt, "--prompt", "ROMEO:", "--out", out], cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        o = Opened(browser, out)
+        page = o.page
+        assert "not finite" in page.locator("#notice").inner_text()
+        assert "not all finite" in page.locator("#next-caption").inner_text()
+        assert page.locator("#next-bars .bar-row").count() == 0
+        A = page.evaluate("window.numformerExplorer.data.attention[1][0]")
+        page.select_option("#attn-layer", index=1)
+        cells = drawn_cells(page)
+        for i, row in enumerate(A):
+            for j in range(i + 1):
+                if row[j] is None:
+                    assert cells[i, j].tolist() == list(NOT_FINITE_RGB), (i, j)
+        if name == "everywhere":
+            assert any(v is None for row in A for v in row[: len(row)])
+            assert "undefined" in page.locator("#prompt-loss").inner_text()
+        o.check_clean()
+        o.close()
+
+
+def label_ink(page):
+    """For each position, whether the row labels' margin and the column labels' band hold ink
+    (a pixel that is not white) level with its row and its column."""
+    return page.evaluate("""() => {
+        const c = document.getElementById('attn-canvas');
+        const T = window.numformerExplorer.data.tokens.length;
+        const cell = +c.dataset.cell, x0 = +c.dataset.left, y0 = +c.dataset.top;
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        const ink = (xa, xb, ya, yb) => {
+          for (let y = Math.max(0, ya); y < yb; y++) for (let x = Math.max(0, xa); x < xb; x++) {
+            const o = (y * c.width + x) * 4;
+            if (d[o] < 200) return true;
+          }
+          return false;
+        };
+        // within 5 pixels of the cell's centre line (a label is 9 or more pixels high), and short of
+        // the 3-pixel ticks beside the heatmap, which are not labels
+        return [...Array(T).keys()].map((i) => {
+          const mid = Math.floor(i * cell + cell / 2);
+          return [ink(0, x0 - 4, y0 + mid - 5, y0 + mid + 6), ink(x0 + mid - 5, x0 + mid + 6, 0, y0 - 4)];
+        });
+      }""")
+
+
+@pytest.mark.parametrize("T", [50, 64, 200])
+def test_attention_axes_are_labelled_at_a_full_context(browser, tmp_path, T):
+    """At 64 tokens (the default model's context) the cells are 8 pixels and no label was drawn;
+    now every token is labelled where a label fits, else every second, third, ... one."""
+    model = tiny_model(block_size=T)
+    path, _ = write_page(tmp_path, model, (TEXT * 4)[:T])
+    o = Opened(browser, path)
+    c = o.page.locator("#attn-canvas")
+    assert int(c.get_attribute("data-left")) > 0 and int(c.get_attribute("data-top")) > 0
+    step = int(c.get_attribute("data-label-step"))
+    cell = int(c.get_attribute("data-cell"))
+    assert 1 <= step and (step - 1) * cell < 11                    # no sparser than a 9-pixel font needs
+    assert (step == 1) == (cell >= 9)                              # every token's label where cells allow
+    ink = label_ink(o.page)
+    labelled = [i for i in range(T) if i % step == 0]
+    assert all(ink[i][0] and ink[i][1] for i in labelled), [i for i in labelled if not all(ink[i])]
     o.check_clean()
     o.close()

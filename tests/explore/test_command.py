@@ -4,7 +4,9 @@ import argparse
 import json
 import re
 
-from numformer.explore import MARKER
+import numpy as np
+
+from numformer.explore import is_explorer_page
 
 from .conftest import cli
 from .test_page import embedded
@@ -84,12 +86,12 @@ def test_never_overwrites_a_file_it_did_not_write(saved_model, tmp_path):
     mine = tmp_path / "explorer.html"
     mine.write_text("<html>my own notes</html>", encoding="utf-8")
     r = cli(["explore", path, "--prompt", "R"], cwd=tmp_path)
-    one_line_error(r, r"not written by numformer explore")
+    one_line_error(r, r"is not a page numformer explore wrote")
     assert mine.read_text(encoding="utf-8") == "<html>my own notes</html>"
     # a page it wrote is replaced
     other = tmp_path / "page.html"
     assert cli(["explore", path, "--prompt", "R", "--out", other], cwd=tmp_path).returncode == 0
-    assert MARKER in other.read_text(encoding="utf-8")
+    assert is_explorer_page(other)
     r = cli(["explore", path, "--prompt", "ROMEO", "--out", other], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert embedded(other.read_text(encoding="utf-8"))["tokens"] == list("ROMEO")
@@ -105,3 +107,108 @@ def test_starting_controls_are_samples_defaults():
     generate.add_arguments(theirs)
     for name in ("temperature", "top_k", "top_p", "prompt", "prompt_file"):
         assert ours.get_default(name) == theirs.get_default(name), name
+
+
+def strict_json(text):
+    """JSON.parse's JSON: NaN and Infinity are not numbers there."""
+    def refuse(name):
+        raise AssertionError(f"{name} in the page's JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def overflowing_models(tmp_path):
+    """Checkpoints of finite weights whose numbers overflow float32: in the head only (a token the
+    prompt does not use has a huge embedding, so the tied head's logits for it are ±inf or NaN), and
+    everywhere (the prompt's first token has one, so the residual stream and all after it overflow)."""
+    from .conftest import tiny_model
+
+    out = {}
+    for name, char in (("head", "\t"), ("everywhere", "R")):
+        model = tiny_model()
+        model.params["transformer.wte.weight"][model.tokenizer.encode(char)[0]] = 3e38
+        model.save(tmp_path / name, tokenizer=model.tokenizer.to_json())
+        out[name] = tmp_path / name
+    return out
+
+
+def test_weights_that_overflow_give_valid_json_and_say_so(tmp_path):
+    """json.dumps(allow_nan=False) raised on the inf and NaN logits: a traceback, no page."""
+    for name, ckpt in overflowing_models(tmp_path).items():
+        out = tmp_path / f"{name}.html"
+        r = cli(["explore", ckpt, "--prompt", "ROMEO:", "--out", out], cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        notes = [line for line in r.stderr.splitlines() if line.strip()]
+        assert len(notes) == 1 and re.match(r"numformer explore: note: .*not finite", notes[0]), r.stderr
+        html = out.read_text(encoding="utf-8")
+        d = strict_json(re.search(r'id="numformer-data">(.*?)</script>', html, re.S).group(1))
+        assert "not finite" in d["notice"]
+        logits = np.array(d["logits"]["values"], dtype=object)
+        assert any(v is None for v in logits.ravel())
+        if name == "head":                                  # what stayed finite is still shown
+            assert all(v is not None for v in np.ravel(d["attention"]))
+            assert all(v is not None for v in logits[:, 5])
+        else:
+            assert all(v is None for v in np.ravel(d["residual_norms"])[len(d["tokens"]):])
+
+
+def test_paths_that_are_not_utf8(saved_model, tmp_path):
+    """A checkpoint folder and an --out whose names hold bytes that are not UTF-8 (Python hands them
+    over as lone surrogates): the page is written to the real path and shows the names with U+FFFD;
+    the line on stdout too, even where stdout refuses surrogates."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    path, _ = saved_model
+    ckpt = tmp_path / os.fsdecode(b"ckpt-\xff")
+    shutil.copytree(path, ckpt)
+    out = tmp_path / os.fsdecode(b"page-\xfe.html")
+    env = dict(os.environ, PYTHONIOENCODING="utf-8:strict")
+    r = subprocess.run([sys.executable, "-m", "numformer", "explore", ckpt, "--prompt", "R", "--out", out],
+                       capture_output=True, cwd=tmp_path, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr.decode("utf-8", "replace")
+    assert os.fsencode(out.name) in os.listdir(os.fsencode(tmp_path))
+    html = out.read_bytes().decode("utf-8")
+    d = embedded(html)
+    assert d["model"]["source"].endswith("ckpt-\ufffd")
+    assert "<title>numformer explore: " in html and "ckpt-\ufffd</title>" in html
+    assert r.stdout.decode("utf-8").startswith(f"wrote {tmp_path}/page-\ufffd.html")
+    # and it is ours: the next run replaces it
+    r = subprocess.run([sys.executable, "-m", "numformer", "explore", ckpt, "--prompt", "RO", "--out", out],
+                       capture_output=True, cwd=tmp_path, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr.decode("utf-8", "replace")
+    assert embedded(out.read_bytes().decode("utf-8"))["tokens"] == ["R", "O"]
+
+
+def test_the_readmes_example_fills_most_of_the_default_context():
+    """The README's first explore command used --prompt "ROMEO:": a page of 6 tokens. Its example
+    is now a prompt the default model can encode, near its context, and the README says how long."""
+    from pathlib import Path
+
+    from numformer.data.corpus import shakespeare
+    from numformer.training.config import TrainConfig
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## See inside: `numformer explore`")[1].split("\n## ")[0]
+    prompt = re.search(r'```bash\nnumformer explore --prompt "(.*?)"', section, re.S).group(1)
+    cfg = TrainConfig()
+    assert cfg.tokenizer == "char" and set(prompt) <= set(shakespeare())     # a token a character
+    assert 48 <= len(prompt) <= cfg.block_size
+    assert f"is {len(prompt)} tokens of the default model's {cfg.block_size}" in " ".join(section.split())
+    assert "fonts-noto-cjk" in section
+
+
+def test_the_checkpoint_as_out_dir_too(saved_model, tmp_path):
+    """`numformer sample` names the checkpoint with --out_dir; explore takes that form as well as
+    its folder argument, and refuses the two naming different folders."""
+    path, _ = saved_model
+    r = cli(["explore", "--out_dir", path, "--prompt", "R", "--out", tmp_path / "a.html"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert embedded((tmp_path / "a.html").read_text(encoding="utf-8"))["model"]["source"] == str(path)
+    r = cli(["explore", path, "--out-dir", f"{path}/", "--prompt", "R", "--out", tmp_path / "b.html"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr                                 # the same folder twice
+    r = cli(["explore", path, "--out_dir", tmp_path, "--prompt", "R", "--out", tmp_path / "c.html"], cwd=tmp_path)
+    one_line_error(r, r"two checkpoints: .* and --out_dir .*; give one")
+    assert r.returncode == 2 and not (tmp_path / "c.html").exists()
+    assert "--out_dir" in cli(["explore", "--help"], cwd=tmp_path).stdout

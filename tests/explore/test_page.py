@@ -1,13 +1,15 @@
 """The page as a file: the JSON contract, self-containment, and what each part is fed."""
 
+import hashlib
 import json
+import os
 import re
 
 import numpy as np
 
 from numformer.explain import NAMES
 from numformer.explain.examples import explain
-from numformer.explore import build_page, data_json, explore_data, trace
+from numformer.explore import build_page, data_json, explore_data, is_explorer_page, trace
 from numformer.explore import data as explore_data_module
 
 from .conftest import tiny_model
@@ -137,8 +139,65 @@ def test_metrics_rows():
     model = tiny_model()
     rows = [{"step": 0, "train_loss": 4.2, "val_loss": 4.3, "lr": 0.0, "tokens_per_sec": None},
             {"step": 10, "train_loss": 3.1, "val_loss": float("nan"), "lr": 1e-3},
-            {"step": "bad"}]
+            {"step": "bad"},
+            # numbers JSON.parse would read as Infinity: a loss past float's range, a step past 2**53
+            {"step": 20, "train_loss": 10**400, "val_loss": 3.0, "lr": True},
+            {"step": 10**30, "train_loss": 1.0, "val_loss": 1.0}]
     d = explore_data(model, model.tokenizer.encode("R"), metrics=rows)
     assert d["metrics"] == [{"step": 0, "train_loss": 4.2, "val_loss": 4.3, "lr": 0.0},
-                            {"step": 10, "train_loss": 3.1, "val_loss": None, "lr": 1e-3}]
+                            {"step": 10, "train_loss": 3.1, "val_loss": None, "lr": 1e-3},
+                            {"step": 20, "train_loss": None, "val_loss": 3.0, "lr": None}]
     json.dumps(d, allow_nan=False)
+
+
+def test_a_page_carries_the_sha256_of_the_rest_of_itself(tmp_path):
+    from numformer.explore.page import HEAD, SEAL_END
+
+    model = tiny_model()
+    html = build_page(explore_data(model, model.tokenizer.encode("ROMEO:")))
+    assert html.startswith(HEAD)
+    line_end = html.index(SEAL_END, len(HEAD)) + len(SEAL_END)
+    rest = html[line_end:].encode("utf-8")
+    assert html[len(HEAD):line_end - len(SEAL_END)] == hashlib.sha256(rest).hexdigest()
+    page = tmp_path / "p.html"
+    page.write_bytes(html.encode("utf-8"))
+    assert is_explorer_page(page)
+    page.write_bytes(html.encode("utf-8").replace(b"<h1>numformer explore</h1>", b"<h1>mine</h1>"))
+    assert not is_explorer_page(page)
+    page.write_bytes(HEAD.encode("utf-8"))
+    assert not is_explorer_page(page)
+    # a link to a page, and a FIFO, are not pages (and the FIFO is not waited on)
+    page.write_bytes(html.encode("utf-8"))
+    (tmp_path / "link.html").symlink_to(page)
+    assert not is_explorer_page(tmp_path / "link.html")
+    os.mkfifo(tmp_path / "fifo.html")
+    assert not is_explorer_page(tmp_path / "fifo.html")
+
+
+def test_a_long_curve_is_thinned_keeping_its_shape(monkeypatch):
+    """Past METRICS_ROWS rows the page keeps, of each of about METRICS_ROWS // 10 stretches of the
+    run, the first row and the rows where each curve is lowest and highest (and where it has a gap),
+    and says how many rows there were."""
+    monkeypatch.setattr(explore_data_module, "METRICS_ROWS", 100)
+    model = tiny_model()
+    n = 5000
+    rng = np.random.default_rng(0)
+    train = 3.0 + rng.normal(0, 0.1, n)
+    train[1234], train[4321] = 9.0, 0.5                  # a spike and a dip
+    rows = [{"step": 5 * k, "train_loss": float(train[k]), "val_loss": 4.0 if k != 777 else None,
+             "lr": 1e-3 * (1 - k / n)} for k in range(n)]
+    d = explore_data(model, model.tokenizer.encode("R"), metrics=rows)
+    kept = d["metrics"]
+    assert d["metrics_count"] == n
+    assert 10 <= len(kept) <= 100
+    steps = [m["step"] for m in kept]
+    assert steps == sorted(steps) and steps[0] == 0 and steps[-1] == 5 * (n - 1)
+    by_step = {m["step"]: m for m in kept}
+    assert by_step[5 * 1234]["train_loss"] == 9.0 and by_step[5 * 4321]["train_loss"] == 0.5
+    assert by_step[5 * 777]["val_loss"] is None                       # the gap is kept
+    assert min(m["lr"] for m in kept) == rows[-1]["lr"]
+    assert all(m == {k: r[k] for k in ("step", "train_loss", "val_loss", "lr")}
+               for m in kept for r in [rows[m["step"] // 5]])
+    # a short run is kept whole
+    d = explore_data(model, model.tokenizer.encode("R"), metrics=rows[:100])
+    assert len(d["metrics"]) == 100 and d["metrics_count"] == 100

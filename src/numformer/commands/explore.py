@@ -1,4 +1,4 @@
-"""`numformer explore [OUT_DIR_OR_CHECKPOINT] --prompt TEXT --out explorer.html`
+"""`numformer explore [OUT_DIR_OR_CHECKPOINT | --out_dir OUT_DIR_OR_CHECKPOINT] --prompt TEXT --out explorer.html`
 
 Runs a trained GPT on a prompt and writes one self-contained HTML page of what it does: attention
 per layer and head, the next-token distribution with the sampling controls of `numformer
@@ -11,21 +11,22 @@ else its best/, else its latest/.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("out_dir", nargs="?", default="out", metavar="OUT_DIR_OR_CHECKPOINT",
+    parser.add_argument("out_dir", nargs="?", default=None, metavar="OUT_DIR_OR_CHECKPOINT",
                         help="training output folder (its best/ or latest/ checkpoint is used), "
                              "or a checkpoint folder itself (default: out)")
+    parser.add_argument("--out_dir", dest="out_dir_flag", default=None, metavar="OUT_DIR_OR_CHECKPOINT",
+                        help="the same folder as a flag, as numformer sample takes it")
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--prompt", default=None, help='text to run the model on (default: a newline, "\\n")')
     src.add_argument("--prompt_file", default=None, help="read the prompt from this UTF-8 file")
     parser.add_argument("--out", default="explorer.html",
                         help="the HTML file to write (default: explorer.html); an existing file is "
-                             "replaced only if numformer explore wrote it")
+                             "replaced only if it is a page numformer explore wrote, unchanged since")
     parser.add_argument("--temperature", type=float, default=0.8,
                         help="the page's starting temperature; 0 is greedy (default: 0.8, as numformer sample)")
     parser.add_argument("--top_k", type=int, default=200,
@@ -37,6 +38,7 @@ def add_arguments(parser) -> None:
 def main(args) -> int:
     from numformer.errors import UsageError
 
+    args.out_dir = _checkpoint_arg(args.out_dir, args.out_dir_flag)
     if not (0 <= args.temperature < float("inf")):
         raise UsageError(f"--temperature must be a number >= 0, got {args.temperature}")
     if args.top_k < 0:
@@ -46,7 +48,9 @@ def main(args) -> int:
     out = Path(args.out)
     _check_out(out)
 
+    from numformer.checkpoint import replace_file
     from numformer.explore import build_page, explore_data
+    from numformer.explore.data import readable
     from numformer.commands.sample import _read_prompt, load_for_sampling
 
     model = load_for_sampling(args.out_dir)
@@ -64,43 +68,53 @@ def main(args) -> int:
         print(f"numformer explore: note: {notice}", file=sys.stderr)
         ids = ids[-block:]
 
-    from numformer.training.metrics import read_metrics
-
     ckpt, metrics = _checkpoint_and_metrics(Path(args.out_dir))
-    data = explore_data(model, ids, tokenizer=tok, metrics=read_metrics(metrics) if metrics else None,
+    data = explore_data(model, ids, tokenizer=tok, metrics=_read_metrics(metrics) if metrics else None,
                         sampling={"temperature": args.temperature, "top_k": args.top_k or None,
                                   "top_p": args.top_p},
                         source=str(ckpt), notice=notice)
+    if data["overflow"]:
+        print(f"numformer explore: note: {data['overflow']}", file=sys.stderr)
     page = build_page(data).encode("utf-8")
+    _check_out(out)                            # again: the model took a while to load
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(page)
-        os.replace(tmp, out)                   # a crash never leaves half a page under the name
-    finally:
-        tmp.unlink(missing_ok=True)
+    replace_file(out, page)                    # the one atomic writer: a crash never leaves half a page
     cfg = model.config
-    print(f"wrote {out} ({len(page) / 1e6:.2f} MB): {len(ids)} tokens, {cfg.n_layer} layers x "
-          f"{cfg.n_head} heads, from {ckpt}")
+    print(f"wrote {readable(str(out))} ({len(page) / 1e6:.2f} MB): {len(ids)} tokens, {cfg.n_layer} layers x "
+          f"{cfg.n_head} heads, from {readable(str(ckpt))}")
     return 0
 
 
-def _check_out(out: Path) -> None:
-    """Refuse to write over a folder, or over a file that numformer explore did not write."""
+def _checkpoint_arg(positional, flag) -> str:
+    """The folder named by OUT_DIR_OR_CHECKPOINT or --out_dir (either; both if they agree), or "out"."""
     from numformer.errors import UsageError
-    from numformer.explore import MARKER
 
+    if positional is not None and flag is not None and Path(positional) != Path(flag):
+        raise UsageError(f"two checkpoints: {positional} and --out_dir {flag}; give one")
+    return next((v for v in (positional, flag) if v is not None), "out")
+
+
+def _check_out(out: Path) -> None:
+    """Refuse to write over a link, a folder, anything but a regular file (reading a FIFO would wait
+    for a writer), or a file that is not a page numformer explore wrote (explore.is_explorer_page:
+    HEAD and the SHA-256 of the rest; a page edited since is refused)."""
+    from numformer.errors import UsageError
+    from numformer.explore import is_explorer_page
+
+    if out.is_symlink():
+        raise UsageError(f"--out {out} is a symbolic link; refusing to replace it (give the path it points to)")
     if out.is_dir():
         raise UsageError(f"--out {out} is a folder; give a file name such as {out / 'explorer.html'}")
+    if out.exists() and not out.is_file():
+        raise UsageError(f"--out {out} is not a regular file (a FIFO, a device or a socket); give a file name")
     if out.exists():
         try:
-            with open(out, "rb") as f:
-                head = f.read(4096).decode("utf-8", errors="replace")
+            ours = is_explorer_page(out)
         except OSError as e:
             raise UsageError(f"--out {out}: cannot read the existing file ({e.strerror})") from None
-        if MARKER not in head:
-            raise UsageError(f"--out {out} exists and was not written by numformer explore; "
-                             f"choose another --out")
+        if not ours:
+            raise UsageError(f"--out {out} exists and is not a page numformer explore wrote (or it was "
+                             f"changed since); choose another --out, or remove the file")
 
 
 def _checkpoint_and_metrics(root: Path):
@@ -110,3 +124,20 @@ def _checkpoint_and_metrics(root: Path):
     run = ckpt.parent
     metrics = next((m for m in (run / "metrics.jsonl", root / "metrics.jsonl") if m.is_file()), None)
     return ckpt, metrics
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    """The rows of the run's metrics.jsonl; lines that cannot be read are skipped with a note."""
+    from numformer.explore.data import readable
+    from numformer.training.metrics import scan_metrics
+
+    try:
+        rows, skipped = scan_metrics(path)
+    except OSError as e:
+        rows, skipped = [], [f"cannot be read ({e.strerror or type(e).__name__})"]
+    if skipped:
+        what = (f"skipped {len(skipped)} of {len(rows) + len(skipped)} rows that numformer cannot read"
+                if rows else "no row could be read; the page shows no training curves")
+        more = f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
+        print(f"numformer explore: note: {readable(str(path))}: {what} ({skipped[0]}{more})", file=sys.stderr)
+    return rows

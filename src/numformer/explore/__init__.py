@@ -19,7 +19,7 @@ matrices; row i = query position i, entries the softmax weights) are a public co
 """
 
 from numformer.explore.data import explore_data
-from numformer.explore.page import MARKER, build_page, data_json
+from numformer.explore.page import MARKER, build_page, data_json, is_explorer_page
 from numformer.explore.trace import Trace, trace
 
-__all__ = ["MARKER", "Trace", "build_page", "data_json", "explore_data", "trace"]
+__all__ = ["MARKER", "Trace", "build_page", "data_json", "explore_data", "is_explorer_page", "trace"]

@@ -23,14 +23,41 @@ LOGITS_TOP_MIN = 256
 VOCAB_FULL = 4096
 # The positions panel shows the position table for this many numbers' worth of positions.
 POSITION_VALUES = 1 << 16
+# The training panel draws at most about this many rows of metrics.jsonl; a longer run is thinned
+# to the rows that keep its curves' shape (_thin).
+METRICS_ROWS = 10_000
 ATTENTION_DECIMALS = 6
 LOGIT_DECIMALS = 5
 
 
 def _round(a, decimals: int):
     """A float array rounded to `decimals` places, as nested lists (JSON prints the shortest
-    decimal that reads back as the same double: 0.123457, not 0.12345699965953827)."""
-    return np.round(np.asarray(a, dtype=np.float64), decimals).tolist()
+    decimal that reads back as the same double: 0.123457, not 0.12345699965953827). NaN and ±inf,
+    which JSON has no way to write, become None (null): the page shows them as not finite."""
+    return _finite_list(np.round(np.asarray(a, dtype=np.float64), decimals))
+
+
+def _finite_list(a):
+    """A float64 array as nested lists, NaN and ±inf as None."""
+    finite = np.isfinite(a)
+    if finite.all():
+        return a.tolist()
+    a = a.astype(object)
+    a[~finite] = None
+    return a.tolist()
+
+
+def _not_finite(tr) -> str | None:
+    """A line saying how many of the trace's numbers are NaN or ±inf (weights so large that float32
+    overflows), or None when all are finite."""
+    parts = [("logits", tr.logits), ("attention weights", np.stack(tr.attention)),
+             ("values of the residual stream", tr.residual)]
+    bad = [f"{a.size - np.count_nonzero(np.isfinite(a)):,} of {a.size:,} {what}"
+           for what, a in parts if not np.isfinite(a).all()]
+    if not bad:
+        return None
+    return (f"the model's numbers overflow float32: {', '.join(bad)} are not finite (NaN or ±inf); "
+            f"the page marks them and draws no distribution from them")
 
 
 def _softmax64(logits):
@@ -40,11 +67,21 @@ def _softmax64(logits):
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def readable(text: str) -> str:
+    """`text` as UTF-8 can carry it: bytes that are not UTF-8 (in a file name, which Python hands
+    over as lone surrogates) become U+FFFD, the replacement character."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:                   # a lone surrogate that stands for no byte
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def token_string(tokenizer, i: int) -> str:
     """The text of one token id ("\\ufffd" where a BPE token is part of a UTF-8 character)."""
     return tokenizer.decode(np.array([i], dtype=np.int64))
 
 
+@np.errstate(over="ignore", invalid="ignore", divide="ignore")   # overflow is reported once, in "overflow"
 def explore_data(model, ids, *, tokenizer=None, metrics=None, sampling=None, source=None,
                  notice=None) -> dict:
     """Everything the page draws, for token ids (T,) with T <= block_size.
@@ -52,7 +89,11 @@ def explore_data(model, ids, *, tokenizer=None, metrics=None, sampling=None, sou
     tokenizer: turns ids into the strings shown (default: model.tokenizer).
     metrics: the rows of a run's metrics.jsonl (step, train_loss, val_loss, lr), or None.
     sampling: the controls' starting values, {"temperature", "top_k", "top_p"}.
-    source: the checkpoint's name, shown in the header. notice: a line shown under it.
+    source: the checkpoint's name, shown in the header (see `readable`). notice: a line shown under it.
+
+    Numbers that are not finite (weights whose products overflow float32) are None in the dict,
+    and "overflow" is a line that says how many there are (None when there are none); the page
+    shows it beside `notice`.
     """
     from numformer.explore.formulas import formulas_data
 
@@ -63,6 +104,7 @@ def explore_data(model, ids, *, tokenizer=None, metrics=None, sampling=None, sou
     tr = trace(model, ids)
     T, V, L = len(tr.ids), cfg.vocab_size, cfg.n_layer
     ids = tr.ids
+    overflow = _not_finite(tr)
 
     # ---- next-token distributions (panels 2 and 3)
     probs = _softmax64(tr.logits)                                      # (T, V)
@@ -80,7 +122,7 @@ def explore_data(model, ids, *, tokenizer=None, metrics=None, sampling=None, sou
         shown = set(kept.ravel().tolist())
 
     # probability the model gave each prompt token, from the position before it
-    token_prob = [None] + [float(probs[t - 1, ids[t]]) for t in range(1, T)]
+    token_prob = [None] + _finite_list(probs[np.arange(T - 1), ids[1:]])
 
     # ---- logit lens: the final LayerNorm and the head on the stream after each block
     from numformer.explore.trace import head
@@ -116,8 +158,9 @@ def explore_data(model, ids, *, tokenizer=None, metrics=None, sampling=None, sou
         "attention": [_round(a, ATTENTION_DECIMALS) for a in tr.attention],
         "attention_decimals": ATTENTION_DECIMALS,
         "model": {**cfg.to_dict(), "n_params": int(sum(v.size for _, v in model.params.items())),
-                  "source": source},
-        "notice": notice,
+                  "source": None if source is None else readable(str(source))},
+        "notice": "; ".join(n for n in (notice, overflow) if n) or None,
+        "overflow": overflow,
         "vocab": vocab,
         "logits": logits,                                  # (T, V) or (T, kept) rounded logits
         "logit_decimals": LOGIT_DECIMALS,
@@ -129,7 +172,9 @@ def explore_data(model, ids, *, tokenizer=None, metrics=None, sampling=None, sou
         "positions": {"kind": cfg.pos_encoding,
                       "scale": None if cfg.pos_encoding == "learned" else 1.0 / math.sqrt(cfg.n_embd),
                       "table": _round(pos, 4)},
-        "metrics": _metric_rows(metrics),
+        # the rows the training panel draws (thinned past METRICS_ROWS) and how many the run has
+        "metrics": _thin(rows, METRICS_ROWS) if (rows := _metric_rows(metrics)) else None,
+        "metrics_count": len(rows) if rows else 0,
         "sampling": {"temperature": 0.8, "top_k": 200, "top_p": None, **(sampling or {})},
         "formulas": formulas_data(),
     }
@@ -138,14 +183,45 @@ def explore_data(model, ids, *, tokenizer=None, metrics=None, sampling=None, sou
 
 def _metric_rows(rows):
     """The rows of metrics.jsonl the page plots (step, train_loss, val_loss, lr); a value that is
-    not a finite number becomes None."""
+    not a finite float64 becomes None, and a row whose step is no integer in 0 .. 2**53 (what a
+    browser's numbers hold exactly) is left out."""
     if not rows:
         return None
 
     def number(v):
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        return v if ok else None
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            return None
+        try:
+            return v if math.isfinite(v) else None
+        except OverflowError:                 # an int beyond float64's range
+            return None
 
     out = [{"step": r["step"], **{k: number(r.get(k)) for k in ("train_loss", "val_loss", "lr")}}
-           for r in rows if isinstance(r, dict) and isinstance(r.get("step"), int)]
+           for r in rows if isinstance(r, dict) and type(r.get("step")) is int and 0 <= r["step"] <= 2**53]
     return out or None
+
+
+_CURVES = ("train_loss", "val_loss", "lr")
+
+
+def _thin(rows, limit: int):
+    """At most `limit` of `rows` (limit >= 11), keeping the curves' shape: the run is cut into
+    (limit - 1) // 10 stretches of consecutive rows, and each keeps its first row and, for every
+    curve, the rows where the curve is lowest and highest and the first where it has no value (a
+    gap in the line). The last row is kept too. `limit` rows or fewer are kept whole."""
+    n = len(rows)
+    if n <= limit:
+        return rows
+    stretches = (limit - 1) // (1 + 3 * len(_CURVES))
+    keep = {n - 1}
+    for b in range(stretches):
+        lo, hi = b * n // stretches, (b + 1) * n // stretches
+        keep.add(lo)
+        for key in _CURVES:
+            known = [(rows[i][key], i) for i in range(lo, hi) if rows[i][key] is not None]
+            if known:
+                keep.update((min(known)[1], max(known)[1]))
+            gap = next((i for i in range(lo, hi) if rows[i][key] is None), None)
+            if gap is not None:
+                keep.add(gap)
+    return [rows[i] for i in sorted(keep)]

@@ -32,6 +32,20 @@
   const tokSpan = (s, cls) => el("span", { class: "tok" + (cls ? " " + cls : ""), text: shown(s) });
   const esc = (s) => String(s).replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" }[c]));
   const fix = (x, d) => (x === null || x === undefined ? "—" : Number(x).toFixed(d));
+  const count = (n, what) => `${n.toLocaleString("en-US")} ${what}${n === 1 ? "" : "s"}`;
+
+  // The smallest and largest of a list, skipping null and non-finite entries ([Infinity, -Infinity]
+  // if none is left). A loop, never Math.min(...list): spreading a list into a call puts every
+  // element on the stack, which overflows at about 100,000 numbers.
+  function extent(values) {
+    let lo = Infinity, hi = -Infinity;
+    for (const v of values) {
+      if (v === null || !Number.isFinite(v)) continue;
+      if (v < lo) lo = v;
+      if (v > hi) hi = v;
+    }
+    return [lo, hi];
+  }
 
   const tip = $("tooltip");
   function showTip(evt, html) {
@@ -56,6 +70,16 @@
     return (i >= 0 && i < n && j >= 0 && j < m) ? [i, j] : null;
   }
 
+  // A part that cannot be drawn says so in its own section, and the parts after it are still drawn.
+  function part(id, draw) {
+    try {
+      draw();
+    } catch (e) {
+      console.error(`numformer explore: the part "${id}" could not be drawn:`, e);
+      $(id).append(el("p", { class: "caption failed", text: `This part could not be drawn: ${e}` }));
+    }
+  }
+
   // ------------------------------------------------------------------ colours
 
   // Attention: white (0) to dark blue (1), on √weight so that small weights still show.
@@ -63,6 +87,8 @@
     const t = Math.sqrt(Math.min(1, Math.max(0, v)));
     return [Math.round(255 + (8 - 255) * t), Math.round(255 + (48 - 255) * t), Math.round(255 + (107 - 255) * t)];
   }
+  // A number that is not finite (null in the data: NaN or ±inf where the weights overflow float32).
+  const NOT_FINITE = [204, 0, 153];
   // Masked cells: a grey hatch, so the causal mask reads as "not allowed", not as "weight 0".
   const hatch = (x, y) => ((x + y) % 6 < 2 ? [180, 180, 180] : [226, 226, 226]);
   // Sequential (0..1): white to a colour.
@@ -81,6 +107,12 @@
     `prompt: ${T} token${T === 1 ? "" : "s"}`,
   ].join(" · ");
   if (D.notice) { $("notice").textContent = D.notice; $("notice").hidden = false; }
+  if (D.overflow) {                     // the colour of what is not finite, beside the attention's ramp
+    const swatch = el("span", { class: "ramp" });
+    swatch.style.background = css(NOT_FINITE);
+    swatch.style.width = "12px";
+    document.querySelector("#attention .controls").append(el("span", { class: "legend" }, swatch, "not a finite number"));
+  }
 
   // ------------------------------------------------------------------ 1. attention
 
@@ -91,16 +123,16 @@
 
   const mainCanvas = $("attn-canvas");
   const cell = Math.max(1, Math.min(28, Math.floor(560 / T)));
-  const labelFont = Math.min(cell - 2, 13);
-  const withLabels = cell >= 9;
-  let margin = 0, upright = false;      // upright: the column labels fit their cells unrotated
-  if (withLabels) {
-    const ctx = mainCanvas.getContext("2d");
-    ctx.font = `${labelFont}px ui-monospace, "DejaVu Sans Mono", monospace`;
-    const widest = Math.max(...D.tokens.map((s) => ctx.measureText(shown(s)).width));
-    upright = widest <= cell;
-    margin = Math.min(110, Math.ceil(widest) + 8);
-  }
+  // Token labels on both axes: every position's, a pixel or two smaller than the cells (7 to 13
+  // pixels), where cells are 9 pixels or more; below that, 9-pixel labels at every labelStep-th
+  // position, with a short tick at each labelled row and column.
+  const labelFont = cell >= 9 ? Math.min(cell - 2, 13) : 9;
+  const labelStep = Math.ceil((labelFont + 2) / cell);
+  const labelCtx = mainCanvas.getContext("2d");
+  labelCtx.font = `${labelFont}px ui-monospace, "DejaVu Sans Mono", monospace`;
+  const widest = extent(D.tokens.map((s) => labelCtx.measureText(shown(s)).width))[1];
+  const upright = widest <= labelStep * cell - 2;   // the column labels fit their spacing unrotated
+  const margin = Math.min(110, Math.ceil(widest) + 8);
   const band = upright ? labelFont + 8 : margin;   // height of the column labels' band
 
   function drawAttention() {
@@ -117,7 +149,7 @@
       const row = A[i];
       for (let j = 0; j < T; j++) {
         const masked = j > i;
-        const rgb = masked ? null : attnColor(row[j]);
+        const rgb = masked ? null : row[j] === null ? NOT_FINITE : attnColor(row[j]);
         for (let y = i * cell; y < (i + 1) * cell; y++) {
           let o = (y * n + j * cell) * 4;
           for (let x = j * cell; x < (j + 1) * cell; x++, o += 4) {
@@ -128,30 +160,33 @@
       }
     }
     ctx.putImageData(img, margin, band);
-    if (withLabels) {
-      ctx.fillStyle = "#1d232b";
-      ctx.font = `${labelFont}px ui-monospace, "DejaVu Sans Mono", monospace`;
-      ctx.textBaseline = "middle";
-      for (let i = 0; i < T; i++) {
-        const label = shown(D.tokens[i]);
-        ctx.textAlign = "right";
-        ctx.fillText(label, margin - 4, band + i * cell + cell / 2);
-        if (upright) {
-          ctx.textAlign = "center";
-          ctx.fillText(label, margin + i * cell + cell / 2, band / 2);
-        } else {
-          ctx.save();
-          ctx.translate(margin + i * cell + cell / 2, band - 4);
-          ctx.rotate(-Math.PI / 2);
-          ctx.textAlign = "left";
-          ctx.fillText(label, 0, 0);
-          ctx.restore();
-        }
+    ctx.fillStyle = "#1d232b";
+    ctx.font = `${labelFont}px ui-monospace, "DejaVu Sans Mono", monospace`;
+    ctx.textBaseline = "middle";
+    for (let i = 0; i < T; i += labelStep) {
+      const label = shown(D.tokens[i]);
+      if (labelStep > 1) {            // ticks: which row and column the label belongs to
+        ctx.fillRect(margin - 3, band + i * cell + Math.floor(cell / 2), 3, 1);
+        ctx.fillRect(margin + i * cell + Math.floor(cell / 2), band - 3, 1, 3);
+      }
+      ctx.textAlign = "right";
+      ctx.fillText(label, margin - 4, band + i * cell + cell / 2);
+      if (upright) {
+        ctx.textAlign = "center";
+        ctx.fillText(label, margin + i * cell + cell / 2, band / 2);
+      } else {
+        ctx.save();
+        ctx.translate(margin + i * cell + cell / 2, band - (labelStep > 1 ? 5 : 4));
+        ctx.rotate(-Math.PI / 2);
+        ctx.textAlign = "left";
+        ctx.fillText(label, 0, 0);
+        ctx.restore();
       }
     }
     mainCanvas.dataset.layer = state.layer;
     mainCanvas.dataset.head = state.head;
     mainCanvas.dataset.cell = cell;
+    mainCanvas.dataset.labelStep = labelStep;
     mainCanvas.dataset.left = margin;
     mainCanvas.dataset.top = band;
     layerSel.value = state.layer;
@@ -168,7 +203,7 @@
     const q = `query ${i} ${tipTok(D.tokens[i])}`, k = `key ${j} ${tipTok(D.tokens[j])}`;
     if (j > i) return showTip(evt, `${q} → ${k}<br>masked: key ${j} comes after query ${i} (−∞ before the softmax)`);
     const w = D.attention[state.layer][state.head][i][j];
-    showTip(evt, `${q} → ${k}<br>layer ${state.layer + 1}, head ${state.head + 1}: weight <b>${fix(w, 4)}</b>`);
+    showTip(evt, `${q} → ${k}<br>layer ${state.layer + 1}, head ${state.head + 1}: weight <b>${w === null ? "not a finite number" : fix(w, 4)}</b>`);
   });
   mainCanvas.addEventListener("mouseleave", hideTip);
   layerSel.addEventListener("change", () => { state.layer = +layerSel.value; drawAttention(); });
@@ -185,8 +220,10 @@
       for (let qx = 0; qx < S; qx++) {
         const j0 = Math.floor(qx * T / S), j1 = Math.max(j0 + 1, Math.floor((qx + 1) * T / S));
         let best = -1;
-        for (let i = i0; i < i1; i++) for (let j = j0; j < Math.min(j1, i + 1); j++) best = Math.max(best, A[i][j]);
-        const c = best < 0 ? hatch(qx, py) : attnColor(best);
+        for (let i = i0; i < i1; i++) {
+          for (let j = j0; j < Math.min(j1, i + 1); j++) best = A[i][j] === null ? Infinity : Math.max(best, A[i][j]);
+        }
+        const c = best < 0 ? hatch(qx, py) : best === Infinity ? NOT_FINITE : attnColor(best);
         const o = (py * S + qx) * 4;
         px[o] = c[0]; px[o + 1] = c[1]; px[o + 2] = c[2]; px[o + 3] = 255;
       }
@@ -280,6 +317,14 @@
   function drawNext() {
     const { temperature, topK, topP } = controls();
     const { ids, values } = candidates(state.pos);
+    if (values.includes(null)) {       // no distribution can be drawn from NaN or ±inf
+      for (const t of context.children) t.classList.toggle("selected", +t.dataset.pos === state.pos);
+      $("next-bars").replaceChildren();
+      $("next-caption").textContent = `After position ${state.pos} (${shown(D.tokens[state.pos])}): the logits ` +
+        "are not all finite numbers (the model's numbers overflow), so there is no distribution to draw.";
+      $("next-caption").dataset.kept = 0;
+      return;
+    }
     const p = distribution(values, temperature, topK, topP);
     const order = Array.from(p.keys()).filter((i) => p[i] > 0).sort((a, b) => p[b] - p[a]);
     for (const t of context.children) t.classList.toggle("selected", +t.dataset.pos === state.pos);
@@ -315,73 +360,83 @@
 
   // ------------------------------------------------------------------ 3. the prompt, by probability
 
-  const GREEN = [26, 127, 55], RED = [198, 40, 40];
-  const losses = D.token_prob.map((p) => (p === null ? null : -Math.log(Math.max(p, 1e-300))));
-  const maxLoss = Math.max(1e-9, ...losses.filter((x) => x !== null));
-  const colored = $("prompt-colored");
-  D.tokens.forEach((s, t) => {
-    const span = tokSpan(s, t === 0 ? "first" : "");
-    span.dataset.pos = t;
-    span.addEventListener("mousemove", (evt) => {
-      if (t === 0) return showTip(evt, `${tipTok(s)} is the first token: nothing before it to predict it from.`);
-      const ids = D.top5.ids[t - 1], ps = D.top5.probs[t - 1];
-      const rows = ids.map((id, k) => `${tipTok(vocab(id))} ${fix(ps[k], 4)}`).join("<br>");
-      showTip(evt, `${tipTok(s)} p = <b>${fix(D.token_prob[t], 4)}</b>, loss −log p = <b>${fix(losses[t], 3)}</b>` +
-        `<br>the model's top 5 after position ${t - 1}:<br>${rows}`);
+  part("prompt", () => {
+    const GREEN = [26, 127, 55], RED = [198, 40, 40];
+    const losses = D.token_prob.map((p) => (p === null ? null : -Math.log(Math.max(p, 1e-300))));
+    const maxLoss = Math.max(1e-9, extent(losses)[1]);
+    const colored = $("prompt-colored");
+    D.tokens.forEach((s, t) => {
+      const span = tokSpan(s, t === 0 ? "first" : "");
+      span.dataset.pos = t;
+      span.addEventListener("mousemove", (evt) => {
+        if (t === 0) return showTip(evt, `${tipTok(s)} is the first token: nothing before it to predict it from.`);
+        const ids = D.top5.ids[t - 1], ps = D.top5.probs[t - 1];
+        const rows = ids.map((id, k) => `${tipTok(vocab(id))} ${fix(ps[k], 4)}`).join("<br>");
+        showTip(evt, `${tipTok(s)} p = <b>${fix(D.token_prob[t], 4)}</b>, loss −log p = <b>${fix(losses[t], 3)}</b>` +
+          `<br>the model's top 5 after position ${t - 1}:<br>${rows}`);
+      });
+      span.addEventListener("mouseleave", hideTip);
+      colored.append(span);
     });
-    span.addEventListener("mouseleave", hideTip);
-    colored.append(span);
+    function drawPrompt() {
+      const mode = document.querySelector('input[name="prompt-mode"]:checked').value;
+      [...colored.children].forEach((span, t) => {
+        if (t === 0) return;
+        if (D.token_prob[t] === null) { span.style.background = css(NOT_FINITE); span.style.color = "#fff"; return; }
+        const rgb = mode === "prob" ? mix(GREEN, D.token_prob[t]) : mix(RED, losses[t] / maxLoss);
+        span.style.background = css(rgb);
+        const dark = (mode === "prob" ? D.token_prob[t] : losses[t] / maxLoss) > 0.6;
+        span.style.color = dark ? "#fff" : "";
+      });
+      $("prompt-ramp").style.background = `linear-gradient(to right, #fff, ${css(mode === "prob" ? GREEN : RED)})`;
+      $("prompt-ramp-label").textContent = mode === "prob" ? "p = 0 → 1" : `loss 0 → ${fix(maxLoss, 2)}`;
+    }
+    for (const r of document.querySelectorAll('input[name="prompt-mode"]')) r.addEventListener("change", drawPrompt);
+    drawPrompt();
+    const unknown = losses.slice(1).filter((x) => x === null).length;
+    if (unknown) {
+      $("prompt-loss").textContent = `The mean cross-entropy is undefined: ${count(unknown, "prediction")} of ` +
+        `the prompt's ${T - 1} are not finite numbers.`;
+    } else if (T > 1) {
+      const mean = losses.slice(1).reduce((a, b) => a + b, 0) / (T - 1);
+      $("prompt-loss").textContent = `Mean cross-entropy over the prompt's ${T - 1} predictions: ${fix(mean, 4)} ` +
+        `(perplexity ${fix(Math.exp(mean), 2)}).`;
+    } else {
+      $("prompt-loss").textContent = "A one-token prompt: there is nothing to predict.";
+    }
   });
-  function drawPrompt() {
-    const mode = document.querySelector('input[name="prompt-mode"]:checked').value;
-    [...colored.children].forEach((span, t) => {
-      if (t === 0) return;
-      const rgb = mode === "prob" ? mix(GREEN, D.token_prob[t]) : mix(RED, losses[t] / maxLoss);
-      span.style.background = css(rgb);
-      const dark = (mode === "prob" ? D.token_prob[t] : losses[t] / maxLoss) > 0.6;
-      span.style.color = dark ? "#fff" : "";
-    });
-    $("prompt-ramp").style.background = `linear-gradient(to right, #fff, ${css(mode === "prob" ? GREEN : RED)})`;
-    $("prompt-ramp-label").textContent = mode === "prob" ? "p = 0 → 1" : `loss 0 → ${fix(maxLoss, 2)}`;
-  }
-  for (const r of document.querySelectorAll('input[name="prompt-mode"]')) r.addEventListener("change", drawPrompt);
-  drawPrompt();
-  if (T > 1) {
-    const mean = losses.slice(1).reduce((a, b) => a + b, 0) / (T - 1);
-    $("prompt-loss").textContent = `Mean cross-entropy over the prompt's ${T - 1} predictions: ${fix(mean, 4)} ` +
-      `(perplexity ${fix(Math.exp(mean), 2)}).`;
-  } else {
-    $("prompt-loss").textContent = "A one-token prompt: there is nothing to predict.";
-  }
 
   // ------------------------------------------------------------------ 4. logit lens
 
-  const BLUE = [11, 92, 173];
-  const lens = $("lens-table");
-  const head = el("tr", {}, el("th", { class: "row", text: "input →" }));
-  D.tokens.forEach((s, t) => head.append(el("th", { text: shown(s), title: `position ${t}` })));
-  lens.append(head);
-  for (let l = L; l >= 0; l--) {
-    const label = l === 0 ? "embedding" : `block ${l}` + (l === L ? " (output)" : "");
-    const tr = el("tr", {}, el("th", { class: "row", text: label }));
-    for (let t = 0; t < T; t++) {
-      const id = D.lens.ids[l][t], p = D.lens.probs[l][t];
-      const hit = t + 1 < T && id === D.token_ids[t + 1];
-      const td = el("td", { class: hit ? "hit" : "", text: shown(vocab(id)) });
-      td.style.background = css(mix(BLUE, p));
-      if (p > 0.55) td.style.color = "#fff";
-      td.addEventListener("mousemove", (evt) => {
-        const nxt = t + 1 < T ? `<br>the token that comes next, ${tipTok(D.tokens[t + 1])}: p = ${fix(D.lens.next_probs[l][t], 4)}` : "";
-        showTip(evt, `${label}, position ${t} ${tipTok(D.tokens[t])}<br>most likely next: ${tipTok(vocab(id))} p = <b>${fix(p, 4)}</b>${nxt}`);
-      });
-      td.addEventListener("mouseleave", hideTip);
-      tr.append(td);
+  part("logit-lens", () => {
+    const BLUE = [11, 92, 173];
+    const lens = $("lens-table");
+    const head = el("tr", {}, el("th", { class: "row", text: "input →" }));
+    D.tokens.forEach((s, t) => head.append(el("th", { text: shown(s), title: `position ${t}` })));
+    lens.append(head);
+    for (let l = L; l >= 0; l--) {
+      const label = l === 0 ? "embedding" : `block ${l}` + (l === L ? " (output)" : "");
+      const tr = el("tr", {}, el("th", { class: "row", text: label }));
+      for (let t = 0; t < T; t++) {
+        const id = D.lens.ids[l][t], p = D.lens.probs[l][t];
+        const hit = t + 1 < T && id === D.token_ids[t + 1];
+        const td = el("td", { class: hit ? "hit" : "", text: p === null ? "—" : shown(vocab(id)) });
+        td.style.background = css(p === null ? NOT_FINITE : mix(BLUE, p));
+        if (p === null || p > 0.55) td.style.color = "#fff";
+        td.addEventListener("mousemove", (evt) => {
+          const nxt = t + 1 < T ? `<br>the token that comes next, ${tipTok(D.tokens[t + 1])}: p = ${fix(D.lens.next_probs[l][t], 4)}` : "";
+          showTip(evt, `${label}, position ${t} ${tipTok(D.tokens[t])}<br>` +
+            (p === null ? "the probabilities here are not finite numbers" : `most likely next: ${tipTok(vocab(id))} p = <b>${fix(p, 4)}</b>${nxt}`));
+        });
+        td.addEventListener("mouseleave", hideTip);
+        tr.append(td);
+      }
+      lens.append(tr);
     }
-    lens.append(tr);
-  }
-  const actual = el("tr", {}, el("th", { class: "row", text: "comes next →" }));
-  for (let t = 0; t < T; t++) actual.append(el("th", { text: t + 1 < T ? shown(D.tokens[t + 1]) : "" }));
-  lens.append(actual);
+    const actual = el("tr", {}, el("th", { class: "row", text: "comes next →" }));
+    for (let t = 0; t < T; t++) actual.append(el("th", { text: t + 1 < T ? shown(D.tokens[t + 1]) : "" }));
+    lens.append(actual);
+  });
 
   // ------------------------------------------------------------------ charts
 
@@ -404,8 +459,8 @@
     ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, W, Hh);
     const pad = { l: 58, r: 16, t: 30, b: 42 };
     const pts = series.flatMap((s) => s.points).filter((p) => p[1] !== null && Number.isFinite(p[1]));
-    let [x0, x1] = [Math.min(...pts.map((p) => p[0])), Math.max(...pts.map((p) => p[0]))];
-    let [y0, y1] = [Math.min(...pts.map((p) => p[1])), Math.max(...pts.map((p) => p[1]))];
+    let [x0, x1] = pts.length ? extent(pts.map((p) => p[0])) : [0, 1];      // no finite point: empty axes
+    let [y0, y1] = pts.length ? extent(pts.map((p) => p[1])) : [0, 1];
     if (opts.yZero) y0 = Math.min(0, y0);
     if (x1 === x0) { x0 -= 1; x1 += 1; }
     if (y1 === y0) { y0 -= Math.abs(y0) * 0.1 + 1e-9; y1 += Math.abs(y1) * 0.1 + 1e-9; }
@@ -468,99 +523,111 @@
 
   // ------------------------------------------------------------------ 5. inside the stream
 
-  const layerNames = Array.from({ length: L + 1 }, (_, l) => (l === 0 ? "emb" : String(l)));
-  const perPos = Array.from({ length: T }, (_, t) => ({
-    points: D.residual_norms.map((row, l) => [l, row[t]]), color: "rgba(11,92,173,0.18)", width: 1 }));
-  const mean = { points: D.residual_norms.map((row, l) => [l, row.reduce((a, b) => a + b, 0) / T]),
-    color: "#0b5cad", width: 2.5, dots: true, label: "mean over positions" };
-  lineChart($("norm-chart"), [...perPos, mean], {
-    yZero: true, xTicks: layerNames.map((_, l) => l), xFormat: (x) => layerNames[x], xLabel: "after the embedding (emb) and after block l" });
+  part("stream", () => {
+    const layerNames = Array.from({ length: L + 1 }, (_, l) => (l === 0 ? "emb" : String(l)));
+    const perPos = Array.from({ length: T }, (_, t) => ({
+      points: D.residual_norms.map((row, l) => [l, row[t]]), color: "rgba(11,92,173,0.18)", width: 1 }));
+    const mean = { points: D.residual_norms.map((row, l) => [l, row.includes(null) ? null : row.reduce((a, b) => a + b, 0) / T]),
+      color: "#0b5cad", width: 2.5, dots: true, label: "mean over positions" };
+    lineChart($("norm-chart"), [...perPos, mean], {
+      yZero: true, xTicks: layerNames.map((_, l) => l), xFormat: (x) => layerNames[x], xLabel: "after the embedding (emb) and after block l" });
 
-  const P = D.positions;
-  const NP = P.table.length, C = P.table[0].length;       // positions shown, channels
-  let pmax = 1e-12;
-  for (const row of P.table) for (const v of row) pmax = Math.max(pmax, Math.abs(v));
-  const pw = Math.max(1, Math.min(16, Math.floor(480 / C))), ph = Math.max(1, Math.min(12, Math.floor(320 / NP)));
-  const posCanvas = $("pos-heatmap");
-  heatmap(posCanvas, P.table, pw, ph, (v) => diverge(v / pmax));
-  $("pos-caption").textContent = (P.kind === "learned"
-    ? "the learned position table wpe"
-    : `the sinusoidal table P (the article's formula 2) times 1/√C = ${fix(P.scale, 4)}, as the model adds it`) +
-    `: rows are positions 0..${NP - 1} (the prompt uses 0..${T - 1}), columns the ${C} channels ` +
-    `(blue −${fix(pmax, 3)}, red +${fix(pmax, 3)})`;
-  posCanvas.addEventListener("mousemove", (evt) => {
-    const c = cellAt(posCanvas, evt, 0, 0, pw, ph, NP, C);
-    if (!c) return hideTip();
-    showTip(evt, `position ${c[0]}, channel ${c[1]}: ${fix(P.table[c[0]][c[1]], 4)}`);
+    const P = D.positions;
+    const NP = P.table.length, C = P.table[0].length;       // positions shown, channels
+    let pmax = 1e-12;
+    for (const row of P.table) for (const v of row) pmax = Math.max(pmax, Math.abs(v));
+    const pw = Math.max(1, Math.min(16, Math.floor(480 / C))), ph = Math.max(1, Math.min(12, Math.floor(320 / NP)));
+    const posCanvas = $("pos-heatmap");
+    heatmap(posCanvas, P.table, pw, ph, (v) => diverge(v / pmax));
+    $("pos-caption").textContent = (P.kind === "learned"
+      ? "the learned position table wpe"
+      : `the sinusoidal table P (the article's formula 2) times 1/√C = ${fix(P.scale, 4)}, as the model adds it`) +
+      `: rows are positions 0..${NP - 1} (the prompt uses 0..${T - 1}), columns the ${C} channels ` +
+      `(blue −${fix(pmax, 3)}, red +${fix(pmax, 3)})`;
+    posCanvas.addEventListener("mousemove", (evt) => {
+      const c = cellAt(posCanvas, evt, 0, 0, pw, ph, NP, C);
+      if (!c) return hideTip();
+      showTip(evt, `position ${c[0]}, channel ${c[1]}: ${fix(P.table[c[0]][c[1]], 4)}`);
+    });
+    posCanvas.addEventListener("mouseleave", hideTip);
+    // cosine similarity of the position vectors, (NP, NP)
+    const unit = P.table.map((row) => {
+      let ss = 0;
+      for (const v of row) ss += v * v;
+      const n = Math.sqrt(ss) || 1;
+      return row.map((v) => v / n);
+    });
+    const similarity = unit.map((a) => unit.map((b) => { let s = 0; for (let k = 0; k < C; k++) s += a[k] * b[k]; return s; }));
+    const sc = Math.max(1, Math.min(12, Math.floor(320 / NP)));
+    const simCanvas = $("pos-similarity");
+    heatmap(simCanvas, similarity, sc, sc, diverge);
+    simCanvas.addEventListener("mousemove", (evt) => {
+      const c = cellAt(simCanvas, evt, 0, 0, sc, sc, NP, NP);
+      if (!c) return hideTip();
+      showTip(evt, `positions ${c[0]} and ${c[1]}: cosine ${fix(similarity[c[0]][c[1]], 3)}`);
+    });
+    simCanvas.addEventListener("mouseleave", hideTip);
   });
-  posCanvas.addEventListener("mouseleave", hideTip);
-  // cosine similarity of the position vectors, (NP, NP)
-  const unit = P.table.map((row) => { const n = Math.hypot(...row) || 1; return row.map((v) => v / n); });
-  const similarity = unit.map((a) => unit.map((b) => { let s = 0; for (let k = 0; k < C; k++) s += a[k] * b[k]; return s; }));
-  const sc = Math.max(1, Math.min(12, Math.floor(320 / NP)));
-  const simCanvas = $("pos-similarity");
-  heatmap(simCanvas, similarity, sc, sc, diverge);
-  simCanvas.addEventListener("mousemove", (evt) => {
-    const c = cellAt(simCanvas, evt, 0, 0, sc, sc, NP, NP);
-    if (!c) return hideTip();
-    showTip(evt, `positions ${c[0]} and ${c[1]}: cosine ${fix(similarity[c[0]][c[1]], 3)}`);
-  });
-  simCanvas.addEventListener("mouseleave", hideTip);
 
   // ------------------------------------------------------------------ 6. training
 
-  const box = $("training-charts");
-  if (D.metrics && D.metrics.length) {
-    const rows = D.metrics;
-    const lossCanvas = el("canvas", { id: "loss-chart" }), lrCanvas = el("canvas", { id: "lr-chart" });
-    box.append(el("figure", {}, lossCanvas, el("figcaption", { text: `loss at each evaluation (${rows.length}), last: train ${fix(rows[rows.length - 1].train_loss, 4)}, val ${fix(rows[rows.length - 1].val_loss, 4)}` })));
-    lineChart(lossCanvas, [
-      { points: rows.map((r) => [r.step, r.train_loss]), color: "#0b5cad", label: "train", dots: rows.length < 40 },
-      { points: rows.map((r) => [r.step, r.val_loss]), color: "#d9480f", label: "val", dots: rows.length < 40 },
-    ], { xLabel: "step" });
-    if (rows.some((r) => r.lr !== null)) {
-      box.append(el("figure", {}, lrCanvas, el("figcaption", { text: "learning rate at each evaluation (warmup, then cosine decay)" })));
-      lineChart(lrCanvas, [{ points: rows.map((r) => [r.step, r.lr]), color: "#6f42c1", label: "learning rate", dots: rows.length < 40 }],
-        { xLabel: "step", yZero: true, yFormat: (y) => (y === 0 ? "0" : y.toExponential(1)) });
+  part("training", () => {
+    const box = $("training-charts");
+    if (D.metrics && D.metrics.length) {
+      const rows = D.metrics, n = Math.max(D.metrics_count || 0, rows.length), last = rows[rows.length - 1];
+      const drawn = rows.length < n ? `; ${count(rows.length, "row")} drawn: the first, lowest and highest of every stretch` : "";
+      const lossCanvas = el("canvas", { id: "loss-chart" }), lrCanvas = el("canvas", { id: "lr-chart" });
+      box.append(el("figure", {}, lossCanvas, el("figcaption", { text: `loss at each evaluation (${count(n, "evaluation")}${drawn}), last: train ${fix(last.train_loss, 4)}, val ${fix(last.val_loss, 4)}` })));
+      lineChart(lossCanvas, [
+        { points: rows.map((r) => [r.step, r.train_loss]), color: "#0b5cad", label: "train", dots: rows.length < 40 },
+        { points: rows.map((r) => [r.step, r.val_loss]), color: "#d9480f", label: "val", dots: rows.length < 40 },
+      ], { xLabel: "step" });
+      if (rows.some((r) => r.lr !== null)) {
+        box.append(el("figure", {}, lrCanvas, el("figcaption", { text: "learning rate at each evaluation (warmup, then cosine decay)" })));
+        lineChart(lrCanvas, [{ points: rows.map((r) => [r.step, r.lr]), color: "#6f42c1", label: "learning rate", dots: rows.length < 40 }],
+          { xLabel: "step", yZero: true, yFormat: (y) => (y === 0 ? "0" : y.toExponential(1)) });
+      }
+    } else {
+      box.append(el("p", { class: "caption", text: "No metrics.jsonl with rows to draw was found next to this checkpoint, so there is no training curve to show." }));
     }
-  } else {
-    box.append(el("p", { class: "caption", text: "No metrics.jsonl was found next to this checkpoint, so there is no training curve to show." }));
-  }
+  });
 
   // ------------------------------------------------------------------ 7. the formulas
 
-  function fmtValue(v, decimals) {
-    const one = (x) => (typeof x === "number" ? (decimals === null ? String(x) : x.toFixed(decimals)) : String(x));
-    if (!Array.isArray(v)) return one(v);
-    if (!Array.isArray(v[0])) return "[" + v.map(one).join(", ") + "]";
-    return v.map((r) => fmtValue(r, decimals)).join("\n");
-  }
-  const list = $("formula-list");
-  for (const f of D.formulas) {
-    const card = el("div", { class: "formula", id: `formula-${f.name}` });
-    const title = el("h3", { text: `${f.number}. ${f.name.replace(/_/g, " ")} · ${f.title_zh}` });
-    card.append(el("div", { class: "head" }, title, el("span", { class: `verdict ${f.verdict}`, text: f.verdict_text })));
-    const math = el("div", { class: "math" });
-    math.innerHTML = f.mathml;
-    card.append(math, el("div", { class: "text", text: f.formula }));
-    const inputs = el("div", { class: "inputs" });
-    for (const [k, v] of Object.entries(f.inputs)) {
-      inputs.append(el("span", { text: `${k}${f.ours.includes(k) ? " (ours)" : ""} = ${fmtValue(v, null).replace(/\n/g, "; ")}` }));
+  part("formulas", () => {
+    function fmtValue(v, decimals) {
+      const one = (x) => (typeof x === "number" ? (decimals === null ? String(x) : x.toFixed(decimals)) : String(x));
+      if (!Array.isArray(v)) return one(v);
+      if (!Array.isArray(v[0])) return "[" + v.map(one).join(", ") + "]";
+      return v.map((r) => fmtValue(r, decimals)).join("\n");
     }
-    card.append(el("div", { class: "caption", text: "inputs of the worked example" }), inputs);
-    const table = el("table", {}, el("tr", {}, el("th", { text: "quantity" }), el("th", { text: "the article prints" }),
-      el("th", { text: "numformer computes" }), el("th", { text: "check" })));
-    for (const s of f.steps) {
-      const printed = s.printed ? (s.printed.decimals === null ? "= " : "≈ ") + fmtValue(s.printed.value, s.printed.decimals) : "—";
-      const check = s.printed === null ? ["open", "not printed"]
-        : s.agrees ? ["agrees", "agrees"] : ["differs", `differs by ${s.diff}`];
-      table.append(el("tr", { class: s.result ? "result" : "" }, el("td", { text: s.label }),
-        el("td", { class: "val", text: printed }), el("td", { class: "val", text: fmtValue(s.computed, s.decimals) }),
-        el("td", { class: `check ${check[0]}`, text: check[1] })));
+    const list = $("formula-list");
+    for (const f of D.formulas) {
+      const card = el("div", { class: "formula", id: `formula-${f.name}` });
+      const title = el("h3", { text: `${f.number}. ${f.name.replace(/_/g, " ")} · ${f.title_zh}` });
+      card.append(el("div", { class: "head" }, title, el("span", { class: `verdict ${f.verdict}`, text: f.verdict_text })));
+      const math = el("div", { class: "math" });
+      math.innerHTML = f.mathml;
+      card.append(math, el("div", { class: "text", text: f.formula }));
+      const inputs = el("div", { class: "inputs" });
+      for (const [k, v] of Object.entries(f.inputs)) {
+        inputs.append(el("span", { text: `${k}${f.ours.includes(k) ? " (ours)" : ""} = ${fmtValue(v, null).replace(/\n/g, "; ")}` }));
+      }
+      card.append(el("div", { class: "caption", text: "inputs of the worked example" }), inputs);
+      const table = el("table", {}, el("tr", {}, el("th", { text: "quantity" }), el("th", { text: "the article prints" }),
+        el("th", { text: "numformer computes" }), el("th", { text: "check" })));
+      for (const s of f.steps) {
+        const printed = s.printed ? (s.printed.decimals === null ? "= " : "≈ ") + fmtValue(s.printed.value, s.printed.decimals) : "—";
+        const check = s.printed === null ? ["open", "not printed"]
+          : s.agrees ? ["agrees", "agrees"] : ["differs", `differs by ${s.diff}`];
+        table.append(el("tr", { class: s.result ? "result" : "" }, el("td", { text: s.label }),
+          el("td", { class: "val", text: printed }), el("td", { class: "val", text: fmtValue(s.computed, s.decimals) }),
+          el("td", { class: `check ${check[0]}`, text: check[1] })));
+      }
+      card.append(table, el("p", { class: "note", text: f.note }));
+      list.append(card);
     }
-    card.append(table, el("p", { class: "note", text: f.note }));
-    list.append(card);
-  }
+  });
 
   // For the browser tests and the curious: the state and the two functions the panels use.
   window.numformerExplorer = { data: D, state, distribution, attnColor, drawAttention, drawNext };

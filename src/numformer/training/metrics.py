@@ -19,15 +19,16 @@ from pathlib import Path
 
 
 def is_our_metrics(path: Path) -> bool:
-    """Every line a JSON object with the keys numformer train writes (so it may be replaced)."""
-    if path.is_symlink():
+    """A regular file (not a link) whose every line is a row numformer train writes: a JSON object
+    with an integer step, train_loss and val_loss (so it may be replaced). A line that scan_metrics
+    skips makes the file someone else's."""
+    if path.is_symlink() or not path.is_file():       # a FIFO would make the read wait for a writer
         return False
     try:
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        rows = [json.loads(line) for line in lines]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        rows, skipped = scan_metrics(path)
+    except OSError:
         return False
-    return all(isinstance(r, dict) and {"step", "train_loss", "val_loss"} <= r.keys() for r in rows)
+    return not skipped and all({"step", "train_loss", "val_loss"} <= r.keys() for r in rows)
 
 
 def append_metrics(out_dir: Path, tr, losses: dict, tokens_per_sec) -> None:
@@ -49,16 +50,37 @@ def append_metrics(out_dir: Path, tr, losses: dict, tokens_per_sec) -> None:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    rows = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                r = json.loads(line)
-                if isinstance(r, dict) and isinstance(r.get("step"), int):
-                    rows.append(r)
-            except json.JSONDecodeError:
-                continue
-    return rows
+    """The rows of metrics.jsonl that can be read (see scan_metrics); none if there is no such file."""
+    return scan_metrics(path)[0]
+
+
+def scan_metrics(path: Path) -> tuple[list[dict], list[str]]:
+    """The rows of metrics.jsonl that can be read: JSON objects with an integer "step", one a line.
+    And, for every other line but blank ones, "line N: why it was skipped" (not UTF-8, not JSON,
+    nested too deeply, an integer of too many digits, or not such an object). A path that is not
+    a regular file (missing, a folder, a FIFO) has no rows."""
+    rows, skipped = [], []
+    if not path.is_file():
+        return rows, skipped
+    for n, line in enumerate(path.read_bytes().split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            skipped.append(f"line {n}: not UTF-8 (byte {e.start + 1})")
+        except json.JSONDecodeError as e:
+            skipped.append(f"line {n}: not JSON ({e.msg} at column {e.colno})")
+        except RecursionError:
+            skipped.append(f"line {n}: JSON nested too deeply")
+        except ValueError:                # Python reads no integer of more than 4,300 digits
+            skipped.append(f"line {n}: an integer of too many digits")
+        else:
+            if isinstance(r, dict) and type(r.get("step")) is int:
+                rows.append(r)
+            else:
+                skipped.append(f'line {n}: not a JSON object with an integer "step"')
+    return rows, skipped
 
 
 PNG_KEY = "numformer"
