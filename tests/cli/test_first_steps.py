@@ -1,0 +1,92 @@
+"""What a new user trips over, second pass (issue 24's command-line items): one way to name a
+checkpoint, a first ETA that leaves out the compiling step, notes on a short BPE vocabulary and on
+overfitting, hints for nanoGPT and Hugging Face habits, a FIFO as --prompt_file, paths that are
+not UTF-8, `embed --file` and stdin, and public words without internal ones."""
+
+import ast
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from numformer import cli
+from numformer.checkpoint import load_checkpoint
+
+from .tiny import TINY, flags, make_lab
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    return make_lab(tmp_path_factory.mktemp("firststeps"))
+
+
+def numformer(args, cwd, **kw):
+    env = {**os.environ, "NUMFORMER_CACHE": str(Path(cwd) / "cache")}
+    return subprocess.run([sys.executable, "-m", "numformer", *args], capture_output=True, cwd=cwd, env=env,
+                          timeout=120, **kw)
+
+
+def one_line(err: str, code=None, *words) -> str:
+    """The one error line of a command's stderr, after checking there is exactly one."""
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    return lines[0]
+
+
+def run_cli(capsys, *argv):
+    capsys.readouterr()
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ------------------------------------------------------------- 1. one way to name the checkpoint
+
+SAMPLE = ("--max_new_tokens", "12", "--temperature", "0", "--prompt", "the ")
+
+
+def test_sample_takes_the_checkpoint_as_a_positional_or_as_out_dir(lab, capsys):
+    code, by_flag, err = run_cli(capsys, "sample", "--out_dir", lab / "run", *SAMPLE)
+    assert code == 0, err
+    code, by_position, err = run_cli(capsys, "sample", lab / "run", *SAMPLE)
+    assert code == 0, err
+    assert by_position == by_flag and by_flag.startswith("the ") and len(by_flag) > len("the \n")
+
+
+def test_eval_takes_the_checkpoint_as_a_positional_or_as_out_dir(lab, capsys):
+    data = ("--data", lab / "corpus.txt", "--json")
+    code, by_position, err = run_cli(capsys, "eval", lab / "run", *data)
+    assert code == 0, err
+    code, by_flag, err = run_cli(capsys, "eval", "--out_dir", lab / "run", *data)
+    assert code == 0, err
+    assert json.loads(by_flag) == json.loads(by_position)
+    assert json.loads(by_flag)["tokens"] > 1000
+
+
+@pytest.mark.parametrize("command, rest", [("sample", SAMPLE), ("eval", ("--data", "corpus.txt"))])
+def test_both_forms_naming_different_folders_is_one_usage_line(lab, tmp_path, capsys, command, rest):
+    rest = [str(lab / r) if r == "corpus.txt" else r for r in rest]
+    code, out, err = run_cli(capsys, command, lab / "run", "--out_dir", tmp_path / "other", *rest)
+    assert code == 2 and out == ""
+    line = one_line(err, 2, "--out_dir", "OUT_DIR_OR_CHECKPOINT", str(tmp_path / "other"), str(lab / "run"))
+    assert line.startswith(f"numformer {command}: error:")
+    # the same folder spelled twice is one folder
+    code, out, err = run_cli(capsys, command, f"{lab / 'run'}/", "--out_dir", lab / "run", *rest)
+    assert code == 0, err
+
+
+def test_help_shows_both_forms():
+    for name in ("sample", "eval"):
+        text = cli.command_parser(name).format_help()
+        assert "OUT_DIR_OR_CHECKPOINT" in text and "--out_dir" in text, name
