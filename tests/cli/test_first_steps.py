@@ -90,3 +90,48 @@ def test_help_shows_both_forms():
     for name in ("sample", "eval"):
         text = cli.command_parser(name).format_help()
         assert "OUT_DIR_OR_CHECKPOINT" in text and "--out_dir" in text, name
+
+
+# ------------------------------------------------------------- 2. the first ETA
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_the_eta_leaves_out_the_first_step(lab, tmp_path, capsys, monkeypatch):
+    """A first step of an hour (compiling kernels) followed by steps of 0.6 s: tqdm's own estimate
+    after step 2 is hours; numformer's says '?' after step 1, then at most 18 x 0.6 s."""
+    import tqdm.std
+
+    from numformer.training import run
+    from numformer.training.trainer import Trainer
+
+    clock = FakeClock()
+    monkeypatch.setattr(tqdm.std, "time", clock)
+    real_step = Trainer.step
+
+    def step(self):
+        loss = real_step(self)
+        clock.t += 3600.0 if self.iter_num == 1 else 0.6
+        return loss
+
+    monkeypatch.setattr(Trainer, "step", step)
+    capsys.readouterr()
+    run(dict(TINY, max_iters=20, eval_interval=100, data=str(lab / "corpus.txt"), out_dir=str(tmp_path / "o")),
+        cache_dir=lab / "cache", plot=False, out=io.StringIO())
+    err = capsys.readouterr().err
+    shown = re.findall(r"\b(\d+)/20 \[[\d:]+<([^,\]]+)", err)
+    etas = {}
+    for n, eta in shown:
+        etas.setdefault(int(n), eta)
+    assert etas.get(1) == "?", err
+    later = {n: e for n, e in etas.items() if 2 <= n < 20}
+    assert len(later) >= 5, err
+    for n, eta in later.items():
+        minutes, seconds = map(int, eta.split(":")[-2:])
+        assert ":" in eta and eta.count(":") == 1 and 60 * minutes + seconds <= 11, (n, eta)

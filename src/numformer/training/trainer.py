@@ -44,6 +44,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from numformer.errors import NumformerError, UsageError
 from numformer.parallel.threads import loss_and_grad
@@ -244,6 +245,26 @@ class Trainer:
         return out
 
 
+class ProgressBar(tqdm):
+    """tqdm whose rate and ETA count only the steps after the first one this process runs: that
+    step compiles the fast ops' kernels, and counted in, it made a default run's first ETA read two
+    hours. Until the second step ends, rate and ETA show "?"; then they are the mean over the steps
+    since the first (evaluations included, so the ETA includes them too)."""
+
+    warm = None              # (time, n) when the first step ended
+
+    def first_step_done(self) -> None:
+        self.warm = (self._time(), self.n)
+
+    @property
+    def format_dict(self):
+        d = super().format_dict
+        t0, n0 = self.warm or (None, None)
+        elapsed = self._time() - t0 if t0 is not None else 0.0
+        d["rate"] = (self.n - n0) / elapsed if t0 is not None and self.n > n0 and elapsed > 0 else 0   # 0 shows "?"
+        return d
+
+
 def micro_batches(rows: int, n: int) -> list[tuple[int, int]]:
     """[lo, hi) ranges cutting `rows` into at most n near-equal, non-empty micro-batches."""
     return [shard(rows, i, min(n, rows)) for i in range(min(n, rows))]
@@ -375,9 +396,7 @@ def _run(cfg: TrainConfig, world, *, checkpoint, overwrite, cache_dir, plot, out
     tokens_per_iter = cfg.batch_size * cfg.block_size
     bar = None
     if world.is_main:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.max_iters, initial=tr.iter_num, unit="it", dynamic_ncols=True, file=sys.stderr,
+        bar = ProgressBar(total=cfg.max_iters, initial=tr.iter_num, unit="it", dynamic_ncols=True, file=sys.stderr,
                    mininterval=0.5, smoothing=0.1)
     summary = {"interrupted": False}
     in_step = False               # True while a step runs: its state is then half-updated
@@ -414,6 +433,8 @@ def _run(cfg: TrainConfig, world, *, checkpoint, overwrite, cache_dir, plot, out
             if bar is not None:
                 bar.set_postfix_str(f"loss {loss:.4f}, {iters_done / t_train * tokens_per_iter:,.0f} tok/s", refresh=False)
                 bar.update(1)
+                if iters_done == 1:
+                    bar.first_step_done()
                 if cfg.log_interval and (tr.iter_num - 1) % cfg.log_interval == 0:   # as nanoGPT counts
                     bar.write(f"iter {tr.iter_num - 1}: loss {loss:.4f}, time {1000 * dt:.1f} ms", file=out)
             if world.stop_requested():   # Ctrl-C (seen by any rank): stop after this same step
