@@ -135,3 +135,67 @@ def test_the_eta_leaves_out_the_first_step(lab, tmp_path, capsys, monkeypatch):
     for n, eta in later.items():
         minutes, seconds = map(int, eta.split(":")[-2:])
         assert ":" in eta and eta.count(":") == 1 and 60 * minutes + seconds <= 11, (n, eta)
+
+
+# ------------------------------------------------------------- 3. two notes, each once
+
+
+def test_a_bpe_vocabulary_smaller_than_asked_is_said_once(lab, tmp_path):
+    from numformer.training import run
+
+    out = io.StringIO()
+    run(dict(TINY, max_iters=0, tokenizer="bpe", vocab_size=2048, data=str(lab / "corpus.txt"),
+             out_dir=str(tmp_path / "o")), cache_dir=tmp_path / "cache", plot=False, out=out)
+    vocab = int(re.search(r"vocab (\d+) \(bpe\)", out.getvalue()).group(1))
+    assert 257 <= vocab < 2048
+    notes = [line for line in out.getvalue().splitlines() if "2,048" in line or "2048" in line]
+    assert len(notes) == 1, out.getvalue()
+    assert notes[0].startswith("note:") and "--vocab_size" in notes[0] and f"{vocab:,}" in notes[0], notes[0]
+
+
+def test_a_bpe_vocabulary_that_reaches_its_size_says_nothing(lab, tmp_path):
+    from numformer.training import run
+
+    out = io.StringIO()
+    run(dict(TINY, max_iters=0, tokenizer="bpe", vocab_size=260, data=str(lab / "corpus.txt"),
+             out_dir=str(tmp_path / "o")), cache_dir=tmp_path / "cache", plot=False, out=out)
+    assert "vocab 260 (bpe)" in out.getvalue() and "note:" not in out.getvalue(), out.getvalue()
+
+
+def _scripted_run(lab, tmp_path, monkeypatch, train, val):
+    from numformer.training import run
+    from numformer.training.trainer import Trainer
+
+    losses = iter(zip(train, val))
+
+    def evaluate(self):
+        t, v = next(losses)
+        return {"train": t, "val": v}
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    out = io.StringIO()
+    run(dict(TINY, max_iters=5 * (len(train) - 1), data=str(lab / "corpus.txt"), out_dir=str(tmp_path / "o")),
+        cache_dir=lab / "cache", plot=False, out=out)
+    return out.getvalue()
+
+
+def test_overfitting_is_said_once(lab, tmp_path, monkeypatch):
+    text = _scripted_run(lab, tmp_path, monkeypatch,
+                         train=[3.0, 2.5, 2.0, 1.8, 1.6, 1.5, 1.4],
+                         val=[3.0, 2.5, 2.4, 2.5, 2.7, 2.9, 3.1])
+    notes = [line for line in text.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "overfitting" in notes[0], text
+    lines = text.splitlines()
+    at = lines.index(notes[0])
+    assert lines[at - 1].startswith("step 20:"), text          # said at the second rise in a row
+    assert "2.40" in notes[0] and "2.70" in notes[0] and "1.60" in notes[0]
+
+
+@pytest.mark.parametrize("train, val", [
+    ([3.0, 2.5, 2.4, 2.5, 2.7, 2.9], [3.0, 2.5, 2.4, 2.5, 2.7, 2.9]),     # both rise: not overfitting
+    ([3.0, 2.5, 2.0, 1.8, 1.6, 1.5], [3.0, 2.9, 2.8, 2.7, 2.6, 2.5]),     # far above, but falling
+    ([3.0, 2.5, 2.0, 1.8, 1.6, 1.5], [3.0, 2.5, 2.6, 2.5, 2.6, 2.5]),     # rises, never twice in a row
+])
+def test_no_overfitting_note_otherwise(lab, tmp_path, monkeypatch, train, val):
+    text = _scripted_run(lab, tmp_path, monkeypatch, train, val)
+    assert not [line for line in text.splitlines() if line.startswith("note:")], text
