@@ -199,3 +199,76 @@ def test_overfitting_is_said_once(lab, tmp_path, monkeypatch):
 def test_no_overfitting_note_otherwise(lab, tmp_path, monkeypatch, train, val):
     text = _scripted_run(lab, tmp_path, monkeypatch, train, val)
     assert not [line for line in text.splitlines() if line.startswith("note:")], text
+
+
+# ------------------------------------------------------------- 4. hints for other tools' habits
+
+
+@pytest.mark.parametrize("value, words", [("resume", ("--resume",)), ("scratch", ("left out",))])
+def test_init_from_resume_or_scratch_says_what_numformer_does(lab, tmp_path, capsys, value, words):
+    code, out, err = run_cli(capsys, "train", *flags(dict(TINY, data=lab / "corpus.txt", out_dir=tmp_path / "o")),
+                             f"--init_from={value}", "--no_plot")
+    assert code == 2
+    line = one_line(err, code, *words)
+    assert "nanoGPT" in line
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--device", "cpu"], ("--device", "CPU")),
+    (["--device=cuda"], ("--device", "CPU")),
+    (["--compile", "True"], ("--compile", "compile")),
+    (["--compile=False"], ("--compile", "compile")),
+])
+def test_device_and_compile_get_a_hint(lab, tmp_path, capsys, argv, words):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--out_dir", str(tmp_path / "o"), *argv])
+    assert e.value.code == 2
+    line = one_line(capsys.readouterr().err, 2, *words)
+    assert "unrecognized arguments" in line and "runs on the CPU" in line and "no compile step" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_unknown_flag_without_a_habit_gets_no_hint(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["sample", "--colour", "red"])
+    line = one_line(capsys.readouterr().err, 2, "--colour")
+    assert "CPU" not in line
+
+
+HUB_CASES = [
+    (["convert", "--from_hf", "gpt2", "--out", "x"], "gpt2", "GPT2LMHeadModel"),
+    (["train", "--init_from", "gpt2-medium", "--out_dir", "o"], "gpt2-medium", "GPT2LMHeadModel"),
+    (["train", "--init_from", "openai-community/gpt2", "--out_dir", "o"], "openai-community/gpt2", "GPT2LMHeadModel"),
+    (["embed", "--model", "sentence-transformers/all-MiniLM-L6-v2", "a text"],
+     "sentence-transformers/all-MiniLM-L6-v2", "SentenceTransformer"),
+    (["similarity", "--model", "BAAI/bge-small-en", "a", "b"], "BAAI/bge-small-en", "SentenceTransformer"),
+]
+
+
+@pytest.mark.parametrize("argv, name, loader", HUB_CASES)
+def test_a_hub_name_says_hubs_are_not_reached(tmp_path, capsys, monkeypatch, argv, name, loader):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, *argv)
+    assert code != 0
+    line = one_line(err, code, name, "save_pretrained", loader)
+    assert "no hub" in line.lower() or "hub is" in line.lower() or "not reached" in line, line
+    assert not (tmp_path / "x").exists() and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("argv", [["convert", "--from_hf", "./gpt2", "--out", "x"],
+                                  ["train", "--init_from", "/nowhere/gpt2", "--out_dir", "o"]])
+def test_a_path_that_is_not_a_hub_name_is_only_missing(tmp_path, capsys, monkeypatch, argv):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, *argv)
+    line = one_line(err, code, "no such folder")
+    assert "save_pretrained" not in line
+
+
+def test_a_local_folder_named_like_a_hub_model_is_used(lab, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    shutil.copytree(lab / "run" / "latest", tmp_path / "gpt2")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, "sample", "gpt2", "--max_new_tokens", "3")
+    assert code == 0, err
