@@ -272,3 +272,29 @@ def test_a_local_folder_named_like_a_hub_model_is_used(lab, tmp_path, capsys, mo
     monkeypatch.chdir(tmp_path)
     code, out, err = run_cli(capsys, "sample", "gpt2", "--max_new_tokens", "3")
     assert code == 0, err
+
+
+# ------------------------------------------------------------- 5. a FIFO as --prompt_file
+
+
+@pytest.mark.parametrize("command", ["sample", "explore"])
+def test_a_fifo_prompt_file_is_named_and_never_read(lab, tmp_path, command):
+    fifo = tmp_path / "prompt"
+    os.mkfifo(fifo)
+    r = numformer([command, str(lab / "run"), "--prompt_file", str(fifo), "--max_new_tokens", "3"]
+                  if command == "sample" else
+                  [command, str(lab / "run"), "--prompt_file", str(fifo), "--out", str(tmp_path / "e.html")],
+                  tmp_path)
+    line = one_line(r.stderr.decode(), r.returncode, str(fifo), "not a regular file", "FIFO")
+    assert r.returncode != 0 and "not found" not in line
+
+
+def test_a_missing_prompt_file_is_still_not_found(lab, tmp_path, capsys):
+    code, out, err = run_cli(capsys, "sample", lab / "run", "--prompt_file", tmp_path / "nope.txt")
+    assert code == 1
+    one_line(err, code, "nope.txt", "not found")
+
+
+def test_a_folder_as_prompt_file(lab, tmp_path, capsys):
+    code, out, err = run_cli(capsys, "sample", lab / "run", "--prompt_file", tmp_path)
+    one_line(err, code, str(tmp_path), "not a regular file", "folder")

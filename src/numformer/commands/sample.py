@@ -162,15 +162,42 @@ def _read_prompt(args) -> str:
     from numformer.errors import DataError
 
     if args.prompt_file is not None:
-        from pathlib import Path
-
-        path = Path(args.prompt_file)
-        if not path.is_file():
-            raise DataError(f"{path}: prompt file not found")
+        path = args.prompt_file
         try:
-            return path.read_bytes().decode("utf-8")
+            return _read_regular_file(path, "prompt file").decode("utf-8")
         except UnicodeDecodeError as e:
             raise DataError(f"{path}: not valid UTF-8 (byte {e.start})") from None
     from numformer.cli import check_text
 
     return "\n" if args.prompt is None else check_text(args.prompt, "--prompt")
+
+
+def _read_regular_file(path, what: str) -> bytes:
+    """The bytes of `path`, or DataError naming it: not found, or not a regular file (a FIFO, a
+    folder, a device), which is refused without waiting on it: a FIFO is opened without blocking
+    and never read."""
+    import os
+    import stat
+
+    from numformer.errors import DataError
+
+    kinds = {stat.S_IFIFO: "a FIFO", stat.S_IFDIR: "a folder", stat.S_IFCHR: "a character device",
+             stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+
+    def refuse(mode):
+        kind = kinds.get(stat.S_IFMT(mode), "not a file")
+        return DataError(f"{path}: the {what} is not a regular file ({kind}); give a UTF-8 text file")
+
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise refuse(os.stat(path).st_mode)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)   # replaced by a FIFO since: no wait
+    except FileNotFoundError:
+        raise DataError(f"{path}: {what} not found") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the {what} ({e.strerror or type(e).__name__})") from None
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(f.fileno()).st_mode
+        if not stat.S_ISREG(mode):
+            raise refuse(mode)
+        return f.read()
