@@ -166,6 +166,24 @@ def check_text(value: str, what: str) -> str:
     return value
 
 
+def check_path(value: str, flag: str) -> str:
+    """`value`, or UsageError if the path holds bytes that are not UTF-8 (surrogate escapes): a run
+    records the paths it is given in its checkpoint's config.json, which is UTF-8."""
+    import os
+
+    from numformer.errors import UsageError
+
+    try:
+        return check_text(value, flag)
+    except UsageError as e:
+        try:
+            shown = os.fsencode(value).decode("utf-8", "backslashreplace")      # b"caf\xe9" -> "caf\\xe9"
+        except UnicodeEncodeError:
+            shown = value.encode("utf-8", "backslashreplace").decode("ascii")
+        raise UsageError(f"{flag} {shown}: the path is not UTF-8 ({str(e).split('(', 1)[-1]}; a run records its "
+                         f"paths in config.json, which holds UTF-8 only: rename it or choose another path") from None
+
+
 def looks_like_hub_name(name: str) -> bool:
     """True for a name such as `gpt2` or `sentence-transformers/all-MiniLM-L6-v2` that is not a
     path here: what from_pretrained would fetch from the Hugging Face Hub."""

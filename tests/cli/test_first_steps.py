@@ -298,3 +298,41 @@ def test_a_missing_prompt_file_is_still_not_found(lab, tmp_path, capsys):
 def test_a_folder_as_prompt_file(lab, tmp_path, capsys):
     code, out, err = run_cli(capsys, "sample", lab / "run", "--prompt_file", tmp_path)
     one_line(err, code, str(tmp_path), "not a regular file", "folder")
+
+
+# ------------------------------------------------------------- 6. paths that are not UTF-8
+
+
+@pytest.mark.parametrize("flag", ["--out_dir", "--data", "--init_from"])
+def test_a_path_flag_of_train_that_is_not_utf8_is_refused_before_training(lab, tmp_path, capsys, flag):
+    import shutil
+
+    bad = str(tmp_path / "caf\udce9")                  # the byte 0xe9 as Python hands it over
+    settings = dict(TINY, data=lab / "corpus.txt", out_dir=tmp_path / "o", max_iters=5)
+    if flag == "--data":
+        shutil.copy(lab / "corpus.txt", bad)
+        settings["data"] = bad
+    elif flag == "--out_dir":
+        settings["out_dir"] = bad
+    else:
+        shutil.copytree(lab / "run" / "latest", bad)
+        settings = dict(data=lab / "corpus.txt", out_dir=tmp_path / "o", max_iters=5, eval_interval=5,
+                        eval_iters=1, sample_tokens=0, init_from=bad)
+    code, out, err = run_cli(capsys, "train", *flags(settings), "--no_plot", "--cache_dir", lab / "cache")
+    assert code == 2, err
+    one_line(err, 2, flag, "UTF-8", "0xe9")
+    assert out == ""                                    # nothing trained
+    assert not (tmp_path / "o").exists()
+    if flag == "--out_dir":
+        assert not os.path.lexists(bad)
+
+
+def test_a_cache_dir_that_is_not_utf8_works(lab, tmp_path):
+    cache = os.fsencode(tmp_path) + b"/cach\xe9"
+    argv = [a.encode() for a in ["train", *flags(dict(TINY, data=lab / "corpus.txt", out_dir=tmp_path / "o",
+                                                      max_iters=5)), "--no_plot", "--cache_dir"]] + [cache]
+    r = subprocess.run([sys.executable.encode(), b"-m", b"numformer", *argv], capture_output=True, cwd=tmp_path,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")[-3000:]
+    assert load_checkpoint(tmp_path / "o" / "latest").config["train"]["iter_num"] == 5
+    assert any(name.endswith(b".bin") for name in os.listdir(cache))

@@ -346,6 +346,11 @@ def run(settings, *, resume=False, overwrite=False, cache_dir=None, plot=True, w
             return done
         return _guarded_run(cfg, world, checkpoint=ckpt, overwrite=overwrite, cache_dir=cache_dir, plot=plot, out=out)
     given = settings.to_flat() if isinstance(settings, TrainConfig) else dict(settings)
+    from numformer.cli import check_path
+
+    for key in ("out_dir", "data", "init_from"):      # recorded in config.json: refused before anything is made
+        if isinstance(given.get(key), str):
+            check_path(given[key], f"--{key}")
     out_dir = str(given.get("out_dir", TrainConfig.out_dir))
     if not out_dir.strip():
         raise UsageError("out_dir is empty; give a folder (\".\" for the current one)")
