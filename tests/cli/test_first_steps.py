@@ -18,7 +18,7 @@ import pytest
 from numformer import cli
 from numformer.checkpoint import load_checkpoint
 
-from .tiny import TINY, flags, make_lab
+from .tiny import TINY, flags, make_lab, make_sentence_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -336,3 +336,75 @@ def test_a_cache_dir_that_is_not_utf8_works(lab, tmp_path):
     assert r.returncode == 0, r.stderr.decode(errors="replace")[-3000:]
     assert load_checkpoint(tmp_path / "o" / "latest").config["train"]["iter_num"] == 5
     assert any(name.endswith(b".bin") for name in os.listdir(cache))
+
+
+# ------------------------------------------------------------- 7. embed --file and stdin
+
+
+@pytest.fixture(scope="module")
+def sentence_model(tmp_path_factory):
+    return make_sentence_folder(tmp_path_factory.mktemp("st") / "model")
+
+
+def embed_json(capsys, monkeypatch, sentence_model, *argv, stdin=None, tty=False):
+    if stdin is not None or tty:
+        stream = io.TextIOWrapper(io.BytesIO(stdin or b""), encoding="utf-8")
+        stream.isatty = lambda: tty
+        monkeypatch.setattr(sys, "stdin", stream)
+    code, out, err = run_cli(capsys, "embed", "--model", sentence_model, "--json", *argv)
+    return code, (json.loads(out) if code == 0 else None), err
+
+
+def test_embed_reads_one_text_a_line_from_a_file(sentence_model, tmp_path, capsys, monkeypatch):
+    file = tmp_path / "texts.txt"
+    file.write_bytes("a b\n\nb c a\r\n   \nc\n".encode())
+    code, from_args, err = embed_json(capsys, monkeypatch, sentence_model, "a b", "b c a", "c")
+    assert code == 0, err
+    code, from_file, err = embed_json(capsys, monkeypatch, sentence_model, "--file", file)
+    assert code == 0, err
+    assert [d["text"] for d in from_file] == ["a b", "b c a", "c"]      # blank lines skipped, \r\n read as \n
+    assert from_file == from_args
+
+
+def test_embed_reads_stdin_as_dash_or_when_piped(sentence_model, capsys, monkeypatch):
+    code, want, err = embed_json(capsys, monkeypatch, sentence_model, "a", "b c")
+    assert code == 0, err
+    code, dash, err = embed_json(capsys, monkeypatch, sentence_model, "-", stdin=b"a\nb c\n")
+    assert code == 0, err
+    code, piped, err = embed_json(capsys, monkeypatch, sentence_model, stdin=b"a\n\nb c")
+    assert code == 0, err
+    assert dash == want and piped == want
+    code, mixed, err = embed_json(capsys, monkeypatch, sentence_model, "c", "-", stdin=b"a\nb c\n")
+    assert [d["text"] for d in mixed] == ["c", "a", "b c"]
+
+
+def test_embed_human_output_is_unchanged_by_file(sentence_model, tmp_path, capsys):
+    file = tmp_path / "t.txt"
+    file.write_text("a b\nc\n", encoding="utf-8")
+    code, by_args, err = run_cli(capsys, "embed", "--model", sentence_model, "a b", "c")
+    assert code == 0, err
+    code, by_file, err = run_cli(capsys, "embed", "--model", sentence_model, "--file", file)
+    assert code == 0 and by_file == by_args and len(by_args.splitlines()) == 2, err
+
+
+def test_embed_bad_inputs_are_one_line(sentence_model, tmp_path, capsys, monkeypatch):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"a\nb \xff c\n")
+    code, _, err = embed_json(capsys, monkeypatch, sentence_model, "--file", bad)
+    assert code == 1
+    one_line(err, 1, str(bad), "UTF-8", "line 2")
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n  \n\n")
+    code, _, err = embed_json(capsys, monkeypatch, sentence_model, "--file", blank)
+    assert code != 0
+    one_line(err, code, str(blank), "no text")
+    code, _, err = embed_json(capsys, monkeypatch, sentence_model, "--file", tmp_path / "missing.txt")
+    one_line(err, code, "missing.txt", "no such file")
+    code, _, err = embed_json(capsys, monkeypatch, sentence_model, "--file", tmp_path)
+    one_line(err, code, "folder")
+    code, _, err = embed_json(capsys, monkeypatch, sentence_model, tty=True)
+    assert code == 2
+    one_line(err, 2, "--file", "stdin")
+    code, _, err = embed_json(capsys, monkeypatch, sentence_model, "-", stdin=b"a\xff\n")
+    assert code == 1
+    one_line(err, 1, "stdin", "UTF-8")
