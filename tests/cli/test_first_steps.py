@@ -408,3 +408,26 @@ def test_embed_bad_inputs_are_one_line(sentence_model, tmp_path, capsys, monkeyp
     code, _, err = embed_json(capsys, monkeypatch, sentence_model, "-", stdin=b"a\xff\n")
     assert code == 1
     one_line(err, 1, "stdin", "UTF-8")
+
+
+# ------------------------------------------------------------- 8. public words
+
+
+def test_explain_json_has_article_printed_beside_seed_printed(capsys):
+    code, out, err = run_cli(capsys, "explain", "--json")
+    assert code == 0, err
+    objs = json.loads(out)
+    assert len(objs) == 13
+    for obj in objs:
+        assert "seed_printed" in obj and obj["article_printed"] == obj["seed_printed"], obj["name"]
+    assert {o["name"]: o for o in objs}["softmax"]["article_printed"]["softmax"] == [0.090, 0.245, 0.665]
+
+
+def test_benchmarks_print_no_issue_numbers():
+    found = []
+    for file in sorted((ROOT / "benchmarks").glob("*.py")):
+        for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if re.search(r"\b[Ii]ssue \d+", node.value):
+                    found.append((file.name, node.lineno, node.value[:60]))
+    assert not found, found
