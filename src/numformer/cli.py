@@ -31,10 +31,8 @@ COMMANDS = {
 
 # Flags that nanoGPT or PyTorch users reach for and numformer does not take, with what to say
 # instead; the hint goes into argparse's error line.
-HABITS = {
-    "--device": "numformer runs on the CPU and needs no compile step, so it takes no --device or --compile",
-    "--compile": "numformer runs on the CPU and needs no compile step, so it takes no --device or --compile",
-}
+_CPU_ONLY = "numformer runs on the CPU and needs no compile step, so it takes no --device or --compile"
+HABITS = {"--device": _CPU_ONLY, "--compile": _CPU_ONLY}
 
 
 class _Parser(argparse.ArgumentParser):

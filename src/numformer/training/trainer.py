@@ -30,7 +30,8 @@ are alive at a time.
 
 Two notes, each said at most once a run, in one line: a fresh BPE run whose vocabulary came out
 smaller than asked (BPE merges only within words, and a small corpus runs out of pairs), and
-overfitting, by OVERFIT_RULE (overfitting_note).
+overfitting: val loss rising at each of the last two evaluations while more than OVERFIT_MARGIN
+(10 %) above train loss (overfitting_note).
 
 The run holds a lock on out_dir (numformer.checkpoint.lock_folder) from start to end, so a second
 run on the same folder stops at once with one line naming the first; the checkpoint a resumed
@@ -66,8 +67,6 @@ class NonFiniteLoss(NumformerError):
 # eval_iters batches give a noisy estimate; the margin, because train and val rising together
 # is an unstable run (the learning rate), not one that learns its training text by heart.
 OVERFIT_MARGIN = 0.10
-OVERFIT_RULE = (f"val loss rose at each of the last two evaluations and is more than "
-                f"{OVERFIT_MARGIN:.0%} above train loss")
 
 
 class Trainer:
@@ -279,8 +278,8 @@ class ProgressBar(tqdm):
 
 
 def overfitting_note(history: list[tuple[int, float, float]], best: Path, best_val: float) -> str | None:
-    """The note for a run whose evaluations so far, (step, train loss, val loss), meet
-    OVERFIT_RULE at the last one; None when they do not."""
+    """The note for a run whose evaluations so far, (step, train loss, val loss), show
+    overfitting at the last one (see OVERFIT_MARGIN); None when they do not."""
     if len(history) < 3:
         return None
     (_, _, v0), (_, _, v1), (step, train, val) = history[-3:]
@@ -445,7 +444,7 @@ def _run(cfg: TrainConfig, world, *, checkpoint, overwrite, cache_dir, plot, out
     bar = None
     if world.is_main:
         bar = ProgressBar(total=cfg.max_iters, initial=tr.iter_num, unit="it", dynamic_ncols=True, file=sys.stderr,
-                   mininterval=0.5, smoothing=0.1)
+                          mininterval=0.5, smoothing=0.1)
     summary = {"interrupted": False}
     in_step = False               # True while a step runs: its state is then half-updated
     last_eval_iter = None
