@@ -26,7 +26,7 @@ def add_arguments(parser) -> None:
                         help="texts to embed (quote each one); - reads stdin, one text a line; with no TEXT and "
                              "no --file, stdin is read when it is not a terminal")
     parser.add_argument("--file", metavar="FILE", default=None,
-                        help="also embed every line of this UTF-8 file, after the TEXTs, one text a line; blank "
+                        help="embed every line of this UTF-8 file (after any TEXTs), one text a line; blank "
                              "lines are skipped; - is stdin")
     parser.add_argument("--json", action="store_true",
                         help='print a JSON list of {"text": ..., "embedding": [floats]} objects, in input order')
