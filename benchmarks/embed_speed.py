@@ -1,4 +1,4 @@
-"""Sentence embeddings: numformer.embed against sentence-transformers on the same texts (issue 12).
+"""Sentence embeddings: numformer.embed against sentence-transformers on the same texts.
 
     python benchmarks/embed_speed.py                      # three sets, three interleaved rounds
     python benchmarks/embed_speed.py --sets mixed --rounds 1 --reps 1     # quick look
@@ -15,7 +15,7 @@ The texts are windows of the built-in Shakespeare corpus (speech lines, speaker 
 drawn with a fixed seed and written to one file that both children read:
 
 - short: 4-12 words each (1024 texts);
-- mixed: 5-60 words each (512 texts), the issue's target case;
+- mixed: 5-60 words each (512 texts), the target case;
 - 256-token: 300 words each (96 texts), every one truncated by both to the model's 256 tokens.
 
 Each child embeds the first 32 texts once untimed, then the whole set --reps times (median).
@@ -239,12 +239,12 @@ def run(args, sets, impls, info, tokenizer, folder):
         got = ratio["median"]
         target.append(f"numformer.embed texts/s on {TARGET[0]} lengths >= {TARGET[1]}x sentence-transformers: "
                       f"{got:.2f}x, " + ("met" if got >= TARGET[1] else f"missed by {TARGET[1] - got:.2f}"))
-        print("\nissue 12 target:\n  " + target[0])
+        print("\ntarget:\n  " + target[0])
     md = ["# numformer sentence-embedding speed", "", *("- " + line for line in common.header_lines(info)),
           *(f"- {s}: {tokens[s][0]} texts, {tokens[s][1]:,} tokens" for s in sets),
           "", common.md_table(headers, rows), "", *("- " + n for n in notes)]
     if target:
-        md += ["", "Issue 12 target:", "", "- " + target[0]]
+        md += ["", "Target:", "", "- " + target[0]]
     for rd in rounds:
         for r in rd.values():
             r.pop("sample", None)

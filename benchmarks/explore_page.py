@@ -1,4 +1,4 @@
-"""How big and how fast the `numformer explore` page is, by prompt length (issue 13).
+"""How big and how fast the `numformer explore` page is, by prompt length.
 
 For each prompt length T the default model's shape (4 layers, 4 heads, 128 wide, block_size = T,
 a character vocabulary) with random weights is run on T characters, the page is built, and

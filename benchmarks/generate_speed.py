@@ -346,12 +346,12 @@ def report(args, configs, impls, batch_sizes, info, results, rounds):
     for n in notes:
         print("  " + n)
     if targets:
-        print("\nissue 4 target:\n" + "\n".join("  " + t for t in targets))
+        print("\ntarget:\n" + "\n".join("  " + t for t in targets))
     md = ["# numformer generation speed", "", *("- " + l for l in common.header_lines(info)),
           f"- {args.new_tokens} new tokens from a {args.prompt_len}-token prompt, greedy, {args.pos_encoding} positions",
           "", common.md_table(headers, rows), "", *("- " + n for n in notes)]
     if targets:
-        md += ["", "Issue 4 target:", "", *("- " + t for t in targets)]
+        md += ["", "Target:", "", *("- " + t for t in targets)]
     payload = {"machine": info, "args": vars(args), "configs": configs, "results": results, "rounds": rounds,
                "summary": summary}
     common.publish("generate_speed", payload, "\n".join(md), info)

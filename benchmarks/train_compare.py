@@ -4,7 +4,7 @@
     python benchmarks/train_compare.py --pos_encoding all      # + learned, the paper's and the article's sinusoidal forms
     python benchmarks/train_compare.py --max_iters 100 --eval_interval 50 --eval_iters 4   # quick check
 
-Issue 3's benchmark. The config is `numformer train`'s default (TrainConfig: 4 layers, 4 heads,
+The config is `numformer train`'s default (TrainConfig: 4 layers, 4 heads,
 128 wide, block 64, batch 12, lr 1e-3 with 100 warm-up steps and cosine decay to 1e-4 at
 lr_decay_iters, AdamW betas (0.9, 0.99), weight decay 0.1 on matrices and embeddings, clipping at
 1.0, dropout 0, seed 1337) on the built-in Shakespeare corpus with the char tokenizer. Each run is
@@ -22,7 +22,7 @@ a child process, one after another:
 - compile (only with --impls ...,compile): the same under torch.compile.
 
 So the two see the same weights and the same batches; float32 rounding makes their paths part
-slowly, which is what the val-loss comparison measures (issue 3's target: within 0.03 of the
+slowly, which is what the val-loss comparison measures (the target: within 0.03 of the
 reference, in less wall time). Wall time is the time spent in training steps; evaluation time
 and setup are reported beside it.
 

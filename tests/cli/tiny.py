@@ -21,5 +21,28 @@ def make_lab(root):
     return root
 
 
+def make_sentence_folder(folder):
+    """A tiny BERT sentence-transformers folder (random weights, a 7-word vocabulary: a, b, c and
+    BERT's specials), written with transformers; returns folder."""
+    import json
+
+    import pytest
+
+    torch = pytest.importorskip("torch")
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=16, max_position_embeddings=32)).save_pretrained(folder, safe_serialization=True)
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "b", "c"])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    return folder
+
+
 def flags(d):
     return [x for k, v in d.items() for x in (f"--{k}", str(v))]

@@ -9,7 +9,7 @@ import pytest
 
 from numformer.explain import NAMES
 
-KEYS = {"name", "formula", "inputs", "computed", "seed_printed", "agrees", "note"}
+KEYS = {"name", "formula", "inputs", "computed", "article_printed", "seed_printed", "agrees", "note"}
 VERDICTS = {
     "linear": True, "positional_encoding": None, "attention": False,
     "multi_head_attention": None, "residual": True, "layernorm": True, "gelu": True,

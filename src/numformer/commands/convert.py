@@ -26,7 +26,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from numformer.errors import UsageError
+    from numformer.errors import CheckpointError, UsageError
     from numformer.interop import gpt2
 
     from pathlib import Path
@@ -36,6 +36,10 @@ def main(args) -> int:
     for flag, value in (("--from_hf", args.from_hf), ("--to_hf", args.to_hf), ("--out", args.out)):
         if value is not None and not value.strip():
             raise UsageError(f"{flag} is empty; give a folder")
+    from numformer.cli import hub_hint, looks_like_hub_name
+
+    if args.from_hf is not None and looks_like_hub_name(args.from_hf):
+        raise CheckpointError(hub_hint("--from_hf", args.from_hf, "gpt2"))
     if args.from_hf is None and args.dtype is not None:
         raise UsageError("--dtype applies to --from_hf only; --to_hf keeps the checkpoint's dtype")
     # a `numformer train` writing into the same folder (--out out/latest) holds its lock

@@ -1,6 +1,6 @@
 """`numformer eval`: the loss, perplexity and bits per byte of a text file under a checkpoint.
 
-    numformer eval [OUT_DIR_OR_CHECKPOINT] --data FILE [--stride S] [--json]
+    numformer eval [OUT_DIR_OR_CHECKPOINT | --out_dir DIR] --data FILE [--stride S] [--json]
 
 The checkpoint is found as `numformer sample` finds it (a checkpoint folder, or a run's out_dir:
 its best/, else latest/). The windowing (block_size windows every S tokens, every token after
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("checkpoint", nargs="?", default="out", metavar="OUT_DIR_OR_CHECKPOINT",
-                        help="a training output folder (its best/ or latest/ checkpoint is used) or a checkpoint "
-                             "folder (default: out)")
+    from numformer.commands.sample import add_checkpoint_arguments
+
+    add_checkpoint_arguments(parser)
     parser.add_argument("--data", required=True, metavar="FILE", help="the UTF-8 text file to evaluate")
     parser.add_argument("--stride", type=int, default=None, metavar="S",
                         help="start a block_size window every S tokens; with S < block_size the windows overlap "
@@ -28,7 +28,7 @@ def main(args) -> int:
     import json
     from pathlib import Path
 
-    from numformer.commands.sample import load_for_sampling
+    from numformer.commands.sample import chosen_checkpoint, load_for_sampling
     from numformer.errors import DataError, UsageError
     from numformer.model.evaluate import evaluate_text
     from numformer.parallel.process import cores
@@ -44,7 +44,7 @@ def main(args) -> int:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not valid UTF-8 (byte {e.start})") from None
-    model = load_for_sampling(args.checkpoint)
+    model = load_for_sampling(chosen_checkpoint(args))
     if args.stride is not None and not 1 <= args.stride <= model.config.block_size:
         raise UsageError(f"--stride must be between 1 and the model's block_size ({model.config.block_size}), "
                          f"got {args.stride}")

@@ -4,7 +4,8 @@ For people, each formula gets a section: the formula, the article's inputs, then
 quantity with what the article prints, what numformer computes and whether they agree; the rows
 that make up the result are marked ▶ and decide the verdict in the section's header. A summary
 table closes the output. With --json: a JSON array, one object per formula, with the keys name,
-formula, inputs, computed, seed_printed, agrees, note.
+formula, inputs, computed, article_printed (what the article prints), agrees, note, and
+seed_printed (the same as article_printed, under the key's first name).
 """
 
 import json
@@ -29,7 +30,7 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--json", action="store_true",
         help="print a JSON array, one object per formula (name, formula, inputs, computed, "
-             "seed_printed, agrees, note)",
+             "article_printed, agrees, note; seed_printed is article_printed under its first name)",
     )
 
 

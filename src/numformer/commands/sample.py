@@ -1,5 +1,10 @@
 """`numformer sample`: generate text from a trained checkpoint, streamed as it is made.
 
+    numformer sample [OUT_DIR_OR_CHECKPOINT | --out_dir DIR] [--prompt TEXT] [--max_new_tokens N] ...
+
+The checkpoint is named as `eval` and `explore` name it, positional or --out_dir
+(add_checkpoint_arguments), and found by load_for_sampling: the folder itself if it is a
+checkpoint, else its best/, else its latest/.
 The sampling itself (temperature, top-k, top-p, the KV cache and the sliding window) is
 numformer.model.generate.
 """
@@ -40,9 +45,7 @@ class StreamDecoder:
 # --------------------------------------------------------------------------------- the command
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--out_dir", default="out",
-                        help="training output folder (its best/ or latest/ checkpoint is used), "
-                             "or a checkpoint folder itself (default: out)")
+    add_checkpoint_arguments(parser)
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--prompt", default=None, help='text to continue (default: a newline, "\\n")')
     src.add_argument("--prompt_file", default=None, help="read the prompt from this UTF-8 file")
@@ -74,10 +77,11 @@ def main(args) -> int:
 
     one_blas_thread()   # sampling is one token at a time on one thread (see numformer.parallel.process)
 
-    model = load_for_sampling(args.out_dir)
+    where = chosen_checkpoint(args)
+    model = load_for_sampling(where)
     tok = model.tokenizer
     if tok is None:
-        raise UsageError(f"{args.out_dir}: the checkpoint has no tokenizer, so text cannot be encoded")
+        raise UsageError(f"{where}: the checkpoint has no tokenizer, so text cannot be encoded")
     prompt = _read_prompt(args)
     ids = tok.encode(prompt)              # DataError naming an unknown character
     if len(ids) == 0:
@@ -99,6 +103,40 @@ def main(args) -> int:
         out.write(dec.flush() + "\n")
         out.flush()
     return 0
+
+
+def add_checkpoint_arguments(parser) -> None:
+    """The checkpoint to read, as `sample`, `eval` and `explore` all take it: a positional
+    OUT_DIR_OR_CHECKPOINT or --out_dir (as `train` names the folder), default out. Read it back
+    with chosen_checkpoint(args)."""
+    parser.add_argument("checkpoint", nargs="?", default=None, metavar="OUT_DIR_OR_CHECKPOINT",
+                        help="training output folder (its best/ or latest/ checkpoint is used), "
+                             "or a checkpoint folder itself (default: out)")
+    parser.add_argument("--out_dir", default=None, metavar="OUT_DIR_OR_CHECKPOINT",
+                        help="the same, as a flag, as `numformer train` names it")
+
+
+def chosen_checkpoint(args, default: str = "out") -> str:
+    """The folder named by add_checkpoint_arguments' two forms, or `default`; UsageError if both
+    are given and name different folders."""
+    from pathlib import Path
+
+    from numformer.errors import UsageError
+
+    given = [v for v in (args.checkpoint, args.out_dir) if v is not None]
+    if len(given) == 2 and Path(given[0]) != Path(given[1]) and not _same_file(*given):
+        raise UsageError(f"OUT_DIR_OR_CHECKPOINT {given[0]} and --out_dir {given[1]} name different folders; "
+                         f"give one of them")
+    return given[0] if given else default
+
+
+def _same_file(a: str, b: str) -> bool:
+    import os
+
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
 
 
 def load_for_sampling(out_dir):
@@ -124,15 +162,42 @@ def _read_prompt(args) -> str:
     from numformer.errors import DataError
 
     if args.prompt_file is not None:
-        from pathlib import Path
-
-        path = Path(args.prompt_file)
-        if not path.is_file():
-            raise DataError(f"{path}: prompt file not found")
+        path = args.prompt_file
         try:
-            return path.read_bytes().decode("utf-8")
+            return _read_regular_file(path, "prompt file").decode("utf-8")
         except UnicodeDecodeError as e:
             raise DataError(f"{path}: not valid UTF-8 (byte {e.start})") from None
     from numformer.cli import check_text
 
     return "\n" if args.prompt is None else check_text(args.prompt, "--prompt")
+
+
+def _read_regular_file(path, what: str) -> bytes:
+    """The bytes of `path`, or DataError naming it: not found, or not a regular file (a FIFO, a
+    folder, a device), which is refused without waiting on it: a FIFO is opened without blocking
+    and never read."""
+    import os
+    import stat
+
+    from numformer.errors import DataError
+
+    kinds = {stat.S_IFIFO: "a FIFO", stat.S_IFDIR: "a folder", stat.S_IFCHR: "a character device",
+             stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+
+    def refuse(mode):
+        kind = kinds.get(stat.S_IFMT(mode), "not a file")
+        return DataError(f"{path}: the {what} is not a regular file ({kind}); give a UTF-8 text file")
+
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise refuse(os.stat(path).st_mode)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)   # replaced by a FIFO since: no wait
+    except FileNotFoundError:
+        raise DataError(f"{path}: {what} not found") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the {what} ({e.strerror or type(e).__name__})") from None
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(f.fileno()).st_mode
+        if not stat.S_ISREG(mode):
+            raise refuse(mode)
+        return f.read()

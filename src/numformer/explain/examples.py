@@ -137,7 +137,8 @@ class Example:
         raise KeyError(key)
 
     def to_json(self) -> dict:
-        """The JSON object: name, formula, inputs, computed, seed_printed, agrees, note."""
+        """The JSON object: name, formula, inputs, computed, article_printed, agrees, note, and
+        seed_printed, the same as article_printed under the key's first name (kept: it is public)."""
         printed = {s.key: _plain(s.seed.value) for s in self.steps if s.seed is not None}
         return {
             "name": self.name,
@@ -145,6 +146,7 @@ class Example:
             "inputs": {k: _plain(v) for k, v in self.inputs.items()},
             "computed": {s.key: _plain(s.computed) for s in self.steps},
             "seed_printed": printed or None,
+            "article_printed": printed or None,
             "agrees": self.agrees,
             "note": self.note,
         }

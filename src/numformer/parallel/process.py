@@ -81,7 +81,7 @@ def _find_blas():
 
     _blas = False
     try:
-        with open("/proc/self/maps") as f:
+        with open("/proc/self/maps", errors="surrogateescape") as f:   # a mapped file's name may not be UTF-8
             paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line})
     except OSError:
         return None

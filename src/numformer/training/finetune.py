@@ -41,6 +41,16 @@ def init_folder(path) -> tuple[Path, str]:
     if not str(path).strip():
         raise UsageError("--init_from is empty; give a checkpoint folder or a Hugging Face GPT-2 folder")
     if not root.exists():
+        from numformer.cli import hub_hint, looks_like_hub_name
+
+        if str(path) == "resume":        # nanoGPT's words for "continue this run"
+            raise UsageError("--init_from resume is nanoGPT's way to continue a run; numformer's is --resume "
+                             "(numformer train --out_dir DIR --resume)")
+        if str(path) == "scratch":
+            raise UsageError("--init_from scratch is nanoGPT's default; numformer starts from scratch when "
+                             "--init_from is left out")
+        if looks_like_hub_name(str(path)):
+            raise CheckpointError(hub_hint("--init_from", str(path), "gpt2"))
         raise CheckpointError(f"--init_from {root}: no such folder")
     if not root.is_dir():
         if root.suffix.lower() in PICKLE_SUFFIXES:

@@ -28,6 +28,11 @@ scaled by its share of the batch: the step is the one-batch step up to float rou
 dropout, the masks are drawn per micro-batch and differ), and only one micro-batch's activations
 are alive at a time.
 
+Two notes, each said at most once a run, in one line: a fresh BPE run whose vocabulary came out
+smaller than asked (BPE merges only within words, and a small corpus runs out of pairs), and
+overfitting: val loss rising at each of the last two evaluations while more than OVERFIT_MARGIN
+(10 %) above train loss (overfitting_note).
+
 The run holds a lock on out_dir (numformer.checkpoint.lock_folder) from start to end, so a second
 run on the same folder stops at once with one line naming the first; the checkpoint a resumed
 run continues from is read under that lock. Nothing in out_dir that numformer did not write is
@@ -44,6 +49,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from numformer.errors import NumformerError, UsageError
 from numformer.parallel.threads import loss_and_grad
@@ -54,6 +60,13 @@ from numformer.training.metrics import append_metrics, is_our_metrics, is_our_pl
 
 class NonFiniteLoss(NumformerError):
     pass
+
+
+# Overfitting, as the note says it: val loss rose at each of the last two evaluations and is now
+# more than OVERFIT_MARGIN (relative) above train loss. Two rises in a row, not one, because
+# eval_iters batches give a noisy estimate; the margin, because train and val rising together
+# is an unstable run (the learning rate), not one that learns its training text by heart.
+OVERFIT_MARGIN = 0.10
 
 
 class Trainer:
@@ -244,6 +257,52 @@ class Trainer:
         return out
 
 
+class ProgressBar(tqdm):
+    """tqdm whose rate and ETA count only the steps after the first one this process runs: that
+    step compiles the fast ops' kernels, and counted in, it made a default run's first ETA read two
+    hours. Until the second step ends, rate and ETA show "?"; then they are the mean over the steps
+    since the first (evaluations included, so the ETA includes them too)."""
+
+    warm = None              # (time, n) when the first step ended
+
+    def first_step_done(self) -> None:
+        self.warm = (self._time(), self.n)
+
+    @property
+    def format_dict(self):
+        d = super().format_dict
+        t0, n0 = self.warm or (None, None)
+        elapsed = self._time() - t0 if t0 is not None else 0.0
+        d["rate"] = (self.n - n0) / elapsed if t0 is not None and self.n > n0 and elapsed > 0 else 0   # 0 shows "?"
+        return d
+
+
+def overfitting_note(history: list[tuple[int, float, float]], best: Path, best_val: float) -> str | None:
+    """The note for a run whose evaluations so far, (step, train loss, val loss), show
+    overfitting at the last one (see OVERFIT_MARGIN); None when they do not."""
+    if len(history) < 3:
+        return None
+    (_, _, v0), (_, _, v1), (step, train, val) = history[-3:]
+    if not (v0 < v1 < val and val > (1 + OVERFIT_MARGIN) * train):
+        return None
+    return (f"note: the model is overfitting: val loss rose at each of the last two evaluations "
+            f"({v0:.2f} -> {v1:.2f} -> {val:.2f} at step {step}) and is {val / train - 1:.0%} above train loss "
+            f"({train:.2f}); {best} keeps the checkpoint of lowest val loss ({best_val:.4f}); more text, --dropout "
+            f"or a smaller model would help")
+
+
+def bpe_vocabulary_note(cfg: TrainConfig, got: int) -> str | None:
+    """The note for a fresh BPE run whose vocabulary came out smaller than asked; None otherwise."""
+    from numformer.data.batches import DEFAULT_BPE_VOCAB_SIZE
+
+    asked = cfg.vocab_size or DEFAULT_BPE_VOCAB_SIZE
+    if cfg.tokenizer != "bpe" or got >= asked:
+        return None
+    what = f"--vocab_size {asked}" if cfg.vocab_size else f"the default vocab_size ({asked:,})"
+    return (f"note: {what} asked for {asked:,} BPE tokens but this corpus gave {got:,}: BPE merges only within "
+            f"words and ran out of pairs to merge; a larger corpus gives more")
+
+
 def micro_batches(rows: int, n: int) -> list[tuple[int, int]]:
     """[lo, hi) ranges cutting `rows` into at most n near-equal, non-empty micro-batches."""
     return [shard(rows, i, min(n, rows)) for i in range(min(n, rows))]
@@ -286,6 +345,11 @@ def run(settings, *, resume=False, overwrite=False, cache_dir=None, plot=True, w
             return done
         return _guarded_run(cfg, world, checkpoint=ckpt, overwrite=overwrite, cache_dir=cache_dir, plot=plot, out=out)
     given = settings.to_flat() if isinstance(settings, TrainConfig) else dict(settings)
+    from numformer.cli import check_path
+
+    for key in ("out_dir", "data", "init_from"):      # recorded in config.json: refused before anything is made
+        if isinstance(given.get(key), str):
+            check_path(given[key], f"--{key}")
     out_dir = str(given.get("out_dir", TrainConfig.out_dir))
     if not out_dir.strip():
         raise UsageError("out_dir is empty; give a folder (\".\" for the current one)")
@@ -366,6 +430,10 @@ def _run(cfg: TrainConfig, world, *, checkpoint, overwrite, cache_dir, plot, out
         f"({cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} wide, block {cfg.block_size}, "
         f"{cfg.pos_encoding} positions)" + (f"; {world.size} ranks" if world.size > 1 else "")
         + (f"; resuming at step {tr.iter_num}" if resume else "") + f" [setup {time.perf_counter() - t_setup:.1f}s]")
+    if not resume and not cfg.init_from:        # a resumed or fine-tuning run's tokenizer is not trained here
+        note = bpe_vocabulary_note(cfg, tr.tokenizer.vocab_size)
+        if note:
+            log(note)
     if cfg.eval_only:
         losses = tr.evaluate()
         log(f"step {tr.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} (eval_only: nothing "
@@ -375,13 +443,12 @@ def _run(cfg: TrainConfig, world, *, checkpoint, overwrite, cache_dir, plot, out
     tokens_per_iter = cfg.batch_size * cfg.block_size
     bar = None
     if world.is_main:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.max_iters, initial=tr.iter_num, unit="it", dynamic_ncols=True, file=sys.stderr,
-                   mininterval=0.5, smoothing=0.1)
+        bar = ProgressBar(total=cfg.max_iters, initial=tr.iter_num, unit="it", dynamic_ncols=True, file=sys.stderr,
+                          mininterval=0.5, smoothing=0.1)
     summary = {"interrupted": False}
     in_step = False               # True while a step runs: its state is then half-updated
     last_eval_iter = None
+    history, overfit_said = [], False      # (step, train loss, val loss) of this process's evaluations
     t_train, iters_done = 0.0, 0
     try:
         while True:
@@ -397,6 +464,11 @@ def _run(cfg: TrainConfig, world, *, checkpoint, overwrite, cache_dir, plot, out
                 improved = losses["val"] < tr.best_val
                 if improved:
                     tr.best_val = losses["val"]
+                history.append((tr.iter_num, losses["train"], losses["val"]))
+                note = None if overfit_said else overfitting_note(history, tr.best, tr.best_val)
+                if note:
+                    overfit_said = True
+                    (bar.write(note, file=out) if bar is not None else log(note))
                 if tr.iter_num > 0 or not resume:
                     tr.save(tr.latest)
                     if improved:
@@ -414,6 +486,8 @@ def _run(cfg: TrainConfig, world, *, checkpoint, overwrite, cache_dir, plot, out
             if bar is not None:
                 bar.set_postfix_str(f"loss {loss:.4f}, {iters_done / t_train * tokens_per_iter:,.0f} tok/s", refresh=False)
                 bar.update(1)
+                if iters_done == 1:
+                    bar.first_step_done()
                 if cfg.log_interval and (tr.iter_num - 1) % cfg.log_interval == 0:   # as nanoGPT counts
                     bar.write(f"iter {tr.iter_num - 1}: loss {loss:.4f}, time {1000 * dt:.1f} ms", file=out)
             if world.stop_requested():   # Ctrl-C (seen by any rank): stop after this same step
