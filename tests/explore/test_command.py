@@ -209,6 +209,6 @@ def test_the_checkpoint_as_out_dir_too(saved_model, tmp_path):
     r = cli(["explore", path, "--out-dir", f"{path}/", "--prompt", "R", "--out", tmp_path / "b.html"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr                                 # the same folder twice
     r = cli(["explore", path, "--out_dir", tmp_path, "--prompt", "R", "--out", tmp_path / "c.html"], cwd=tmp_path)
-    one_line_error(r, r"two checkpoints: .* and --out_dir .*; give one")
+    one_line_error(r, r"name different folders; give one of them")
     assert r.returncode == 2 and not (tmp_path / "c.html").exists()
     assert "--out_dir" in cli(["explore", "--help"], cwd=tmp_path).stdout

@@ -14,13 +14,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from numformer.commands.sample import add_checkpoint_arguments, chosen_checkpoint
+
 
 def add_arguments(parser) -> None:
-    parser.add_argument("out_dir", nargs="?", default=None, metavar="OUT_DIR_OR_CHECKPOINT",
-                        help="training output folder (its best/ or latest/ checkpoint is used), "
-                             "or a checkpoint folder itself (default: out)")
-    parser.add_argument("--out_dir", dest="out_dir_flag", default=None, metavar="OUT_DIR_OR_CHECKPOINT",
-                        help="the same folder as a flag, as numformer sample takes it")
+    add_checkpoint_arguments(parser)
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--prompt", default=None, help='text to run the model on (default: a newline, "\\n")')
     src.add_argument("--prompt_file", default=None, help="read the prompt from this UTF-8 file")
@@ -38,7 +36,7 @@ def add_arguments(parser) -> None:
 def main(args) -> int:
     from numformer.errors import UsageError
 
-    args.out_dir = _checkpoint_arg(args.out_dir, args.out_dir_flag)
+    args.out_dir = chosen_checkpoint(args)
     if not (0 <= args.temperature < float("inf")):
         raise UsageError(f"--temperature must be a number >= 0, got {args.temperature}")
     if args.top_k < 0:
@@ -83,15 +81,6 @@ def main(args) -> int:
     print(f"wrote {readable(str(out))} ({len(page) / 1e6:.2f} MB): {len(ids)} tokens, {cfg.n_layer} layers x "
           f"{cfg.n_head} heads, from {readable(str(ckpt))}")
     return 0
-
-
-def _checkpoint_arg(positional, flag) -> str:
-    """The folder named by OUT_DIR_OR_CHECKPOINT or --out_dir (either; both if they agree), or "out"."""
-    from numformer.errors import UsageError
-
-    if positional is not None and flag is not None and Path(positional) != Path(flag):
-        raise UsageError(f"two checkpoints: {positional} and --out_dir {flag}; give one")
-    return next((v for v in (positional, flag) if v is not None), "out")
 
 
 def _check_out(out: Path) -> None:
