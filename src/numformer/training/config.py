@@ -237,7 +237,7 @@ def resolve(given: dict, *, resume: bool = False):
         latest = Path(given.get("out_dir", TrainConfig.out_dir)) / "latest"
         ckpt, saved = _resume_checkpoint(latest)
         for key in FIXED_ON_RESUME:
-            if key in given and key in saved and given[key] != saved[key]:
+            if key in given and key in saved and not _same_setting(key, given[key], saved[key]):
                 raise UsageError(f"--resume: {key} is {saved[key]!r} in {latest} but {given[key]!r} was given; "
                                  f"a resumed run keeps its model and data")
         values.update(saved)
@@ -249,6 +249,17 @@ def resolve(given: dict, *, resume: bool = False):
     cfg = TrainConfig.of(**values)
     validate(cfg)
     return cfg, ckpt
+
+
+def _same_setting(key: str, given, saved) -> bool:
+    """Whether a resumed run's `given` value of `key` is the one its checkpoint records. The LoRA
+    targets are a set of layers: "attn.c_proj,attn.c_attn" names the same adapters as
+    "attn.c_attn,attn.c_proj"."""
+    if key == "lora_targets" and isinstance(given, str) and isinstance(saved, str):
+        from numformer.model.adapters import parse_targets
+
+        return set(parse_targets(given)) == set(parse_targets(saved))
+    return given == saved
 
 
 def _resume_checkpoint(latest: Path):
