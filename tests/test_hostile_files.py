@@ -14,8 +14,8 @@ import pytest
 
 from numformer.checkpoint import read_safetensors
 from numformer.data.tokenizer import CharTokenizer, check_fits, from_json
-from numformer.errors import CheckpointError, DataError, NumformerError, UsageError
-from numformer.model.config import GPTConfig
+from numformer.errors import CheckpointError, DataError, UsageError
+from numformer.model.config import GPTConfig, InvalidConfig
 from numformer.training.config import load_toml
 
 DEEP = 200_000
@@ -104,14 +104,14 @@ def test_unknown_characters_are_all_named_up_to_five_with_a_count():
 
 @pytest.mark.parametrize("bias", ["false", "true", 0, 1, None])
 def test_bias_must_be_a_boolean_in_a_model_config(bias):
-    with pytest.raises(UsageError) as e:
+    with pytest.raises(InvalidConfig) as e:     # its caller names the flag or the file
         GPTConfig.from_dict({"bias": bias})
     assert "bias must be true or false" in _one_line(e)
 
 
 @pytest.mark.parametrize("eps", [float("inf"), float("nan"), 0.0])
 def test_layer_norm_eps_must_be_positive_and_finite(eps):
-    with pytest.raises(NumformerError):
+    with pytest.raises(InvalidConfig):
         GPTConfig(layer_norm_eps=eps)
 
 

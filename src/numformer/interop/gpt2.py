@@ -108,7 +108,7 @@ from pathlib import Path
 import numpy as np
 
 from numformer.checkpoint import PICKLE_SUFFIXES, WRITER_MARK, pickle_refusal, read_json
-from numformer.errors import CheckpointError, UsageError
+from numformer.errors import CheckpointError
 
 HF_CONFIG = "config.json"
 HF_WEIGHTS = "model.safetensors"
@@ -209,7 +209,7 @@ def _check_import_target(out: Path, overwrite: bool) -> None:
 def gpt_config_from_hf(hf, source: str = HF_CONFIG):
     """GPTConfig for a Hugging Face GPT-2 config dict, and notes; CheckpointError naming the key
     for anything that is not GPT-2 or that numformer's GPT cannot compute."""
-    from numformer.model.config import GPTConfig
+    from numformer.model.config import GPTConfig, InvalidConfig
 
     if not isinstance(hf, dict):
         raise CheckpointError(f"{source}: expected a JSON object, found {type(hf).__name__}")
@@ -271,7 +271,7 @@ def gpt_config_from_hf(hf, source: str = HF_CONFIG):
                            n_layer=shape["n_layer"], n_head=shape["n_head"], n_embd=shape["n_embd"],
                            dropout=0.0, bias=True, pos_encoding="learned", gelu=gelu,
                            layer_norm_eps=float(eps))
-    except UsageError as e:
+    except InvalidConfig as e:
         raise CheckpointError(f"{source}: {e}") from None
     return config, notes
 

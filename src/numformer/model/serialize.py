@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from pathlib import Path
+
+from numformer.checkpoint import CONFIG_FILE
 from numformer.errors import CheckpointError
-from numformer.model.config import GPTConfig
+from numformer.model.config import GPTConfig, InvalidConfig
 from numformer.model.gpt import GPT
 
 FORMAT = "numformer-gpt"
@@ -85,8 +88,8 @@ def gpt_from_checkpoint(ckpt, source: str, dtype=None, ops: str = "fast") -> GPT
                               f"(expected \"format\": \"{FORMAT}\" and a \"model\" section)")
     try:
         config = GPTConfig.from_dict(cfg["model"])
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{source}: bad model config in config.json: {e}") from None
+    except InvalidConfig as e:
+        raise CheckpointError(f"{Path(source) / CONFIG_FILE}: bad model config: {e}") from None
     dtype = dtype or cfg.get("dtype", "float32")
     if dtype not in ("float32", "float64", np.float32, np.float64):
         raise CheckpointError(f"{source}: config.json gives dtype {dtype!r}; numformer models are "
