@@ -304,6 +304,67 @@ def test_invalid_json(tmp_path):
     _one_line(e)
 
 
+def _edit_config(folder, change):
+    """Change config.json's settings (not its bookkeeping), as a hand edit would."""
+    file = folder / "config.json"
+    config = json.loads(file.read_text())
+    change(config)
+    file.write_text(json.dumps(config, indent=2))
+
+
+@pytest.mark.parametrize("change", [
+    lambda c: c["model"].__setitem__("n_head", 4),          # another model, same weights
+    lambda c: c["model"].__setitem__("block_size", 100000),
+    lambda c: c["model"].pop("n_layer"),                   # a default would fill it
+    lambda c: c.__setitem__("step", 1),
+    lambda c: c.__setitem__("extra", None),
+    lambda c: c["rng"].__setitem__("state", {"state": 1, "inc": 3}),
+], ids=["n_head", "block_size", "deleted-key", "step", "added-key", "rng"])
+def test_an_edited_config_is_caught_by_its_digest(tmp_path, change):
+    _save(tmp_path / "ckpt", rng=np.random.default_rng(5).bit_generator.state)
+    _edit_config(tmp_path / "ckpt", change)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(tmp_path / "ckpt")
+    message = _one_line(e)
+    assert message.startswith(f"{tmp_path / 'ckpt' / 'config.json'}: ") and "SHA-256" in message, message
+
+
+def test_the_digest_is_of_the_settings_not_of_their_layout(tmp_path):
+    """Re-indenting config.json or reordering its keys changes no setting: it still loads."""
+    _, _, cfg = _save(tmp_path / "ckpt", note="中文", ratio=0.1, big=2**100)
+    file = tmp_path / "ckpt" / "config.json"
+    config = json.loads(file.read_text())
+    file.write_text(json.dumps(dict(reversed(config.items())), ensure_ascii=True))
+    assert load_checkpoint(tmp_path / "ckpt").config == cfg
+
+
+def test_a_checkpoint_written_before_the_config_digest_still_loads(tmp_path):
+    _, _, cfg = _save(tmp_path / "ckpt")
+    _edit_config(tmp_path / "ckpt", lambda c: c["_numformer"].pop("config_sha256", None))
+    assert "config_sha256" not in (tmp_path / "ckpt" / "config.json").read_text()
+    assert load_checkpoint(tmp_path / "ckpt").config == cfg
+
+
+@pytest.mark.parametrize("digest", [7, None, ["x"]])
+def test_a_digest_that_is_not_text_is_a_bad_record(tmp_path, digest):
+    _save(tmp_path / "ckpt")
+    _edit_config(tmp_path / "ckpt", lambda c: c["_numformer"].__setitem__("config_sha256", digest))
+    with pytest.raises(CheckpointError, match="config.json: bad record") as e:
+        load_checkpoint(tmp_path / "ckpt")
+    _one_line(e)
+
+
+def test_a_gpt_whose_config_was_edited_is_refused_not_run(tmp_path):
+    """n_head 2 -> 4 keeps every weight's shape: only the digest tells the model apart."""
+    from numformer.model.config import GPTConfig
+    from numformer.model.gpt import GPT
+
+    GPT(GPTConfig(vocab_size=5, block_size=8, n_layer=1, n_head=2, n_embd=8)).save(tmp_path / "ckpt")
+    _edit_config(tmp_path / "ckpt", lambda c: c["model"].__setitem__("n_head", 4))
+    with pytest.raises(CheckpointError, match="config.json: .*SHA-256"):
+        GPT.load(tmp_path / "ckpt")
+
+
 def test_config_without_bookkeeping_is_not_a_checkpoint(tmp_path):
     _save(tmp_path / "ckpt")
     (tmp_path / "ckpt" / "config.json").write_text('{"model_type": "gpt2"}')

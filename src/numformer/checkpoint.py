@@ -5,7 +5,8 @@
       optimizer.safetensors  the optimizer state (Adam's m and v), when given
       config.json            the caller's config dict (model config, training state, step, RNG
                              state), plus numformer's own bookkeeping under "_numformer":
-                             {"format": 1, "files": {name: {"sha256": ..., "bytes": ...}}}
+                             {"format": 1, "files": {name: {"sha256": ..., "bytes": ...}},
+                              "config_sha256": ...}
       tokenizer.json         the tokenizer, as the JSON text the caller passed
 
 Writing. Everything is serialised in memory first, then written into a temporary sibling folder
@@ -30,7 +31,10 @@ run on the same folder is refused with one line naming the first. The operating 
 the lock when the process ends, however it ends (kill -9 included).
 
 Reading. config.json records the SHA-256 and size of every other file, so a truncated or edited
-weight file is caught before it is parsed. Weights and optimizer state must be floating point and
+weight file is caught before it is parsed, and the SHA-256 of its own settings (config_digest:
+the caller's config written canonically, so re-indenting the file or reordering its keys changes
+nothing), so an edited n_head or a deleted key is caught too; a checkpoint written before that
+digest existed has none and loads as before. Weights and optimizer state must be floating point and
 finite. Every problem is one CheckpointError line naming the file. Pickle files (PICKLE_SUFFIXES:
 .bin, .pt, .pth, .pkl, .pickle, .ckpt, in any letter case) are refused without being opened:
 unpickling can run arbitrary code.
@@ -195,11 +199,20 @@ def _config_text(config, files) -> str:
         raise TypeError(f"config must be a dict, got {type(config).__name__}")
     if BOOKKEEPING in config:
         raise ValueError(f"config must not contain the key {BOOKKEEPING!r}: numformer writes it")
-    full = {**config, BOOKKEEPING: {"format": FORMAT, "files": files}}
     try:
+        # the digest is of what a reader will parse back (tuples as lists, NumPy scalars as numbers)
+        digest = config_digest(json.loads(json.dumps(config, allow_nan=False, default=_json_scalar)))
+        full = {**config, BOOKKEEPING: {"format": FORMAT, "files": files, "config_sha256": digest}}
         return json.dumps(full, indent=2, ensure_ascii=False, allow_nan=False, default=_json_scalar)
     except (TypeError, ValueError) as e:
         raise ValueError(f"config cannot be written as JSON: {e}") from None
+
+
+def config_digest(config: dict) -> str:
+    """SHA-256 of a config's canonical JSON: keys sorted, no spaces, ASCII only. Two configs that
+    hold the same settings have the same digest, however their files are laid out."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 def _json_scalar(obj):
@@ -485,6 +498,18 @@ def load_checkpoint(path) -> Checkpoint:
         raise CheckpointError(
             f"{path}: checkpoint format {book.get('format')!r}; this numformer reads format {FORMAT}"
         )
+    if "config_sha256" in book:          # absent in checkpoints written before it was recorded
+        if not isinstance(book["config_sha256"], str):
+            raise CheckpointError(f"{path / CONFIG_FILE}: bad record for its own settings (config_sha256)")
+        try:
+            same = config_digest(config) == book["config_sha256"]
+        except RecursionError:           # parsed, but too deep to write back: not what numformer wrote
+            same = False
+        if not same:
+            raise CheckpointError(
+                f"{path / CONFIG_FILE}: its settings differ from the SHA-256 recorded in its {BOOKKEEPING!r} "
+                "section (the file was edited or damaged; numformer does not run a model whose config changed)"
+            )
     files = book["files"]
     for required in (MODEL_FILE, TOKENIZER_FILE):
         if required not in files:

@@ -233,8 +233,8 @@ def _resumable(out, **saved):
     """out/latest as a resumed run finds it: a checkpoint recording the run's flat settings."""
     from numformer.checkpoint import save_checkpoint
 
-    save_checkpoint(out / "latest", model={"w": np.zeros(2, np.float32)}, config={"train": {"config": saved}},
-                    tokenizer="null")
+    save_checkpoint(out / "latest", model={"w": np.zeros(2, np.float32)}, tokenizer="null",
+                    config={"model": {}, "train": {"config": saved}})
 
 
 def test_resume_compares_lora_targets_as_a_set_of_layers(tmp_path):
