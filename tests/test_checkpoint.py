@@ -553,6 +553,57 @@ def test_read_json_names_the_file_and_what_went_wrong(tmp_path, make, words):
     assert str(file) in message
 
 
+@pytest.fixture
+def deadline():
+    """deadline(seconds): fail the test (TimeoutError) if it is still running then; a read that
+    blocks on a FIFO is interrupted by the alarm."""
+    import signal
+
+    def expire(*_):
+        raise TimeoutError("still running at the deadline: the reader blocked")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    yield lambda seconds: signal.alarm(seconds)
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda f: os.mkfifo(f), ["cfg.json: cannot be read: it is a FIFO"]),                 # used to block
+    (lambda f: os.symlink("/dev/zero", f), ["cfg.json: cannot be read: it is a character device"]),  # to MemoryError
+    (lambda f: f.write_text('{"n": ' + "9" * 5000 + "}"), ["cfg.json: invalid JSON", "4,300 digits"]),
+    (lambda f: f.write_text('{"n": [' + "1" * 4301 + "]}"), ["cfg.json: invalid JSON", "digits"]),
+    (lambda f: f.write_text(json.dumps({"pad": " " * 20000})), ["cfg.json: 20,011 bytes", "10,000", "not read"]),
+    (lambda f: os.symlink(f.parent / "nowhere", f), ["cfg.json: missing"]),
+], ids=["fifo", "dev-zero", "huge-int", "huge-int-in-list", "too-large", "dangling-link"])
+def test_read_json_reads_only_regular_files_of_a_sane_size(tmp_path, deadline, make, words):
+    file = tmp_path / "cfg.json"
+    make(file)
+    deadline(20)
+    with pytest.raises(CheckpointError) as e:
+        checkpoint.read_json(file, limit=10_000)
+    message = _one_line(e)
+    for word in words:
+        assert word in message, message
+    assert message.startswith(str(file))
+
+
+def test_a_checkpoint_whose_config_is_a_fifo_is_refused_not_waited_on(tmp_path, deadline):
+    _save(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "config.json").unlink()
+    os.mkfifo(tmp_path / "ckpt" / "config.json")
+    deadline(20)
+    with pytest.raises(CheckpointError, match="config.json: cannot be read: it is a FIFO"):
+        load_checkpoint(tmp_path / "ckpt")
+
+
+def test_a_symbolic_link_to_a_regular_file_is_read(tmp_path):
+    """Hugging Face's cache holds its files as links into blobs/: they must still be read."""
+    (tmp_path / "blob").write_text('{"a": 1}')
+    os.symlink(tmp_path / "blob", tmp_path / "cfg.json")
+    assert checkpoint.read_json(tmp_path / "cfg.json") == {"a": 1}
+
+
 def test_read_json_returns_the_value(tmp_path):
     file = tmp_path / "cfg.json"
     file.write_text('{"n": [1, 2.5, null]}', encoding="utf-8")

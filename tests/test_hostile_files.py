@@ -7,6 +7,7 @@ holding a lone surrogate or more characters than its model's vocabulary, and a c
 """
 
 import json
+import os
 import struct
 
 import numpy as np
@@ -121,3 +122,28 @@ def test_bias_false_as_text_in_a_toml_file_is_refused(tmp_path):
     with pytest.raises(UsageError) as e:
         load_toml(str(file))
     assert "bias must be bool" in _one_line(e)
+
+
+@pytest.fixture
+def deadline():
+    """deadline(seconds): fail with TimeoutError if the test still runs then (a read blocked)."""
+    import signal
+
+    def expire(*_):
+        raise TimeoutError("still running at the deadline: the reader blocked")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    yield lambda seconds: signal.alarm(seconds)
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize("make, words", [(os.mkfifo, "a FIFO"), (lambda f: os.symlink("/dev/zero", f), "a character device")],
+                         ids=["fifo", "dev-zero"])
+def test_a_toml_config_that_is_not_a_regular_file_is_named_for_what_it_is(tmp_path, deadline, make, words):
+    file = tmp_path / "c.toml"
+    make(file)
+    deadline(20)
+    with pytest.raises(UsageError) as e:
+        load_toml(str(file))
+    assert _one_line(e).startswith(f"{file}: cannot be read: it is {words}")

@@ -50,6 +50,8 @@ import math
 import os
 import shutil
 import socket
+import stat
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -274,9 +276,9 @@ def _remove_leftovers(path: Path, is_ours) -> None:
 def _abandoned(tmp: Path) -> bool:
     """True for a temporary folder whose writer record names a process of this host that has ended."""
     try:
-        record = json.loads((tmp / WRITER_MARK).read_text(encoding="utf-8"))
+        record = parse_json(read_file(tmp / WRITER_MARK, 4096))
         pid, host = record["pid"], record["host"]
-    except (OSError, ValueError, TypeError, KeyError):
+    except (NumformerError, ValueError, TypeError, KeyError):
         return False  # no record: not numformer's, or not yet readable
     if record.get("writer") != "numformer" or type(pid) is not int or host != socket.gethostname():
         return False  # another host's process cannot be checked from here
@@ -341,8 +343,8 @@ def check_replaceable(path: Path) -> None:
 
 def _is_checkpoint(folder: Path) -> bool:
     try:
-        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        config = parse_json(read_file(folder / CONFIG_FILE, JSON_LIMIT))
+    except (NumformerError, ValueError):
         return False
     return isinstance(config, dict) and isinstance(config.get(BOOKKEEPING), dict)
 
@@ -447,8 +449,8 @@ def lock_folder(folder, command: str, *, create: bool = True) -> FolderLock:
 
 def _lock_record(text: bytes) -> dict | None:
     try:
-        record = json.loads(text.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+        record = parse_json(text)
+    except ValueError:
         return None
     return record if isinstance(record, dict) and isinstance(record.get("numformer"), str) else None
 
@@ -552,36 +554,95 @@ def pickle_refusal(file, context: str = "") -> CheckpointError:
 _JSON_KINDS = {dict: "object", list: "array"}
 
 
-def read_json(file, what: str = "", *, expect: type | None = dict):
+# What a user's file may weigh before numformer reads it: far above what such files hold (a
+# config.json has kilobytes; GPT-2's tokenizer.json 1.4 MB, the largest tokenizers some tens of
+# MB), far below what would exhaust memory.
+JSON_LIMIT = 64 << 20        # config.json, model.safetensors.index.json, modules.json, ...
+TOKENIZER_LIMIT = 512 << 20  # tokenizer.json, vocab.json, merges.txt
+
+
+def read_json(file, what: str = "", *, expect: type | None = dict, limit: int = JSON_LIMIT):
     """The parsed contents of a UTF-8 JSON file, or a one-line CheckpointError naming the file.
 
     The error says which of these went wrong: the file is missing (followed by `what`, if given:
-    why the file is needed), cannot be read (the OS error), is not UTF-8, is not valid JSON (with
-    line and column), or its top level is not of type `expect` (dict: a JSON object, list: a JSON
-    array; None accepts any JSON value).
+    why the file is needed), is not a regular file or is larger than `limit` bytes (then it is not
+    read at all: see read_file), cannot be read (the OS error), is not UTF-8, is not valid JSON
+    (with line and column; an integer too long for Python to read), or its top level is not of type
+    `expect` (dict: a JSON object, list: a JSON array; None accepts any JSON value).
     """
     file = Path(file)
-    if not file.exists():
-        raise CheckpointError(f"{file}: missing" + (f"; {what}" if what else ""))
     try:
-        raw = file.read_bytes()
-    except OSError as e:
-        raise CheckpointError(f"{file}: cannot be read ({e.strerror or type(e).__name__})") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise CheckpointError(f"{file}: not UTF-8 text") from None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{file}: invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
-    except RecursionError:
-        raise CheckpointError(f"{file}: invalid JSON (nested too deeply)") from None
+        value = parse_json(read_file(file, limit, what))
+    except ValueError as e:
+        raise CheckpointError(f"{file}: {e}") from None
     if expect is not None and not isinstance(value, expect):
         raise CheckpointError(
             f"{file}: expected a JSON {_JSON_KINDS.get(expect, expect.__name__)}, found {type(value).__name__}"
         )
     return value
+
+
+def parse_json(raw: bytes | str):
+    """json.loads, with every way it fails as a ValueError of one line: not UTF-8 text, invalid
+    JSON (where), nested too deeply, or an integer longer than Python reads (4,300 digits, which
+    json.loads reports as a bare ValueError)."""
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except RecursionError:
+        raise ValueError("invalid JSON (nested too deeply)") from None
+    except ValueError:
+        raise ValueError(f"invalid JSON (an integer of more than {sys.get_int_max_str_digits():,} digits)") from None
+
+
+_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device",
+          stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+
+
+def read_file(file, limit: int, what: str = "", error=CheckpointError) -> bytes:
+    """The bytes of a user's file, read only if it is a regular file (a symbolic link to one is
+    fine) of at most `limit` bytes: a FIFO would block the read forever, /dev/zero never ends, and
+    a config.json of gigabytes is not one. Else `error` (one line naming the file): missing (then
+    `what`, why the file is needed), not a regular file, too large, or the OS error."""
+    file = Path(file)
+    try:
+        st = os.stat(file)                # follows links: a link to /dev/zero is a device
+    except FileNotFoundError:
+        raise error(f"{file}: missing" + (f"; {what}" if what else "")) from None
+    except (OSError, ValueError) as e:    # ValueError: a NUL in the path
+        raise error(f"{file}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        # O_NONBLOCK: a FIFO put at this name after the stat must not block the open
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC) if stat.S_ISREG(st.st_mode) else None
+    except OSError as e:
+        raise error(f"{file}: cannot be read ({e.strerror or type(e).__name__})") from None
+    if fd is None:
+        raise error(f"{file}: cannot be read: it is {_KINDS.get(stat.S_IFMT(st.st_mode), 'not a regular file')}, "
+                    "not a regular file")
+    with os.fdopen(fd, "rb") as f:
+        return read_open_file(f, file, limit, error)
+
+
+def read_open_file(f, file, limit: int, error=CheckpointError) -> bytes:
+    """All bytes of the open file `f` (named `file` in errors), if it is a regular file of at most
+    `limit` bytes (see read_file)."""
+    try:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{file}: cannot be read: it is {_KINDS.get(stat.S_IFMT(st.st_mode), 'not a regular file')}, "
+                        "not a regular file")
+        data = f.read(limit + 1) if st.st_size <= limit else b""
+    except OSError as e:
+        raise error(f"{file}: cannot be read ({e.strerror or type(e).__name__})") from None
+    if st.st_size > limit or len(data) > limit:
+        raise error(f"{file}: {max(st.st_size, len(data)):,} bytes, far more than such a file holds (numformer "
+                    f"reads at most {limit:,}); not read")
+    return data
 
 
 def _verify(file: Path, record) -> None:

@@ -242,6 +242,21 @@ class BPETokenizer:
             tok.add_special_tokens(["<|endoftext|>"])
         return cls(tok)
 
+    @classmethod
+    def from_hf_document(cls, doc: dict) -> BPETokenizer:
+        """The BPETokenizer of a Hugging Face tokenizer.json document (parsed) holding a BPE model;
+        DataError (one line) if it holds another model or `tokenizers` cannot load it."""
+        model = doc.get("model")
+        if not isinstance(model, dict) or model.get("type") != "BPE":
+            raise DataError("the Hugging Face tokenizer is not a BPE model")
+        hf = _hf()
+        try:
+            tok = hf.Tokenizer.from_str(json.dumps(doc))
+        except Exception as e:  # the Rust side raises a bare Exception
+            first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise DataError(f"cannot be loaded by tokenizers: {first_line}") from None
+        return cls(tok)
+
     @property
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size()
@@ -302,13 +317,8 @@ def from_json(s: str | bytes) -> CharTokenizer | BPETokenizer:
         hf_doc = doc.get("hf")
         if not isinstance(hf_doc, dict):
             raise DataError("bpe tokenizer JSON needs \"hf\": a Hugging Face tokenizer object")
-        if (hf_doc.get("model") or {}).get("type") != "BPE":
-            raise DataError("bpe tokenizer JSON: the embedded Hugging Face tokenizer is not a BPE model")
-        hf = _hf()
         try:
-            tok = hf.Tokenizer.from_str(json.dumps(hf_doc))
-        except Exception as e:  # the Rust side raises a bare Exception
-            first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise DataError(f"bpe tokenizer JSON cannot be loaded by tokenizers: {first_line}") from None
-        return BPETokenizer(tok)
+            return BPETokenizer.from_hf_document(hf_doc)
+        except DataError as e:
+            raise DataError(f"bpe tokenizer JSON: {e}") from None
     raise DataError(f"tokenizer JSON has unknown type {kind!r} (expected 'char' or 'bpe')")

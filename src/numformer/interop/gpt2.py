@@ -107,7 +107,8 @@ from pathlib import Path
 
 import numpy as np
 
-from numformer.checkpoint import PICKLE_SUFFIXES, WRITER_MARK, pickle_refusal, read_json
+from numformer.checkpoint import (PICKLE_SUFFIXES, TOKENIZER_LIMIT, WRITER_MARK, parse_json, pickle_refusal, read_file,
+                                  read_json)
 from numformer.errors import CheckpointError
 
 HF_CONFIG = "config.json"
@@ -408,38 +409,40 @@ def _read_weights(folder: Path) -> dict[str, np.ndarray]:
 def _read_tokenizer(folder: Path, vocab_size: int) -> tuple[str, str | None]:
     """(numformer tokenizer JSON or "null", note). A usable tokenizer.json is wrapped as numformer's
     BPETokenizer; anything else is left out with a note saying why."""
-    own = folder / NF_TOKENIZER
-    if own.is_file():  # written by export for a character tokenizer
-        from numformer.data.tokenizer import check_fits, from_json
-        from numformer.errors import DataError
+    from numformer.data.tokenizer import BPETokenizer, check_fits, from_json
+    from numformer.errors import DataError
 
+    own = folder / NF_TOKENIZER
+    if os.path.lexists(own):  # written by export for a character tokenizer
         try:
-            tok = from_json(own.read_bytes().decode("utf-8"))
+            tok = from_json(read_file(own, TOKENIZER_LIMIT))
             check_fits(tok, vocab_size, str(own))
-        except (DataError, UnicodeDecodeError, OSError) as e:
+        except CheckpointError as e:                  # names the file
+            return "null", f"{e}; the checkpoint stores no tokenizer"
+        except DataError as e:
             return "null", f"{own} cannot be used ({e}); the checkpoint stores no tokenizer"
         return tok.to_json(), None
     file = folder / HF_TOKENIZER
     missing = (f"{folder} has no {HF_TOKENIZER}: the checkpoint stores no tokenizer, so "
                "`numformer sample` cannot turn its token ids into text")
-    if not file.is_file():
-        if (folder / HF_VOCAB).is_file() or (folder / HF_MERGES).is_file():
+    if not os.path.lexists(file):
+        if os.path.lexists(folder / HF_VOCAB) or os.path.lexists(folder / HF_MERGES):
             return _read_vocab_and_merges(folder, vocab_size)
         return "null", missing
-    from tokenizers import Tokenizer
-
-    from numformer.data.tokenizer import BPETokenizer
-
     try:
-        text = file.read_bytes().decode("utf-8")
-        doc = json.loads(text)
-        kind = (doc.get("model") or {}).get("type") if isinstance(doc, dict) else None
-        if kind != "BPE":
-            return "null", f"{file} holds a {kind or 'unknown'} model, not BPE; the checkpoint stores no tokenizer"
-        tok = BPETokenizer(Tokenizer.from_str(text))
-    except Exception as e:  # not UTF-8, not JSON, or the Rust side's bare Exception
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        return "null", f"{file} cannot be loaded by tokenizers ({first}); the checkpoint stores no tokenizer"
+        doc = parse_json(read_file(file, TOKENIZER_LIMIT))
+    except CheckpointError as e:                      # not a regular file, too large: not read
+        return "null", f"{e}; the checkpoint stores no tokenizer"
+    except ValueError as e:
+        return "null", f"{file}: {e}; the checkpoint stores no tokenizer"
+    kind = (doc.get("model") or {}).get("type") if isinstance(doc, dict) and isinstance(doc.get("model"), dict) \
+        else None
+    if kind != "BPE":
+        return "null", f"{file} holds a {kind or 'unknown'} model, not BPE; the checkpoint stores no tokenizer"
+    try:
+        tok = BPETokenizer.from_hf_document(doc)
+    except DataError as e:
+        return "null", f"{file} cannot be used ({e}); the checkpoint stores no tokenizer"
     if tok.vocab_size > vocab_size:
         return "null", (f"{file} has {tok.vocab_size} tokens but the model only {vocab_size}; "
                         "the checkpoint stores no tokenizer")
@@ -609,6 +612,8 @@ def _is_own_export(folder: Path) -> bool:
     except OSError:
         return False
     if not entries <= EXPORT_FILES | {WRITER_MARK}:
+        return False
+    if not (folder / HF_WEIGHTS).is_file():          # (a FIFO would block the open)
         return False
     try:
         from safetensors import safe_open

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -167,12 +168,13 @@ def _check_type(key: str, value, source: str):
 def load_toml(path: str) -> dict:
     import tomllib
 
+    from numformer.checkpoint import JSON_LIMIT, read_file
+
     p = Path(path)
-    if not p.is_file():
+    if not os.path.lexists(p):
         raise UsageError(f"{p}: config file not found")
-    try:
-        with p.open("rb") as f:
-            d = tomllib.load(f)
+    try:   # a regular file of sane size only: a FIFO would block, /dev/zero never ends
+        d = tomllib.loads(read_file(p, JSON_LIMIT, error=UsageError).decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"{p}: not valid TOML: {e}") from None
     except RecursionError:
