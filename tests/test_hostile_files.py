@@ -147,3 +147,26 @@ def test_a_toml_config_that_is_not_a_regular_file_is_named_for_what_it_is(tmp_pa
     with pytest.raises(UsageError) as e:
         load_toml(str(file))
     assert _one_line(e).startswith(f"{file}: cannot be read: it is {words}")
+
+
+def _bpe_doc(vocab, merges):
+    from tokenizers import Tokenizer, models
+
+    hf = json.loads(Tokenizer(models.BPE(vocab={"a": 0, "b": 1, "ab": 2}, merges=[("a", "b")])).to_str())
+    hf["model"].update(vocab=vocab, merges=merges)
+    return json.dumps({"type": "bpe", "format": 1, "hf": hf})
+
+
+@pytest.mark.parametrize("vocab, merges, words", [
+    ({"a": 0, "b": 1}, [["a", "b"]], ["model.merges[0]", "'ab' is not in model.vocab"]),   # tokenizers panicked
+    ({"a": 0, "b": 1, "ab": 2}, ["a b c"], ["model.merges[0] is not a pair"]),
+    ({"a": 0, "b": 1, "ab": 7}, [["a", "b"]], ["model.vocab", "'ab' has id 7"]),            # past the embedding
+    ({"a": 0, "b": 1, "ab": 1}, [["a", "b"]], ["both have id 1"]),
+    ({"a": 0, "b": "1", "ab": 2}, [["a", "b"]], ["'b' has id '1'"]),
+])
+def test_a_bpe_model_tokenizers_cannot_take_is_one_data_error(capfd, vocab, merges, words):
+    with pytest.raises(DataError) as e:
+        from_json(_bpe_doc(vocab, merges))
+    message = _one_line(e)
+    assert all(w in message for w in words), message
+    assert "panicked" not in capfd.readouterr().err

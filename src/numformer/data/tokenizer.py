@@ -13,7 +13,8 @@ Both map a string to a 1-D int64 array of token ids (`encode`) and back (`decode
   the corpus join frequent byte pairs. The 256 single bytes are always in the vocabulary, so any
   string encodes, and decoding gives back exactly the string that was encoded.
   `BPETokenizer.from_gpt2_files` builds the same scheme from GPT-2's own vocab.json + merges.txt.
-  `BPETokenizer.from_gpt2_files` builds the same scheme from GPT-2's own vocab.json + merges.txt.
+  Before `tokenizers` sees a BPE model (those files, or a tokenizer.json), numformer checks it:
+  ids 0..V-1, each once, and every merge joining two tokens of the vocabulary into a third.
 
 JSON documents:
 
@@ -228,10 +229,33 @@ class BPETokenizer:
     def from_gpt2_files(cls, vocab, merges) -> BPETokenizer:
         """GPT-2's byte-level BPE from its vocab.json (token -> id) and merges.txt (one merge rule
         per line, in rank order). "<|endoftext|>", when the vocabulary has it, is a special token
-        that is never split, as in GPT-2. DataError (one line) if the files cannot be read."""
+        that is never split, as in GPT-2. DataError (one line naming the file) if a file cannot be
+        read or does not hold what it should: see _check_bpe."""
+        from pathlib import Path
+
+        from numformer.checkpoint import TOKENIZER_LIMIT, parse_json, read_file
+
+        vocab, merges = Path(vocab), Path(merges)
+        try:
+            vocab_map = parse_json(read_file(vocab, TOKENIZER_LIMIT, error=DataError))
+        except ValueError as e:
+            raise DataError(f"{vocab}: {e}") from None
+        try:
+            lines = read_file(merges, TOKENIZER_LIMIT, error=DataError).decode("utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise DataError(f"{merges}: not UTF-8 text") from None
+        pairs = []
+        for n, line in enumerate(lines, 1):
+            if (n == 1 and line.startswith("#version")) or not line:
+                continue
+            parts = line.split(" ")
+            if len(parts) != 2 or not all(parts):
+                raise DataError(f"{merges}: line {n} is not two tokens separated by one space: {line[:60]!r}")
+            pairs.append((n, tuple(parts)))
+        _check_bpe(vocab_map, pairs, str(vocab), lambda n: f"{merges}: line {n}")
         hf = _hf()
         try:
-            model = hf.models.BPE.from_file(str(vocab), str(merges))
+            model = hf.models.BPE(vocab=vocab_map, merges=[pair for _, pair in pairs])
         except Exception as e:  # the Rust side raises a bare Exception
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise DataError(f"{vocab} and {merges} cannot be read as GPT-2 BPE files ({first})") from None
@@ -249,6 +273,17 @@ class BPETokenizer:
         model = doc.get("model")
         if not isinstance(model, dict) or model.get("type") != "BPE":
             raise DataError("the Hugging Face tokenizer is not a BPE model")
+        _check_bpe(model.get("vocab"), [], "model.vocab", None)
+        merges = model.get("merges")
+        if not isinstance(merges, list):
+            raise DataError(f"model.merges: expected a JSON array of merges, found {type(merges).__name__}")
+        pairs = []
+        for n, merge in enumerate(merges):    # "a b" (older files) or ["a", "b"]
+            pair = merge.split(" ") if isinstance(merge, str) else merge
+            if not isinstance(pair, list) or len(pair) != 2 or not all(isinstance(p, str) and p for p in pair):
+                raise DataError(f"model.merges[{n}] is not a pair of tokens: {str(merge)[:60]!r}")
+            pairs.append((n, tuple(pair)))
+        _check_bpe(model.get("vocab"), pairs, "model.vocab", lambda n: f"model.merges[{n}]")
         hf = _hf()
         try:
             tok = hf.Tokenizer.from_str(json.dumps(doc))
@@ -290,6 +325,32 @@ class BPETokenizer:
 
     def __repr__(self):
         return f"BPETokenizer(vocab_size={self.vocab_size})"
+
+
+def _check_bpe(vocab, merges, vocab_name: str, merge_name) -> None:
+    """DataError (one line) unless `vocab` maps tokens to the ids 0..N-1, each id once, and every
+    merge (number, (a, b)) joins two tokens of the vocabulary into a third. tokenizers itself
+    accepts string or repeated ids, ids past the vocabulary (which a model's embedding cannot
+    look up), and panics, past Python's reach, on a merge whose result is missing.
+    `merge_name(number)` says where a merge is written ("merges.txt: line 3")."""
+    if not isinstance(vocab, dict):
+        raise DataError(f"{vocab_name}: expected a JSON object of token -> id, found {type(vocab).__name__}")
+    if not vocab:
+        raise DataError(f"{vocab_name}: the vocabulary is empty")
+    owner = {}
+    for token, i in vocab.items():
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise DataError(f"{vocab_name}: token {token!r} has id {i!r}, which is not an integer")
+        if not 0 <= i < len(vocab):
+            raise DataError(f"{vocab_name}: token {token!r} has id {i}; the ids of its {len(vocab)} tokens "
+                            f"must be 0..{len(vocab) - 1}")
+        if i in owner:
+            raise DataError(f"{vocab_name}: tokens {owner[i]!r} and {token!r} both have id {i}")
+        owner[i] = token
+    for n, (a, b) in merges:
+        for token in (a, b, a + b):
+            if token not in vocab:
+                raise DataError(f"{merge_name(n)} merges {a!r} and {b!r}, but {token!r} is not in {vocab_name}")
 
 
 def from_json(s: str | bytes) -> CharTokenizer | BPETokenizer:
