@@ -284,6 +284,7 @@ class BPETokenizer:
                 raise DataError(f"model.merges[{n}] is not a pair of tokens: {str(merge)[:60]!r}")
             pairs.append((n, tuple(pair)))
         _check_bpe(model.get("vocab"), pairs, "model.vocab", lambda n: f"model.merges[{n}]")
+        check_growth(doc)
         hf = _hf()
         try:
             tok = hf.Tokenizer.from_str(json.dumps(doc))
@@ -325,6 +326,107 @@ class BPETokenizer:
 
     def __repr__(self):
         return f"BPETokenizer(vocab_size={self.vocab_size})"
+
+
+# How many times longer, in UTF-8 bytes, a tokenizer's pipeline may make a text: GPT-2's and
+# numformer's make it at most 2 times longer, Llama's 12, BERT's 36. A chain of doubling Replace
+# steps in a few KB of JSON makes it 2^40 times longer, and tokenizers allocates that in one go.
+MAX_GROWTH = 1000
+
+# Per step, an upper bound on the growth of a text in UTF-8 bytes (the steps not named grow nothing):
+# Unicode normal forms (NFKC turns one character into up to 18), lowercasing ("İ" -> "i̇"), the
+# byte-level alphabet (a byte becomes a character of up to 2 bytes), a space around each CJK
+# character, an inserted space per token.
+_NORMALIZER_GROWTH = {"NFC": 3, "NFD": 4, "NFKC": 18, "NFKD": 18, "Lowercase": 3, "ByteLevel": 2}
+_PRE_TOKENIZER_GROWTH = {"ByteLevel": 2}
+_DECODER_GROWTH = {"WordPiece": 2, "BPEDecoder": 2, "CTC": 2}
+_SHRINKING = {   # the types that keep or shorten text, and the Sequence of each role
+    "normalizer": {"Strip", "StripAccents", "Nmt", "Sequence"},
+    "pre_tokenizer": {"BertPreTokenizer", "CharDelimiterSplit", "Digits", "FixedLength", "Punctuation", "Split",
+                      "UnicodeScripts", "Whitespace", "WhitespaceSplit", "Sequence"},
+    "decoder": {"ByteFallback", "ByteLevel", "Fuse", "Metaspace", "Strip", "Sequence"},
+}
+_SEQUENCE_KEY = {"normalizer": "normalizers", "pre_tokenizer": "pretokenizers", "decoder": "decoders"}
+
+
+def check_growth(hf_doc: dict) -> None:
+    """DataError (one line) if the normalizer and pre-tokenizer of a Hugging Face tokenizer
+    document can make a text more than MAX_GROWTH times longer before it is cut into tokens, or
+    its decoder can make the text of some tokens that much longer. The bound is worked out from the
+    document, step by step (_growth), so nothing is allocated to find out."""
+    for roles in (("normalizer", "pre_tokenizer"), ("decoder",)):
+        bound = 1.0
+        for role in roles:
+            bound *= _growth(hf_doc.get(role), role)
+        if bound > MAX_GROWTH:
+            shown = f"{bound:,.0f}" if bound < 1e15 else f"{bound:.3g}"
+            raise DataError(f"its {' and '.join(r.replace('_', '-') for r in roles)} can make a text up to {shown} "
+                            f"times longer; numformer loads no tokenizer that can grow text more than "
+                            f"{MAX_GROWTH:,} times")
+
+
+def _growth(step, role: str) -> float:
+    """An upper bound on how many times longer (in UTF-8 bytes) one step of a pipeline can make a
+    text: the product over a Sequence, and for the steps that insert text, the size of what they
+    insert against the least they replace."""
+    if step is None:
+        return 1.0
+    kind = step.get("type") if isinstance(step, dict) else None
+    if kind == "Sequence":
+        parts = step.get(_SEQUENCE_KEY[role])
+        if not isinstance(parts, list):
+            raise DataError(f"its {role.replace('_', '-')} Sequence has no list of steps")
+        bound = 1.0
+        for part in parts:
+            bound *= _growth(part, role)
+            if bound > MAX_GROWTH ** 2:           # already refused; stop before floats overflow
+                return bound
+        return bound
+    table = {"normalizer": _NORMALIZER_GROWTH, "pre_tokenizer": _PRE_TOKENIZER_GROWTH,
+             "decoder": _DECODER_GROWTH}[role]
+    if kind in table:
+        return float(table[kind])
+    if kind in _SHRINKING[role]:
+        return 1.0
+    if kind == "Replace" and role in ("normalizer", "decoder"):
+        pattern, content = step.get("pattern"), step.get("content")
+        inserted = len(content.encode("utf-8", "surrogatepass")) if isinstance(content, str) else 0
+        literal = pattern.get("String") if isinstance(pattern, dict) else None
+        if isinstance(literal, str) and literal:    # each match of the literal becomes the content
+            return max(1.0, inserted / len(literal.encode("utf-8", "surrogatepass")))
+        return 1.0 + inserted                       # a regex may match nothing, between every two bytes
+    if kind == "Prepend" and role == "normalizer":
+        prefix = step.get("prepend")
+        return 1.0 + (len(prefix.encode("utf-8", "surrogatepass")) if isinstance(prefix, str) else 0)
+    if kind == "BertNormalizer" and role == "normalizer":
+        lower = step.get("lowercase") is not False
+        accents = step.get("strip_accents") if step.get("strip_accents") is not None else lower
+        return (3.0 if step.get("handle_chinese_chars") is not False else 1.0) * (4.0 if accents else 1.0) \
+            * (3.0 if lower else 1.0)
+    if kind == "Metaspace" and role == "pre_tokenizer":
+        mark = step.get("replacement")
+        return 2.0 * max(1, len(mark.encode("utf-8", "surrogatepass")) if isinstance(mark, str) else 4)
+    if kind == "Precompiled" and role == "normalizer":
+        return float(_longest_replacement(step.get("precompiled_charsmap")))
+    raise DataError(f"its {role.replace('_', '-')} step {kind!r} is not one numformer knows how far it can grow "
+                    "a text")
+
+
+def _longest_replacement(charsmap) -> int:
+    """The longest string a SentencePiece charsmap (base64: a 4-byte trie size, the trie, then the
+    replacement strings, each ended by a NUL) can put in place of a character; when the map cannot
+    be parsed, its whole size, which no replacement can exceed."""
+    import base64
+    import binascii
+
+    try:
+        blob = base64.b64decode(charsmap or "", validate=True)
+    except (binascii.Error, TypeError, ValueError):
+        raise DataError("its Precompiled normalizer's charsmap is not base64") from None
+    size = int.from_bytes(blob[:4], "little") if len(blob) >= 4 else len(blob)
+    if 4 + size > len(blob):
+        return max(1, len(blob))
+    return max([1, *(len(piece) for piece in blob[4 + size:].split(b"\0"))])
 
 
 def _check_bpe(vocab, merges, vocab_name: str, merge_name) -> None:

@@ -566,9 +566,14 @@ def export_hf_gpt2(checkpoint, out, *, overwrite: bool = False) -> list[str]:
     eos = None
     tok_doc = None
     if ckpt.tokenizer.strip() != "null":
+        from numformer.checkpoint import TOKENIZER_FILE
         from numformer.data.tokenizer import from_json
+        from numformer.errors import DataError
 
-        from_json(ckpt.tokenizer)   # DataError (one line) for a document that is not a tokenizer
+        try:
+            from_json(ckpt.tokenizer)   # one line for a document that is not a tokenizer
+        except DataError as e:
+            raise CheckpointError(f"{checkpoint / TOKENIZER_FILE}: {e}") from None
         tok_doc = json.loads(ckpt.tokenizer)
     if isinstance(tok_doc, dict) and tok_doc.get("type") == "bpe":
         hf_tok = tok_doc["hf"]

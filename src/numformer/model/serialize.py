@@ -12,7 +12,7 @@ import numpy as np
 
 from pathlib import Path
 
-from numformer.checkpoint import CONFIG_FILE
+from numformer.checkpoint import CONFIG_FILE, TOKENIZER_FILE
 from numformer.errors import CheckpointError
 from numformer.model.config import GPTConfig, InvalidConfig
 from numformer.model.gpt import GPT
@@ -115,7 +115,11 @@ def gpt_from_checkpoint(ckpt, source: str, dtype=None, ops: str = "fast") -> GPT
     model.load_state_dict(ckpt.model, source=source)
     if ckpt.tokenizer and ckpt.tokenizer.strip() != "null":
         from numformer.data.tokenizer import check_fits, from_json
+        from numformer.errors import DataError
 
-        model.tokenizer = from_json(ckpt.tokenizer)
+        try:
+            model.tokenizer = from_json(ckpt.tokenizer)
+        except DataError as e:
+            raise CheckpointError(f"{Path(source) / TOKENIZER_FILE}: {e}") from None
         check_fits(model.tokenizer, config.vocab_size, source)
     return model
