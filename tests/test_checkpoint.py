@@ -139,7 +139,9 @@ def test_crash_before_any_checkpoint_exists_leaves_nothing(tmp_path, monkeypatch
 
 
 def test_failed_rename_into_place_restores_the_old_checkpoint(tmp_path, monkeypatch):
+    """Where folders cannot trade names in one step, the old one goes aside first."""
     old_model, _, _ = _save(tmp_path / "ckpt", seed=1)
+    monkeypatch.setattr(checkpoint, "_exchange", lambda a, b: False)
     real_rename = os.rename
     calls = []
 
@@ -164,7 +166,7 @@ HARD_CRASH = textwrap.dedent(
     from numformer import checkpoint
 
     path, point = sys.argv[1], sys.argv[2]
-    real_write, real_rename = checkpoint._write_file, os.rename
+    real_write, real_rename, real_exchange = checkpoint._write_file, os.rename, checkpoint._exchange
     def write(file, data):
         if point == "write" and file.name == "model.safetensors":
             with open(file, "xb") as f:
@@ -177,13 +179,18 @@ HARD_CRASH = textwrap.dedent(
         if point == "rename" and len(renames) == 2:
             os._exit(17)  # dies after moving the old checkpoint aside
         real_rename(src, dst)
-    checkpoint._write_file, checkpoint.os.rename = write, rename
+    def exchange(a, b):
+        if point == "rename":
+            return False          # as where folders cannot trade names: rename twice
+        assert real_exchange(a, b), "this file system cannot exchange folders"
+        os._exit(17)              # dies after the swap, before deleting the old checkpoint
+    checkpoint._write_file, checkpoint.os.rename, checkpoint._exchange = write, rename, exchange
     checkpoint.save_checkpoint(path, model={"w": np.full(4, 2.0)}, config={"step": 2}, tokenizer="null")
     """
 )
 
 
-@pytest.mark.parametrize("point", ["write", "rename"])
+@pytest.mark.parametrize("point", ["write", "rename", "exchange"])
 def test_hard_crash_never_leaves_a_half_written_checkpoint(tmp_path, point):
     old_model, _, _ = _save(tmp_path / "ckpt", seed=1)
     proc = subprocess.run(
@@ -192,6 +199,8 @@ def test_hard_crash_never_leaves_a_half_written_checkpoint(tmp_path, point):
     assert proc.returncode == 17, proc.stderr.decode()
     if point == "write":
         _assert_model_equal(load_checkpoint(tmp_path / "ckpt").model, old_model)
+    elif point == "exchange":   # the new checkpoint is in; the old one is left under the temporary name
+        assert load_checkpoint(tmp_path / "ckpt").config == {"step": 2}
     else:
         # path is momentarily empty; the complete old checkpoint is aside and the error says where
         with pytest.raises(CheckpointError, match="interrupted save left the previous checkpoint"):
@@ -203,6 +212,32 @@ def test_hard_crash_never_leaves_a_half_written_checkpoint(tmp_path, point):
     new_model, _, _ = _save(tmp_path / "ckpt", seed=3)
     _assert_model_equal(load_checkpoint(tmp_path / "ckpt").model, new_model)
     assert os.listdir(tmp_path) == ["ckpt"]
+
+
+def test_a_save_between_its_two_renames_is_waited_for_not_reported_as_a_crash(tmp_path):
+    """Where a save renames twice, `path` is missing for a moment while the writer runs: the reader
+    waits (and gets the checkpoint once it is back); it never advises renaming the folder aside."""
+    import threading
+
+    _save(tmp_path / "ckpt", seed=1)
+    aside = tmp_path / f".ckpt.numformer-old-{os.getpid()}-abc"     # a live writer's (this process)
+    os.rename(tmp_path / "ckpt", aside)
+    threading.Timer(0.2, os.rename, (aside, tmp_path / "ckpt")).start()
+    assert load_checkpoint(tmp_path / "ckpt").config["step"] == 1
+
+
+def test_a_save_that_never_finishes_is_named_not_blamed_on_a_crash(tmp_path):
+    _save(tmp_path / "ckpt", seed=1)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        os.rename(tmp_path / "ckpt", tmp_path / f".ckpt.numformer-old-{live.pid}-abc")
+        with pytest.raises(CheckpointError) as e:
+            load_checkpoint(tmp_path / "ckpt")
+    finally:
+        live.kill()
+        live.wait()
+    message = _one_line(e)
+    assert f"while process {live.pid} saves it" in message and "rename it" not in message, message
 
 
 # ---------------------------------------------------------------------- refusing to overwrite
@@ -597,6 +632,20 @@ def test_a_checkpoint_whose_config_is_a_fifo_is_refused_not_waited_on(tmp_path, 
         load_checkpoint(tmp_path / "ckpt")
 
 
+@pytest.mark.parametrize("name", ["model.safetensors", "tokenizer.json", "optimizer.safetensors"])
+def test_a_checkpoint_file_that_is_a_fifo_is_refused_not_waited_on(tmp_path, deadline, name):
+    from numformer.model.config import GPTConfig
+    from numformer.model.gpt import GPT
+
+    GPT(GPTConfig(vocab_size=5, block_size=8, n_layer=1, n_head=2, n_embd=8)).save(
+        tmp_path / "ckpt", optimizer={"m": np.zeros(3, np.float32)})
+    (tmp_path / "ckpt" / name).unlink()
+    os.mkfifo(tmp_path / "ckpt" / name)
+    deadline(20)
+    with pytest.raises(CheckpointError, match=f"{name}: cannot be read: it is a FIFO"):
+        GPT.load(tmp_path / "ckpt")
+
+
 def test_a_symbolic_link_to_a_regular_file_is_read(tmp_path):
     """Hugging Face's cache holds its files as links into blobs/: they must still be read."""
     (tmp_path / "blob").write_text('{"a": 1}')
@@ -658,6 +707,9 @@ def _raw_safetensors(header: dict, data: bytes) -> bytes:
         ({"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 4]}}, "inconsistent"),
         ({"w": {"dtype": "Q4", "shape": [2], "data_offsets": [0, 4]}}, "unsupported dtype"),
         ({"w": {"dtype": "F32"}}, "damaged header entry"),
+        ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},       # two tensors on the same bytes
+          "b": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, "starts at byte 0"),
+        ({"a": {"dtype": "U8", "shape": [2], "data_offsets": [2, 4]}}, "starts at byte 2"),  # a gap before it
     ],
 )
 def test_read_safetensors_bad_header(tmp_path, header, message):

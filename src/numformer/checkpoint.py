@@ -11,12 +11,15 @@
 
 Writing. Everything is serialised in memory first, then written into a temporary sibling folder
 (`.NAME.numformer-tmp-PID-*`, in the same parent, so a rename moves it without copying) and
-fsynced. Only then is it put in place: an existing checkpoint at `path` is renamed aside
-(`.NAME.numformer-old-PID-*`), the new folder is renamed to `path`, and the old one is deleted. A
-crash while writing leaves `path` untouched; a crash between the two renames leaves the complete
-old checkpoint aside (load_checkpoint then says where) and the next save cleans up. There is never
-a half-written checkpoint at `path`. A path that exists and is not a numformer checkpoint (a file,
-a folder of other things) is never overwritten.
+fsynced. Only then is it put in place: where the kernel can, the new folder and the checkpoint at
+`path` trade names in one atomic step (renameat2 with RENAME_EXCHANGE), so `path` names a whole
+checkpoint at every moment, and the old one, now under the temporary name, is deleted. Elsewhere
+an existing checkpoint at `path` is renamed aside (`.NAME.numformer-old-PID-*`), the new folder is
+renamed to `path`, and the old one is deleted. A crash while writing leaves `path` untouched; a
+crash between the two renames leaves the complete old checkpoint aside (load_checkpoint then says
+where) and the next save cleans up. There is never a half-written checkpoint at `path`. A path
+that exists and is not a numformer checkpoint (a file, a folder of other things) is never
+overwritten.
 
 Cleaning up deletes only what is recognisably numformer's and abandoned: a temporary folder that
 holds numformer's writer record (WRITER_MARK: pid and host) of a process that no longer runs, and
@@ -39,8 +42,14 @@ finite. Every problem is one CheckpointError line naming the file. Pickle files 
 .bin, .pt, .pth, .pkl, .pickle, .ckpt, in any letter case) are refused without being opened:
 unpickling can run arbitrary code.
 
+A reader of a checkpoint that a running job saves gets the old checkpoint or the new one, whole:
+every file is opened through one handle on the folder, and a read that raced with a save starts
+again (load_checkpoint). Files of the user's are read only when they are regular files of a
+sane size (read_file): a FIFO would block forever, a link to /dev/zero never ends.
+
 The interop readers (interop/gpt2.py, model/encoder.py, sentence.py) share this module's
-PICKLE_SUFFIXES, pickle_refusal and read_json, so every JSON and pickle error reads the same.
+PICKLE_SUFFIXES, pickle_refusal, read_file and read_json, so every JSON and pickle error reads
+the same.
 """
 
 import fcntl
@@ -246,10 +255,19 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _swap_in(tmp: Path, path: Path) -> None:
-    """Put the complete folder `tmp` at `path`; the old checkpoint goes only once the new is in."""
+    """Put the complete folder `tmp` at `path`; the old checkpoint goes only once the new is in.
+
+    Where the kernel can (Linux 3.15+ on most file systems), the two folders trade names in one
+    step (_exchange), so `path` always names a whole checkpoint: a reader that opens it gets the
+    old one or the new one. Elsewhere the old one is renamed aside first, and for a moment there
+    is nothing at `path` (load_checkpoint waits that moment out)."""
     if not os.path.lexists(path):
         os.rename(tmp, path)
         _fsync_dir(path.parent)
+        return
+    if _exchange(tmp, path):             # tmp now names the old checkpoint
+        _fsync_dir(path.parent)
+        shutil.rmtree(tmp, ignore_errors=True)
         return
     aside = _private_name(path, _OLD)
     os.rename(path, aside)
@@ -262,11 +280,47 @@ def _swap_in(tmp: Path, path: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
+_RENAME_EXCHANGE = 2          # linux/fs.h
+_AT_FDCWD = -100
+_renameat2 = None             # libc's renameat2, found on first use (False: there is none)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the names of two existing entries of one folder in one atomic step, with Linux's
+    renameat2(RENAME_EXCHANGE); False, changing nothing, where the system or the file system
+    cannot (then the caller renames twice)."""
+    global _renameat2
+    if _renameat2 is None:
+        _renameat2 = False
+        if sys.platform.startswith("linux"):
+            import ctypes
+
+            try:
+                libc = ctypes.CDLL(None, use_errno=True)
+                _renameat2 = libc.renameat2          # glibc 2.28+, musl 1.2.3+
+                _renameat2.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+                _renameat2.restype = ctypes.c_int
+            except (OSError, AttributeError):
+                _renameat2 = False
+    if not _renameat2:
+        return False
+    import ctypes
+    import errno
+
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM):
+        return False                       # not on this kernel or file system: rename twice
+    raise OSError(err, os.strerror(err), str(b))
+
+
 def _remove_leftovers(path: Path, is_ours) -> None:
     """Delete temp and set-aside folders that an earlier, interrupted save left next to `path`:
     only numformer's own (see the module docstring), and only those whose writer has ended."""
     for tmp in _siblings(path, _TMP):
-        if _abandoned(tmp):
+        # a half-written folder, or (a crash right after _exchange) the old checkpoint under a temp name
+        if _abandoned(tmp) or (not _pid_alive(_pid_in_name(tmp, _TMP)) and is_ours(tmp)):
             shutil.rmtree(tmp, ignore_errors=True)
     for aside in _siblings(path, _OLD):
         if not _pid_alive(_pid_in_name(aside, _OLD)) and is_ours(aside):
@@ -468,30 +522,130 @@ def _lock_holder(fd: int) -> str:
 # ---------------------------------------------------------------------------------------- load
 
 
-def load_checkpoint(path) -> Checkpoint:
+_RETRIES = 12   # how many times a reader that raced with a save starts again
+
+
+class _Raced(Exception):
+    """A save replaced the folder at the path while its files were being opened."""
+
+
+def load_checkpoint(path, *, before_reading=None) -> Checkpoint:
     """Read a checkpoint folder written by save_checkpoint, verifying every file.
 
-    Raises CheckpointError (one line) for: a missing folder or file, invalid JSON, a file whose
-    size or SHA-256 differs from config.json's record, an unparsable safetensors file, non-float
-    or non-finite weights, and pickle files (refused unopened).
+    Raises CheckpointError (one line) for: a missing folder or file, invalid JSON, edited settings
+    (config_sha256), a file whose size or SHA-256 differs from config.json's record, an
+    unparsable safetensors file, non-float or non-finite weights, and pickle files (refused
+    unopened).
+
+    A checkpoint that a running job saves again while it is read is read whole, the old one or the
+    new one: all its files are opened through one handle on the folder, so they come from the same
+    folder whatever is renamed meanwhile, and are read from those open files (a file deleted after
+    it was opened can still be read). If a save replaced the folder while its files were being
+    opened (a file went missing, or the folder at `path` is no longer the one opened), or `path`
+    is missing while a running save has its old checkpoint aside, the read starts again.
+
+    `before_reading(config, shapes, model_bytes)`, if given, is called once config.json and the
+    header of model.safetensors are read, before any weight is: `config` without the bookkeeping,
+    `shapes` the tensors' shapes by name (None if the header cannot be read: the full read says
+    why), `model_bytes` the file's size. It may raise to refuse the checkpoint.
     """
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint folder{_aside_hint(path)}")
-    if not path.is_dir():
+    for attempt in range(_RETRIES + 1):
+        if attempt:
+            time.sleep(min(0.002 * 2 ** attempt, 0.25))
+        try:
+            config, files = _open_checkpoint(path)
+        except _Raced:
+            continue
+        try:
+            return _read_checkpoint(path, config, files, before_reading)
+        finally:
+            for f in files.values():
+                f.close()
+    live = [a for a in _siblings(path, _OLD) if _pid_alive(_pid_in_name(a, _OLD))]
+    if not os.path.lexists(path) and live:
+        raise CheckpointError(f"{path}: no such checkpoint folder while process {_pid_in_name(live[-1], _OLD)} "
+                              f"saves it (the previous checkpoint is in {live[-1]}); try again")
+    raise CheckpointError(f"{path}: replaced by a save {_RETRIES + 1} times while it was being read (a run is "
+                          "saving it again and again); try again")
+
+
+def _open_checkpoint(path: Path):
+    """(config, {file name: open file}) of the checkpoint folder at `path`, every file opened through
+    one handle on the folder; _Raced if a save replaced the folder meanwhile."""
+    try:
+        folder = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        if os.path.lexists(path) or _save_in_progress(path):     # back already, or between two renames
+            raise _Raced from None
+        raise CheckpointError(f"{path}: no such checkpoint folder{_aside_hint(path)}") from None
+    except NotADirectoryError:
         if path.suffix.lower() in PICKLE_SUFFIXES:
-            raise pickle_refusal(path)
+            raise pickle_refusal(path) from None
         raise CheckpointError(
             f"{path} is a file; a numformer checkpoint is a folder holding "
             f"{MODEL_FILE}, {CONFIG_FILE} and {TOKENIZER_FILE}"
-        )
-    names = set(os.listdir(path))
-    pickles = sorted(n for n in names if Path(n).suffix.lower() in PICKLE_SUFFIXES)
-    if MODEL_FILE not in names and pickles:
-        raise pickle_refusal(path / pickles[0])
+        ) from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
+    files = {}
+    try:
+        names = set(os.listdir(folder))
+        pickles = sorted(n for n in names if Path(n).suffix.lower() in PICKLE_SUFFIXES)
+        if MODEL_FILE not in names and pickles:
+            raise pickle_refusal(path / pickles[0])
+        try:
+            with _open_in(folder, CONFIG_FILE) as f:
+                config = parse_json(read_open_file(f, path / CONFIG_FILE, JSON_LIMIT))
+        except FileNotFoundError:
+            if _replaced(path, folder):
+                raise _Raced from None
+            raise CheckpointError(f"{path / CONFIG_FILE}: missing; not a complete numformer checkpoint") from None
+        except ValueError as e:
+            raise CheckpointError(f"{path / CONFIG_FILE}: {e}") from None
+        book = config.pop(BOOKKEEPING, None) if isinstance(config, dict) else None
+        if not isinstance(config, dict):
+            raise CheckpointError(f"{path / CONFIG_FILE}: expected a JSON object, found {type(config).__name__}")
+        _check_bookkeeping(path, book)
+        for name in book["files"]:
+            try:
+                files[name] = _open_in(folder, name)
+            except FileNotFoundError:
+                if _replaced(path, folder):
+                    raise _Raced from None
+                raise CheckpointError(f"{path / name}: missing; the checkpoint lists it in {CONFIG_FILE}") from None
+        config[BOOKKEEPING] = book         # _read_checkpoint takes it out again
+        return config, files
+    except BaseException:
+        for f in files.values():
+            f.close()
+        raise
+    finally:
+        os.close(folder)
 
-    config = read_json(path / CONFIG_FILE, "not a complete numformer checkpoint")
-    book = config.pop(BOOKKEEPING, None)
+
+def _open_in(folder: int, name: str):
+    """The file `name` of the open folder, opened for reading (unbuffered); O_NONBLOCK so that a
+    FIFO put there cannot block the open (its fstat then says what it is)."""
+    return os.fdopen(os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder), "rb", buffering=0)
+
+
+def _replaced(path: Path, folder: int) -> bool:
+    """Whether `path` no longer names the folder open as `folder`: a save swapped it meanwhile."""
+    try:
+        now, opened = os.stat(path), os.fstat(folder)
+    except OSError:
+        return True
+    return (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino)
+
+
+def _save_in_progress(path: Path) -> bool:
+    """Whether a running process has the checkpoint at `path` aside: a save that renames twice,
+    between its renames."""
+    return any(_pid_alive(_pid_in_name(aside, _OLD)) for aside in _siblings(path, _OLD))
+
+
+def _check_bookkeeping(path: Path, book) -> None:
     if not isinstance(book, dict) or not isinstance(book.get("files"), dict):
         raise CheckpointError(
             f"{path / CONFIG_FILE} has no {BOOKKEEPING!r} section: not a numformer checkpoint"
@@ -500,9 +654,32 @@ def load_checkpoint(path) -> Checkpoint:
         raise CheckpointError(
             f"{path}: checkpoint format {book.get('format')!r}; this numformer reads format {FORMAT}"
         )
+    if "config_sha256" in book and not isinstance(book["config_sha256"], str):
+        raise CheckpointError(f"{path / CONFIG_FILE}: bad record for its own settings (config_sha256)")
+    files = book["files"]
+    for required in (MODEL_FILE, TOKENIZER_FILE):
+        if required not in files:
+            raise CheckpointError(f"{path / CONFIG_FILE} does not list {required}: damaged checkpoint")
+    for name, record in files.items():
+        if name not in CHECKPOINT_FILES - {CONFIG_FILE}:
+            raise CheckpointError(f"{path / CONFIG_FILE} lists an unexpected file {name!r}")
+        if (not isinstance(record, dict) or not isinstance(record.get("sha256"), str)
+                or not (record.get("bytes") is None or type(record["bytes"]) is int)):
+            raise CheckpointError(f"{path / CONFIG_FILE}: bad record for {name}")
+
+
+def _read_checkpoint(path: Path, config: dict, files: dict, before_reading) -> Checkpoint:
+    """The Checkpoint of files opened by _open_checkpoint: checked, then read."""
+    book = config.pop(BOOKKEEPING)
+    if before_reading is not None:
+        model = files[MODEL_FILE]
+        try:
+            header, _ = _read_header(model, path / MODEL_FILE)
+            shapes = {name: tuple(e["shape"]) for name, e in header.items() if name != "__metadata__"}
+        except CheckpointError:
+            shapes = None                # the full read below says what is wrong
+        before_reading(config, shapes, os.fstat(model.fileno()).st_size)
     if "config_sha256" in book:          # absent in checkpoints written before it was recorded
-        if not isinstance(book["config_sha256"], str):
-            raise CheckpointError(f"{path / CONFIG_FILE}: bad record for its own settings (config_sha256)")
         try:
             same = config_digest(config) == book["config_sha256"]
         except RecursionError:           # parsed, but too deep to write back: not what numformer wrote
@@ -512,26 +689,21 @@ def load_checkpoint(path) -> Checkpoint:
                 f"{path / CONFIG_FILE}: its settings differ from the SHA-256 recorded in its {BOOKKEEPING!r} "
                 "section (the file was edited or damaged; numformer does not run a model whose config changed)"
             )
-    files = book["files"]
-    for required in (MODEL_FILE, TOKENIZER_FILE):
-        if required not in files:
-            raise CheckpointError(f"{path / CONFIG_FILE} does not list {required}: damaged checkpoint")
-    for name, record in files.items():
-        if name not in CHECKPOINT_FILES - {CONFIG_FILE}:
-            raise CheckpointError(f"{path / CONFIG_FILE} lists an unexpected file {name!r}")
-        _verify(path / name, record)
-
-    model = _read_float_tensors(path / MODEL_FILE)
-    optimizer = _read_float_tensors(path / OPTIMIZER_FILE) if OPTIMIZER_FILE in files else None
+    for name, f in files.items():
+        _verify(f, path / name, book["files"][name])
+    model = _read_float_tensors(files[MODEL_FILE], path / MODEL_FILE)
+    optimizer = _read_float_tensors(files[OPTIMIZER_FILE], path / OPTIMIZER_FILE) if OPTIMIZER_FILE in files else None
     try:
-        tokenizer = (path / TOKENIZER_FILE).read_bytes().decode("utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+        tokenizer = read_open_file(files[TOKENIZER_FILE], path / TOKENIZER_FILE, TOKENIZER_LIMIT).decode("utf-8")
+    except UnicodeDecodeError as e:
         raise CheckpointError(f"{path / TOKENIZER_FILE}: cannot be read as UTF-8 text ({e})") from None
     return Checkpoint(model=model, optimizer=optimizer, config=config, tokenizer=tokenizer)
 
 
 def _aside_hint(path: Path) -> str:
-    asides = [a for a in _siblings(path, _OLD) if (a / CONFIG_FILE).is_file()]
+    """Where an interrupted save (its process has ended) left the previous checkpoint, if it did."""
+    asides = [a for a in _siblings(path, _OLD)
+              if (a / CONFIG_FILE).is_file() and not _pid_alive(_pid_in_name(a, _OLD))]
     if not asides:
         return ""
     return f" (an interrupted save left the previous checkpoint in {asides[-1]}; rename it to {path.name})"
@@ -645,21 +817,20 @@ def read_open_file(f, file, limit: int, error=CheckpointError) -> bytes:
     return data
 
 
-def _verify(file: Path, record) -> None:
-    """Check a file against config.json's record of its size and SHA-256."""
-    if (not isinstance(record, dict) or not isinstance(record.get("sha256"), str)
-            or not (record.get("bytes") is None or type(record["bytes"]) is int)):
-        raise CheckpointError(f"{file.parent / CONFIG_FILE}: bad record for {file.name}")
-    if not file.is_file():
-        raise CheckpointError(f"{file}: missing; the checkpoint lists it in {CONFIG_FILE}")
-    size = file.stat().st_size
+def _verify(f, file: Path, record) -> None:
+    """Check the open file `f` (named `file`) against config.json's record of its size and SHA-256."""
+    st = os.fstat(f.fileno())
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(f"{file}: cannot be read: it is {_KINDS.get(stat.S_IFMT(st.st_mode), 'not a regular file')}, "
+                              "not a regular file")
+    size = st.st_size
     if record.get("bytes") is not None and size != record["bytes"]:
         state = "truncated" if size < record["bytes"] else "damaged"
         raise CheckpointError(f"{file}: {state}: {size} bytes, {CONFIG_FILE} records {record['bytes']}")
-    sha = hashlib.sha256()
-    with open(file, "rb") as f:
-        while chunk := f.read(1 << 20):
-            sha.update(chunk)
+    sha, offset = hashlib.sha256(), 0
+    while chunk := os.pread(f.fileno(), 1 << 20, offset):
+        sha.update(chunk)
+        offset += len(chunk)
     if sha.hexdigest() != record["sha256"]:
         raise CheckpointError(
             f"{file}: contents differ from the SHA-256 recorded in {CONFIG_FILE} "
@@ -667,8 +838,8 @@ def _verify(file: Path, record) -> None:
         )
 
 
-def _read_float_tensors(file: Path) -> dict[str, np.ndarray]:
-    tensors = read_safetensors(file)
+def _read_float_tensors(f, file: Path) -> dict[str, np.ndarray]:
+    tensors = _read_tensors(f, file)
     for name, arr in tensors.items():
         if not np.issubdtype(arr.dtype, np.floating):
             raise CheckpointError(f"{file}: tensor {name!r} has dtype {arr.dtype}, expected floating point")
@@ -677,88 +848,112 @@ def _read_float_tensors(file: Path) -> dict[str, np.ndarray]:
     return tensors
 
 
+MAX_HEADER = 100_000_000   # bytes of a safetensors header, as the safetensors library limits it
+
+
 def read_safetensors(file) -> dict[str, np.ndarray]:
     """All tensors of one safetensors file, as NumPy arrays.
 
-    The header is checked first (length, JSON, dtypes, byte ranges against the file size), so a
-    truncated or damaged file gives one CheckpointError line saying what is wrong. Pickle files
-    are refused unopened. The dtype is not restricted here (Hugging Face files may hold int
+    The header is checked first (length, JSON, dtypes, byte ranges against the file size: the
+    tensors must fill the data exactly, in order), so a truncated or damaged file gives one
+    CheckpointError line saying what is wrong. Pickle files are refused unopened; a FIFO or a
+    device is refused by name. The dtype is not restricted here (Hugging Face files may hold int
     buffers); load_checkpoint adds the float and finiteness checks. bfloat16 tensors are widened
-    to float32 exactly (see _read_with_bfloat16).
+    to float32 exactly (see _read_tensors). Each tensor is read straight into its array: no
+    memory map (a file truncated meanwhile is an error, not a SIGBUS) and no second copy.
     """
-    from safetensors.numpy import load_file
-
     file = Path(file)
     if file.suffix.lower() in PICKLE_SUFFIXES:
         raise pickle_refusal(file)
-    if not file.is_file():
-        raise CheckpointError(f"{file}: no such file" if not file.exists() else f"{file}: not a file")
-    size = file.stat().st_size
-    with open(file, "rb") as f:
-        head = f.read(8)
-        # A safetensors header length is 8 little-endian bytes followed by '{'; its first byte
-        # can be anything (0x80 included), so sniff for zip/pickle only when that shape is absent.
-        n_claimed = int.from_bytes(head, "little") if len(head) == 8 else -1
-        brace = f.read(1)
-        f.seek(8)
-        looks_safetensors = brace == b"{" and 0 < n_claimed <= size - 8
-        if not looks_safetensors and (head[:2] == b"PK" or head[:1] == b"\x80"):  # zip (torch.save) or raw pickle
-            raise CheckpointError(
-                f"{file}: looks like a PyTorch/pickle file, not safetensors; numformer never "
-                "unpickles (loading a pickle can run arbitrary code)"
-            )
-        if len(head) < 8:
-            raise CheckpointError(f"{file}: not a safetensors file (only {size} bytes)")
-        n = int.from_bytes(head, "little")  # header length, u64 little-endian
-        if n > size - 8:
-            raise CheckpointError(
-                f"{file}: truncated or not safetensors (header claims {n} bytes, file has {size})"
-            )
-        raw = f.read(n)
+    if not os.path.lexists(file):
+        raise CheckpointError(f"{file}: no such file")
+    try:
+        st = os.stat(file)
+        if not stat.S_ISREG(st.st_mode):
+            raise CheckpointError(f"{file}: not a file: it is {_KINDS.get(stat.S_IFMT(st.st_mode), 'not a regular file')}")
+        f = os.fdopen(os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb", buffering=0)
+    except OSError as e:
+        raise CheckpointError(f"{file}: cannot be read ({e.strerror or type(e).__name__})") from None
+    with f:
+        return _read_tensors(f, file)
+
+
+def _read_header(f, file: Path) -> tuple[dict, int]:
+    """(header, offset of the data) of the open safetensors file `f`, checked (_check_header)."""
+    st = os.fstat(f.fileno())
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(f"{file}: not a file: it is {_KINDS.get(stat.S_IFMT(st.st_mode), 'not a regular file')}")
+    size = st.st_size
+    head = os.pread(f.fileno(), 9, 0)
+    # A safetensors header length is 8 little-endian bytes followed by '{'; its first byte
+    # can be anything (0x80 included), so sniff for zip/pickle only when that shape is absent.
+    n_claimed = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
+    looks_safetensors = head[8:9] == b"{" and 0 < n_claimed <= size - 8
+    if not looks_safetensors and (head[:2] == b"PK" or head[:1] == b"\x80"):  # zip (torch.save) or raw pickle
+        raise CheckpointError(
+            f"{file}: looks like a PyTorch/pickle file, not safetensors; numformer never "
+            "unpickles (loading a pickle can run arbitrary code)"
+        )
+    if len(head) < 8:
+        raise CheckpointError(f"{file}: not a safetensors file (only {size} bytes)")
+    n = n_claimed  # header length, u64 little-endian
+    if n > size - 8:
+        raise CheckpointError(
+            f"{file}: truncated or not safetensors (header claims {n} bytes, file has {size})"
+        )
+    if n > MAX_HEADER:
+        raise CheckpointError(f"{file}: not a safetensors file (a header of {n:,} bytes; at most {MAX_HEADER:,})")
+    raw = os.pread(f.fileno(), n, 8)
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, ValueError):       # ValueError: JSONDecodeError, an integer too long
         raise CheckpointError(f"{file}: not a safetensors file (its header is not JSON)") from None
     except RecursionError:
         raise CheckpointError(f"{file}: not a safetensors file (its header's JSON is nested too deeply)") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{file}: not a safetensors file (its header is not a JSON object)")
     _check_header(file, header, data_bytes=size - 8 - n)
-    if any(isinstance(e, dict) and e.get("dtype") == "BF16" for e in header.values()):
-        return _read_with_bfloat16(file, header, start=8 + n)
-    try:
-        return load_file(file)
-    except Exception as e:  # the Rust reader raises its own error type; keep the first line
-        text = str(e).strip().splitlines()
-        reason = text[0] if text else type(e).__name__
-        raise CheckpointError(f"{file}: cannot be read as safetensors ({reason})") from None
+    return header, 8 + n
 
 
-def _read_with_bfloat16(file: Path, header: dict, start: int) -> dict[str, np.ndarray]:
-    """The tensors of a file that holds bfloat16 ones (NumPy has no bfloat16, and safetensors'
-    NumPy reader refuses them). A bfloat16 is the top 16 bits of a float32 (sign, 8 exponent
-    bits, 7 mantissa bits), so shifting its bits into the top half of a uint32 gives the float32
-    of exactly the same value. The header has been checked: every byte range lies in the data."""
-    with open(file, "rb") as f:
-        f.seek(start)
-        data = f.read()
+def _read_tensors(f, file: Path) -> dict[str, np.ndarray]:
+    """Every tensor of the open safetensors file `f`, each read into a new array. A bfloat16 is
+    the top 16 bits of a float32 (sign, 8 exponent bits, 7 mantissa bits), so shifting its bits
+    into the top half of a uint32 gives the float32 of exactly the same value (NumPy has no
+    bfloat16)."""
+    header, start = _read_header(f, file)
     out = {}
     for name, entry in header.items():
         if name == "__metadata__":
             continue
-        a, b = (int(x) for x in entry["data_offsets"])
-        shape = tuple(int(s) for s in entry["shape"])
+        a = entry["data_offsets"][0]
+        shape = tuple(entry["shape"])
         if entry["dtype"] == "BF16":
-            bits = np.frombuffer(data, dtype="<u2", count=(b - a) // 2, offset=a)
-            out[name] = (bits.astype(np.uint32) << 16).view(np.float32).reshape(shape)
+            bits = np.empty(shape, dtype="<u2")
+            _read_into(f, file, start + a, bits)
+            out[name] = (bits.astype(np.uint32) << 16).view(np.float32)
         else:
-            dt = np.dtype(_DTYPES[entry["dtype"]]).newbyteorder("<")
-            out[name] = np.frombuffer(data, dtype=dt, count=(b - a) // dt.itemsize, offset=a).reshape(shape).copy()
+            arr = np.empty(shape, dtype=np.dtype(_DTYPES[entry["dtype"]]).newbyteorder("<"))
+            _read_into(f, file, start + a, arr)
+            out[name] = arr
     return out
 
 
+def _read_into(f, file: Path, offset: int, arr: np.ndarray) -> None:
+    """Fill the contiguous array `arr` with the file's bytes from `offset` on."""
+    buf = memoryview(arr.reshape(-1).view(np.uint8))
+    f.seek(offset)
+    done = 0
+    while done < len(buf):
+        got = f.readinto(buf[done:])
+        if not got:
+            raise CheckpointError(f"{file}: truncated while it was read ({offset + done} bytes; the header "
+                                  f"needs {offset + len(buf)})")
+        done += got
+
+
 def _check_header(file: Path, header: dict, data_bytes: int) -> None:
-    end = 0
+    ranges = []
     for name, entry in header.items():
         if name == "__metadata__":
             continue
@@ -782,7 +977,13 @@ def _check_header(file: Path, header: dict, data_bytes: int) -> None:
             raise CheckpointError(
                 f"{file}: truncated: tensor {name!r} needs bytes up to {b}, the data holds {data_bytes}"
             )
-        end = max(end, b)
+        ranges.append((a, b, name))
+    end = 0
+    for a, b, name in sorted(ranges):     # the tensors fill the data, one after another
+        if a != end:
+            raise CheckpointError(f"{file}: damaged header: tensor {name!r} starts at byte {a} of the data, "
+                                  f"but the tensors before it end at {end}")
+        end = b
     if end != data_bytes:
         raise CheckpointError(f"{file}: damaged: {data_bytes - end} bytes after the last tensor")
 
