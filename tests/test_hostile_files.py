@@ -138,7 +138,8 @@ def deadline():
     signal.signal(signal.SIGALRM, old)
 
 
-@pytest.mark.parametrize("make, words", [(os.mkfifo, "a FIFO"), (lambda f: os.symlink("/dev/zero", f), "a character device")],
+@pytest.mark.parametrize("make, words", [(os.mkfifo, "a FIFO"),
+                                         (lambda f: os.symlink("/dev/zero", f), "a character device")],
                          ids=["fifo", "dev-zero"])
 def test_a_toml_config_that_is_not_a_regular_file_is_named_for_what_it_is(tmp_path, deadline, make, words):
     file = tmp_path / "c.toml"

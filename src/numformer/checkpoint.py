@@ -23,10 +23,11 @@ overwritten.
 
 Cleaning up deletes only what is recognisably numformer's and abandoned: a temporary folder that
 holds numformer's writer record (WRITER_MARK: pid and host) of a process that no longer runs, and
-a set-aside folder that is a numformer checkpoint, named with the pid of a process that no longer
-runs. A user's folder that happens to have such a name, and the temporary folder of a save still
-in progress in another process, are left alone. write_folder and replace_file are the writers
-that the rest of numformer uses (Hugging Face export, metrics.jsonl, loss.png).
+a set-aside or temporary folder that is a numformer checkpoint (the old one, left by a save that
+died right after the exchange), named with the pid of a process that no longer runs. A user's
+folder that happens to have such a name, and the temporary folder of a save still in progress in
+another process, are left alone. write_folder and replace_file are the writers that the rest of
+numformer uses (Hugging Face export, metrics.jsonl, loss.png).
 
 Locking. lock_folder takes an advisory lock (flock) on a folder through its LOCK_FILE, which
 records who holds it; `numformer train` holds one on its out_dir for the whole run, so a second
@@ -776,6 +777,11 @@ _KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO (named pipe)", stat
           stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
 
 
+def _kind(mode: int) -> str:
+    """What a file that is not a regular file is, in words ("a FIFO (named pipe)")."""
+    return _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+
+
 def read_file(file, limit: int, what: str = "", error=CheckpointError) -> bytes:
     """The bytes of a user's file, read only if it is a regular file (a symbolic link to one is
     fine) of at most `limit` bytes: a FIFO would block the read forever, /dev/zero never ends, and
@@ -794,7 +800,7 @@ def read_file(file, limit: int, what: str = "", error=CheckpointError) -> bytes:
     except OSError as e:
         raise error(f"{file}: cannot be read ({e.strerror or type(e).__name__})") from None
     if fd is None:
-        raise error(f"{file}: cannot be read: it is {_KINDS.get(stat.S_IFMT(st.st_mode), 'not a regular file')}, "
+        raise error(f"{file}: cannot be read: it is {_kind(st.st_mode)}, "
                     "not a regular file")
     with os.fdopen(fd, "rb") as f:
         return read_open_file(f, file, limit, error)
@@ -806,7 +812,7 @@ def read_open_file(f, file, limit: int, error=CheckpointError) -> bytes:
     try:
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode):
-            raise error(f"{file}: cannot be read: it is {_KINDS.get(stat.S_IFMT(st.st_mode), 'not a regular file')}, "
+            raise error(f"{file}: cannot be read: it is {_kind(st.st_mode)}, "
                         "not a regular file")
         data = f.read(limit + 1) if st.st_size <= limit else b""
     except OSError as e:
@@ -821,7 +827,7 @@ def _verify(f, file: Path, record) -> None:
     """Check the open file `f` (named `file`) against config.json's record of its size and SHA-256."""
     st = os.fstat(f.fileno())
     if not stat.S_ISREG(st.st_mode):
-        raise CheckpointError(f"{file}: cannot be read: it is {_KINDS.get(stat.S_IFMT(st.st_mode), 'not a regular file')}, "
+        raise CheckpointError(f"{file}: cannot be read: it is {_kind(st.st_mode)}, "
                               "not a regular file")
     size = st.st_size
     if record.get("bytes") is not None and size != record["bytes"]:
@@ -870,7 +876,7 @@ def read_safetensors(file) -> dict[str, np.ndarray]:
     try:
         st = os.stat(file)
         if not stat.S_ISREG(st.st_mode):
-            raise CheckpointError(f"{file}: not a file: it is {_KINDS.get(stat.S_IFMT(st.st_mode), 'not a regular file')}")
+            raise CheckpointError(f"{file}: not a file: it is {_kind(st.st_mode)}")
         f = os.fdopen(os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb", buffering=0)
     except OSError as e:
         raise CheckpointError(f"{file}: cannot be read ({e.strerror or type(e).__name__})") from None
@@ -882,7 +888,7 @@ def _read_header(f, file: Path) -> tuple[dict, int]:
     """(header, offset of the data) of the open safetensors file `f`, checked (_check_header)."""
     st = os.fstat(f.fileno())
     if not stat.S_ISREG(st.st_mode):
-        raise CheckpointError(f"{file}: not a file: it is {_KINDS.get(stat.S_IFMT(st.st_mode), 'not a regular file')}")
+        raise CheckpointError(f"{file}: not a file: it is {_kind(st.st_mode)}")
     size = st.st_size
     head = os.pread(f.fileno(), 9, 0)
     # A safetensors header length is 8 little-endian bytes followed by '{'; its first byte

@@ -27,7 +27,7 @@ DOUBLING = [normalizers.Replace("a", "aa")] * 40
 HOSTILE = {
     "normalizer-doubling-chain": dict(normalizer=normalizers.Sequence(DOUBLING)),
     "nested-sequences": dict(normalizer=normalizers.Sequence([normalizers.Sequence(DOUBLING[:20])] * 2)),
-    "regex-insertions": dict(normalizer=normalizers.Sequence([normalizers.Replace(Regex(""), "ab")] * 12)),
+    "regex-insertions": dict(normalizer=normalizers.Sequence([normalizers.Replace(Regex(""), "ab")] * 12)),  # 3^12
     "decoder-doubling-chain": dict(decoder=decoders.Sequence([decoders.Replace("a", "aa")] * 40)),
     "byte-level-pre-tokenizers": dict(pre_tokenizer=pre_tokenizers.Sequence([pre_tokenizers.ByteLevel()] * 20)),
     "one-long-replacement": dict(normalizer=normalizers.Replace("a", "a" * 5000)),
@@ -49,15 +49,17 @@ def test_a_pipeline_that_multiplies_text_is_refused_in_one_line(case):
 REAL = {
     "numformer's own": dict(pre_tokenizer=pre_tokenizers.ByteLevel(add_prefix_space=False),
                             decoder=decoders.ByteLevel()),
-    "llama-2 style": dict(normalizer=normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")]),
+    "llama-2 style": dict(normalizer=normalizers.Sequence([normalizers.Prepend("▁"),
+                                                           normalizers.Replace(" ", "▁")]),
                           decoder=decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
                                                      decoders.Fuse(), decoders.Strip(" ", 1, 0)])),
     "qwen2 style": dict(normalizer=normalizers.NFC(), pre_tokenizer=pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(r"\s+"), "isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]), decoder=decoders.ByteLevel()),
-    "bert style": dict(normalizer=normalizers.BertNormalizer(lowercase=True), pre_tokenizer=pre_tokenizers.BertPreTokenizer(),
-                       decoder=decoders.WordPiece()),
-    "metaspace": dict(normalizer=normalizers.NFKC(), pre_tokenizer=pre_tokenizers.Metaspace(), decoder=decoders.Metaspace()),
+    "bert style": dict(normalizer=normalizers.BertNormalizer(lowercase=True),
+                       pre_tokenizer=pre_tokenizers.BertPreTokenizer(), decoder=decoders.WordPiece()),
+    "metaspace": dict(normalizer=normalizers.NFKC(), pre_tokenizer=pre_tokenizers.Metaspace(),
+                      decoder=decoders.Metaspace()),
 }
 
 
@@ -75,7 +77,8 @@ def test_a_trained_tokenizer_loads(tmp_path):
 
 @pytest.mark.parametrize("argv", [["sample", "--out_dir", "{ckpt}", "--max_new_tokens", "2"],
                                   ["convert", "--to_hf", "{ckpt}", "--out", "{tmp}/hf"],
-                                  ["explore", "{ckpt}", "--out", "{tmp}/page.html"]], ids=["sample", "convert", "explore"])
+                                  ["explore", "{ckpt}", "--out", "{tmp}/page.html"]],
+                         ids=["sample", "convert", "explore"])
 def test_a_checkpoint_holding_such_a_tokenizer_is_refused_in_one_line(tmp_path, capsys, argv):
     from numformer.cli import main as cli_main
     from numformer.model.config import GPTConfig
