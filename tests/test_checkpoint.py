@@ -646,6 +646,23 @@ def test_a_checkpoint_file_that_is_a_fifo_is_refused_not_waited_on(tmp_path, dea
         GPT.load(tmp_path / "ckpt")
 
 
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors"])
+def test_a_checkpoint_file_that_cannot_be_opened_is_one_checkpoint_error(tmp_path, monkeypatch, name):
+    """Simulated: this suite may run as root, for whom chmod does not stop a read."""
+    _save(tmp_path / "ckpt")
+    real_open = os.open
+
+    def open_(file, flags, *args, **kwargs):
+        if os.fspath(file) == name:
+            raise PermissionError(13, "Permission denied", name)
+        return real_open(file, flags, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.os, "open", open_)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(tmp_path / "ckpt")
+    assert _one_line(e) == f"{tmp_path / 'ckpt' / name}: cannot be read (Permission denied)"
+
+
 def test_a_symbolic_link_to_a_regular_file_is_read(tmp_path):
     """Hugging Face's cache holds its files as links into blobs/: they must still be read."""
     (tmp_path / "blob").write_text('{"a": 1}')

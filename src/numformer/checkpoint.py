@@ -604,6 +604,8 @@ def _open_checkpoint(path: Path):
             raise CheckpointError(f"{path / CONFIG_FILE}: missing; not a complete numformer checkpoint") from None
         except ValueError as e:
             raise CheckpointError(f"{path / CONFIG_FILE}: {e}") from None
+        except OSError as e:
+            raise CheckpointError(f"{path / CONFIG_FILE}: cannot be read ({e.strerror or type(e).__name__})") from None
         book = config.pop(BOOKKEEPING, None) if isinstance(config, dict) else None
         if not isinstance(config, dict):
             raise CheckpointError(f"{path / CONFIG_FILE}: expected a JSON object, found {type(config).__name__}")
@@ -615,6 +617,8 @@ def _open_checkpoint(path: Path):
                 if _replaced(path, folder):
                     raise _Raced from None
                 raise CheckpointError(f"{path / name}: missing; the checkpoint lists it in {CONFIG_FILE}") from None
+            except OSError as e:
+                raise CheckpointError(f"{path / name}: cannot be read ({e.strerror or type(e).__name__})") from None
         config[BOOKKEEPING] = book         # _read_checkpoint takes it out again
         return config, files
     except BaseException:
