@@ -139,7 +139,9 @@ def test_crash_before_any_checkpoint_exists_leaves_nothing(tmp_path, monkeypatch
 
 
 def test_failed_rename_into_place_restores_the_old_checkpoint(tmp_path, monkeypatch):
+    """Where folders cannot trade names in one step, the old one goes aside first."""
     old_model, _, _ = _save(tmp_path / "ckpt", seed=1)
+    monkeypatch.setattr(checkpoint, "_exchange", lambda a, b: False)
     real_rename = os.rename
     calls = []
 
@@ -164,7 +166,7 @@ HARD_CRASH = textwrap.dedent(
     from numformer import checkpoint
 
     path, point = sys.argv[1], sys.argv[2]
-    real_write, real_rename = checkpoint._write_file, os.rename
+    real_write, real_rename, real_exchange = checkpoint._write_file, os.rename, checkpoint._exchange
     def write(file, data):
         if point == "write" and file.name == "model.safetensors":
             with open(file, "xb") as f:
@@ -177,13 +179,18 @@ HARD_CRASH = textwrap.dedent(
         if point == "rename" and len(renames) == 2:
             os._exit(17)  # dies after moving the old checkpoint aside
         real_rename(src, dst)
-    checkpoint._write_file, checkpoint.os.rename = write, rename
+    def exchange(a, b):
+        if point == "rename":
+            return False          # as where folders cannot trade names: rename twice
+        assert real_exchange(a, b), "this file system cannot exchange folders"
+        os._exit(17)              # dies after the swap, before deleting the old checkpoint
+    checkpoint._write_file, checkpoint.os.rename, checkpoint._exchange = write, rename, exchange
     checkpoint.save_checkpoint(path, model={"w": np.full(4, 2.0)}, config={"step": 2}, tokenizer="null")
     """
 )
 
 
-@pytest.mark.parametrize("point", ["write", "rename"])
+@pytest.mark.parametrize("point", ["write", "rename", "exchange"])
 def test_hard_crash_never_leaves_a_half_written_checkpoint(tmp_path, point):
     old_model, _, _ = _save(tmp_path / "ckpt", seed=1)
     proc = subprocess.run(
@@ -192,6 +199,8 @@ def test_hard_crash_never_leaves_a_half_written_checkpoint(tmp_path, point):
     assert proc.returncode == 17, proc.stderr.decode()
     if point == "write":
         _assert_model_equal(load_checkpoint(tmp_path / "ckpt").model, old_model)
+    elif point == "exchange":   # the new checkpoint is in; the old one is left under the temporary name
+        assert load_checkpoint(tmp_path / "ckpt").config == {"step": 2}
     else:
         # path is momentarily empty; the complete old checkpoint is aside and the error says where
         with pytest.raises(CheckpointError, match="interrupted save left the previous checkpoint"):
@@ -203,6 +212,32 @@ def test_hard_crash_never_leaves_a_half_written_checkpoint(tmp_path, point):
     new_model, _, _ = _save(tmp_path / "ckpt", seed=3)
     _assert_model_equal(load_checkpoint(tmp_path / "ckpt").model, new_model)
     assert os.listdir(tmp_path) == ["ckpt"]
+
+
+def test_a_save_between_its_two_renames_is_waited_for_not_reported_as_a_crash(tmp_path):
+    """Where a save renames twice, `path` is missing for a moment while the writer runs: the reader
+    waits (and gets the checkpoint once it is back); it never advises renaming the folder aside."""
+    import threading
+
+    _save(tmp_path / "ckpt", seed=1)
+    aside = tmp_path / f".ckpt.numformer-old-{os.getpid()}-abc"     # a live writer's (this process)
+    os.rename(tmp_path / "ckpt", aside)
+    threading.Timer(0.2, os.rename, (aside, tmp_path / "ckpt")).start()
+    assert load_checkpoint(tmp_path / "ckpt").config["step"] == 1
+
+
+def test_a_save_that_never_finishes_is_named_not_blamed_on_a_crash(tmp_path):
+    _save(tmp_path / "ckpt", seed=1)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        os.rename(tmp_path / "ckpt", tmp_path / f".ckpt.numformer-old-{live.pid}-abc")
+        with pytest.raises(CheckpointError) as e:
+            load_checkpoint(tmp_path / "ckpt")
+    finally:
+        live.kill()
+        live.wait()
+    message = _one_line(e)
+    assert f"while process {live.pid} saves it" in message and "rename it" not in message, message
 
 
 # ---------------------------------------------------------------------- refusing to overwrite
@@ -302,6 +337,67 @@ def test_invalid_json(tmp_path):
     with pytest.raises(CheckpointError, match=r"config.json: invalid JSON \(.* line \d+ column \d+\)") as e:
         load_checkpoint(tmp_path / "ckpt")
     _one_line(e)
+
+
+def _edit_config(folder, change):
+    """Change config.json's settings (not its bookkeeping), as a hand edit would."""
+    file = folder / "config.json"
+    config = json.loads(file.read_text())
+    change(config)
+    file.write_text(json.dumps(config, indent=2))
+
+
+@pytest.mark.parametrize("change", [
+    lambda c: c["model"].__setitem__("n_head", 4),          # another model, same weights
+    lambda c: c["model"].__setitem__("block_size", 100000),
+    lambda c: c["model"].pop("n_layer"),                   # a default would fill it
+    lambda c: c.__setitem__("step", 1),
+    lambda c: c.__setitem__("extra", None),
+    lambda c: c["rng"].__setitem__("state", {"state": 1, "inc": 3}),
+], ids=["n_head", "block_size", "deleted-key", "step", "added-key", "rng"])
+def test_an_edited_config_is_caught_by_its_digest(tmp_path, change):
+    _save(tmp_path / "ckpt", rng=np.random.default_rng(5).bit_generator.state)
+    _edit_config(tmp_path / "ckpt", change)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(tmp_path / "ckpt")
+    message = _one_line(e)
+    assert message.startswith(f"{tmp_path / 'ckpt' / 'config.json'}: ") and "SHA-256" in message, message
+
+
+def test_the_digest_is_of_the_settings_not_of_their_layout(tmp_path):
+    """Re-indenting config.json or reordering its keys changes no setting: it still loads."""
+    _, _, cfg = _save(tmp_path / "ckpt", note="中文", ratio=0.1, big=2**100)
+    file = tmp_path / "ckpt" / "config.json"
+    config = json.loads(file.read_text())
+    file.write_text(json.dumps(dict(reversed(config.items())), ensure_ascii=True))
+    assert load_checkpoint(tmp_path / "ckpt").config == cfg
+
+
+def test_a_checkpoint_written_before_the_config_digest_still_loads(tmp_path):
+    _, _, cfg = _save(tmp_path / "ckpt")
+    _edit_config(tmp_path / "ckpt", lambda c: c["_numformer"].pop("config_sha256", None))
+    assert "config_sha256" not in (tmp_path / "ckpt" / "config.json").read_text()
+    assert load_checkpoint(tmp_path / "ckpt").config == cfg
+
+
+@pytest.mark.parametrize("digest", [7, None, ["x"]])
+def test_a_digest_that_is_not_text_is_a_bad_record(tmp_path, digest):
+    _save(tmp_path / "ckpt")
+    _edit_config(tmp_path / "ckpt", lambda c: c["_numformer"].__setitem__("config_sha256", digest))
+    with pytest.raises(CheckpointError, match="config.json: bad record") as e:
+        load_checkpoint(tmp_path / "ckpt")
+    _one_line(e)
+
+
+def test_a_gpt_whose_config_was_edited_is_refused_not_run(tmp_path):
+    """n_head 2 -> 4 keeps every weight's shape: only the digest tells the model apart."""
+    from numformer.model.config import GPTConfig
+    from numformer.model.gpt import GPT
+
+    GPT(GPTConfig(vocab_size=5, block_size=8, n_layer=1, n_head=2, n_embd=8)).save(tmp_path / "ckpt")
+    _edit_config(tmp_path / "ckpt", lambda c: c["model"].__setitem__("n_head", 4))
+    with pytest.raises(CheckpointError, match="config.json: .*SHA-256"):
+        GPT.load(tmp_path / "ckpt")
 
 
 def test_config_without_bookkeeping_is_not_a_checkpoint(tmp_path):
@@ -492,6 +588,88 @@ def test_read_json_names_the_file_and_what_went_wrong(tmp_path, make, words):
     assert str(file) in message
 
 
+@pytest.fixture
+def deadline():
+    """deadline(seconds): fail the test (TimeoutError) if it is still running then; a read that
+    blocks on a FIFO is interrupted by the alarm."""
+    import signal
+
+    def expire(*_):
+        raise TimeoutError("still running at the deadline: the reader blocked")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    yield lambda seconds: signal.alarm(seconds)
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda f: os.mkfifo(f), ["cfg.json: cannot be read: it is a FIFO"]),                 # used to block
+    (lambda f: os.symlink("/dev/zero", f), ["cfg.json: cannot be read: it is a character device"]),  # to MemoryError
+    (lambda f: f.write_text('{"n": ' + "9" * 5000 + "}"), ["cfg.json: invalid JSON", "4,300 digits"]),
+    (lambda f: f.write_text('{"n": [' + "1" * 4301 + "]}"), ["cfg.json: invalid JSON", "digits"]),
+    (lambda f: f.write_text(json.dumps({"pad": " " * 20000})), ["cfg.json: 20,011 bytes", "10,000", "not read"]),
+    (lambda f: os.symlink(f.parent / "nowhere", f), ["cfg.json: missing"]),
+], ids=["fifo", "dev-zero", "huge-int", "huge-int-in-list", "too-large", "dangling-link"])
+def test_read_json_reads_only_regular_files_of_a_sane_size(tmp_path, deadline, make, words):
+    file = tmp_path / "cfg.json"
+    make(file)
+    deadline(20)
+    with pytest.raises(CheckpointError) as e:
+        checkpoint.read_json(file, limit=10_000)
+    message = _one_line(e)
+    for word in words:
+        assert word in message, message
+    assert message.startswith(str(file))
+
+
+def test_a_checkpoint_whose_config_is_a_fifo_is_refused_not_waited_on(tmp_path, deadline):
+    _save(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "config.json").unlink()
+    os.mkfifo(tmp_path / "ckpt" / "config.json")
+    deadline(20)
+    with pytest.raises(CheckpointError, match="config.json: cannot be read: it is a FIFO"):
+        load_checkpoint(tmp_path / "ckpt")
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "tokenizer.json", "optimizer.safetensors"])
+def test_a_checkpoint_file_that_is_a_fifo_is_refused_not_waited_on(tmp_path, deadline, name):
+    from numformer.model.config import GPTConfig
+    from numformer.model.gpt import GPT
+
+    GPT(GPTConfig(vocab_size=5, block_size=8, n_layer=1, n_head=2, n_embd=8)).save(
+        tmp_path / "ckpt", optimizer={"m": np.zeros(3, np.float32)})
+    (tmp_path / "ckpt" / name).unlink()
+    os.mkfifo(tmp_path / "ckpt" / name)
+    deadline(20)
+    with pytest.raises(CheckpointError, match=f"{name}: cannot be read: it is a FIFO"):
+        GPT.load(tmp_path / "ckpt")
+
+
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors"])
+def test_a_checkpoint_file_that_cannot_be_opened_is_one_checkpoint_error(tmp_path, monkeypatch, name):
+    """Simulated: this suite may run as root, for whom chmod does not stop a read."""
+    _save(tmp_path / "ckpt")
+    real_open = os.open
+
+    def open_(file, flags, *args, **kwargs):
+        if os.fspath(file) == name:
+            raise PermissionError(13, "Permission denied", name)
+        return real_open(file, flags, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.os, "open", open_)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(tmp_path / "ckpt")
+    assert _one_line(e) == f"{tmp_path / 'ckpt' / name}: cannot be read (Permission denied)"
+
+
+def test_a_symbolic_link_to_a_regular_file_is_read(tmp_path):
+    """Hugging Face's cache holds its files as links into blobs/: they must still be read."""
+    (tmp_path / "blob").write_text('{"a": 1}')
+    os.symlink(tmp_path / "blob", tmp_path / "cfg.json")
+    assert checkpoint.read_json(tmp_path / "cfg.json") == {"a": 1}
+
+
 def test_read_json_returns_the_value(tmp_path):
     file = tmp_path / "cfg.json"
     file.write_text('{"n": [1, 2.5, null]}', encoding="utf-8")
@@ -546,6 +724,9 @@ def _raw_safetensors(header: dict, data: bytes) -> bytes:
         ({"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 4]}}, "inconsistent"),
         ({"w": {"dtype": "Q4", "shape": [2], "data_offsets": [0, 4]}}, "unsupported dtype"),
         ({"w": {"dtype": "F32"}}, "damaged header entry"),
+        ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},       # two tensors on the same bytes
+          "b": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, "starts at byte 0"),
+        ({"a": {"dtype": "U8", "shape": [2], "data_offsets": [2, 4]}}, "starts at byte 2"),  # a gap before it
     ],
 )
 def test_read_safetensors_bad_header(tmp_path, header, message):

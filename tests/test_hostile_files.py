@@ -7,6 +7,7 @@ holding a lone surrogate or more characters than its model's vocabulary, and a c
 """
 
 import json
+import os
 import struct
 
 import numpy as np
@@ -14,8 +15,8 @@ import pytest
 
 from numformer.checkpoint import read_safetensors
 from numformer.data.tokenizer import CharTokenizer, check_fits, from_json
-from numformer.errors import CheckpointError, DataError, NumformerError, UsageError
-from numformer.model.config import GPTConfig
+from numformer.errors import CheckpointError, DataError, UsageError
+from numformer.model.config import GPTConfig, InvalidConfig
 from numformer.training.config import load_toml
 
 DEEP = 200_000
@@ -104,14 +105,14 @@ def test_unknown_characters_are_all_named_up_to_five_with_a_count():
 
 @pytest.mark.parametrize("bias", ["false", "true", 0, 1, None])
 def test_bias_must_be_a_boolean_in_a_model_config(bias):
-    with pytest.raises(UsageError) as e:
+    with pytest.raises(InvalidConfig) as e:     # its caller names the flag or the file
         GPTConfig.from_dict({"bias": bias})
     assert "bias must be true or false" in _one_line(e)
 
 
 @pytest.mark.parametrize("eps", [float("inf"), float("nan"), 0.0])
 def test_layer_norm_eps_must_be_positive_and_finite(eps):
-    with pytest.raises(NumformerError):
+    with pytest.raises(InvalidConfig):
         GPTConfig(layer_norm_eps=eps)
 
 
@@ -121,3 +122,52 @@ def test_bias_false_as_text_in_a_toml_file_is_refused(tmp_path):
     with pytest.raises(UsageError) as e:
         load_toml(str(file))
     assert "bias must be bool" in _one_line(e)
+
+
+@pytest.fixture
+def deadline():
+    """deadline(seconds): fail with TimeoutError if the test still runs then (a read blocked)."""
+    import signal
+
+    def expire(*_):
+        raise TimeoutError("still running at the deadline: the reader blocked")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    yield lambda seconds: signal.alarm(seconds)
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize("make, words", [(os.mkfifo, "a FIFO"),
+                                         (lambda f: os.symlink("/dev/zero", f), "a character device")],
+                         ids=["fifo", "dev-zero"])
+def test_a_toml_config_that_is_not_a_regular_file_is_named_for_what_it_is(tmp_path, deadline, make, words):
+    file = tmp_path / "c.toml"
+    make(file)
+    deadline(20)
+    with pytest.raises(UsageError) as e:
+        load_toml(str(file))
+    assert _one_line(e).startswith(f"{file}: cannot be read: it is {words}")
+
+
+def _bpe_doc(vocab, merges):
+    from tokenizers import Tokenizer, models
+
+    hf = json.loads(Tokenizer(models.BPE(vocab={"a": 0, "b": 1, "ab": 2}, merges=[("a", "b")])).to_str())
+    hf["model"].update(vocab=vocab, merges=merges)
+    return json.dumps({"type": "bpe", "format": 1, "hf": hf})
+
+
+@pytest.mark.parametrize("vocab, merges, words", [
+    ({"a": 0, "b": 1}, [["a", "b"]], ["model.merges[0]", "'ab' is not in model.vocab"]),   # tokenizers panicked
+    ({"a": 0, "b": 1, "ab": 2}, ["a b c"], ["model.merges[0] is not a pair"]),
+    ({"a": 0, "b": 1, "ab": 7}, [["a", "b"]], ["model.vocab", "'ab' has id 7"]),            # past the embedding
+    ({"a": 0, "b": 1, "ab": 1}, [["a", "b"]], ["both have id 1"]),
+    ({"a": 0, "b": "1", "ab": 2}, [["a", "b"]], ["'b' has id '1'"]),
+])
+def test_a_bpe_model_tokenizers_cannot_take_is_one_data_error(capfd, vocab, merges, words):
+    with pytest.raises(DataError) as e:
+        from_json(_bpe_doc(vocab, merges))
+    message = _one_line(e)
+    assert all(w in message for w in words), message
+    assert "panicked" not in capfd.readouterr().err

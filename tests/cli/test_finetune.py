@@ -227,3 +227,23 @@ def test_lr_zero_means_an_update_ratio_of_zero(lab):
     assert set(row["update_ratio"]) == {n for n in GPT.load(lab / "still" / "latest").adapters.shapes}
     assert all(v == 0.0 for v in row["update_ratio"].values() if v is not None)
     assert row["grad_norm"] > 0
+
+
+def _resumable(out, **saved):
+    """out/latest as a resumed run finds it: a checkpoint recording the run's flat settings."""
+    from numformer.checkpoint import save_checkpoint
+
+    save_checkpoint(out / "latest", model={"w": np.zeros(2, np.float32)}, tokenizer="null",
+                    config={"model": {}, "train": {"config": saved}})
+
+
+def test_resume_compares_lora_targets_as_a_set_of_layers(tmp_path):
+    from numformer.errors import UsageError
+    from numformer.training.config import resolve
+
+    _resumable(tmp_path, init_from="gpt2", lora_rank=2, lora_targets="attn.c_attn,attn.c_proj")
+    for same in ("attn.c_proj,attn.c_attn", "attn.c_attn, attn.c_proj", "attn.c_attn,attn.c_proj"):
+        cfg, _ = resolve({"out_dir": str(tmp_path), "lora_targets": same}, resume=True)
+        assert set(cfg.lora_targets.replace(" ", "").split(",")) == {"attn.c_attn", "attn.c_proj"}
+    with pytest.raises(UsageError, match="lora_targets"):
+        resolve({"out_dir": str(tmp_path), "lora_targets": "attn.c_attn,mlp.c_fc"}, resume=True)

@@ -176,7 +176,7 @@ def test_bpe_bad_vocab_size(bad):
         ('{"type": "char", "chars": []}', "at least one"),
         ('{"type": "bpe"}', "hf"),
         ('{"type": "bpe", "hf": {"model": {"type": "WordPiece"}}}', "not a BPE"),
-        ('{"type": "bpe", "hf": {"model": {"type": "BPE", "vocab": 3}}}', "cannot be loaded"),
+        ('{"type": "bpe", "hf": {"model": {"type": "BPE", "vocab": 3}}}', "model.vocab: expected a JSON object"),
     ],
 )
 def test_from_json_errors_are_one_clear_line(doc, words):

@@ -67,7 +67,7 @@ def test_damaged_merges_is_a_note_not_a_traceback(tmp_path):
     (folder / "merges.txt").write_text("#version: 0.2\nzz qq\n", encoding="utf-8")
     model = GPT.from_hf(folder)
     assert model.tokenizer is None
-    assert any("cannot be read as GPT-2 BPE files" in n and "\n" not in n for n in model.hf_notes)
+    assert any("merges.txt: line 2 merges 'zz' and 'qq'" in n and "\n" not in n for n in model.hf_notes)
 
 
 def test_export_merges_the_adapters_and_transformers_computes_the_same_logits(tmp_path):
@@ -87,3 +87,68 @@ def test_export_merges_the_adapters_and_transformers_computes_the_same_logits(tm
     ours = model.eval().forward(idx)
     assert np.abs(ours - base.eval().forward(idx)).max() > 1e-2          # the adapters matter
     assert np.abs(ours - logits_of(hf, idx)).max() <= 1e-5 * max(1.0, np.abs(ours).max())
+
+
+def _vocab_edit(change):
+    def edit(folder):
+        file = folder / "vocab.json"
+        vocab = json.loads(file.read_text(encoding="utf-8"))
+        file.write_text(json.dumps(change(vocab), ensure_ascii=False), encoding="utf-8")
+    return edit
+
+
+def _merges_edit(text):
+    def edit(folder):
+        (folder / "merges.txt").write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+    return edit
+
+
+# each damage -> the file and the words the one line must hold
+DAMAGED = {
+    "vocab-not-json": (lambda f: (f / "vocab.json").write_text("{not json"), "vocab.json", "invalid JSON"),
+    "vocab-a-list": (_vocab_edit(lambda v: list(v)), "vocab.json", "found list"),
+    "vocab-string-ids": (_vocab_edit(lambda v: {k: str(i) for k, i in v.items()}), "vocab.json", "not an integer"),
+    "vocab-negative-id": (_vocab_edit(lambda v: {**v, "zz": -5}), "vocab.json", "-5"),
+    "vocab-huge-id": (_vocab_edit(lambda v: {**v, "zz": 10**12}), "vocab.json", "1000000000000"),
+    "vocab-repeated-id": (_vocab_edit(lambda v: {**v, "zz": 3}), "vocab.json", "id 3"),
+    "merges-unknown-token": (_merges_edit("#version: 0.2\nzz qq\n"), "merges.txt", "'zz'"),
+    "merges-unknown-result": (_merges_edit("#version: 0.2\nQ Z\n"), "merges.txt", "'QZ'"),   # Q, Z: base bytes
+    "merges-three-parts": (_merges_edit("#version: 0.2\nĠ t h\n"), "merges.txt", "line 2"),
+    "merges-not-utf8": (_merges_edit(b"#version: 0.2\n\xff \xfe\n"), "merges.txt", "UTF-8"),
+}
+
+
+@pytest.fixture(scope="module")
+def gpt2_folder(tmp_path_factory):
+    return make_gpt2_folder(tmp_path_factory.mktemp("damaged") / "hf", TEXT, vocab_size=300, n_embd=16)
+
+
+def _damaged(gpt2_folder, tmp_path, case):
+    import shutil
+
+    folder = tmp_path / case
+    shutil.copytree(gpt2_folder, folder)
+    DAMAGED[case][0](folder)
+    return folder, folder / DAMAGED[case][1], DAMAGED[case][2]
+
+
+@pytest.mark.parametrize("case", DAMAGED)
+def test_a_damaged_vocab_or_merges_is_left_out_with_the_reason_naming_the_file(gpt2_folder, tmp_path, case):
+    folder, file, word = _damaged(gpt2_folder, tmp_path, case)
+    model = GPT.from_hf(folder)
+    assert model.tokenizer is None
+    (note,) = [n for n in model.hf_notes if "tokenizer" in n]
+    assert note.startswith(f"{file}: ") and word in note and "\n" not in note, note
+
+
+@pytest.mark.parametrize("case", ["vocab-string-ids", "vocab-huge-id", "merges-unknown-token"])
+def test_init_from_a_folder_with_a_damaged_tokenizer_says_why(gpt2_folder, tmp_path, capsys, case):
+    from numformer.cli import main as cli_main
+
+    folder, file, word = _damaged(gpt2_folder, tmp_path, case)
+    (tmp_path / "c.txt").write_text(TEXT)
+    capsys.readouterr()
+    code = cli_main(["train", "--init_from", str(folder), "--data", str(tmp_path / "c.txt"), "--max_iters", "1",
+                     "--out_dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "\n" not in err and f"{file}: " in err and word in err, err

@@ -4,6 +4,7 @@ through Hugging Face format (its tokenizer used to be lost on the way)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -98,3 +99,63 @@ def test_the_exported_folder_still_loads_in_transformers(tmp_path):
     GPT2LMHeadModel.from_pretrained(tmp_path / "hf")
     # an export with the extra file is still recognised as numformer's (so --overwrite may replace it)
     assert cli_main(["convert", "--to_hf", str(tmp_path / "ckpt2"), "--out", str(tmp_path / "hf"), "--overwrite"]) == 0
+
+
+@pytest.fixture
+def deadline():
+    """deadline(seconds): fail with TimeoutError if the test still runs then (a read blocked)."""
+    import signal
+
+    def expire(*_):
+        raise TimeoutError("still running at the deadline: the reader blocked")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    yield lambda seconds: signal.alarm(seconds)
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def _convert_error(capsys, folder, out):
+    capsys.readouterr()
+    code = cli_main(["convert", "--from_hf", str(folder), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "\n" not in err and "Traceback" not in err, (code, err)
+    assert not out.exists()
+    return err
+
+
+def _sparse(file, size):
+    """A regular file of `size` bytes that takes no disk space (all holes)."""
+    with open(file, "ab") as f:
+        f.truncate(size)
+
+
+@pytest.mark.parametrize("make, words", [
+    (os.mkfifo, ["config.json: cannot be read: it is a FIFO"]),                                # used to hang
+    (lambda f: os.symlink("/dev/zero", f), ["config.json: cannot be read: it is a character device"]),
+    (lambda f: f.write_text('{"model_type": "gpt2", "n_layer": ' + "1" * 4400 + "}"), ["config.json: invalid JSON",
+                                                                                       "4,300 digits"]),
+    (lambda f: _sparse(f, 200 << 20), ["config.json: 209,715,200 bytes", "not read"]),
+], ids=["fifo", "dev-zero", "huge-int", "200MB"])
+def test_a_config_json_that_is_not_a_small_regular_file_is_refused_unread(hf_folder, tmp_path, capsys, deadline,
+                                                                           make, words):
+    file = hf_folder / "config.json"
+    file.unlink()
+    make(file)
+    deadline(30)
+    err = _convert_error(capsys, hf_folder, tmp_path / "out")
+    assert all(w in err for w in words), err
+    assert str(file) in err, err
+
+
+@pytest.mark.parametrize("make, word", [(os.mkfifo, "FIFO"), (lambda f: os.symlink("/dev/zero", f), "character device"),
+                                        (lambda f: _sparse(f, 600 << 20), "629,145,600 bytes")],
+                         ids=["fifo", "dev-zero", "600MB"])
+def test_a_tokenizer_json_that_is_not_a_sane_regular_file_is_left_out_unread(hf_folder, deadline, make, word):
+    file = hf_folder / "tokenizer.json"
+    make(file)
+    deadline(30)
+    model = GPT.from_hf(hf_folder)
+    assert model.tokenizer is None
+    (note,) = [n for n in model.hf_notes if "tokenizer" in n]
+    assert str(file) in note and word in note and "\n" not in note, note

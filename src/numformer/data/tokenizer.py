@@ -13,7 +13,8 @@ Both map a string to a 1-D int64 array of token ids (`encode`) and back (`decode
   the corpus join frequent byte pairs. The 256 single bytes are always in the vocabulary, so any
   string encodes, and decoding gives back exactly the string that was encoded.
   `BPETokenizer.from_gpt2_files` builds the same scheme from GPT-2's own vocab.json + merges.txt.
-  `BPETokenizer.from_gpt2_files` builds the same scheme from GPT-2's own vocab.json + merges.txt.
+  Before `tokenizers` sees a BPE model (those files, or a tokenizer.json), numformer checks it:
+  ids 0..V-1, each once, and every merge joining two tokens of the vocabulary into a third.
 
 JSON documents:
 
@@ -228,10 +229,33 @@ class BPETokenizer:
     def from_gpt2_files(cls, vocab, merges) -> BPETokenizer:
         """GPT-2's byte-level BPE from its vocab.json (token -> id) and merges.txt (one merge rule
         per line, in rank order). "<|endoftext|>", when the vocabulary has it, is a special token
-        that is never split, as in GPT-2. DataError (one line) if the files cannot be read."""
+        that is never split, as in GPT-2. DataError (one line naming the file) if a file cannot be
+        read or does not hold what it should: see _check_bpe."""
+        from pathlib import Path
+
+        from numformer.checkpoint import TOKENIZER_LIMIT, parse_json, read_file
+
+        vocab, merges = Path(vocab), Path(merges)
+        try:
+            vocab_map = parse_json(read_file(vocab, TOKENIZER_LIMIT, error=DataError))
+        except ValueError as e:
+            raise DataError(f"{vocab}: {e}") from None
+        try:
+            lines = read_file(merges, TOKENIZER_LIMIT, error=DataError).decode("utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise DataError(f"{merges}: not UTF-8 text") from None
+        pairs = []
+        for n, line in enumerate(lines, 1):
+            if (n == 1 and line.startswith("#version")) or not line:
+                continue
+            parts = line.split(" ")
+            if len(parts) != 2 or not all(parts):
+                raise DataError(f"{merges}: line {n} is not two tokens separated by one space: {line[:60]!r}")
+            pairs.append((n, tuple(parts)))
+        _check_bpe(vocab_map, pairs, str(vocab), lambda n: f"{merges}: line {n}")
         hf = _hf()
         try:
-            model = hf.models.BPE.from_file(str(vocab), str(merges))
+            model = hf.models.BPE(vocab=vocab_map, merges=[pair for _, pair in pairs])
         except Exception as e:  # the Rust side raises a bare Exception
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise DataError(f"{vocab} and {merges} cannot be read as GPT-2 BPE files ({first})") from None
@@ -240,6 +264,33 @@ class BPETokenizer:
         tok.decoder = hf.decoders.ByteLevel()
         if tok.token_to_id("<|endoftext|>") is not None:
             tok.add_special_tokens(["<|endoftext|>"])
+        return cls(tok)
+
+    @classmethod
+    def from_hf_document(cls, doc: dict) -> BPETokenizer:
+        """The BPETokenizer of a Hugging Face tokenizer.json document (parsed) holding a BPE model;
+        DataError (one line) if it holds another model or `tokenizers` cannot load it."""
+        model = doc.get("model")
+        if not isinstance(model, dict) or model.get("type") != "BPE":
+            raise DataError("the Hugging Face tokenizer is not a BPE model")
+        _check_bpe(model.get("vocab"), [], "model.vocab", None)
+        merges = model.get("merges")
+        if not isinstance(merges, list):
+            raise DataError(f"model.merges: expected a JSON array of merges, found {type(merges).__name__}")
+        pairs = []
+        for n, merge in enumerate(merges):    # "a b" (older files) or ["a", "b"]
+            pair = merge.split(" ") if isinstance(merge, str) else merge
+            if not isinstance(pair, list) or len(pair) != 2 or not all(isinstance(p, str) and p for p in pair):
+                raise DataError(f"model.merges[{n}] is not a pair of tokens: {str(merge)[:60]!r}")
+            pairs.append((n, tuple(pair)))
+        _check_bpe(model.get("vocab"), pairs, "model.vocab", lambda n: f"model.merges[{n}]")
+        check_growth(doc)
+        hf = _hf()
+        try:
+            tok = hf.Tokenizer.from_str(json.dumps(doc))
+        except Exception as e:  # the Rust side raises a bare Exception
+            first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise DataError(f"cannot be loaded by tokenizers: {first_line}") from None
         return cls(tok)
 
     @property
@@ -277,6 +328,133 @@ class BPETokenizer:
         return f"BPETokenizer(vocab_size={self.vocab_size})"
 
 
+# How many times longer, in UTF-8 bytes, a tokenizer's pipeline may make a text: GPT-2's and
+# numformer's make it at most 2 times longer, Llama's 12, BERT's 36. A chain of doubling Replace
+# steps in a few KB of JSON makes it 2^40 times longer, and tokenizers allocates that in one go.
+MAX_GROWTH = 1000
+
+# Per step, an upper bound on the growth of a text in UTF-8 bytes (the steps not named grow nothing):
+# Unicode normal forms (NFKC turns one character into up to 18), lowercasing ("İ" -> "i̇"), the
+# byte-level alphabet (a byte becomes a character of up to 2 bytes), a space around each CJK
+# character, an inserted space per token.
+_NORMALIZER_GROWTH = {"NFC": 3, "NFD": 4, "NFKC": 18, "NFKD": 18, "Lowercase": 3, "ByteLevel": 2}
+_PRE_TOKENIZER_GROWTH = {"ByteLevel": 2}
+_DECODER_GROWTH = {"WordPiece": 2, "BPEDecoder": 2, "CTC": 2}
+_SHRINKING = {   # the types that keep or shorten text, and the Sequence of each role
+    "normalizer": {"Strip", "StripAccents", "Nmt", "Sequence"},
+    "pre_tokenizer": {"BertPreTokenizer", "CharDelimiterSplit", "Digits", "FixedLength", "Punctuation", "Split",
+                      "UnicodeScripts", "Whitespace", "WhitespaceSplit", "Sequence"},
+    "decoder": {"ByteFallback", "ByteLevel", "Fuse", "Metaspace", "Strip", "Sequence"},
+}
+_SEQUENCE_KEY = {"normalizer": "normalizers", "pre_tokenizer": "pretokenizers", "decoder": "decoders"}
+
+
+def check_growth(hf_doc: dict) -> None:
+    """DataError (one line) if the normalizer and pre-tokenizer of a Hugging Face tokenizer
+    document can make a text more than MAX_GROWTH times longer before it is cut into tokens, or
+    its decoder can make the text of some tokens that much longer. The bound is worked out from the
+    document, step by step (_growth), so nothing is allocated to find out."""
+    for roles in (("normalizer", "pre_tokenizer"), ("decoder",)):
+        bound = 1.0
+        for role in roles:
+            bound *= _growth(hf_doc.get(role), role)
+        if bound > MAX_GROWTH:
+            shown = f"{bound:,.0f}" if bound < 1e15 else f"{bound:.3g}"
+            raise DataError(f"its {' and '.join(r.replace('_', '-') for r in roles)} can make a text up to {shown} "
+                            f"times longer; numformer loads no tokenizer that can grow text more than "
+                            f"{MAX_GROWTH:,} times")
+
+
+def _growth(step, role: str) -> float:
+    """An upper bound on how many times longer (in UTF-8 bytes) one step of a pipeline can make a
+    text: the product over a Sequence, and for the steps that insert text, the size of what they
+    insert against the least they replace."""
+    if step is None:
+        return 1.0
+    kind = step.get("type") if isinstance(step, dict) else None
+    if kind == "Sequence":
+        parts = step.get(_SEQUENCE_KEY[role])
+        if not isinstance(parts, list):
+            raise DataError(f"its {role.replace('_', '-')} Sequence has no list of steps")
+        bound = 1.0
+        for part in parts:
+            bound *= _growth(part, role)
+            if bound > MAX_GROWTH ** 2:           # already refused; stop before floats overflow
+                return bound
+        return bound
+    table = {"normalizer": _NORMALIZER_GROWTH, "pre_tokenizer": _PRE_TOKENIZER_GROWTH,
+             "decoder": _DECODER_GROWTH}[role]
+    if kind in table:
+        return float(table[kind])
+    if kind in _SHRINKING[role]:
+        return 1.0
+    if kind == "Replace" and role in ("normalizer", "decoder"):
+        pattern, content = step.get("pattern"), step.get("content")
+        inserted = len(content.encode("utf-8", "surrogatepass")) if isinstance(content, str) else 0
+        literal = pattern.get("String") if isinstance(pattern, dict) else None
+        if isinstance(literal, str) and literal:    # each match of the literal becomes the content
+            return max(1.0, inserted / len(literal.encode("utf-8", "surrogatepass")))
+        return 1.0 + inserted                       # a regex may match nothing, between every two bytes
+    if kind == "Prepend" and role == "normalizer":
+        prefix = step.get("prepend")
+        return 1.0 + (len(prefix.encode("utf-8", "surrogatepass")) if isinstance(prefix, str) else 0)
+    if kind == "BertNormalizer" and role == "normalizer":
+        lower = step.get("lowercase") is not False
+        accents = step.get("strip_accents") if step.get("strip_accents") is not None else lower
+        return (3.0 if step.get("handle_chinese_chars") is not False else 1.0) * (4.0 if accents else 1.0) \
+            * (3.0 if lower else 1.0)
+    if kind == "Metaspace" and role == "pre_tokenizer":
+        mark = step.get("replacement")
+        return 2.0 * max(1, len(mark.encode("utf-8", "surrogatepass")) if isinstance(mark, str) else 4)
+    if kind == "Precompiled" and role == "normalizer":
+        return float(_longest_replacement(step.get("precompiled_charsmap")))
+    raise DataError(f"its {role.replace('_', '-')} step {kind!r} is not one numformer knows how far it can grow "
+                    "a text")
+
+
+def _longest_replacement(charsmap) -> int:
+    """The longest string a SentencePiece charsmap (base64: a 4-byte trie size, the trie, then the
+    replacement strings, each ended by a NUL) can put in place of a character; when the map cannot
+    be parsed, its whole size, which no replacement can exceed."""
+    import base64
+    import binascii
+
+    try:
+        blob = base64.b64decode(charsmap or "", validate=True)
+    except (binascii.Error, TypeError, ValueError):
+        raise DataError("its Precompiled normalizer's charsmap is not base64") from None
+    size = int.from_bytes(blob[:4], "little") if len(blob) >= 4 else len(blob)
+    if 4 + size > len(blob):
+        return max(1, len(blob))
+    return max([1, *(len(piece) for piece in blob[4 + size:].split(b"\0"))])
+
+
+def _check_bpe(vocab, merges, vocab_name: str, merge_name) -> None:
+    """DataError (one line) unless `vocab` maps tokens to the ids 0..N-1, each id once, and every
+    merge (number, (a, b)) joins two tokens of the vocabulary into a third. tokenizers itself
+    accepts string or repeated ids, ids past the vocabulary (which a model's embedding cannot
+    look up), and panics, past Python's reach, on a merge whose result is missing.
+    `merge_name(number)` says where a merge is written ("merges.txt: line 3")."""
+    if not isinstance(vocab, dict):
+        raise DataError(f"{vocab_name}: expected a JSON object of token -> id, found {type(vocab).__name__}")
+    if not vocab:
+        raise DataError(f"{vocab_name}: the vocabulary is empty")
+    owner = {}
+    for token, i in vocab.items():
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise DataError(f"{vocab_name}: token {token!r} has id {i!r}, which is not an integer")
+        if not 0 <= i < len(vocab):
+            raise DataError(f"{vocab_name}: token {token!r} has id {i}; the ids of its {len(vocab)} tokens "
+                            f"must be 0..{len(vocab) - 1}")
+        if i in owner:
+            raise DataError(f"{vocab_name}: tokens {owner[i]!r} and {token!r} both have id {i}")
+        owner[i] = token
+    for n, (a, b) in merges:
+        for token in (a, b, a + b):
+            if token not in vocab:
+                raise DataError(f"{merge_name(n)} merges {a!r} and {b!r}, but {token!r} is not in {vocab_name}")
+
+
 def from_json(s: str | bytes) -> CharTokenizer | BPETokenizer:
     """Rebuild a tokenizer from `to_json()`'s document; DataError (one line) if it is not one."""
     try:
@@ -302,13 +480,8 @@ def from_json(s: str | bytes) -> CharTokenizer | BPETokenizer:
         hf_doc = doc.get("hf")
         if not isinstance(hf_doc, dict):
             raise DataError("bpe tokenizer JSON needs \"hf\": a Hugging Face tokenizer object")
-        if (hf_doc.get("model") or {}).get("type") != "BPE":
-            raise DataError("bpe tokenizer JSON: the embedded Hugging Face tokenizer is not a BPE model")
-        hf = _hf()
         try:
-            tok = hf.Tokenizer.from_str(json.dumps(hf_doc))
-        except Exception as e:  # the Rust side raises a bare Exception
-            first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise DataError(f"bpe tokenizer JSON cannot be loaded by tokenizers: {first_line}") from None
-        return BPETokenizer(tok)
+            return BPETokenizer.from_hf_document(hf_doc)
+        except DataError as e:
+            raise DataError(f"bpe tokenizer JSON: {e}") from None
     raise DataError(f"tokenizer JSON has unknown type {kind!r} (expected 'char' or 'bpe')")

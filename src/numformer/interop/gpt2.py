@@ -70,7 +70,9 @@ GPT-2's original folders have no tokenizer.json but vocab.json (token -> id) and
 merge rules, in order): from those two files import builds GPT-2's byte-level BPE (GPT-2's
 pre-tokenizer regex, bytes as printable characters, the merges applied by rank, <|endoftext|> as a
 special token) with the `tokenizers` package, and stores it in the checkpoint like any other
-BPETokenizer (and export writes it as tokenizer.json).
+BPETokenizer (and export writes it as tokenizer.json). Tokenizer files that are there but cannot
+be used (not JSON, string or repeated ids, a merge of unknown tokens, a FIFO, ...) are left out
+with a note that names the file and says why; `train --init_from` reports that reason.
 
 Export choices.
 - Sinusoidal positions are converted, exactly. numformer computes x0 = s·wte[idx] + P', where P'
@@ -107,8 +109,9 @@ from pathlib import Path
 
 import numpy as np
 
-from numformer.checkpoint import PICKLE_SUFFIXES, WRITER_MARK, pickle_refusal, read_json
-from numformer.errors import CheckpointError, UsageError
+from numformer.checkpoint import (PICKLE_SUFFIXES, TOKENIZER_LIMIT, WRITER_MARK, parse_json, pickle_refusal, read_file,
+                                  read_json)
+from numformer.errors import CheckpointError
 
 HF_CONFIG = "config.json"
 HF_WEIGHTS = "model.safetensors"
@@ -116,6 +119,7 @@ HF_INDEX = "model.safetensors.index.json"
 HF_TOKENIZER = "tokenizer.json"
 HF_VOCAB, HF_MERGES = "vocab.json", "merges.txt"  # GPT-2's original tokenizer files
 NF_TOKENIZER = "numformer_tokenizer.json"  # a character tokenizer, which Hugging Face has no form for
+LEFT_OUT = "; the checkpoint stores no tokenizer"  # ends the note for tokenizer files that cannot be used
 _NEEDED = "a Hugging Face model folder needs it"  # ends the "missing" error of read_json
 EXPORT_FILES = frozenset({HF_CONFIG, HF_WEIGHTS, HF_TOKENIZER, NF_TOKENIZER})
 PRODUCER = "numformer"
@@ -145,6 +149,7 @@ class HFImport:
     tensors: dict[str, np.ndarray]
     tokenizer: str
     notes: list[str] = field(default_factory=list)
+    tokenizer_problem: str | None = None  # why the folder's tokenizer files cannot be used (one line)
 
 
 # ============================================================================================ import
@@ -165,14 +170,16 @@ def read_hf_gpt2(folder, dtype=np.float32) -> HFImport:
     tokenizer, note = _read_tokenizer(folder, config.vocab_size)
     if note:
         notes.append(note)
-    return HFImport(config=config, tensors=tensors, tokenizer=tokenizer, notes=notes)
+    problem = note[:-len(LEFT_OUT)] if note and note.endswith(LEFT_OUT) else None
+    return HFImport(config=config, tensors=tensors, tokenizer=tokenizer, notes=notes, tokenizer_problem=problem)
 
 
 def load_hf_gpt2(folder, dtype=np.float32):
     """A numformer GPT with the weights of a Hugging Face GPT-2 folder (`GPT.from_hf`).
 
     The tokenizer, when the folder has a usable tokenizer.json, is attached as `model.tokenizer`
-    (else None); the import notes (dropout set to 0, tokenizer not carried) as `model.hf_notes`.
+    (else None); the import notes (dropout set to 0, tokenizer not carried) as `model.hf_notes`;
+    why tokenizer files that are there cannot be used as `model.hf_tokenizer_problem` (else None).
     """
     from numformer.data.tokenizer import from_json
     from numformer.model.gpt import GPT
@@ -182,6 +189,7 @@ def load_hf_gpt2(folder, dtype=np.float32):
     model.load_state_dict(imp.tensors, source=str(folder))
     model.tokenizer = from_json(imp.tokenizer) if imp.tokenizer != "null" else None
     model.hf_notes = imp.notes
+    model.hf_tokenizer_problem = imp.tokenizer_problem
     return model
 
 
@@ -209,7 +217,7 @@ def _check_import_target(out: Path, overwrite: bool) -> None:
 def gpt_config_from_hf(hf, source: str = HF_CONFIG):
     """GPTConfig for a Hugging Face GPT-2 config dict, and notes; CheckpointError naming the key
     for anything that is not GPT-2 or that numformer's GPT cannot compute."""
-    from numformer.model.config import GPTConfig
+    from numformer.model.config import GPTConfig, InvalidConfig
 
     if not isinstance(hf, dict):
         raise CheckpointError(f"{source}: expected a JSON object, found {type(hf).__name__}")
@@ -271,7 +279,7 @@ def gpt_config_from_hf(hf, source: str = HF_CONFIG):
                            n_layer=shape["n_layer"], n_head=shape["n_head"], n_embd=shape["n_embd"],
                            dropout=0.0, bias=True, pos_encoding="learned", gelu=gelu,
                            layer_norm_eps=float(eps))
-    except UsageError as e:
+    except InvalidConfig as e:
         raise CheckpointError(f"{source}: {e}") from None
     return config, notes
 
@@ -408,41 +416,43 @@ def _read_weights(folder: Path) -> dict[str, np.ndarray]:
 def _read_tokenizer(folder: Path, vocab_size: int) -> tuple[str, str | None]:
     """(numformer tokenizer JSON or "null", note). A usable tokenizer.json is wrapped as numformer's
     BPETokenizer; anything else is left out with a note saying why."""
-    own = folder / NF_TOKENIZER
-    if own.is_file():  # written by export for a character tokenizer
-        from numformer.data.tokenizer import check_fits, from_json
-        from numformer.errors import DataError
+    from numformer.data.tokenizer import BPETokenizer, check_fits, from_json
+    from numformer.errors import DataError
 
+    own = folder / NF_TOKENIZER
+    if os.path.lexists(own):  # written by export for a character tokenizer
         try:
-            tok = from_json(own.read_bytes().decode("utf-8"))
+            tok = from_json(read_file(own, TOKENIZER_LIMIT))
             check_fits(tok, vocab_size, str(own))
-        except (DataError, UnicodeDecodeError, OSError) as e:
-            return "null", f"{own} cannot be used ({e}); the checkpoint stores no tokenizer"
+        except CheckpointError as e:                  # names the file
+            return "null", f"{e}{LEFT_OUT}"
+        except DataError as e:
+            return "null", f"{own} cannot be used ({e}){LEFT_OUT}"
         return tok.to_json(), None
     file = folder / HF_TOKENIZER
     missing = (f"{folder} has no {HF_TOKENIZER}: the checkpoint stores no tokenizer, so "
                "`numformer sample` cannot turn its token ids into text")
-    if not file.is_file():
-        if (folder / HF_VOCAB).is_file() or (folder / HF_MERGES).is_file():
+    if not os.path.lexists(file):
+        if os.path.lexists(folder / HF_VOCAB) or os.path.lexists(folder / HF_MERGES):
             return _read_vocab_and_merges(folder, vocab_size)
         return "null", missing
-    from tokenizers import Tokenizer
-
-    from numformer.data.tokenizer import BPETokenizer
-
     try:
-        text = file.read_bytes().decode("utf-8")
-        doc = json.loads(text)
-        kind = (doc.get("model") or {}).get("type") if isinstance(doc, dict) else None
-        if kind != "BPE":
-            return "null", f"{file} holds a {kind or 'unknown'} model, not BPE; the checkpoint stores no tokenizer"
-        tok = BPETokenizer(Tokenizer.from_str(text))
-    except Exception as e:  # not UTF-8, not JSON, or the Rust side's bare Exception
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        return "null", f"{file} cannot be loaded by tokenizers ({first}); the checkpoint stores no tokenizer"
+        doc = parse_json(read_file(file, TOKENIZER_LIMIT))
+    except CheckpointError as e:                      # not a regular file, too large: not read
+        return "null", f"{e}{LEFT_OUT}"
+    except ValueError as e:
+        return "null", f"{file}: {e}{LEFT_OUT}"
+    kind = (doc.get("model") or {}).get("type") if isinstance(doc, dict) and isinstance(doc.get("model"), dict) \
+        else None
+    if kind != "BPE":
+        return "null", f"{file} holds a {kind or 'unknown'} model, not BPE{LEFT_OUT}"
+    try:
+        tok = BPETokenizer.from_hf_document(doc)
+    except DataError as e:
+        return "null", f"{file}: {e}{LEFT_OUT}"
     if tok.vocab_size > vocab_size:
-        return "null", (f"{file} has {tok.vocab_size} tokens but the model only {vocab_size}; "
-                        "the checkpoint stores no tokenizer")
+        return "null", (f"{file} has {tok.vocab_size} tokens but the model only {vocab_size}"
+                        f"{LEFT_OUT}")
     return tok.to_json(), None
 
 
@@ -453,15 +463,15 @@ def _read_vocab_and_merges(folder: Path, vocab_size: int) -> tuple[str, str | No
 
     vocab, merges = folder / HF_VOCAB, folder / HF_MERGES
     for have, lack in ((vocab, merges), (merges, vocab)):
-        if not lack.is_file():
-            return "null", f"{folder} has {have.name} but no {lack.name}; the checkpoint stores no tokenizer"
+        if not os.path.lexists(lack):
+            return "null", f"{folder} has {have.name} but no {lack.name}{LEFT_OUT}"
     try:
         tok = BPETokenizer.from_gpt2_files(vocab, merges)
     except DataError as e:
-        return "null", f"{e}; the checkpoint stores no tokenizer"
+        return "null", f"{e}{LEFT_OUT}"
     if tok.vocab_size > vocab_size:
-        return "null", (f"{vocab} has {tok.vocab_size} tokens but the model only {vocab_size}; "
-                        "the checkpoint stores no tokenizer")
+        return "null", (f"{vocab} has {tok.vocab_size} tokens but the model only {vocab_size}"
+                        f"{LEFT_OUT}")
     return tok.to_json(), None
 
 
@@ -556,9 +566,14 @@ def export_hf_gpt2(checkpoint, out, *, overwrite: bool = False) -> list[str]:
     eos = None
     tok_doc = None
     if ckpt.tokenizer.strip() != "null":
+        from numformer.checkpoint import TOKENIZER_FILE
         from numformer.data.tokenizer import from_json
+        from numformer.errors import DataError
 
-        from_json(ckpt.tokenizer)   # DataError (one line) for a document that is not a tokenizer
+        try:
+            from_json(ckpt.tokenizer)   # one line for a document that is not a tokenizer
+        except DataError as e:
+            raise CheckpointError(f"{checkpoint / TOKENIZER_FILE}: {e}") from None
         tok_doc = json.loads(ckpt.tokenizer)
     if isinstance(tok_doc, dict) and tok_doc.get("type") == "bpe":
         hf_tok = tok_doc["hf"]
@@ -609,6 +624,8 @@ def _is_own_export(folder: Path) -> bool:
     except OSError:
         return False
     if not entries <= EXPORT_FILES | {WRITER_MARK}:
+        return False
+    if not (folder / HF_WEIGHTS).is_file():          # (a FIFO would block the open)
         return False
     try:
         from safetensors import safe_open

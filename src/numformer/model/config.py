@@ -1,6 +1,8 @@
 """GPTConfig: the hyperparameters that fix a GPT's shape.
 
-The defaults are nanoGPT's CPU "baby GPT" on a character-level corpus.
+The defaults are nanoGPT's CPU "baby GPT" on a character-level corpus. Every field's type and
+range is checked when a GPTConfig is made; a bad value raises InvalidConfig (a ValueError naming
+the field), which the caller reports as the user's error in its own terms.
 """
 
 from __future__ import annotations
@@ -8,8 +10,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-
-from numformer.errors import UsageError
 
 POS_ENCODINGS = ("sinusoidal", "learned")
 # How token embedding and sinusoidal table P are added (see model/gpt.py, "Positions"):
@@ -39,23 +39,22 @@ class GPTConfig:
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UsageError(f"{name} must be a positive integer, got {value!r}")
+            if not _is_int(value) or value < 1:
+                raise InvalidConfig(name, f"{name} must be a positive integer, got {value!r}")
         if self.n_embd % self.n_head:
-            raise UsageError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+            raise InvalidConfig("n_embd", f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if not isinstance(self.bias, bool):     # the text "false" would read as true
-            raise UsageError(f"bias must be true or false, got {self.bias!r}")
-        if not (0.0 <= float(self.dropout) < 1.0):
-            raise UsageError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if self.pos_encoding not in POS_ENCODINGS:
-            raise UsageError(f"pos_encoding must be one of {', '.join(POS_ENCODINGS)}, got {self.pos_encoding!r}")
-        if self.sinusoidal_form not in SINUSOIDAL_FORMS:
-            raise UsageError(f"sinusoidal_form must be one of {', '.join(SINUSOIDAL_FORMS)}, "
-                             f"got {self.sinusoidal_form!r}")
-        if self.gelu not in GELUS:
-            raise UsageError(f"gelu must be one of {', '.join(GELUS)}, got {self.gelu!r}")
-        if not 0 < float(self.layer_norm_eps) < math.inf:
-            raise UsageError(f"layer_norm_eps must be positive and finite, got {self.layer_norm_eps!r}")
+            raise InvalidConfig("bias", f"bias must be true or false, got {self.bias!r}")
+        if not _is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
+            raise InvalidConfig("dropout", f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        for name, choices in (("pos_encoding", POS_ENCODINGS), ("sinusoidal_form", tuple(SINUSOIDAL_FORMS)),
+                              ("gelu", GELUS)):
+            value = getattr(self, name)
+            if not isinstance(value, str) or value not in choices:
+                raise InvalidConfig(name, f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        if not _is_number(self.layer_norm_eps) or not 0 < self.layer_norm_eps < math.inf:
+            raise InvalidConfig("layer_norm_eps",
+                                f"layer_norm_eps must be a positive finite number, got {self.layer_norm_eps!r}")
 
     @property
     def head_size(self) -> int:
@@ -66,8 +65,31 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "GPTConfig":
+        """The GPTConfig of a dict of its fields (a missing key takes its default); InvalidConfig
+        for an unknown key or a bad value."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise UsageError(f"unknown GPTConfig key(s): {', '.join(unknown)}")
+            raise InvalidConfig(unknown[0], f"unknown GPTConfig key(s): {', '.join(unknown)}")
         return cls(**d)
+
+
+class InvalidConfig(ValueError):
+    """A GPTConfig value that no GPT can have, or an unknown key; `key` names the field.
+
+    A plain ValueError, not a NumformerError: the caller knows where the value came from and
+    reports it there, a flag as a UsageError naming the flag, a file as a CheckpointError naming
+    the file. A GPTConfig built wrongly by numformer's own code stays a traceback."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)      # True is an int to Python
+
+
+def _is_number(value) -> bool:
+    """An int or a float, not a bool, not the text of a number ("0.5")."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -125,9 +125,14 @@ def header_shapes(file) -> dict[str, tuple[int, ...]] | None:
 
     None when the header cannot be read: the full reader (numformer.checkpoint.read_safetensors)
     then says what is wrong with the file."""
+    import os
+    import stat
+
     from safetensors import safe_open
 
     try:
+        if not stat.S_ISREG(os.stat(file).st_mode):      # a FIFO would block the open
+            return None
         with safe_open(str(file), framework="numpy") as f:
             return {name: tuple(int(s) for s in f.get_slice(name).get_shape()) for name in f.keys()}
     except Exception:  # safetensors' Rust errors, OSError; the full reader reports them

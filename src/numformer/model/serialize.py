@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from pathlib import Path
+
+from numformer.checkpoint import CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE
 from numformer.errors import CheckpointError
-from numformer.model.config import GPTConfig
+from numformer.model.config import GPTConfig, InvalidConfig
 from numformer.model.gpt import GPT
 
 FORMAT = "numformer-gpt"
@@ -36,38 +39,31 @@ def load_gpt(path, *, dtype=None, ops: str = "fast") -> GPT:
     """Load a checkpoint folder written by save_gpt (or `numformer train`)."""
     from numformer.checkpoint import load_checkpoint
 
-    check_before_loading(path, dtype)
-    return gpt_from_checkpoint(load_checkpoint(path), source=str(path), dtype=dtype, ops=ops)
+    ckpt = load_checkpoint(path, before_reading=lambda config, shapes, model_bytes: check_before_loading(
+        path, config, shapes, model_bytes, dtype))
+    return gpt_from_checkpoint(ckpt, source=str(path), dtype=dtype, ops=ops)
 
 
-def check_before_loading(path, dtype=None) -> None:
+def check_before_loading(path, config: dict, shapes: dict | None, model_bytes: int, dtype=None) -> None:
     """Refuse, before any weight is read or allocated, a checkpoint whose config.json describes
-    another model than its model.safetensors holds (checked against the file's header), or whose
-    weights would not fit in the memory this machine has. Anything unreadable is left for
-    load_checkpoint to report."""
-    from pathlib import Path
-
-    from numformer.checkpoint import CONFIG_FILE, MODEL_FILE
+    another model than its model.safetensors holds (`shapes`, from the file's header), or whose
+    weights would not fit in the memory this machine has. Anything unreadable is left for the
+    rest of the load to report. (load_checkpoint calls it with the config and header it read.)"""
     from numformer.model import memory
+    from numformer.model.adapters import adapter_params
 
     path = Path(path)
     try:
-        import json
-
-        cfg = json.loads((path / CONFIG_FILE).read_bytes())
-        config = GPTConfig.from_dict(cfg["model"])
-        itemsize = np.dtype(dtype or cfg.get("dtype", "float32")).itemsize
-    except Exception:  # noqa: BLE001 - any problem here is load_checkpoint's to report, in its words
+        gpt = GPTConfig.from_dict(config["model"])
+        itemsize = np.dtype(dtype or config.get("dtype", "float32")).itemsize
+    except Exception:  # noqa: BLE001 - any problem here is the load's to report, in its words
         return
-    shapes = memory.header_shapes(path / MODEL_FILE)
     if shapes is None:
         return
-    from numformer.model.adapters import adapter_params
-
-    memory.check_counts(memory.gpt_params(config) + adapter_params(config, cfg.get("lora")), memory.count(shapes),
-                        path / CONFIG_FILE, path / MODEL_FILE, _described(config), exact=True)
-    memory.refuse_if_too_big("loading this model", [("the file", memory.file_bytes([path / MODEL_FILE])),
-                                                    ("weights", memory.gpt_params(config) * itemsize)],
+    memory.check_counts(memory.gpt_params(gpt) + adapter_params(gpt, config.get("lora")), memory.count(shapes),
+                        path / CONFIG_FILE, path / MODEL_FILE, _described(gpt), exact=True)
+    memory.refuse_if_too_big("loading this model", [("the file", model_bytes),
+                                                    ("weights", memory.gpt_params(gpt) * itemsize)],
                              "free some memory or use a machine with more")
 
 
@@ -85,8 +81,8 @@ def gpt_from_checkpoint(ckpt, source: str, dtype=None, ops: str = "fast") -> GPT
                               f"(expected \"format\": \"{FORMAT}\" and a \"model\" section)")
     try:
         config = GPTConfig.from_dict(cfg["model"])
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{source}: bad model config in config.json: {e}") from None
+    except InvalidConfig as e:
+        raise CheckpointError(f"{Path(source) / CONFIG_FILE}: bad model config: {e}") from None
     dtype = dtype or cfg.get("dtype", "float32")
     if dtype not in ("float32", "float64", np.float32, np.float64):
         raise CheckpointError(f"{source}: config.json gives dtype {dtype!r}; numformer models are "
@@ -112,7 +108,11 @@ def gpt_from_checkpoint(ckpt, source: str, dtype=None, ops: str = "fast") -> GPT
     model.load_state_dict(ckpt.model, source=source)
     if ckpt.tokenizer and ckpt.tokenizer.strip() != "null":
         from numformer.data.tokenizer import check_fits, from_json
+        from numformer.errors import DataError
 
-        model.tokenizer = from_json(ckpt.tokenizer)
+        try:
+            model.tokenizer = from_json(ckpt.tokenizer)
+        except DataError as e:
+            raise CheckpointError(f"{Path(source) / TOKENIZER_FILE}: {e}") from None
         check_fits(model.tokenizer, config.vocab_size, source)
     return model

@@ -28,6 +28,8 @@ Its commands are `numformer embed` and `numformer similarity` (numformer.command
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -268,10 +270,19 @@ def _load(folder: Path, dtype_name: str) -> SentenceEncoder:
 def _load_tokenizer(file: Path, max_len: int, vocab_size: int):
     from tokenizers import Tokenizer
 
-    if not file.is_file():
+    from numformer.checkpoint import TOKENIZER_LIMIT, read_json
+    from numformer.data.tokenizer import check_growth
+    from numformer.errors import DataError
+
+    if not os.path.lexists(file):
         raise CheckpointError(f"{file} not found (numformer needs the fast tokenizer's tokenizer.json)")
+    doc = read_json(file, limit=TOKENIZER_LIMIT)      # a regular file of sane size, or one line
     try:
-        tokenizer = Tokenizer.from_file(str(file))
+        check_growth(doc)                             # before any text meets its normalizer
+    except DataError as e:
+        raise CheckpointError(f"{file}: {e}") from None
+    try:
+        tokenizer = Tokenizer.from_str(json.dumps(doc))
     except Exception as e:  # tokenizers raises a plain Exception for a bad file
         raise CheckpointError(f"cannot read {file}: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}") from None
     if tokenizer.get_vocab_size() > vocab_size:

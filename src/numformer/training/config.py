@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from numformer.errors import UsageError
-from numformer.model.config import GELUS, POS_ENCODINGS, SINUSOIDAL_FORMS, GPTConfig
+from numformer.errors import CheckpointError, UsageError
+from numformer.model.config import GELUS, POS_ENCODINGS, SINUSOIDAL_FORMS, GPTConfig, InvalidConfig
 
 # The GPTConfig fields a run sets; vocab_size comes from the tokenizer, layer_norm_eps is GPT-2's.
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias", "pos_encoding",
@@ -167,12 +168,13 @@ def _check_type(key: str, value, source: str):
 def load_toml(path: str) -> dict:
     import tomllib
 
+    from numformer.checkpoint import JSON_LIMIT, read_file
+
     p = Path(path)
-    if not p.is_file():
+    if not os.path.lexists(p):
         raise UsageError(f"{p}: config file not found")
-    try:
-        with p.open("rb") as f:
-            d = tomllib.load(f)
+    try:   # a regular file of sane size only: a FIFO would block, /dev/zero never ends
+        d = tomllib.loads(read_file(p, JSON_LIMIT, error=UsageError).decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"{p}: not valid TOML: {e}") from None
     except RecursionError:
@@ -232,12 +234,12 @@ def resolve(given: dict, *, resume: bool = False):
     settings take the place of the defaults, and a model or data key in `given` that differs
     from them (FIXED_ON_RESUME) is refused. A resumed run may change its schedule and evaluation.
     """
-    values, ckpt = {}, None
+    values, ckpt, latest = {}, None, None
     if resume:
         latest = Path(given.get("out_dir", TrainConfig.out_dir)) / "latest"
         ckpt, saved = _resume_checkpoint(latest)
         for key in FIXED_ON_RESUME:
-            if key in given and key in saved and given[key] != saved[key]:
+            if key in given and key in saved and not _same_setting(key, given[key], saved[key]):
                 raise UsageError(f"--resume: {key} is {saved[key]!r} in {latest} but {given[key]!r} was given; "
                                  f"a resumed run keeps its model and data")
         values.update(saved)
@@ -246,16 +248,31 @@ def resolve(given: dict, *, resume: bool = False):
         from numformer.training.finetune import init_settings
 
         values.update(init_settings(values["init_from"], given))   # the model's shape comes from init_from
-    cfg = TrainConfig.of(**values)
+    try:
+        cfg = TrainConfig.of(**values)
+    except InvalidConfig as e:
+        if latest is not None and e.key not in given:              # the checkpoint's own value
+            raise CheckpointError(f"{latest / 'config.json'}: {e}") from None
+        raise UsageError(str(e)) from None
     validate(cfg)
     return cfg, ckpt
+
+
+def _same_setting(key: str, given, saved) -> bool:
+    """Whether a resumed run's `given` value of `key` is the one its checkpoint records. The LoRA
+    targets are a set of layers: "attn.c_proj,attn.c_attn" names the same adapters as
+    "attn.c_attn,attn.c_proj"."""
+    if key == "lora_targets" and isinstance(given, str) and isinstance(saved, str):
+        from numformer.model.adapters import parse_targets
+
+        return set(parse_targets(given)) == set(parse_targets(saved))
+    return given == saved
 
 
 def _resume_checkpoint(latest: Path):
     """The checkpoint at `latest` and the training settings it records, type-checked (keys this
     version does not know are dropped)."""
     from numformer.checkpoint import load_checkpoint
-    from numformer.errors import CheckpointError
 
     if not latest.exists() and not any(latest.parent.glob(".latest.numformer-old-*")):
         raise CheckpointError(f"--resume: no checkpoint at {latest}; start without --resume")
@@ -264,5 +281,12 @@ def _resume_checkpoint(latest: Path):
     saved = train.get("config") if isinstance(train, dict) else None
     if not isinstance(saved, dict):
         raise CheckpointError(f"{latest}: config.json has no training state to resume from")
+    model = ckpt.config.get("model")
+    try:                                 # the full model config (vocab_size too) the run resumes with
+        if not isinstance(model, dict):
+            raise InvalidConfig("model", "no \"model\" section")
+        GPTConfig.from_dict(model)
+    except InvalidConfig as e:
+        raise CheckpointError(f"{latest / 'config.json'}: bad model config: {e}") from None
     known = fields()
     return ckpt, {k: _check_type(k, v, f"{latest}/config.json") for k, v in saved.items() if k in known}

@@ -82,6 +82,10 @@ def load_init_model(path, dtype="float32"):
         plain.load_state_dict(merged_state_dict(model), source=str(root))
         plain.tokenizer = model.tokenizer
         model = plain
+    problem = getattr(model, "hf_tokenizer_problem", None)
+    if model.tokenizer is None and problem:       # the files are there: say what is wrong with them
+        raise CheckpointError(f"--init_from {root}: its tokenizer cannot be used: {problem}; so --data cannot be "
+                              f"encoded for it")
     if model.tokenizer is None:
         raise CheckpointError(f"--init_from {root} has no tokenizer (numformer's tokenizer.json, or Hugging Face's "
                               f"tokenizer.json or vocab.json + merges.txt), so --data cannot be encoded for it")
