@@ -14,12 +14,19 @@ starts at once:
   SHA-256 of its JSON), and CACHE_FORMAT;
 - files, in `cache_dir` (default: $NUMFORMER_CACHE, else ~/.cache/numformer):
   `tokens-<key>.bin` (all ids, little-endian, in the smallest unsigned type that holds the
-  vocabulary: uint8 when V <= 256, uint16 when V <= 65536, else uint32) and `tokens-<key>.json`
-  (the tokenizer's JSON, the dtype, the count and a SHA-256 of the ids);
-- writes are atomic (a temporary file in the same folder, then `os.replace`), so processes that
-  start together (MPI ranks) never read half a file; a cache entry that is missing, truncated or
-  does not match its own checksum is ignored and rebuilt, never an error; a folder that cannot be
-  written just means no cache (the ids are then held in memory).
+  vocabulary: uint8 when V <= 256, uint16 when V <= 65536, else uint32) and `tokens-<key>.json`,
+  the record that vouches for them: the cache format, the text's SHA-256 and the tokenizer spec
+  the key was made from, the tokenizer's JSON, the dtype, the count and a SHA-256 of the ids;
+- an entry is used only if its record matches the key it is filed under (the same cache format,
+  text SHA-256 and tokenizer spec) and the ids match their count and SHA-256. Anything else is
+  stale and rebuilt in place, with a one-line note on stderr: another corpus's entry copied over
+  this one, an entry of another tokenizer, a record that is damaged, not JSON or nested too
+  deeply, ids cut short or changed. Ids without a record (a writer between its two renames) are
+  rebuilt without a note. A cache entry is never an error;
+- files are written by numformer.checkpoint.replace_file (a temporary file of this process in the
+  same folder, then a rename), the ids first and then their record, so processes that start
+  together (MPI ranks) never read half a file; a folder that cannot be written just means no
+  cache (the ids are then held in memory).
 
 `get_batch(ids, block_size, batch_size, rng)` draws `batch_size` offsets with
 `rng.integers(0, len(ids) - block_size, size=batch_size)` and returns int64 arrays x, y of shape
@@ -31,7 +38,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import stat
+import sys
 import warnings
 from pathlib import Path
 
@@ -55,33 +63,27 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "numformer"
 
 
-def _write_atomic(path: Path, write) -> bool:
-    """Call write(file) on a temporary file beside `path`, then rename it into place.
+def _write_cache_file(path: Path, data) -> bool:
+    """Write `data` (bytes, or an iterable of bytes) to `path` with numformer's atomic writer.
 
     Returns False (with a warning) when the folder cannot be written: a cache is never required.
-    Any other error from `write` (bad input found while writing) removes the temporary file and
-    propagates.
+    Any other error raised while `data` is produced (bad input found while writing) propagates,
+    and the writer leaves no temporary file.
     """
-    tmp = None
+    from numformer import checkpoint
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache may be shared
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        checkpoint.replace_file(path, data)
         return True
     except OSError as e:
         warnings.warn(f"numformer: could not write cache file {path}: {e}", stacklevel=3)
         return False
-    finally:
-        if tmp is not None and os.path.lexists(tmp):
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+
+
+def _note(message: str) -> None:
+    """One line on stderr about the cache: numformer's own files, so a note and not an error."""
+    print(f"numformer: note: {message}", file=sys.stderr, flush=True)
 
 
 def read_cached_text(path: Path) -> str | None:
@@ -100,7 +102,30 @@ def write_cached_text(path: Path, text: str) -> None:
     """Cache `text` at `path` atomically, with a checksum line so damage is noticed on reading."""
     body = text.encode("utf-8")
     tail = b"\n#sha256:" + hashlib.sha256(body).hexdigest().encode() + b"\n"
-    _write_atomic(path, lambda f: f.write(body + tail))
+    _write_cache_file(path, body + tail)
+
+
+# ----------------------------------------------------------------------------- the ids on disk
+
+
+def _open_ids(path: Path):
+    """The ids file opened for reading (unbuffered), or None if it is not there or not a regular file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))   # a FIFO planted here never blocks
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return os.fdopen(fd, "rb", buffering=0)
+
+
+def _sha256_of(file) -> str:
+    sha = hashlib.sha256()
+    file.seek(0)
+    while chunk := file.read(1 << 20):
+        sha.update(chunk)
+    return sha.hexdigest()
 
 
 # ----------------------------------------------------------------------------- prepare
@@ -117,41 +142,55 @@ def _file_dtype(vocab_size: int) -> np.dtype:
 
 def _spec(tokenizer, vocab_size) -> str:
     if isinstance(tokenizer, (CharTokenizer, BPETokenizer)):
-        return "given:" + hashlib.sha256(tokenizer.to_json().encode("utf-8")).hexdigest()
+        return "given:" + _json_sha256(tokenizer.to_json())
     if tokenizer == "char":
         return "char"
     return f"bpe:{vocab_size}:tokenizers-{_hf().__version__}"
 
 
-def _file_sha256(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            sha.update(chunk)
-    return sha.hexdigest()
+def _json_sha256(tokenizer_json: str) -> str:
+    return hashlib.sha256(tokenizer_json.encode("utf-8")).hexdigest()
 
 
-def _load_entry(ids_path: Path, meta_path: Path):
-    """(ids as a read-only np.memmap, tokenizer) from a cache entry, or None if anything about it
-    is wrong. The ids are checked against their SHA-256 by reading the file in pieces."""
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        dtype = np.dtype(meta["dtype"])
-        n = meta["n_tokens"]
-        if (
-            meta.get("cache_format") != CACHE_FORMAT
-            or type(n) is not int
-            or n < 1
-            or ids_path.stat().st_size != n * dtype.itemsize
-            or _file_sha256(ids_path) != meta["ids_sha256"]
-        ):
-            return None
-        tok = from_json(meta["tokenizer"])
-        if dtype != _file_dtype(tok.vocab_size):
-            return None
-        return np.memmap(ids_path, dtype=dtype, mode="r", shape=(n,)), tok
-    except (OSError, ValueError, KeyError, TypeError, NumformerError, EOFError):
+class _Stale(Exception):
+    """A cache entry that is there but cannot be used; the message says why."""
+
+
+def _load_entry(ids_path: Path, meta_path: Path, text_sha: str, spec: str):
+    """(ids as a read-only np.memmap, tokenizer) from the cache entry; None if it has no record (a
+    miss); _Stale if the record does not match the key (text, tokenizer spec, format) or the ids do
+    not match the record (their SHA-256 is computed by reading the file in pieces)."""
+    from numformer.checkpoint import read_json
+
+    if not os.path.lexists(meta_path):
         return None
+    try:
+        meta = read_json(meta_path)
+    except (NumformerError, ValueError, RecursionError) as e:   # ValueError: an int over 4,300 digits
+        raise _Stale(f"is not a record numformer can read ({str(e).removeprefix(f'{meta_path}: ')})") from None
+    if meta.get("cache_format") != CACHE_FORMAT:
+        raise _Stale("has another cache format")
+    if meta.get("text_sha256") != text_sha:
+        raise _Stale("was made from another text")
+    if meta.get("spec") != spec:
+        raise _Stale("was made with another tokenizer")
+    try:
+        tokenizer_json = meta["tokenizer"]
+        if spec.startswith("given:") and _json_sha256(tokenizer_json) != spec.removeprefix("given:"):
+            raise _Stale("was made with another tokenizer")
+        tok = from_json(tokenizer_json)
+        dtype, n = np.dtype(meta["dtype"]), meta["n_tokens"]
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError, NumformerError):
+        raise _Stale("is damaged (a field is missing or unreadable)") from None
+    if dtype != _file_dtype(tok.vocab_size) or type(n) is not int or n < 1:
+        raise _Stale("is damaged (its dtype or count does not fit its tokenizer)")
+    file = _open_ids(ids_path)
+    if file is None:
+        raise _Stale(f"has no ids file {ids_path.name}")
+    with file:
+        if os.fstat(file.fileno()).st_size != n * dtype.itemsize or _sha256_of(file) != meta.get("ids_sha256"):
+            raise _Stale(f"does not match its ids in {ids_path.name} (cut short or changed)")
+    return np.memmap(ids_path, dtype=dtype, mode="r", shape=(n,)), tok
 
 
 def _char_vocabulary(corpus: Corpus) -> CharTokenizer:
@@ -214,7 +253,11 @@ def prepare(text: str | Corpus, tokenizer="char", vocab_size: int | None = None,
     ids_path = folder / f"tokens-{key}.bin"
     meta_path = folder / f"tokens-{key}.json"
 
-    entry = _load_entry(ids_path, meta_path)
+    try:
+        entry = _load_entry(ids_path, meta_path, text_sha, spec)
+    except _Stale as e:
+        _note(f"the token cache entry {meta_path} {e}: it is stale and is rebuilt")
+        entry = None
     if entry is not None:
         ids, tok = entry
     else:
@@ -229,14 +272,14 @@ def prepare(text: str | Corpus, tokenizer="char", vocab_size: int | None = None,
         dtype = _file_dtype(tok.vocab_size)
         ids_sha, counted = hashlib.sha256(), [0]
 
-        def write(f):
+        def parts():
             for part in _encoded(corpus, tok, dtype):
                 data = part.tobytes()
                 ids_sha.update(data)
-                f.write(data)
                 counted[0] += len(part)
+                yield data
 
-        if _write_atomic(ids_path, write):
+        if _write_cache_file(ids_path, parts()):
             meta = {
                 "cache_format": CACHE_FORMAT,
                 "text_sha256": text_sha,
@@ -246,9 +289,9 @@ def prepare(text: str | Corpus, tokenizer="char", vocab_size: int | None = None,
                 "ids_sha256": ids_sha.hexdigest(),
                 "tokenizer": tok.to_json(),
             }
-            # ids first, then the JSON that vouches for them: a reader that sees the new JSON with
-            # another writer's ids notices the checksum and rebuilds, instead of trusting them.
-            _write_atomic(meta_path, lambda f: f.write(json.dumps(meta, ensure_ascii=False).encode("utf-8")))
+            # ids first, then the record that vouches for them: a reader that sees the new record
+            # with another writer's ids notices the checksum and rebuilds, instead of trusting them.
+            _write_cache_file(meta_path, json.dumps(meta, ensure_ascii=False).encode("utf-8"))
             ids = np.memmap(ids_path, dtype=dtype, mode="r", shape=(counted[0],))
         else:  # no cache folder: the ids in memory
             ids = np.concatenate(list(_encoded(corpus, tok, dtype)))

@@ -1,0 +1,176 @@
+"""The token cache trusts an entry only when it is this corpus's, made with this tokenizer, and
+whole; it writes through the checkpoint module's atomic writer."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from numformer import checkpoint
+from numformer.data import batches
+from numformer.data.batches import prepare
+from numformer.data.tokenizer import CharTokenizer
+
+A = "the king shall not be my lord\n" * 40
+B = "XYZ? qwv, jjj!\n" * 80
+
+
+def _entry(folder):
+    (ids,) = folder.glob("tokens-*.bin")
+    (meta,) = folder.glob("tokens-*.json")
+    return ids, meta
+
+
+def _expected_char_ids(text):
+    vocab = sorted(set(text))
+    return np.array([vocab.index(c) for c in text]), vocab
+
+
+def _copy_entry_over(src_folder, dst_folder):
+    """Put the entry of src_folder under the file names of dst_folder's entry."""
+    src_ids, src_meta = _entry(src_folder)
+    dst_ids, dst_meta = _entry(dst_folder)
+    shutil.copyfile(src_ids, dst_ids)
+    shutil.copyfile(src_meta, dst_meta)
+
+
+def _one_note(capsys, *words):
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]
+
+
+# ----------------------------------------------------------------------------- whose entry it is
+
+
+def test_an_entry_of_another_corpus_is_rebuilt_with_a_note(tmp_path, capsys):
+    prepare(A, "char", cache_dir=tmp_path / "a")
+    prepare(B, "char", cache_dir=tmp_path / "b")
+    _copy_entry_over(tmp_path / "a", tmp_path / "b")
+    capsys.readouterr()
+    train, val, tok = prepare(B, "char", cache_dir=tmp_path / "b")
+    expected, vocab = _expected_char_ids(B)
+    assert tok.chars == vocab
+    assert np.array_equal(np.concatenate([train, val]), expected)
+    _one_note(capsys, str(_entry(tmp_path / "b")[1]), "another text", "rebuilt")
+    # rebuilt in place: the next run reads it without a note
+    again = prepare(B, "char", cache_dir=tmp_path / "b")
+    assert np.array_equal(np.concatenate([again[0], again[1]]), expected)
+    assert capsys.readouterr().err == ""
+
+
+def test_an_entry_of_another_tokenizer_is_rebuilt(tmp_path, capsys):
+    """The same text, char ids filed under the BPE key: the text's hash matches, the spec does not."""
+    prepare(A, "char", cache_dir=tmp_path / "char")
+    prepare(A, "bpe", 300, cache_dir=tmp_path / "bpe")
+    bpe_ids = np.array(np.concatenate(prepare(A, "bpe", 300, cache_dir=tmp_path / "bpe")[:2]))
+    _copy_entry_over(tmp_path / "char", tmp_path / "bpe")
+    capsys.readouterr()
+    train, val, tok = prepare(A, "bpe", 300, cache_dir=tmp_path / "bpe")
+    assert tok.kind == "bpe"
+    assert np.array_equal(np.concatenate([train, val]), bpe_ids)
+    _one_note(capsys, "another tokenizer", "rebuilt")
+
+
+def test_an_entry_for_another_given_tokenizer_is_rebuilt(tmp_path, capsys):
+    """A checkpoint's tokenizer (resume, --init_from): the ids must be this tokenizer's."""
+    small = CharTokenizer.from_text(A)
+    large = CharTokenizer.from_text(A + "QZ")
+    prepare(A, small, cache_dir=tmp_path / "small")
+    prepare(A, large, cache_dir=tmp_path / "large")
+    _copy_entry_over(tmp_path / "small", tmp_path / "large")
+    capsys.readouterr()
+    train, val, tok = prepare(A, large, cache_dir=tmp_path / "large")
+    assert tok is large
+    assert np.array_equal(np.concatenate([train, val]), large.encode(A))
+    _one_note(capsys, "another tokenizer")
+
+
+def test_a_recorded_hash_that_disagrees_with_the_key_is_stale(tmp_path, capsys):
+    """An entry whose own record names another text is not trusted, even with the right ids."""
+    prepare(A, "char", cache_dir=tmp_path)
+    _, meta_file = _entry(tmp_path)
+    meta = json.loads(meta_file.read_text())
+    meta_file.write_text(json.dumps({**meta, "text_sha256": "0" * 64}))
+    capsys.readouterr()
+    train, val, _ = prepare(A, "char", cache_dir=tmp_path)
+    assert np.array_equal(np.concatenate([train, val]), _expected_char_ids(A)[0])
+    _one_note(capsys, "another text")
+    assert json.loads(meta_file.read_text())["text_sha256"] == meta["text_sha256"]
+
+
+# ----------------------------------------------------------------------------- damaged records
+
+
+@pytest.mark.parametrize("record", [
+    "[" * 100_000 + "]" * 100_000,                              # nested past Python's recursion limit
+    '{"cache_format": ' + "[" * 100_000 + "]" * 100_000 + "}",
+    '{"cache_format": 2, "n_tokens": ' + "9" * 5000 + "}",       # past int()'s 4,300 digits
+    "\xff\xfe not utf-8",
+    '"a string"',
+    '{"cache_format": 2, "dtype": {"a": 1}, "n_tokens": 1}',
+    "NaN",
+])
+def test_a_damaged_record_is_rebuilt_not_a_traceback(tmp_path, capsys, record):
+    prepare(A, "char", cache_dir=tmp_path)
+    _, meta_file = _entry(tmp_path)
+    meta_file.write_bytes(record.encode("latin-1") if record.startswith("\xff") else record.encode())
+    capsys.readouterr()
+    train, val, tok = prepare(A, "char", cache_dir=tmp_path)
+    assert np.array_equal(np.concatenate([train, val]), _expected_char_ids(A)[0])
+    _one_note(capsys, str(meta_file), "rebuilt")
+    assert json.loads(meta_file.read_text())["n_tokens"] == len(A)
+
+
+def test_an_entry_being_written_is_a_plain_miss(tmp_path, capsys):
+    """Ids without their record (another process is between its two renames): rebuilt quietly."""
+    prepare(A, "char", cache_dir=tmp_path)
+    _, meta_file = _entry(tmp_path)
+    meta_file.unlink()
+    capsys.readouterr()
+    prepare(A, "char", cache_dir=tmp_path)
+    assert capsys.readouterr().err == ""
+
+
+# ----------------------------------------------------------------------------- one writer
+
+
+def test_cache_files_go_through_the_checkpoint_writer(tmp_path, monkeypatch):
+    written = []
+    real = checkpoint.replace_file
+
+    def spy(path, data):
+        written.append(path.name)
+        return real(path, data)
+
+    monkeypatch.setattr(checkpoint, "replace_file", spy)
+    prepare(A, "char", cache_dir=tmp_path)
+    ids_file, meta_file = _entry(tmp_path)
+    assert written == [ids_file.name, meta_file.name]      # ids first, then the record vouching for them
+    batches.write_cached_text(tmp_path / "text.txt", "some text")
+    assert written[-1] == "text.txt"
+    assert batches.read_cached_text(tmp_path / "text.txt") == "some text"
+
+
+def test_the_ids_are_streamed_to_the_writer(tmp_path, monkeypatch):
+    """The writer gets the ids piece by piece, never one bytes object of the whole corpus."""
+    from numformer.data import corpus
+
+    monkeypatch.setattr(corpus, "CHUNK_CHARS", 100)
+    parts = []
+    real = checkpoint.replace_file
+
+    def spy(path, data):
+        if path.suffix == ".bin":
+            assert not isinstance(data, bytes)
+            data = list(data)
+            parts.extend(len(p) for p in data)
+        return real(path, data)
+
+    monkeypatch.setattr(checkpoint, "replace_file", spy)
+    prepare(A, "char", cache_dir=tmp_path)
+    assert max(parts) <= 100 and sum(parts) == len(A)
