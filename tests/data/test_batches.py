@@ -26,7 +26,7 @@ def test_char_split_is_first_90_percent(text, tmp_path):
     expected = np.array([vocab.index(c) for c in text])
     n_train = int(0.9 * len(text))
     assert train.dtype == np.uint8 and val.dtype == np.uint8  # V <= 256: one byte per id
-    assert isinstance(train, np.memmap) and not train.flags.writeable
+    assert isinstance(train, batches.TokenFile) and isinstance(val, batches.TokenFile)  # read from the cache file
     assert np.array_equal(train, expected[:n_train]) and np.array_equal(val, expected[n_train:])
     assert tok.chars == vocab
 
@@ -69,7 +69,7 @@ def test_cache_key_separates_text_and_tokenizer(text, tmp_path):
 )
 def test_damaged_cache_is_rebuilt(text, tmp_path, damage, capsys, monkeypatch):
     train, val, tok = prepare(text, "char", cache_dir=tmp_path)
-    first = (np.array(train), np.array(val), tok)  # copies: the damage below rewrites the mapped file in place
+    first = (np.array(train), np.array(val), tok)  # copies: the damage below rewrites the file in place
     damage(*_entry(tmp_path))
     again = prepare(text, "char", cache_dir=tmp_path)
     assert np.array_equal(first[0], again[0]) and np.array_equal(first[1], again[1])
@@ -118,7 +118,7 @@ def test_processes_starting_together_agree(text, tmp_path):
         "from numformer.data import prepare\n"
         "text = open(sys.argv[1], encoding='utf-8').read()\n"
         "tr, va, tok = prepare(text, 'bpe', 300, cache_dir=sys.argv[2])\n"
-        "print(hashlib.sha256(tr.tobytes() + va.tobytes() + tok.to_json().encode()).hexdigest())\n"
+        "print(hashlib.sha256(np.asarray(tr).tobytes() + np.asarray(va).tobytes() + tok.to_json().encode()).hexdigest())\n"
     )
     cmd = [sys.executable, "-c", script, str(tmp_path / "corpus.txt"), str(tmp_path / "cache")]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]

@@ -1,15 +1,18 @@
 """The token cache trusts an entry only when it is this corpus's, made with this tokenizer, and
-whole; it writes through the checkpoint module's atomic writer."""
+whole; it writes through the checkpoint module's atomic writer; a cache file cut short while a run
+reads it is one line, never a crash."""
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from numformer import checkpoint
 from numformer.data import batches
-from numformer.data.batches import prepare
+from numformer.data.batches import get_batch, prepare
 from numformer.data.tokenizer import CharTokenizer
 
 A = "the king shall not be my lord\n" * 40
@@ -174,3 +177,87 @@ def test_the_ids_are_streamed_to_the_writer(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint, "replace_file", spy)
     prepare(A, "char", cache_dir=tmp_path)
     assert max(parts) <= 100 and sum(parts) == len(A)
+
+
+# ----------------------------------------------------------------------------- reading windows
+
+
+def test_batches_from_the_cache_file_equal_batches_from_memory(tmp_path):
+    train, val, _ = prepare(A * 10, "char", cache_dir=tmp_path)
+    for ids in (train, val):
+        in_memory = np.array(ids)
+        for seed in range(3):
+            a = get_batch(ids, 16, 7, np.random.default_rng(seed))
+            b = get_batch(in_memory, 16, 7, np.random.default_rng(seed))
+            assert a[0].dtype == b[0].dtype == np.int64
+            assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def _run_child(script, *args):
+    return subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
+CUT_WHILE_READING = """
+import sys
+from pathlib import Path
+import numpy as np
+from numformer.data.batches import prepare, get_batch
+from numformer.errors import DataError
+cache = Path(sys.argv[1])
+train, val, tok = prepare("the king shall not be my lord\\n" * 400, "char", cache_dir=cache)
+get_batch(train, 16, 4, np.random.default_rng(0))
+(ids,) = cache.glob("tokens-*.bin")
+with open(ids, "r+b") as f:
+    f.truncate(100)                      # another program cuts the file while the run reads it
+try:
+    for seed in range(50):
+        get_batch(train, 16, 4, np.random.default_rng(seed))
+except DataError as e:
+    print(e)
+    sys.exit(3)
+print("no error")
+"""
+
+
+def test_a_cache_file_cut_short_while_read_is_one_line(tmp_path):
+    r = _run_child(CUT_WHILE_READING, tmp_path / "cache")
+    assert r.returncode == 3, (r.returncode, r.stdout, r.stderr)   # not killed by SIGBUS (-7)
+    (line,) = r.stdout.strip().splitlines()
+    assert "tokens-" in line and "cut short" in line
+
+
+TRAIN_THEN_CUT = """
+import sys
+from pathlib import Path
+from numformer.cli import main
+from numformer.training import trainer
+
+cache = Path(sys.argv[2])
+real_save = trainer.Trainer.save
+
+def save(self, path):
+    real_save(self, path)
+    if path.name == "latest":              # the first checkpoint is written: now cut the ids
+        for ids in cache.glob("tokens-*.bin"):
+            with open(ids, "r+b") as f:
+                f.truncate(10)
+
+trainer.Trainer.save = save
+sys.exit(main(["train", "--data", sys.argv[1], "--out_dir", sys.argv[3], "--cache_dir", sys.argv[2],
+               "--max_iters", "20", "--eval_interval", "10", "--eval_iters", "1", "--n_layer", "1",
+               "--n_head", "2", "--n_embd", "16", "--block_size", "16", "--batch_size", "4",
+               "--sample_tokens", "0", "--no_plot"]))
+"""
+
+
+def test_a_run_whose_cache_is_cut_stops_in_one_line_and_keeps_its_checkpoint(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(A * 20)
+    r = _run_child(TRAIN_THEN_CUT, corpus, tmp_path / "cache", tmp_path / "out")
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("numformer train: error: ") and "cut short" in last, r.stderr
+    assert "Traceback" not in r.stderr
+    ckpt = checkpoint.load_checkpoint(tmp_path / "out" / "latest")
+    assert ckpt.config["train"]["iter_num"] == 0

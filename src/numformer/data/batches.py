@@ -5,9 +5,9 @@ and returns `(train_ids, val_ids, tokenizer)`: the first 90% of the tokens for t
 10% for validation. The corpus (a string, or a numformer.data.corpus.Corpus) is read in pieces,
 never whole, in up to three passes: one to hash it, and on a cache miss one to build the
 vocabulary (the set of characters, or BPE merges trained from the pieces) and one to encode it
-into the cache file. Training then reads the ids through `np.memmap`, as nanoGPT does, so memory
-does not grow with the corpus. The ids are cached on disk, so a second run on the same text
-starts at once:
+into the cache file. The ids are cached on disk, so a second run on the same text starts at once,
+and training reads them from that file one window at a time (`TokenFile`), so memory does not
+grow with the corpus:
 
 - key: SHA-256 of the corpus text (UTF-8) together with the tokenizer spec: its type, and for
   BPE the vocab_size asked for and the `tokenizers` version (or, for a tokenizer passed in, a
@@ -27,6 +27,13 @@ starts at once:
   same folder, then a rename), the ids first and then their record, so processes that start
   together (MPI ranks) never read half a file; a folder that cannot be written just means no
   cache (the ids are then held in memory).
+
+A `TokenFile` holds the cache file open and reads each window with `os.pread`: batches are the
+same as from an array in memory, the pages read stay in the operating system's file cache rather
+than in the process, and a file that another program cuts short while a run reads it is a
+DataError naming it (through a memory map, the read would kill the process with SIGBUS). The
+ids checked against their SHA-256 are those of the open file, so a file swapped in later is
+never read.
 
 `get_batch(ids, block_size, batch_size, rng)` draws `batch_size` offsets with
 `rng.integers(0, len(ids) - block_size, size=batch_size)` and returns int64 arrays x, y of shape
@@ -51,7 +58,7 @@ from numformer.errors import DataError, NumformerError, UsageError
 
 TRAIN_FRACTION = 0.9
 DEFAULT_BPE_VOCAB_SIZE = 1024
-CACHE_FORMAT = 2  # 2: raw little-endian ids in tokens-<key>.bin, read through np.memmap
+CACHE_FORMAT = 2  # 2: raw little-endian ids in tokens-<key>.bin
 
 
 # ----------------------------------------------------------------------------- the cache folder
@@ -108,6 +115,74 @@ def write_cached_text(path: Path, text: str) -> None:
 # ----------------------------------------------------------------------------- the ids on disk
 
 
+class TokenFile:
+    """Token ids in a file, read a window at a time: a range of `len(self)` ids of `dtype`.
+
+    `ids[a:b]` is the range's part (nothing is read), `windows(offsets, length)` reads one row per
+    offset, `np.asarray(ids)` reads the whole range (for small ones). Reads use os.pread on a file
+    held open; a read that comes back short (the file was cut while in use) raises DataError.
+    Pickling (an MPI broadcast) sends the ids themselves, as an ndarray: other hosts need no file.
+    """
+
+    def __init__(self, file, path, dtype, start: int, length: int):
+        self._file = file            # an open, unbuffered binary file, shared by the parts
+        self.path = str(path)
+        self.dtype = np.dtype(dtype)
+        self._start = start          # in ids, from the start of the file
+        self._length = length
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (self._length,)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, key):
+        if not isinstance(key, slice):
+            raise TypeError("a TokenFile takes slices; read ids with windows() or np.asarray()")
+        begin, end, step = key.indices(self._length)
+        if step != 1:
+            raise ValueError("a TokenFile takes slices with step 1")
+        return TokenFile(self._file, self.path, self.dtype, self._start + begin, max(0, end - begin))
+
+    def read(self, begin: int, end: int) -> np.ndarray:
+        """Ids begin .. end−1 of the range, (end − begin,) of `dtype`; DataError if the file is short."""
+        if not 0 <= begin <= end <= self._length:
+            raise IndexError(f"ids {begin}..{end} are outside a range of {self._length}")
+        size, offset = (end - begin) * self.dtype.itemsize, (self._start + begin) * self.dtype.itemsize
+        fd = self._file.fileno()
+        data = os.pread(fd, size, offset)
+        while len(data) < size:        # a regular file reads whole unless it ends first
+            more = os.pread(fd, size - len(data), offset + len(data))
+            if not more:
+                have = os.fstat(fd).st_size
+                raise DataError(
+                    f"{self.path}: the token cache file was cut short while this process read it "
+                    f"({have:,} bytes left, {offset + size:,} needed): another program truncated it; "
+                    f"run again and the cache entry is rebuilt"
+                )
+            data += more
+        return np.frombuffer(data, dtype=self.dtype)
+
+    def windows(self, offsets, length: int) -> np.ndarray:
+        """(len(offsets), length): row b holds ids offsets[b] .. offsets[b] + length − 1."""
+        out = np.empty((len(offsets), length), dtype=self.dtype)
+        for row, begin in zip(out, offsets):
+            row[...] = self.read(int(begin), int(begin) + length)
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        ids = self.read(0, self._length)
+        return ids if dtype is None else ids.astype(dtype)
+
+    def __reduce__(self):
+        return self.read(0, self._length).__reduce__()
+
+    def __repr__(self):
+        return f"TokenFile({self.path!r}, dtype={self.dtype}, ids {self._start}..{self._start + self._length})"
+
+
 def _open_ids(path: Path):
     """The ids file opened for reading (unbuffered), or None if it is not there or not a regular file."""
     try:
@@ -157,9 +232,9 @@ class _Stale(Exception):
 
 
 def _load_entry(ids_path: Path, meta_path: Path, text_sha: str, spec: str):
-    """(ids as a read-only np.memmap, tokenizer) from the cache entry; None if it has no record (a
-    miss); _Stale if the record does not match the key (text, tokenizer spec, format) or the ids do
-    not match the record (their SHA-256 is computed by reading the file in pieces)."""
+    """(ids as a TokenFile, tokenizer) from the cache entry; None if it has no record (a miss);
+    _Stale if the record does not match the key (text, tokenizer spec, format) or the ids do not
+    match the record. The ids are checked against their SHA-256 on the file that is then read."""
     from numformer.checkpoint import read_json
 
     if not os.path.lexists(meta_path):
@@ -187,10 +262,13 @@ def _load_entry(ids_path: Path, meta_path: Path, text_sha: str, spec: str):
     file = _open_ids(ids_path)
     if file is None:
         raise _Stale(f"has no ids file {ids_path.name}")
-    with file:
+    try:
         if os.fstat(file.fileno()).st_size != n * dtype.itemsize or _sha256_of(file) != meta.get("ids_sha256"):
             raise _Stale(f"does not match its ids in {ids_path.name} (cut short or changed)")
-    return np.memmap(ids_path, dtype=dtype, mode="r", shape=(n,)), tok
+    except BaseException:
+        file.close()
+        raise
+    return TokenFile(file, ids_path, dtype, 0, n), tok
 
 
 def _char_vocabulary(corpus: Corpus) -> CharTokenizer:
@@ -224,8 +302,8 @@ def prepare(text: str | Corpus, tokenizer="char", vocab_size: int | None = None,
     never held whole. tokenizer: "char", "bpe" (trained on the text with `vocab_size` tokens,
     default DEFAULT_BPE_VOCAB_SIZE), or an existing CharTokenizer/BPETokenizer (e.g. the one a
     checkpoint carries, when resuming), used as it is. The ids are of the smallest unsigned type
-    that holds the vocabulary (id_dtype), read-only views of a np.memmap of the cache file (an
-    in-memory array only when the cache folder cannot be written).
+    that holds the vocabulary (id_dtype): two TokenFile ranges of the cache file (in-memory
+    arrays only when the cache folder cannot be written).
     """
     if isinstance(tokenizer, (CharTokenizer, BPETokenizer)):
         if vocab_size is not None and vocab_size != tokenizer.vocab_size:
@@ -279,6 +357,7 @@ def prepare(text: str | Corpus, tokenizer="char", vocab_size: int | None = None,
                 counted[0] += len(part)
                 yield data
 
+        ids = None
         if _write_cache_file(ids_path, parts()):
             meta = {
                 "cache_format": CACHE_FORMAT,
@@ -292,8 +371,10 @@ def prepare(text: str | Corpus, tokenizer="char", vocab_size: int | None = None,
             # ids first, then the record that vouches for them: a reader that sees the new record
             # with another writer's ids notices the checksum and rebuilds, instead of trusting them.
             _write_cache_file(meta_path, json.dumps(meta, ensure_ascii=False).encode("utf-8"))
-            ids = np.memmap(ids_path, dtype=dtype, mode="r", shape=(counted[0],))
-        else:  # no cache folder: the ids in memory
+            file = _open_ids(ids_path)
+            if file is not None:
+                ids = TokenFile(file, ids_path, dtype, 0, counted[0])
+        if ids is None:  # no cache folder: the ids in memory
             ids = np.concatenate(list(_encoded(corpus, tok, dtype)))
     if isinstance(tokenizer, (CharTokenizer, BPETokenizer)):
         tok = tokenizer
@@ -330,8 +411,10 @@ def get_batch(ids, block_size: int, batch_size: int, rng: np.random.Generator):
             f"{_needed(block_size)}; use a longer text or a smaller block_size"
         )
     ix = rng.integers(0, n - block_size, size=batch_size)  # (B,) block offsets
-    pos = ix[:, None] + np.arange(block_size)  # (B, T)
-    ids = np.asarray(ids)
-    x = ids[pos].astype(np.int64)  # (B, T)
-    y = ids[pos + 1].astype(np.int64)  # (B, T)
+    if isinstance(ids, TokenFile):
+        w = ids.windows(ix, block_size + 1)  # (B, T+1), read from the cache file
+    else:
+        w = np.asarray(ids)[ix[:, None] + np.arange(block_size + 1)]  # (B, T+1)
+    x = np.ascontiguousarray(w[:, :-1], dtype=np.int64)  # (B, T)
+    y = np.ascontiguousarray(w[:, 1:], dtype=np.int64)  # (B, T)
     return x, y
