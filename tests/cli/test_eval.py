@@ -110,3 +110,41 @@ def test_bad_inputs_are_one_line(lab, tmp_path, capsys):
     assert "--stride" in error_line(capsys, lab / "ckpt", "--data", lab / "text.txt", "--stride", BLOCK + 1)
     assert "--stride" in error_line(capsys, lab / "ckpt", "--data", lab / "text.txt", "--stride", 0)
     assert "no such folder" in error_line(capsys, tmp_path / "nowhere", "--data", lab / "text.txt")
+
+
+# ----------------------------------------------------------------------------- read as train reads
+
+
+def _as_crlf_with_bom(path, text):
+    path.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode("utf-8"))
+    return path
+
+
+def test_a_crlf_file_with_a_bom_is_read_as_training_reads_it(lab, tmp_path, capsys):
+    """Training makes \\r\\n and \\r into \\n and drops a BOM; eval must score the same tokens."""
+    from numformer.data.batches import prepare
+    from numformer.data.corpus import open_corpus
+
+    text = (lab / "text.txt").read_text(encoding="utf-8")
+    crlf = _as_crlf_with_bom(tmp_path / "crlf.txt", text)
+    mac = tmp_path / "cr.txt"
+    mac.write_bytes(text.replace("\n", "\r").encode("utf-8"))
+    lf = run_eval(capsys, lab / "ckpt", "--data", lab / "text.txt")
+    assert run_eval(capsys, lab / "ckpt", "--data", crlf) == lf
+    assert run_eval(capsys, lab / "ckpt", "--data", mac) == lf
+    train, val, _ = prepare(open_corpus(crlf), GPT.load(lab / "ckpt").tokenizer, cache_dir=tmp_path / "cache")
+    assert lf["tokens"] == len(train) + len(val)
+
+
+def test_a_char_model_reads_its_own_crlf_training_file(tmp_path, capsys):
+    from numformer import GPTConfig
+    from numformer.data.tokenizer import CharTokenizer
+
+    text = "".join(TEXT.split("Naïve")[0]) * 2
+    tok = CharTokenizer.from_text(text)                     # the vocabulary training builds: no "\r"
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    model.save(tmp_path / "ckpt", tokenizer=tok.to_json())
+    (tmp_path / "lf.txt").write_text(text, encoding="utf-8")
+    crlf = _as_crlf_with_bom(tmp_path / "crlf.txt", text)
+    assert run_eval(capsys, tmp_path / "ckpt", "--data", crlf) == run_eval(capsys, tmp_path / "ckpt", "--data",
+                                                                           tmp_path / "lf.txt")
