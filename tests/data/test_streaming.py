@@ -189,14 +189,14 @@ def test_old_npy_entries_are_not_read(tmp_path):
 def test_ids_file_is_written_in_pieces(tmp_path, monkeypatch, tiny_reads):
     """No array of the whole corpus's ids is ever made: each write holds one piece's ids."""
     sizes = []
-    real = batches._encoded
+    real = batches.encode_pieces
 
     def spy(*args):
         for part in real(*args):
             sizes.append(len(part))
             yield part
 
-    monkeypatch.setattr(batches, "_encoded", spy)
+    monkeypatch.setattr(batches, "encode_pieces", spy)
     path = tmp_path / "corpus.txt"
     path.write_text("to be or not to be\n" * 20)
     train, val, _ = prepare(open_corpus(path), "char", cache_dir=tmp_path / "cache")

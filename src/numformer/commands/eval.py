@@ -5,8 +5,9 @@
 The checkpoint is found as `numformer sample` finds it (a checkpoint folder, or a run's out_dir:
 its best/, else latest/). --data is read exactly as `numformer train` reads its --data
 (numformer.data.corpus.open_corpus: a leading BOM dropped, \r\n and \r made \n; a folder of .txt
-files and `shakespeare` work too). The windowing (block_size windows every S tokens, every token
-after the first scored once) is numformer.model.evaluate.
+files and `shakespeare` work too), in pieces, never whole. The windowing (block_size windows
+every S tokens, every token after the first scored once) and the streaming are
+numformer.model.evaluate.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def main(args) -> int:
     from numformer.commands.sample import chosen_checkpoint, load_for_sampling
     from numformer.data.corpus import open_corpus
     from numformer.errors import UsageError
-    from numformer.model.evaluate import evaluate_text
+    from numformer.model.evaluate import evaluate_corpus
     from numformer.parallel.process import cores
 
     if not args.data.strip():
@@ -44,7 +45,7 @@ def main(args) -> int:
     if args.stride is not None and not 1 <= args.stride <= model.config.block_size:
         raise UsageError(f"--stride must be between 1 and the model's block_size ({model.config.block_size}), "
                          f"got {args.stride}")
-    r = evaluate_text(model, corpus.text(), stride=args.stride, threads=args.threads or cores(), source=corpus.name)
+    r = evaluate_corpus(model, corpus, stride=args.stride, threads=args.threads or cores())
     if args.json:
         print(json.dumps({k: r[k] for k in ("loss", "perplexity", "bits_per_byte", "tokens")}))
     else:

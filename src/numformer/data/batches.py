@@ -279,8 +279,10 @@ def _char_vocabulary(corpus: Corpus) -> CharTokenizer:
     return CharTokenizer([chr(c) for c in np.flatnonzero(seen)])
 
 
-def _encoded(corpus: Corpus, tok, dtype):
-    """The corpus's ids, piece by piece, as arrays of `dtype` (BPE pieces regrouped at safe cuts)."""
+def encode_pieces(corpus: Corpus, tok, dtype):
+    """The corpus's ids, piece by piece, as arrays of `dtype` (BPE pieces regrouped at safe cuts,
+    so the ids are those of the whole text); training and `numformer eval` both encode this way.
+    An unknown character is a DataError naming the corpus and where in it."""
     if isinstance(tok, CharTokenizer):
         start = 0
         for piece in corpus.pieces():
@@ -351,7 +353,7 @@ def prepare(text: str | Corpus, tokenizer="char", vocab_size: int | None = None,
         ids_sha, counted = hashlib.sha256(), [0]
 
         def parts():
-            for part in _encoded(corpus, tok, dtype):
+            for part in encode_pieces(corpus, tok, dtype):
                 data = part.tobytes()
                 ids_sha.update(data)
                 counted[0] += len(part)
@@ -375,7 +377,7 @@ def prepare(text: str | Corpus, tokenizer="char", vocab_size: int | None = None,
             if file is not None:
                 ids = TokenFile(file, ids_path, dtype, 0, counted[0])
         if ids is None:  # no cache folder: the ids in memory
-            ids = np.concatenate(list(_encoded(corpus, tok, dtype)))
+            ids = np.concatenate(list(encode_pieces(corpus, tok, dtype)))
     if isinstance(tokenizer, (CharTokenizer, BPETokenizer)):
         tok = tokenizer
     n_train = int(len(ids) * TRAIN_FRACTION)
