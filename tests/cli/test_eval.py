@@ -192,3 +192,14 @@ def test_streamed_windows_are_the_planned_windows():
                     assert np.array_equal(yr[yr != -1], np.arange(first, e + 1))
                     got.append((b, e, first))
             assert got == windows(n, T, S), (n, T, S, cut)
+
+
+# ----------------------------------------------------------------------------- no loss to report
+
+
+def test_a_model_that_overflows_is_an_error_not_nan(lab, tmp_path, capsys):
+    model = GPT.load(lab / "ckpt")
+    model.params["transformer.ln_f.weight"][...] = 3e38          # finite, but the logits are not
+    model.save(tmp_path / "huge", tokenizer=model.tokenizer.to_json())
+    err = error_line(capsys, tmp_path / "huge", "--data", lab / "text.txt", "--json")
+    assert "not finite" in err and "text.txt" in err

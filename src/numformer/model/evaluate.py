@@ -27,7 +27,8 @@ A text is streamed, never held whole (`evaluate_corpus`): it is read in pieces a
 training reads and encodes its corpus (numformer.data.corpus.open_corpus, batches.encode_pieces),
 the ids kept in the smallest unsigned type that holds the vocabulary, and only the ids that the
 windows not yet scored need stay in memory (`window_batches`). The batches, and so the loss, are
-those of the whole text's ids at once.
+those of the whole text's ids at once. A loss that is not finite (a model whose weights are
+finite but whose computation overflows float32) is an error, not a result.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import math
 
 import numpy as np
 
-from numformer.errors import DataError, UsageError
+from numformer.errors import CheckpointError, DataError, UsageError
 
 
 def windows(n_tokens: int, block_size: int, stride: int) -> list[tuple[int, int, int]]:
@@ -99,7 +100,7 @@ def _per_batch(model, batch_windows: int) -> int:
     return max(1, min(batch_windows, (1 << 24) // max(1, T * V)))
 
 
-def _score(model, batches, threads: int) -> tuple[float, int]:
+def _score(model, batches, threads: int, source: str) -> tuple[float, int]:
     """(Σ −ln p over the scored tokens, how many were scored) of the batches of window_batches."""
     from numformer.parallel.threads import loss_and_grad
 
@@ -110,6 +111,11 @@ def _score(model, batches, threads: int) -> tuple[float, int]:
         for x, y in batches:
             n = int(np.count_nonzero(y != -1))
             loss = loss_and_grad(model, x, y, threads=threads, backward=False)
+            if not math.isfinite(loss):
+                raise CheckpointError(
+                    f"the loss on {source} is not finite ({loss}) for tokens {counted + 1:,} to {counted + n:,}: "
+                    f"the model's weights are finite but its computation overflows float32, so it has "
+                    f"no loss to report")
             total += loss * n
             counted += n
     finally:
@@ -117,17 +123,19 @@ def _score(model, batches, threads: int) -> tuple[float, int]:
     return total, counted
 
 
-def evaluate_ids(model, ids, *, stride: int | None = None, threads: int = 1, batch_windows: int = 8) -> tuple[float, int]:
+def evaluate_ids(model, ids, *, stride: int | None = None, threads: int = 1, batch_windows: int = 8,
+                 source: str = "the text") -> tuple[float, int]:
     """(Σ −ln p over the scored tokens, how many were scored) of token ids (N,) under model."""
     T = model.config.block_size
     batches = window_batches([np.asarray(ids)], T, stride or T, _per_batch(model, batch_windows))
-    return _score(model, batches, threads)
+    return _score(model, batches, threads, source)
 
 
 def evaluate_corpus(model, corpus, *, stride: int | None = None, threads: int = 1) -> dict:
     """{"loss", "perplexity", "bits_per_byte", "tokens"} of a corpus (numformer.data.corpus:
     open_corpus, or Corpus.of_text) under model, streamed (see above); tokens is the text's token
-    count N, of which N−1 are scored. DataError (one line) for a text shorter than two tokens."""
+    count N, of which N−1 are scored. DataError (one line) for a text shorter than two tokens,
+    CheckpointError for a loss that is not finite."""
     from numformer.data.batches import encode_pieces, id_dtype
     from numformer.data.corpus import Corpus
 
@@ -148,7 +156,8 @@ def evaluate_corpus(model, corpus, *, stride: int | None = None, threads: int = 
             n_tokens += len(part)          # DataError above naming a character the vocabulary lacks
             yield part
 
-    total, counted = _score(model, window_batches(parts(), T, stride or T, _per_batch(model, 8)), threads)
+    total, counted = _score(model, window_batches(parts(), T, stride or T, _per_batch(model, 8)), threads,
+                            corpus.name)
     if n_tokens < 2:
         raise DataError(f"{corpus.name} is {n_tokens} token long; evaluation needs at least two (the first is "
                         f"only context for the second)")
