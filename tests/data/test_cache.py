@@ -193,9 +193,9 @@ def test_batches_from_the_cache_file_equal_batches_from_memory(tmp_path):
             assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
 
-def _run_child(script, *args):
+def _run_child(script, *args, timeout=300):
     return subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=timeout)
 
 
 CUT_WHILE_READING = """
@@ -261,3 +261,25 @@ def test_a_run_whose_cache_is_cut_stops_in_one_line_and_keeps_its_checkpoint(tmp
     assert "Traceback" not in r.stderr
     ckpt = checkpoint.load_checkpoint(tmp_path / "out" / "latest")
     assert ckpt.config["train"]["iter_num"] == 0
+
+
+FIFO_RECORD = """
+import os, sys
+from pathlib import Path
+from numformer.data.batches import prepare
+cache = Path(sys.argv[1])
+text = "the king shall not be my lord\\n" * 40
+prepare(text, "char", cache_dir=cache)
+(meta,) = cache.glob("tokens-*.json")
+meta.unlink()
+os.mkfifo(meta)                          # a record that is not a file: reading it would wait forever
+train, val, tok = prepare(text, "char", cache_dir=cache)
+print(len(train) + len(val), meta.is_file())
+"""
+
+
+def test_a_record_that_is_not_a_regular_file_is_rebuilt_without_blocking(tmp_path):
+    r = _run_child(FIFO_RECORD, tmp_path / "cache", timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [str(len(A)), "True"]
+    assert "not a regular file" in r.stderr and "rebuilt" in r.stderr

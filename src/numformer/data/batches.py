@@ -235,13 +235,14 @@ def _load_entry(ids_path: Path, meta_path: Path, text_sha: str, spec: str):
     """(ids as a TokenFile, tokenizer) from the cache entry; None if it has no record (a miss);
     _Stale if the record does not match the key (text, tokenizer spec, format) or the ids do not
     match the record. The ids are checked against their SHA-256 on the file that is then read."""
-    from numformer.checkpoint import read_json
+    from numformer.checkpoint import TOKENIZER_LIMIT, read_json
 
     if not os.path.lexists(meta_path):
         return None
     try:
-        meta = read_json(meta_path)
-    except (NumformerError, ValueError, RecursionError) as e:   # ValueError: an int over 4,300 digits
+        # read only if a regular file (a FIFO would block, a device never end) of a tokenizer's size
+        meta = read_json(meta_path, limit=TOKENIZER_LIMIT)
+    except NumformerError as e:      # missing, not a regular file, too large, not JSON, not an object
         raise _Stale(f"is not a record numformer can read ({str(e).removeprefix(f'{meta_path}: ')})") from None
     if meta.get("cache_format") != CACHE_FORMAT:
         raise _Stale("has another cache format")
