@@ -139,6 +139,25 @@ def test_an_entry_being_written_is_a_plain_miss(tmp_path, capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_ids_that_cannot_be_read_are_stale_not_an_error(tmp_path, capsys, monkeypatch):
+    """An I/O error while the ids are checked (a failing disk) is the cache's problem: rebuilt."""
+    prepare(A, "char", cache_dir=tmp_path)
+    real = batches._sha256_of
+    calls = []
+
+    def failing(file):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(5, "Input/output error")
+        return real(file)
+
+    monkeypatch.setattr(batches, "_sha256_of", failing)
+    capsys.readouterr()
+    train, val, _ = prepare(A, "char", cache_dir=tmp_path)
+    assert np.array_equal(np.concatenate([train, val]), _expected_char_ids(A)[0])
+    _one_note(capsys, "Input/output error", "rebuilt")
+
+
 # ----------------------------------------------------------------------------- one writer
 
 

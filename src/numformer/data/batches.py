@@ -264,11 +264,14 @@ def _load_entry(ids_path: Path, meta_path: Path, text_sha: str, spec: str):
     if file is None:
         raise _Stale(f"has no ids file {ids_path.name}")
     try:
-        if os.fstat(file.fileno()).st_size != n * dtype.itemsize or _sha256_of(file) != meta.get("ids_sha256"):
-            raise _Stale(f"does not match its ids in {ids_path.name} (cut short or changed)")
-    except BaseException:
+        whole = os.fstat(file.fileno()).st_size == n * dtype.itemsize and _sha256_of(file) == meta.get("ids_sha256")
+    except OSError as e:
+        whole, why = False, f"cannot read its ids in {ids_path.name} ({e.strerror})"
+    else:
+        why = f"does not match its ids in {ids_path.name} (cut short or changed)"
+    if not whole:
         file.close()
-        raise
+        raise _Stale(why)
     return TokenFile(file, ids_path, dtype, 0, n), tok
 
 
