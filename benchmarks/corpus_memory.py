@@ -1,5 +1,5 @@
 """Peak memory of `numformer train` as the corpus grows: first run (the corpus read, hashed and
-tokenized into the token cache) and cached run (the ids read through np.memmap).
+tokenized into the token cache) and cached run (the ids read from the cache file, window by window).
 
 For each size, a synthetic corpus of that many bytes (the built-in Shakespeare repeated, the last
 copy cut at a line end) is written into a temporary folder, and `numformer train --max_iters 2`

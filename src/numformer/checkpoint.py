@@ -166,9 +166,11 @@ def write_folder(path: Path, blobs: dict[str, bytes], *, is_ours) -> None:
     _remove_leftovers(path, is_ours)
 
 
-def replace_file(path: Path, data: bytes) -> None:
+def replace_file(path: Path, data) -> None:
     """Write `data` to the file `path` through a temporary sibling unique to this process, then
-    rename it over `path`. The caller has checked that `path` may be replaced."""
+    rename it over `path`. The caller has checked that `path` may be replaced. `data` is bytes, or
+    an iterable of bytes written one after another (a file too large to hold in memory at once);
+    an error raised while iterating removes the temporary file and propagates."""
     path = Path(path)
     tmp = _private_name(path, _TMP)
     try:
@@ -233,10 +235,12 @@ def _json_scalar(obj):
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
-def _write_file(file: Path, data: bytes) -> None:
-    """Write `data` to a new file and make it durable (fsync) before returning."""
+def _write_file(file: Path, data) -> None:
+    """Write `data` (bytes, or an iterable of bytes) to a new file and make it durable (fsync)
+    before returning."""
     with open(file, "xb") as f:
-        f.write(data)
+        for part in (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data:
+            f.write(part)
         f.flush()
         os.fsync(f.fileno())
 

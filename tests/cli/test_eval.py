@@ -110,3 +110,96 @@ def test_bad_inputs_are_one_line(lab, tmp_path, capsys):
     assert "--stride" in error_line(capsys, lab / "ckpt", "--data", lab / "text.txt", "--stride", BLOCK + 1)
     assert "--stride" in error_line(capsys, lab / "ckpt", "--data", lab / "text.txt", "--stride", 0)
     assert "no such folder" in error_line(capsys, tmp_path / "nowhere", "--data", lab / "text.txt")
+
+
+# ----------------------------------------------------------------------------- read as train reads
+
+
+def _as_crlf_with_bom(path, text):
+    path.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode("utf-8"))
+    return path
+
+
+def test_a_crlf_file_with_a_bom_is_read_as_training_reads_it(lab, tmp_path, capsys):
+    """Training makes \\r\\n and \\r into \\n and drops a BOM; eval must score the same tokens."""
+    from numformer.data.batches import prepare
+    from numformer.data.corpus import open_corpus
+
+    text = (lab / "text.txt").read_text(encoding="utf-8")
+    crlf = _as_crlf_with_bom(tmp_path / "crlf.txt", text)
+    mac = tmp_path / "cr.txt"
+    mac.write_bytes(text.replace("\n", "\r").encode("utf-8"))
+    lf = run_eval(capsys, lab / "ckpt", "--data", lab / "text.txt")
+    assert run_eval(capsys, lab / "ckpt", "--data", crlf) == lf
+    assert run_eval(capsys, lab / "ckpt", "--data", mac) == lf
+    train, val, _ = prepare(open_corpus(crlf), GPT.load(lab / "ckpt").tokenizer, cache_dir=tmp_path / "cache")
+    assert lf["tokens"] == len(train) + len(val)
+
+
+def test_a_char_model_reads_its_own_crlf_training_file(tmp_path, capsys):
+    from numformer import GPTConfig
+    from numformer.data.tokenizer import CharTokenizer
+
+    text = "".join(TEXT.split("Naïve")[0]) * 2
+    tok = CharTokenizer.from_text(text)                     # the vocabulary training builds: no "\r"
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    model.save(tmp_path / "ckpt", tokenizer=tok.to_json())
+    (tmp_path / "lf.txt").write_text(text, encoding="utf-8")
+    crlf = _as_crlf_with_bom(tmp_path / "crlf.txt", text)
+    assert run_eval(capsys, tmp_path / "ckpt", "--data", crlf) == run_eval(capsys, tmp_path / "ckpt", "--data",
+                                                                           tmp_path / "lf.txt")
+
+
+# ----------------------------------------------------------------------------- streamed
+
+
+@pytest.mark.parametrize("stride", [None, 7])
+def test_a_file_is_scored_in_pieces_with_the_same_loss(lab, capsys, monkeypatch, stride):
+    """Read 64 bytes at a time: no encode ever sees the whole text, and the loss is transformers'."""
+    from numformer.data import corpus
+    from numformer.data.tokenizer import BPETokenizer
+
+    monkeypatch.setattr(corpus, "CHUNK_BYTES", 64)
+    monkeypatch.setattr(corpus, "CHUNK_CHARS", 50)
+    seen = []
+    real = BPETokenizer.encode
+    monkeypatch.setattr(BPETokenizer, "encode", lambda self, text: seen.append(len(text)) or real(self, text))
+    got = run_eval(capsys, lab / "ckpt", "--data", lab / "text.txt", *(["--stride", stride] if stride else []))
+    text = (lab / "text.txt").read_text(encoding="utf-8")
+    assert len(seen) > 10 and max(seen) < len(text) // 5
+    ids = GPT.load(lab / "ckpt").tokenizer.encode(text).tolist()
+    total, n = transformers_eval(lab / "export", ids, stride or BLOCK)
+    assert got["tokens"] == len(ids)
+    assert abs(got["loss"] - total / n) <= 1e-5 * total / n
+    assert abs(got["bits_per_byte"] - total / math.log(2) / len(text.encode())) <= 1e-5 * got["bits_per_byte"]
+
+
+def test_streamed_windows_are_the_planned_windows():
+    """The windows the stream scores, batch by batch, are windows() of the whole text, in order."""
+    from numformer.model import evaluate
+
+    for n, T, S, per_batch in [(2, 4, 4, 3), (10, 4, 4, 2), (10, 4, 1, 3), (11, 4, 3, 1), (100, 16, 5, 4),
+                               (5, 8, 8, 8), (17, 4, 4, 2), (16, 4, 4, 2)]:
+        ids = np.arange(n)
+        for cut in (1, 3, n):
+            parts = [ids[i:i + cut] for i in range(0, n, cut)]
+            got = []
+            for x, y in evaluate.window_batches(parts, T, S, per_batch):
+                for xr, yr in zip(x, y):
+                    b, e = int(xr[0]), int(xr[-1]) + 1
+                    first = int(yr[yr != -1][0]) if (yr != -1).any() else None
+                    assert np.array_equal(xr, np.arange(b, e))
+                    assert np.array_equal(yr[yr != -1], np.arange(first, e + 1))
+                    got.append((b, e, first))
+            assert got == windows(n, T, S), (n, T, S, cut)
+
+
+# ----------------------------------------------------------------------------- no loss to report
+
+
+def test_a_model_that_overflows_is_an_error_not_nan(lab, tmp_path, capsys):
+    model = GPT.load(lab / "ckpt")
+    model.params["transformer.ln_f.weight"][...] = 3e38          # finite, but the logits are not
+    model.save(tmp_path / "huge", tokenizer=model.tokenizer.to_json())
+    err = error_line(capsys, tmp_path / "huge", "--data", lab / "text.txt", "--json")
+    assert "not finite" in err and "text.txt" in err

@@ -26,7 +26,7 @@ def test_char_split_is_first_90_percent(text, tmp_path):
     expected = np.array([vocab.index(c) for c in text])
     n_train = int(0.9 * len(text))
     assert train.dtype == np.uint8 and val.dtype == np.uint8  # V <= 256: one byte per id
-    assert isinstance(train, np.memmap) and not train.flags.writeable
+    assert isinstance(train, batches.TokenFile) and isinstance(val, batches.TokenFile)  # read from the cache file
     assert np.array_equal(train, expected[:n_train]) and np.array_equal(val, expected[n_train:])
     assert tok.chars == vocab
 
@@ -67,16 +67,18 @@ def test_cache_key_separates_text_and_tokenizer(text, tmp_path):
         lambda ids, meta: meta.write_text(json.dumps({**json.loads(meta.read_text()), "tokenizer": "{}"})),
     ],
 )
-def test_damaged_cache_is_rebuilt(text, tmp_path, damage):
+def test_damaged_cache_is_rebuilt(text, tmp_path, damage, capsys, monkeypatch):
     train, val, tok = prepare(text, "char", cache_dir=tmp_path)
-    first = (np.array(train), np.array(val), tok)  # copies: the damage below rewrites the mapped file in place
+    first = (np.array(train), np.array(val), tok)  # copies: the damage below rewrites the file in place
     damage(*_entry(tmp_path))
     again = prepare(text, "char", cache_dir=tmp_path)
     assert np.array_equal(first[0], again[0]) and np.array_equal(first[1], again[1])
     assert again[2] == first[2]
-    # and the entry was written afresh: a third run reads it
-    ids_file, meta_file = _entry(tmp_path)
-    assert batches._load_entry(ids_file, meta_file) is not None
+    # and the entry was written afresh: a third run reads it, quietly, without encoding anything
+    capsys.readouterr()
+    monkeypatch.setattr(CharTokenizer, "encode", lambda *a: pytest.fail("encoded again"))
+    third = prepare(text, "char", cache_dir=tmp_path)
+    assert np.array_equal(first[0], third[0]) and capsys.readouterr().err == ""
 
 
 def test_cache_files_appear_only_by_rename(text, tmp_path, monkeypatch):
@@ -89,7 +91,7 @@ def test_cache_files_appear_only_by_rename(text, tmp_path, monkeypatch):
     def encode(self, text):
         # while the ids are being written, only a hidden temporary file exists
         assert [p.name for p in tmp_path.glob("tokens-*")] == []
-        assert len(list(tmp_path.glob(".tokens-*.tmp"))) == 1
+        assert len(list(tmp_path.glob(".tokens-*.numformer-tmp-*"))) == 1
         return real_encode(self, text)
 
     def replace(src, dst):
@@ -116,7 +118,7 @@ def test_processes_starting_together_agree(text, tmp_path):
         "from numformer.data import prepare\n"
         "text = open(sys.argv[1], encoding='utf-8').read()\n"
         "tr, va, tok = prepare(text, 'bpe', 300, cache_dir=sys.argv[2])\n"
-        "print(hashlib.sha256(tr.tobytes() + va.tobytes() + tok.to_json().encode()).hexdigest())\n"
+        "print(hashlib.sha256(np.asarray(tr).tobytes() + np.asarray(va).tobytes() + tok.to_json().encode()).hexdigest())\n"
     )
     cmd = [sys.executable, "-c", script, str(tmp_path / "corpus.txt"), str(tmp_path / "cache")]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]

@@ -1,5 +1,5 @@
 """A corpus read in pieces: the same text, the same ids and the same tokenizer as reading it whole,
-ids of the smallest unsigned type through np.memmap, and paths that are not files refused."""
+ids of the smallest unsigned type read from the cache file, and paths that are not files refused."""
 
 import os
 import random
@@ -125,13 +125,13 @@ def test_id_dtype_is_the_smallest_that_holds_every_id(V, dtype):
     assert np.iinfo(dtype).max >= V - 1
 
 
-def test_vocabulary_over_256_characters_is_uint16_memmap(tmp_path):
+def test_vocabulary_over_256_characters_is_uint16_in_the_cache_file(tmp_path):
     chars = [chr(c) for c in range(0x100, 0x100 + 300)]
     text = "".join(chars) * 3
     train, val, tok = prepare(text, "char", cache_dir=tmp_path)
     assert tok.vocab_size == 300
     assert train.dtype == val.dtype == np.uint16
-    assert isinstance(train, np.memmap) and isinstance(val, np.memmap)
+    assert isinstance(train, batches.TokenFile) and isinstance(val, batches.TokenFile)
     (ids_file,) = tmp_path.glob("tokens-*.bin")
     assert ids_file.stat().st_size == 2 * len(text)
     assert np.array_equal(np.concatenate([train, val]), [c - 0x100 for c in map(ord, text)])
@@ -189,16 +189,16 @@ def test_old_npy_entries_are_not_read(tmp_path):
 def test_ids_file_is_written_in_pieces(tmp_path, monkeypatch, tiny_reads):
     """No array of the whole corpus's ids is ever made: each write holds one piece's ids."""
     sizes = []
-    real = batches._encoded
+    real = batches.encode_pieces
 
     def spy(*args):
         for part in real(*args):
             sizes.append(len(part))
             yield part
 
-    monkeypatch.setattr(batches, "_encoded", spy)
+    monkeypatch.setattr(batches, "encode_pieces", spy)
     path = tmp_path / "corpus.txt"
     path.write_text("to be or not to be\n" * 20)
     train, val, _ = prepare(open_corpus(path), "char", cache_dir=tmp_path / "cache")
     assert max(sizes) <= 8 and sum(sizes) == len(train) + len(val) == 20 * 19
-    assert stat.S_ISREG(os.stat(train.filename).st_mode)
+    assert stat.S_ISREG(os.stat(train.path).st_mode)

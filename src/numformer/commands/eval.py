@@ -3,8 +3,11 @@
     numformer eval [OUT_DIR_OR_CHECKPOINT | --out_dir DIR] --data FILE [--stride S] [--json]
 
 The checkpoint is found as `numformer sample` finds it (a checkpoint folder, or a run's out_dir:
-its best/, else latest/). The windowing (block_size windows every S tokens, every token after
-the first scored once) is numformer.model.evaluate.
+its best/, else latest/). --data is read exactly as `numformer train` reads its --data
+(numformer.data.corpus.open_corpus: a leading BOM dropped, \r\n and \r made \n; a folder of .txt
+files and `shakespeare` work too), in pieces, never whole. The windowing (block_size windows
+every S tokens, every token after the first scored once) and the streaming are
+numformer.model.evaluate.
 """
 
 from __future__ import annotations
@@ -26,34 +29,28 @@ def add_arguments(parser) -> None:
 
 def main(args) -> int:
     import json
-    from pathlib import Path
 
     from numformer.commands.sample import chosen_checkpoint, load_for_sampling
-    from numformer.errors import DataError, UsageError
-    from numformer.model.evaluate import evaluate_text
+    from numformer.data.corpus import open_corpus
+    from numformer.errors import UsageError
+    from numformer.model.evaluate import evaluate_corpus
     from numformer.parallel.process import cores
 
     if not args.data.strip():
         raise UsageError("--data is empty; give a text file")
     if args.threads < 0:
         raise UsageError(f"--threads must be >= 0, got {args.threads}")
-    path = Path(args.data)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file" if not path.exists() else f"{path}: not a regular file")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 (byte {e.start})") from None
+    corpus = open_corpus(args.data)         # the path is checked here, the text as it is read
     model = load_for_sampling(chosen_checkpoint(args))
     if args.stride is not None and not 1 <= args.stride <= model.config.block_size:
         raise UsageError(f"--stride must be between 1 and the model's block_size ({model.config.block_size}), "
                          f"got {args.stride}")
-    r = evaluate_text(model, text, stride=args.stride, threads=args.threads or cores(), source=str(path))
+    r = evaluate_corpus(model, corpus, stride=args.stride, threads=args.threads or cores())
     if args.json:
         print(json.dumps({k: r[k] for k in ("loss", "perplexity", "bits_per_byte", "tokens")}))
     else:
         stride = args.stride or model.config.block_size
-        print(f"{path}: loss {r['loss']:.4f} nats/token, perplexity {r['perplexity']:.3f}, "
+        print(f"{corpus.name}: loss {r['loss']:.4f} nats/token, perplexity {r['perplexity']:.3f}, "
               f"{r['bits_per_byte']:.4f} bits/byte, {r['tokens']:,} tokens "
               f"(windows of {model.config.block_size} every {stride} tokens)")
     return 0
