@@ -203,3 +203,16 @@ def test_a_model_that_overflows_is_an_error_not_nan(lab, tmp_path, capsys):
     model.save(tmp_path / "huge", tokenizer=model.tokenizer.to_json())
     err = error_line(capsys, tmp_path / "huge", "--data", lab / "text.txt", "--json")
     assert "not finite" in err and "text.txt" in err
+
+
+def test_a_loss_past_exp_range_gives_strict_json(lab, tmp_path, capsys):
+    """A finite loss of 710 nats or more has no float perplexity: --json says null, never Infinity."""
+    model = GPT.load(lab / "ckpt")
+    model.params["transformer.ln_f.weight"][...] *= 1e4            # logits thousands apart, still finite
+    model.save(tmp_path / "sharp", tokenizer=model.tokenizer.to_json())
+    capsys.readouterr()
+    assert cli_main(["eval", str(tmp_path / "sharp"), "--data", str(lab / "text.txt"), "--json"]) == 0
+    out = capsys.readouterr().out
+    got = json.loads(out, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
+    assert math.isfinite(got["loss"]) and got["loss"] > math.log(np.finfo(np.float64).max)
+    assert got["perplexity"] is None

@@ -17,7 +17,7 @@ def add_arguments(parser) -> None:
     from numformer.commands.sample import add_checkpoint_arguments
 
     add_checkpoint_arguments(parser)
-    parser.add_argument("--data", required=True, metavar="FILE", help="the UTF-8 text file to evaluate")
+    parser.add_argument("--data", required=True, metavar="FILE", help="the UTF-8 text to evaluate: a file, a folder of .txt files or 'shakespeare', read as train reads --data")
     parser.add_argument("--stride", type=int, default=None, metavar="S",
                         help="start a block_size window every S tokens; with S < block_size the windows overlap "
                              "and each scores only the tokens the previous one did not, with more context "
@@ -29,6 +29,7 @@ def add_arguments(parser) -> None:
 
 def main(args) -> int:
     import json
+    import math
 
     from numformer.commands.sample import chosen_checkpoint, load_for_sampling
     from numformer.data.corpus import open_corpus
@@ -47,7 +48,10 @@ def main(args) -> int:
                          f"got {args.stride}")
     r = evaluate_corpus(model, corpus, stride=args.stride, threads=args.threads or cores())
     if args.json:
-        print(json.dumps({k: r[k] for k in ("loss", "perplexity", "bits_per_byte", "tokens")}))
+        # strict JSON: a perplexity past float64's range (loss >= 710 nats) is null, never Infinity
+        row = {k: r[k] for k in ("loss", "perplexity", "bits_per_byte", "tokens")}
+        row["perplexity"] = row["perplexity"] if math.isfinite(row["perplexity"]) else None
+        print(json.dumps(row, allow_nan=False))
     else:
         stride = args.stride or model.config.block_size
         print(f"{corpus.name}: loss {r['loss']:.4f} nats/token, perplexity {r['perplexity']:.3f}, "

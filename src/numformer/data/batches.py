@@ -47,7 +47,6 @@ import json
 import os
 import stat
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +72,7 @@ def default_cache_dir() -> Path:
 def _write_cache_file(path: Path, data) -> bool:
     """Write `data` (bytes, or an iterable of bytes) to `path` with numformer's atomic writer.
 
-    Returns False (with a warning) when the folder cannot be written: a cache is never required.
+    Returns False (with a one-line note on stderr) when the folder cannot be written: a cache is never required.
     Any other error raised while `data` is produced (bad input found while writing) propagates,
     and the writer leaves no temporary file.
     """
@@ -84,7 +83,7 @@ def _write_cache_file(path: Path, data) -> bool:
         checkpoint.replace_file(path, data)
         return True
     except OSError as e:
-        warnings.warn(f"numformer: could not write cache file {path}: {e}", stacklevel=3)
+        _note(f"could not write the token cache file {path} ({e.strerror or type(e).__name__}); training goes on without it")
         return False
 
 

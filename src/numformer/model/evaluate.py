@@ -162,7 +162,7 @@ def evaluate_corpus(model, corpus, *, stride: int | None = None, threads: int = 
         raise DataError(f"{corpus.name} is {n_tokens} token long; evaluation needs at least two (the first is "
                         f"only context for the second)")
     loss = total / counted
-    return {"loss": loss, "perplexity": math.exp(loss) if loss < 700 else math.inf,
+    return {"loss": loss, "perplexity": math.exp(loss) if loss < math.log(np.finfo(np.float64).max) else math.inf,
             "bits_per_byte": total / math.log(2) / n_bytes, "tokens": n_tokens}
 
 
