@@ -48,7 +48,7 @@ every file is opened through one handle on the folder, and a read that raced wit
 again (load_checkpoint). Files of the user's are read only when they are regular files of a
 sane size (read_file): a FIFO would block forever, a link to /dev/zero never ends.
 
-The interop readers (interop/gpt2.py, model/encoder.py, sentence.py) share this module's
+The interop readers (interop/gpt2.py, interop/bert.py, sentence/) share this module's
 PICKLE_SUFFIXES, pickle_refusal, read_file and read_json, so every JSON and pickle error reads
 the same.
 """
