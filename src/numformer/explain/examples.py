@@ -19,7 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from numformer import optim        # optim.SGD, optim.Adam
 from numformer.explain import NAMES
+from numformer.ops import (attention, cross_entropy, dropout, gelu, layernorm, linear, mha, positional, residual,
+                           softmax)
 
 # Slack for "=" claims: float64 rounding of the ops, nothing more.
 _EXACT_RTOL = 1e-9
@@ -191,9 +194,7 @@ def num(x: float) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def linear() -> Example:
-    from numformer.ops import linear
-
+def linear_example() -> Example:
     W = _f([[1, 0, 1], [0, 1, 0]])  # (d_out, d_in): the article's W is already PyTorch's (out, in)
     x = _f([1, 2, 3])
     b = _f([0.5, -0.5])
@@ -220,9 +221,7 @@ def linear() -> Example:
 # ---------------------------------------------------------------------------------------------
 
 
-def positional_encoding() -> Example:
-    from numformer.ops import positional
-
+def positional_encoding_example() -> Example:
     pos, d = 1, 4
     table = positional.sinusoidal(pos + 1, d)  # (T, C): rows are positions 0..pos
     pe = np.asarray(table[pos], dtype=np.float64)  # (d,)
@@ -256,9 +255,7 @@ _K = [[0, 1], [1, 0]]
 _V = [[1, 2], [3, 4]]
 
 
-def attention() -> Example:
-    from numformer.ops import attention, linear, softmax
-
+def attention_example() -> Example:
     Q, K, V = _f(_Q), _f(_K), _f(_V)  # (n, d_k), (m, d_k), (m, d_v)
     d_k = Q.shape[-1]
     scores, _ = linear.forward(Q, K)  # Q Kᵀ: a linear map whose weight rows are the keys (n, m)
@@ -294,9 +291,7 @@ def attention() -> Example:
 # ---------------------------------------------------------------------------------------------
 
 
-def multi_head_attention() -> Example:
-    from numformer.ops import attention, linear, mha
-
+def multi_head_attention_example() -> Example:
     Q, K, V = _f(_Q), _f(_K), _f(_V)  # (T, d)
     I2, P = _f(np.eye(2)), _f([[0, 1], [1, 0]])
     W_Q, W_K, W_V = [I2, P], [I2, P], [I2, P]  # head i's projections W_i^Q, W_i^K, W_i^V (d, hs)
@@ -365,9 +360,7 @@ def multi_head_attention() -> Example:
 # ---------------------------------------------------------------------------------------------
 
 
-def residual() -> Example:
-    from numformer.ops import residual
-
+def residual_example() -> Example:
     x = _f([1, 2])
     fx = _f([0.5, -0.5])  # Layer(x), as the article gives it
     y, _ = residual.forward(x, fx)
@@ -389,9 +382,7 @@ def residual() -> Example:
 # ---------------------------------------------------------------------------------------------
 
 
-def layernorm() -> Example:
-    from numformer.ops import layernorm
-
+def layernorm_example() -> Example:
     x = _f([1, 2, 3])
     gamma, beta = _f([1, 1, 1]), _f([0, 0, 0])
     printed = approx([-1.225, 0, 1.225], 3)
@@ -421,9 +412,7 @@ def layernorm() -> Example:
 # ---------------------------------------------------------------------------------------------
 
 
-def gelu() -> Example:
-    from numformer.ops import gelu
-
+def gelu_example() -> Example:
     x = _f([1.0])
     y_tanh, _ = gelu.forward(x, form="tanh")
     y_exact, _ = gelu.forward(x, form="exact")
@@ -450,9 +439,7 @@ def gelu() -> Example:
 # ---------------------------------------------------------------------------------------------
 
 
-def softmax() -> Example:
-    from numformer.ops import softmax
-
+def softmax_example() -> Example:
     z = _f([1, 2, 3])
     p, _ = softmax.forward(z)
     return Example(
@@ -473,9 +460,7 @@ def softmax() -> Example:
 # ---------------------------------------------------------------------------------------------
 
 
-def cross_entropy() -> Example:
-    from numformer.ops import cross_entropy
-
+def cross_entropy_example() -> Example:
     y = _f([0, 1, 0])  # one-hot target
     y_hat = _f([0.1, 0.7, 0.2])  # predicted distribution
     # The op takes logits. ŷ sums to 1, so softmax(ln ŷ) = ŷ: logits = ln ŷ reproduce ŷ exactly.
@@ -501,9 +486,7 @@ def cross_entropy() -> Example:
 # ---------------------------------------------------------------------------------------------
 
 
-def dropout() -> Example:
-    from numformer.ops import dropout
-
+def dropout_example() -> Example:
     x = _f([1, 2, 3])
     p = 0.5
     mask = _f([1, 0, 1])  # the article's m
@@ -544,9 +527,7 @@ def dropout() -> Example:
 # ---------------------------------------------------------------------------------------------
 
 
-def backpropagation() -> Example:
-    from numformer.ops import linear
-
+def backpropagation_example() -> Example:
     W = _f([[1, 0, 1], [0, 1, 0]])  # W and x from the linear example
     x = _f([1, 2, 3])
     t = _f([3, 3])  # the target: the article names t but gives no number; this one is ours
@@ -602,19 +583,15 @@ def _square(theta: np.ndarray):
     """L = θ² and ∇θ L through the linear op: θ is both the input and the weight of
     linear.forward(θ, θ) = θ · θ, so its gradient is the sum of the two paths, θ + θ = 2θ (the
     product rule, as for tied weights)."""
-    from numformer.ops import linear
-
     L, cache = linear.forward(theta, theta.reshape(1, 1))  # (1,)
     d_input, d_weight, _ = linear.backward(np.ones_like(L), cache)
     return float(L[0]), d_input + d_weight.reshape(theta.shape)
 
 
-def gradient_descent() -> Example:
-    from numformer.optim import SGD
-
+def gradient_descent_example() -> Example:
     lr, n_steps = 0.1, 5
     theta = _f([3.0])  # updated in place by the optimizer
-    opt = SGD(theta, lr=lr)
+    opt = optim.SGD(theta, lr=lr)
     _, grad0 = _square(theta)
     path = [float(theta[0])]
     for _ in range(n_steps):
@@ -645,14 +622,12 @@ def gradient_descent() -> Example:
 # ---------------------------------------------------------------------------------------------
 
 
-def adam() -> Example:
-    from numformer.optim import Adam
-
+def adam_example() -> Example:
     g = _f([0.1, -0.2])
     beta1, beta2, lr, eps = 0.9, 0.999, 0.001, 1e-8
     theta = _f([0.0, 0.0])  # θ0: the article keeps it symbolic; the step θ0 − θ1 does not use it
     theta0 = theta.copy()
-    opt = Adam(theta, lr=lr, betas=(beta1, beta2), eps=eps)
+    opt = optim.Adam(theta, lr=lr, betas=(beta1, beta2), eps=eps)
     opt.step(g.copy())
     state = opt.state_dict()
     t, m, v = state["step"], state["m"], state["v"]
@@ -729,19 +704,19 @@ def adam() -> Example:
 # ---------------------------------------------------------------------------------------------
 
 EXAMPLES = {
-    "linear": linear,
-    "positional_encoding": positional_encoding,
-    "attention": attention,
-    "multi_head_attention": multi_head_attention,
-    "residual": residual,
-    "layernorm": layernorm,
-    "gelu": gelu,
-    "softmax": softmax,
-    "cross_entropy": cross_entropy,
-    "dropout": dropout,
-    "backpropagation": backpropagation,
-    "gradient_descent": gradient_descent,
-    "adam": adam,
+    "linear": linear_example,
+    "positional_encoding": positional_encoding_example,
+    "attention": attention_example,
+    "multi_head_attention": multi_head_attention_example,
+    "residual": residual_example,
+    "layernorm": layernorm_example,
+    "gelu": gelu_example,
+    "softmax": softmax_example,
+    "cross_entropy": cross_entropy_example,
+    "dropout": dropout_example,
+    "backpropagation": backpropagation_example,
+    "gradient_descent": gradient_descent_example,
+    "adam": adam_example,
 }
 assert tuple(EXAMPLES) == NAMES
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from html import escape
 
+from numformer.explain.examples import explain, num
+
 # ------------------------------------------------------------------------------ MathML builders
 
 
@@ -179,8 +181,6 @@ MATHML = {
 def verdict(ex) -> tuple[str, str]:
     """(kind, text): ("agrees", "agrees"), ("differs", "differs by 0.3395") or
     ("incomplete", "incomplete in the article: computed here")."""
-    from numformer.explain.examples import num
-
     if ex.agrees is None:
         return "incomplete", "incomplete in the article: computed here"
     if ex.agrees:
@@ -192,8 +192,6 @@ def formulas_data() -> list[dict]:
     """One object per formula, in the article's order: number, name, title_zh, formula (text),
     mathml, inputs, steps (label, computed, decimals, printed, agrees, diff as text, result),
     verdict, note."""
-    from numformer.explain.examples import explain, num
-
     out = []
     for ex in explain():
         doc = ex.to_json()                  # what `numformer explain --json` prints for it
