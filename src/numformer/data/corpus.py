@@ -78,6 +78,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+from numformer.data.cache import default_cache_dir, read_cached_text, write_cached_text
 from numformer.errors import DataError
 
 BUILTIN = "shakespeare"
@@ -175,8 +176,6 @@ def shakespeare(cache: bool = True) -> str:
         digest.update(data)
     cached = None
     if cache:
-        from numformer.data.batches import default_cache_dir, read_cached_text, write_cached_text
-
         cached = default_cache_dir() / f"shakespeare-{digest.hexdigest()[:32]}.txt"
         text = read_cached_text(cached)
         if text is not None:
