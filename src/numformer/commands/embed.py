@@ -13,6 +13,8 @@ text. `--json` prints a JSON list with one object per text, in input order:
 """
 
 import json
+import os
+import stat
 import sys
 
 import numpy as np
@@ -60,9 +62,6 @@ def lines_of(data: bytes, source: str) -> list[str]:
 def _file_texts(path: str) -> list[str]:
     """The lines of --file. A FIFO is read (`--file <(command)` gives one); a folder or a device
     is refused."""
-    import os
-    import stat
-
     try:
         mode = os.stat(path).st_mode
         if stat.S_ISDIR(mode):

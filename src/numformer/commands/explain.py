@@ -13,8 +13,11 @@ import os
 import sys
 import unicodedata
 
-from numformer.explain import NAMES
+import numpy as np
+
 from numformer.errors import UsageError
+from numformer.explain import NAMES
+from numformer.explain.examples import explain, num
 
 WIDTH = 98  # every line fits a 100-column terminal
 INDENT = "   "
@@ -56,8 +59,6 @@ def select(names: list[str]) -> list[str]:
 
 def main(args) -> int:
     names = select(args.names)
-    from numformer.explain.examples import explain
-
     examples = explain(names)
     if args.json:
         print(json.dumps([ex.to_json() for ex in examples], indent=2, allow_nan=False))
@@ -112,7 +113,7 @@ def verdict(ex, style: _Style, short: bool = False) -> str:
         return style.open("INCOMPLETE in the article" + ("" if short else " -> computed"))
     if ex.agrees:
         return style.good("AGREES")
-    return style.bad(f"DIFFERS by {_num(ex.diff)}")
+    return style.bad(f"DIFFERS by {num(ex.diff)}")
 
 
 def check(step, style: _Style) -> str:
@@ -120,7 +121,7 @@ def check(step, style: _Style) -> str:
     if step.seed is None:
         return style.open("not printed") if step.result else style.dim("not printed")
     if not step.agrees:
-        return style.bad(f"DIFFERS by {_num(step.diff)}")
+        return style.bad(f"DIFFERS by {num(step.diff)}")
     if step.seed.exact:
         return style.good("agrees")
     return style.good(f"agrees ({step.seed.decimals} decimals)")
@@ -149,15 +150,7 @@ def _pad(text: str, width: int) -> str:
     return text + " " * max(0, width - _width(text))
 
 
-def _num(x: float) -> str:
-    from numformer.explain.examples import num
-
-    return num(x)
-
-
 def _cell(x: float, decimals: int | None) -> str:
-    import numpy as np
-
     if decimals is None and 0 < abs(x) < 1e-4:  # eps = 1e-08, not 0.00000001
         s = np.format_float_scientific(float(x), trim="-")
     elif decimals is None:  # as the article writes it: 4.5, 0.0001, 2
@@ -171,8 +164,6 @@ def _cell(x: float, decimals: int | None) -> str:
 
 def block(value, decimals: int | None) -> list[str]:
     """A number, vector, matrix or stack of matrices as aligned lines of text."""
-    import numpy as np
-
     a = np.asarray(value, dtype=np.float64)
     if a.ndim == 0:
         return [_cell(a, decimals)]
@@ -319,8 +310,6 @@ def _step_table(ex, style: _Style) -> list[str]:
 
 def _one_line(value, decimals: int | None) -> str:
     """A value in one line: 0.841, [4.5 1.5], [[2 3] [2 3]]."""
-    import numpy as np
-
     lines = block(value, decimals)
     return "[" + " ".join(lines) + "]" if np.ndim(value) >= 2 else lines[0]
 

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
+from numformer.errors import NumformerError
 from numformer.sentence import DEFAULT_BATCH_SIZE, INSTALL_HINT
 
 
 def cosine_similarity(a, b) -> float:
-    import numpy as np
-
-    from numformer.errors import NumformerError
-
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     na, nb = np.linalg.norm(a), np.linalg.norm(b)
     if na == 0 or nb == 0:
