@@ -61,8 +61,8 @@ plays are joined with a blank line. The result has the shape of Karpathy's tinys
 8. A speaker line with no speech lines at all is dropped. The text is otherwise kept exactly as
    the source prints it, misprints included.
 
-Converting all 38 plays takes 0.4 to 0.9 s on a busy 2-core machine, so the result is cached in
-the numformer cache folder ($NUMFORMER_CACHE, else ~/.cache/numformer), keyed by a SHA-256 of
+Converting all 38 plays takes most of a second (docs/performance.md, "Sizes chosen by
+measurement"), so the result is cached in the numformer cache folder ($NUMFORMER_CACHE, else ~/.cache/numformer), keyed by a SHA-256 of
 the markdown files and the version of these rules (`CONVERSION_VERSION`); a damaged cache file
 is rebuilt.
 """
