@@ -118,13 +118,13 @@ def verdict(ex, style: _Style, short: bool = False) -> str:
 
 def check(step, style: _Style) -> str:
     """The check column of one row."""
-    if step.seed is None:
+    if step.printed is None:
         return style.open("not printed") if step.result else style.dim("not printed")
     if not step.agrees:
         return style.bad(f"DIFFERS by {num(step.diff)}")
-    if step.seed.exact:
+    if step.printed.exact:
         return style.good("agrees")
-    return style.good(f"agrees ({step.seed.decimals} decimals)")
+    return style.good(f"agrees ({step.printed.decimals} decimals)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,45 +264,45 @@ def render(ex, style: _Style | None = None) -> list[str]:
     return lines
 
 
-def _seed_block(step) -> list[str]:
-    if step.seed is None:
+def _printed_block(step) -> list[str]:
+    if step.printed is None:
         return ["—"]
-    lines = block(step.seed.value, None if step.seed.exact else step.seed.decimals)
-    sign = "= " if step.seed.exact else "≈ "
+    lines = block(step.printed.value, None if step.printed.exact else step.printed.decimals)
+    sign = "= " if step.printed.exact else "≈ "
     return [sign + lines[0]] + ["  " + line for line in lines[1:]]
 
 
 def _step_table(ex, style: _Style) -> list[str]:
-    rows = [(s, s.label, _seed_block(s), block(s.computed, s.decimals), check(s, style))
+    rows = [(s, s.label, _printed_block(s), block(s.computed, s.decimals), check(s, style))
             for s in ex.steps]
     head = ("quantity", "article prints", "numformer computes", "check")
     w_label = max([_width(head[0])] + [_width(r[1]) for r in rows])
-    w_seed = max([_width(head[1])] + [_width(x) for r in rows for x in r[2]])
+    w_printed = max([_width(head[1])] + [_width(x) for r in rows for x in r[2]])
     w_comp = max([_width(head[2])] + [_width(x) for r in rows for x in r[3]])
     w_check = max(_width(r[4]) for r in rows)
-    side_by_side = len(INDENT) + w_label + w_seed + w_comp + w_check + 3 * len(GAP) <= WIDTH
+    side_by_side = len(INDENT) + w_label + w_printed + w_comp + w_check + 3 * len(GAP) <= WIDTH
 
     def mark(step):
         return " ▶ " if step.result else INDENT
 
     lines = []
     if side_by_side:
-        lines.append(style.dim(INDENT + GAP.join([_pad(head[0], w_label), _pad(head[1], w_seed),
+        lines.append(style.dim(INDENT + GAP.join([_pad(head[0], w_label), _pad(head[1], w_printed),
                                                   _pad(head[2], w_comp), head[3]])))
-        for step, label, seed, comp, chk in rows:
-            for i in range(max(len(seed), len(comp))):
+        for step, label, printed, comp, chk in rows:
+            for i in range(max(len(printed), len(comp))):
                 cols = [
                     _pad(label if i == 0 else "", w_label),
-                    _pad(seed[i] if i < len(seed) else "", w_seed),
+                    _pad(printed[i] if i < len(printed) else "", w_printed),
                     _pad(comp[i] if i < len(comp) else "", w_comp),
                     chk if i == 0 else "",
                 ]
                 lines.append(((mark(step) if i == 0 else INDENT) + GAP.join(cols)).rstrip())
     else:  # too wide for one line: one row per line, stacked
-        for step, label, seed, comp, chk in rows:
+        for step, label, printed, comp, chk in rows:
             lines.append(mark(step) + label + "   " + chk)
-            lines += [INDENT + "    article prints  " + x for x in seed[:1]]
-            lines += [INDENT + "                 " + x for x in seed[1:]]
+            lines += [INDENT + "    article prints  " + x for x in printed[:1]]
+            lines += [INDENT + "                 " + x for x in printed[1:]]
             lines += [INDENT + "    numformer    " + x for x in comp[:1]]
             lines += [INDENT + "                 " + x for x in comp[1:]]
     return lines
@@ -335,9 +335,9 @@ def summary(examples, style: _Style) -> list[str]:
     lines.append(style.dim(" ".join(_pad(h, w) for h, w in zip(head, widths)) + " verdict"))
     for ex in examples:
         first = ex.results[0]
-        seed = "—" if first.seed is None else _one_line(
-            first.seed.value, None if first.seed.exact else first.seed.decimals)
-        cells = (str(ex.number), ex.name, seed, _one_line(first.computed, min(first.decimals, 4)))
+        printed = "—" if first.printed is None else _one_line(
+            first.printed.value, None if first.printed.exact else first.printed.decimals)
+        cells = (str(ex.number), ex.name, printed, _one_line(first.computed, min(first.decimals, 4)))
         text = " ".join(_clip(c, w) for c, w in zip(cells, widths))
         lines.append(text + " " + verdict(ex, style, short=True))
     return lines

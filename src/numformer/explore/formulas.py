@@ -195,11 +195,11 @@ def formulas_data() -> list[dict]:
     out = []
     for ex in explain():
         doc = ex.to_json()                  # what `numformer explain --json` prints for it
-        printed = doc["seed_printed"] or {}
+        printed = doc["article_printed"] or {}
         kind, text = verdict(ex)
         steps = [{"key": s.key, "label": s.label, "computed": doc["computed"][s.key],
                   "decimals": s.decimals,
-                  "printed": None if s.seed is None else {"value": printed[s.key], "decimals": s.seed.decimals},
+                  "printed": None if s.printed is None else {"value": printed[s.key], "decimals": s.printed.decimals},
                   "agrees": s.agrees, "diff": None if s.diff is None else num(s.diff),
                   "result": s.result}
                  for s in ex.steps]
