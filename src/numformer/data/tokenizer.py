@@ -248,7 +248,9 @@ class BPETokenizer:
         _check_bpe(vocab_map, pairs, str(vocab), lambda n: f"{merges}: line {n}")
         try:
             model = tokenizers.models.BPE(vocab=vocab_map, merges=[pair for _, pair in pairs])
-        except Exception as e:  # the Rust side raises a bare Exception
+        except Exception as e:
+            if type(e) is not Exception:  # the Rust side reports a bad file as a bare Exception;
+                raise                     # anything else is not the file's fault
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise DataError(f"{vocab} and {merges} cannot be read as GPT-2 BPE files ({first})") from None
         tok = tokenizers.Tokenizer(model)
@@ -279,7 +281,9 @@ class BPETokenizer:
         check_growth(doc)
         try:
             tok = tokenizers.Tokenizer.from_str(json.dumps(doc))
-        except Exception as e:  # the Rust side raises a bare Exception
+        except Exception as e:
+            if type(e) is not Exception:  # the Rust side reports a bad document as a bare Exception;
+                raise                     # anything else is not the document's fault
             first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise DataError(f"cannot be loaded by tokenizers: {first_line}") from None
         return cls(tok)

@@ -278,7 +278,9 @@ def _load_tokenizer(file: Path, max_len: int, vocab_size: int):
         raise CheckpointError(f"{file}: {e}") from None
     try:
         tokenizer = Tokenizer.from_str(json.dumps(doc))
-    except Exception as e:  # tokenizers raises a plain Exception for a bad file
+    except Exception as e:
+        if type(e) is not Exception:      # tokenizers reports a bad file as a bare Exception;
+            raise                         # anything else is not the file's fault
         raise CheckpointError(f"cannot read {file}: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}") from None
     if tokenizer.get_vocab_size() > vocab_size:
         raise CheckpointError(f"{file}: tokenizer has {tokenizer.get_vocab_size()} tokens but config.json's "
