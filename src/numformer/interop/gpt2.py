@@ -1,9 +1,12 @@
 """GPT-2 checkpoints in and out of Hugging Face format.
 
 Import reads a Hugging Face GPT-2 folder (config.json + model.safetensors, or a sharded
-model.safetensors.index.json) and gives a numformer GPT; export writes such a folder from a
-numformer checkpoint, which `transformers.GPT2LMHeadModel.from_pretrained(folder)` loads and which
-gives the same logits.
+model.safetensors.index.json) into numformer's config, names and layout (`read_hf_gpt2`), from
+which `GPT.from_hf` builds the model and `numformer convert --from_hf` writes a checkpoint; export
+writes such a folder from a numformer checkpoint, which
+`transformers.GPT2LMHeadModel.from_pretrained(folder)` loads and which gives the same logits.
+This module deals in configs and tensors and never imports the model (numformer.model.gpt
+imports it).
 
 Tensors. The names are the same on both sides; four weights per block change layout, because
 GPT-2 stores them for its Conv1D layer (y = x·W + b, W [in, out]) and numformer stores every

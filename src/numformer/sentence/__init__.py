@@ -8,8 +8,9 @@
     0.5...
 
 The pipeline is sentence-transformers' (modules.json): tokenize (truncate to max_seq_length), run
-the encoder (numformer.model.encoder, loaded by numformer.interop.bert), pool the token vectors as 1_Pooling/config.json says (mean
-over the real tokens for MiniLM), then L2-normalise if modules.json lists a Normalize module.
+the encoder (numformer.model.encoder, loaded by numformer.interop.bert), pool the token vectors
+as 1_Pooling/config.json says (mean over the real tokens for MiniLM), then L2-normalise if
+modules.json lists a Normalize module.
 Only NumPy, `tokenizers` and `safetensors` run here.
 
 Nothing is spent on padding: the texts are sorted by token count and cut into batches of similar
