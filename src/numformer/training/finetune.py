@@ -41,7 +41,7 @@ def init_folder(path) -> tuple[Path, str]:
     if not str(path).strip():
         raise UsageError("--init_from is empty; give a checkpoint folder or a Hugging Face GPT-2 folder")
     if not root.exists():
-        from numformer.cli import hub_hint, looks_like_hub_name
+        from numformer.errors import hub_hint, looks_like_hub_name
 
         if str(path) == "resume":        # nanoGPT's words for "continue this run"
             raise UsageError("--init_from resume is nanoGPT's way to continue a run; numformer's is --resume "

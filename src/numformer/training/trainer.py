@@ -51,15 +51,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from numformer.errors import NumformerError, UsageError
+from numformer.errors import NonFiniteLoss, NumformerError, UsageError
 from numformer.parallel.threads import loss_and_grad
 from numformer.training import finetune
 from numformer.training.config import TrainConfig, resolve
 from numformer.training.metrics import append_metrics, is_our_metrics, is_our_plot, plot_losses
-
-
-class NonFiniteLoss(NumformerError):
-    pass
 
 
 # Overfitting, as the note says it: val loss rose at each of the last two evaluations and is now
@@ -174,7 +170,7 @@ class Trainer:
             self.model.save(path, tokenizer=self.tokenizer.to_json(), optimizer={"m": st["m"], "v": st["v"]},
                             train_state=self.train_state())
         except OSError as e:  # a full disk, a read-only folder: the previous checkpoint is still whole
-            from numformer.cli import os_error_line
+            from numformer.errors import os_error_line
 
             kept = f"; the previous checkpoint in {path} is kept" if (path / "config.json").exists() else ""
             raise NumformerError(f"cannot save the checkpoint of step {self.iter_num} to {path} "
@@ -345,7 +341,7 @@ def run(settings, *, resume=False, overwrite=False, cache_dir=None, plot=True, w
             return done
         return _guarded_run(cfg, world, checkpoint=ckpt, overwrite=overwrite, cache_dir=cache_dir, plot=plot, out=out)
     given = settings.to_flat() if isinstance(settings, TrainConfig) else dict(settings)
-    from numformer.cli import check_path
+    from numformer.errors import check_path
 
     for key in ("out_dir", "data", "init_from"):      # recorded in config.json: refused before anything is made
         if isinstance(given.get(key), str):
@@ -360,7 +356,7 @@ def run(settings, *, resume=False, overwrite=False, cache_dir=None, plot=True, w
     try:
         lock = lock_folder(Path(out_dir), "numformer train")
     except OSError as e:          # a read-only or otherwise unusable place for out_dir
-        from numformer.cli import os_error_line
+        from numformer.errors import os_error_line
 
         raise NumformerError(f"--out_dir {out_dir} cannot be used: {os_error_line(e)}") from None
     try:
@@ -396,7 +392,7 @@ def _guarded_run(cfg, world, **kw) -> dict:
     try:
         return _run(cfg, world, **kw)
     except OSError as e:
-        from numformer.cli import os_error_line
+        from numformer.errors import os_error_line
 
         raise NumformerError(f"{os_error_line(e)} (checkpoints already in {cfg.out_dir} are kept)") from None
 
