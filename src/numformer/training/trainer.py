@@ -54,6 +54,7 @@ from tqdm import tqdm
 from numformer.errors import NonFiniteLoss, NumformerError, UsageError
 from numformer.parallel.threads import loss_and_grad
 from numformer.training import finetune
+from numformer.training.metrics import is_clipped, update_ratios
 from numformer.training.config import TrainConfig, resolve
 from numformer.training.metrics import append_metrics, is_our_metrics, is_our_plot, plot_losses
 
@@ -225,12 +226,12 @@ class Trainer:
         if not math.isfinite(norm):
             raise NonFiniteLoss(f"gradient norm became {norm} at step {self.iter_num}")
         if self.world.is_main:
-            self.grad_health.append((self.iter_num, norm, finetune.is_clipped(norm, cfg.grad_clip)))
+            self.grad_health.append((self.iter_num, norm, is_clipped(norm, cfg.grad_clip)))
         evaluates_next = (self.iter_num + 1) % cfg.eval_interval == 0 or self.iter_num + 1 >= cfg.max_iters
         before = model.trainable.flat.copy() if evaluates_next and self.world.is_main else None
         self.opt.step(model.grads.flat, lr=lr)
         if before is not None:
-            self.update_ratio = finetune.update_ratios(model.trainable.views, before, model.trainable.flat)
+            self.update_ratio = update_ratios(model.trainable.views, before, model.trainable.flat)
         self.iter_num += 1
         return loss
 
