@@ -396,19 +396,19 @@ def test_a_shard_that_fails_in_backward_raises_instead_of_hanging(monkeypatch):
 
     cfg, model, _ = pair("sinusoidal", seed=5)
     x, y = batch(cfg, B=4, seed=1)
-    original = gpt_module.GPT.backward
+    original = gpt_module.GPT.backward_tape
     started = []
     lock = threading.Lock()
 
-    def broken(self, dloss=1.0, **kw):
+    def broken(self, tape, dloss=1.0, **kw):
         with lock:
-            started.append(self)
+            started.append(tape)
             second = len(started) == 2
         if second:
             raise ArithmeticError("a shard broke")
-        original(self, dloss, **kw)
+        original(self, tape, dloss, **kw)
 
-    monkeypatch.setattr(gpt_module.GPT, "backward", broken)
+    monkeypatch.setattr(gpt_module.GPT, "backward_tape", broken)
     outcome = []
 
     def step():
