@@ -210,9 +210,9 @@ def test_the_first_gradient_norm_is_torchs(lab):
     assert rows[1]["clipped"] is False
     cfg, _ = resolve(dict(RUN, data=str(lab / "corpus.txt"), out_dir=str(lab / "norm2"), init_from=str(lab / "gpt2"),
                           max_iters=1))
-    assert cfg.block_size == 32                              # from the folder's n_positions
+    assert cfg.model.block_size == 32                              # from the folder's n_positions
     tr = Trainer(cfg, SingleProcess(), cache_dir=lab / "cache")
-    x, y = get_batch(tr.train_ids, cfg.block_size, cfg.batch_size, np.random.default_rng([cfg.seed, 0]))
+    x, y = get_batch(tr.train_ids, cfg.model.block_size, cfg.batch_size, np.random.default_rng([cfg.seed, 0]))
     ref = ReferenceGPT.from_config(tr.model.config).double()
     ref.load_numpy({k: v.astype(np.float64) for k, v in GPT.from_hf(lab / "gpt2").state_dict().items()})
     _, loss = ref(torch.from_numpy(x), torch.from_numpy(y))

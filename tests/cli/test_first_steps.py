@@ -108,7 +108,7 @@ def test_the_eta_leaves_out_the_first_step(lab, tmp_path, capsys, monkeypatch):
     import tqdm.std
 
     from numformer.training import run
-    from numformer.training.trainer import Trainer
+    from numformer.training.loop import Trainer
 
     clock = FakeClock()
     monkeypatch.setattr(tqdm.std, "time", clock)
@@ -163,7 +163,7 @@ def test_a_bpe_vocabulary_that_reaches_its_size_says_nothing(lab, tmp_path):
 
 def _scripted_run(lab, tmp_path, monkeypatch, train, val):
     from numformer.training import run
-    from numformer.training.trainer import Trainer
+    from numformer.training.loop import Trainer
 
     losses = iter(zip(train, val))
 

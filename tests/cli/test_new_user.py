@@ -13,7 +13,7 @@ from numformer import cli
 from numformer.checkpoint import load_checkpoint
 from numformer.training import TrainConfig, run
 
-from numformer.training.trainer import Trainer
+from numformer.training.loop import Trainer
 
 from .tiny import TINY, flags, make_lab
 
