@@ -1,4 +1,4 @@
-"""Test driver, run under mpirun by tests/mpi/test_mpi_train.py: `numformer train` with a failure
+"""Test driver, run under mpirun by tests/parallel/mpi/test_mpi_train.py: `numformer train` with a failure
 injected on one rank by monkeypatching (test-only; numformer itself has no such hook).
 
     python driver.py MODE RANK STEP -- train flags...
