@@ -11,10 +11,11 @@
 `block_forward` is one block, used by training, evaluation and KV-cached decoding alike;
 `block_backward` walks the same block backwards, calling each op's backward in reverse order.
 `GPT.forward` runs the stack and keeps each block's cache (the tape); `GPT.backward` adds every
-gradient into the flat gradient buffer. `forward_tape` and `backward_tape` are the same two passes
-with the tape and the dropout generator held by the caller instead of the model: the shards of one
-batch run side by side that way, one thread each (numformer.parallel.threads). Gradients meet in two places, and both are written as `+=`: at every
-residual (the skip path and the branch) and at the tied embedding (the LM head and the lookup).
+gradient into the flat gradient buffer. Gradients meet in two places, and both are written as
+`+=`: at every residual (the skip path and the branch) and at the tied embedding (the LM head and
+the lookup). `forward_tape` and `backward_tape` are the same two passes with the tape and the
+dropout generator held by the caller instead of the model: the shards of one batch run side by
+side that way, one thread each (numformer.parallel.threads).
 
 The model is built on one op set, chosen explicitly: `GPT(config, ops="fast")` (the default, and
 what `numformer train` uses) or `ops="reference"` (numformer.ops, the formulas as written). Both

@@ -61,7 +61,9 @@ from numformer.training.metrics import is_clipped, update_ratios
 
 
 class Trainer:
-    """One run: the data, the model, its optimizer and the RNG streams, at step iter_num."""
+    """One run: the data, the model, its optimizer and the RNG streams, at step iter_num.
+    step() is one iteration (above), evaluate() the loss estimate, save() a checkpoint; train()
+    runs them."""
 
     def __init__(self, cfg: TrainConfig, world=None, *, checkpoint=None, cache_dir=None):
         """world: the MPI world (numformer.parallel.mpi) of a data-parallel run; None, or a world
@@ -262,8 +264,8 @@ class ThisProcess:
         for lo, hi in micro_batches(len(x), self.micro_batches):
             dloss = (hi - lo) / of            # this micro-batch's part of the batch's mean
             if self.threads == 1:
-                (_, loss), tape = model.forward_tape(x[lo:hi], y[lo:hi])
-                model.backward_tape(tape, dloss)
+                _, loss = model.forward(x[lo:hi], y[lo:hi])
+                model.backward(dloss)
             else:
                 loss = threads.loss_and_grad(model, x[lo:hi], y[lo:hi], dloss=dloss, threads=self.threads)
             parts.append((hi - lo, loss))
@@ -283,7 +285,7 @@ class ThisProcess:
         if not len(x):
             return 0.0
         if self.threads == 1:
-            (_, loss), _ = model.forward_tape(x, y)
+            (_, loss), _ = model.forward_tape(x, y)          # the tape is dropped: nothing kept for a backward
         else:
             loss = threads.loss_and_grad(model, x, y, threads=self.threads, backward=False)
         return loss * len(x) / of
