@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from numformer.checkpoint import lock_folder
 from numformer.data.batches import DEFAULT_BPE_VOCAB_SIZE
-from numformer.errors import NonFiniteLoss, NumformerError, UsageError, check_path, os_error_line
+from numformer.errors import DataError, NonFiniteLoss, NumformerError, UsageError, check_path, os_error_line
 from numformer.parallel.mpi import init_world
 from numformer.training.config import TrainConfig, resolve
 from numformer.training.loop import Trainer, train
@@ -103,6 +103,9 @@ def _session(cfg: TrainConfig, ckpt, world, *, overwrite, cache_dir, plot, out) 
         except NonFiniteLoss as e:
             raise NonFiniteLoss(f"{e}; stopped. The last good checkpoint is kept in {tr.latest}. "
                                 f"Try a lower --learning_rate or a --grad_clip") from None
+        except DataError as e:           # the token cache cut short under the run: the checkpoints stand
+            raise DataError(f"{e}; stopped. The last checkpoint is kept in {tr.latest}; continue with --resume") \
+                from None
         finally:
             progress.close()
         summary = progress.summary
