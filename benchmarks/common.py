@@ -284,7 +284,7 @@ def torch_train_step(model, fwd, opt, cfg, train_ids, rng, it: int) -> float:
     lr = cosine_lr(it, cfg.learning_rate, cfg.warmup_iters, cfg.lr_decay_iters, cfg.min_lr)
     for group in opt.param_groups:
         group["lr"] = lr
-    x, y = batches.get_batch(train_ids, cfg.block_size, cfg.batch_size, rng)
+    x, y = batches.get_batch(train_ids, cfg.model.block_size, cfg.batch_size, rng)
     opt.zero_grad(set_to_none=True)
     _, loss = fwd(torch.from_numpy(x), torch.from_numpy(y))
     loss.backward()

@@ -27,7 +27,6 @@ def child(a) -> None:
     import resource
     import time
 
-    from numformer.parallel.mpi import SingleProcess
     from numformer.training import Trainer
     from numformer.training.config import resolve
 
@@ -36,7 +35,7 @@ def child(a) -> None:
     if a.rank:
         given.update(lora_rank=a.rank, lora_alpha=2.0 * a.rank)
     cfg, _ = resolve(given)
-    tr = Trainer(cfg, SingleProcess(), cache_dir=a.cache)
+    tr = Trainer(cfg, cache_dir=a.cache)
     for _ in range(2):
         tr.step()
     times = []

@@ -58,7 +58,7 @@ def worker(args) -> None:
 
     world = init_world()
     cfg = TrainConfig.of(out_dir=tempfile.mkdtemp(prefix="mpi_scaling-"), batch_size=args.batch_size)
-    tr = Trainer(cfg, world, log=lambda msg: None)
+    tr = Trainer(cfg, world)
     opt_time = [0.0]
     real_opt_step = tr.opt.step
 
@@ -96,7 +96,7 @@ def worker(args) -> None:
         print(json.dumps({"ranks": world.size, "params": tr.model.num_params(),
                           "blas_threads": getattr(world, "blas_threads", None),
                           "buffer_bytes": int(tr.model.grads.flat.nbytes), "batch_size": cfg.batch_size,
-                          "block_size": cfg.block_size, "per_rank": everyone}))
+                          "block_size": cfg.model.block_size, "per_rank": everyone}))
 
 
 def launch(n: int | None, args, blas_threads: str | None) -> dict:

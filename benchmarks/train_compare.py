@@ -64,7 +64,7 @@ def _train_config(spec):
 
 
 def _loop(cfg, step, evaluate):
-    """nanoGPT's loop as numformer.training.run has it: evaluate at 0, every eval_interval, and at the end."""
+    """nanoGPT's loop as numformer.training.loop.train has it: evaluate at 0, every eval_interval, and at the end."""
     curve, t_train, t_eval, losses = [], 0.0, 0.0, []
     it = 0
     while True:
@@ -80,7 +80,7 @@ def _loop(cfg, step, evaluate):
         losses.append(step(it))
         t_train += time.perf_counter() - t0
         it += 1
-    tokens = cfg.max_iters * cfg.batch_size * cfg.block_size
+    tokens = cfg.max_iters * cfg.batch_size * cfg.model.block_size
     return {"curve": curve, "val_loss": curve[-1]["val"], "train_loss": curve[-1]["train"], "train_s": t_train,
             "eval_s": t_eval, "ms_per_iter": 1000 * t_train / max(cfg.max_iters, 1),
             "tokens_per_sec": tokens / t_train if t_train else None, "first_loss": losses[0] if losses else None,
@@ -88,12 +88,11 @@ def _loop(cfg, step, evaluate):
 
 
 def child_numformer(spec):
-    from numformer.parallel.mpi import SingleProcess
     from numformer.training import Trainer
 
     t0 = time.perf_counter()
     cfg = _train_config(spec)
-    tr = Trainer(cfg, SingleProcess(), cache_dir=spec["cache_dir"], log=lambda *a: None)
+    tr = Trainer(cfg, cache_dir=spec["cache_dir"])
     setup = time.perf_counter() - t0
 
     def step(it):
@@ -136,7 +135,7 @@ def child_torch(spec):
                 rng = np.random.default_rng([cfg.seed, 2, it])
                 total = 0.0
                 for _ in range(cfg.eval_iters):
-                    x, y = batches.get_batch(ids, cfg.block_size, cfg.batch_size, rng)
+                    x, y = batches.get_batch(ids, cfg.model.block_size, cfg.batch_size, rng)
                     total += fwd(torch.from_numpy(x), torch.from_numpy(y))[1].item()
                 out[split] = total / cfg.eval_iters
         model.train()

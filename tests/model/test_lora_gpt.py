@@ -9,7 +9,6 @@ import torch.nn as nn
 from numformer import GPT, GPTConfig
 from numformer.errors import UsageError
 from numformer.model.adapters import LoRAConfig, merged_state_dict
-from numformer.parallel.threads import loss_and_grad
 from numformer.reference.gpt import ReferenceGPT
 
 CFG = dict(vocab_size=13, block_size=8, n_layer=2, n_head=2, n_embd=12, dropout=0.0, pos_encoding="learned")
@@ -69,18 +68,6 @@ def test_logits_loss_and_adapter_gradients_match_pytorch(targets, ops):
     for name, p in trainable.items():
         g = p.grad.numpy()
         np.testing.assert_allclose(model.grads[name], g, rtol=1e-9, atol=1e-12 * np.abs(g).max(), err_msg=name)
-
-
-def test_threads_give_the_same_adapter_gradients():
-    cfg, model, _ = pair(("attn.c_attn", "mlp.c_proj"))
-    x, y = batch(cfg, B=4)
-    model.zero_grad()
-    loss1 = loss_and_grad(model, x, y, threads=1)
-    g1 = model.grads.flat.copy()
-    model.zero_grad()
-    loss2 = loss_and_grad(model, x, y, threads=3)
-    assert abs(loss1 - loss2) < 1e-12
-    np.testing.assert_allclose(model.grads.flat, g1, rtol=1e-10, atol=1e-14)
 
 
 def test_fresh_adapters_leave_the_model_unchanged_and_merging_gives_the_same_function():

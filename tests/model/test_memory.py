@@ -94,7 +94,7 @@ def test_a_run_that_fits_through_accumulation_is_not_refused(monkeypatch):
     """The check before training: a batch whose activations do not fit is refused, with advice
     that names --gradient_accumulation_steps, and the same batch in micro-batches is let through."""
     from numformer.training.config import TrainConfig
-    from numformer.training.trainer import check_memory
+    from numformer.training.loop import check_memory
 
     big = TrainConfig.of(batch_size=64, n_layer=2, n_embd=64, n_head=2, block_size=256)
     whole = sum(n for _, n in memory.training_estimate(big.model, 64, 4))

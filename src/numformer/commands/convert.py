@@ -35,7 +35,7 @@ def main(args) -> int:
     for flag, value in (("--from_hf", args.from_hf), ("--to_hf", args.to_hf), ("--out", args.out)):
         if value is not None and not value.strip():
             raise UsageError(f"{flag} is empty; give a folder")
-    from numformer.cli import hub_hint, looks_like_hub_name
+    from numformer.errors import hub_hint, looks_like_hub_name
 
     if args.from_hf is not None and looks_like_hub_name(args.from_hf):
         raise CheckpointError(hub_hint("--from_hf", args.from_hf, "gpt2"))

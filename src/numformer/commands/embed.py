@@ -80,7 +80,7 @@ def _file_texts(path: str) -> list[str]:
 def gather_texts(args) -> list[str]:
     """The texts to embed, in order: the arguments (`-`: stdin's lines), then --file's lines; stdin
     alone when neither is given and it is not a terminal."""
-    from numformer.cli import check_text
+    from numformer.errors import check_text
 
     stdin_read = False
 

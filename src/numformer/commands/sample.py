@@ -158,7 +158,7 @@ def read_prompt(args) -> str:
             return _read_regular_file(path, "prompt file").decode("utf-8")
         except UnicodeDecodeError as e:
             raise DataError(f"{path}: not valid UTF-8 (byte {e.start})") from None
-    from numformer.cli import check_text
+    from numformer.errors import check_text
 
     return "\n" if args.prompt is None else check_text(args.prompt, "--prompt")
 

@@ -35,7 +35,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from numformer.cli import check_text
+    from numformer.errors import check_text
     from numformer.sentence import embed
 
     check_text(args.a, "A")

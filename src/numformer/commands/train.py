@@ -1,4 +1,5 @@
-"""`numformer train`: train a GPT (see numformer.training for the loop and its settings).
+"""`numformer train`: train a GPT (see numformer.training for the loop, the session around it and
+their settings).
 
 Settings come from the defaults (with --resume: the resumed run's own), then an optional TOML
 file, then the flags given on the command line. Flags are flat (--n_layer, --batch_size, ...)
@@ -9,7 +10,10 @@ from __future__ import annotations
 
 import argparse
 
+from numformer.errors import UsageError
+from numformer.parallel.mpi import init_world
 from numformer.training.config import CHOICES, HELP, fields, load_toml, parse_bool
+from numformer.training.session import run
 
 
 def add_arguments(parser) -> None:
@@ -45,16 +49,11 @@ def given_settings(args) -> dict:
         if v is not None:
             given[name] = v
     if given.get("lora_rank", 1) < 1:    # 0 is the default's "no adapters"; asking for it is a mistake
-        from numformer.errors import UsageError
-
         raise UsageError(f"lora_rank must be >= 1, got {given['lora_rank']} (leave it out to train every weight)")
     return given
 
 
 def main(args) -> int:
-    from numformer.parallel.mpi import init_world
-    from numformer.training.trainer import run
-
     world = init_world()
     # under MPI: an error on any rank stops the whole job with one line from that rank, never a hang
     with world.guard("numformer train"):

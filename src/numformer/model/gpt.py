@@ -10,9 +10,12 @@
 
 `block_forward` is one block, used by training, evaluation and KV-cached decoding alike;
 `block_backward` walks the same block backwards, calling each op's backward in reverse order.
-`GPT.forward` runs the stack and keeps each block's cache; `GPT.backward` adds every gradient into
-the flat gradient buffer. Gradients meet in two places, and both are written as `+=`: at every
-residual (the skip path and the branch) and at the tied embedding (the LM head and the lookup).
+`GPT.forward` runs the stack and keeps each block's cache (the tape); `GPT.backward` adds every
+gradient into the flat gradient buffer. Gradients meet in two places, and both are written as
+`+=`: at every residual (the skip path and the branch) and at the tied embedding (the LM head and
+the lookup). `forward_tape` and `backward_tape` are the same two passes with the tape and the
+dropout generator held by the caller instead of the model: the shards of one batch run side by
+side that way, one thread each (numformer.parallel.threads).
 
 The model is built on one op set, chosen explicitly: `GPT(config, ops="fast")` (the default, and
 what `numformer train` uses) or `ops="reference"` (numformer.ops, the formulas as written). Both
@@ -288,6 +291,13 @@ class GPT:
     def forward(self, idx, targets=None):
         """Logits (B, T, V) for token ids idx (B, T); with targets (B, T), also the mean
         cross-entropy loss (targets of -1 are ignored). Keeps what `backward` needs."""
+        out, self._tape = self.forward_tape(idx, targets)
+        return out
+
+    def forward_tape(self, idx, targets=None, rng=None):
+        """forward(idx, targets) with dropout masks drawn from rng (default: self.rng), returning
+        (forward's result, the tape) instead of keeping the tape: what backward_tape needs.
+        Dropping the tape frees the activations (an evaluation needs none)."""
         idx = np.asarray(idx)
         if idx.ndim != 2:
             raise ValueError(f"idx must have shape (B, T), got {idx.shape}")
@@ -298,21 +308,21 @@ class GPT:
         if targets is not None and np.shape(targets) != (B, T):
             raise ValueError(f"targets shape {np.shape(targets)} does not match idx shape {idx.shape}")
         drop = cfg.dropout if self.training else 0.0
+        rng = self.rng if rng is None else rng
         tape = {"T": T, "blocks": []}
 
         x, tape["emb"] = self._embed(idx, 0)                                  # (B, T, C)
-        x, tape["drop"] = ops.dropout.forward(x, drop, self.rng, training=drop > 0)
+        x, tape["drop"] = ops.dropout.forward(x, drop, rng, training=drop > 0)
         for w, lora in zip(self._blocks, self._lora):
-            x, c = block_forward(ops, w, x, cfg, drop=drop, rng=self.rng, lora=lora)
+            x, c = block_forward(ops, w, x, cfg, drop=drop, rng=rng, lora=lora)
             tape["blocks"].append(c)
         logits, tape["ln_f"], tape["lm_head"] = self._head(x)                 # (B, T, V)
-        self._tape = tape
         tape["ce"] = None
         if targets is None:
-            return logits
+            return logits, tape
         V = cfg.vocab_size
         loss, tape["ce"] = ops.cross_entropy.forward(logits.reshape(B * T, V), np.asarray(targets).reshape(B * T))
-        return logits, float(loss)
+        return (logits, float(loss)), tape
 
     def _embed(self, idx, t0):
         """x0 = embed_scale · wte[idx] + positions t0 .. t0+T-1. Returns (x0, embedding cache)."""
@@ -335,14 +345,17 @@ class GPT:
 
     def backward(self, dloss: float = 1.0, *, accumulate=None) -> None:
         """Add d(loss)/d(parameter) of the last forward(idx, targets) into self.grads. The
-        activations are released as they are used, so a second backward needs a new forward.
+        activations are released as they are used, so a second backward needs a new forward."""
+        tape, self._tape = self._tape, None     # like PyTorch, the graph is freed by backward
+        self.backward_tape(tape, dloss, accumulate=accumulate)
+
+    def backward_tape(self, tape, dloss: float = 1.0, *, accumulate=None) -> None:
+        """backward of the forward_tape(idx, targets) that returned `tape`; the tape is emptied.
 
         accumulate(name, value, index) replaces `self.grads[name][index] += value` when given
         (numformer.parallel.threads uses it to add the shards' gradients in a fixed order)."""
-        tape = self._tape
         if tape is None or tape.get("ce") is None:
             raise RuntimeError("backward() needs a preceding forward(idx, targets)")
-        self._tape = None                # like PyTorch, the graph is freed by backward
         cfg, ops, T = self.config, self.ops, tape["T"]
         grads = self.grads.views
 

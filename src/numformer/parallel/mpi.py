@@ -1,8 +1,12 @@
 """Who is training: one process (`SingleProcess`), or one rank of a data-parallel MPI job
-(`MPIWorld`, on mpi4py). The trainer talks to a world and never to MPI directly.
+(`MPIWorld`, on mpi4py), and the training step split over the ranks (`DataParallel`).
 
 `init_world()` returns an MPIWorld only when an MPI launcher started the process
-(`mpirun -n N numformer train ...`), so a plain run never imports mpi4py.
+(`mpirun -n N numformer train ...`), so a plain run never imports mpi4py. The session
+(numformer.training.session) holds the world; the training step of a process alone never meets
+it. Only an MPI rank's Trainer computes its gradients through DataParallel, which answers the
+same calls as the single process's numformer.training.loop.ThisProcess and wraps one: each rank
+computes its rows of the global batch (`shard`) with it, then the ranks sum.
 
 Data-parallel training needs four collectives, all over COMM_WORLD:
 
@@ -66,9 +70,12 @@ gradient all-reduce (including waiting for slower ranks); benchmarks/mpi_scaling
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -76,7 +83,8 @@ import warnings
 
 import numpy as np
 
-from numformer.errors import NumformerError
+from numformer.errors import NonFiniteLoss, NumformerError, UsageError
+from numformer.parallel.process import THREAD_VARS, cores, limit_blas_threads
 
 GRACE_S = 1.5  # how long a rank other than 0 waits before reporting its failure (see above)
 JOB_MARKER_S = 30  # how long a rank's failure silences the watchers of the other ranks on its host
@@ -87,7 +95,6 @@ SPIN_S = 2.0  # a collective is polled without pause this long (as a blocking on
 POLL_S = 0.005
 REPORT_WAIT_S = 10.0  # a rank that saw a hang but is not the one to report it waits this long first
 _NOTE_TAG = 7
-from numformer.parallel.process import THREAD_VARS, cores as _cores, limit_blas_threads  # noqa: E402, F401
 
 
 def _mpi():
@@ -136,9 +143,6 @@ class SingleProcess:
     def guard(self, command: str):
         """Inside: the first SIGINT only sets the flag stop_requested() reports; a second one
         raises KeyboardInterrupt at once. Errors propagate as usual (the CLI prints them)."""
-        import contextlib
-        import signal
-        import threading
 
         @contextlib.contextmanager
         def guarded():
@@ -148,8 +152,6 @@ class SingleProcess:
                 self._interrupted = True
                 print(f"\n{command}: stopping after this step (Ctrl-C again to quit without saving)",
                       file=sys.stderr, flush=True)
-
-            import sys
 
             previous = None
             if threading.current_thread() is threading.main_thread():
@@ -165,16 +167,12 @@ class SingleProcess:
 
 def launched_by_mpi() -> bool:
     """True when an MPI launcher started this process (checked from the environment only)."""
-    import os
-
     keys = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "MPI_LOCALRANKID", "HYDRA_CONTROL_FD")
     return any(k in os.environ for k in keys)
 
 
 def init_world():
     """SingleProcess, or an MPIWorld when an MPI launcher started us (needs the `mpi` extra)."""
-    import os
-
     if launched_by_mpi():
         try:
             import mpi4py  # noqa: F401
@@ -182,12 +180,63 @@ def init_world():
             if os.environ.get("PMI_SIZE", os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) == "1":
                 return SingleProcess()
             # N copies of a single-process run would all write the same out_dir: refuse instead
-            from numformer.errors import UsageError
-
             raise UsageError("started by an MPI launcher but mpi4py is not installed; "
                              "install it with: pip install '.[mpi]' (in a clone of numformer)") from None
         return MPIWorld()
     return SingleProcess()
+
+
+def read_on_rank_0(world, read):
+    """read() in a process alone (world None or of size 1); under MPI, read() on rank 0 only, its
+    result sent to every rank (bcast): ranks never race on a cache, and other hosts need neither
+    the corpus nor out_dir."""
+    if world is None or world.size == 1:
+        return read()
+    return world.bcast(read() if world.is_main else None)
+
+
+def shard(batch_size: int, rank: int, size: int) -> tuple[int, int]:
+    """Rows [lo, hi) of a global batch that rank keeps: sizes differ by at most one when size
+    does not divide batch_size (the first batch_size % size ranks get one more)."""
+    base, extra = divmod(batch_size, size)
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (1 if rank < extra else 0)
+
+
+class DataParallel:
+    """The loss and gradient of a global batch over the ranks of `world`: each rank computes its
+    own rows with `here` (a numformer.training.loop.ThisProcess: its threads and micro-batches),
+    its gradient scaled by its share of the batch, and one all-reduce over the flat gradient
+    buffer sums the shares into the global-batch mean on every rank. The same two calls as
+    `here`, so the training step reads the same with one process or many."""
+
+    def __init__(self, world, here, *, seed: int, dropout: bool):
+        self.world, self.here, self.seed, self.dropout = world, here, seed, dropout
+
+    def loss_and_grad(self, model, x, y, *, step: int) -> float:
+        """Mean loss of the global batch (x, y) (B, T) on every rank; the gradient of that mean
+        summed into model.grads on every rank."""
+        world, B = self.world, len(x)
+        lo, hi = shard(B, world.rank, world.size)
+        if self.dropout:
+            # each rank its own dropout masks (one shared stream would repeat them across ranks),
+            # a function of (seed, step, rank) so that a resumed run draws the same ones
+            model.rng = np.random.default_rng([self.seed, 1, step, world.rank])
+        loss = self.here.loss_and_grad(model, x[lo:hi], y[lo:hi], of=B) if hi > lo else 0.0
+        if not math.isfinite(loss):             # name the rank before the sum hides it
+            raise NonFiniteLoss(f"loss became {loss} at step {step} on rank {world.rank} of {world.size}")
+        world.allreduce_sum(model.grads.flat)
+        return world.allreduce_scalar(loss * ((hi - lo) / B))
+
+    def mean_loss(self, model, batches) -> float:
+        """The mean over `batches` (global batches) of each one's mean loss, every rank computing
+        its rows, then one sum over the ranks."""
+        total, n = 0.0, 0
+        for x, y in batches:
+            lo, hi = shard(len(x), self.world.rank, self.world.size)
+            total += self.here.weighted_loss(model, x[lo:hi], y[lo:hi], of=len(x))
+            n += 1
+        return self.world.allreduce_scalar(total) / n
 
 
 class HungRank(NumformerError):
@@ -196,14 +245,12 @@ class HungRank(NumformerError):
 
 def hang_timeout() -> float:
     """The deadline for a collective, in seconds: NUMFORMER_MPI_TIMEOUT, else HANG_TIMEOUT_S."""
-    from numformer.errors import UsageError
-
     text = os.environ.get(TIMEOUT_VAR, "").strip()
     if not text:
         return HANG_TIMEOUT_S
     try:
         value = float(text)
-    except ValueError:
+    except ValueError:               # float() refusing the variable's own text: the user's
         value = float("nan")
     if not value > 0 or value == float("inf"):
         raise UsageError(f"{TIMEOUT_VAR} must be a number of seconds > 0, got {text!r}")
@@ -241,7 +288,7 @@ class MPIWorld:
             per_host = local.Get_size()
         finally:
             local.Free()
-        return limit_blas_threads(max(1, _cores() // per_host))
+        return limit_blas_threads(max(1, cores() // per_host))
 
     def __repr__(self):
         return f"MPIWorld(rank={self.rank}, size={self.size})"
@@ -395,14 +442,10 @@ class MPIWorld:
     def _job_marker(self) -> str:
         """A file that says "a rank of this job has already been named": keyed by the launcher's
         process on this host (the ranks' common parent), fresh for JOB_MARKER_S seconds."""
-        import tempfile
-
         return os.path.join(tempfile.gettempdir(), f".numformer-mpi-ended-{os.getppid()}")
 
     def _start_watcher(self, command: str) -> None:
         """Start this rank's watcher (see the module docstring); nothing happens if it cannot start."""
-        import subprocess
-
         line = (f"{command}: rank {self.rank} of {self.size}: error: the process was killed (kill -9, or the "
                 f"out-of-memory killer); the job was stopped")
         code = (

@@ -4,14 +4,13 @@ NumPy allocates every temporary array with malloc. glibc serves blocks above 128
 mmap and returns them to the kernel on free, so each activation-sized temporary costs one page
 fault per 4 KiB page the first time it is written: about as long as the arithmetic itself for the
 elementwise ops of a small GPT. Raising glibc's mmap and trim thresholds keeps freed blocks in the
-heap for reuse. Measured on the baby config (float32, one BLAS thread): GELU forward+backward of a
-(768, 512) array 8.9 ms -> 2.1 ms.
+heap for reuse.
 
 glibc also gives every thread that allocates its own arena. With the thresholds raised, the
 threaded training step (one thread per batch shard) then keeps one heap of freed activations per
 thread, and a block freed in one cannot serve the other. One arena for the process (M_ARENA_MAX 1)
-measured on the "small" config with 2 threads: peak RSS 779 -> 678 MiB, no slower (NumPy
-allocates a few hundred large blocks per step, so the shared arena's lock is not contended).
+lowers the peak memory and costs no speed: NumPy allocates a few hundred large blocks per step, so
+the shared arena's lock is not contended. (docs/performance.md has the measurements.)
 
 `tune_malloc()` is called by the commands that train or generate (`numformer train`, `sample`,
 `bench`, `embed`) and by the Trainer. It is a no-op where glibc is not the C library.
@@ -26,7 +25,11 @@ OMP_NUM_THREADS or MKL_NUM_THREADS is always honoured.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
+
+import numpy  # noqa: F401  (loads the OpenBLAS whose thread count this module sets)
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")  # the user's choice of BLAS threads
 
@@ -47,9 +50,6 @@ def tune_malloc(mmap_threshold: int = 1 << 30, trim_threshold: int = (1 << 31) -
     if _done:
         return True
     try:
-        import ctypes
-        import sys
-
         if not sys.platform.startswith("linux"):
             return False
         libc = ctypes.CDLL("libc.so.6")
@@ -75,10 +75,6 @@ def _find_blas():
     global _blas
     if _blas is not None:
         return _blas or None
-    import ctypes
-
-    import numpy  # noqa: F401  (loads its OpenBLAS, so that the lookup below can find it)
-
     _blas = False
     try:
         with open("/proc/self/maps", errors="surrogateescape") as f:   # a mapped file's name may not be UTF-8
@@ -108,10 +104,9 @@ def limit_blas_threads(n: int):
     OpenBLAS was found (then nothing changes).
 
     OpenBLAS starts as many threads as the host has cores in EVERY process, so N ranks on one host
-    would run N x cores busy threads: measured here, 2 ranks on 2 cores took 600 ms per baby-GPT
-    step instead of 55. The environment variables act only before NumPy is loaded, which is too
-    late for a world created inside `numformer train`, so this calls openblas_set_num_threads in
-    the loaded library.
+    would run N x cores busy threads, waiting on each other (docs/performance.md). The environment
+    variables act only before NumPy is loaded, which is too late for a world created inside
+    `numformer train`, so this calls openblas_set_num_threads in the loaded library.
     """
     global _blas_count
     fns = _find_blas()

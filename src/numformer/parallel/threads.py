@@ -1,10 +1,10 @@
 """Threads inside one process: a pool, and the data-parallel training step over a batch.
 
 `loss_and_grad(model, idx, targets, threads=n)` splits the batch's rows into n shards; each shard
-runs forward and backward in its own Python thread on a shallow copy of the model that shares
-its parameter and gradient buffers and has its own tape and dropout generator. NumPy releases
-the GIL inside its loops and BLAS calls, so the elementwise work, single-threaded in NumPy, runs
-on every core; OpenBLAS is held to one thread meanwhile.
+runs the model's forward and backward in its own Python thread, with a tape and a dropout
+generator of its own (GPT.forward_tape / backward_tape) and the model's parameter and gradient
+buffers shared. NumPy releases the GIL inside its loops and BLAS calls, so the elementwise work,
+single-threaded in NumPy, runs on every core; OpenBLAS is held to one thread meanwhile.
 
 Every shard adds its gradient straight into model.grads, with the adds to each parameter made in
 shard order (ShardAdds), so no thread needs a gradient buffer of its own and the sum is the same,
@@ -14,8 +14,8 @@ of the counted targets, so the result equals the one-thread result up to float r
 
 from __future__ import annotations
 
-import copy
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -30,8 +30,6 @@ def thread_pool(n: int):
     with _POOLS_LOCK:
         pool = _POOLS.get(n)
         if pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
             pool = _POOLS[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="numformer")
     return pool
 
@@ -68,14 +66,11 @@ def loss_and_grad(model, idx, targets, *, dloss: float = 1.0, threads: int = 1, 
     B = idx.shape[0]
     n = max(1, min(int(threads), B))
     if n == 1:
-        _, loss = model.forward(idx, targets)
+        (_, loss), tape = model.forward_tape(idx, targets)
         if backward:
-            model.backward(dloss)
-        else:
-            model._tape = None
+            model.backward_tape(tape, dloss)
         return loss
 
-    model._tape = None                   # the model's own tape is not the one being differentiated
     bounds = [(B * r // n, B * (r + 1) // n) for r in range(n)]
     # each shard's loss is a mean over its own counted targets (-1 is ignored), so the shards
     # are weighted by their share of the counted targets
@@ -83,22 +78,20 @@ def loss_and_grad(model, idx, targets, *, dloss: float = 1.0, threads: int = 1, 
     total = max(sum(counted), 1)
     shares = [c / total for c in counted]
     seeds = model.rng.integers(0, 2**63, size=n) if model.config.dropout > 0 and model.training else [0] * n
-    replicas = []
-    for r in range(n):
-        rep = copy.copy(model)           # shares params, grads and settings; own tape and rng
-        rep.rng = np.random.default_rng(int(seeds[r]))
-        replicas.append(rep)
+    rngs = [np.random.default_rng(int(seed)) for seed in seeds]      # each shard's dropout masks
+    tapes = [None] * n
 
     def shard_forward(r):
         lo, hi = bounds[r]
-        _, loss = replicas[r].forward(idx[lo:hi], targets[lo:hi])
+        (_, loss), tapes[r] = model.forward_tape(idx[lo:hi], targets[lo:hi], rngs[r])
         return loss * shares[r]
 
     adds = ShardAdds(model.grads.views, n)
 
     def shard_backward(r):
         try:
-            replicas[r].backward(dloss * shares[r], accumulate=lambda name, value, index: adds.add(r, name, value, index))
+            model.backward_tape(tapes[r], dloss * shares[r],
+                                accumulate=lambda name, value, index: adds.add(r, name, value, index))
             adds.finish(r)               # the adds still waiting for an earlier shard's
         except BaseException:
             adds.fail()                  # wake the others, who would wait forever
@@ -111,8 +104,7 @@ def loss_and_grad(model, idx, targets, *, dloss: float = 1.0, threads: int = 1, 
             if backward:
                 parallel(shard_backward, list(range(n)))
         finally:
-            for rep in replicas:
-                rep._tape = None
+            tapes[:] = [None] * n        # the activations go now, also when a shard failed
     return float(sum(losses))
 
 

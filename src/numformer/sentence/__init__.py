@@ -212,10 +212,13 @@ def load_model(model=None, dtype=None) -> SentenceEncoder:
     """Load a sentence-transformers folder (default: the packaged all-MiniLM-L6-v2); cached per folder+dtype."""
     folder = default_model_dir() if model is None else Path(model)
     if not folder.exists():
-        from numformer.cli import hub_hint, looks_like_hub_name
+        from numformer.errors import hub_hint, looks_like_hub_name
 
         if looks_like_hub_name(str(model)):
-            raise CheckpointError(hub_hint("--model", str(model), "sentence"))
+            line = hub_hint("--model", str(model), "sentence")
+            if str(model).lower().endswith("all-minilm-l6-v2"):
+                line += f" (or leave --model out: all-MiniLM-L6-v2 is the default, from `{INSTALL_HINT}`)"
+            raise CheckpointError(line)
         raise CheckpointError(f"model folder {folder} does not exist")
     if not folder.is_dir():
         raise CheckpointError(f"--model {folder} is not a folder (pass a sentence-transformers model folder)")

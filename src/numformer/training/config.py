@@ -2,8 +2,8 @@
 
 A TrainConfig holds the model's shape as a GPTConfig (`cfg.model`), beside the data, optimiser
 and output settings. Flags, TOML keys and the record in a checkpoint stay flat (`--n_layer`,
-`n_layer = 4`): MODEL_KEYS are the GPTConfig fields a run sets, and `cfg.n_layer` reads
-`cfg.model.n_layer`. The model's vocab_size comes from the tokenizer when the run starts.
+`n_layer = 4`): MODEL_KEYS are the GPTConfig fields a run sets, read as `cfg.model.n_layer`.
+The model's vocab_size comes from the tokenizer when the run starts.
 """
 
 from __future__ import annotations
@@ -11,11 +11,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from numformer.checkpoint import JSON_LIMIT, load_checkpoint, read_file
 from numformer.errors import CheckpointError, UsageError
 from numformer.model.config import GELUS, POS_ENCODINGS, SINUSOIDAL_FORMS, GPTConfig, InvalidConfig
+from numformer.training.finetune import init_settings, validate_finetuning
 
 # The GPTConfig fields a run sets; vocab_size comes from the tokenizer, layer_norm_eps is GPT-2's.
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias", "pos_encoding",
@@ -57,11 +60,6 @@ class TrainConfig:
     lora_rank: int = 0             # train low-rank adapters of this rank, the rest frozen (0: train every weight)
     lora_alpha: float = 0.0        # adapters are scaled by lora_alpha / lora_rank (0: alpha = rank)
     lora_targets: str = "attn.c_attn,attn.c_proj"
-
-    def __getattr__(self, name):
-        if name in MODEL_KEYS:                      # cfg.n_layer is cfg.model.n_layer
-            return getattr(self.__dict__["model"], name)
-        raise AttributeError(f"TrainConfig has no field {name!r}")
 
     @classmethod
     def of(cls, **flat) -> "TrainConfig":
@@ -166,10 +164,6 @@ def _check_type(key: str, value, source: str):
 
 
 def load_toml(path: str) -> dict:
-    import tomllib
-
-    from numformer.checkpoint import JSON_LIMIT, read_file
-
     p = Path(path)
     if not os.path.lexists(p):
         raise UsageError(f"{p}: config file not found")
@@ -191,17 +185,18 @@ def load_toml(path: str) -> dict:
 
 
 def validate(cfg: TrainConfig) -> None:
+    flat = cfg.to_flat()            # the model's keys beside the run's, as flags name them
     positive = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "eval_interval", "eval_iters",
                 "gradient_accumulation_steps")
     for k in positive:
-        if getattr(cfg, k) < 1:
-            raise UsageError(f"{k} must be >= 1, got {getattr(cfg, k)}")
+        if flat[k] < 1:
+            raise UsageError(f"{k} must be >= 1, got {flat[k]}")
     for k in ("max_iters", "warmup_iters", "lr_decay_iters", "sample_tokens", "vocab_size", "threads", "seed",
               "log_interval"):
-        if getattr(cfg, k) < 0:
-            raise UsageError(f"{k} must be >= 0, got {getattr(cfg, k)}")
-    if cfg.n_embd % cfg.n_head:
-        raise UsageError(f"n_embd ({cfg.n_embd}) must be divisible by n_head ({cfg.n_head})")
+        if flat[k] < 0:
+            raise UsageError(f"{k} must be >= 0, got {flat[k]}")
+    if cfg.model.n_embd % cfg.model.n_head:
+        raise UsageError(f"n_embd ({cfg.model.n_embd}) must be divisible by n_head ({cfg.model.n_head})")
     if cfg.gradient_accumulation_steps > cfg.batch_size:
         raise UsageError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be at most batch_size "
                          f"({cfg.batch_size}): each micro-batch needs at least one sequence")
@@ -215,16 +210,13 @@ def validate(cfg: TrainConfig) -> None:
     for k in ("data", "out_dir"):
         if not getattr(cfg, k).strip():
             raise UsageError(f"{k} is empty; give a path")
-    if not (0.0 <= cfg.dropout < 1.0):
-        raise UsageError(f"dropout must be in [0, 1), got {cfg.dropout}")
+    if not (0.0 <= cfg.model.dropout < 1.0):
+        raise UsageError(f"dropout must be in [0, 1), got {cfg.model.dropout}")
     if cfg.tokenizer == "char" and cfg.vocab_size:
         raise UsageError("vocab_size applies only to --tokenizer bpe (the char vocabulary comes from the corpus)")
     if cfg.tokenizer == "bpe" and cfg.vocab_size and cfg.vocab_size < 257:
         raise UsageError(f"vocab_size must be at least 257 for byte-level BPE (256 bytes + merges), got {cfg.vocab_size}")
-    from numformer.training.finetune import validate_finetuning
-
     validate_finetuning(cfg)
-
 
 
 def resolve(given: dict, *, resume: bool = False):
@@ -245,8 +237,6 @@ def resolve(given: dict, *, resume: bool = False):
         values.update(saved)
     values.update(given)
     if not resume and values.get("init_from"):
-        from numformer.training.finetune import init_settings
-
         values.update(init_settings(values["init_from"], given))   # the model's shape comes from init_from
     try:
         cfg = TrainConfig.of(**values)
@@ -272,8 +262,6 @@ def _same_setting(key: str, given, saved) -> bool:
 def _resume_checkpoint(latest: Path):
     """The checkpoint at `latest` and the training settings it records, type-checked (keys this
     version does not know are dropped)."""
-    from numformer.checkpoint import load_checkpoint
-
     if not latest.exists() and not any(latest.parent.glob(".latest.numformer-old-*")):
         raise CheckpointError(f"--resume: no checkpoint at {latest}; start without --resume")
     ckpt = load_checkpoint(latest)       # says where a checkpoint set aside by a crash is

@@ -1,4 +1,4 @@
-"""Fine-tuning: `numformer train --init_from DIR`, low-rank adapters, and gradient health.
+"""Fine-tuning: `numformer train --init_from DIR` and low-rank adapters.
 
 --init_from DIR starts training from the weights in DIR (a numformer checkpoint folder, a training
 run's out_dir, whose best/ or latest/ is used, or a Hugging Face GPT-2 folder) at step 0 with fresh
@@ -10,21 +10,22 @@ from the function it computes.
 --lora_rank R trains low-rank adapters (numformer.model.adapters) on the layers --lora_targets
 names, scaled by --lora_alpha / R, and freezes every other weight: the gradient buffer and Adam's
 moments then hold the adapters alone.
-
-Gradient health (metrics.jsonl, see numformer.training.metrics): every step records the global
-gradient norm before clipping and whether clipping changed it; the step before each evaluation
-also measures, per weight matrix, ‖Δθ‖ / ‖θ‖, the size of the update against the size of the
-weights (about 1e-3 is the usual healthy range for Adam; far above, training is unstable, far
-below, it learns little).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
 
-from numformer.errors import CheckpointError, UsageError
+from numformer.checkpoint import PICKLE_SUFFIXES, pickle_refusal, read_json
+from numformer.errors import CheckpointError, UsageError, hub_hint, looks_like_hub_name
+from numformer.model.adapters import LoRAConfig, merged_state_dict, parse_targets
+from numformer.model.config import GPTConfig
+from numformer.model.gpt import GPT
+from numformer.model.serialize import FORMAT
 
 # The flat keys a fine-tuning run takes from DIR, not from its flags (dropout excepted).
 SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "pos_encoding", "sinusoidal_form", "gelu")
@@ -34,15 +35,10 @@ LORA_KEYS = ("lora_rank", "lora_alpha", "lora_targets")
 def init_folder(path) -> tuple[Path, str]:
     """(folder, kind) of --init_from: kind "numformer" or "hf". CheckpointError (one line) for a
     path that is not such a folder; a pickle is refused without being opened."""
-    from numformer.checkpoint import PICKLE_SUFFIXES, pickle_refusal, read_json
-    from numformer.model.serialize import FORMAT
-
     root = Path(path)
     if not str(path).strip():
         raise UsageError("--init_from is empty; give a checkpoint folder or a Hugging Face GPT-2 folder")
     if not root.exists():
-        from numformer.cli import hub_hint, looks_like_hub_name
-
         if str(path) == "resume":        # nanoGPT's words for "continue this run"
             raise UsageError("--init_from resume is nanoGPT's way to continue a run; numformer's is --resume "
                              "(numformer train --out_dir DIR --resume)")
@@ -72,9 +68,6 @@ def init_folder(path) -> tuple[Path, str]:
 
 def load_init_model(path, dtype="float32"):
     """The GPT in --init_from's folder, adapters merged, with its tokenizer (model.tokenizer)."""
-    from numformer.model.adapters import merged_state_dict
-    from numformer.model.gpt import GPT
-
     root, kind = init_folder(path)
     model = GPT.load(root, dtype=dtype) if kind == "numformer" else GPT.from_hf(root, dtype=np.dtype(dtype))
     if model.lora is not None:
@@ -117,27 +110,19 @@ def init_settings(path, given: dict) -> dict:
 def read_init(cfg) -> dict:
     """What a fine-tuning run starts from: the model's full config (GPTConfig, with the run's
     dropout), its flat parameters and its tokenizer's JSON."""
-    import dataclasses
-
     model = load_init_model(cfg.init_from, dtype=cfg.dtype)
-    return {"config": dataclasses.replace(model.config, dropout=cfg.dropout), "params": model.params.flat,
+    return {"config": dataclasses.replace(model.config, dropout=cfg.model.dropout), "params": model.params.flat,
             "tokenizer": model.tokenizer.to_json()}
 
 
 def checkpoint_model_config(ckpt, dropout):
     """The full GPTConfig a resumed fine-tuning run's checkpoint records (vocab_size and
     layer_norm_eps included, which the flat settings do not carry)."""
-    import dataclasses
-
-    from numformer.model.config import GPTConfig
-
     return dataclasses.replace(GPTConfig.from_dict(ckpt.config["model"]), dropout=dropout)
 
 
 def lora_config(cfg):
     """The run's LoRAConfig, or None without --lora_rank."""
-    from numformer.model.adapters import LoRAConfig, parse_targets
-
     if not cfg.lora_rank:
         return None
     return LoRAConfig(cfg.lora_rank, float(cfg.lora_alpha or cfg.lora_rank), parse_targets(cfg.lora_targets))
@@ -145,8 +130,6 @@ def lora_config(cfg):
 
 def validate_finetuning(cfg) -> None:
     """One-line UsageErrors for the fine-tuning settings."""
-    import math
-
     if cfg.lora_rank < 0:
         raise UsageError(f"lora_rank must be >= 0 (0: no adapters), got {cfg.lora_rank}")
     if not (math.isfinite(cfg.lora_alpha) and cfg.lora_alpha >= 0):
@@ -158,27 +141,4 @@ def validate_finetuning(cfg) -> None:
     lora_config(cfg).check_fits(cfg.model)
 
 
-# ------------------------------------------------------------------------------- gradient health
-
-def is_clipped(norm: float, grad_clip: float) -> bool:
-    """Did clip_grad_norm(grads, grad_clip) scale a gradient of this norm? (its rule: c < 1)."""
-    return grad_clip > 0 and grad_clip / (norm + 1e-6) < 1.0
-
-
-def update_ratios(views: dict, before: np.ndarray, after: np.ndarray) -> dict:
-    """‖Δθ‖ / ‖θ‖ for every weight matrix (two or more dimensions) of a flat buffer whose named
-    views are `views`, between its values `before` and `after` an optimizer step."""
-    out, offset = {}, 0
-    for name, v in views.items():
-        n = v.size
-        if v.ndim >= 2:
-            new = after[offset:offset + n].astype(np.float64)
-            delta = new - before[offset:offset + n]
-            norm = float(np.linalg.norm(new))
-            out[name] = float(np.linalg.norm(delta)) / norm if norm > 0 else None
-        offset += n
-    return out
-
-
-__all__ = ["init_folder", "load_init_model", "init_settings", "read_init", "lora_config", "validate_finetuning",
-           "is_clipped", "update_ratios"]
+__all__ = ["init_folder", "load_init_model", "init_settings", "read_init", "lora_config", "validate_finetuning"]

@@ -1,21 +1,58 @@
-"""What a run writes beside its checkpoints: metrics.jsonl (one JSON object per evaluation) and
-loss.png.
+"""What a run writes beside its checkpoints, metrics.jsonl (one JSON object per evaluation) and
+loss.png, and the gradient's health that goes into them.
+
+Gradient health: every step records the global gradient norm before clipping and whether clipping
+changed it (is_clipped); the step before each evaluation also measures, per weight matrix,
+‖Δθ‖ / ‖θ‖ (update_ratios), the size of the update against the size of the weights (about 1e-3
+is the usual healthy range for Adam; far above, training is unstable, far below, it learns
+little).
 
 A row of metrics.jsonl: step, train_loss, val_loss, lr, tokens_per_sec, time, and the gradient's
-health (numformer.training.finetune): grad_norm, the global gradient norm before clipping of the
-step just before this row, and clipped, whether clipping scaled it (both null at a row with no
-step before it); grad_norms, [step, norm] of every step since the previous row, and clipped_steps,
-how many of them were clipped; grad_clip, the run's clipping threshold (0: none); update_ratio,
-‖Δθ‖/‖θ‖ of that last step for every weight matrix, by name. loss.png has two panels: the losses,
-and the gradient norm of every step with the clipped steps marked. Neither is ever written over a file numformer did not write: metrics.jsonl must hold
-numformer's rows, and loss.png must carry numformer's PNG text chunk (PNG_KEY)."""
+health: grad_norm, the global gradient norm before clipping of the step just before this row, and
+clipped, whether clipping scaled it (both null at a row with no step before it); grad_norms,
+[step, norm] of every step since the previous row, and clipped_steps, how many of them were
+clipped; grad_clip, the run's clipping threshold (0: none); update_ratio, ‖Δθ‖/‖θ‖ of that last
+step for every weight matrix, by name. loss.png has two panels: the losses, and the gradient norm
+of every step with the clipped steps marked. Neither is ever written over a file numformer did not
+write: metrics.jsonl must hold numformer's rows, and loss.png must carry numformer's PNG text chunk
+(PNG_KEY)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
 from pathlib import Path
+
+import numpy as np
+
+from numformer.checkpoint import replace_file
+
+# ------------------------------------------------------------------------------- gradient health
+
+
+def is_clipped(norm: float, grad_clip: float) -> bool:
+    """Did clip_grad_norm(grads, grad_clip) scale a gradient of this norm? (its rule: c < 1)."""
+    return grad_clip > 0 and grad_clip / (norm + 1e-6) < 1.0
+
+
+def update_ratios(views: dict, before: np.ndarray, after: np.ndarray) -> dict:
+    """‖Δθ‖ / ‖θ‖ for every weight matrix (two or more dimensions) of a flat buffer whose named
+    views are `views`, between its values `before` and `after` an optimizer step."""
+    out, offset = {}, 0
+    for name, v in views.items():
+        n = v.size
+        if v.ndim >= 2:
+            new = after[offset:offset + n].astype(np.float64)
+            delta = new - before[offset:offset + n]
+            norm = float(np.linalg.norm(new))
+            out[name] = float(np.linalg.norm(delta)) / norm if norm > 0 else None
+        offset += n
+    return out
+
+
+# ------------------------------------------------------------------------------- metrics.jsonl
 
 
 def is_our_metrics(path: Path) -> bool:
@@ -32,8 +69,8 @@ def is_our_metrics(path: Path) -> bool:
 
 
 def append_metrics(out_dir: Path, tr, losses: dict, tokens_per_sec) -> None:
-    from numformer.checkpoint import replace_file
-
+    """Add the row of the evaluation at tr.iter_num (a numformer.training.loop.Trainer), with the
+    gradient health gathered since the last one, to out_dir/metrics.jsonl."""
     row = {"step": tr.iter_num, "train_loss": losses["train"], "val_loss": losses["val"], "lr": tr.lr(),
            "tokens_per_sec": tokens_per_sec, "time": time.time()}
     health = getattr(tr, "grad_health", [])
@@ -83,6 +120,8 @@ def scan_metrics(path: Path) -> tuple[list[dict], list[str]]:
     return rows, skipped
 
 
+# ------------------------------------------------------------------------------- loss.png
+
 PNG_KEY = "numformer"
 
 
@@ -116,8 +155,6 @@ def is_our_plot(path: Path) -> bool:
 def _plot_grad_norms(gx, rows, norms) -> None:
     """The lower panel: the gradient norm before clipping at every step, clipped steps in red,
     and the clipping threshold."""
-    from numformer.training.finetune import is_clipped
-
     gx.set_xlabel("step")
     gx.set_ylabel("gradient norm (before clipping)")
     gx.grid(alpha=0.3)
@@ -139,14 +176,12 @@ def _plot_grad_norms(gx, rows, norms) -> None:
 def plot_losses(out_dir: Path):
     """Write out_dir/loss.png: train and val loss at each evaluation. A loss.png that numformer
     did not write is left alone (returns None, as when there is nothing to plot)."""
-    import io
-
-    from numformer.checkpoint import replace_file
-
     rows = read_metrics(out_dir / "metrics.jsonl")
     png = out_dir / "loss.png"
     if len(rows) < 1 or os.path.lexists(png) and not is_our_plot(png):
         return None
+    # imported here, not at the top: choosing the Agg backend is for this file alone, not for a
+    # program that imports numformer and draws its own figures
     import matplotlib
 
     matplotlib.use("Agg")

@@ -8,7 +8,7 @@ The expectations come from runs the test makes itself, never from numbers stored
   to float rounding (the batch RNG draws the GLOBAL batch, whatever N is).
 - a rank that raises, turns NaN or is killed must stop the whole job quickly, non-zero, with its
   message, and leave `out_dir/latest` a complete, loadable checkpoint.
-Failures are injected by tests/mpi/driver.py (monkeypatching under mpirun); numformer has no hook.
+Failures are injected by tests/parallel/mpi/driver.py (monkeypatching under mpirun); numformer has no hook.
 """
 
 import os

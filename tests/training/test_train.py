@@ -119,28 +119,27 @@ def test_resume_after_an_interruption_is_bit_identical(corpus, tmp_path):
 def test_an_interrupt_inside_a_step_saves_nothing_and_resume_is_still_exact(corpus, tmp_path, monkeypatch):
     """A KeyboardInterrupt in the middle of a step (the second Ctrl-C) leaves half-updated state:
     it must not be saved; the last evaluation's checkpoint stays and resuming from it is exact."""
-    import numformer.training.trainer as trainer
+    from numformer.training.loop import ThisProcess
 
     kw = dict(max_iters=30)
     quiet = dict(cache_dir=tmp_path / "cache", plot=False, out=open(os.devnull, "w"))
     run(cfg_for(corpus, tmp_path / "a", **kw), **quiet)
 
-    real = trainer.loss_and_grad
+    real = ThisProcess.loss_and_grad              # the gradient of a training step (not an evaluation)
     calls = {"n": 0}
 
-    def interrupted(model, *args, **kw):
-        if kw.get("backward", True):
-            calls["n"] += 1
-            if calls["n"] == 16:                 # inside step 15
-                model.params.flat[:5] += 1.0     # a half-done update
-                raise KeyboardInterrupt
-        return real(model, *args, **kw)
+    def interrupted(self, model, *args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 16:                 # inside step 15
+            model.params.flat[:5] += 1.0     # a half-done update
+            raise KeyboardInterrupt
+        return real(self, model, *args, **kw)
 
-    monkeypatch.setattr(trainer, "loss_and_grad", interrupted)
+    monkeypatch.setattr(ThisProcess, "loss_and_grad", interrupted)
     s = run(cfg_for(corpus, tmp_path / "b", **kw), **quiet)
     assert s["interrupted"]
     assert load_checkpoint(tmp_path / "b" / "latest").config["train"]["iter_num"] == 10
-    monkeypatch.setattr(trainer, "loss_and_grad", real)
+    monkeypatch.setattr(ThisProcess, "loss_and_grad", real)
     run(cfg_for(corpus, tmp_path / "b", **kw), resume=True, **quiet)
     assert_same_checkpoints(tmp_path / "a" / "latest", tmp_path / "b" / "latest")
 
@@ -158,19 +157,17 @@ def test_resume_takes_the_saved_settings_and_the_flags_given(trained, tmp_path, 
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(corpus, tmp_path, monkeypatch):
-    import numformer.training.trainer as trainer
+    from numformer.training.loop import ThisProcess
 
-    real = trainer.loss_and_grad
+    real = ThisProcess.loss_and_grad              # the gradient of a training step (not an evaluation)
     calls = {"n": 0}
 
-    def loss_and_grad(model, *args, **kw):
-        loss = real(model, *args, **kw)
-        if not kw.get("backward", True):      # an evaluation, not a training step
-            return loss
+    def loss_and_grad(self, model, *args, **kw):
+        loss = real(self, model, *args, **kw)
         calls["n"] += 1
         return float("nan") if calls["n"] == 15 else loss
 
-    monkeypatch.setattr(trainer, "loss_and_grad", loss_and_grad)
+    monkeypatch.setattr(ThisProcess, "loss_and_grad", loss_and_grad)
     out = tmp_path / "out"
     with pytest.raises(NumformerError, match="loss became nan at step 14") as e:
         run(cfg_for(corpus, out, max_iters=40), cache_dir=tmp_path / "cache", plot=False, out=open(os.devnull, "w"))

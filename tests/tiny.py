@@ -1,5 +1,5 @@
-"""A tiny trained run that several CLI tests start from: a word-salad corpus and ten steps of a
-one-layer GPT."""
+"""A tiny trained run that several command-line and training tests start from: a word-salad
+corpus and ten steps of a one-layer GPT."""
 
 import os
 

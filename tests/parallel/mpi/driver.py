@@ -1,4 +1,4 @@
-"""Test driver, run under mpirun by tests/mpi/test_mpi_train.py: `numformer train` with a failure
+"""Test driver, run under mpirun by tests/parallel/mpi/test_mpi_train.py: `numformer train` with a failure
 injected on one rank by monkeypatching (test-only; numformer itself has no such hook).
 
     python driver.py MODE RANK STEP -- train flags...
@@ -35,10 +35,10 @@ def main():
 
     import numformer.checkpoint as checkpoint
     from numformer import cli
-    from numformer.training import trainer as train
+    from numformer.training import loop as train
     from numformer.model.gpt import GPT
 
-    real_step, real_forward, real_save, real_write = train.Trainer.step, GPT.forward, train.Trainer.save, checkpoint._write_file
+    real_step, real_forward, real_save, real_write = train.Trainer.step, GPT.forward_tape, train.Trainer.save, checkpoint._write_file
     current = {"trainer": None, "armed": False}
 
     def step(self):
@@ -56,14 +56,14 @@ def main():
             time.sleep(at / 1000)
         return real_step(self)
 
-    def forward(self, idx, targets=None):
-        logits, loss = real_forward(self, idx, targets)
+    def forward(self, idx, targets=None, rng=None):
+        out, tape = real_forward(self, idx, targets, rng)
         tr = current["trainer"]
         if (mode == "nan" and targets is not None and self.training and tr is not None
                 and tr.world.rank == rank and tr.iter_num == at):
             mark()
-            loss = float("nan")
-        return logits, loss
+            out = (out[0], float("nan"))
+        return out, tape
 
     def save(self, path):
         current["armed"] = mode == "kill-save" and self.world.rank == rank and self.iter_num == at and path.name == "latest"
@@ -75,7 +75,7 @@ def main():
             mark()
             os.kill(os.getpid(), signal.SIGKILL)
 
-    train.Trainer.step, GPT.forward, train.Trainer.save, checkpoint._write_file = step, forward, save, write
+    train.Trainer.step, GPT.forward_tape, train.Trainer.save, checkpoint._write_file = step, forward, save, write
     return cli.main(argv)   # argv: train FLAGS...
 
 
