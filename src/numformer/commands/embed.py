@@ -19,7 +19,7 @@ import sys
 
 import numpy as np
 
-from numformer.errors import DataError, UsageError
+from numformer.errors import DataError, UsageError, check_text
 from numformer.sentence import DEFAULT_BATCH_SIZE, INSTALL_HINT, embed
 
 
@@ -80,8 +80,6 @@ def _file_texts(path: str) -> list[str]:
 def gather_texts(args) -> list[str]:
     """The texts to embed, in order: the arguments (`-`: stdin's lines), then --file's lines; stdin
     alone when neither is given and it is not a terminal."""
-    from numformer.errors import check_text
-
     stdin_read = False
 
     def stdin_texts(how: str) -> list[str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from numformer.errors import CheckpointError, DataError, UsageError
+from numformer.errors import CheckpointError, DataError, UsageError, check_text
 from numformer.model.generate import generate_tokens
 from numformer.model.gpt import GPT
 from numformer.parallel.process import one_blas_thread
@@ -158,8 +158,6 @@ def read_prompt(args) -> str:
             return _read_regular_file(path, "prompt file").decode("utf-8")
         except UnicodeDecodeError as e:
             raise DataError(f"{path}: not valid UTF-8 (byte {e.start})") from None
-    from numformer.errors import check_text
-
     return "\n" if args.prompt is None else check_text(args.prompt, "--prompt")
 
 

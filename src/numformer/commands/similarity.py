@@ -13,8 +13,8 @@ import json
 
 import numpy as np
 
-from numformer.errors import NumformerError
-from numformer.sentence import DEFAULT_BATCH_SIZE, INSTALL_HINT
+from numformer.errors import NumformerError, check_text
+from numformer.sentence import DEFAULT_BATCH_SIZE, INSTALL_HINT, embed
 
 
 def cosine_similarity(a, b) -> float:
@@ -35,9 +35,6 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from numformer.errors import check_text
-    from numformer.sentence import embed
-
     check_text(args.a, "A")
     check_text(args.b, "B")
 

@@ -40,7 +40,7 @@ from tokenizers import Tokenizer
 
 from numformer.checkpoint import TOKENIZER_LIMIT, read_json
 from numformer.data.tokenizer import check_growth
-from numformer.errors import CheckpointError, DataError, NumformerError, UsageError
+from numformer.errors import CheckpointError, DataError, NumformerError, UsageError, hub_hint, looks_like_hub_name
 from numformer.interop.bert import load_bert
 from numformer.model.encoder import Encoder
 from numformer.parallel.process import blas_threads, cores, tune_malloc
@@ -212,8 +212,6 @@ def load_model(model=None, dtype=None) -> SentenceEncoder:
     """Load a sentence-transformers folder (default: the packaged all-MiniLM-L6-v2); cached per folder+dtype."""
     folder = default_model_dir() if model is None else Path(model)
     if not folder.exists():
-        from numformer.errors import hub_hint, looks_like_hub_name
-
         if looks_like_hub_name(str(model)):
             line = hub_hint("--model", str(model), "sentence")
             if str(model).lower().endswith("all-minilm-l6-v2"):
