@@ -232,7 +232,7 @@ FAST_SIZES: dict[str, list[dict[str, Any]]] = {
     "gelu": [{}, {"chunk": 5}],
     "layernorm": [{}],           # no sizes: the compiled kernels (numba) against the NumPy reference
     "linear": [{}],              # no sizes: MKL's gemm (where installed) against NumPy's matmul; products
-                                 # under blas.MIN_WORK stay NumPy's, so tests/ops lower it for these shapes
+                                 # under dispatch.MIN_WORK stay NumPy's, so tests/ops lower it for these shapes
 }
 
 

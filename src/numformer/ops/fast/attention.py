@@ -34,7 +34,8 @@ import numpy as np
 
 from numformer.ops.attention import allowed_keys, check_shapes
 from numformer.ops.dropout import check_p, keep_mask
-from numformer.ops.fast import jit
+from numformer.ops.fast import dispatch
+from numformer.ops.fast.dispatch import NUMBA
 
 
 _BIAS_CACHE = {}
@@ -166,7 +167,7 @@ def _softmax_kernel(s, first, limits, stats):
     rows, e = s.shape[-2:]
     if stats is None:
         stats = (np.empty((*s.shape[:-1], 1), s.dtype), np.empty((*s.shape[:-1], 1), s.dtype))
-    jit.kernels().softmax_rows(_rows_view(s, rows, e), first, _group_limits(limits, s.shape[:-2]),
+    dispatch.kernels().softmax_rows(_rows_view(s, rows, e), first, _group_limits(limits, s.shape[:-2]),
                                _stats_view(stats[0], rows), _stats_view(stats[1], rows))
 
 
@@ -176,7 +177,7 @@ def _kernel_limits(q, k, v, lead, Tk, causal, mask, dropout_p):
     softmax kernels; None where the NumPy code runs instead: no numba, float64, dropout, or a
     mask that is not a run of real keys followed by padding (the encoder's key mask is one),
     or such a mask together with the causal one."""
-    if not (dropout_p == 0.0 and jit.usable(q, k, v)):
+    if not (dropout_p == 0.0 and dispatch.runs("attention", q, k, v) == NUMBA):
         return None
     if mask is None:
         return Tk                     # the same for every item
@@ -296,7 +297,7 @@ def backward(dy, cache):
     limits = None
     if recompute is not None:
         stats, allowed, bias, limits = recompute
-    kernel = jit.usable(q, k, v, dy)
+    kernel = dispatch.runs("attention", q, k, v, dy) == NUMBA
     dq = np.empty(q.shape, dtype=dtype)
     whole = len(rows) == 1                  # one chunk: dk, dv written at once; else summed over chunks
     dk = (np.empty if whole else np.zeros)(k.shape, dtype=dtype)
@@ -317,7 +318,7 @@ def backward(dy, cache):
                 pb = np.matmul(qs, kb.swapaxes(-1, -2))
                 chunk_stats = (stats[0][blk][..., a:b, :], stats[1][blk][..., a:b, :])
                 if limits is not None:
-                    jit.kernels().softmax_again(_rows_view(pb, b - a, e), Tk - Tq + a + 1 if bias is not None else e,
+                    dispatch.kernels().softmax_again(_rows_view(pb, b - a, e), Tk - Tq + a + 1 if bias is not None else e,
                                                 _group_limits(_part_limits(limits, blk), pb.shape[:-2]),
                                                 _stats_view(chunk_stats[0], b - a), _stats_view(chunk_stats[1], b - a))
                 else:
@@ -332,7 +333,7 @@ def backward(dy, cache):
             if drop is not None:
                 dp *= drop[c][blk]                            # dP = dP̃ ⊙ M / (1 − p)
             if kernel and pb.flags.c_contiguous:              # the three lines below, in one compiled pass
-                jit.kernels().softmax_backward_rows(_rows_view(pb, b - a, e), _rows_view(dp, b - a, e))
+                dispatch.kernels().softmax_backward_rows(_rows_view(pb, b - a, e), _rows_view(dp, b - a, e))
                 ds = dp
             else:
                 row = np.vecdot(dp, pb)[..., None]            # (..., b−a, 1) Σ_l dP_il P_il: a BLAS dot
