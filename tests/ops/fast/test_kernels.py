@@ -161,15 +161,15 @@ def test_softmax_kernels_take_key_padding_and_causal_masks(causal):
     group's own key count; any other mask, or such a mask with the causal one, runs NumPy.
     Both agree with the reference, forward and backward, through blocks and chunks."""
     q, k, v, mask = _padded_attention_inputs([9, 4, 1])
-    lead = q.shape[:-2]
-    limits = attention._kernel_limits(q, k, v, lead, 9, causal, mask, 0.0)
-    assert (limits is None) == causal
+    counts = attention.masking(q, k, v, causal, mask).key_counts
+    assert (counts is None) == causal
     if not causal:
-        assert limits.tolist() == [[9, 9], [4, 4], [1, 1]]
+        assert counts.tolist() == [[9, 9], [4, 4], [1, 1]]
     scattered = mask.copy()
     scattered[1, ..., 6] = True                              # a hole: not a run of real keys
-    assert attention._kernel_limits(q, k, v, lead, 9, False, scattered, 0.0) is None
-    assert attention._kernel_limits(q, k, v, lead, 9, True, None, 0.0) == 9
+    assert attention.masking(q, k, v, False, scattered).key_counts is None
+    assert attention.masking(q, k, v, True, None).key_counts == 9
+    assert attention.masking(q, k, v, True, None, dropout_p=0.1).key_counts is None
     for m in (mask, scattered, None):
         want, rcache = reference_attention.forward(q, k, v, causal=causal, mask=m)
         dy = np.random.default_rng(4).normal(size=want.shape).astype(np.float32)
