@@ -235,7 +235,7 @@ def layernorm_backward(dy, xhat, rstd, w, dx, dw, db):
 @njit(inline="always", **_OPTS)
 def _row_max(row, n, lanes):
     """max(row[:n]) (−inf for n ≤ 0) in 16 lanes, which LLVM vectorises; a single running max
-    would be a chain of dependent compares, 3-4× slower. NaN is skipped here, but a NaN in the
+    would be a chain of dependent compares, which runs several times slower. NaN is skipped here, but a NaN in the
     row still reaches softmax_rows's output through its own exp."""
     lanes[:] = -INF
     full = n - n % 16 if n > 0 else 0
