@@ -230,7 +230,8 @@ class Encoder:
         w_qkv, b_qkv = self._qkv[l]
 
         qkv = layout.grid(linear.forward(x, w_qkv, b_qkv)[0])                                        # (B·T, 3C)
-        q, k, v = np.split(qkv.reshape(layout.B, layout.T, 3 * C), 3, axis=-1)                      # each (B, T, C)
+        qkv = qkv.reshape(layout.B, layout.T, 3 * C)
+        q, k, v = qkv[..., :C], qkv[..., C:2 * C], qkv[..., 2 * C:]                                 # each (B, T, C)
         att = mha.forward(q, k, v, nh, causal=False, mask=layout.key_mask, keep_probs=False)[0]    # (B, T, C)
         del qkv, q, k, v
         att = layout.rows_of(att.reshape(layout.B * layout.T, C))                                  # (N, C) heads concatenated

@@ -72,7 +72,7 @@ def block_forward(ops, w, x, cfg: GPTConfig, *, drop=0.0, rng=None, kv=None, lor
     ops.mha writes the new keys and values into it and the queries attend to positions 0..t0+T-1.
     With lora = (alpha, {layer: (A, B)}), the base weights are frozen and those layers have
     adapters (see `linear_forward`). Returns (x, cache)."""
-    T = x.shape[1]
+    T, C = x.shape[1:]
     c = {}
 
     def linear(layer, h, key, **kw):
@@ -81,7 +81,7 @@ def block_forward(ops, w, x, cfg: GPTConfig, *, drop=0.0, rng=None, kv=None, lor
 
     h, c["ln_1"] = ops.layernorm.forward(x, w["ln_1.weight"], w["ln_1.bias"], cfg.layer_norm_eps)
     qkv = linear("attn.c_attn", h, "c_attn", keep_input=False)   # (B, T, 3C); h from LN_1's cache
-    q, k, v = np.split(qkv, 3, axis=-1)                           # each (B, T, C), views
+    q, k, v = qkv[..., :C], qkv[..., C:2 * C], qkv[..., 2 * C:]   # each (B, T, C), views
     y, c["attn"] = ops.mha.forward(q, k, v, cfg.n_head, causal=T > 1,   # one query sees every key before it
                                    dropout_p=drop, rng=rng, kv=kv,
                                    keep_probs=False)              # P from q, k and two numbers per row
@@ -126,7 +126,7 @@ def block_backward(ops, dx, c, cfg: GPTConfig, add):
     add("attn.c_proj", *grads)
     B, T, C = dy.shape
     dqkv = np.empty((B, T, 3 * C), dtype=dy.dtype)                # dq, dk, dv side by side, as c_attn made q, k, v
-    ops.mha.backward(dy, c.pop("attn"), out=np.split(dqkv, 3, axis=-1))
+    ops.mha.backward(dy, c.pop("attn"), out=(dqkv[..., :C], dqkv[..., C:2 * C], dqkv[..., 2 * C:]))
     del dy, da
     ln_1 = c.pop("ln_1")
     dh, *grads = linear_backward(dqkv, c.pop("c_attn"), x=ops.layernorm.output(ln_1))

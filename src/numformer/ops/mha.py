@@ -52,17 +52,18 @@ def check_shapes(q, k, v, n_head):
 
 
 def split_heads(a, n_head):
-    """(B, T, nh·hs) -> (B, nh, T, hs): a view of the same memory, so writes go through."""
+    """(B, T, nh·hs) -> (B, nh, T, hs): a view of the same memory wherever a's rows are
+    contiguous (the projections' outputs and column blocks of them are)."""
     B, T, C = a.shape
-    return np.reshape(a, (B, T, n_head, C // n_head), copy=False).transpose(0, 2, 1, 3)
+    return a.reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3)
 
 
 def merge_heads(heads, out=None):
     """(B, nh, T, hs) -> (B, T, nh·hs): the heads side by side, written into out when given."""
     B, nh, T, hs = heads.shape
     if out is None:
-        out = np.empty((B, T, nh * hs), dtype=heads.dtype)
-    split_heads(out, nh)[...] = heads
+        return heads.transpose(0, 2, 1, 3).reshape(B, T, nh * hs)
+    out.reshape((B, T, nh, hs), copy=False).transpose(0, 2, 1, 3)[...] = heads   # raises rather than fill a copy
     return out
 
 

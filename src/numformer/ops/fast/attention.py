@@ -67,16 +67,19 @@ def default_qrows(Tq):
     return max(QROWS, Tq // QCHUNKS)
 
 
+_WHOLE = ((slice(None),),)      # one block of everything
+
+
 def score_blocks(q_shape, Tk, block=BLOCK):
     """Index tuples that cover the leading dimensions in blocks of about `block` score elements:
     slices along axis 0, or, when one item of axis 0 is already larger, single items of axis 0
     with slices along axis 1 (e.g. a few heads of one sequence). One block when q has no
     leading dimensions."""
     if len(q_shape) < 3:
-        return [(slice(None),)]
+        return _WHOLE
     per_item = math.prod(q_shape[1:-1]) * Tk
     if q_shape[0] * per_item <= block:
-        return [(slice(None),)]
+        return _WHOLE
     if per_item <= block or len(q_shape) < 4:
         step = max(1, block // max(per_item, 1))
         return [(slice(i, i + step),) for i in range(0, q_shape[0], step)]

@@ -208,11 +208,12 @@ def overridden(*, numba: bool | None = None, mkl: bool | None = None):
 
 
 def runs(op: str, *arrays) -> str:
-    """NUMPY, NUMBA or MKL: what `op` runs for these arrays (all of one dtype; else NUMPY)."""
+    """NUMPY, NUMBA or MKL: what `op` runs for these arrays (all of one dtype; else NUMPY). A
+    None among them (an optional input left out: LayerNorm without γ, say) is passed over."""
     chosen = _decision or decision()
     dtype = arrays[0].dtype
     for a in arrays[1:]:
-        if a.dtype != dtype:
+        if a is not None and a.dtype != dtype:
             return NUMPY
     return chosen.table[op].get(dtype, NUMPY)
 

@@ -25,11 +25,10 @@ def _affine(C, weight, bias):
     return w, b
 
 
-def _kernels_take(*arrays):
-    """True when the kernels take this call: dispatch chooses numba for the arrays (None for a
-    missing γ or β is left out), and there is at least one element."""
-    arrays = [a for a in arrays if a is not None]
-    return arrays[0].ndim >= 1 and arrays[0].size > 0 and dispatch.runs("layernorm", *arrays) == NUMBA
+def _kernels_take(x, *arrays):
+    """True when the kernels take this call: dispatch chooses numba for x and the other arrays
+    (a missing γ or β is None), and x has at least one element."""
+    return x.size > 0 and dispatch.runs("layernorm", x, *arrays) == NUMBA
 
 
 def forward(x, weight, bias, eps=1e-5):
