@@ -158,21 +158,21 @@ def _library(name: str, allowed: bool | None):
     return (None, str(loaded)) if isinstance(loaded, Unavailable) else loaded
 
 
-def _decide(numba: bool | None = None, mkl: bool | None = None) -> Decision:
-    libraries = {NUMBA: _library(NUMBA, numba), MKL: _library(MKL, mkl)}
+def _decide(allow_numba: bool | None = None, allow_mkl: bool | None = None) -> Decision:
+    """Each row's first implementation whose library is there (NumPy always is)."""
+    libraries = {NUMBA: _library(NUMBA, allow_numba), MKL: _library(MKL, allow_mkl)}
+    min_work = f"2^{MIN_WORK.bit_length() - 1}" if MIN_WORK & (MIN_WORK - 1) == 0 else f"{MIN_WORK:,}"
     choices, table = [], {}
     for row in ROWS:
-        skipped = [f"{libraries[way][1]}" for way in row.ways if way != NUMPY and libraries[way][0] is None]
         runs = next(way for way in row.ways if way == NUMPY or libraries[way][0] is not None)
+        skipped = [libraries[way][1] for way in row.ways if way != NUMPY and libraries[way][0] is None]
         if runs != NUMPY:
             why = libraries[runs][1]
         elif skipped:
             why = "; ".join(skipped)
         else:
-            why = "float64 has no kernel" if row.dtype == "float64" else "NumPy only"
-        what = row.ways[runs].format(min_work=f"2^{MIN_WORK.bit_length() - 1}" if MIN_WORK & (MIN_WORK - 1) == 0
-                                     else f"{MIN_WORK:,}")
-        choices.append(Choice(row.op, row.dtype, runs, what, why))
+            why = f"no kernel for {row.dtype}" if row.dtype != "float64" else "float64 has no kernel"
+        choices.append(Choice(row.op, row.dtype, runs, row.ways[runs].format(min_work=min_work), why))
         table.setdefault(row.op, {})[np.dtype(row.dtype)] = runs
     handle = {name: lib[0] for name, lib in libraries.items()}
     gemm = handle[MKL].gemm if handle[MKL] is not None else {}
