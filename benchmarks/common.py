@@ -136,12 +136,17 @@ def machine_header(with_torch: bool = True) -> dict:
 
 
 def header_lines(info: dict) -> list[str]:
+    from numformer.ops.fast import dispatch
+
     lines = [f"machine: {info['cpu']}; Python {info['python']}",
              f"NumPy {info['numpy']} with {info.get('blas') or 'unknown BLAS'}"
              + (f" ({info['blas_arch']} kernels)" if info.get("blas_arch") else "")
              + f", BLAS threads: {info.get('blas_threads') or 'unknown'}",
              f"numformer's kernels: {info.get('kernels') or 'unknown'}",
              f"numformer's linear products: {info.get('linear_blas') or 'unknown'}"]
+    if info.get("dispatch"):
+        lines.append("which implementation each of numformer's fast ops runs (numformer.ops.fast.dispatch):")
+        lines += ["  " + line for line in dispatch.report_lines(info["dispatch"])]
     if "torch" in info:
         lines.append(f"torch {info['torch']}, torch threads: {info.get('torch_threads')} "
                      f"(interop {info.get('torch_interop_threads')})")

@@ -1,5 +1,5 @@
 """Fit the polynomial that numformer's compiled float32 kernels use for exp
-(src/numformer/ops/fast/jit.py), and print it.
+(src/numformer/ops/fast/kernels.py), and print it.
 
     python tools/fit_kernel_coefficients.py
 
@@ -10,7 +10,7 @@ on a dense grid of the interval:
 - exp(r) ≈ P(r) on r ∈ [−ln2/2, ln2/2], the core of exp(x) = 2^n · exp(r) with x = n·ln2 + r.
 
 The printed error is that of the float64 evaluation; the kernels evaluate in float32, and
-tests/ops/test_jit.py measures what that costs in ulps.
+tests/ops/fast/test_kernels.py measures what that costs in ulps.
 """
 
 import math

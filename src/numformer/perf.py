@@ -36,18 +36,29 @@ functions, so their numbers and this command's agree.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import platform
 import statistics
 import sys
 import time
+from dataclasses import asdict
+
+import numpy as np
+
+from numformer.model.gpt import GPT
+from numformer.model.params import gpt_param_shapes
+from numformer.ops.fast import dispatch
+from numformer.ops.fast.attention import query_chunks, score_blocks
+from numformer.ops.fast.linear import matmul as linear_matmul
+from numformer.optim import AdamW
+from numformer.optim.clip import clip_grad_norm
+from numformer.parallel.process import blas_threads, cores, tune_malloc
+from numformer.parallel.threads import loss_and_grad, parallel
 
 
 def non_embedding_params(config) -> int:
     """N for the FLOP count: every parameter except the learned position table wpe."""
-    import math
-
-    from numformer.model.params import gpt_param_shapes
-
     return sum(math.prod(s) for name, s in gpt_param_shapes(config).items() if name != "transformer.wpe.weight")
 
 
@@ -58,8 +69,6 @@ def flops_per_token(config) -> int:
 
 def gemm_ceiling(n: int = 2048, dtype: str = "float32", reps: int = 5, warmup: int = 1) -> dict:
     """FLOP rate of an (n, n) x (n, n) NumPy matmul: the median and best of `reps` timed runs."""
-    import numpy as np
-
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n)).astype(dtype)
     b = rng.standard_normal((n, n)).astype(dtype)
@@ -84,7 +93,7 @@ def peak_rss_bytes():
     On Linux, VmHWM from /proc/self/status: the high-water mark of this program's own memory.
     Not ru_maxrss there: a process started by another inherits its parent's ru_maxrss through
     fork and exec, so a benchmark child of a 150 MiB parent would report at least 150 MiB
-    (measured: a child of a 311 MB process read 311 MB from ru_maxrss, 10 MB from VmHWM)."""
+    (docs/performance.md has the measurement)."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -101,15 +110,12 @@ def peak_rss_bytes():
 
 
 def blas_info() -> dict:
-    """NumPy's BLAS library and its thread count (via threadpoolctl when it is installed), which
-    elementwise kernels the fast ops run (numformer.ops.fast.jit) and which BLAS makes the fast
-    linear map's products (numformer.ops.fast.blas)."""
-    import numpy as np
-
-    from numformer.ops.fast import blas, jit
-
-    info = {"numpy": np.__version__, "blas": None, "blas_threads": None, "kernels": jit.describe(),
-            "linear_blas": blas.describe()}
+    """NumPy's BLAS library and its thread count (via threadpoolctl when it is installed), and
+    which implementation each fast op runs (numformer.ops.fast.dispatch): "dispatch" has its
+    report, row by row; "kernels" and "linear_blas" sum it up in a line each (which compiled
+    kernels, which BLAS for the linear maps' products)."""
+    info = {"numpy": np.__version__, "blas": None, "blas_threads": None, "kernels": dispatch.kernels_line(),
+            "linear_blas": dispatch.linear_line(), "dispatch": [asdict(c) for c in dispatch.report()]}
     try:
         deps = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
         info["blas"] = f"{deps.get('name')} {deps.get('version')}"
@@ -135,8 +141,6 @@ def blas_info() -> dict:
 def cpu_model() -> str:
     """The CPU's model name (from /proc/cpuinfo on Linux), its widest vector instruction set and
     the number of usable cores: "AMD EPYC, AVX-512, 2 cores"."""
-    import platform
-
     name, flags = None, set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
@@ -165,14 +169,6 @@ def cpu_model() -> str:
 def measure(config, *, batch_size: int, dtype: str = "float32", iters: int = 20, warmup: int = 3,
             seed: int = 0, threads: int = 0) -> dict:
     """Train `config` for warmup + iters steps on random tokens; per-iteration wall times and rates."""
-    import numpy as np
-
-    from numformer.model.gpt import GPT
-    from numformer.optim import AdamW
-    from numformer.optim.clip import clip_grad_norm
-    from numformer.parallel.process import cores, tune_malloc
-    from numformer.parallel.threads import loss_and_grad
-
     tune_malloc()
     threads = threads or cores()
     model = GPT(config, dtype=np.dtype(dtype), seed=seed)
@@ -215,7 +211,7 @@ def matmul_floor(config, *, batch_size: int, dtype: str = "float32", threads: in
     It makes the products the GPT makes, with the same shapes, the same layouts and the same
     split of the batch over `threads` shards (each shard on one BLAS thread, forward products of
     all shards first, then backward ones, as numformer.parallel.threads.loss_and_grad runs them),
-    made by the same BLAS (the linear maps' through numformer.ops.fast.blas); the inputs are random
+    made by the same BLAS (the linear maps' through numformer.ops.fast.linear.matmul); the inputs are random
     and preallocated, the outputs written in place. Per block: the four linear maps (qkv, the
     attention output, the MLP's two), each forward (x Wᵀ) and backward (dy W and dyᵀ x); causal
     attention's four score products per query chunk (q kᵀ, P v; backward dy vᵀ, P̃ᵀ dy, dS k,
@@ -224,15 +220,6 @@ def matmul_floor(config, *, batch_size: int, dtype: str = "float32", threads: in
     implementation could keep P, so the floor leaves it out.) Returns the median ms of `iters`
     timed runs after `warmup`, and the FLOPs the products make, counted on one more untimed run
     first."""
-    import math
-
-    import numpy as np
-
-    from numformer.ops.fast import blas
-    from numformer.ops.fast.attention import query_chunks, score_blocks
-    from numformer.parallel.process import blas_threads, cores
-    from numformer.parallel.threads import parallel
-
     threads = max(1, min(threads or cores(), batch_size))
     rng = np.random.default_rng(seed)
     dt = np.dtype(dtype)
@@ -274,7 +261,7 @@ def matmul_floor(config, *, batch_size: int, dtype: str = "float32", threads: in
         for layer in range(config.n_layer + 1):
             for j in range(4) if layer < config.n_layer else (0,):
                 m = 4 * layer + j
-                mm(r, a["x"][m], weights[m].T, out=a["y"][m], product=blas.matmul)
+                mm(r, a["x"][m], weights[m].T, out=a["y"][m], product=linear_matmul)
             if layer == config.n_layer:
                 break
             for blk in a["blocks"]:
@@ -287,8 +274,8 @@ def matmul_floor(config, *, batch_size: int, dtype: str = "float32", threads: in
         for layer in range(config.n_layer, -1, -1):
             for j in (range(3, -1, -1) if layer < config.n_layer else (0,)):
                 m = 4 * layer + j
-                mm(r, a["dy"][m], weights[m], out=a["dx"][m], product=blas.matmul)
-                mm(r, a["dy"][m].T, a["x"][m], out=a["dw"][m], product=blas.matmul)
+                mm(r, a["dy"][m], weights[m], out=a["dx"][m], product=linear_matmul)
+                mm(r, a["dy"][m].T, a["x"][m], out=a["dw"][m], product=linear_matmul)
             if layer == config.n_layer:
                 continue
             for blk in a["blocks"]:
@@ -328,12 +315,6 @@ def decode_floor(config, *, batch_size: int, prompt_len: int, new_tokens: int, d
     matrix-vector products, whose speed is set by how fast the weights stream from memory.
     Returns the median seconds of `reps` runs (after one untimed run that also counts the
     FLOPs) and the FLOPs."""
-    import math
-
-    import numpy as np
-
-    from numformer.ops.fast.attention import query_chunks
-
     rng = np.random.default_rng(seed)
     dt = np.dtype(dtype)
     C, H, V, L = config.n_embd, config.n_head, config.vocab_size, config.n_layer

@@ -11,8 +11,9 @@ import sys
 
 import pytest
 
-from numformer.perf import flops_per_token, non_embedding_params
 from numformer.model.config import GPTConfig
+from numformer.ops.fast import dispatch
+from numformer.perf import flops_per_token, non_embedding_params
 
 TINY = ["--n_layer", "1", "--n_head", "2", "--n_embd", "16", "--block_size", "8", "--batch_size", "2",
         "--vocab_size", "11", "--iters", "3", "--warmup", "1", "--gemm_n", "64"]
@@ -32,6 +33,10 @@ def test_json_fields_exist_and_are_positive(extra):
                 "params", "flops_per_token"):
         assert isinstance(r[key], (int, float)) and math.isfinite(r[key]) and r[key] > 0, (key, r[key])
     assert r["iters"] == 3
+    rows = {(c["op"], c["dtype"]): c for c in r["machine"]["dispatch"]}      # which implementation each fast op ran
+    assert set(rows) == {(row.op, row.dtype) for row in dispatch.ROWS}
+    assert all(c["runs"] in ("NumPy", "numba", "MKL") and c["why"] for c in rows.values())
+    assert r["machine"]["kernels"] and r["machine"]["linear_blas"]
     # tokens/s and GFLOP/s follow from ms/iter, the batch and the documented FLOP count
     tokens = 2 * 8
     assert r["tokens_per_sec"] == pytest.approx(tokens / (r["ms_per_iter"] / 1000), rel=1e-9)
@@ -43,6 +48,9 @@ def test_json_fields_exist_and_are_positive(extra):
 def test_table_has_its_lines():
     p = bench(*TINY)
     assert p.returncode == 0, p.stderr
+    assert "which implementation each fast op ran" in p.stdout
+    report = p.stdout.split("which implementation each fast op ran")[1].splitlines()[1:]
+    assert report[0].split() == ["op", "dtype", "runs", "what", "why"] and len(report) == 2 + len(dispatch.ROWS)
     for label in ("parameters", "time / iteration", "tokens / s", "model GFLOP/s", "matmul floor", "sgemm ceiling",
                   "peak memory"):
         line = next((ln for ln in p.stdout.splitlines() if ln.strip().startswith(label)), None)

@@ -8,6 +8,7 @@ import pytest
 
 import numformer.ops as ops
 from numformer.commands import check
+from numformer.ops.fast import dispatch
 from numformer.ops.table import CASES
 
 OPS = ["linear", "embedding", "attention", "mha", "layernorm", "gelu", "softmax", "cross_entropy",
@@ -44,6 +45,8 @@ def test_check_passes_with_torch_and_covers_every_op_on_both_sets(capsys):
     fast = out.split("fast = reference")[1]
     for op in ("attention", "mha", "gelu"):                           # the ops whose fast version differs
         assert f"\n{op}" in fast
+    report = out.split("which implementation each fast op runs here")[1].splitlines()[1:]
+    assert report[:len(dispatch.report_lines())] == dispatch.report_lines()   # the dispatch table, as decided
     assert "comparisons OK" in lines[-1]
 
 

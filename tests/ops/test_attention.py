@@ -1,5 +1,5 @@
-"""attention and mha beyond the op table: empty rows, masks, KV-cache alignment, dropout, for
-the reference ops and the fast ones alike."""
+"""attention beyond the op table: empty rows, masks, KV-cache alignment, dropout, for the
+reference ops and the fast ones alike (multi-head attention: test_mha.py)."""
 
 import math
 
@@ -18,11 +18,6 @@ def ops(request):
 @pytest.fixture
 def attention(ops):
     return ops.attention
-
-
-@pytest.fixture
-def mha(ops):
-    return ops.mha
 
 
 def rand(rng, *shape):
@@ -181,30 +176,3 @@ def test_attention_bad_arguments(attention):
         attention.forward(q, k, v, dropout_p=0.1)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         attention.forward(q, k, v, dropout_p=1.5, rng=np.random.default_rng(0))
-
-
-def test_mha_bad_arguments(mha):
-    rng = np.random.default_rng(7)
-    x = rand(rng, 2, 3, 8)
-    w_qkv, w_o = rand(rng, 24, 8), rand(rng, 8, 8)
-    with pytest.raises(ValueError, match="divisible"):
-        mha.forward(x, w_qkv, None, w_o, None, n_head=3)
-    with pytest.raises(ValueError, match=r"\(2, 3, 8\).*\(24, 6\)"):
-        mha.forward(x, w_qkv[:, :6], None, w_o, None, n_head=2)
-
-
-def test_mha_heads_are_independent_attention_calls(mha):
-    """Head h of mha is attention on columns h·hs:(h+1)·hs of q, k and v (GPT-2's split)."""
-    rng = np.random.default_rng(8)
-    B, T, C, nh = 2, 4, 6, 3
-    hs = C // nh
-    x, w_qkv, b_qkv = rand(rng, B, T, C), rand(rng, 3 * C, C), rand(rng, 3 * C)
-    y, _ = mha.forward(x, w_qkv, b_qkv, np.eye(C), None, n_head=nh)    # W_o = I: y is the concat
-    qkv = x @ w_qkv.T + b_qkv
-    for h in range(nh):
-        cols = slice(h * hs, (h + 1) * hs)
-        q, k, v = (qkv[..., i * C:(i + 1) * C][..., cols] for i in range(3))
-        s = q @ k.transpose(0, 2, 1) / math.sqrt(hs) + np.triu(np.full((T, T), -np.inf), 1)
-        p = np.exp(s - s.max(-1, keepdims=True))
-        p /= p.sum(-1, keepdims=True)
-        np.testing.assert_allclose(y[..., cols], p @ v, rtol=1e-12)

@@ -2,12 +2,19 @@
 
 It trains the GPT of the given shape for a few iterations on random token ids (no corpus needed)
 and reports the median time per iteration, tokens per second, the achieved model FLOP rate, this
-machine's matrix-multiply ceiling, and the matmul floor (the step's matrix products alone).
+machine's matrix-multiply ceiling, the matmul floor (the step's matrix products alone), and which
+implementation each fast op ran (numformer.ops.fast.dispatch's report).
 numformer.perf has the measurements and says how FLOPs are counted.
 """
 
 from __future__ import annotations
 
+import json
+
+from numformer.errors import UsageError
+from numformer.model.config import GPTConfig, InvalidConfig
+from numformer.ops.fast import dispatch
+from numformer.parallel.process import blas_thread_count
 from numformer.perf import blas_info, cpu_model, gemm_ceiling, matmul_floor, measure, peak_rss_bytes
 
 
@@ -41,9 +48,6 @@ def _fmt_bytes(n) -> str:
 
 
 def main(args) -> int:
-    from numformer.errors import UsageError
-    from numformer.model.config import GPTConfig, InvalidConfig
-
     for name in ("iters", "batch_size"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -72,12 +76,8 @@ def main(args) -> int:
     r["share_of_ceiling"] = r["gflops"] / gemm["gflops"] if gemm else None
     machine = {"cpu": cpu_model(), **blas_info()}
     if machine["blas_threads"] is None:   # without threadpoolctl: ask the OpenBLAS NumPy loaded
-        from numformer.parallel.process import blas_thread_count
-
         machine["blas_threads"] = blas_thread_count()
     if args.json:
-        import json
-
         print(json.dumps({"config": config.to_dict(), "batch_size": args.batch_size, "dtype": args.dtype,
                           **r, "gemm": gemm, "machine": machine}))
         return 0
@@ -86,8 +86,6 @@ def main(args) -> int:
         ("machine", f"{machine['cpu']}; NumPy {machine['numpy']}, {machine['blas'] or 'BLAS library unknown'}, "
                     + (f"{machine['blas_threads']} BLAS threads" if machine["blas_threads"]
                        else "BLAS threads unknown")),
-        ("kernels", machine["kernels"]),
-        ("linear products", machine["linear_blas"]),
         ("threads / step", f"{r['threads']} (the batch and the AdamW update are split over them, as numformer train does)"),
         ("parameters", f"{r['params']:,} (N = {r['flops_params']:,} without position embeddings)"),
         ("time / iteration", f"{r['ms_per_iter']:,.1f} ms (median of {args.iters} after {args.warmup} warm-up; "
@@ -105,4 +103,7 @@ def main(args) -> int:
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"  {k:<{width}}  {v}")
+    print("  which implementation each fast op ran (numformer.ops.fast.dispatch):")
+    for line in dispatch.report_lines():
+        print(f"    {line}")
     return 0

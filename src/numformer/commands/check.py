@@ -8,14 +8,17 @@ several block and chunk sizes, in float64 and float32, so that the table's small
 every block and chunk boundary the GPT's training step takes.
 
 One line per row and op set (the worst error over its tensors), one per fast row (the worst
-over its sizes); exit status 1 if anything fails. Run it after changing an op.
+over its sizes), then which implementation each fast op ran here (numformer.ops.fast.dispatch);
+exit status 1 if anything fails. Run it after changing an op.
 """
 
 import sys
 
 import numpy as np
 
+from numformer.errors import UsageError
 from numformer.ops import harness
+from numformer.ops.fast import dispatch
 from numformer.ops.table import CASES, fast_rows
 
 SETS = ("reference", "fast")
@@ -97,13 +100,15 @@ def add_arguments(parser):
 
 
 def main(args) -> int:
-    from numformer.errors import UsageError
-
     if args.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
     results, fast, torch_version = run_checks(use_torch=not args.no_torch, seed=args.seed)
     with_torch = torch_version is not None
     for line in format_report(results, fast, with_torch):
+        print(line)
+    print()
+    print("which implementation each fast op runs here (numformer.ops.fast.dispatch):")
+    for line in dispatch.report_lines():
         print(line)
     every = results + fast
     failed = [r for r in every if not r.ok]

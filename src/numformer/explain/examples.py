@@ -308,16 +308,13 @@ def multi_head_attention_example() -> Example:
     concat = heads.transpose(1, 0, 2).reshape(T, C)  # (T, nh * hs), head 1's columns first
     out, _ = linear.forward(concat, W_O.T)  # Concat(head_1, head_2) W_O
 
-    # Cross-check with the fused op, which takes one input x and GPT-2's c_attn weight. The
-    # seed's Q is the identity, so K = Q K and q, k, v are all linear in x = [Q | V].
-    assert np.array_equal(Q, np.eye(T))
-    zeros = np.zeros((V.shape[1], C))
-    w_q = np.vstack([np.hstack(W_Q), zeros]).T  # q = Q [W_1^Q | W_2^Q]         (C, C)
-    w_k = np.vstack([K @ np.hstack(W_K), zeros]).T  # k = Q (K [W_1^K | W_2^K])  (C, C)
-    w_v = np.vstack([zeros, np.hstack(W_V)]).T  # v = V [W_1^V | W_2^V]         (C, C)
-    x = np.concatenate([Q, V], axis=1)[None]  # (B=1, T, C)
-    y_mha, _ = mha.forward(x, np.concatenate([w_q, w_k, w_v]), None, W_O.T, None, n_head,
-                           causal=False)  # (1, T, C)
+    # Cross-check with numformer's multi-head op, the step between the projections: the heads'
+    # projections side by side (T, nh·hs), split into heads, attention, heads concatenated.
+    def side_by_side(per_head):  # (nh, T, hs) -> (B=1, T, nh·hs)
+        return per_head.transpose(1, 0, 2).reshape(1, T, C)
+
+    y_heads, _ = mha.forward(side_by_side(q), side_by_side(k), side_by_side(v), n_head, causal=False)
+    y_mha, _ = linear.forward(y_heads, W_O.T)  # (1, T, C)
     mha_gap = float(np.max(np.abs(y_mha[0] - out)))
 
     head_inputs = [np.stack([q[i], k[i], v[i]]) for i in range(n_head)]  # (3, T, hs) each
@@ -346,10 +343,10 @@ def multi_head_attention_example() -> Example:
             + (", head_1 with its columns swapped: (Q P)(K P)ᵀ = Q Kᵀ since P Pᵀ = I, and V P "
                "swaps V's columns" if swapped else "")
             + f". W_O: numformer uses the {C}×{C} identity, since any other matrix would be an "
-            f"invented number; the result is then Concat(head_1, head_2) itself. The fused op "
-            f"numformer.ops.mha.forward (one input, GPT-2's c_attn layout; fed x = [Q | V], "
-            f"possible because the article's Q is the identity) gives the same output to "
-            f"{mha_gap:.1e}."
+            f"invented number; the result is then Concat(head_1, head_2) itself. The op "
+            f"numformer.ops.mha.forward (the step between the projections: the heads' Q W_i^Q, "
+            f"K W_i^K and V W_i^V side by side, split into heads, attention, concatenated), then "
+            f"W_O, gives the same output to {mha_gap:.1e}."
         ),
         extra={"mha_output": y_mha[0]},
     )

@@ -27,7 +27,7 @@ padding and the key mask keeping every query to the real keys of its own text:
 
     [q | k | v] = x W_qkvᵀ + b_qkv                       (N, 3C)
     grid[b, t] = [q | k | v] of text b's token t          (B, T, 3C), zeros at padding
-    heads = attention(q, k, v, key mask)                  (B, nh, T, hs)
+    heads = mha(q, k, v, key mask)                        (B, T, C), the heads concatenated
     MultiHead(x) = (heads at the rows' places) W_oᵀ + b_o (N, C)
 """
 
@@ -39,7 +39,7 @@ import numpy as np
 
 from numformer.model.params import BERT, BERT_QKV, BIAS, WEIGHT
 from numformer.errors import CheckpointError
-from numformer.ops.fast import attention, embedding, gelu, layernorm, linear, residual   # inference: the fast set
+from numformer.ops.fast import embedding, gelu, layernorm, linear, mha, residual   # inference: the fast set
 
 # The feed-forward W_2 GELU(W_1 a + b_1) + b_2 works on each row alone, so a batch goes through it
 # this many rows at a time: its (rows, F) activations stay a few MiB however long the batch is.
@@ -142,10 +142,11 @@ class Encoder:
         w_qkv, b_qkv = self._qkv[l]
 
         qkv = layout.grid(linear.forward(x, w_qkv, b_qkv)[0])                                        # (B·T, 3C)
-        q, k, v = qkv.reshape(layout.B, layout.T, 3, nh, C // nh).transpose(2, 0, 3, 1, 4)         # each (B, nh, T, hs)
-        att = attention.forward(q, k, v, causal=False, mask=layout.key_mask, keep_probs=False)[0]  # (B, nh, T, hs)
+        qkv = qkv.reshape(layout.B, layout.T, 3 * C)
+        q, k, v = qkv[..., :C], qkv[..., C:2 * C], qkv[..., 2 * C:]                                 # each (B, T, C)
+        att = mha.forward(q, k, v, nh, causal=False, mask=layout.key_mask, keep_probs=False)[0]    # (B, T, C)
         del qkv, q, k, v
-        att = layout.rows_of(att.transpose(0, 2, 1, 3).reshape(layout.B * layout.T, C))           # (N, C) heads concatenated
+        att = layout.rows_of(att.reshape(layout.B * layout.T, C))                                  # (N, C) heads concatenated
         att = linear.forward(att, P[p + "attention.output.dense.weight"], P[p + "attention.output.dense.bias"])[0]
         a = layernorm.forward(residual.forward(x, att)[0], P[p + "attention.output.LayerNorm.weight"],
                               P[p + "attention.output.LayerNorm.bias"], eps=eps)[0]                  # (N, C)

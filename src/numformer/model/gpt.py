@@ -76,11 +76,10 @@ def block_forward(ops, w, x, cfg: GPTConfig, *, drop=0.0, rng=None, kv=None, lor
 
     w: the block's parameters by short name ("ln_1.weight", ...); x (B, T, C). With kv =
     (K, V, t0), the layer's KV cache (B, nh, block_size, hs) and the position of x's first row,
-    the new keys and values are written into it and the queries attend to positions 0..t0+T-1.
+    ops.mha writes the new keys and values into it and the queries attend to positions 0..t0+T-1.
     With lora = (alpha, {layer: (A, B)}), the base weights are frozen and those layers have
     adapters (see `linear_forward`). Returns (x, cache)."""
-    B, T, C = x.shape
-    nh, hs = cfg.n_head, cfg.head_size
+    T, C = x.shape[1:]
     c = {}
 
     def linear(layer, h, key, **kw):
@@ -89,16 +88,11 @@ def block_forward(ops, w, x, cfg: GPTConfig, *, drop=0.0, rng=None, kv=None, lor
 
     h, c["ln_1"] = ops.layernorm.forward(x, w["ln_1.weight"], w["ln_1.bias"], cfg.layer_norm_eps)
     qkv = linear("attn.c_attn", h, "c_attn", keep_input=False)   # (B, T, 3C); h from LN_1's cache
-    q, k, v = qkv.reshape(B, T, 3, nh, hs).transpose(2, 0, 3, 1, 4)   # each (B, nh, T, hs), views
-    if kv is not None:
-        K, V, t0 = kv
-        K[:, :, t0:t0 + T], V[:, :, t0:t0 + T] = k, v
-        k, v = K[:, :, :t0 + T], V[:, :, :t0 + T]                 # (B, nh, t0+T, hs)
-    y, c["attn"] = ops.attention.forward(q, k, v, causal=T > 1,  # one query sees every key before it
-                                         dropout_p=drop, rng=rng,
-                                         keep_probs=False)        # P from q, k and two numbers per row
-    y = y.transpose(0, 2, 1, 3).reshape(B, T, C)                  # (B, T, C) heads concatenated
-    a = linear("attn.c_proj", y, "c_proj_attn")
+    q, k, v = qkv[..., :C], qkv[..., C:2 * C], qkv[..., 2 * C:]   # each (B, T, C), views
+    y, c["attn"] = ops.mha.forward(q, k, v, cfg.n_head, causal=T > 1,   # one query sees every key before it
+                                   dropout_p=drop, rng=rng, kv=kv,
+                                   keep_probs=False)              # P from q, k and two numbers per row
+    a = linear("attn.c_proj", y, "c_proj_attn")                   # y (B, T, C): the heads concatenated
     a, c["drop_1"] = ops.dropout.forward(a, drop, rng, training=drop > 0)
     x, c["res_1"] = ops.residual.forward(x, a)
     h, c["ln_2"] = ops.layernorm.forward(x, w["ln_2.weight"], w["ln_2.bias"], cfg.layer_norm_eps)
@@ -132,22 +126,17 @@ def block_backward(ops, dx, c, cfg: GPTConfig, add):
     dln, dw, db = ops.layernorm.backward(dh, ln_2)
     add("ln_2", dw, db)
     dx_mid += dln                                                 # residual fan-in
-    # x_mid = x_in + Dropout(c_proj(Attention(split heads(c_attn(LN_1(x_in))))))
+    # x_mid = x_in + Dropout(c_proj(MHA(c_attn(LN_1(x_in)))))
     dx_in, da = ops.residual.backward(dx_mid, c.pop("res_1"))
     da = ops.dropout.backward(da, c.pop("drop_1"))
     dy, *grads = linear_backward(da, c.pop("c_proj_attn"))
     add("attn.c_proj", *grads)
     B, T, C = dy.shape
-    nh, hs = cfg.n_head, cfg.head_size
-    dq, dk, dv = ops.attention.backward(dy.reshape(B, T, nh, hs).transpose(0, 2, 1, 3),
-                                        c.pop("attn"))            # each (B, nh, T, hs)
-    dqkv = np.empty((B, T, 3, nh, hs), dtype=dq.dtype)            # the heads merged back: (B, T, 3, nh, hs)
-    dqkv[:, :, 0] = dq.transpose(0, 2, 1, 3)
-    dqkv[:, :, 1] = dk.transpose(0, 2, 1, 3)
-    dqkv[:, :, 2] = dv.transpose(0, 2, 1, 3)
-    del dq, dk, dv, dy, da
+    dqkv = np.empty((B, T, 3 * C), dtype=dy.dtype)                # dq, dk, dv side by side, as c_attn made q, k, v
+    ops.mha.backward(dy, c.pop("attn"), out=(dqkv[..., :C], dqkv[..., C:2 * C], dqkv[..., 2 * C:]))
+    del dy, da
     ln_1 = c.pop("ln_1")
-    dh, *grads = linear_backward(dqkv.reshape(B, T, 3 * C), c.pop("c_attn"), x=ops.layernorm.output(ln_1))
+    dh, *grads = linear_backward(dqkv, c.pop("c_attn"), x=ops.layernorm.output(ln_1))
     del dqkv
     add("attn.c_attn", *grads)
     dln, dw, db = ops.layernorm.backward(dh, ln_1)

@@ -11,8 +11,11 @@ These are the reference ops, written to be read. numformer.ops.fast holds the sa
 same signatures, computed in blocks and chunks for speed; `op_set(name)` gives either.
 """
 
+import sys
+
 from numformer.ops import (attention, cross_entropy, dropout, embedding, gelu, layernorm, linear,
                            lora, mha, positional, residual, softmax)
+from numformer.ops import fast
 
 __all__ = ["attention", "cross_entropy", "dropout", "embedding", "gelu", "layernorm", "linear",
            "lora", "mha", "positional", "residual", "softmax"]
@@ -22,13 +25,10 @@ OP_SETS = ("reference", "fast")
 
 
 def op_set(name: str):
-    """The module holding the op set `name`: "reference" (numformer.ops) or "fast" (numformer.ops.fast)."""
+    """The module holding the op set `name`: "reference" (numformer.ops, this package) or "fast"
+    (numformer.ops.fast)."""
     if name == "reference":
-        import numformer.ops as reference
-
-        return reference
+        return sys.modules[__name__]
     if name == "fast":
-        from numformer.ops import fast
-
         return fast
     raise ValueError(f"op set must be one of {', '.join(OP_SETS)}, got {name!r}")

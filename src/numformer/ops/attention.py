@@ -35,10 +35,28 @@ numformer.ops.fast.attention computes the same in cache-sized blocks and causal 
 """
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
 from numformer.ops.dropout import check_p, keep_mask
+
+
+class Cache(NamedTuple):
+    """What backward needs. numformer.ops.fast.attention makes the same, keeping P and M by query
+    chunk (a list of (..., rows, keys) arrays) and filling the fields after `dropout` too."""
+
+    q: np.ndarray                   # (..., Tq, d_k)
+    k: np.ndarray                   # (..., Tk, d_k)
+    v: np.ndarray                   # (..., Tk, d_v)
+    causal: bool
+    mask: np.ndarray | None
+    probs: object                   # P, or None with keep_probs=False (backward computes it again)
+    dropout: object                 # M / (1 − p), or None without dropout
+    row_stats: tuple | None = None  # fast, keep_probs=False: each query row's max score and 1/Σexp
+    block: int | None = None        # fast: the score blocks' size forward used
+    qrows: int | None = None        # fast: the causal query chunks' rows forward was given
+    masking: object = None          # fast: which keys each query sees, as its softmax takes them
 
 
 def probabilities(q, k, causal=False, mask=None):
@@ -65,16 +83,16 @@ def forward(q, k, v, causal=False, mask=None, dropout_p=0.0, rng=None, keep_prob
         m = keep_mask(p.shape, dropout_p, rng).astype(p.dtype)
         m *= 1.0 / (1.0 - dropout_p) if dropout_p < 1.0 else 0.0
     y = (p if m is None else p * m) @ v                           # (..., Tq, d_v)
-    return y, (q, k, v, causal, mask, p if keep_probs else None, m)
+    return y, Cache(q, k, v, causal, mask, p if keep_probs else None, m)
 
 
 def backward(dy, cache):
     """Returns (dq, dk, dv)."""
-    q, k, v, causal, mask, p, m = cache
+    q, k, v, p, m = cache.q, cache.k, cache.v, cache.probs, cache.dropout
     if dy.shape != (*q.shape[:-1], v.shape[-1]):
         raise ValueError(f"attention: dy has shape {dy.shape} but y had shape {(*q.shape[:-1], v.shape[-1])}")
     if p is None:
-        p = probabilities(q, k, causal, mask)                     # P again (keep_probs=False)
+        p = probabilities(q, k, cache.causal, cache.mask)         # P again (keep_probs=False)
     p_used = p if m is None else p * m                            # P̃
     dv = p_used.swapaxes(-1, -2) @ dy                             # dv = P̃ᵀ dy
     dp = dy @ v.swapaxes(-1, -2)                                  # dP̃ = dy vᵀ

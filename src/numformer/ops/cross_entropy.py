@@ -1,11 +1,11 @@
-"""Cross-entropy loss of logits against integer targets (the seed's formula 9).
+"""Cross-entropy loss of logits against integer targets (the article's formula 9).
 
 Forward, for each row n of logits z (N rows of V classes) with target t_n:
     log p_n,j = z_n,j − m_n − log Σ_l exp(z_n,l − m_n),   m_n = max_l z_n,l   (stable log-softmax)
     loss = −(1/N) Σ_{n not ignored} log p_n,t_n           N = number of rows not ignored
     logits (..., V)   targets (...) integers in [0, V) or ignore_index   loss: scalar
 
-The seed's L = −Σ_i y_i log ŷ_i with a one-hot y is the same thing: only the target's log
+The article's L = −Σ_i y_i log ŷ_i with a one-hot y is the same thing: only the target's log
 probability survives the sum.
 
 Backward (dloss = ∂L/∂loss), fused through the softmax:

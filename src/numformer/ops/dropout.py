@@ -1,4 +1,4 @@
-"""Inverted dropout (the seed's formula 10).
+"""Inverted dropout (the article's formula 10).
 
 The seed writes y = m ⊙ x with m_i ∈ {0, 1}, each 0 with probability p. Then E[y_i] = (1 − p) x_i:
 during training every activation is shrunk by (1 − p) on average, but at evaluation time nothing

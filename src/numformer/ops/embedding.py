@@ -8,8 +8,8 @@ Backward (dy = ∂L/∂y). The lookup is a one-hot product y = onehot(ids) @ tab
     dtable = onehot(ids)ᵀ @ dy,  i.e.  dtable[v] = Σ_{positions n with ids[n] = v} dy[n]
 A token that appears several times accumulates one gradient per appearance (`dtable[ids] += dy`
 would keep only one of them). The sum is done by sorting the positions by id and adding each
-run of equal ids with np.add.reduceat: the same sums as np.add.at, about 6× faster. ids get no
-gradient.
+run of equal ids with np.add.reduceat: the same sums as np.add.at, several times faster
+(docs/performance.md). ids get no gradient.
 """
 
 import numpy as np

@@ -104,7 +104,7 @@ _P_PHI, _Q_PHI = _rescaled(tuple(0.5 * c for c in _P), _Q, _SQRT_1_2)
 _TOP_PHI32 = 15.5        # Φ(−15.5) ≈ 2e−54 rounds to 0 in float32
 _ROUND16 = 1.5 * 2.0 ** 19
 
-# The float32 Φ's form, public for the compiled kernels (numformer.ops.fast.jit), which evaluate
+# The float32 Φ's form, public for the compiled kernels (numformer.ops.fast.kernels), which evaluate
 # the same P̃/Q̃ and the same exact split of exp(−b²/2).
 PHI_P32, PHI_Q32, PHI_TOP32, ROUND16_32 = _P_PHI, _Q_PHI, _TOP_PHI32, _ROUND16
 

@@ -17,6 +17,7 @@ accurate where ½ (1 + tanh u) cancels to 0.
 """
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -24,6 +25,15 @@ from numformer.ops.erf import erfc
 
 FORMS = ("tanh", "exact")
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+class Cache(NamedTuple):
+    """What backward needs: x itself, since the gate is cheaper to evaluate again than to keep
+    (numformer.ops.fast.gelu makes the same, with its slice size)."""
+
+    x: np.ndarray
+    form: str                   # "tanh" or "exact"
+    chunk: int | None = None    # the fast op's elements per slice
 
 
 def gate(x, form="tanh"):
@@ -45,19 +55,19 @@ def forward(x, form="tanh"):
     if x.dtype.kind != "f":
         x = x.astype(np.float64)
     s, _ = gate(x, form)
-    return (x * s).astype(x.dtype, copy=False), (x, form)
+    return (x * s).astype(x.dtype, copy=False), Cache(x, form)
 
 
 def output_and_slope(cache):
     """(y, dy/dx) from forward's cache: the output again and the local derivative s + x · ds/dx."""
-    x, form = cache
-    s, ds = gate(x, form)
+    x = cache.x
+    s, ds = gate(x, cache.form)
     return (x * s).astype(x.dtype, copy=False), (s + x * ds).astype(x.dtype, copy=False)
 
 
 def backward(dy, cache):
     """Returns dx = dy ⊙ (s + x · ds/dx)."""
-    x, _ = cache
+    x = cache.x
     if dy.shape != x.shape:
         raise ValueError(f"gelu: dy has shape {dy.shape} but x had shape {x.shape}")
     return dy * output_and_slope(cache)[1]

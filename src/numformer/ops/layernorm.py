@@ -1,4 +1,4 @@
-"""Layer normalisation (the seed's formula 6), with PyTorch's definition.
+"""Layer normalisation (the article's formula 6), with PyTorch's definition.
 
 Forward, over the last axis of size C:
     μ     = (1/C) Σ_j x_j
@@ -20,7 +20,18 @@ Backward (dy = ∂L/∂y; sums over "rows" run over every leading dimension):
 `weight` (γ) and `bias` (β) may be None (no affine part); their gradients are then None.
 """
 
+from typing import NamedTuple
+
 import numpy as np
+
+
+class Cache(NamedTuple):
+    """What backward (and output) need; numformer.ops.fast.layernorm makes the same."""
+
+    xhat: np.ndarray            # (..., C) the normalised input
+    rstd: np.ndarray            # (..., 1) 1 / √(σ² + eps)
+    weight: np.ndarray | None   # γ (C,)
+    bias: np.ndarray | None     # β (C,)
 
 
 def check_shapes(x, weight, bias):
@@ -50,7 +61,7 @@ def forward(x, weight, bias, eps=1e-5):
     rstd = np.sqrt(var, out=var)
     np.divide(1.0, rstd, out=rstd)                           # (..., 1) 1 / √(σ² + eps)
     xhat = np.multiply(xc, rstd, out=xc)                     # (..., C)
-    cache = (xhat, rstd, weight, bias)
+    cache = Cache(xhat, rstd, weight, bias)
     return output(cache), cache
 
 
@@ -58,7 +69,7 @@ def output(cache):
     """y = x̂ ⊙ γ + β from forward's cache: forward's output again, bit for bit (forward computes
     it here too). A caller that would otherwise keep both y and the cache (the GPT, whose next
     linear map needs y in its backward) keeps the cache only and calls this at backward time."""
-    xhat, _, weight, bias = cache
+    xhat, weight, bias = cache.xhat, cache.weight, cache.bias
     y = xhat * weight if weight is not None else xhat.copy()
     if bias is not None:
         y += bias
@@ -67,7 +78,7 @@ def output(cache):
 
 def backward(dy, cache):
     """Returns (dx, dweight, dbias); a gradient is None where forward got None."""
-    xhat, rstd, weight, bias = cache
+    xhat, rstd, weight, bias = cache.xhat, cache.rstd, cache.weight, cache.bias
     if dy.shape != xhat.shape:
         raise ValueError(f"layernorm: dy has shape {dy.shape} but y had shape {xhat.shape}")
     rows = tuple(range(dy.ndim - 1))

@@ -1,4 +1,4 @@
-"""Linear map (the seed's formula 1): y = x Wᵀ + b.
+"""Linear map (the article's formula 1): y = x Wᵀ + b.
 
 Forward
     y = x @ Wᵀ + b
@@ -21,6 +21,20 @@ Frozen weights (fine-tuning with adapters, see ops/lora.py): forward(..., frozen
 and backward returns (dx, None, None), skipping the dW product.
 """
 
+from typing import NamedTuple
+
+import numpy as np
+
+
+class Cache(NamedTuple):
+    """What backward needs (numformer.ops.fast.linear makes the same)."""
+
+    x: np.ndarray | None        # the input as (N, C_in); None with keep_input=False or frozen=True
+    weight: np.ndarray          # (C_out, C_in)
+    has_bias: bool
+    x_shape: tuple              # the input's shape, (..., C_in)
+    frozen: bool                # no dweight, dbias
+
 
 def forward(x, weight, bias=None, keep_input=True, frozen=False):
     """y = x @ weight.T + bias. Returns (y, cache); with keep_input=False the cache leaves out x,
@@ -32,20 +46,19 @@ def forward(x, weight, bias=None, keep_input=True, frozen=False):
     if bias is not None:
         y += bias
     y = y.reshape(*x.shape[:-1], c_out)         # (..., C_out)
-    return y, (x2 if keep_input and not frozen else None, weight, bias is not None, x.shape, frozen)
+    return y, Cache(x2 if keep_input and not frozen else None, weight, bias is not None, x.shape, frozen)
 
 
 def backward(dy, cache, x=None):
     """Returns (dx, dweight, dbias); dbias is None when forward had no bias, both are None when
     forward was called with frozen=True. x is forward's input, needed only when forward was
     called with keep_input=False (and frozen=False)."""
-    _, weight, has_bias, x_shape, frozen = cache
     dy2, x2 = backward_operands(dy, cache, x)   # (N, C_out), (N, C_in)
-    dx = (dy2 @ weight).reshape(x_shape)        # (..., C_in)
-    if frozen:
+    dx = (dy2 @ cache.weight).reshape(cache.x_shape)   # (..., C_in)
+    if cache.frozen:
         return dx, None, None
     dweight = dy2.T @ x2                        # (C_out, C_in)
-    dbias = dy2.sum(axis=0) if has_bias else None
+    dbias = dy2.sum(axis=0) if cache.has_bias else None
     return dx, dweight, dbias
 
 
@@ -66,11 +79,11 @@ def check_shapes(x, weight, bias):
 def backward_operands(dy, cache, x=None):
     """(dy, x) of backward as 2-D (N, C_out) and (N, C_in) arrays, x from the cache or the x given
     (x is None for frozen weights); raises ValueError when a shape does not fit the cache."""
-    x2, weight, _, x_shape, frozen = cache
-    c_out = weight.shape[0]
+    x2, x_shape = cache.x, cache.x_shape
+    c_out = cache.weight.shape[0]
     if dy.shape != (*x_shape[:-1], c_out):
         raise ValueError(f"linear: dy has shape {dy.shape} but y had shape {(*x_shape[:-1], c_out)}")
-    if x2 is None and not frozen:
+    if x2 is None and not cache.frozen:
         if x is None or x.shape != x_shape:
             raise ValueError(f"linear: forward kept no input (keep_input=False), so backward needs "
                              f"x of shape {x_shape}, got {None if x is None else x.shape}")

@@ -23,6 +23,24 @@ fine-tuning with adapters never uses them. Memory: like linear, the cache keeps 
 keep_input=False, and then backward must be given x; it also keeps u, which is only r wide.
 """
 
+from typing import NamedTuple
+
+import numpy as np
+
+
+class Cache(NamedTuple):
+    """What backward needs."""
+
+    x: np.ndarray | None        # the input as (N, C_in); None with keep_input=False
+    u: np.ndarray               # (N, r) x Aᵀ
+    weight: np.ndarray          # (C_out, C_in)
+    lora_a: np.ndarray          # (r, C_in)
+    lora_b: np.ndarray          # (C_out, r)
+    scale: float                # s = α / r
+    has_bias: bool
+    frozen: bool                # no dweight, dbias
+    x_shape: tuple              # the input's shape, (..., C_in)
+
 
 def forward(x, weight, bias, lora_a, lora_b, alpha=1.0, frozen=False, keep_input=True):
     """y = x @ weight.T + bias + (alpha/r) · (x @ lora_a.T) @ lora_b.T, r = lora_a.shape[0].
@@ -42,14 +60,15 @@ def forward(x, weight, bias, lora_a, lora_b, alpha=1.0, frozen=False, keep_input
         y += bias
     y += (s * u) @ lora_b.T                     # the adapter's share, (N, C_out)
     y = y.reshape(*x.shape[:-1], c_out)         # (..., C_out)
-    return y, (x2 if keep_input else None, u, weight, lora_a, lora_b, s, bias is not None, frozen, x.shape)
+    return y, Cache(x2 if keep_input else None, u, weight, lora_a, lora_b, s, bias is not None, frozen, x.shape)
 
 
 def backward(dy, cache, x=None):
     """Returns (dx, dweight, dbias, dlora_a, dlora_b); dweight and dbias are None when forward
     was called with frozen=True (dbias also without a bias). x is forward's input, needed only
     when forward was called with keep_input=False."""
-    x2, u, weight, lora_a, lora_b, s, has_bias, frozen, x_shape = cache
+    x2, u, weight, lora_a, lora_b, s = cache.x, cache.u, cache.weight, cache.lora_a, cache.lora_b, cache.scale
+    x_shape = cache.x_shape
     c_out, c_in = weight.shape
     if dy.shape != (*x_shape[:-1], c_out):
         raise ValueError(f"lora: dy has shape {dy.shape} but y had shape {(*x_shape[:-1], c_out)}")
@@ -63,6 +82,6 @@ def backward(dy, cache, x=None):
     dx += du @ lora_a                           # (N, C_in), through u
     dlora_a = du.T @ x2                         # (r, C_in)
     dlora_b = s * (dy2.T @ u)                   # (C_out, r)
-    dweight = None if frozen else dy2.T @ x2    # (C_out, C_in)
-    dbias = dy2.sum(axis=0) if has_bias and not frozen else None
+    dweight = None if cache.frozen else dy2.T @ x2    # (C_out, C_in)
+    dbias = dy2.sum(axis=0) if cache.has_bias and not cache.frozen else None
     return dx.reshape(x_shape), dweight, dbias, dlora_a, dlora_b

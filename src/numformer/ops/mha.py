@@ -1,81 +1,115 @@
-"""Multi-head attention (the article's formula 4) with GPT-2's fused QKV projection.
+"""Multi-head attention (the article's formula 4): the step between the projections.
+
+    MultiHead(x) = Concat(head_1, …, head_nh) W_O,   head_h = Attention(x W_h^Q, x W_h^K, x W_h^V)
+
+The projections q = x W^Q, k = x W^K, v = x W^V (GPT-2 makes the three with one fused map,
+c_attn) and the output map W_O (c_proj) are linear maps, ops.linear or ops.lora with an
+adapter, which the model calls itself: they carry the layers' names and adapters. This op is
+what lies between them:
 
 Forward
-    [q | k | v] = x W_qkvᵀ + b_qkv                (B, T, 3C)  one linear map, GPT-2's c_attn
-    q, k, v split into nh heads of size hs = C / nh:
-        q_h = q[..., h·hs:(h+1)·hs]                (B, nh, T, hs)  (same for k, v)
-    head_h = attention(q_h, k_h, v_h)              (B, nh, T, hs)  causal by default
-    a = Concat(head_1 .. head_nh)                  (B, T, C)
-    y = a W_oᵀ + b_o                               (B, T, C)       GPT-2's c_proj
-    x (B, T, C)   W_qkv (3C, C) with rows [W_q; W_k; W_v] (PyTorch layout)   b_qkv (3C,) or None
-    W_o (C, C)   b_o (C,) or None
+    q, k, v (B, T, C), C = nh·hs        from the projections (views of one fused output are fine)
+    q_h = q[..., h·hs:(h+1)·hs]          split into heads: (B, nh, T, hs), views (the same for k, v)
+    KV cache (decoding): with kv = (K, V, t0), K and V (B, nh, T_max, hs), the heads' keys and
+        values are written at positions t0 .. t0+T−1, and the heads attend to positions
+        0 .. t0+T−1 of K and V
+    head_h = attention(q_h, k_h, v_h)    (B, nh, T, hs), causal by default
+    y = Concat(head_1 .. head_nh)        (B, T, C)
 
-Backward: each step above in reverse; splitting and concatenating heads are reshapes, so their
-backward is the inverse reshape:
-    da, dW_o, db_o       = linear backward of y = a W_oᵀ + b_o
-    d head_h             = da split into heads
-    dq_h, dk_h, dv_h     = attention backward
-    d[q | k | v]         = the three merged back into (B, T, 3C)
-    dx, dW_qkv, db_qkv   = linear backward of the fused projection
+Backward: splitting and concatenating heads only move numbers, so their backward moves them back
+    d head = dy split into heads         (B, nh, T, hs)
+    dq_h, dk_h, dv_h = attention backward
+    dq, dk, dv = each concatenated back  (B, T, C), written into `out` when given (the GPT gives
+                                          the three parts of the (B, T, 3C) buffer that c_attn's
+                                          backward takes whole)
+A forward that read earlier positions from a KV cache has no backward here: decoding needs none.
 
-All heads go through attention together as one batched (B, nh, ·, ·) matmul; q, k and v are
-strided views into the fused projection's output, so splitting copies nothing.
+All heads go through attention together, as one batched (B, nh, ·, ·) product. Grouped-query
+attention (fewer key/value heads than query heads) and rotary position embeddings (q_h and k_h
+rotated by their position, before the KV cache) belong between the split and attention.
 """
+
+from typing import NamedTuple
 
 import numpy as np
 
-from numformer.ops import attention, linear
+from numformer.ops import attention
 
 
-def forward(x, w_qkv, b_qkv, w_o, b_o, n_head, causal=True, mask=None, dropout_p=0.0, rng=None,
-            keep_input=True, keep_probs=True):
-    """y = Concat(head_1..head_nh) W_oᵀ + b_o with heads from one fused QKV map. Returns (y, cache).
+class Cache(NamedTuple):
+    """What backward needs (numformer.ops.fast.mha makes the same)."""
 
-    mask is broadcastable to (B, nh, T, T), True = may attend; dropout_p applies to the
-    attention probabilities (see attention.py). With keep_input=False the cache leaves out x
-    and backward must be given it back (see linear.py); with keep_probs=False attention does not
-    keep P and backward computes it again (see attention.py).
-    """
-    return forward_with(attention, x, w_qkv, b_qkv, w_o, b_o, n_head, causal, mask, dropout_p, rng,
-                        keep_input, keep_probs)
+    attention: object       # the attention op's cache, of all heads at once
+    n_head: int
 
 
-def forward_with(attention, x, w_qkv, b_qkv, w_o, b_o, n_head, causal=True, mask=None, dropout_p=0.0,
-                 rng=None, keep_input=True, keep_probs=True, **attention_kwargs):
-    """forward, with the given attention module (numformer.ops.attention or its fast version) for
-    the heads, which also gets attention_kwargs; the cache remembers the module, for backward."""
-    if x.ndim != 3:
-        raise ValueError(f"mha: x has shape {x.shape}, expected (B, T, C)")
-    B, T, C = x.shape
-    if w_qkv.shape != (3 * C, C) or w_o.shape != (C, C):
-        raise ValueError(f"mha: x has shape {x.shape}, w_qkv has shape {w_qkv.shape} and w_o has "
-                         f"shape {w_o.shape}; need ({3 * C}, {C}) and ({C}, {C})")
-    if n_head < 1 or C % n_head:
-        raise ValueError(f"mha: x has shape {x.shape}; C = {C} is not divisible by n_head = {n_head}")
-    hs = C // n_head
-
-    qkv, qkv_cache = linear.forward(x, w_qkv, b_qkv, keep_input=keep_input)   # (B, T, 3C)
-    heads = qkv.reshape(B, T, 3, n_head, hs).transpose(2, 0, 3, 1, 4)  # (3, B, nh, T, hs) view
-    q, k, v = heads                                                   # each (B, nh, T, hs)
-    att, att_cache = attention.forward(q, k, v, causal=causal, mask=mask,
-                                       dropout_p=dropout_p, rng=rng, keep_probs=keep_probs,
-                                       **attention_kwargs)  # (B, nh, T, hs)
-    a = att.transpose(0, 2, 1, 3).reshape(B, T, C)                    # (B, T, C) concat heads
-    y, out_cache = linear.forward(a, w_o, b_o)                        # (B, T, C)
-    return y, (attention, qkv_cache, att_cache, out_cache, (B, T, C, n_head))
+def check_shapes(q, k, v, n_head):
+    """ValueError unless q, k and v are (B, T, C) alike, with C divisible by n_head."""
+    if q.ndim != 3 or k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f"mha: q has shape {q.shape}, k {k.shape}, v {v.shape}; need three (B, T, C)")
+    if n_head < 1 or q.shape[-1] % n_head:
+        raise ValueError(f"mha: q has shape {q.shape}; C = {q.shape[-1]} is not divisible by n_head = {n_head}")
 
 
-def backward(dy, cache, x=None):
-    """Returns (dx, dw_qkv, db_qkv, dw_o, db_o); bias gradients are None where biases were. x is
-    forward's input, needed only when forward was called with keep_input=False."""
-    attention, qkv_cache, att_cache, out_cache, (B, T, C, n_head) = cache
-    hs = C // n_head
-    da, dw_o, db_o = linear.backward(dy, out_cache)                   # (B, T, C)
-    datt = da.reshape(B, T, n_head, hs).transpose(0, 2, 1, 3)         # (B, nh, T, hs) view
-    dq, dk, dv = attention.backward(datt, att_cache)                  # each (B, nh, T, hs)
-    dqkv = np.empty((B, T, 3, n_head, hs), dtype=dq.dtype)            # (B, T, 3, nh, hs)
-    dqkv[:, :, 0] = dq.transpose(0, 2, 1, 3)
-    dqkv[:, :, 1] = dk.transpose(0, 2, 1, 3)
-    dqkv[:, :, 2] = dv.transpose(0, 2, 1, 3)
-    dx, dw_qkv, db_qkv = linear.backward(dqkv.reshape(B, T, 3 * C), qkv_cache, x=x)
-    return dx, dw_qkv, db_qkv, dw_o, db_o
+def split_heads(a, n_head):
+    """(B, T, nh·hs) -> (B, nh, T, hs): a view of the same memory wherever a's rows are
+    contiguous (the projections' outputs and column blocks of them are)."""
+    B, T, C = a.shape
+    return a.reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3)
+
+
+def merge_heads(heads, out=None):
+    """(B, nh, T, hs) -> (B, T, nh·hs): the heads side by side, written into out when given."""
+    B, nh, T, hs = heads.shape
+    if out is None:
+        return heads.transpose(0, 2, 1, 3).reshape(B, T, nh * hs)
+    out.reshape((B, T, nh, hs), copy=False).transpose(0, 2, 1, 3)[...] = heads   # raises rather than fill a copy
+    return out
+
+
+def heads(q, k, v, n_head, kv=None):
+    """Forward's first step: q, k and v (B, T, C) split into heads (B, nh, T, hs); with a KV
+    cache kv = (K, V, t0), the new keys and values written into it and K, V's positions
+    0 .. t0+T−1 returned as k and v."""
+    check_shapes(q, k, v, n_head)
+    q, k, v = split_heads(q, n_head), split_heads(k, n_head), split_heads(v, n_head)
+    if kv is not None:
+        K, V, t0 = kv
+        T = q.shape[2]
+        K[:, :, t0:t0 + T], V[:, :, t0:t0 + T] = k, v
+        k, v = K[:, :, :t0 + T], V[:, :, :t0 + T]                    # (B, nh, t0+T, hs)
+    return q, k, v
+
+
+def head_gradients(dy, cache):
+    """Backward's first step: dy (B, T, C) split into the heads' gradients."""
+    att = cache.attention
+    if att.k.shape[-2] != dy.shape[1]:
+        raise ValueError(f"mha: forward read {att.k.shape[-2] - dy.shape[1]} earlier positions from a KV "
+                         f"cache; there is no backward through it")
+    return split_heads(dy, cache.n_head)
+
+
+def merged(dq, dk, dv, out=None):
+    """Backward's last step: the heads' gradients (B, nh, T, hs) each concatenated to (B, T, C),
+    into out = (dq, dk, dv) arrays when given."""
+    out = (None, None, None) if out is None else out
+    return merge_heads(dq, out[0]), merge_heads(dk, out[1]), merge_heads(dv, out[2])
+
+
+def forward(q, k, v, n_head, causal=True, mask=None, dropout_p=0.0, rng=None, keep_probs=True, kv=None):
+    """y = Concat(head_1 .. head_nh), head_h = attention(q_h, k_h, v_h). Returns (y, cache).
+
+    mask is broadcastable to (B, nh, T, T), True = may attend; dropout_p applies to the attention
+    probabilities; with keep_probs=False attention keeps no P and backward computes it again (see
+    attention.py). kv = (K, V, t0) is a layer's KV cache (see `heads`)."""
+    q, k, v = heads(q, k, v, n_head, kv)                              # (B, nh, T, hs); k, v: (B, nh, t0+T, hs)
+    y, att_cache = attention.forward(q, k, v, causal=causal, mask=mask, dropout_p=dropout_p, rng=rng,
+                                     keep_probs=keep_probs)           # (B, nh, T, hs)
+    return merge_heads(y), Cache(att_cache, n_head)                   # (B, T, C)
+
+
+def backward(dy, cache, out=None):
+    """Returns (dq, dk, dv), each (B, T, C); written into out = (dq, dk, dv) arrays when given."""
+    dq, dk, dv = attention.backward(head_gradients(dy, cache), cache.attention)   # each (B, nh, T, hs)
+    return merged(dq, dk, dv, out)

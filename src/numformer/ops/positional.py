@@ -1,4 +1,4 @@
-"""Sinusoidal positional encoding (the seed's formula 2).
+"""Sinusoidal positional encoding (the article's formula 2).
 
     PE(pos, 2i)   = sin(pos / 10000^(2i/C))
     PE(pos, 2i+1) = cos(pos / 10000^(2i/C))

@@ -1,4 +1,4 @@
-"""Residual connection (the seed's formula 5): y = x + f(x).
+"""Residual connection (the article's formula 5): y = x + f(x).
 
 Forward
     y = x + fx          x, fx, y all the same shape; fx is the sublayer's output f(x)

@@ -1,4 +1,4 @@
-"""Softmax (the seed's formula 8).
+"""Softmax (the article's formula 8).
 
 Forward, along `axis` (size n):
     y_i = exp(x_i) / Σ_j exp(x_j)

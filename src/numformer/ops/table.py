@@ -83,12 +83,11 @@ def targets_with_ignored(shape, V, ignore_index, frac=0.3):
 
 QKV = ("q", "k", "v")
 LORA = ("x", "weight", "bias", "lora_a", "lora_b")
-MHA = ("x", "w_qkv", "b_qkv", "w_o", "b_o")
 
 
-def mha_inputs(B, T, C, bias=True, mask=None):
-    d = {"x": (B, T, C), "w_qkv": (3 * C, C), "b_qkv": (3 * C,) if bias else None,
-         "w_o": (C, C), "b_o": (C,) if bias else None}
+def mha_inputs(B, T, C, mask=None):
+    """q, k, v (B, T, C), as the projections make them."""
+    d = {"q": (B, T, C), "k": (B, T, C), "v": (B, T, C)}
     if mask is not None:
         d["mask"] = mask
     return d
@@ -160,15 +159,16 @@ CASES = [
           "mask": padding_mask(2, 3, [3, 0])}, QKV, "attention"),
     Case("attention dropout", "attention", {"q": (2, 2, 5, 4), "k": (2, 2, 5, 4), "v": (2, 2, 5, 3)},
          QKV, None, kwargs={"causal": True, "dropout_p": 0.4}, seed=7),
-    # multi-head attention with fused QKV, against torch's own multi_head_attention_forward
-    Case("mha causal", "mha", mha_inputs(2, 5, 8), MHA, "mha", kwargs={"n_head": 2}),
-    Case("mha one head", "mha", mha_inputs(2, 4, 6), MHA, "mha", kwargs={"n_head": 1}),
-    Case("mha T=1 batch 1", "mha", mha_inputs(1, 1, 8), MHA, "mha", kwargs={"n_head": 4}),
-    Case("mha no biases", "mha", mha_inputs(2, 3, 6, bias=False), MHA, "mha", kwargs={"n_head": 3}),
+    # multi-head attention between the projections: heads split, attention, heads concatenated;
+    # against torch's view/transpose and its own scaled_dot_product_attention
+    Case("mha causal", "mha", mha_inputs(2, 5, 8), QKV, "mha", kwargs={"n_head": 2}),
+    Case("mha one head", "mha", mha_inputs(2, 4, 6), QKV, "mha", kwargs={"n_head": 1}),
+    Case("mha T=1 batch 1", "mha", mha_inputs(1, 1, 8), QKV, "mha", kwargs={"n_head": 4}),
+    Case("mha three heads of 2", "mha", mha_inputs(2, 3, 6), QKV, "mha", kwargs={"n_head": 3}),
     Case("mha bidirectional with padding mask", "mha",
-         mha_inputs(3, 4, 8, mask=padding_mask(3, 4, [4, 1, 3])), MHA, "mha",
+         mha_inputs(3, 4, 8, mask=padding_mask(3, 4, [4, 1, 3])), QKV, "mha",
          kwargs={"n_head": 2, "causal": False}),
-    Case("mha dropout", "mha", mha_inputs(2, 4, 8), MHA, None,
+    Case("mha dropout", "mha", mha_inputs(2, 4, 8), QKV, None,
          kwargs={"n_head": 2, "dropout_p": 0.25}, seed=3),
     # layernorm
     Case("layernorm (B,T,C)", "layernorm", {"x": (2, 3, 6), "weight": (6,), "bias": (6,)},
@@ -232,7 +232,7 @@ FAST_SIZES: dict[str, list[dict[str, Any]]] = {
     "gelu": [{}, {"chunk": 5}],
     "layernorm": [{}],           # no sizes: the compiled kernels (numba) against the NumPy reference
     "linear": [{}],              # no sizes: MKL's gemm (where installed) against NumPy's matmul; products
-                                 # under blas.MIN_WORK stay NumPy's, so tests/ops lower it for these shapes
+                                 # under dispatch.MIN_WORK stay NumPy's, so tests/ops lower it for these shapes
 }
 
 

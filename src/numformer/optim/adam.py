@@ -30,7 +30,7 @@ streams θ, g, m and v through memory again (43 MB each for the 10.8 M-parameter
 chunk while it is in the CPU cache, and, with `threads=n` (default 1; `numformer train` passes one
 per core), gives contiguous runs of chunks to n threads.
 Every element goes through the same operations either way, so the result does not depend on the
-chunking or the thread count. With numba (numformer.ops.fast.jit) the moment and parameter
+chunking or the thread count. With numba's kernels (numformer.ops.fast.dispatch) the moment and parameter
 update of a float32 chunk is one compiled pass that makes the same float32 operations in the
 same order, so the same bits as the NumPy passes.
 """
@@ -39,7 +39,8 @@ import math
 
 import numpy as np
 
-from numformer.ops.fast import jit
+from numformer.ops.fast import dispatch
+from numformer.ops.fast.dispatch import NUMBA
 from numformer.optim.base import Optimizer
 from numformer.parallel.threads import chunks, groups, parallel
 
@@ -115,10 +116,10 @@ class Adam(Optimizer):
                 np.add(ge[r], s[r], out=ge[r], where=where)
             g = ge
 
-        if jit.usable(p, g, m, v):  # the lines below in one compiled pass, the same bits
+        if dispatch.runs("adam", p, g, m, v) == NUMBA:  # the lines below in one compiled pass, the same bits
             f = np.float32
-            jit.kernels().adam_update(p, g, m, v, f(beta1), f(1.0 - beta1), f(beta2), f(1.0 - beta2),
-                                      f(bias2_sqrt), f(self.eps), f(eta / bias1))
+            dispatch.kernels().adam_update(p, g, m, v, f(beta1), f(1.0 - beta1), f(beta2), f(1.0 - beta2),
+                                           f(bias2_sqrt), f(self.eps), f(eta / bias1))
             return
         m *= beta1  # m_t = β1 m_{t-1} + (1 − β1) g_t
         np.multiply(g, 1.0 - beta1, out=s)

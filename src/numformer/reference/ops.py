@@ -37,19 +37,16 @@ def sdpa(q, k, v, causal=False, mask=None, dropout_p=0.0):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
 
 
-def mha(x, w_qkv, b_qkv, w_o, b_o, n_head, causal=True, mask=None):
-    """torch's own multi-head attention, whose packed in_proj_weight is [W_q; W_k; W_v] like c_attn."""
-    B, T, C = x.shape
-    allowed = torch.ones(B, n_head, T, T, dtype=torch.bool)
-    if causal:
-        allowed = allowed & causal_mask(T, T)
-    if mask is not None:
-        allowed = allowed & mask
-    xt = x.transpose(0, 1)                                 # (T, B, C): torch's default layout
-    y, _ = F.multi_head_attention_forward(
-        xt, xt, xt, C, n_head, w_qkv, b_qkv, None, None, False, 0.0, w_o, b_o,
-        training=False, need_weights=False, attn_mask=~allowed.reshape(B * n_head, T, T))
-    return y.transpose(0, 1)
+def mha(q, k, v, n_head, causal=True, mask=None):
+    """Multi-head attention between the projections: q, k, v (B, T, C) split into n_head heads
+    with torch's view and transpose, PyTorch's own fused attention over them, heads concatenated."""
+    B, T, C = q.shape
+
+    def heads(a):
+        return a.view(B, T, n_head, C // n_head).transpose(1, 2)    # (B, nh, T, hs)
+
+    y = sdpa(heads(q), heads(k), heads(v), causal=causal, mask=mask)
+    return y.transpose(1, 2).reshape(B, T, C)
 
 
 def linear(x, weight, bias):

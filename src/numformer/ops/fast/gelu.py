@@ -19,8 +19,9 @@
 evaluated in float32, within 9 ulp): a few array passes per slice. `erf` and `erfc` stay
 importable from here.
 
-With numba installed (numformer.ops.fast.jit), float32 arrays skip all of the above: one
-compiled pass per call computes the gate, the output and the slope per element. The tanh form's
+Where numformer.ops.fast.dispatch chooses numba's kernels (numformer.ops.fast.kernels: numba
+installed and not switched off), float32 arrays skip all of the above: one compiled pass per
+call computes the gate, the output and the slope per element. The tanh form's
 gate is sigmoid(2u) through exp(−|2u|), as the float64 gate above, with exp within 2 ulp; the
 exact form's Φ is numformer.ops.erf's float32 rational form (within 9 ulp, relatively, in both
 tails), and its exp(−x²/2) serves φ too. float64 always takes the NumPy code.
@@ -31,7 +32,9 @@ import math
 import numpy as np
 
 from numformer.ops.erf import erf, erfc, normal_cdf, normal_pdf  # noqa: F401  (erf, erfc: importable here)
-from numformer.ops.fast import jit
+from numformer.ops.fast import dispatch
+from numformer.ops.fast.dispatch import NUMBA
+from numformer.ops.gelu import FORMS, Cache
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _C = 0.044715
@@ -69,7 +72,7 @@ def _gate_tanh(x, with_grad):
     r = e + 1.0
     np.reciprocal(r, out=r)                              # r = 1 / (1 + e)
     # sigmoid(z) = r for z >= 0 and e·r for z < 0; written as r · (1 − [z < 0](1 − e)) because
-    # arithmetic on the whole array is ~20× faster in NumPy than np.where or a where= mask
+    # arithmetic on the whole array is far faster in NumPy than np.where or a where= mask
     s = 1.0 - e
     s *= z < 0
     np.subtract(1.0, s, out=s)
@@ -93,8 +96,8 @@ def _gate_tanh_float32(x, with_grad):
 
     In float32 the far negative tail's cancellation in 1 + tanh u costs nothing that float32 can
     show next to x (the error stays below float32's rounding of |x|), and np.tanh is one
-    vectorised pass: 8 array passes for the gate instead of 14 (GELU forward+backward about 35 %
-    faster). float64, used for gradient checks, keeps the sigmoid form above, which is accurate
+    vectorised pass: 8 array passes for the gate instead of 14 (docs/performance.md has the
+    time that saves). float64, used for gradient checks, keeps the sigmoid form above, which is accurate
     even where the gate is 1e−260.
 
     Instead of clipping x (two passes), x² is limited to _CLIP² (one pass), and only where the
@@ -123,11 +126,12 @@ def _gate_tanh_float32(x, with_grad):
     return s, ds
 
 
-_GATES = {"tanh": _gate_tanh, "exact": _gate_exact}
-
-
-def _gate(form, dtype):
-    return _gate_tanh_float32 if form == "tanh" and dtype == np.float32 else _GATES[form]
+def _numpy_gate(form, dtype):
+    """The gate the NumPy code evaluates (dispatch's NumPy rows for gelu): the tanh form's as
+    PyTorch writes it for float32, through exp(−|2u|) for float64; the exact form's Φ for both."""
+    if form == "exact":
+        return _gate_exact
+    return _gate_tanh_float32 if dtype == np.float32 else _gate_tanh
 
 
 CHUNK = 1 << 16          # elements per slice: 256 KiB of float32
@@ -143,21 +147,24 @@ def forward(x, form="tanh", chunk=CHUNK):
     The cache is just x: backward recomputes the gate, which is cheaper than storing two more
     arrays of x's size.
     """
-    if form not in _GATES:
+    if form not in FORMS:
         raise ValueError(f"gelu: form must be 'tanh' or 'exact', got {form!r}")
     x = np.asarray(x)
     if x.dtype.kind != "f":
         x = x.astype(np.float64)
     x = np.ascontiguousarray(x)
-    gate = _gate(form, x.dtype)
     y = np.empty_like(x)
     xf, yf = x.reshape(-1), y.reshape(-1)
-    if jit.usable(x):
-        getattr(jit.kernels(), f"gelu_{form}_forward")(xf, yf)               # y = x s, one pass
-        return y, (x, form, chunk)
+    cache = Cache(x, form, chunk)
+    if dispatch.runs("gelu", x) == NUMBA:
+        kernels = dispatch.kernels()
+        kernel = kernels.gelu_tanh_forward if form == "tanh" else kernels.gelu_exact_forward
+        kernel(xf, yf)                                                  # y = x s, one pass
+        return y, cache
+    gate = _numpy_gate(form, x.dtype)
     for c in _chunks(xf.size, chunk):
-        np.multiply(xf[c], gate(xf[c], with_grad=False), out=yf[c])      # y = x s
-    return y, (x, form, chunk)
+        np.multiply(xf[c], gate(xf[c], with_grad=False), out=yf[c])     # y = x s
+    return y, cache
 
 
 def output_and_slope(cache):
@@ -166,14 +173,16 @@ def output_and_slope(cache):
     evaluation of the gate, so a caller that needs y again at backward time (the GPT, which does
     not keep GELU's output; see model/gpt.py) gets it for about the price of backward alone:
     dx = dy ⊙ slope."""
-    x, form, chunk = cache
-    gate = _gate(form, x.dtype)
+    x, form = cache.x, cache.form
     y, slope = np.empty_like(x), np.empty_like(x)
     xf, yf, sf = x.reshape(-1), y.reshape(-1), slope.reshape(-1)
-    if jit.usable(x):
-        getattr(jit.kernels(), f"gelu_{form}_output_and_slope")(xf, yf, sf)
+    if dispatch.runs("gelu", x) == NUMBA:
+        kernels = dispatch.kernels()
+        kernel = kernels.gelu_tanh_output_and_slope if form == "tanh" else kernels.gelu_exact_output_and_slope
+        kernel(xf, yf, sf)
         return y, slope
-    for c in _chunks(xf.size, chunk):
+    gate = _numpy_gate(form, x.dtype)
+    for c in _chunks(xf.size, cache.chunk or CHUNK):
         s, ds = gate(xf[c], with_grad=True)
         np.multiply(xf[c], s, out=yf[c])                                # y = x s
         ds *= xf[c]              # term 2: x · ds/dx
@@ -183,17 +192,19 @@ def output_and_slope(cache):
 
 def backward(dy, cache):
     """Returns dx."""
-    x, form, chunk = cache
+    x, form = cache.x, cache.form
     if dy.shape != x.shape:
         raise ValueError(f"gelu: dy has shape {dy.shape} but x had shape {x.shape}")
-    gate = _gate(form, x.dtype)
     dyf = np.ascontiguousarray(dy).reshape(-1)
     dx = np.empty(x.shape, dtype=np.result_type(dy, x))
     xf, dxf = x.reshape(-1), dx.reshape(-1)
-    if jit.usable(x, dyf):
-        getattr(jit.kernels(), f"gelu_{form}_backward")(xf, dyf, dxf)
+    if dispatch.runs("gelu", x, dyf) == NUMBA:
+        kernels = dispatch.kernels()
+        kernel = kernels.gelu_tanh_backward if form == "tanh" else kernels.gelu_exact_backward
+        kernel(xf, dyf, dxf)
         return dx
-    for c in _chunks(xf.size, chunk):
+    gate = _numpy_gate(form, x.dtype)
+    for c in _chunks(xf.size, cache.chunk or CHUNK):
         s, ds = gate(xf[c], with_grad=True)
         ds *= xf[c]              # term 2: x · ds/dx
         ds += s                  # term 1: s

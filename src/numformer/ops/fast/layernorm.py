@@ -1,8 +1,8 @@
 """Layer normalisation, the fast version: the same formula, signature and cache contract as
 numformer.ops.layernorm (read that module for the math and the derivation of backward).
 
-With numba installed (numformer.ops.fast.jit), float32 input runs compiled kernels that take
-each row once: forward makes μ, σ², rstd, x̂ and y in one kernel; backward makes dx, and adds
+Where numformer.ops.fast.dispatch chooses numba's kernels (numformer.ops.fast.kernels), float32
+input runs compiled kernels that take each row once: forward makes μ, σ², rstd, x̂ and y in one kernel; backward makes dx, and adds
 dγ and dβ, in one. The row sums are float32, as the reference's are, but summed in another
 order, so the results agree with the reference to float32 rounding, not bit for bit. `output`
 repeats forward's last step with the same operations, so it gives forward's y again bit for bit.
@@ -12,7 +12,9 @@ Everything else (float64, no numba, NUMFORMER_JIT=0) is the reference's NumPy co
 import numpy as np
 
 from numformer.ops import layernorm as reference
-from numformer.ops.fast import jit
+from numformer.ops.fast import dispatch
+from numformer.ops.fast.dispatch import NUMBA
+from numformer.ops.layernorm import Cache
 
 
 def _affine(C, weight, bias):
@@ -23,52 +25,52 @@ def _affine(C, weight, bias):
     return w, b
 
 
-def _fits(x, weight, bias):
-    """True when the kernels take this call: numba on, float32 throughout, at least one element."""
-    return (jit.usable(x) and x.ndim >= 1 and x.size > 0
-            and (weight is None or weight.dtype == np.float32) and (bias is None or bias.dtype == np.float32))
+def _kernels_take(x, *arrays):
+    """True when the kernels take this call: dispatch chooses numba for x and the other arrays
+    (a missing γ or β is None), and x has at least one element."""
+    return x.size > 0 and dispatch.runs("layernorm", x, *arrays) == NUMBA
 
 
 def forward(x, weight, bias, eps=1e-5):
     """y = weight * (x - mean) / sqrt(var + eps) + bias over the last axis. Returns (y, cache)."""
     reference.check_shapes(x, weight, bias)
-    if not _fits(x, weight, bias):
+    if not _kernels_take(x, weight, bias):
         return reference.forward(x, weight, bias, eps)
     C = x.shape[-1]
     x2 = np.ascontiguousarray(x).reshape(-1, C)                     # (R, C)
     xhat, y = np.empty_like(x2), np.empty_like(x2)
     rstd = np.empty((x2.shape[0], 1), np.float32)
     w, b = _affine(C, weight, bias)
-    jit.kernels().layernorm_forward(x2, w, b, np.float32(eps), xhat, rstd, y)
+    dispatch.kernels().layernorm_forward(x2, w, b, np.float32(eps), xhat, rstd, y)
     lead = x.shape[:-1]
-    cache = (xhat.reshape(x.shape), rstd.reshape(*lead, 1), weight, bias)
+    cache = Cache(xhat.reshape(x.shape), rstd.reshape(*lead, 1), weight, bias)
     return y.reshape(x.shape), cache
 
 
 def output(cache):
     """y = x̂ ⊙ γ + β from forward's cache: forward's output again, bit for bit."""
-    xhat, _, weight, bias = cache
-    if not _fits(xhat, weight, bias):
+    xhat, weight, bias = cache.xhat, cache.weight, cache.bias
+    if not _kernels_take(xhat, weight, bias):
         return reference.output(cache)
     C = xhat.shape[-1]
     y = np.empty_like(xhat)
     w, b = _affine(C, weight, bias)
-    jit.kernels().layernorm_output(xhat.reshape(-1, C), w, b, y.reshape(-1, C))
+    dispatch.kernels().layernorm_output(xhat.reshape(-1, C), w, b, y.reshape(-1, C))
     return y
 
 
 def backward(dy, cache):
     """Returns (dx, dweight, dbias); a gradient is None where forward got None."""
-    xhat, rstd, weight, bias = cache
+    xhat, rstd, weight, bias = cache.xhat, cache.rstd, cache.weight, cache.bias
     if dy.shape != xhat.shape:
         raise ValueError(f"layernorm: dy has shape {dy.shape} but y had shape {xhat.shape}")
-    if not (_fits(xhat, weight, bias) and dy.dtype == np.float32):
+    if not _kernels_take(xhat, dy, weight, bias):
         return reference.backward(dy, cache)
     C = xhat.shape[-1]
     dy2 = np.ascontiguousarray(dy).reshape(-1, C)
     dx = np.empty_like(dy2)
     dw, db = np.zeros(C, np.float32), np.zeros(C, np.float32)
     w, _ = _affine(C, weight, None)
-    jit.kernels().layernorm_backward(dy2, np.ascontiguousarray(xhat).reshape(-1, C),
-                                     np.ascontiguousarray(rstd).reshape(-1, 1), w, dx, dw, db)
+    dispatch.kernels().layernorm_backward(dy2, np.ascontiguousarray(xhat).reshape(-1, C),
+                                          np.ascontiguousarray(rstd).reshape(-1, 1), w, dx, dw, db)
     return dx.reshape(dy.shape), dw if weight is not None else None, db if bias is not None else None

@@ -1,14 +1,20 @@
-"""Multi-head attention, the fast version: numformer.ops.mha with the fast attention for the heads."""
+"""Multi-head attention, the fast version: numformer.ops.mha (read it for the formula) with the
+fast attention for the heads; the same signatures and cache."""
 
-from numformer.ops import mha
 from numformer.ops.fast import attention
+from numformer.ops.mha import Cache, head_gradients, heads, merge_heads, merged
 
 
-def forward(x, w_qkv, b_qkv, w_o, b_o, n_head, causal=True, mask=None, dropout_p=0.0, rng=None,
-            keep_input=True, keep_probs=True, block=attention.BLOCK, qrows=None):
+def forward(q, k, v, n_head, causal=True, mask=None, dropout_p=0.0, rng=None, keep_probs=True, kv=None,
+            block=attention.BLOCK, qrows=None):
     """See numformer.ops.mha.forward; `block` and `qrows` go to the fast attention. Returns (y, cache)."""
-    return mha.forward_with(attention, x, w_qkv, b_qkv, w_o, b_o, n_head, causal, mask, dropout_p, rng,
-                            keep_input, keep_probs, block=block, qrows=qrows)
+    q, k, v = heads(q, k, v, n_head, kv)                              # (B, nh, T, hs); k, v: (B, nh, t0+T, hs)
+    y, att_cache = attention.forward(q, k, v, causal=causal, mask=mask, dropout_p=dropout_p, rng=rng,
+                                     keep_probs=keep_probs, block=block, qrows=qrows)   # (B, nh, T, hs)
+    return merge_heads(y), Cache(att_cache, n_head)                   # (B, T, C)
 
 
-backward = mha.backward       # the cache names the attention module it was made with
+def backward(dy, cache, out=None):
+    """See numformer.ops.mha.backward. Returns (dq, dk, dv)."""
+    dq, dk, dv = attention.backward(head_gradients(dy, cache), cache.attention)   # each (B, nh, T, hs)
+    return merged(dq, dk, dv, out)

@@ -1,13 +1,15 @@
 """The op table (numformer.ops.table) through the one harness (numformer.ops.harness): every row
 on both op sets against torch, finite differences and float32, and every fast op against its
-reference across block and chunk boundaries."""
+reference across block and chunk boundaries, with the compiled kernels and MKL on and off."""
 
 import numpy as np
 import pytest
 import torch
 
 import numformer.ops as ops
-from numformer.ops import harness
+from numformer.ops import harness, layernorm
+from numformer.ops.fast import attention as fast_attention
+from numformer.ops.fast import dispatch
 from numformer.ops.table import CASES, FAST_SIZES, fast_rows
 
 SETS = ["reference", "fast"]
@@ -41,16 +43,13 @@ def test_float32_agrees_with_float64(case, ops_name):
 @pytest.mark.parametrize("case, sizes", fast_rows(), ids=lambda v: str(v) if not isinstance(v, dict) else
                          (",".join(f"{k}={x}" for k, x in v.items()) or "default"))
 def test_fast_equals_reference(case, sizes, dtype, native, monkeypatch):
-    """native: float32 runs the compiled kernels (numformer.ops.fast.jit) and the linear map's
-    products go to MKL (numformer.ops.fast.blas, float64 too; MIN_WORK lowered to 1 so that the
-    table's small shapes reach it); numpy: both switched off, the fast ops' NumPy code alone.
-    The test extras install numba and, on x86-64 Linux, MKL."""
-    from numformer.ops.fast import blas, jit as kernels
-
-    monkeypatch.setattr(kernels, "OFF", native == "numpy")
-    monkeypatch.setattr(blas, "OFF", native == "numpy")
-    monkeypatch.setattr(blas, "MIN_WORK", 1)
-    assert_ok(harness.fast_against_reference(case, sizes, dtype))
+    """native: float32 runs the compiled kernels (numformer.ops.fast.kernels) and the linear
+    map's products go to MKL (float64 too; dispatch.MIN_WORK lowered to 1 so that the table's
+    small shapes reach it); numpy: both switched off, the fast ops' NumPy code alone. The test
+    extras install numba and, on x86-64 Linux, MKL."""
+    monkeypatch.setattr(dispatch, "MIN_WORK", 1)
+    with dispatch.overridden(numba=native == "native", mkl=native == "native"):
+        assert_ok(harness.fast_against_reference(case, sizes, dtype))
 
 
 @pytest.mark.parametrize("case, sizes", [(c, s) for c, s in fast_rows() if s and c.torch], ids=str)
@@ -80,9 +79,6 @@ def _off_by_one_percent(backward):
 
 def test_the_harness_catches_a_wrong_gradient(monkeypatch):
     """A backward that is off by 1 % in one element fails each kind of check."""
-    from numformer.ops import layernorm
-    from numformer.ops.fast import attention as fast_attention
-
     case = next(c for c in CASES if c.op == "layernorm")
     monkeypatch.setattr(layernorm, "backward", _off_by_one_percent(layernorm.backward))
     assert not all(r.ok for r in harness.against_torch(case, "reference", torch))

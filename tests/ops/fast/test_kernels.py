@@ -1,26 +1,28 @@
-"""The compiled float32 kernels (numformer.ops.fast.jit): their exp and Φ against float64 on
+"""The compiled float32 kernels (numformer.ops.fast.kernels): their exp and Φ against float64 on
 dense grids and at the edges, GELU and LayerNorm against PyTorch in float64, the softmax rows
-against float64, the Adam update against NumPy's bits, NaN passing through, and the switches
-that turn them off. (The fast ops' equality with the reference, with
-the kernels on and off, is in test_ops.py.) numba is in the test extras, so these always run."""
+against float64, the Adam update against NumPy's bits, NaN passing through, and the NumPy code
+that runs when they are off. (The fast ops' equality with the reference, with the kernels on and
+off, is in tests/ops/test_table.py; the switches themselves in test_dispatch.py.) numba is in
+the test extras, so these always run."""
 
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from numformer.ops.fast import attention, gelu, jit, layernorm
+from numformer import optim
 from numformer.ops import attention as reference_attention
+from numformer.ops.fast import attention, dispatch, gelu, kernels, layernorm
+from numformer.ops.fast.dispatch import NUMBA, NUMPY
 
 
 @pytest.fixture(autouse=True)
-def kernels_on(monkeypatch):
-    monkeypatch.setattr(jit, "OFF", False)
-    assert jit.enabled(), "numba is in the test extras: the kernels must be on"
+def kernels_on():
+    """The kernels on, whatever NUMFORMER_JIT says (numba is in the test extras)."""
+    with dispatch.overridden(numba=True) as decision:
+        assert decision.kernels is kernels, "numba is in the test extras: the kernels must load"
+        yield
 
 
 def ulps(got, want):
@@ -33,11 +35,11 @@ def test_exp_within_two_ulp_and_its_edges():
     """exp, on which both GELU gates and the attention softmax rest."""
     x = np.linspace(-87.0, 88.0, 3_000_001).astype(np.float32)
     out = np.empty_like(x)
-    jit.kernels().exp_array(x, out)
+    kernels.exp_array(x, out)
     assert ulps(out, np.exp(x.astype(np.float64))).max() <= 2.0
     edges = np.array([0.0, -0.0, 1e-30, -1e-30, -87.5, -100.0, -np.inf, 88.5, np.inf, np.nan], np.float32)
     out = np.empty_like(edges)
-    jit.kernels().exp_array(edges, out)
+    kernels.exp_array(edges, out)
     assert out[:4].tolist() == [1.0, 1.0, 1.0, 1.0]
     assert out[4:7].tolist() == [0.0, 0.0, 0.0]          # below −87: 0 (no subnormals)
     assert out[7:9].tolist() == [np.inf, np.inf]
@@ -48,12 +50,12 @@ def test_normal_cdf_within_nine_ulp_in_both_tails_and_its_edges():
     """The exact GELU's gate Φ, relatively accurate also where it is tiny (x ≪ 0)."""
     x = np.linspace(-13.0, 6.0, 1_000_001).astype(np.float32)
     out = np.empty_like(x)
-    jit.kernels().normal_cdf_array(x, out)
+    kernels.normal_cdf_array(x, out)
     want = np.array([0.5 * math.erfc(-v / math.sqrt(2)) for v in x.astype(np.float64)])
     assert ulps(out, want).max() <= 9.0
     edges = np.array([0.0, -0.0, -16.0, 16.0, np.inf, -np.inf, np.nan], np.float32)
     out = np.empty_like(edges)
-    jit.kernels().normal_cdf_array(edges, out)
+    kernels.normal_cdf_array(edges, out)
     assert out[:6].tolist() == [0.5, 0.5, 0.0, 1.0, 1.0, 0.0]
     assert np.isnan(out[6])
 
@@ -122,10 +124,10 @@ def test_softmax_kernel_rows_against_float64():
     want /= want.sum(-1, keepdims=True)
     stats = np.empty((3, 5), np.float32), np.empty((3, 5), np.float32)
     got = s.copy()
-    jit.kernels().softmax_rows(got, 300, np.full(3, 300, np.int64), *stats)
+    kernels.softmax_rows(got, 300, np.full(3, 300, np.int64), *stats)
     assert (np.abs(got - want) / want).max() < 1e-5
     limited = s.copy()
-    jit.kernels().softmax_rows(limited, 7, np.array([300, 9, 0]), *stats)   # row i sees min(7 + i, limit) keys
+    kernels.softmax_rows(limited, 7, np.array([300, 9, 0]), *stats)   # row i sees min(7 + i, limit) keys
     n = 7 + 2                                                                # group 0, row 2
     part = np.exp(s[0, 2, :n].astype(np.float64) - s[0, 2, :n].max())
     np.testing.assert_allclose(limited[0, 2, :n], part / part.sum(), rtol=1e-5)
@@ -139,7 +141,7 @@ def test_softmax_kernel_passes_nan_to_the_whole_row():
     s = np.random.default_rng(2).standard_normal((1, 2, 40)).astype(np.float32)
     s[0, 0, 33] = np.nan
     stats = np.empty((1, 2), np.float32), np.empty((1, 2), np.float32)
-    jit.kernels().softmax_rows(s, 40, np.array([40]), *stats)
+    kernels.softmax_rows(s, 40, np.array([40]), *stats)
     assert np.isnan(s[0, 0]).all() and not np.isnan(s[0, 1]).any()
 
 
@@ -159,15 +161,15 @@ def test_softmax_kernels_take_key_padding_and_causal_masks(causal):
     group's own key count; any other mask, or such a mask with the causal one, runs NumPy.
     Both agree with the reference, forward and backward, through blocks and chunks."""
     q, k, v, mask = _padded_attention_inputs([9, 4, 1])
-    lead = q.shape[:-2]
-    limits = attention._kernel_limits(q, k, v, lead, 9, causal, mask, 0.0)
-    assert (limits is None) == causal
+    counts = attention.masking(q, k, v, causal, mask).key_counts
+    assert (counts is None) == causal
     if not causal:
-        assert limits.tolist() == [[9, 9], [4, 4], [1, 1]]
+        assert counts.tolist() == [[9, 9], [4, 4], [1, 1]]
     scattered = mask.copy()
     scattered[1, ..., 6] = True                              # a hole: not a run of real keys
-    assert attention._kernel_limits(q, k, v, lead, 9, False, scattered, 0.0) is None
-    assert attention._kernel_limits(q, k, v, lead, 9, True, None, 0.0) == 9
+    assert attention.masking(q, k, v, False, scattered).key_counts is None
+    assert attention.masking(q, k, v, True, None).key_counts == 9
+    assert attention.masking(q, k, v, True, None, dropout_p=0.1).key_counts is None
     for m in (mask, scattered, None):
         want, rcache = reference_attention.forward(q, k, v, causal=causal, mask=m)
         dy = np.random.default_rng(4).normal(size=want.shape).astype(np.float32)
@@ -179,66 +181,34 @@ def test_softmax_kernels_take_key_padding_and_causal_masks(causal):
                 np.testing.assert_allclose(got, ref, rtol=2e-5, atol=2e-6)
 
 
-def test_switched_off_the_fast_ops_run_numpy(monkeypatch):
-    """jit.OFF turns the kernels off: the float32 GELU then gives the NumPy gate's numbers,
-    which differ from the kernel's in the last bits somewhere on a large sample."""
+def test_switched_off_the_fast_ops_run_numpy():
+    """With numba switched off the float32 GELU gives the NumPy gate's numbers, which differ
+    from the kernel's in the last bits somewhere on a large sample."""
     x = np.random.default_rng(5).normal(0, 3, size=100_000).astype(np.float32)
+    assert dispatch.runs("gelu", x) == NUMBA
     with_kernels = gelu.forward(x, "exact")[0]
-    monkeypatch.setattr(jit, "OFF", True)
-    assert not jit.enabled() and not jit.usable(x)
-    without = gelu.forward(x, "exact")[0]
-    monkeypatch.setattr(jit, "OFF", False)
-    assert jit.enabled()
+    with dispatch.overridden(numba=False):
+        assert dispatch.runs("gelu", x) == NUMPY
+        without = gelu.forward(x, "exact")[0]
     assert not np.array_equal(with_kernels, without)
     np.testing.assert_allclose(with_kernels, without, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("value, off", [("0", True), ("off", True), ("1", False), (None, False)])
-def test_the_environment_variable_switches_them_at_import(value, off):
-    env = {k: v for k, v in os.environ.items() if k != "NUMFORMER_JIT"}
-    if value is not None:
-        env["NUMFORMER_JIT"] = value
-    code = "from numformer.ops.fast import jit; print(jit.OFF, jit.describe())"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.split()[0] == str(off)
-    assert out.split(maxsplit=1)[1].startswith("NumPy only" if off else "numba ")
-
-
 @pytest.mark.parametrize("name", ["Adam", "AdamW"])
-def test_adam_update_kernel_gives_the_numpy_bits(name, monkeypatch):
+def test_adam_update_kernel_gives_the_numpy_bits(name):
     """The compiled Adam update makes NumPy's float32 operations in NumPy's order: after five
     steps with weight decay on part of the parameters, θ, m and v are the same bits either way."""
-    from numformer import optim
-
-    def run(switch):
-        monkeypatch.setattr(jit, "OFF", switch == "0")
+    def run(with_kernels):
         p = np.random.default_rng(1).standard_normal(300_007).astype(np.float32)
-        decay = np.zeros(p.size, bool)
-        decay[1000:200_000] = True
-        opt = getattr(optim, name)(p, lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1, decay_mask=decay,
-                                   threads=2, chunk=1 << 15)
-        for t in range(5):
-            opt.step(np.random.default_rng(10 + t).standard_normal(p.size).astype(np.float32))
+        with dispatch.overridden(numba=with_kernels):
+            assert dispatch.runs("adam", p) == (NUMBA if with_kernels else NUMPY)
+            decay = np.zeros(p.size, bool)
+            decay[1000:200_000] = True
+            opt = getattr(optim, name)(p, lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1, decay_mask=decay,
+                                       threads=2, chunk=1 << 15)
+            for t in range(5):
+                opt.step(np.random.default_rng(10 + t).standard_normal(p.size).astype(np.float32))
         return p, opt.m, opt.v
 
-    for ours, numpy_only in zip(run("1"), run("0")):
+    for ours, numpy_only in zip(run(True), run(False)):
         np.testing.assert_array_equal(ours, numpy_only)
-
-
-def test_a_numba_that_fails_to_load_leaves_numpy_running(monkeypatch):
-    """numba installed but unusable (a broken llvmlite, say): the fast ops run on NumPy and the
-    reports say why, instead of numformer failing."""
-    def broken():
-        raise OSError("libllvmlite.so: cannot open shared object file\nmore")
-
-    monkeypatch.setattr(jit, "_build", broken)
-    monkeypatch.setattr(jit, "_TRIED", False)
-    monkeypatch.setattr(jit, "_KERNELS", None)
-    monkeypatch.setattr(jit, "_STATE", {})
-    x = np.random.default_rng(6).normal(size=1000).astype(np.float32)
-    assert not jit.enabled() and not jit.usable(x)
-    assert jit.describe() == "NumPy only (numba failed to load: OSError: libllvmlite.so: cannot open shared object file)"
-    monkeypatch.setattr(jit, "OFF", True)
-    want = gelu.forward(x)[0]
-    monkeypatch.setattr(jit, "OFF", False)
-    np.testing.assert_array_equal(gelu.forward(x)[0], want)

@@ -31,9 +31,10 @@ def test_score_blocks_split_along_items_and_along_heads():
 
 
 def _arrays(tree):
-    """Every ndarray in a nest of tuples and lists (an op's cache)."""
+    """Every ndarray in a nest of tuples and lists (an op's cache) that the cache holds alone (not
+    the read-only causal bias that every call of the same shape shares)."""
     if isinstance(tree, np.ndarray):
-        return [tree]
+        return [tree] if tree.flags.writeable else []
     if isinstance(tree, (tuple, list)):
         return [a for t in tree for a in _arrays(t)]
     return []
@@ -62,7 +63,9 @@ def test_without_kept_probs_same_bits_as_keeping_them_and_less_kept(case, sizes)
             else:
                 np.testing.assert_array_equal(g1[name], g2[name], err_msg=f"d{name}")
         Tq, Tk = (inputs["q"].shape[-2], inputs["k"].shape[-2]) if "q" in inputs else (inputs["x"].shape[-2],) * 2
-        if 2 < Tk and Tq <= Tk:     # two numbers per query row instead of up to Tk probabilities
+        # two numbers per query row instead of its probabilities: fewer once rows see more than
+        # two keys on average (causal chunks of one row keep 1, 2, ..., Tk of them)
+        if 3 < Tk and Tq <= Tk:
             assert sum(a.nbytes for a in _arrays(c2)) < sum(a.nbytes for a in _arrays(c1))
 
 
@@ -74,7 +77,7 @@ def test_a_recompute_that_differs_is_caught():
     y, cache = harness.run_forward(case, attention, inputs, keep_probs=False)
     dout = harness.random_dout(y, rng)
     good = harness.run_backward(case, attention, dout, cache)
-    stats = cache[-1][0]
-    stats[1][...] = np.nextafter(stats[1], np.inf)
+    inv_sum = cache.row_stats[1]
+    inv_sum[...] = np.nextafter(inv_sum, np.inf)
     bad = harness.run_backward(case, attention, dout, cache)
     assert not np.array_equal(good["q"], bad["q"])

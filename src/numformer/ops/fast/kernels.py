@@ -1,7 +1,32 @@
-"""The compiled float32 kernels themselves (numba); numformer.ops.fast.jit imports this module
-only when numba is installed and the kernels are on. Read jit.py's docstring for why each kernel
-is written as it is. They are module-level functions, so that numba's on-disk cache can find
-them again in the next process (a function made inside another is compiled afresh each time).
+"""Compiled float32 kernels for the fast ops (numba, optional: `pip install 'numformer[jit]'`).
+numformer.ops.fast.dispatch imports this module only when numba is installed and not switched off
+(NUMFORMER_JIT=0); the ops call the kernels by name through dispatch.kernels().
+
+Why a compiled layer at all: an elementwise formula in NumPy is a chain of whole-array passes
+(the float32 GELU gate and its slope are a dozen, the exact one about thirty), each reading and
+writing memory. A loop compiled once does the whole formula per element, in registers, in one
+pass. It pays only if the compiler vectorises the loop, so the kernels are written for that:
+
+- no calls to math functions: LLVM turns a call to exp into a scalar library call per element
+  (numba has no vector math library here), so exp is a polynomial scaled by a power of two
+  built from its bits, and Φ the rational form numformer.ops.erf evaluates in float32;
+- clamps are written `u if not (u > c) else c`, so that NaN passes through them (a NaN loss must
+  still be seen), and with no fast-math flags the compiler may not assume it away;
+- no fused multiply-add contraction and no reassociation in the elementwise kernels, so that a
+  kernel gives the same bits every time it is called (GELU's output_and_slope must give forward's
+  output again bit for bit); the row sums of LayerNorm and softmax allow reassociation, which
+  vectorises them.
+
+exp's polynomial comes from tools/fit_kernel_coefficients.py (least squares on the relative
+error, reweighted): within 1.9e-9 on [−ln2/2, ln2/2] in float64, and within 2 ulp evaluated in
+float32; Φ is within 9 ulp, as in numformer.ops.erf (tests/ops/fast/test_kernels.py measures
+both against float64 on dense grids).
+
+The kernels are module-level functions, so that numba's on-disk cache (cache=True: in
+__pycache__ beside this file, or in NUMBA_CACHE_DIR) finds them again in the next process (a
+function made inside another is compiled afresh each time): only a machine's first run compiles.
+Every process still pays numba's import and LLVM's start on its first kernel call, and their
+memory; docs/performance.md has the figures, and NUMFORMER_JIT=0 saves both.
 """
 
 import math
@@ -210,7 +235,7 @@ def layernorm_backward(dy, xhat, rstd, w, dx, dw, db):
 @njit(inline="always", **_OPTS)
 def _row_max(row, n, lanes):
     """max(row[:n]) (−inf for n ≤ 0) in 16 lanes, which LLVM vectorises; a single running max
-    would be a chain of dependent compares, 3-4× slower. NaN is skipped here, but a NaN in the
+    would be a chain of dependent compares, which runs several times slower. NaN is skipped here, but a NaN in the
     row still reaches softmax_rows's output through its own exp."""
     lanes[:] = -INF
     full = n - n % 16 if n > 0 else 0
