@@ -136,8 +136,11 @@ class Encoder:
         """One post-LayerNorm block on rows x (N, C). Each op's cache is dropped at once ([0]):
         the encoder never runs backward."""
         cfg, P = self.config, self.params
-        p = BERT.prefix(l)
         eps = cfg.layer_norm_eps
+
+        def w(layer):                                   # this block's weight and bias of `layer`
+            return P[BERT.name(layer, WEIGHT, l)], P[BERT.name(layer, BIAS, l)]
+
         C, nh = cfg.hidden_size, cfg.num_attention_heads
         w_qkv, b_qkv = self._qkv[l]
 
@@ -147,19 +150,18 @@ class Encoder:
         att = mha.forward(q, k, v, nh, causal=False, mask=layout.key_mask, keep_probs=False)[0]    # (B, T, C)
         del qkv, q, k, v
         att = layout.rows_of(att.reshape(layout.B * layout.T, C))                                  # (N, C) heads concatenated
-        att = linear.forward(att, P[p + "attention.output.dense.weight"], P[p + "attention.output.dense.bias"])[0]
-        a = layernorm.forward(residual.forward(x, att)[0], P[p + "attention.output.LayerNorm.weight"],
-                              P[p + "attention.output.LayerNorm.bias"], eps=eps)[0]                  # (N, C)
+        att = linear.forward(att, *w("attention.output.dense"))[0]
+        a = layernorm.forward(residual.forward(x, att)[0], *w("attention.output.LayerNorm"), eps=eps)[0]  # (N, C)
         del att
 
         f = np.empty_like(a)                                                                           # (N, C)
+        up, down = w("intermediate.dense"), w("output.dense")
         for lo in range(0, len(a), FFN_ROWS):                   # the feed-forward, FFN_ROWS rows at a time
             rows = slice(lo, lo + FFN_ROWS)
-            h = linear.forward(a[rows], P[p + "intermediate.dense.weight"], P[p + "intermediate.dense.bias"])[0]  # (rows, F)
+            h = linear.forward(a[rows], *up)[0]                                                      # (rows, F)
             h = gelu.forward(h, form=cfg.gelu)[0]
-            f[rows] = linear.forward(h, P[p + "output.dense.weight"], P[p + "output.dense.bias"])[0]    # (rows, C)
-        return layernorm.forward(residual.forward(a, f)[0], P[p + "output.LayerNorm.weight"],
-                                 P[p + "output.LayerNorm.bias"], eps=eps)[0]                          # (N, C)
+            f[rows] = linear.forward(h, *down)[0]                                                    # (rows, C)
+        return layernorm.forward(residual.forward(a, f)[0], *w("output.LayerNorm"), eps=eps)[0]     # (N, C)
 
 
 @dataclass(frozen=True)
