@@ -5,7 +5,7 @@ each run's resident memory while it trains (VmRSS after the timed steps) and at 
     python benchmarks/finetune_lora.py [--n_layer 4 --n_embd 256 --vocab_size 2048 --block 128
                                         --batch 8 --steps 10 --ranks 4,16 --repeat 2]
 
-A random GPT-2 folder is made with docs/make_gpt2_folder.py (needs torch and transformers), the
+A random GPT-2 folder is made with numformer.reference.gpt2_folder (needs torch and transformers), the
 tokenizer trained on the built-in Shakespeare corpus. Each configuration runs in a child process
 of its own (so that peak RSS is its own): `numformer train --init_from` set up through the
 Python API, two warm-up steps, then --steps timed steps; the rounds are interleaved and the
@@ -21,8 +21,6 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-
-HERE = Path(__file__).resolve().parent
 
 
 def child(a) -> None:
@@ -74,8 +72,7 @@ def main() -> None:
         child(a)
         return
 
-    sys.path.insert(0, str(HERE.parent / "docs"))
-    from make_gpt2_folder import make_gpt2_folder
+    from numformer.reference.gpt2_folder import make_gpt2_folder
 
     from numformer.data.corpus import shakespeare
 

@@ -6,6 +6,8 @@
 Heavy submodules are imported lazily so that `numformer --help` starts fast.
 """
 
+import importlib
+
 __version__ = "0.1.0"
 
 _LAZY = {
@@ -20,8 +22,6 @@ __all__ = ["__version__", *_LAZY]
 
 def __getattr__(name):
     if name in _LAZY:
-        import importlib
-
         module, attr = _LAZY[name]
         value = getattr(importlib.import_module(module), attr)
         globals()[name] = value

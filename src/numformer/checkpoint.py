@@ -48,11 +48,13 @@ every file is opened through one handle on the folder, and a read that raced wit
 again (load_checkpoint). Files of the user's are read only when they are regular files of a
 sane size (read_file): a FIFO would block forever, a link to /dev/zero never ends.
 
-The interop readers (interop/gpt2.py, model/encoder.py, sentence.py) share this module's
+The interop readers (interop/gpt2.py, interop/bert.py, sentence/) share this module's
 PICKLE_SUFFIXES, pickle_refusal, read_file and read_json, so every JSON and pickle error reads
 the same.
 """
 
+import ctypes
+import errno
 import fcntl
 import hashlib
 import json
@@ -68,6 +70,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import save
 
 from numformer.errors import CheckpointError, NumformerError
 
@@ -191,8 +194,6 @@ def _writer_record() -> bytes:
 
 
 def _serialise(tensors, what: str) -> bytes:
-    from safetensors.numpy import save
-
     if not isinstance(tensors, dict) or not tensors:
         raise ValueError(f"{what} must be a non-empty dict name -> ndarray")
     arrays = {}
@@ -298,8 +299,6 @@ def _exchange(a: Path, b: Path) -> bool:
     if _renameat2 is None:
         _renameat2 = False
         if sys.platform.startswith("linux"):
-            import ctypes
-
             try:
                 libc = ctypes.CDLL(None, use_errno=True)
                 _renameat2 = libc.renameat2          # glibc 2.28+, musl 1.2.3+
@@ -309,9 +308,6 @@ def _exchange(a: Path, b: Path) -> bool:
                 _renameat2 = False
     if not _renameat2:
         return False
-    import ctypes
-    import errno
-
     if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
         return True
     err = ctypes.get_errno()

@@ -14,6 +14,7 @@ import argparse
 import importlib
 import sys
 
+from numformer import __version__
 from numformer.errors import NumformerError, os_error_line
 
 # name -> one-line summary; the module is numformer.commands.<name>. Order is the order of --help.
@@ -117,8 +118,6 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         args = parser.parse_args(argv)
         if args.version:
-            from numformer import __version__
-
             print(f"numformer {__version__}")
             return 0
         if not argv:                    # no command: that is a usage error, like any other

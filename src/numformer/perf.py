@@ -47,7 +47,7 @@ from dataclasses import asdict
 import numpy as np
 
 from numformer.model.gpt import GPT
-from numformer.model.params import gpt_param_shapes
+from numformer.model.params import GPT2, gpt_param_shapes
 from numformer.ops.fast import dispatch
 from numformer.ops.fast.attention import query_chunks, score_blocks
 from numformer.ops.fast.linear import matmul as linear_matmul
@@ -59,7 +59,7 @@ from numformer.parallel.threads import loss_and_grad, parallel
 
 def non_embedding_params(config) -> int:
     """N for the FLOP count: every parameter except the learned position table wpe."""
-    return sum(math.prod(s) for name, s in gpt_param_shapes(config).items() if name != "transformer.wpe.weight")
+    return sum(math.prod(s) for name, s in gpt_param_shapes(config).items() if name != GPT2.name("wpe"))
 
 
 def flops_per_token(config) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from numformer import cli
-from tests.tiny import make_lab
+from tests.helpers import make_lab
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from numformer import cli
-from tests.tiny import make_lab, make_sentence_folder
+from tests.helpers import make_lab, make_sentence_folder
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from numformer.data import batches
 from numformer.data.batches import check_length, get_batch, prepare
+from numformer.data.cache import TokenFile
 from numformer.data.tokenizer import BPETokenizer, CharTokenizer
 from numformer.errors import DataError, UsageError
 
@@ -26,7 +26,7 @@ def test_char_split_is_first_90_percent(text, tmp_path):
     expected = np.array([vocab.index(c) for c in text])
     n_train = int(0.9 * len(text))
     assert train.dtype == np.uint8 and val.dtype == np.uint8  # V <= 256: one byte per id
-    assert isinstance(train, batches.TokenFile) and isinstance(val, batches.TokenFile)  # read from the cache file
+    assert isinstance(train, TokenFile) and isinstance(val, TokenFile)  # read from the cache file
     assert np.array_equal(train, expected[:n_train]) and np.array_equal(val, expected[n_train:])
     assert tok.chars == vocab
 
@@ -100,7 +100,7 @@ def test_cache_files_appear_only_by_rename(text, tmp_path, monkeypatch):
         renamed.append(os.path.basename(dst))
         return real_replace(src, dst)
 
-    monkeypatch.setattr(batches.os, "replace", replace)
+    monkeypatch.setattr(os, "replace", replace)
     monkeypatch.setattr(CharTokenizer, "encode", encode)
     prepare(text, "char", cache_dir=tmp_path)
     ids_file, meta_file = _entry(tmp_path)
@@ -135,15 +135,6 @@ def test_unwritable_cache_is_not_an_error(text, tmp_path, capsys):
     assert len(train) + len(val) == len(text)
     notes = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(notes) == 1 and notes[0].startswith("numformer: note: could not write the token cache file"), notes
-
-
-def test_default_cache_dir_follows_environment(tmp_path, monkeypatch):
-    monkeypatch.setenv("NUMFORMER_CACHE", str(tmp_path / "c"))
-    assert batches.default_cache_dir() == tmp_path / "c"
-    prepare("hello world, hello numformer\n" * 20, "char")
-    assert len(list((tmp_path / "c").glob("tokens-*.bin"))) == 1
-    monkeypatch.delenv("NUMFORMER_CACHE")
-    assert str(batches.default_cache_dir()).endswith(".cache/numformer")
 
 
 def test_large_vocabulary_uses_uint32(tmp_path):

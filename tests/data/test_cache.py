@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from numformer import checkpoint
-from numformer.data import batches
+from numformer.data import cache
 from numformer.data.batches import get_batch, prepare
 from numformer.data.tokenizer import CharTokenizer
 
@@ -142,7 +142,7 @@ def test_an_entry_being_written_is_a_plain_miss(tmp_path, capsys):
 def test_ids_that_cannot_be_read_are_stale_not_an_error(tmp_path, capsys, monkeypatch):
     """An I/O error while the ids are checked (a failing disk) is the cache's problem: rebuilt."""
     prepare(A, "char", cache_dir=tmp_path)
-    real = batches._sha256_of
+    real = cache._sha256_of
     calls = []
 
     def failing(file):
@@ -151,7 +151,7 @@ def test_ids_that_cannot_be_read_are_stale_not_an_error(tmp_path, capsys, monkey
             raise OSError(5, "Input/output error")
         return real(file)
 
-    monkeypatch.setattr(batches, "_sha256_of", failing)
+    monkeypatch.setattr(cache, "_sha256_of", failing)
     capsys.readouterr()
     train, val, _ = prepare(A, "char", cache_dir=tmp_path)
     assert np.array_equal(np.concatenate([train, val]), _expected_char_ids(A)[0])
@@ -173,9 +173,9 @@ def test_cache_files_go_through_the_checkpoint_writer(tmp_path, monkeypatch):
     prepare(A, "char", cache_dir=tmp_path)
     ids_file, meta_file = _entry(tmp_path)
     assert written == [ids_file.name, meta_file.name]      # ids first, then the record vouching for them
-    batches.write_cached_text(tmp_path / "text.txt", "some text")
+    cache.write_cached_text(tmp_path / "text.txt", "some text")
     assert written[-1] == "text.txt"
-    assert batches.read_cached_text(tmp_path / "text.txt") == "some text"
+    assert cache.read_cached_text(tmp_path / "text.txt") == "some text"
 
 
 def test_the_ids_are_streamed_to_the_writer(tmp_path, monkeypatch):
@@ -303,3 +303,12 @@ def test_a_record_that_is_not_a_regular_file_is_rebuilt_without_blocking(tmp_pat
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == [str(len(A)), "True"]
     assert "not a regular file" in r.stderr and "rebuilt" in r.stderr
+
+
+def test_default_cache_dir_follows_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("NUMFORMER_CACHE", str(tmp_path / "c"))
+    assert cache.default_cache_dir() == tmp_path / "c"
+    prepare("hello world, hello numformer\n" * 20, "char")
+    assert len(list((tmp_path / "c").glob("tokens-*.bin"))) == 1
+    monkeypatch.delenv("NUMFORMER_CACHE")
+    assert str(cache.default_cache_dir()).endswith(".cache/numformer")

@@ -10,8 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from numformer.data import batches, corpus
-from numformer.data.batches import id_dtype, prepare
+from numformer.data import batches, cache, corpus
+from numformer.data.batches import prepare
+from numformer.data.cache import id_dtype
 from numformer.data.corpus import Corpus, open_corpus
 from numformer.data.tokenizer import BPETokenizer, CharTokenizer
 from numformer.errors import DataError
@@ -131,7 +132,7 @@ def test_vocabulary_over_256_characters_is_uint16_in_the_cache_file(tmp_path):
     train, val, tok = prepare(text, "char", cache_dir=tmp_path)
     assert tok.vocab_size == 300
     assert train.dtype == val.dtype == np.uint16
-    assert isinstance(train, batches.TokenFile) and isinstance(val, batches.TokenFile)
+    assert isinstance(train, cache.TokenFile) and isinstance(val, cache.TokenFile)
     (ids_file,) = tmp_path.glob("tokens-*.bin")
     assert ids_file.stat().st_size == 2 * len(text)
     assert np.array_equal(np.concatenate([train, val]), [c - 0x100 for c in map(ord, text)])
@@ -182,7 +183,7 @@ def test_old_npy_entries_are_not_read(tmp_path):
     old.write_bytes(b"old entry")
     train, val, tok = prepare(text, "char", cache_dir=tmp_path)
     assert old.read_bytes() == b"old entry"
-    assert batches.CACHE_FORMAT == 2
+    assert cache.CACHE_FORMAT == 2
     assert len(train) + len(val) == len(text)
 
 

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from numformer.data import tokenizer as tk
-from numformer.data.tokenizer import BPETokenizer, CharTokenizer, from_json
+from numformer.data.tokenizer import BPETokenizer, CharTokenizer, check_fits, from_json
 from numformer.errors import DataError, UsageError
+from tests.helpers import DEEP, one_line
 
 CHINESE = "床前明月光，疑是地上霜。\n举头望明月，低头思故乡。\n"
 # Things byte-level BPE must carry through exactly: leading and repeated spaces, tabs, CR LF,
@@ -184,3 +185,65 @@ def test_from_json_errors_are_one_clear_line(doc, words):
         from_json(doc)
     message = str(info.value)
     assert words in message and "\n" not in message
+
+
+# ------------------------------------------- crafted tokenizer documents (they used to crash)
+
+
+def test_tokenizer_json_nested_200000_deep_is_a_data_error():
+    with pytest.raises(DataError) as e:
+        from_json("[" * DEEP + "]" * DEEP)
+    assert "nested too deeply" in one_line(e)
+
+
+@pytest.mark.parametrize("chars", [["a", "\ud800"], ["\udcff"]])
+def test_a_tokenizer_with_a_lone_surrogate_is_refused(chars):
+    with pytest.raises(DataError) as e:
+        from_json(json.dumps({"type": "char", "format": 1, "chars": chars}))
+    assert "lone surrogate" in one_line(e)
+
+
+def test_a_tokenizer_larger_than_the_model_does_not_fit():
+    tok = CharTokenizer.from_text("abcdef")
+    check_fits(tok, 6, "here")            # equal: fine
+    with pytest.raises(DataError) as e:
+        check_fits(tok, 5, "ckpt")
+    assert "6 tokens" in one_line(e) and "5" in str(e.value)
+
+
+def test_unknown_characters_are_all_named_up_to_five_with_a_count():
+    tok = CharTokenizer.from_text("abc ")
+    with pytest.raises(DataError) as e:
+        tok.encode("abc xyz")
+    msg = one_line(e)
+    assert "3 characters" in msg and all(repr(c) in msg for c in "xyz"), msg
+    with pytest.raises(DataError) as e:
+        tok.encode("a1234567")
+    msg = one_line(e)
+    assert "7 characters" in msg and "and 2 more" in msg and "'5'" in msg and "'6'" not in msg, msg
+    with pytest.raises(DataError) as e:
+        tok.encode("aqq")
+    assert "character 'q'" in str(e.value) and "2 occurrences" in str(e.value)
+
+
+def _bpe_doc(vocab, merges):
+    from tokenizers import Tokenizer, models
+
+    hf = json.loads(Tokenizer(models.BPE(vocab={"a": 0, "b": 1, "ab": 2}, merges=[("a", "b")])).to_str())
+    hf["model"].update(vocab=vocab, merges=merges)
+    return json.dumps({"type": "bpe", "format": 1, "hf": hf})
+
+
+@pytest.mark.parametrize("vocab, merges, words", [
+    ({"a": 0, "b": 1}, [["a", "b"]], ["model.merges[0]", "'ab' is not in model.vocab"]),   # tokenizers panicked
+    ({"a": 0, "b": 1, "ab": 2}, ["a b c"], ["model.merges[0] is not a pair"]),
+    ({"a": 0, "b": 1, "ab": 7}, [["a", "b"]], ["model.vocab", "'ab' has id 7"]),            # past the embedding
+    ({"a": 0, "b": 1, "ab": 1}, [["a", "b"]], ["both have id 1"]),
+    ({"a": 0, "b": "1", "ab": 2}, [["a", "b"]], ["'b' has id '1'"]),
+])
+def test_a_bpe_model_tokenizers_cannot_take_is_one_data_error(capfd, vocab, merges, words):
+    with pytest.raises(DataError) as e:
+        from_json(_bpe_doc(vocab, merges))
+    message = one_line(e)
+    assert all(w in message for w in words), message
+    assert "panicked" not in capfd.readouterr().err

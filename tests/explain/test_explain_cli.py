@@ -121,8 +121,8 @@ def test_text_output_all(text_all):
     assert "13 formulas: 7 agree, 3 differ, 3 incomplete in the article" in text_all
 
 
-def test_text_shows_seed_and_computed_side_by_side(text_all):
-    # attention: the seed's rounded weights next to the true ones, and the differing output.
+def test_text_shows_printed_and_computed_side_by_side(text_all):
+    # attention: the article's rounded weights next to the true ones, and the differing output.
     line = next(l for l in text_all.splitlines() if "softmax(Q Kᵀ / √d_k)" in l and "≈" in l)
     assert "[0.5 0.5]" in line and "[0.3302 0.6698]" in line and "DIFFERS by 0.1698" in line
     line = next(l for l in text_all.splitlines() if l.startswith(" ▶ Attention(Q, K, V)"))
@@ -144,7 +144,7 @@ def test_help_lists_names():
 
 
 def test_narrow_layout_stacks_rows(monkeypatch):
-    """When seed and computed do not fit side by side, each row is stacked, still within WIDTH."""
+    """When printed and computed do not fit side by side, each row is stacked, still within WIDTH."""
     from numformer.commands import explain as cli
     from numformer.explain.examples import explain
 

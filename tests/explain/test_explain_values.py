@@ -2,8 +2,8 @@
 
 Every expected value below is written out with `math` (exp, erf, tanh, log, sqrt) or plain loops,
 never taken from numformer: if an op, the optimizer or the explain code goes wrong, these fail.
-The verdicts (agree / differ / seed incomplete) are checked one by one too, including the
-intermediate steps where the seed goes wrong.
+The verdicts (agree / differ / article incomplete) are checked one by one too, including the
+intermediate steps where the article goes wrong.
 """
 
 import math
@@ -24,7 +24,7 @@ import numformer.optim
 from numformer.explain import NAMES
 from numformer.explain.examples import EXAMPLES, Step, approx, exact, explain
 
-# The verdict for each formula: True agrees, False differs, None the seed stops before the result.
+# The verdict for each formula: True agrees, False differs, None the article stops before the result.
 EXPECTED_VERDICT = {
     "linear": True,
     "positional_encoding": None,
@@ -76,7 +76,7 @@ def attention_by_hand(q, k, v):
 # -- the verdicts --------------------------------------------------------------------------------
 
 
-def test_all_thirteen_in_the_seeds_order(ex):
+def test_all_thirteen_in_the_articles_order(ex):
     assert NAMES == tuple(EXPECTED_VERDICT) == tuple(EXAMPLES)
     assert [e.name for e in explain()] == list(NAMES)
     assert [e.number for e in explain()] == list(range(1, 14))
@@ -87,10 +87,10 @@ def test_verdict(ex, name):
     e = ex[name]
     assert e.agrees is EXPECTED_VERDICT[name]
     if e.agrees is None:
-        assert any(s.seed is None for s in e.results)
+        assert any(s.printed is None for s in e.results)
         assert e.diff is None
     else:
-        assert all(s.seed is not None for s in e.results)
+        assert all(s.printed is not None for s in e.results)
         assert (e.diff > 0.01) == (e.agrees is False)
 
 
@@ -128,7 +128,7 @@ def test_positional_encoding(ex):
     close(e.step("PE").computed, pe)
     close(e.step("angle").computed, [1.0, 0.01])
     assert e.step("angle").agrees is True
-    assert e.step("PE").seed is None
+    assert e.step("PE").printed is None
 
 
 def test_attention(ex):
@@ -141,13 +141,13 @@ def test_attention(ex):
     close(e.step("QK^T/sqrt(d_k)").computed, [[0, s], [s, 0]])
     close(e.step("weights").computed, weights)
     close(e.step("output").computed, out)
-    # Where the seed goes wrong: QKᵀ and its scaling are right, the softmax rounding is not.
+    # Where the article goes wrong: QKᵀ and its scaling are right, the softmax rounding is not.
     assert e.step("QK^T").agrees and e.step("QK^T/sqrt(d_k)").agrees
     assert e.step("weights").agrees is False
     assert e.step("weights").diff == pytest.approx(0.5 - weights[0][0], abs=1e-12)
     assert e.step("output").agrees is False
     assert e.diff == pytest.approx(max(abs(out[0][0] - 2), abs(out[1][0] - 2)), abs=1e-12)
-    # The note explains the seed's [[2, 3], [2, 3]] as what weights of exactly 0.5 give: true,
+    # The note explains the article's [[2, 3], [2, 3]] as what weights of exactly 0.5 give: true,
     # and said.
     assert matmul([[0.5, 0.5], [0.5, 0.5]], V) == [[2, 3], [2, 3]]
     assert "[[2, 3], [2, 3]]" in e.note and "exactly 0.5" in e.note
@@ -160,7 +160,7 @@ def test_multi_head_attention(ex):
     # head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V); W_1 = I, W_2 = P for q, k and v alike.
     inputs_1 = [matmul(Q, I2), matmul(K, I2), matmul(V, I2)]
     inputs_2 = [matmul(Q, P), matmul(K, P), matmul(V, P)]
-    close(e.step("head_2_inputs").seed.value, [[[0, 1], [1, 0]], [[1, 0], [0, 1]], [[2, 1], [4, 3]]])  # the seed's
+    close(e.step("head_2_inputs").printed.value, [[[0, 1], [1, 0]], [[1, 0], [0, 1]], [[2, 1], [4, 3]]])  # the article's
     head_1 = attention_by_hand(*inputs_1)[1]
     head_2 = attention_by_hand(*inputs_2)[1]
     concat = [head_1[t] + head_2[t] for t in range(2)]  # (T, 2 hs)
@@ -174,7 +174,7 @@ def test_multi_head_attention(ex):
     assert "W_O" in e.ours
     close(e.extra["mha_output"], concat)  # the fused numformer.ops.mha gives the same
     assert e.step("head_1_inputs").agrees and e.step("head_2_inputs").agrees
-    assert e.step("output").seed is None
+    assert e.step("output").printed is None
     # The note's claim: head_2 is head_1 with its columns swapped.
     close(head_2, [row[::-1] for row in head_1])
     assert "columns swapped" in e.note
@@ -272,9 +272,9 @@ def test_adam(ex):
     close(e.step("step").computed, step, tol=1e-12)
     close(e.extra["theta_1"], [0 - s for s in step])
     close(e.extra["formula_step"], step)
-    # Where the seed goes wrong: m_1 is right; v_1, both bias corrections and the step are not.
+    # Where the article goes wrong: m_1 is right; v_1, both bias corrections and the step are not.
     assert e.step("m_1").agrees is True
-    assert e.step("v_1").agrees is False  # seed 0.0001, true 0.001 · 0.01 = 0.00001
+    assert e.step("v_1").agrees is False  # the article 0.0001, true 0.001 · 0.01 = 0.00001
     assert e.step("m_hat_1").agrees is False
     assert e.step("v_hat_1").agrees is False
     assert e.step("step").agrees is False

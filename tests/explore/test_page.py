@@ -116,6 +116,12 @@ def test_positions_as_the_model_adds_them():
     C, block = model.config.n_embd, model.config.block_size
     # the whole context's table, not just the prompt's six positions
     np.testing.assert_allclose(d["positions"]["table"], positional.sinusoidal(block, C) / np.sqrt(C), atol=1e-4)
+    assert d["positions"]["scale"] == 1 / np.sqrt(C)
+    for form in ("article", "paper"):                              # both add the table P as it is
+        other = tiny_model(sinusoidal_form=form)
+        d = explore_data(other, other.tokenizer.encode("ROMEO:"))
+        np.testing.assert_allclose(d["positions"]["table"], positional.sinusoidal(block, C), atol=1e-4)
+        assert d["positions"]["scale"] == 1.0
     learned = tiny_model(pos_encoding="learned")
     d = explore_data(learned, learned.tokenizer.encode("ROMEO:"))
     np.testing.assert_allclose(d["positions"]["table"], learned.params["transformer.wpe.weight"], atol=1e-4)

@@ -22,6 +22,8 @@ CONFIGS = [
     dict(),                                                       # sinusoidal positions, biases, tanh GELU
     dict(pos_encoding="learned", bias=False, gelu="exact"),
     dict(n_head=4, n_layer=3),
+    dict(sinusoidal_form="paper"),                                # √C·wte[idx] + P
+    dict(sinusoidal_form="article"),                              # wte[idx] + P
 ]
 
 

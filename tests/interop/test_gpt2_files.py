@@ -12,7 +12,8 @@ from numformer.data.tokenizer import BPETokenizer, from_json
 from numformer.interop.gpt2 import export_hf_gpt2, import_hf_gpt2
 from numformer.model.adapters import LoRAConfig
 from numformer.model.gpt import GPT
-from tests.gpt2_folder import TEXT, make_gpt2_folder
+from numformer.reference.gpt2_folder import make_gpt2_folder
+from tests.helpers import TEXT
 
 
 def logits_of(hf, idx):

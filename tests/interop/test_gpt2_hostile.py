@@ -101,20 +101,6 @@ def test_the_exported_folder_still_loads_in_transformers(tmp_path):
     assert cli_main(["convert", "--to_hf", str(tmp_path / "ckpt2"), "--out", str(tmp_path / "hf"), "--overwrite"]) == 0
 
 
-@pytest.fixture
-def deadline():
-    """deadline(seconds): fail with TimeoutError if the test still runs then (a read blocked)."""
-    import signal
-
-    def expire(*_):
-        raise TimeoutError("still running at the deadline: the reader blocked")
-
-    old = signal.signal(signal.SIGALRM, expire)
-    yield lambda seconds: signal.alarm(seconds)
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
-
-
 def _convert_error(capsys, folder, out):
     capsys.readouterr()
     code = cli_main(["convert", "--from_hf", str(folder), "--out", str(out)])

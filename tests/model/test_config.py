@@ -11,6 +11,7 @@ from numformer.data.tokenizer import CharTokenizer
 from numformer.errors import NumformerError
 from numformer.model.config import GPTConfig, InvalidConfig
 from numformer.model.gpt import GPT
+from tests.helpers import one_line
 
 SMALL = dict(vocab_size=5, block_size=8, n_layer=1, n_head=2, n_embd=8)
 
@@ -108,3 +109,16 @@ def test_resuming_a_checkpoint_with_a_bad_model_config_names_its_config_json(tmp
         resolve({"out_dir": str(tmp_path)}, resume=True)
     message = str(e.value)
     assert message.startswith(f"{tmp_path / 'latest' / 'config.json'}: ") and key in message, message
+
+
+@pytest.mark.parametrize("bias", ["false", "true", 0, 1, None])
+def test_bias_must_be_a_boolean_in_a_model_config(bias):
+    with pytest.raises(InvalidConfig) as e:     # its caller names the flag or the file
+        GPTConfig.from_dict({"bias": bias})
+    assert "bias must be true or false" in one_line(e)
+
+
+@pytest.mark.parametrize("eps", [float("inf"), float("nan"), 0.0])
+def test_layer_norm_eps_must_be_positive_and_finite(eps):
+    with pytest.raises(InvalidConfig):
+        GPTConfig(layer_norm_eps=eps)

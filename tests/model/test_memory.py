@@ -17,9 +17,9 @@ import pytest
 from numformer.errors import CheckpointError, MemoryLimitError
 from numformer.model import memory
 from numformer.model.config import GPTConfig
-from numformer.model.encoder import EncoderConfig, parameter_shapes
+from numformer.model.encoder import EncoderConfig
 from numformer.model.gpt import GPT
-from numformer.model.params import gpt_param_shapes
+from numformer.model.params import BERT, gpt_param_shapes
 
 HUGE = 1_000_000_000
 
@@ -36,7 +36,7 @@ def test_gpt_params_counts_every_parameter(kw):
 def test_encoder_params_counts_every_parameter():
     cfg = EncoderConfig(vocab_size=100, hidden_size=24, num_hidden_layers=3, num_attention_heads=4,
                         intermediate_size=40, max_position_embeddings=33, type_vocab_size=2)
-    assert memory.encoder_params(cfg) == sum(math.prod(s) for s in parameter_shapes(cfg).values())
+    assert memory.encoder_params(cfg) == sum(math.prod(s) for s in BERT.shapes(cfg).values())
 
 
 def test_counting_a_billion_layers_is_instant():

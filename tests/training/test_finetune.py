@@ -1,7 +1,7 @@
 """`numformer train --init_from DIR`, with and without LoRA (numformer.training.finetune).
 
 The GPT-2 folders are random GPT2LMHeadModels with a byte-level BPE trained on the corpus, saved
-as GPT-2's own folders are (vocab.json + merges.txt, no tokenizer.json): docs/make_gpt2_folder.py.
+as GPT-2's own folders are (vocab.json + merges.txt, no tokenizer.json): numformer.reference.gpt2_folder.
 """
 
 import json
@@ -14,7 +14,8 @@ from numformer.checkpoint import load_checkpoint
 from numformer.cli import main as cli_main
 from numformer.model.gpt import GPT
 from numformer.training import run
-from tests.gpt2_folder import TEXT, make_gpt2_folder
+from numformer.reference.gpt2_folder import make_gpt2_folder
+from tests.helpers import TEXT
 
 RUN = dict(batch_size=4, max_iters=6, eval_interval=3, eval_iters=2, warmup_iters=0, learning_rate=3e-3,
            min_lr=3e-4, lr_decay_iters=6, sample_tokens=0)

@@ -17,7 +17,7 @@ from numformer import cli
 from numformer.checkpoint import load_checkpoint
 from numformer.training import TrainConfig, run
 from numformer.training.loop import Trainer
-from tests.tiny import TINY, flags, make_lab
+from tests.helpers import TINY, flags, make_lab
 
 
 @pytest.fixture(scope="module")

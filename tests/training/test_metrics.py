@@ -15,7 +15,8 @@ import torch
 
 from numformer.model.gpt import GPT
 from numformer.training import run
-from tests.gpt2_folder import TEXT, make_gpt2_folder
+from numformer.reference.gpt2_folder import make_gpt2_folder
+from tests.helpers import TEXT
 
 RUN = dict(batch_size=4, max_iters=6, eval_interval=3, eval_iters=2, warmup_iters=0, learning_rate=3e-3,
            min_lr=3e-4, lr_decay_iters=6, sample_tokens=0)

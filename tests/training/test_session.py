@@ -18,7 +18,7 @@ import pytest
 
 from numformer import cli
 from numformer.checkpoint import load_checkpoint
-from tests.tiny import TINY, flags, make_lab
+from tests.helpers import TINY, flags, make_lab
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,12 @@ An existing --out is replaced only with --overwrite, and only if numformer wrote
 The mapping of names, layouts and config keys is in numformer.interop.gpt2.
 """
 
+from pathlib import Path
+
+from numformer.checkpoint import lock_folder
+from numformer.errors import CheckpointError, UsageError, hub_hint, looks_like_hub_name
+from numformer.interop import gpt2
+
 
 def add_arguments(parser) -> None:
     direction = parser.add_mutually_exclusive_group(required=True)
@@ -26,18 +32,9 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from numformer.errors import CheckpointError, UsageError
-    from numformer.interop import gpt2
-
-    from pathlib import Path
-
-    from numformer.checkpoint import lock_folder
-
     for flag, value in (("--from_hf", args.from_hf), ("--to_hf", args.to_hf), ("--out", args.out)):
         if value is not None and not value.strip():
             raise UsageError(f"{flag} is empty; give a folder")
-    from numformer.errors import hub_hint, looks_like_hub_name
-
     if args.from_hf is not None and looks_like_hub_name(args.from_hf):
         raise CheckpointError(hub_hint("--from_hf", args.from_hf, "gpt2"))
     if args.from_hf is None and args.dtype is not None:

@@ -13,11 +13,13 @@ text. `--json` prints a JSON list with one object per text, in input order:
 """
 
 import json
+import os
+import stat
 import sys
 
 import numpy as np
 
-from numformer.errors import DataError, UsageError
+from numformer.errors import DataError, UsageError, check_text
 from numformer.sentence import DEFAULT_BATCH_SIZE, INSTALL_HINT, embed
 
 
@@ -60,9 +62,6 @@ def lines_of(data: bytes, source: str) -> list[str]:
 def _file_texts(path: str) -> list[str]:
     """The lines of --file. A FIFO is read (`--file <(command)` gives one); a folder or a device
     is refused."""
-    import os
-    import stat
-
     try:
         mode = os.stat(path).st_mode
         if stat.S_ISDIR(mode):
@@ -81,8 +80,6 @@ def _file_texts(path: str) -> list[str]:
 def gather_texts(args) -> list[str]:
     """The texts to embed, in order: the arguments (`-`: stdin's lines), then --file's lines; stdin
     alone when neither is given and it is not a terminal."""
-    from numformer.errors import check_text
-
     stdin_read = False
 
     def stdin_texts(how: str) -> list[str]:

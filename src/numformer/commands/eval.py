@@ -12,10 +12,17 @@ numformer.model.evaluate.
 
 from __future__ import annotations
 
+import json
+import math
+
+from numformer.commands.sample import add_checkpoint_arguments, chosen_checkpoint, load_for_sampling
+from numformer.data.corpus import open_corpus
+from numformer.errors import UsageError
+from numformer.model.evaluate import evaluate_corpus
+from numformer.parallel.process import cores
+
 
 def add_arguments(parser) -> None:
-    from numformer.commands.sample import add_checkpoint_arguments
-
     add_checkpoint_arguments(parser)
     parser.add_argument("--data", required=True, metavar="FILE", help="the UTF-8 text to evaluate: a file, a folder of .txt files or 'shakespeare', read as train reads --data")
     parser.add_argument("--stride", type=int, default=None, metavar="S",
@@ -28,15 +35,6 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    import json
-    import math
-
-    from numformer.commands.sample import chosen_checkpoint, load_for_sampling
-    from numformer.data.corpus import open_corpus
-    from numformer.errors import UsageError
-    from numformer.model.evaluate import evaluate_corpus
-    from numformer.parallel.process import cores
-
     if not args.data.strip():
         raise UsageError("--data is empty; give a text file")
     if args.threads < 0:

@@ -13,8 +13,11 @@ import os
 import sys
 import unicodedata
 
-from numformer.explain import NAMES
+import numpy as np
+
 from numformer.errors import UsageError
+from numformer.explain import NAMES
+from numformer.explain.examples import explain, num
 
 WIDTH = 98  # every line fits a 100-column terminal
 INDENT = "   "
@@ -56,8 +59,6 @@ def select(names: list[str]) -> list[str]:
 
 def main(args) -> int:
     names = select(args.names)
-    from numformer.explain.examples import explain
-
     examples = explain(names)
     if args.json:
         print(json.dumps([ex.to_json() for ex in examples], indent=2, allow_nan=False))
@@ -112,18 +113,18 @@ def verdict(ex, style: _Style, short: bool = False) -> str:
         return style.open("INCOMPLETE in the article" + ("" if short else " -> computed"))
     if ex.agrees:
         return style.good("AGREES")
-    return style.bad(f"DIFFERS by {_num(ex.diff)}")
+    return style.bad(f"DIFFERS by {num(ex.diff)}")
 
 
 def check(step, style: _Style) -> str:
     """The check column of one row."""
-    if step.seed is None:
+    if step.printed is None:
         return style.open("not printed") if step.result else style.dim("not printed")
     if not step.agrees:
-        return style.bad(f"DIFFERS by {_num(step.diff)}")
-    if step.seed.exact:
+        return style.bad(f"DIFFERS by {num(step.diff)}")
+    if step.printed.exact:
         return style.good("agrees")
-    return style.good(f"agrees ({step.seed.decimals} decimals)")
+    return style.good(f"agrees ({step.printed.decimals} decimals)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,15 +150,7 @@ def _pad(text: str, width: int) -> str:
     return text + " " * max(0, width - _width(text))
 
 
-def _num(x: float) -> str:
-    from numformer.explain.examples import num
-
-    return num(x)
-
-
 def _cell(x: float, decimals: int | None) -> str:
-    import numpy as np
-
     if decimals is None and 0 < abs(x) < 1e-4:  # eps = 1e-08, not 0.00000001
         s = np.format_float_scientific(float(x), trim="-")
     elif decimals is None:  # as the article writes it: 4.5, 0.0001, 2
@@ -171,8 +164,6 @@ def _cell(x: float, decimals: int | None) -> str:
 
 def block(value, decimals: int | None) -> list[str]:
     """A number, vector, matrix or stack of matrices as aligned lines of text."""
-    import numpy as np
-
     a = np.asarray(value, dtype=np.float64)
     if a.ndim == 0:
         return [_cell(a, decimals)]
@@ -273,45 +264,45 @@ def render(ex, style: _Style | None = None) -> list[str]:
     return lines
 
 
-def _seed_block(step) -> list[str]:
-    if step.seed is None:
+def _printed_block(step) -> list[str]:
+    if step.printed is None:
         return ["—"]
-    lines = block(step.seed.value, None if step.seed.exact else step.seed.decimals)
-    sign = "= " if step.seed.exact else "≈ "
+    lines = block(step.printed.value, None if step.printed.exact else step.printed.decimals)
+    sign = "= " if step.printed.exact else "≈ "
     return [sign + lines[0]] + ["  " + line for line in lines[1:]]
 
 
 def _step_table(ex, style: _Style) -> list[str]:
-    rows = [(s, s.label, _seed_block(s), block(s.computed, s.decimals), check(s, style))
+    rows = [(s, s.label, _printed_block(s), block(s.computed, s.decimals), check(s, style))
             for s in ex.steps]
     head = ("quantity", "article prints", "numformer computes", "check")
     w_label = max([_width(head[0])] + [_width(r[1]) for r in rows])
-    w_seed = max([_width(head[1])] + [_width(x) for r in rows for x in r[2]])
+    w_printed = max([_width(head[1])] + [_width(x) for r in rows for x in r[2]])
     w_comp = max([_width(head[2])] + [_width(x) for r in rows for x in r[3]])
     w_check = max(_width(r[4]) for r in rows)
-    side_by_side = len(INDENT) + w_label + w_seed + w_comp + w_check + 3 * len(GAP) <= WIDTH
+    side_by_side = len(INDENT) + w_label + w_printed + w_comp + w_check + 3 * len(GAP) <= WIDTH
 
     def mark(step):
         return " ▶ " if step.result else INDENT
 
     lines = []
     if side_by_side:
-        lines.append(style.dim(INDENT + GAP.join([_pad(head[0], w_label), _pad(head[1], w_seed),
+        lines.append(style.dim(INDENT + GAP.join([_pad(head[0], w_label), _pad(head[1], w_printed),
                                                   _pad(head[2], w_comp), head[3]])))
-        for step, label, seed, comp, chk in rows:
-            for i in range(max(len(seed), len(comp))):
+        for step, label, printed, comp, chk in rows:
+            for i in range(max(len(printed), len(comp))):
                 cols = [
                     _pad(label if i == 0 else "", w_label),
-                    _pad(seed[i] if i < len(seed) else "", w_seed),
+                    _pad(printed[i] if i < len(printed) else "", w_printed),
                     _pad(comp[i] if i < len(comp) else "", w_comp),
                     chk if i == 0 else "",
                 ]
                 lines.append(((mark(step) if i == 0 else INDENT) + GAP.join(cols)).rstrip())
     else:  # too wide for one line: one row per line, stacked
-        for step, label, seed, comp, chk in rows:
+        for step, label, printed, comp, chk in rows:
             lines.append(mark(step) + label + "   " + chk)
-            lines += [INDENT + "    article prints  " + x for x in seed[:1]]
-            lines += [INDENT + "                 " + x for x in seed[1:]]
+            lines += [INDENT + "    article prints  " + x for x in printed[:1]]
+            lines += [INDENT + "                 " + x for x in printed[1:]]
             lines += [INDENT + "    numformer    " + x for x in comp[:1]]
             lines += [INDENT + "                 " + x for x in comp[1:]]
     return lines
@@ -319,8 +310,6 @@ def _step_table(ex, style: _Style) -> list[str]:
 
 def _one_line(value, decimals: int | None) -> str:
     """A value in one line: 0.841, [4.5 1.5], [[2 3] [2 3]]."""
-    import numpy as np
-
     lines = block(value, decimals)
     return "[" + " ".join(lines) + "]" if np.ndim(value) >= 2 else lines[0]
 
@@ -346,9 +335,9 @@ def summary(examples, style: _Style) -> list[str]:
     lines.append(style.dim(" ".join(_pad(h, w) for h, w in zip(head, widths)) + " verdict"))
     for ex in examples:
         first = ex.results[0]
-        seed = "—" if first.seed is None else _one_line(
-            first.seed.value, None if first.seed.exact else first.seed.decimals)
-        cells = (str(ex.number), ex.name, seed, _one_line(first.computed, min(first.decimals, 4)))
+        printed = "—" if first.printed is None else _one_line(
+            first.printed.value, None if first.printed.exact else first.printed.decimals)
+        cells = (str(ex.number), ex.name, printed, _one_line(first.computed, min(first.decimals, 4)))
         text = " ".join(_clip(c, w) for c, w in zip(cells, widths))
         lines.append(text + " " + verdict(ex, style, short=True))
     return lines

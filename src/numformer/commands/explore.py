@@ -14,7 +14,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from numformer.commands.sample import add_checkpoint_arguments, chosen_checkpoint
+from numformer.checkpoint import replace_file
+from numformer.commands.sample import add_checkpoint_arguments, chosen_checkpoint, load_for_sampling, read_prompt
+from numformer.errors import UsageError
+from numformer.explore import build_page, explore_data, is_explorer_page
+from numformer.explore.data import readable
+from numformer.training.metrics import scan_metrics
 
 
 def add_arguments(parser) -> None:
@@ -34,8 +39,6 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from numformer.errors import UsageError
-
     args.out_dir = chosen_checkpoint(args)
     if not (0 <= args.temperature < float("inf")):
         raise UsageError(f"--temperature must be a number >= 0, got {args.temperature}")
@@ -46,16 +49,11 @@ def main(args) -> int:
     out = Path(args.out)
     _check_out(out)
 
-    from numformer.checkpoint import replace_file
-    from numformer.explore import build_page, explore_data
-    from numformer.explore.data import readable
-    from numformer.commands.sample import _read_prompt, load_for_sampling
-
     model = load_for_sampling(args.out_dir)
     tok = model.tokenizer
     if tok is None:
         raise UsageError(f"{args.out_dir}: the checkpoint has no tokenizer, so text cannot be encoded")
-    ids = tok.encode(_read_prompt(args))       # DataError naming an unknown character
+    ids = tok.encode(read_prompt(args))       # DataError naming an unknown character
     if len(ids) == 0:
         raise UsageError("the prompt encodes to no tokens; give at least one character")
     block = model.config.block_size
@@ -87,9 +85,6 @@ def _check_out(out: Path) -> None:
     """Refuse to write over a link, a folder, anything but a regular file (reading a FIFO would wait
     for a writer), or a file that is not a page numformer explore wrote (explore.is_explorer_page:
     HEAD and the SHA-256 of the rest; a page edited since is refused)."""
-    from numformer.errors import UsageError
-    from numformer.explore import is_explorer_page
-
     if out.is_symlink():
         raise UsageError(f"--out {out} is a symbolic link; refusing to replace it (give the path it points to)")
     if out.is_dir():
@@ -117,9 +112,6 @@ def _checkpoint_and_metrics(root: Path):
 
 def _read_metrics(path: Path) -> list[dict]:
     """The rows of the run's metrics.jsonl; lines that cannot be read are skipped with a note."""
-    from numformer.explore.data import readable
-    from numformer.training.metrics import scan_metrics
-
     try:
         rows, skipped = scan_metrics(path)
     except OSError as e:

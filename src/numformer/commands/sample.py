@@ -11,11 +11,17 @@ numformer.model.generate.
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
+from pathlib import Path
 
 import numpy as np
 
+from numformer.errors import CheckpointError, DataError, UsageError, check_text
 from numformer.model.generate import generate_tokens
+from numformer.model.gpt import GPT
+from numformer.parallel.process import one_blas_thread
 
 
 class StreamDecoder:
@@ -59,8 +65,6 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from numformer.errors import UsageError
-
     if args.max_new_tokens < 0:
         raise UsageError(f"--max_new_tokens must be >= 0, got {args.max_new_tokens}")
     if not (0 <= args.temperature < float("inf")):
@@ -73,8 +77,6 @@ def main(args) -> int:
         raise UsageError(f"--num_samples must be >= 1, got {args.num_samples}")
     if args.seed < 0:
         raise UsageError(f"--seed must be an integer >= 0, got {args.seed}")
-    from numformer.parallel.process import one_blas_thread
-
     one_blas_thread()   # sampling is one token at a time on one thread (see numformer.parallel.process)
 
     where = chosen_checkpoint(args)
@@ -82,7 +84,7 @@ def main(args) -> int:
     tok = model.tokenizer
     if tok is None:
         raise UsageError(f"{where}: the checkpoint has no tokenizer, so text cannot be encoded")
-    prompt = _read_prompt(args)
+    prompt = read_prompt(args)
     ids = tok.encode(prompt)              # DataError naming an unknown character
     if len(ids) == 0:
         raise UsageError("the prompt encodes to no tokens; give at least one character")
@@ -119,10 +121,6 @@ def add_checkpoint_arguments(parser) -> None:
 def chosen_checkpoint(args, default: str = "out") -> str:
     """The folder named by add_checkpoint_arguments' two forms, or `default`; UsageError if both
     are given and name different folders."""
-    from pathlib import Path
-
-    from numformer.errors import UsageError
-
     given = [v for v in (args.checkpoint, args.out_dir) if v is not None]
     if len(given) == 2 and Path(given[0]) != Path(given[1]) and not _same_file(*given):
         raise UsageError(f"OUT_DIR_OR_CHECKPOINT {given[0]} and --out_dir {given[1]} name different folders; "
@@ -131,8 +129,6 @@ def chosen_checkpoint(args, default: str = "out") -> str:
 
 
 def _same_file(a: str, b: str) -> bool:
-    import os
-
     try:
         return os.path.samefile(a, b)
     except (OSError, ValueError):
@@ -142,11 +138,6 @@ def _same_file(a: str, b: str) -> bool:
 def load_for_sampling(out_dir):
     """The checkpoint to sample from: out_dir itself if it is a checkpoint, else out_dir/best,
     else out_dir/latest."""
-    from pathlib import Path
-
-    from numformer.errors import CheckpointError
-    from numformer.model.gpt import GPT
-
     root = Path(out_dir)
     if root.is_file():
         return GPT.load(root)         # load_checkpoint explains why a file (a pickle, say) is refused
@@ -158,17 +149,15 @@ def load_for_sampling(out_dir):
     raise CheckpointError(f"{root}: no checkpoint found (looked for {root}/best and {root}/latest)")
 
 
-def _read_prompt(args) -> str:
-    from numformer.errors import DataError
-
+def read_prompt(args) -> str:
+    """The prompt of --prompt or --prompt_file (a UTF-8 file), as `sample` and `explore` take it;
+    a newline when neither is given."""
     if args.prompt_file is not None:
         path = args.prompt_file
         try:
             return _read_regular_file(path, "prompt file").decode("utf-8")
         except UnicodeDecodeError as e:
             raise DataError(f"{path}: not valid UTF-8 (byte {e.start})") from None
-    from numformer.errors import check_text
-
     return "\n" if args.prompt is None else check_text(args.prompt, "--prompt")
 
 
@@ -176,11 +165,6 @@ def _read_regular_file(path, what: str) -> bytes:
     """The bytes of `path`, or DataError naming it: not found, or not a regular file (a FIFO, a
     folder, a device), which is refused without waiting on it: a FIFO is opened without blocking
     and never read."""
-    import os
-    import stat
-
-    from numformer.errors import DataError
-
     kinds = {stat.S_IFIFO: "a FIFO", stat.S_IFDIR: "a folder", stat.S_IFCHR: "a character device",
              stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
 

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 
-from numformer.sentence import DEFAULT_BATCH_SIZE, INSTALL_HINT
+import numpy as np
+
+from numformer.errors import NumformerError, check_text
+from numformer.sentence import DEFAULT_BATCH_SIZE, INSTALL_HINT, embed
 
 
 def cosine_similarity(a, b) -> float:
-    import numpy as np
-
-    from numformer.errors import NumformerError
-
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     na, nb = np.linalg.norm(a), np.linalg.norm(b)
     if na == 0 or nb == 0:
@@ -36,9 +35,6 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from numformer.errors import check_text
-    from numformer.sentence import embed
-
     check_text(args.a, "A")
     check_text(args.b, "B")
 

@@ -1,4 +1,4 @@
-"""Data: corpora (built-in Shakespeare, your own text), tokenizers (char, BPE), batches.
+"""Data: corpora (built-in Shakespeare, your own text), tokenizers (char, BPE), the cache, batches.
 
     >>> from numformer.data import load_text, prepare, get_batch
     >>> text, name = load_text(None)                     # the built-in Shakespeare
@@ -6,7 +6,8 @@
     >>> x, y = get_batch(train_ids, 64, 12, np.random.default_rng(0))
 """
 
-from numformer.data.batches import check_length, default_cache_dir, get_batch, prepare
+from numformer.data.batches import check_length, get_batch, prepare
+from numformer.data.cache import default_cache_dir
 from numformer.data.corpus import load_text
 from numformer.data.tokenizer import BPETokenizer, CharTokenizer, from_json
 

@@ -61,8 +61,8 @@ plays are joined with a blank line. The result has the shape of Karpathy's tinys
 8. A speaker line with no speech lines at all is dropped. The text is otherwise kept exactly as
    the source prints it, misprints included.
 
-Converting all 38 plays takes 0.4 to 0.9 s on a busy 2-core machine, so the result is cached in
-the numformer cache folder ($NUMFORMER_CACHE, else ~/.cache/numformer), keyed by a SHA-256 of
+Converting all 38 plays takes most of a second (docs/performance.md, "Sizes chosen by
+measurement"), so the result is cached in the numformer cache folder ($NUMFORMER_CACHE, else ~/.cache/numformer), keyed by a SHA-256 of
 the markdown files and the version of these rules (`CONVERSION_VERSION`); a damaged cache file
 is rebuilt.
 """
@@ -78,6 +78,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+from numformer.data.cache import default_cache_dir, read_cached_text, write_cached_text
 from numformer.errors import DataError
 
 BUILTIN = "shakespeare"
@@ -175,8 +176,6 @@ def shakespeare(cache: bool = True) -> str:
         digest.update(data)
     cached = None
     if cache:
-        from numformer.data.batches import default_cache_dir, read_cached_text, write_cached_text
-
         cached = default_cache_dir() / f"shakespeare-{digest.hexdigest()[:32]}.txt"
         text = read_cached_text(cached)
         if text is not None:

@@ -24,23 +24,29 @@ JSON documents:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import numpy as np
+import tokenizers
 
+from numformer.checkpoint import TOKENIZER_LIMIT, parse_json, read_file
 from numformer.errors import DataError, UsageError
 
 FORMAT = 1
 MIN_BPE_VOCAB = 257  # the 256 byte tokens plus at least one merge
+TOKENIZERS_VERSION = tokenizers.__version__   # a BPE tokenizer's document records it
 
 
 def _describe(ch: str) -> str:
     return f"{ch!r} (U+{ord(ch):04X})"
 
 
-def _codes(text: str) -> np.ndarray:
+def code_points(text: str) -> np.ndarray:
     """The code points of `text` as uint32, without a Python loop."""  # (N,)
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
 
@@ -56,7 +62,7 @@ def _unknown_message(text: str, unknown: np.ndarray, vocab_size: int, shown: int
             first_at[ch] = int(i)
             if len(first_at) > shown:
                 break
-    distinct = len(set(_codes(text)[positions].tolist())) if len(first_at) > shown else len(first_at)
+    distinct = len(set(code_points(text)[positions].tolist())) if len(first_at) > shown else len(first_at)
     named = ", ".join(f"{_describe(c)} at position {i}" for c, i in list(first_at.items())[:shown])
     if distinct == 1:
         head = f"character {named} is"
@@ -92,7 +98,7 @@ class CharTokenizer:
             raise DataError(f"a character tokenizer's vocabulary holds a lone surrogate {_describe(lone[0])}, "
                             "which is not a character of any UTF-8 text")
         self.chars = chars
-        self._codes = _codes("".join(chars))  # (V,) sorted code points; id i <-> chars[i]
+        self._codes = code_points("".join(chars))  # (V,) sorted code points; id i <-> chars[i]
 
     @classmethod
     def from_text(cls, text: str) -> CharTokenizer:
@@ -105,7 +111,7 @@ class CharTokenizer:
         return len(self.chars)
 
     def encode(self, text: str) -> np.ndarray:
-        codes = _codes(text)  # (N,)
+        codes = code_points(text)  # (N,)
         ids = np.searchsorted(self._codes, codes)  # (N,) position of each code in the vocabulary
         ids = np.minimum(ids, len(self._codes) - 1)
         unknown = self._codes[ids] != codes
@@ -128,14 +134,6 @@ class CharTokenizer:
 
     def __repr__(self):
         return f"CharTokenizer(vocab_size={self.vocab_size})"
-
-
-def _hf():
-    try:
-        import tokenizers
-    except ImportError:
-        raise DataError("the BPE tokenizer needs the package 'tokenizers': pip install tokenizers") from None
-    return tokenizers
 
 
 # Cut points that GPT-2's pre-tokenizer always makes: after a "\n" that has a non-space on both
@@ -211,13 +209,12 @@ class BPETokenizer:
             )
         if isinstance(text, str) and not text:
             raise DataError("cannot train a BPE tokenizer on empty text")
-        hf = _hf()
-        tok = hf.Tokenizer(hf.models.BPE())
-        tok.pre_tokenizer = hf.pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = hf.decoders.ByteLevel()
-        trainer = hf.trainers.BpeTrainer(
+        tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+        tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = tokenizers.decoders.ByteLevel()
+        trainer = tokenizers.trainers.BpeTrainer(
             vocab_size=int(vocab_size),
-            initial_alphabet=hf.pre_tokenizers.ByteLevel.alphabet(),
+            initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
             special_tokens=[],
             show_progress=False,
         )
@@ -231,10 +228,6 @@ class BPETokenizer:
         per line, in rank order). "<|endoftext|>", when the vocabulary has it, is a special token
         that is never split, as in GPT-2. DataError (one line naming the file) if a file cannot be
         read or does not hold what it should: see _check_bpe."""
-        from pathlib import Path
-
-        from numformer.checkpoint import TOKENIZER_LIMIT, parse_json, read_file
-
         vocab, merges = Path(vocab), Path(merges)
         try:
             vocab_map = parse_json(read_file(vocab, TOKENIZER_LIMIT, error=DataError))
@@ -253,15 +246,16 @@ class BPETokenizer:
                 raise DataError(f"{merges}: line {n} is not two tokens separated by one space: {line[:60]!r}")
             pairs.append((n, tuple(parts)))
         _check_bpe(vocab_map, pairs, str(vocab), lambda n: f"{merges}: line {n}")
-        hf = _hf()
         try:
-            model = hf.models.BPE(vocab=vocab_map, merges=[pair for _, pair in pairs])
-        except Exception as e:  # the Rust side raises a bare Exception
+            model = tokenizers.models.BPE(vocab=vocab_map, merges=[pair for _, pair in pairs])
+        except Exception as e:
+            if type(e) is not Exception:  # the Rust side reports a bad file as a bare Exception;
+                raise                     # anything else is not the file's fault
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise DataError(f"{vocab} and {merges} cannot be read as GPT-2 BPE files ({first})") from None
-        tok = hf.Tokenizer(model)
-        tok.pre_tokenizer = hf.pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = hf.decoders.ByteLevel()
+        tok = tokenizers.Tokenizer(model)
+        tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = tokenizers.decoders.ByteLevel()
         if tok.token_to_id("<|endoftext|>") is not None:
             tok.add_special_tokens(["<|endoftext|>"])
         return cls(tok)
@@ -285,10 +279,11 @@ class BPETokenizer:
             pairs.append((n, tuple(pair)))
         _check_bpe(model.get("vocab"), pairs, "model.vocab", lambda n: f"model.merges[{n}]")
         check_growth(doc)
-        hf = _hf()
         try:
-            tok = hf.Tokenizer.from_str(json.dumps(doc))
-        except Exception as e:  # the Rust side raises a bare Exception
+            tok = tokenizers.Tokenizer.from_str(json.dumps(doc))
+        except Exception as e:
+            if type(e) is not Exception:  # the Rust side reports a bad document as a bare Exception;
+                raise                     # anything else is not the document's fault
             first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise DataError(f"cannot be loaded by tokenizers: {first_line}") from None
         return cls(tok)
@@ -316,7 +311,7 @@ class BPETokenizer:
         doc = {
             "type": self.kind,
             "format": FORMAT,
-            "tokenizers_version": _hf().__version__,
+            "tokenizers_version": TOKENIZERS_VERSION,
             "hf": json.loads(self._tok.to_str()),
         }
         return json.dumps(doc, ensure_ascii=False)
@@ -416,9 +411,6 @@ def _longest_replacement(charsmap) -> int:
     """The longest string a SentencePiece charsmap (base64: a 4-byte trie size, the trie, then the
     replacement strings, each ended by a NUL) can put in place of a character; when the map cannot
     be parsed, its whole size, which no replacement can exceed."""
-    import base64
-    import binascii
-
     try:
         blob = base64.b64decode(charsmap or "", validate=True)
     except (binascii.Error, TypeError, ValueError):

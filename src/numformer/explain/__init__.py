@@ -9,7 +9,7 @@ numformer.optim, and sets every number the article prints beside the computed on
 the two agree (at the precision the article prints), they differ (and by how much), or the article stops
 before the result. `numformer explain` (numformer.commands.explain) prints that for people or as JSON.
 
-This module stays free of NumPy so that `numformer explain --help` starts fast.
+This module holds only the names, and imports nothing.
 """
 
 # The article's thirteen formulas, in the article's order. These names are the command-line names and

@@ -19,7 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from numformer import optim        # optim.SGD, optim.Adam
 from numformer.explain import NAMES
+from numformer.ops import (attention, cross_entropy, dropout, gelu, layernorm, linear, mha, positional, residual,
+                           softmax)
 
 # Slack for "=" claims: float64 rounding of the ops, nothing more.
 _EXACT_RTOL = 1e-9
@@ -70,37 +73,37 @@ class Step:
     key: str  # name in the JSON output
     label: str  # name on the terminal
     computed: np.ndarray
-    seed: Printed | None = None  # None: the article prints no number for it
+    printed: Printed | None = None  # None: the article prints no number for it
     decimals: int = 4  # decimals shown for the computed value
     result: bool = False  # the example's result: it decides the verdict
 
     def __post_init__(self):
         self.computed = np.asarray(self.computed, dtype=np.float64)
-        if self.seed is not None and self.seed.value.shape != self.computed.shape:
+        if self.printed is not None and self.printed.value.shape != self.computed.shape:
             raise ValueError(
-                f"{self.key}: seed value has shape {self.seed.value.shape}, "
+                f"{self.key}: the article's value has shape {self.printed.value.shape}, "
                 f"computed has shape {self.computed.shape}"
             )
 
     @property
     def diff(self) -> float | None:
         """max |computed − printed|, or None if the article prints nothing here."""
-        if self.seed is None:
+        if self.printed is None:
             return None
-        return float(np.max(np.abs(self.computed - self.seed.value), initial=0.0))
+        return float(np.max(np.abs(self.computed - self.printed.value), initial=0.0))
 
     @property
     def agrees(self) -> bool | None:
-        if self.seed is None:
+        if self.printed is None:
             return None
-        return self.diff <= self.seed.tolerance()
+        return self.diff <= self.printed.tolerance()
 
 
 @dataclass
 class Example:
     """One of the article's formulas with its worked example, computed."""
 
-    number: int  # section number in the seed
+    number: int  # section number in the article
     name: str
     title_zh: str  # the article's own section title, to find it in the document
     formula: str
@@ -139,7 +142,7 @@ class Example:
     def to_json(self) -> dict:
         """The JSON object: name, formula, inputs, computed, article_printed, agrees, note, and
         seed_printed, the same as article_printed under the key's first name (kept: it is public)."""
-        printed = {s.key: _plain(s.seed.value) for s in self.steps if s.seed is not None}
+        printed = {s.key: _plain(s.printed.value) for s in self.steps if s.printed is not None}
         return {
             "name": self.name,
             "formula": self.formula,
@@ -191,9 +194,7 @@ def num(x: float) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def linear() -> Example:
-    from numformer.ops import linear
-
+def linear_example() -> Example:
     W = _f([[1, 0, 1], [0, 1, 0]])  # (d_out, d_in): the article's W is already PyTorch's (out, in)
     x = _f([1, 2, 3])
     b = _f([0.5, -0.5])
@@ -220,9 +221,7 @@ def linear() -> Example:
 # ---------------------------------------------------------------------------------------------
 
 
-def positional_encoding() -> Example:
-    from numformer.ops import positional
-
+def positional_encoding_example() -> Example:
     pos, d = 1, 4
     table = positional.sinusoidal(pos + 1, d)  # (T, C): rows are positions 0..pos
     pe = np.asarray(table[pos], dtype=np.float64)  # (d,)
@@ -256,9 +255,7 @@ _K = [[0, 1], [1, 0]]
 _V = [[1, 2], [3, 4]]
 
 
-def attention() -> Example:
-    from numformer.ops import attention, linear, softmax
-
+def attention_example() -> Example:
     Q, K, V = _f(_Q), _f(_K), _f(_V)  # (n, d_k), (m, d_k), (m, d_v)
     d_k = Q.shape[-1]
     scores, _ = linear.forward(Q, K)  # Q Kᵀ: a linear map whose weight rows are the keys (n, m)
@@ -294,9 +291,7 @@ def attention() -> Example:
 # ---------------------------------------------------------------------------------------------
 
 
-def multi_head_attention() -> Example:
-    from numformer.ops import attention, linear, mha
-
+def multi_head_attention_example() -> Example:
     Q, K, V = _f(_Q), _f(_K), _f(_V)  # (T, d)
     I2, P = _f(np.eye(2)), _f([[0, 1], [1, 0]])
     W_Q, W_K, W_V = [I2, P], [I2, P], [I2, P]  # head i's projections W_i^Q, W_i^K, W_i^V (d, hs)
@@ -362,9 +357,7 @@ def multi_head_attention() -> Example:
 # ---------------------------------------------------------------------------------------------
 
 
-def residual() -> Example:
-    from numformer.ops import residual
-
+def residual_example() -> Example:
     x = _f([1, 2])
     fx = _f([0.5, -0.5])  # Layer(x), as the article gives it
     y, _ = residual.forward(x, fx)
@@ -386,9 +379,7 @@ def residual() -> Example:
 # ---------------------------------------------------------------------------------------------
 
 
-def layernorm() -> Example:
-    from numformer.ops import layernorm
-
+def layernorm_example() -> Example:
     x = _f([1, 2, 3])
     gamma, beta = _f([1, 1, 1]), _f([0, 0, 0])
     printed = approx([-1.225, 0, 1.225], 3)
@@ -418,9 +409,7 @@ def layernorm() -> Example:
 # ---------------------------------------------------------------------------------------------
 
 
-def gelu() -> Example:
-    from numformer.ops import gelu
-
+def gelu_example() -> Example:
     x = _f([1.0])
     y_tanh, _ = gelu.forward(x, form="tanh")
     y_exact, _ = gelu.forward(x, form="exact")
@@ -437,7 +426,7 @@ def gelu() -> Example:
             f"The article evaluates the tanh approximation: {y_tanh[0]:.6f}. The exact x Φ(x) "
             f"(numformer.ops.gelu.forward(x, form=\"exact\"), through erf) is "
             f"{y_exact[0]:.6f}; the two differ by {abs(y_exact[0] - y_tanh[0]):.1e}, below the "
-            f"seed's 3 decimals."
+            f"article's 3 decimals."
         ),
     )
 
@@ -447,9 +436,7 @@ def gelu() -> Example:
 # ---------------------------------------------------------------------------------------------
 
 
-def softmax() -> Example:
-    from numformer.ops import softmax
-
+def softmax_example() -> Example:
     z = _f([1, 2, 3])
     p, _ = softmax.forward(z)
     return Example(
@@ -470,9 +457,7 @@ def softmax() -> Example:
 # ---------------------------------------------------------------------------------------------
 
 
-def cross_entropy() -> Example:
-    from numformer.ops import cross_entropy
-
+def cross_entropy_example() -> Example:
     y = _f([0, 1, 0])  # one-hot target
     y_hat = _f([0.1, 0.7, 0.2])  # predicted distribution
     # The op takes logits. ŷ sums to 1, so softmax(ln ŷ) = ŷ: logits = ln ŷ reproduce ŷ exactly.
@@ -498,13 +483,11 @@ def cross_entropy() -> Example:
 # ---------------------------------------------------------------------------------------------
 
 
-def dropout() -> Example:
-    from numformer.ops import dropout
-
+def dropout_example() -> Example:
     x = _f([1, 2, 3])
     p = 0.5
     mask = _f([1, 0, 1])  # the article's m
-    # The op draws its own mask from rng; take the first seed whose draw is the article's m.
+    # The op draws its own mask from rng; take the first rng seed whose draw is the article's m.
     for rng_seed in range(10_000):
         y, _ = dropout.forward(x, p, np.random.default_rng(rng_seed), training=True)
         if np.array_equal(y != 0, mask != 0):
@@ -541,9 +524,7 @@ def dropout() -> Example:
 # ---------------------------------------------------------------------------------------------
 
 
-def backpropagation() -> Example:
-    from numformer.ops import linear
-
+def backpropagation_example() -> Example:
     W = _f([[1, 0, 1], [0, 1, 0]])  # W and x from the linear example
     x = _f([1, 2, 3])
     t = _f([3, 3])  # the target: the article names t but gives no number; this one is ours
@@ -563,7 +544,7 @@ def backpropagation() -> Example:
         e[idx] = h
         dW_fd[idx] = (loss(W + e)[0] - loss(W - e)[0]) / (2 * h)
     fd_gap = float(np.max(np.abs(dW - dW_fd)))
-    seed_rule_gap = float(np.max(np.abs(dW - np.outer(dy, x))))  # the article's (y − t) · xᵀ
+    article_rule_gap = float(np.max(np.abs(dW - np.outer(dy, x))))  # the article's (y − t) · xᵀ
 
     return Example(
         11, "backpropagation", "反向传播",
@@ -582,11 +563,11 @@ def backpropagation() -> Example:
             f"The article gives the rule but no numbers. With W, x from the linear example and our "
             f"target t = {fmt(t, 0)}: y = W x = {fmt(y, 0)}, ∂L/∂y = y − t = {fmt(dy, 0)}, and "
             f"numformer.ops.linear.backward returns ∂L/∂W = {fmt(dW, 0)}. That is the article's "
-            f"(y − t) xᵀ (gap {seed_rule_gap:.1e}) and matches central finite differences of L "
+            f"(y − t) xᵀ (gap {article_rule_gap:.1e}) and matches central finite differences of L "
             f"to {fd_gap:.1e}. The same backward also gives ∂L/∂x = Wᵀ (y − t) = {fmt(dx, 0)}, "
             f"the gradient passed on to the layer below."
         ),
-        extra={"fd_gap": fd_gap, "seed_rule_gap": seed_rule_gap},
+        extra={"fd_gap": fd_gap, "article_rule_gap": article_rule_gap},
     )
 
 
@@ -599,19 +580,15 @@ def _square(theta: np.ndarray):
     """L = θ² and ∇θ L through the linear op: θ is both the input and the weight of
     linear.forward(θ, θ) = θ · θ, so its gradient is the sum of the two paths, θ + θ = 2θ (the
     product rule, as for tied weights)."""
-    from numformer.ops import linear
-
     L, cache = linear.forward(theta, theta.reshape(1, 1))  # (1,)
     d_input, d_weight, _ = linear.backward(np.ones_like(L), cache)
     return float(L[0]), d_input + d_weight.reshape(theta.shape)
 
 
-def gradient_descent() -> Example:
-    from numformer.optim import SGD
-
+def gradient_descent_example() -> Example:
     lr, n_steps = 0.1, 5
     theta = _f([3.0])  # updated in place by the optimizer
-    opt = SGD(theta, lr=lr)
+    opt = optim.SGD(theta, lr=lr)
     _, grad0 = _square(theta)
     path = [float(theta[0])]
     for _ in range(n_steps):
@@ -642,14 +619,12 @@ def gradient_descent() -> Example:
 # ---------------------------------------------------------------------------------------------
 
 
-def adam() -> Example:
-    from numformer.optim import Adam
-
+def adam_example() -> Example:
     g = _f([0.1, -0.2])
     beta1, beta2, lr, eps = 0.9, 0.999, 0.001, 1e-8
     theta = _f([0.0, 0.0])  # θ0: the article keeps it symbolic; the step θ0 − θ1 does not use it
     theta0 = theta.copy()
-    opt = Adam(theta, lr=lr, betas=(beta1, beta2), eps=eps)
+    opt = optim.Adam(theta, lr=lr, betas=(beta1, beta2), eps=eps)
     opt.step(g.copy())
     state = opt.state_dict()
     t, m, v = state["step"], state["m"], state["v"]
@@ -657,17 +632,17 @@ def adam() -> Example:
     v_hat = v / (1 - beta2**t)
     step = theta0 - theta  # what the optimizer actually moved θ by
 
-    seed_m = exact([0.01, -0.02])
-    seed_v = exact([0.0001, 0.0004])
-    seed_m_hat = exact([0.01, -0.02])
-    seed_v_hat = exact([0.0001, 0.0004])
-    seed_step = approx([0.1, -0.1], 1)
+    printed_m = exact([0.01, -0.02])
+    printed_v = exact([0.0001, 0.0004])
+    printed_m_hat = exact([0.01, -0.02])
+    printed_v_hat = exact([0.0001, 0.0004])
+    printed_step = approx([0.1, -0.1], 1)
     steps = [
-        Step("m_1", "m₁ = β₁ m₀ + (1 − β₁) g", m, seed_m, 6),
-        Step("v_1", "v₁ = β₂ v₀ + (1 − β₂) g²", v, seed_v, 6),
-        Step("m_hat_1", "m̂₁ = m₁ / (1 − β₁)", m_hat, seed_m_hat, 6),
-        Step("v_hat_1", "v̂₁ = v₁ / (1 − β₂)", v_hat, seed_v_hat, 6),
-        Step("step", "θ₀ − θ₁ = η m̂₁ / (√v̂₁ + ε)", step, seed_step, 6, result=True),
+        Step("m_1", "m₁ = β₁ m₀ + (1 − β₁) g", m, printed_m, 6),
+        Step("v_1", "v₁ = β₂ v₀ + (1 − β₂) g²", v, printed_v, 6),
+        Step("m_hat_1", "m̂₁ = m₁ / (1 − β₁)", m_hat, printed_m_hat, 6),
+        Step("v_hat_1", "v̂₁ = v₁ / (1 − β₂)", v_hat, printed_v_hat, 6),
+        Step("step", "θ₀ − θ₁ = η m̂₁ / (√v̂₁ + ε)", step, printed_step, 6, result=True),
     ]
     by_key = {s.key: s for s in steps}
 
@@ -678,28 +653,28 @@ def adam() -> Example:
     if not by_key["v_1"].agrees:
         lines.append(
             f"v₁ = 0.001 · [0.01, 0.04] = {fmt(v, 5)}; the article writes [0.0001, 0.0004], "
-            f"{times(seed_v.value, v)}× too large (0.001 · 0.01 = 0.00001)"
+            f"{times(printed_v.value, v)}× too large (0.001 · 0.01 = 0.00001)"
         )
     for key, hat, raw, beta, corr, mine, prev in (
-        ("m_hat_1", "m̂₁", "m₁", "β₁", 1 - beta1, m_hat, seed_m),
-        ("v_hat_1", "v̂₁", "v₁", "β₂", 1 - beta2, v_hat, seed_v),
+        ("m_hat_1", "m̂₁", "m₁", "β₁", 1 - beta1, m_hat, printed_m),
+        ("v_hat_1", "v̂₁", "v₁", "β₂", 1 - beta2, v_hat, printed_v),
     ):
         s = by_key[key]
-        if not s.agrees and np.array_equal(s.seed.value, prev.value):
+        if not s.agrees and np.array_equal(s.printed.value, prev.value):
             lines.append(
                 f"the article's {hat} equals its {raw}: the division by 1 − {beta} = {num(corr)} "
                 f"is skipped; {hat} = {fmt(mine, 2)}"
             )
-    seed_ratio = seed_m_hat.value / np.sqrt(seed_v_hat.value)
+    printed_ratio = printed_m_hat.value / np.sqrt(printed_v_hat.value)
     true_ratio = m_hat / (np.sqrt(v_hat) + eps)
     lines.append(
         f"m̂₁ / √v̂₁ = {fmt(true_ratio, 4)}, and the article's own m̂₁, v̂₁ give "
-        f"{fmt(seed_ratio, 0)} too, so even its line should end θ₀ − {fmt(lr * seed_ratio, 3)}"
+        f"{fmt(printed_ratio, 0)} too, so even its line should end θ₀ − {fmt(lr * printed_ratio, 3)}"
     )
     if not by_key["step"].agrees:
         lines.append(
             f"numformer.optim.Adam moves θ by {fmt(step, 6)}; the article prints [0.1, -0.1], "
-            f"{times(seed_step.value, step)}× too large"
+            f"{times(printed_step.value, step)}× too large"
         )
     note = (
         "Step by step: "
@@ -726,19 +701,19 @@ def adam() -> Example:
 # ---------------------------------------------------------------------------------------------
 
 EXAMPLES = {
-    "linear": linear,
-    "positional_encoding": positional_encoding,
-    "attention": attention,
-    "multi_head_attention": multi_head_attention,
-    "residual": residual,
-    "layernorm": layernorm,
-    "gelu": gelu,
-    "softmax": softmax,
-    "cross_entropy": cross_entropy,
-    "dropout": dropout,
-    "backpropagation": backpropagation,
-    "gradient_descent": gradient_descent,
-    "adam": adam,
+    "linear": linear_example,
+    "positional_encoding": positional_encoding_example,
+    "attention": attention_example,
+    "multi_head_attention": multi_head_attention_example,
+    "residual": residual_example,
+    "layernorm": layernorm_example,
+    "gelu": gelu_example,
+    "softmax": softmax_example,
+    "cross_entropy": cross_entropy_example,
+    "dropout": dropout_example,
+    "backpropagation": backpropagation_example,
+    "gradient_descent": gradient_descent_example,
+    "adam": adam_example,
 }
 assert tuple(EXAMPLES) == NAMES
 

@@ -11,7 +11,9 @@ import math
 
 import numpy as np
 
-from numformer.explore.trace import position_table, trace
+from numformer.explore.formulas import formulas_data
+from numformer.explore.trace import head, position_table, trace
+from numformer.model.config import SINUSOIDAL_FORMS
 
 # A page keeps every position's full logits when T·V is at most this many numbers (the default
 # model at its full context: 64 · 65). Beyond that each position keeps its LOGITS_TOP_MIN or more
@@ -95,8 +97,6 @@ def explore_data(model, ids, *, tokenizer=None, metrics=None, sampling=None, sou
     and "overflow" is a line that says how many there are (None when there are none); the page
     shows it beside `notice`.
     """
-    from numformer.explore.formulas import formulas_data
-
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     if tokenizer is None:
         raise ValueError("explore_data needs a tokenizer to show the tokens as text")
@@ -125,8 +125,6 @@ def explore_data(model, ids, *, tokenizer=None, metrics=None, sampling=None, sou
     token_prob = [None] + _finite_list(probs[np.arange(T - 1), ids[1:]])
 
     # ---- logit lens: the final LayerNorm and the head on the stream after each block
-    from numformer.explore.trace import head
-
     lens_ids, lens_p, lens_next = [], [], []
     for layer in range(L + 1):
         p = _softmax64(head(model, tr.residual[layer]))                # (T, V)
@@ -149,6 +147,7 @@ def explore_data(model, ids, *, tokenizer=None, metrics=None, sampling=None, sou
     # for as many positions as POSITION_VALUES numbers allow, and at least the prompt's
     n_pos = min(cfg.block_size, max(T, POSITION_VALUES // cfg.n_embd))
     pos = position_table(model, n_pos).astype(np.float64)             # (n_pos, C)
+    _, pos_divisor = SINUSOIDAL_FORMS[cfg.sinusoidal_form](cfg.n_embd)  # the table is P / pos_divisor
 
     data = {
         "format": 1,
@@ -170,7 +169,7 @@ def explore_data(model, ids, *, tokenizer=None, metrics=None, sampling=None, sou
         "residual_norms": _round(norms, 4),                # (n_layer + 1, T)
         # the (n_pos, C) positions as added to the embeddings; the page computes their similarity
         "positions": {"kind": cfg.pos_encoding,
-                      "scale": None if cfg.pos_encoding == "learned" else 1.0 / math.sqrt(cfg.n_embd),
+                      "scale": None if cfg.pos_encoding == "learned" else 1.0 / pos_divisor,
                       "table": _round(pos, 4)},
         # the rows the training panel draws (thinned past METRICS_ROWS) and how many the run has
         "metrics": _thin(rows, METRICS_ROWS) if (rows := _metric_rows(metrics)) else None,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from html import escape
 
+from numformer.explain.examples import explain, num
+
 # ------------------------------------------------------------------------------ MathML builders
 
 
@@ -179,8 +181,6 @@ MATHML = {
 def verdict(ex) -> tuple[str, str]:
     """(kind, text): ("agrees", "agrees"), ("differs", "differs by 0.3395") or
     ("incomplete", "incomplete in the article: computed here")."""
-    from numformer.explain.examples import num
-
     if ex.agrees is None:
         return "incomplete", "incomplete in the article: computed here"
     if ex.agrees:
@@ -192,16 +192,14 @@ def formulas_data() -> list[dict]:
     """One object per formula, in the article's order: number, name, title_zh, formula (text),
     mathml, inputs, steps (label, computed, decimals, printed, agrees, diff as text, result),
     verdict, note."""
-    from numformer.explain.examples import explain, num
-
     out = []
     for ex in explain():
         doc = ex.to_json()                  # what `numformer explain --json` prints for it
-        printed = doc["seed_printed"] or {}
+        printed = doc["article_printed"] or {}
         kind, text = verdict(ex)
         steps = [{"key": s.key, "label": s.label, "computed": doc["computed"][s.key],
                   "decimals": s.decimals,
-                  "printed": None if s.seed is None else {"value": printed[s.key], "decimals": s.seed.decimals},
+                  "printed": None if s.printed is None else {"value": printed[s.key], "decimals": s.printed.decimals},
                   "agrees": s.agrees, "diff": None if s.diff is None else num(s.diff),
                   "result": s.result}
                  for s in ex.steps]

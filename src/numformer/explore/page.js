@@ -541,7 +541,7 @@
     heatmap(posCanvas, P.table, pw, ph, (v) => diverge(v / pmax));
     $("pos-caption").textContent = (P.kind === "learned"
       ? "the learned position table wpe"
-      : `the sinusoidal table P (the article's formula 2) times 1/√C = ${fix(P.scale, 4)}, as the model adds it`) +
+      : `the sinusoidal table P (the article's formula 2) times ${fix(P.scale, 4)}, as the model adds it`) +
       `: rows are positions 0..${NP - 1} (the prompt uses 0..${T - 1}), columns the ${C} channels ` +
       `(blue −${fix(pmax, 3)}, red +${fix(pmax, 3)})`;
     posCanvas.addEventListener("mousemove", (evt) => {

@@ -1,6 +1,7 @@
 """One forward pass of a GPT, through numformer.ops, that keeps what the explorer draws.
 
-    x_0     = wte[ids] + P                    token embedding + positions (P/√C or the learned wpe)
+    x_0     = s·wte[ids] + P'                 token embedding + positions (the learned wpe, or the
+                                              sinusoidal table as the config's sinusoidal_form adds it)
     for each block l = 1 .. n_layer:
         S   = q kᵀ / √hs, −inf above the diagonal    (nh, T, T) scores of every head
         A_l = softmax(S)                      (nh, T, T) attention probabilities: kept
@@ -8,8 +9,8 @@
         x_l = x + MLP(LN_2(x))                (T, C) the residual stream after block l: kept
     logits  = LN_f(x_n) · wteᵀ                 (T, V)
 
-The pass is written here, from the model's parameters (by their Hugging Face names) and the
-public ops, rather than read out of the GPT class, so that it shows every formula it runs. It
+The pass is written here, from the model's parameters (by their Hugging Face names,
+numformer.model.params.GPT2) and the public ops, rather than read out of the GPT class, so that it shows every formula it runs. It
 must give the model's own logits (tests/explore checks `trace(model, ids).logits` against
 `model.forward`), so the picture cannot drift from the model it claims to show.
 
@@ -24,7 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from numformer.ops import embedding, gelu, layernorm, linear, positional, softmax
+from numformer.model.params import BIAS, GPT2, WEIGHT
+from numformer.ops import embedding, gelu, layernorm, linear, softmax
 
 
 @dataclass
@@ -37,13 +39,12 @@ class Trace:
 
 
 def position_table(model, T: int) -> np.ndarray:
-    """The (T, C) positions the model adds to its token embeddings: the learned wpe, or the
-    sinusoidal table divided by √C (see model/gpt.py, "Positions")."""
-    cfg = model.config
-    wte = model.params["transformer.wte.weight"]
-    if cfg.pos_encoding == "learned":
-        return model.params["transformer.wpe.weight"][:T]
-    return (positional.sinusoidal(T, cfg.n_embd) / math.sqrt(cfg.n_embd)).astype(wte.dtype)
+    """The (T, C) positions the model adds to its token embeddings: the learned wpe, or its fixed
+    sinusoidal table `model.pe` (P divided as the config's sinusoidal_form says; model/gpt.py,
+    "Positions")."""
+    if model.config.pos_encoding == "learned":
+        return model.params[GPT2.name("wpe")][:T]
+    return model.pe[:T]
 
 
 def trace(model, ids) -> Trace:
@@ -55,33 +56,31 @@ def trace(model, ids) -> Trace:
     if not 1 <= T <= cfg.block_size:
         raise ValueError(f"trace: need 1 to block_size = {cfg.block_size} tokens, got {T}")
     C, nh, hs, eps = cfg.n_embd, cfg.n_head, cfg.head_size, cfg.layer_norm_eps
-    wte = p["transformer.wte.weight"]
 
-    def bias(name):
-        return p[name] if cfg.bias else None
+    def w(layer, i=None):                                              # a layer's weight and bias
+        return p[GPT2.name(layer, WEIGHT, i)], p[GPT2.name(layer, BIAS, i)] if cfg.bias else None
 
     pos = position_table(model, T)                                     # (T, C)
-    tok, _ = embedding.forward(ids, wte)                               # (T, C)
-    scale = getattr(model, "embed_scale", 1.0)
+    tok, _ = embedding.forward(ids, p[GPT2.name("wte")])               # (T, C)
+    scale = model.embed_scale
     x = tok * scale + pos if scale != 1.0 else tok + pos               # (T, C)
     future = np.triu(np.ones((T, T), dtype=bool), k=1)                 # key j > query i
     residual, attention = [x], []
     for i in range(cfg.n_layer):
-        w = f"transformer.h.{i}."
-        h, _ = layernorm.forward(x, p[w + "ln_1.weight"], bias(w + "ln_1.bias"), eps)
-        qkv, _ = linear.forward(h, p[w + "attn.c_attn.weight"], bias(w + "attn.c_attn.bias"))  # (T, 3C)
+        h, _ = layernorm.forward(x, *w("ln_1", i), eps)
+        qkv, _ = linear.forward(h, *w("attn.c_attn", i))                # (T, 3C)
         q, k, v = qkv.reshape(T, 3, nh, hs).transpose(1, 2, 0, 3)     # each (nh, T, hs)
         s = (q * (1.0 / math.sqrt(hs))) @ k.transpose(0, 2, 1)         # (nh, T, T) scores
         s[:, future] = -np.inf                                          # the causal mask
         a, _ = softmax.forward(s)                                       # (nh, T, T)
         attention.append(a)
         y = (a @ v).transpose(1, 0, 2).reshape(T, C)                    # (T, C) heads concatenated
-        y, _ = linear.forward(y, p[w + "attn.c_proj.weight"], bias(w + "attn.c_proj.bias"))
+        y, _ = linear.forward(y, *w("attn.c_proj", i))
         x = x + y
-        h, _ = layernorm.forward(x, p[w + "ln_2.weight"], bias(w + "ln_2.bias"), eps)
-        f, _ = linear.forward(h, p[w + "mlp.c_fc.weight"], bias(w + "mlp.c_fc.bias"))      # (T, 4C)
+        h, _ = layernorm.forward(x, *w("ln_2", i), eps)
+        f, _ = linear.forward(h, *w("mlp.c_fc", i))                      # (T, 4C)
         g, _ = gelu.forward(f, cfg.gelu)                                  # "tanh" or "exact"
-        m, _ = linear.forward(g, p[w + "mlp.c_proj.weight"], bias(w + "mlp.c_proj.bias"))  # (T, C)
+        m, _ = linear.forward(g, *w("mlp.c_proj", i))                    # (T, C)
         x = x + m
         residual.append(x)
     residual = np.stack(residual)                                       # (n_layer + 1, T, C)
@@ -92,7 +91,7 @@ def trace(model, ids) -> Trace:
 def head(model, x) -> np.ndarray:
     """logits = LN_f(x) · wteᵀ for a residual stream x (..., C): the model's last two steps."""
     cfg, p = model.config, model.params
-    h, _ = layernorm.forward(x, p["transformer.ln_f.weight"],
-                             p["transformer.ln_f.bias"] if cfg.bias else None, cfg.layer_norm_eps)
-    logits, _ = linear.forward(h, p["transformer.wte.weight"])          # (..., V), tied to wte
+    h, _ = layernorm.forward(x, p[GPT2.name("ln_f", WEIGHT)],
+                             p[GPT2.name("ln_f", BIAS)] if cfg.bias else None, cfg.layer_norm_eps)
+    logits, _ = linear.forward(h, p[GPT2.name("wte")])                  # (..., V), tied to wte
     return logits

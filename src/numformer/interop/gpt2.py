@@ -1,9 +1,12 @@
 """GPT-2 checkpoints in and out of Hugging Face format.
 
 Import reads a Hugging Face GPT-2 folder (config.json + model.safetensors, or a sharded
-model.safetensors.index.json) and gives a numformer GPT; export writes such a folder from a
-numformer checkpoint, which `transformers.GPT2LMHeadModel.from_pretrained(folder)` loads and which
-gives the same logits.
+model.safetensors.index.json) into numformer's config, names and layout (`read_hf_gpt2`), from
+which `GPT.from_hf` builds the model and `numformer convert --from_hf` writes a checkpoint; export
+writes such a folder from a numformer checkpoint, which
+`transformers.GPT2LMHeadModel.from_pretrained(folder)` loads and which gives the same logits.
+This module deals in configs and tensors and never imports the model (numformer.model.gpt
+imports it).
 
 Tensors. The names are the same on both sides; four weights per block change layout, because
 GPT-2 stores them for its Conv1D layer (y = x·W + b, W [in, out]) and numformer stores every
@@ -101,17 +104,26 @@ the files export writes). A file, a symbolic link or any other folder is never r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save
 
-from numformer.checkpoint import (PICKLE_SUFFIXES, TOKENIZER_LIMIT, WRITER_MARK, parse_json, pickle_refusal, read_file,
-                                  read_json)
-from numformer.errors import CheckpointError
+from numformer.checkpoint import (PICKLE_SUFFIXES, TOKENIZER_FILE, TOKENIZER_LIMIT, WRITER_MARK, check_replaceable,
+                                  load_checkpoint, parse_json, pickle_refusal, read_file, read_json, read_safetensors,
+                                  write_folder)
+from numformer.data.tokenizer import BPETokenizer, check_fits, from_json
+from numformer.errors import CheckpointError, DataError
+from numformer.model import memory
+from numformer.model.adapters import merged
+from numformer.model.config import GPTConfig, InvalidConfig, position_terms
+from numformer.model.params import BIAS, GPT2, LINEAR, WEIGHT, Param, gpt_param_shapes
+from numformer.model.serialize import saved_gpt, write_gpt
 
 HF_CONFIG = "config.json"
 HF_WEIGHTS = "model.safetensors"
@@ -123,21 +135,17 @@ LEFT_OUT = "; the checkpoint stores no tokenizer"  # ends the note for tokenizer
 _NEEDED = "a Hugging Face model folder needs it"  # ends the "missing" error of read_json
 EXPORT_FILES = frozenset({HF_CONFIG, HF_WEIGHTS, HF_TOKENIZER, NF_TOKENIZER})
 PRODUCER = "numformer"
-PREFIX = "transformer."
 
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")  # three codings of one formula
 EXACT_GELUS = ("gelu",)
 PDROPS = ("resid_pdrop", "embd_pdrop", "attn_pdrop")
 
-# Weights stored by GPT-2's Conv1D as [in, out]; numformer stores them (out, in).
-_CONV1D = re.compile(r"^transformer\.h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight$")
-# Causal-mask buffers that older transformers versions saved with the weights.
-_BUFFER = re.compile(r"^transformer\.h\.\d+\.attn\.(bias|masked_bias)$")
 
 
-def is_conv1d(name: str) -> bool:
-    """True for the four per-block weights whose layout differs between GPT-2 and numformer."""
-    return _CONV1D.match(name) is not None
+def is_conv1d(param: Param) -> bool:
+    """True for the weights GPT-2 stores for its Conv1D layer, [in, out]: those of the linear maps
+    in its blocks. numformer stores them (out, in)."""
+    return param.kind == LINEAR and param.part == WEIGHT and param.block is not None
 
 
 @dataclass
@@ -145,7 +153,7 @@ class HFImport:
     """What `read_hf_gpt2` found: a config, tensors in numformer's names and layout, the
     tokenizer as numformer JSON text ("null" if none), and notes for the user."""
 
-    config: "GPTConfig"  # noqa: F821 (imported lazily)
+    config: GPTConfig
     tensors: dict[str, np.ndarray]
     tokenizer: str
     notes: list[str] = field(default_factory=list)
@@ -174,39 +182,20 @@ def read_hf_gpt2(folder, dtype=np.float32) -> HFImport:
     return HFImport(config=config, tensors=tensors, tokenizer=tokenizer, notes=notes, tokenizer_problem=problem)
 
 
-def load_hf_gpt2(folder, dtype=np.float32):
-    """A numformer GPT with the weights of a Hugging Face GPT-2 folder (`GPT.from_hf`).
-
-    The tokenizer, when the folder has a usable tokenizer.json, is attached as `model.tokenizer`
-    (else None); the import notes (dropout set to 0, tokenizer not carried) as `model.hf_notes`;
-    why tokenizer files that are there cannot be used as `model.hf_tokenizer_problem` (else None).
-    """
-    from numformer.data.tokenizer import from_json
-    from numformer.model.gpt import GPT
-
-    imp = read_hf_gpt2(folder, dtype=dtype)
-    model = GPT(imp.config, dtype=dtype, init=False)
-    model.load_state_dict(imp.tensors, source=str(folder))
-    model.tokenizer = from_json(imp.tokenizer) if imp.tokenizer != "null" else None
-    model.hf_notes = imp.notes
-    model.hf_tokenizer_problem = imp.tokenizer_problem
-    return model
-
-
 def import_hf_gpt2(folder, out, dtype=np.float32, *, overwrite: bool = False) -> list[str]:
     """`numformer convert --from_hf FOLDER --out OUT`: write a numformer checkpoint; returns notes.
+    (`GPT.from_hf(FOLDER)` gives the model itself.)
 
     An existing checkpoint at OUT is replaced only with overwrite=True; anything else there that
     is not an empty folder is refused either way."""
     _check_import_target(Path(out), overwrite)
-    model = load_hf_gpt2(folder, dtype=dtype)
-    model.save(out, tokenizer=model.tokenizer.to_json() if model.tokenizer is not None else None)
-    return model.hf_notes
+    imp = read_hf_gpt2(folder, dtype=dtype)
+    write_gpt(out, imp.config, imp.tensors, dtype=dtype,
+              tokenizer=imp.tokenizer if imp.tokenizer != "null" else None)
+    return imp.notes
 
 
 def _check_import_target(out: Path, overwrite: bool) -> None:
-    from numformer.checkpoint import check_replaceable
-
     check_replaceable(out)  # a file, a link, a folder that is not a numformer checkpoint
     if out.is_dir() and os.listdir(out) and not overwrite:
         raise CheckpointError(f"{out} already holds a numformer checkpoint; refusing to replace it (a training "
@@ -217,8 +206,6 @@ def _check_import_target(out: Path, overwrite: bool) -> None:
 def gpt_config_from_hf(hf, source: str = HF_CONFIG):
     """GPTConfig for a Hugging Face GPT-2 config dict, and notes; CheckpointError naming the key
     for anything that is not GPT-2 or that numformer's GPT cannot compute."""
-    from numformer.model.config import GPTConfig, InvalidConfig
-
     if not isinstance(hf, dict):
         raise CheckpointError(f"{source}: expected a JSON object, found {type(hf).__name__}")
     if "model_type" not in hf:
@@ -288,55 +275,54 @@ def tensors_from_hf(tensors: dict[str, np.ndarray], config, dtype=np.dtype(np.fl
                     tied: bool = True, source: str = HF_WEIGHTS) -> dict[str, np.ndarray]:
     """Hugging Face GPT-2 tensors -> numformer names, Linear layout and `dtype`, checked against
     `config`. Errors name the tensor as the file spells it."""
-    from numformer.model.params import gpt_param_shapes
-
-    prefixed = any(k.startswith(PREFIX) for k in tensors)
-    spell = (lambda name: name) if prefixed else (lambda name: name[len(PREFIX):])
+    top = GPT2.top                      # a GPT2Model saves its names without it
+    prefixed = any(k.startswith(top) for k in tensors)
+    spell = (lambda name: name) if prefixed else (lambda name: name[len(top):])
 
     found: dict[str, np.ndarray] = {}   # numformer name -> tensor
     spelled: dict[str, str] = {}        # numformer name -> the file's key
     lm_head = wte_raw = None
     for key, arr in tensors.items():
-        if key == "lm_head.weight":
+        if key == GPT2.head:
             lm_head = arr
             continue
-        name = key if key.startswith(PREFIX) else PREFIX + key
+        name = key if key.startswith(top) else top + key
         if name in found:
-            raise CheckpointError(f"{source}: tensor {key} appears both with and without the 'transformer.' prefix")
+            raise CheckpointError(f"{source}: tensor {key} appears both with and without the '{top}' prefix")
         found[name], spelled[name] = arr, key
 
     out = {}
-    expected = gpt_param_shapes(config)
-    for name, shape in expected.items():
+    wte = GPT2.name("wte")
+    for p in GPT2.params(config):
+        name = p.name
         if name not in found:
             raise CheckpointError(f"{source}: missing tensor {spell(name)} (config.json: n_layer={config.n_layer})")
         arr = found.pop(name)
-        if name == "transformer.wte.weight":
+        if name == wte:
             wte_raw = arr
-        hf_shape = shape[::-1] if is_conv1d(name) else shape
+        hf_shape = p.shape[::-1] if is_conv1d(p) else p.shape
         if tuple(arr.shape) != hf_shape:
-            layout = " (GPT-2's Conv1D layout [in, out])" if is_conv1d(name) else ""
+            layout = " (GPT-2's Conv1D layout [in, out])" if is_conv1d(p) else ""
             raise CheckpointError(f"{source}: tensor {spell(name)} has shape {tuple(arr.shape)}, "
                                   f"config.json needs {hf_shape}{layout}")
         _check_float(arr, spell(name), source)
-        arr = arr.T if is_conv1d(name) else arr
+        arr = arr.T if is_conv1d(p) else arr
         out[name] = np.ascontiguousarray(arr, dtype=dtype)
-    leftover = [n for n in found if not _BUFFER.match(n)]
+    leftover = [n for n in found if not GPT2.is_buffer(n)]
     if leftover:
         raise CheckpointError(f"{source}: unexpected tensor {spelled[leftover[0]]}: not part of a GPT-2 "
                               "language model (GPT2LMHeadModel)")
 
-    wte = "transformer.wte.weight"
     if lm_head is not None:
-        if tuple(lm_head.shape) != expected[wte]:
-            raise CheckpointError(f"{source}: tensor lm_head.weight has shape {tuple(lm_head.shape)}, "
-                                  f"config.json needs {expected[wte]}")
+        if tuple(lm_head.shape) != out[wte].shape:
+            raise CheckpointError(f"{source}: tensor {GPT2.head} has shape {tuple(lm_head.shape)}, "
+                                  f"config.json needs {out[wte].shape}")
         if not np.array_equal(lm_head, wte_raw):
-            raise CheckpointError(f"{source}: lm_head.weight differs from {spell(wte)}; numformer ties the "
+            raise CheckpointError(f"{source}: {GPT2.head} differs from {spell(wte)}; numformer ties the "
                                   "LM head to the token embedding and cannot import an untied head")
     elif not tied:
         raise CheckpointError(f"{source}: config.json sets tie_word_embeddings false but the file has no "
-                              "lm_head.weight; numformer ties the LM head to the token embedding")
+                              f"{GPT2.head}; numformer ties the LM head to the token embedding")
     return out
 
 
@@ -385,8 +371,6 @@ def _check_before_reading(folder: Path, config, config_file: Path, itemsize: int
     """Refuse, from the safetensors headers alone, a config.json that asks for more blocks than
     the weight files hold (n_layer 1000000000, say), and weights that would not fit in this
     machine's memory. The tensor-by-tensor check (tensors_from_hf) comes after the read."""
-    from numformer.model import memory
-
     files = _weight_files(folder)
     shapes = {}
     for file in files:
@@ -394,7 +378,7 @@ def _check_before_reading(folder: Path, config, config_file: Path, itemsize: int
         if found is None:
             return  # the full read says what is wrong with the file
         shapes.update(found)
-    memory.check_blocks(config.n_layer, "n_layer", shapes, r"(?:^|\.)h\.(\d+)\.", config_file,
+    memory.check_blocks(config.n_layer, "n_layer", shapes, GPT2.block_pattern, config_file,
                         files[0] if len(files) == 1 else folder)
     memory.refuse_if_too_big("importing this model", [("the files", memory.file_bytes(files)),
                                                       ("weights", memory.count(shapes) * itemsize)],
@@ -402,8 +386,6 @@ def _check_before_reading(folder: Path, config, config_file: Path, itemsize: int
 
 
 def _read_weights(folder: Path) -> dict[str, np.ndarray]:
-    from numformer.checkpoint import read_safetensors
-
     tensors: dict[str, np.ndarray] = {}
     for file in _weight_files(folder):
         for name, arr in read_safetensors(file).items():
@@ -416,9 +398,6 @@ def _read_weights(folder: Path) -> dict[str, np.ndarray]:
 def _read_tokenizer(folder: Path, vocab_size: int) -> tuple[str, str | None]:
     """(numformer tokenizer JSON or "null", note). A usable tokenizer.json is wrapped as numformer's
     BPETokenizer; anything else is left out with a note saying why."""
-    from numformer.data.tokenizer import BPETokenizer, check_fits, from_json
-    from numformer.errors import DataError
-
     own = folder / NF_TOKENIZER
     if os.path.lexists(own):  # written by export for a character tokenizer
         try:
@@ -458,9 +437,6 @@ def _read_tokenizer(folder: Path, vocab_size: int) -> tuple[str, str | None]:
 
 def _read_vocab_and_merges(folder: Path, vocab_size: int) -> tuple[str, str | None]:
     """(numformer tokenizer JSON or "null", note) for GPT-2's vocab.json + merges.txt."""
-    from numformer.data.tokenizer import BPETokenizer
-    from numformer.errors import DataError
-
     vocab, merges = folder / HF_VOCAB, folder / HF_MERGES
     for have, lack in ((vocab, merges), (merges, vocab)):
         if not os.path.lexists(lack):
@@ -511,36 +487,40 @@ def tensors_to_hf(model) -> tuple[dict[str, np.ndarray], list[str]]:
     """A numformer GPT's weights as Hugging Face GPT-2 tensors (Conv1D layout, `transformer.`
     names, no lm_head), and notes. Sinusoidal positions and missing biases are rewritten into
     GPT-2's form exactly, as the module docstring derives."""
-    cfg, notes = model.config, []
-    from numformer.model.adapters import merged_state_dict
+    return _hf_tensors(model.config, model.state_dict(), model.lora, model.dtype)
 
-    weights = merged_state_dict(model)                          # copies; adapters merged: W + (α/r)·B A
-    if model.lora is not None:
-        notes.append(f"the low-rank adapters (rank {model.lora.rank}, alpha {model.lora.alpha:g}, on "
-                     f"{', '.join(model.lora.targets)}) are merged into the weights: W + (alpha/rank)·B A")
+
+def _hf_tensors(cfg: GPTConfig, tensors: dict[str, np.ndarray], lora, dtype) -> tuple[dict[str, np.ndarray], list[str]]:
+    """tensors_to_hf of a GPT with config `cfg`, named `tensors` (parameters and adapters), `lora`
+    (a LoRAConfig or None) and `dtype`."""
+    notes = []
+    weights = merged(tensors, cfg, lora)                        # copies; adapters merged: W + (α/r)·B A
+    if lora is not None:
+        notes.append(f"the low-rank adapters (rank {lora.rank}, alpha {lora.alpha:g}, on "
+                     f"{', '.join(lora.targets)}) are merged into the weights: W + (alpha/rank)·B A")
+    exported = dataclasses.replace(cfg, bias=True, pos_encoding="learned")   # what GPT-2 has
     if not cfg.bias:
-        from numformer.model.params import gpt_param_shapes
-
-        shapes = gpt_param_shapes(_with(cfg, bias=True))
+        shapes = gpt_param_shapes(dataclasses.replace(cfg, bias=True))
         for name, shape in shapes.items():
             if name not in weights:
-                weights[name] = np.zeros(shape, dtype=model.dtype)
+                weights[name] = np.zeros(shape, dtype=dtype)
         weights = {name: weights[name] for name in shapes}  # GPT-2's order
         notes.append("the checkpoint has no biases (bias=False); GPT-2 always has them, so they are "
                      "exported as zeros, which adds nothing to any output")
     if cfg.pos_encoding == "sinusoidal":
-        s = model.embed_scale                                   # from config.sinusoidal_form
+        s, pe = position_terms(cfg, dtype)                      # as the model adds them (model/gpt.py)
+        wte, wpe = GPT2.name("wte"), GPT2.name("wpe")
         if s != 1.0:
-            weights["transformer.wte.weight"] *= s              # the same rounding as the forward pass
-            weights["transformer.ln_f.weight"] /= s             # (LN·g/s + b/s)·(s·wte)ᵀ = (LN·g + b)·wteᵀ
-            weights["transformer.ln_f.bias"] /= s
-        weights = {"transformer.wte.weight": weights.pop("transformer.wte.weight"),
-                   "transformer.wpe.weight": model.pe[:cfg.block_size].astype(model.dtype), **weights}
+            weights[wte] *= s                                   # the same rounding as the forward pass
+            weights[GPT2.name("ln_f", WEIGHT)] /= s             # (LN·g/s + b/s)·(s·wte)ᵀ = (LN·g + b)·wteᵀ
+            weights[GPT2.name("ln_f", BIAS)] /= s
+        weights = {wte: weights.pop(wte), wpe: pe, **weights}
         notes.append("sinusoidal positions exported as GPT-2's learned table wpe (numformer's fixed "
                      "sin/cos/√C values)" + (f"; wte is scaled by {s:.6g} and ln_f's gain and bias by "
                                              f"1/{s:.6g} so the logits are the same" if s != 1.0 else "")
                      + "; re-importing gives a learned-position model")
-    hf = {name: np.ascontiguousarray(arr.T if is_conv1d(name) else arr) for name, arr in weights.items()}
+    conv1d = {p.name for p in GPT2.params(exported) if is_conv1d(p)}
+    hf = {name: np.ascontiguousarray(arr.T if name in conv1d else arr) for name, arr in weights.items()}
     return hf, notes
 
 
@@ -551,30 +531,14 @@ def export_hf_gpt2(checkpoint, out, *, overwrite: bool = False) -> list[str]:
 
     An earlier export at OUT is replaced only with overwrite=True; anything else there that is
     not an empty folder is refused either way."""
-    from safetensors.numpy import save
-
-    from numformer.checkpoint import load_checkpoint, write_folder
-    from numformer.model.serialize import gpt_from_checkpoint
-
     checkpoint, out = Path(checkpoint), Path(out)
     _check_export_target(out, overwrite)
-    ckpt = load_checkpoint(checkpoint)
-    model = gpt_from_checkpoint(ckpt, source=str(checkpoint))
-    tensors, notes = tensors_to_hf(model)
+    saved = saved_gpt(load_checkpoint(checkpoint), source=str(checkpoint))   # its tokenizer, checked
+    tensors, notes = _hf_tensors(saved.config, saved.tensors, saved.lora, saved.dtype)
 
     blobs = {HF_WEIGHTS: save(tensors, metadata={"format": "pt", "producer": PRODUCER})}
     eos = None
-    tok_doc = None
-    if ckpt.tokenizer.strip() != "null":
-        from numformer.checkpoint import TOKENIZER_FILE
-        from numformer.data.tokenizer import from_json
-        from numformer.errors import DataError
-
-        try:
-            from_json(ckpt.tokenizer)   # one line for a document that is not a tokenizer
-        except DataError as e:
-            raise CheckpointError(f"{checkpoint / TOKENIZER_FILE}: {e}") from None
-        tok_doc = json.loads(ckpt.tokenizer)
+    tok_doc = json.loads(saved.tokenizer_json) if saved.tokenizer is not None else None
     if isinstance(tok_doc, dict) and tok_doc.get("type") == "bpe":
         hf_tok = tok_doc["hf"]
         blobs[HF_TOKENIZER] = json.dumps(hf_tok, ensure_ascii=False, indent=2).encode("utf-8")
@@ -582,20 +546,14 @@ def export_hf_gpt2(checkpoint, out, *, overwrite: bool = False) -> list[str]:
             if added.get("content") == "<|endoftext|>":
                 eos = added.get("id")
     elif tok_doc is not None:
-        blobs[NF_TOKENIZER] = ckpt.tokenizer.encode("utf-8")
+        blobs[NF_TOKENIZER] = saved.tokenizer_json.encode("utf-8")
         notes.append(f"the checkpoint's {tok_doc.get('type')} tokenizer has no Hugging Face equivalent; it is "
                      f"written as {NF_TOKENIZER}, which `numformer convert --from_hf` reads back "
                      "(transformers ignores it)")
-    config = gpt_config_to_hf(model.config, dtype=model.dtype.name, eos_token_id=eos)
+    config = gpt_config_to_hf(saved.config, dtype=saved.dtype.name, eos_token_id=eos)
     blobs[HF_CONFIG] = (json.dumps(config, indent=2) + "\n").encode("utf-8")
     write_folder(out, blobs, is_ours=_is_own_export)
     return notes
-
-
-def _with(cfg, **changes):
-    import dataclasses
-
-    return dataclasses.replace(cfg, **changes)
 
 
 def _check_export_target(out: Path, overwrite: bool) -> None:
@@ -628,15 +586,13 @@ def _is_own_export(folder: Path) -> bool:
     if not (folder / HF_WEIGHTS).is_file():          # (a FIFO would block the open)
         return False
     try:
-        from safetensors import safe_open
-
         with safe_open(str(folder / HF_WEIGHTS), framework="numpy") as f:
             return (f.metadata() or {}).get("producer") == PRODUCER
-    except Exception:  # a missing or damaged file is not our export
+    except (OSError, SafetensorError):  # a missing or damaged file is not our export
         return False
 
 
 __all__ = [
-    "HFImport", "read_hf_gpt2", "load_hf_gpt2", "import_hf_gpt2", "gpt_config_from_hf", "tensors_from_hf",
+    "HFImport", "read_hf_gpt2", "import_hf_gpt2", "gpt_config_from_hf", "tensors_from_hf",
     "gpt_config_to_hf", "tensors_to_hf", "export_hf_gpt2", "is_conv1d",
 ]

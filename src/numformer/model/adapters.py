@@ -17,16 +17,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from numformer.errors import UsageError
-from numformer.model.params import LORA_TARGETS, lora_param_shapes
-
-DEFAULT_TARGETS = ("attn.c_attn", "attn.c_proj")
+from numformer.model.params import DEFAULT_LORA_TARGETS, GPT2, LORA_A, LORA_B, LORA_TARGETS, WEIGHT
 
 
 @dataclass(frozen=True)
 class LoRAConfig:
     rank: int
     alpha: float
-    targets: tuple[str, ...] = DEFAULT_TARGETS
+    targets: tuple[str, ...] = DEFAULT_LORA_TARGETS
 
     def __post_init__(self):
         if isinstance(self.rank, bool) or not isinstance(self.rank, (int, np.integer)) or self.rank < 1:
@@ -52,15 +50,11 @@ class LoRAConfig:
     def check_fits(self, config) -> None:
         """UsageError unless the rank is at most min(C_in, C_out) of every adapted layer (a larger
         rank adds parameters but no expressive power: B A cannot exceed that rank)."""
-        shapes = lora_param_shapes(config, 1, self.targets)
-        for name, shape in shapes.items():
-            if name.endswith(".lora_B"):
-                n_out = shape[0]
-                n_in = shapes[name[:-len("lora_B")] + "lora_A"][1]
-                if self.rank > min(n_in, n_out):
-                    layer = name[len("transformer.h.0."):-len(".lora_B")]
-                    raise UsageError(f"lora_rank {self.rank} is larger than the layer: {layer} maps {n_in} -> {n_out}, "
-                                     f"so the rank can be at most {min(n_in, n_out)}")
+        for layer in self.targets:
+            n_out, n_in = GPT2.layer(layer).shape(config)
+            if self.rank > min(n_in, n_out):
+                raise UsageError(f"lora_rank {self.rank} is larger than the layer: {layer} maps {n_in} -> {n_out}, "
+                                 f"so the rank can be at most {min(n_in, n_out)}")
 
     def to_dict(self) -> dict:
         return {"rank": int(self.rank), "alpha": float(self.alpha), "targets": list(self.targets)}
@@ -78,19 +72,25 @@ def parse_targets(text: str) -> tuple[str, ...]:
 
 
 def merged_state_dict(model) -> dict[str, np.ndarray]:
-    """The model's base weights with every adapter merged in: W + (α/r)·B A. Computed in float64
-    and rounded once, so the merged weight is the closest float to the exact sum."""
-    out = {name: arr.copy() for name, arr in model.params.items()}
-    if model.lora is None:
+    """The model's base weights with every adapter merged in: W + (α/r)·B A (see `merged`)."""
+    return merged(model.state_dict(), model.config, model.lora)
+
+
+def merged(tensors: dict[str, np.ndarray], config, lora: LoRAConfig | None) -> dict[str, np.ndarray]:
+    """Copies of the base weights of a GPT's named `tensors` (its parameters, and its adapters
+    when lora is not None), each adapted weight with its adapter merged in: W + (α/r)·B A.
+    Computed in float64 and rounded once, so the merged weight is the closest float to the exact sum."""
+    out = {p.name: tensors[p.name].copy() for p in GPT2.params(config)}
+    if lora is None:
         return out
-    s = model.lora.scale
-    for name in model.adapters.shapes:
-        if name.endswith(".lora_A"):
-            layer = name[:-len(".lora_A")]
-            A = model.adapters[name].astype(np.float64)                      # (r, C_in)
-            B = model.adapters[f"{layer}.lora_B"].astype(np.float64)         # (C_out, r)
-            W = model.params[f"{layer}.weight"]
-            out[f"{layer}.weight"] = (W.astype(np.float64) + s * (B @ A)).astype(W.dtype)
+    s = lora.scale
+    for p in GPT2.adapters(config, lora.rank, lora.targets):
+        if p.part == LORA_A:
+            A = tensors[p.name].astype(np.float64)                                   # (r, C_in)
+            B = tensors[GPT2.name(p.layer, LORA_B, p.block)].astype(np.float64)     # (C_out, r)
+            weight = GPT2.name(p.layer, WEIGHT, p.block)
+            W = tensors[weight]
+            out[weight] = (W.astype(np.float64) + s * (B @ A)).astype(W.dtype)
     return out
 
 
@@ -104,6 +104,4 @@ def adapter_params(config, lora: dict | None) -> int:
         return 0
     if lc is None:
         return 0
-    C = config.n_embd
-    sizes = {"attn.c_attn": C + 3 * C, "attn.c_proj": C + C, "mlp.c_fc": C + 4 * C, "mlp.c_proj": 4 * C + C}
-    return config.n_layer * lc.rank * sum(sizes[t] for t in lc.targets)
+    return config.n_layer * lc.rank * sum(sum(GPT2.layer(t).shape(config)) for t in lc.targets)

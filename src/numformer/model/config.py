@@ -11,6 +11,10 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
+from numformer.ops import positional
+
 POS_ENCODINGS = ("sinusoidal", "learned")
 # How token embedding and sinusoidal table P are added (see model/gpt.py, "Positions"):
 # name -> (factor on wte[idx], divisor of P) as a function of the width C
@@ -72,6 +76,14 @@ class GPTConfig:
         if unknown:
             raise InvalidConfig(unknown[0], f"unknown GPTConfig key(s): {', '.join(unknown)}")
         return cls(**d)
+
+
+def position_terms(config: GPTConfig, dtype) -> tuple[float, np.ndarray]:
+    """(s, P') of x0 = s·wte[idx] + P'[t] with sinusoidal positions (model/gpt.py, "Positions"):
+    the factor on the token embedding and the (block_size, C) table P / divisor, in `dtype`, as
+    the config's sinusoidal_form gives them."""
+    s, divisor = SINUSOIDAL_FORMS[config.sinusoidal_form](config.n_embd)
+    return s, (positional.sinusoidal(config.block_size, config.n_embd) / divisor).astype(dtype)
 
 
 class InvalidConfig(ValueError):

@@ -1,4 +1,5 @@
-"""A BERT-style encoder, forward only, built from numformer.ops; it loads Hugging Face BERT weights.
+"""A BERT-style encoder, forward only, built from numformer.ops; numformer.interop.bert loads it
+from Hugging Face BERT weights.
 
 The embeddings of a token at position t with segment s:
 
@@ -13,8 +14,8 @@ Attention is bidirectional: every token may attend to every real token of its ow
 padding. GELU is the exact erf form (`hidden_act: "gelu"`), and eps comes from config.json's
 `layer_norm_eps` (1e-12 for BERT, not PyTorch's default 1e-5).
 
-Parameters keep Hugging Face's names (`encoder.layer.0.attention.self.query.weight`, ...), so a
-reader can hold this file next to `modeling_bert.py`. The three separate query/key/value linears
+Parameters keep Hugging Face's names (`encoder.layer.0.attention.self.query.weight`, ...; the
+table is numformer.model.params.BERT), so a reader can hold this file next to `modeling_bert.py`. The three separate query/key/value linears
 are stacked once at load time into one fused (3C, C) `w_qkv`: the same matrix product, done as one.
 
 Packed rows. Every step but attention works on each token alone (the linear maps, LayerNorm,
@@ -33,21 +34,12 @@ padding and the key mask keeping every query to the real keys of its own text:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from numformer.checkpoint import PICKLE_SUFFIXES, pickle_refusal, read_json, read_safetensors
+from numformer.model.params import BERT, BERT_QKV, BIAS, WEIGHT
 from numformer.errors import CheckpointError
 from numformer.ops.fast import embedding, gelu, layernorm, linear, mha, residual   # inference: the fast set
-
-# config.json model_type values whose weights have exactly BERT's names, shapes and formulas.
-BERT_MODEL_TYPES = ("bert",)
-
-# config.json hidden_act -> gelu.forward(form=...)
-HIDDEN_ACTS = {"gelu": "exact", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
-
-WEIGHTS_FILE = "model.safetensors"
 
 # The feed-forward W_2 GELU(W_1 a + b_1) + b_2 works on each row alone, so a batch goes through it
 # this many rows at a time: its (rows, F) activations stay a few MiB however long the batch is.
@@ -70,71 +62,6 @@ class EncoderConfig:
     def head_size(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
-    @classmethod
-    def from_hf(cls, d: dict, source: str = "config.json") -> "EncoderConfig":
-        """Read a Hugging Face BERT config.json dict; CheckpointError naming the key if it is unusable."""
-        if not isinstance(d, dict):
-            raise CheckpointError(f"{source}: expected a JSON object, found {type(d).__name__}")
-        model_type = d.get("model_type")
-        if model_type is None:
-            raise CheckpointError(f"{source}: no 'model_type' key; numformer's encoder reads BERT models "
-                                  f"(model_type {' or '.join(repr(t) for t in BERT_MODEL_TYPES)})")
-        if model_type not in BERT_MODEL_TYPES:
-            raise CheckpointError(f"{source}: model_type {model_type!r} is not a BERT model; numformer's encoder "
-                                  f"reads model_type {' or '.join(repr(t) for t in BERT_MODEL_TYPES)}")
-        position_type = d.get("position_embedding_type", "absolute")
-        if position_type != "absolute":
-            raise CheckpointError(f"{source}: position_embedding_type {position_type!r} is not supported "
-                                  "(only 'absolute' learned positions)")
-        act = d.get("hidden_act", "gelu")
-        if act not in HIDDEN_ACTS:
-            raise CheckpointError(f"{source}: hidden_act {act!r} is not supported (choose from {', '.join(HIDDEN_ACTS)})")
-
-        values = {}
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "intermediate_size", "max_position_embeddings", "type_vocab_size"):
-            if name not in d:
-                raise CheckpointError(f"{source}: missing key {name!r}")
-            value = d[name]
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise CheckpointError(f"{source}: {name!r} must be a positive integer, found {value!r}")
-            values[name] = value
-        eps = d.get("layer_norm_eps", 1e-12)
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-            raise CheckpointError(f"{source}: 'layer_norm_eps' must be a positive number, found {eps!r}")
-        if values["hidden_size"] % values["num_attention_heads"]:
-            raise CheckpointError(f"{source}: 'hidden_size' ({values['hidden_size']}) is not divisible by "
-                                  f"'num_attention_heads' ({values['num_attention_heads']})")
-        return cls(**values, layer_norm_eps=float(eps), gelu=HIDDEN_ACTS[act])
-
-
-def parameter_shapes(cfg: EncoderConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor the encoder needs, with Hugging Face BERT's name and PyTorch (out, in) shape."""
-    C, F = cfg.hidden_size, cfg.intermediate_size
-    shapes = {
-        "embeddings.word_embeddings.weight": (cfg.vocab_size, C),
-        "embeddings.position_embeddings.weight": (cfg.max_position_embeddings, C),
-        "embeddings.token_type_embeddings.weight": (cfg.type_vocab_size, C),
-        "embeddings.LayerNorm.weight": (C,),
-        "embeddings.LayerNorm.bias": (C,),
-    }
-    for l in range(cfg.num_hidden_layers):
-        p = f"encoder.layer.{l}."
-        for name in ("query", "key", "value"):
-            shapes[p + f"attention.self.{name}.weight"] = (C, C)
-            shapes[p + f"attention.self.{name}.bias"] = (C,)
-        shapes[p + "attention.output.dense.weight"] = (C, C)
-        shapes[p + "attention.output.dense.bias"] = (C,)
-        shapes[p + "attention.output.LayerNorm.weight"] = (C,)
-        shapes[p + "attention.output.LayerNorm.bias"] = (C,)
-        shapes[p + "intermediate.dense.weight"] = (F, C)
-        shapes[p + "intermediate.dense.bias"] = (F,)
-        shapes[p + "output.dense.weight"] = (C, F)
-        shapes[p + "output.dense.bias"] = (C,)
-        shapes[p + "output.LayerNorm.weight"] = (C,)
-        shapes[p + "output.LayerNorm.bias"] = (C,)
-    return shapes
-
 
 class Encoder:
     """A BERT encoder: `forward(ids, attention_mask)` -> last hidden states (B, T, C)."""
@@ -142,30 +69,15 @@ class Encoder:
     def __init__(self, config: EncoderConfig, params: dict[str, np.ndarray], dtype=np.float32):
         self.config = config
         self.dtype = np.dtype(dtype)
-        expected = parameter_shapes(config)
+        expected = BERT.shapes(config)
         check_tensors(params, expected, source="params")
         self.params = {name: np.ascontiguousarray(params[name], dtype=self.dtype) for name in expected}
         # Fused attention input projection per layer, rows [q; k; v].
         self._qkv = []
         for l in range(config.num_hidden_layers):
-            p = f"encoder.layer.{l}.attention.self."
-            w_qkv = np.concatenate([self.params[p + n + ".weight"] for n in ("query", "key", "value")])  # (3C, C)
-            b_qkv = np.concatenate([self.params[p + n + ".bias"] for n in ("query", "key", "value")])    # (3C,)
+            w_qkv = np.concatenate([self.params[BERT.name(n, WEIGHT, l)] for n in BERT_QKV])  # (3C, C)
+            b_qkv = np.concatenate([self.params[BERT.name(n, BIAS, l)] for n in BERT_QKV])    # (3C,)
             self._qkv.append((w_qkv, b_qkv))
-
-    @classmethod
-    def from_pretrained(cls, folder, dtype=np.float32) -> "Encoder":
-        """Load a Hugging Face BERT folder (config.json + model.safetensors)."""
-        folder = Path(folder)
-        weights_file = find_weights(folder)
-        if not (folder / "config.json").is_file():
-            raise CheckpointError(f"no config.json in {folder} (a Hugging Face BERT folder has config.json "
-                                  f"next to {WEIGHTS_FILE})")
-        config = EncoderConfig.from_hf(read_json(folder / "config.json"), source=str(folder / "config.json"))
-        check_before_reading(config, folder / "config.json", weights_file, np.dtype(dtype).itemsize)
-        tensors = read_safetensors(weights_file)  # CheckpointError naming the file if damaged
-        params = select_bert_tensors(tensors, config, source=str(weights_file))
-        return cls(config, params, dtype=dtype)
 
     def forward(self, ids, attention_mask=None, token_type_ids=None) -> np.ndarray:
         """ids (B, T) int; attention_mask (B, T), 1/True for real tokens; -> hidden states (B, T, C)
@@ -211,11 +123,11 @@ class Encoder:
     def _rows(self, ids, positions, types, layout) -> np.ndarray:
         """The embeddings and every block, on tokens as rows: ids, positions, types (N,) -> (N, C)."""
         cfg, P = self.config, self.params
-        word, _ = embedding.forward(ids, P["embeddings.word_embeddings.weight"])                       # (N, C)
-        pos, _ = embedding.forward(positions, P["embeddings.position_embeddings.weight"])              # (N, C)
-        seg, _ = embedding.forward(types, P["embeddings.token_type_embeddings.weight"])                # (N, C)
-        x, _ = layernorm.forward(word + pos + seg, P["embeddings.LayerNorm.weight"],
-                                 P["embeddings.LayerNorm.bias"], eps=cfg.layer_norm_eps)
+        word, _ = embedding.forward(ids, P[BERT.name("embeddings.word_embeddings")])                   # (N, C)
+        pos, _ = embedding.forward(positions, P[BERT.name("embeddings.position_embeddings")])          # (N, C)
+        seg, _ = embedding.forward(types, P[BERT.name("embeddings.token_type_embeddings")])            # (N, C)
+        x, _ = layernorm.forward(word + pos + seg, P[BERT.name("embeddings.LayerNorm", WEIGHT)],
+                                 P[BERT.name("embeddings.LayerNorm", BIAS)], eps=cfg.layer_norm_eps)
         for l in range(cfg.num_hidden_layers):
             x = self._block(x, l, layout)
         return x
@@ -224,8 +136,11 @@ class Encoder:
         """One post-LayerNorm block on rows x (N, C). Each op's cache is dropped at once ([0]):
         the encoder never runs backward."""
         cfg, P = self.config, self.params
-        p = f"encoder.layer.{l}."
         eps = cfg.layer_norm_eps
+
+        def w(layer):                                   # this block's weight and bias of `layer`
+            return P[BERT.name(layer, WEIGHT, l)], P[BERT.name(layer, BIAS, l)]
+
         C, nh = cfg.hidden_size, cfg.num_attention_heads
         w_qkv, b_qkv = self._qkv[l]
 
@@ -235,19 +150,18 @@ class Encoder:
         att = mha.forward(q, k, v, nh, causal=False, mask=layout.key_mask, keep_probs=False)[0]    # (B, T, C)
         del qkv, q, k, v
         att = layout.rows_of(att.reshape(layout.B * layout.T, C))                                  # (N, C) heads concatenated
-        att = linear.forward(att, P[p + "attention.output.dense.weight"], P[p + "attention.output.dense.bias"])[0]
-        a = layernorm.forward(residual.forward(x, att)[0], P[p + "attention.output.LayerNorm.weight"],
-                              P[p + "attention.output.LayerNorm.bias"], eps=eps)[0]                  # (N, C)
+        att = linear.forward(att, *w("attention.output.dense"))[0]
+        a = layernorm.forward(residual.forward(x, att)[0], *w("attention.output.LayerNorm"), eps=eps)[0]  # (N, C)
         del att
 
         f = np.empty_like(a)                                                                           # (N, C)
+        up, down = w("intermediate.dense"), w("output.dense")
         for lo in range(0, len(a), FFN_ROWS):                   # the feed-forward, FFN_ROWS rows at a time
             rows = slice(lo, lo + FFN_ROWS)
-            h = linear.forward(a[rows], P[p + "intermediate.dense.weight"], P[p + "intermediate.dense.bias"])[0]  # (rows, F)
+            h = linear.forward(a[rows], *up)[0]                                                      # (rows, F)
             h = gelu.forward(h, form=cfg.gelu)[0]
-            f[rows] = linear.forward(h, P[p + "output.dense.weight"], P[p + "output.dense.bias"])[0]    # (rows, C)
-        return layernorm.forward(residual.forward(a, f)[0], P[p + "output.LayerNorm.weight"],
-                                 P[p + "output.LayerNorm.bias"], eps=eps)[0]                          # (N, C)
+            f[rows] = linear.forward(h, *down)[0]                                                    # (rows, C)
+        return layernorm.forward(residual.forward(a, f)[0], *w("output.LayerNorm"), eps=eps)[0]     # (N, C)
 
 
 @dataclass(frozen=True)
@@ -274,49 +188,12 @@ class _Layout:
         return a if self.rows is None else a[self.rows]
 
 
-# --------------------------------------------------------------------------- loading and validation
-
-def find_weights(folder: Path) -> Path:
-    """The folder's model.safetensors; a pickle-only folder is refused, never unpickled."""
-    if not folder.is_dir():
-        raise CheckpointError(f"{folder} is not a folder")
-    weights = folder / WEIGHTS_FILE
-    if weights.is_file():
-        return weights
-    pickles = sorted(p for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
-    if pickles:
-        raise pickle_refusal(pickles[0], context=f"no {WEIGHTS_FILE} in {folder}")
-    raise CheckpointError(f"no weights in {folder}: expected {WEIGHTS_FILE}")
-
-
-def check_before_reading(config: EncoderConfig, config_file: Path, weights_file: Path, itemsize: int) -> None:
-    """Refuse, from the safetensors header alone, a config.json that asks for more layers than the
-    weights hold (num_hidden_layers 1000000000, say) and weights that would not fit in this
-    machine's memory. The tensor-by-tensor check (select_bert_tensors) comes after the read."""
-    from numformer.model import memory
-
-    shapes = memory.header_shapes(weights_file)
-    if shapes is None:
-        return  # read_safetensors says what is wrong with the file
-    memory.check_blocks(config.num_hidden_layers, "num_hidden_layers", shapes, r"encoder\.layer\.(\d+)\.",
-                        config_file, weights_file)
-    memory.refuse_if_too_big("loading this model", [("the file", memory.file_bytes([weights_file])),
-                                                    ("weights", memory.count(shapes) * itemsize)],
-                             "free some memory or use a machine with more")
-
-
-def select_bert_tensors(tensors: dict[str, np.ndarray], config: EncoderConfig, source: str) -> dict[str, np.ndarray]:
-    """The encoder's tensors by their bare names, with an optional `bert.` prefix (BertFor... models) removed."""
-    expected = parameter_shapes(config)
-    probe = "embeddings.word_embeddings.weight"
-    prefix = "bert." if probe not in tensors and "bert." + probe in tensors else ""
-    found = {name: tensors[prefix + name] for name in expected if prefix + name in tensors}
-    check_tensors(found, expected, source, prefix=prefix)
-    return found
-
+# --------------------------------------------------------------------------- validation
 
 def check_tensors(params: dict[str, np.ndarray], expected: dict[str, tuple[int, ...]], source: str,
                   prefix: str = "") -> None:
+    """CheckpointError (one line naming `source` and the tensor, spelled with `prefix`) unless
+    every tensor of `expected` is in `params`, of its shape, floating point and finite."""
     for name, shape in expected.items():
         if name not in params:
             raise CheckpointError(f"{source}: missing tensor {prefix + name!r}")

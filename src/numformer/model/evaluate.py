@@ -37,7 +37,11 @@ import math
 
 import numpy as np
 
+from numformer.data.batches import encode_pieces
+from numformer.data.cache import id_dtype
+from numformer.data.corpus import Corpus
 from numformer.errors import CheckpointError, DataError, UsageError
+from numformer.parallel.threads import loss_and_grad
 
 
 def windows(n_tokens: int, block_size: int, stride: int) -> list[tuple[int, int, int]]:
@@ -102,8 +106,6 @@ def _per_batch(model, batch_windows: int) -> int:
 
 def _score(model, batches, threads: int, source: str) -> tuple[float, int]:
     """(Σ −ln p over the scored tokens, how many were scored) of the batches of window_batches."""
-    from numformer.parallel.threads import loss_and_grad
-
     total, counted = 0.0, 0
     was_training = model.training
     model.eval()
@@ -136,9 +138,6 @@ def evaluate_corpus(model, corpus, *, stride: int | None = None, threads: int = 
     open_corpus, or Corpus.of_text) under model, streamed (see above); tokens is the text's token
     count N, of which N−1 are scored. DataError (one line) for a text shorter than two tokens,
     CheckpointError for a loss that is not finite."""
-    from numformer.data.batches import encode_pieces, id_dtype
-    from numformer.data.corpus import Corpus
-
     if model.tokenizer is None:
         raise DataError("the checkpoint has no tokenizer, so the text cannot be encoded")
     tok, T = model.tokenizer, model.config.block_size
@@ -169,8 +168,6 @@ def evaluate_corpus(model, corpus, *, stride: int | None = None, threads: int = 
 def evaluate_text(model, text: str, *, stride: int | None = None, threads: int = 1, source: str = "text") -> dict:
     """evaluate_corpus of a string, taken as it is (`source` names it in messages).
     DataError (one line) for a text that is empty or shorter than two tokens."""
-    from numformer.data.corpus import Corpus
-
     if not text:
         raise DataError(f"{source} is empty; there is nothing to evaluate")
     return evaluate_corpus(model, Corpus.of_text(text, source), stride=stride, threads=threads)

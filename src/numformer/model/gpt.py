@@ -46,10 +46,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from numformer.errors import CheckpointError
-from numformer.model.config import SINUSOIDAL_FORMS, GPTConfig
-from numformer.model.params import FlatParams, gpt_param_shapes, lora_param_shapes
-from numformer.ops import op_set, positional
+from numformer.data.tokenizer import from_json
+from numformer.interop.gpt2 import read_hf_gpt2
+from numformer.model.config import GPTConfig, position_terms
+from numformer.model.generate import generate
+from numformer.model.params import (BIAS, GPT2, LORA_A, LORA_B, NORM, WEIGHT, FlatParams, check_tensors,
+                                    gpt_param_shapes, lora_param_shapes)
+from numformer.model.serialize import read_gpt, save_gpt
+from numformer.ops import op_set
 
 
 class KVCache:
@@ -196,10 +200,11 @@ class GPT:
         self.training = True
         self.rng = np.random.default_rng([seed, 1])  # dropout masks; its state is checkpointed
         C = config.n_embd
-        # x0 = embed_scale · wte[idx] + P / pos_divisor (see "Positions" above)
-        self.embed_scale, pos_divisor = SINUSOIDAL_FORMS[config.sinusoidal_form](C)
-        self.pe = (positional.sinusoidal(config.block_size, C) / pos_divisor).astype(self.dtype)  # (block_size, C)
+        # x0 = embed_scale · wte[idx] + pe[t] (see "Positions" above); pe (block_size, C)
+        self.embed_scale, self.pe = position_terms(config, self.dtype)
         self.tokenizer = None
+        self.hf_notes: list[str] = []               # from_hf: what the import changed or left out
+        self.hf_tokenizer_problem: str | None = None  # from_hf: why the folder's tokenizer files cannot be used
         self._zeros_C = np.zeros(C, dtype=self.dtype)  # stands in for LayerNorm bias when bias=False
         self._tape = None
         self._blocks = [self._block_params(i) for i in range(config.n_layer)]
@@ -214,21 +219,22 @@ class GPT:
         projections that write into the residual stream get std 0.02/√(2·n_layer)."""
         rng = np.random.default_rng(seed)
         resid_std = 0.02 / np.sqrt(2 * self.config.n_layer)
-        for name, w in self.params.items():
-            if ".ln_" in name or name.startswith("transformer.ln_f"):
-                w[...] = 1.0 if name.endswith(".weight") else 0.0
-            elif name.endswith(".bias"):
+        for p in GPT2.params(self.config):                   # buffer order: the draws follow it
+            w = self.params[p.name]
+            if p.kind == NORM:
+                w[...] = 1.0 if p.part == WEIGHT else 0.0
+            elif p.part == BIAS:
                 w[...] = 0.0
             else:
-                std = resid_std if name.endswith("c_proj.weight") else 0.02
-                w[...] = rng.normal(0.0, std, size=w.shape)
+                w[...] = rng.normal(0.0, resid_std if p.residual else 0.02, size=w.shape)
 
     def init_adapters(self, seed: int = 0) -> None:
         """LoRA's initialisation: A uniform in ±1/√C_in (as a Linear layer's default), B = 0, so
         an adapted layer starts as the layer it adapts."""
         rng = np.random.default_rng([seed, 3])
-        for name, w in self.adapters.items():
-            if name.endswith(".lora_A"):
+        for p in GPT2.adapters(self.config, self.lora.rank, self.lora.targets):   # buffer order
+            w = self.adapters[p.name]
+            if p.part == LORA_A:
                 bound = 1.0 / np.sqrt(w.shape[1])
                 w[...] = rng.uniform(-bound, bound, size=w.shape)
             else:
@@ -265,20 +271,9 @@ class GPT:
     def load_state_dict(self, tensors: dict[str, np.ndarray], source: str = "state dict") -> None:
         """Copy tensors into the flat buffers, checking that every name and shape matches."""
         views = self.state_dict()
-        expected = {**self.params.shapes, **(self.adapters.shapes if self.adapters is not None else {})}
-        missing = [n for n in expected if n not in tensors]
-        if missing:
-            raise CheckpointError(f"{source}: missing tensor {missing[0]}"
-                                  + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-        unexpected = [n for n in tensors if n not in expected]
-        if unexpected:
-            raise CheckpointError(f"{source}: unexpected tensor {unexpected[0]} for this config")
-        for name, shape in expected.items():
-            t = tensors[name]
-            if tuple(t.shape) != shape:
-                raise CheckpointError(f"{source}: tensor {name} has shape {tuple(t.shape)}, "
-                                      f"the config needs {shape}")
-            views[name][...] = t
+        check_tensors(tensors, {name: v.shape for name, v in views.items()}, source)
+        for name, view in views.items():
+            view[...] = tensors[name]
 
     # ----------------------------------------------------------------------------- forward
 
@@ -321,17 +316,17 @@ class GPT:
     def _embed(self, idx, t0):
         """x0 = embed_scale · wte[idx] + positions t0 .. t0+T-1. Returns (x0, embedding cache)."""
         p, T = self.params, idx.shape[1]
-        tok, cache = self.ops.embedding.forward(idx, p["transformer.wte.weight"])        # (B, T, C)
-        pos = (p["transformer.wpe.weight"] if self.config.pos_encoding == "learned" else self.pe)[t0:t0 + T]
+        tok, cache = self.ops.embedding.forward(idx, p[GPT2.name("wte")])                # (B, T, C)
+        pos = (p[GPT2.name("wpe")] if self.config.pos_encoding == "learned" else self.pe)[t0:t0 + T]
         x = tok * self.embed_scale + pos if self.embed_scale != 1.0 else tok + pos
         return x, cache
 
     def _head(self, x):
         """logits = LN_f(x) · wteᵀ. Returns (logits, LN_f's cache, the head's cache)."""
         p = self.params
-        x, ln_f = self.ops.layernorm.forward(x, p["transformer.ln_f.weight"], self._ln_bias("transformer.ln_f"),
+        x, ln_f = self.ops.layernorm.forward(x, p[GPT2.name("ln_f")], self._ln_bias("ln_f"),
                                              self.config.layer_norm_eps)
-        logits, head = self.ops.linear.forward(x, p["transformer.wte.weight"], keep_input=False,  # tied; x from LN_f's cache
+        logits, head = self.ops.linear.forward(x, p[GPT2.name("wte")], keep_input=False,  # tied; x from LN_f's cache
                                                frozen=self.lora is not None)
         return logits, ln_f, head
 
@@ -361,15 +356,15 @@ class GPT:
 
         frozen = self.lora is not None     # only the adapters get gradients
 
-        def add_layer(prefix):
+        def add_layer(block):
             def add_grads(layer, dweight, dbias, *dlora):
                 if not frozen:
-                    add(f"{prefix}{layer}.weight", dweight)
+                    add(GPT2.name(layer, WEIGHT, block), dweight)
                     if cfg.bias:
-                        add(f"{prefix}{layer}.bias", dbias)
+                        add(GPT2.name(layer, BIAS, block), dbias)
                 if dlora:
-                    add(f"{prefix}{layer}.lora_A", dlora[0])
-                    add(f"{prefix}{layer}.lora_B", dlora[1])
+                    add(GPT2.name(layer, LORA_A, block), dlora[0])
+                    add(GPT2.name(layer, LORA_B, block), dlora[1])
             return add_grads
 
         # each op's cache is popped as its backward runs, and each temporary is dropped once used,
@@ -380,23 +375,23 @@ class GPT:
         dx, dwte_head, _ = ops.linear.backward(dlogits, tape.pop("lm_head"), x=ops.layernorm.output(ln_f))
         del dlogits
         if not frozen:
-            add("transformer.wte.weight", dwte_head)                           # tied weight: head's share, +=
+            add(GPT2.name("wte"), dwte_head)                                   # tied weight: head's share, +=
         dx, dw, db = ops.layernorm.backward(dx, ln_f)
         del ln_f
-        add_layer("transformer.")("ln_f", dw, db)
+        add_layer(None)("ln_f", dw, db)
 
         blocks = tape["blocks"]
         for i in reversed(range(cfg.n_layer)):
-            dx = block_backward(ops, dx, blocks[i], cfg, add_layer(f"transformer.h.{i}."))
+            dx = block_backward(ops, dx, blocks[i], cfg, add_layer(i))
             blocks[i] = None
         if frozen:
             return
 
         dx = ops.dropout.backward(dx, tape["drop"])
         if cfg.pos_encoding == "learned":
-            add("transformer.wpe.weight", dx.sum(axis=0), slice(0, T))
+            add(GPT2.name("wpe"), dx.sum(axis=0), slice(0, T))
         dtok = dx * self.embed_scale if self.embed_scale != 1.0 else dx
-        add("transformer.wte.weight", ops.embedding.backward(dtok, tape["emb"]))  # tied weight: input's share, +=
+        add(GPT2.name("wte"), ops.embedding.backward(dtok, tape["emb"]))  # tied weight: input's share, +=
 
     # ----------------------------------------------------------------------------- KV-cached decoding
 
@@ -422,8 +417,6 @@ class GPT:
                  top_p: float | None = None, rng=None, use_cache: bool = True):
         """Extend idx (B, T) by max_new_tokens sampled tokens; returns (B, T + max_new_tokens).
         temperature 0 is greedy. See numformer.model.generate for the sampling rules."""
-        from numformer.model.generate import generate
-
         return generate(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                         rng=rng, use_cache=use_cache)
 
@@ -432,45 +425,51 @@ class GPT:
     def save(self, path, *, tokenizer: str | None = None, optimizer: dict | None = None,
              train_state: dict | None = None) -> None:
         """Write a checkpoint folder (see numformer.model.serialize)."""
-        from numformer.model.serialize import save_gpt
-
         save_gpt(self, path, tokenizer=tokenizer, optimizer=optimizer, train_state=train_state)
 
     @classmethod
     def load(cls, path, *, dtype=None, ops: str = "fast") -> "GPT":
         """Load a checkpoint folder written by `save` (or `numformer train`); its tokenizer, when
         it has one, is `model.tokenizer`."""
-        from numformer.model.serialize import load_gpt
-
-        return load_gpt(path, dtype=dtype, ops=ops)
+        saved = read_gpt(path, dtype=dtype)
+        model = cls(saved.config, dtype=saved.dtype, init=False, ops=ops, lora=saved.lora)
+        model.load_state_dict(saved.tensors, source=str(path))
+        model.tokenizer = saved.tokenizer
+        return model
 
     @classmethod
     def from_hf(cls, path, dtype=np.float32) -> "GPT":
-        """Load a Hugging Face GPT-2 folder (config.json + model.safetensors); see numformer.interop.gpt2."""
-        from numformer.interop.gpt2 import load_hf_gpt2
-
-        return load_hf_gpt2(path, dtype=dtype)
+        """Load a Hugging Face GPT-2 folder (config.json + model.safetensors; see
+        numformer.interop.gpt2). The folder's tokenizer, when it has a usable one, is
+        `model.tokenizer` (else None); what the import changed or left out (dropout set to 0, a
+        tokenizer not carried) is `model.hf_notes`, and why tokenizer files that are there cannot
+        be used, `model.hf_tokenizer_problem` (else None)."""
+        imp = read_hf_gpt2(path, dtype=dtype)
+        model = cls(imp.config, dtype=dtype, init=False)
+        model.load_state_dict(imp.tensors, source=str(path))
+        model.tokenizer = from_json(imp.tokenizer) if imp.tokenizer != "null" else None
+        model.hf_notes = imp.notes
+        model.hf_tokenizer_problem = imp.tokenizer_problem
+        return model
 
     # ----------------------------------------------------------------------------- helpers
 
     def _block_params(self, i: int) -> dict[str, np.ndarray]:
-        """Block i's parameter views by short name ("ln_1.weight"); None / zeros where bias=False."""
-        prefix = f"transformer.h.{i}."
-        w = {name[len(prefix):]: arr for name, arr in self.params.views.items() if name.startswith(prefix)}
-        if not self.config.bias:
-            for key in ("ln_1.bias", "ln_2.bias"):
-                w[key] = self._zeros_C
-            for key in ("attn.c_attn.bias", "attn.c_proj.bias", "mlp.c_fc.bias", "mlp.c_proj.bias"):
-                w[key] = None
+        """Block i's parameter views by their names inside the block ("ln_1.weight"); where
+        bias=False, zeros for a LayerNorm's bias and None for a linear map's."""
+        views, prefix, w = self.params.views, GPT2.prefix(i), {}
+        for layer in GPT2.layers:
+            for part in (WEIGHT, BIAS):
+                name = GPT2.name(layer.name, part, i)
+                w[name.removeprefix(prefix)] = views.get(name, self._zeros_C if layer.kind == NORM else None)
         return w
 
     def _block_adapters(self, i: int):
         """Block i's adapters as (alpha, {layer: (A, B)}) for block_forward, or None."""
         if self.lora is None:
             return None
-        prefix = f"transformer.h.{i}."
-        return self.lora.alpha, {layer: (self.adapters[f"{prefix}{layer}.lora_A"], self.adapters[f"{prefix}{layer}.lora_B"])
+        return self.lora.alpha, {layer: (self.adapters[GPT2.name(layer, LORA_A, i)], self.adapters[GPT2.name(layer, LORA_B, i)])
                                  for layer in self.lora.targets}
 
-    def _ln_bias(self, name: str):
-        return self.params.views.get(f"{name}.bias", self._zeros_C)
+    def _ln_bias(self, layer: str):
+        return self.params.views.get(GPT2.name(layer, BIAS), self._zeros_C)

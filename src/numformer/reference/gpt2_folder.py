@@ -1,13 +1,13 @@
 """Write a small Hugging Face GPT-2 folder with random weights, laid out as GPT-2's own folders are:
 config.json, model.safetensors, and the tokenizer as vocab.json + merges.txt (no tokenizer.json).
 
-    python docs/make_gpt2_folder.py tiny-gpt2 --text input.txt
+    python -m numformer.reference.gpt2_folder tiny-gpt2 --text input.txt
 
 The tokenizer is a byte-level BPE (GPT-2's scheme) trained on --text with the `tokenizers`
 package, with <|endoftext|> as its last token; the model is transformers' GPT2LMHeadModel,
 randomly initialised. It stands in for a real GPT-2 (which needs the Hugging Face hub) in the
-README's fine-tuning walk-through and in the tests. Needs torch and transformers (numformer's
-test extra: pip install -e '.[test]').
+README's fine-tuning walk-through, in the tests (tests/helpers.py) and in the benchmarks. Needs
+torch and transformers (numformer's test extra: pip install -e '.[test]').
 """
 
 from __future__ import annotations
@@ -16,14 +16,16 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
+from tokenizers import ByteLevelBPETokenizer
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from numformer.checkpoint import replace_file
+
 
 def make_gpt2_folder(out, text: str, *, vocab_size: int = 512, n_layer: int = 2, n_head: int = 2,
                      n_embd: int = 64, n_positions: int = 128, seed: int = 0, bfloat16: bool = False) -> Path:
     """Write the folder at `out` and return its path."""
-    import torch
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tok = ByteLevelBPETokenizer(add_prefix_space=False)
@@ -31,7 +33,7 @@ def make_gpt2_folder(out, text: str, *, vocab_size: int = 512, n_layer: int = 2,
     tok.save_model(str(out))                           # vocab.json, merges.txt
     vocab = json.loads((out / "vocab.json").read_text(encoding="utf-8"))
     eos = vocab["<|endoftext|>"] = len(vocab)          # GPT-2's one special token, the last id
-    (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    replace_file(out / "vocab.json", json.dumps(vocab, ensure_ascii=False).encode("utf-8"))
     V = len(vocab)
     torch.manual_seed(seed)
     config = GPT2Config(vocab_size=V, n_positions=n_positions, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
