@@ -186,18 +186,15 @@ def load_toml(path: str) -> dict:
 
 
 def validate(cfg: TrainConfig) -> None:
-    flat = cfg.to_flat()            # the model's keys beside the run's, as flags name them
-    positive = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "eval_interval", "eval_iters",
-                "gradient_accumulation_steps")
-    for k in positive:
-        if flat[k] < 1:
-            raise UsageError(f"{k} must be >= 1, got {flat[k]}")
+    """The run's own settings. The model's (n_layer, n_head, dropout ...) were checked once, by
+    GPTConfig, when TrainConfig.of built it (resolve turns its InvalidConfig into a UsageError)."""
+    for k in ("batch_size", "eval_interval", "eval_iters", "gradient_accumulation_steps"):
+        if getattr(cfg, k) < 1:
+            raise UsageError(f"{k} must be >= 1, got {getattr(cfg, k)}")
     for k in ("max_iters", "warmup_iters", "lr_decay_iters", "sample_tokens", "vocab_size", "threads", "seed",
               "log_interval"):
-        if flat[k] < 0:
-            raise UsageError(f"{k} must be >= 0, got {flat[k]}")
-    if cfg.model.n_embd % cfg.model.n_head:
-        raise UsageError(f"n_embd ({cfg.model.n_embd}) must be divisible by n_head ({cfg.model.n_head})")
+        if getattr(cfg, k) < 0:
+            raise UsageError(f"{k} must be >= 0, got {getattr(cfg, k)}")
     if cfg.gradient_accumulation_steps > cfg.batch_size:
         raise UsageError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be at most batch_size "
                          f"({cfg.batch_size}): each micro-batch needs at least one sequence")
@@ -211,8 +208,6 @@ def validate(cfg: TrainConfig) -> None:
     for k in ("data", "out_dir"):
         if not getattr(cfg, k).strip():
             raise UsageError(f"{k} is empty; give a path")
-    if not (0.0 <= cfg.model.dropout < 1.0):
-        raise UsageError(f"dropout must be in [0, 1), got {cfg.model.dropout}")
     if cfg.tokenizer == "char" and cfg.vocab_size:
         raise UsageError("vocab_size applies only to --tokenizer bpe (the char vocabulary comes from the corpus)")
     if cfg.tokenizer == "bpe" and cfg.vocab_size and cfg.vocab_size < 257:
