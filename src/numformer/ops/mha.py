@@ -19,9 +19,10 @@ Forward
 Backward: splitting and concatenating heads only move numbers, so their backward moves them back
     d head = dy split into heads         (B, nh, T, hs)
     dq_h, dk_h, dv_h = attention backward
-    dq, dk, dv = each concatenated back  (B, T, C), written into `out` when given (the GPT gives
-                                          the three parts of the (B, T, 3C) buffer that c_attn's
-                                          backward takes whole)
+    dq, dk, dv = each concatenated back  (B, T, C)
+    dqkv = [dq dk dv]                    (B, T, 3C), side by side (backward_qkv): the gradient of
+                                          GPT-2's fused projection c_attn, which made q, k and v
+                                          as the three column blocks of one output
 A forward that read earlier positions from a KV cache has no backward here: decoding needs none.
 
 All heads go through attention together, as one batched (B, nh, ·, ·) product. Grouped-query
@@ -58,13 +59,10 @@ def split_heads(a, n_head):
     return a.reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3)
 
 
-def merge_heads(heads, out=None):
-    """(B, nh, T, hs) -> (B, T, nh·hs): the heads side by side, written into out when given."""
+def merge_heads(heads):
+    """(B, nh, T, hs) -> (B, T, nh·hs): the heads side by side."""
     B, nh, T, hs = heads.shape
-    if out is None:
-        return heads.transpose(0, 2, 1, 3).reshape(B, T, nh * hs)
-    out.reshape((B, T, nh, hs), copy=False).transpose(0, 2, 1, 3)[...] = heads   # raises rather than fill a copy
-    return out
+    return heads.transpose(0, 2, 1, 3).reshape(B, T, nh * hs)
 
 
 def heads(q, k, v, n_head, kv=None):
@@ -90,13 +88,6 @@ def head_gradients(dy, cache):
     return split_heads(dy, cache.n_head)
 
 
-def merged(dq, dk, dv, out=None):
-    """Backward's last step: the heads' gradients (B, nh, T, hs) each concatenated to (B, T, C),
-    into out = (dq, dk, dv) arrays when given."""
-    out = (None, None, None) if out is None else out
-    return merge_heads(dq, out[0]), merge_heads(dk, out[1]), merge_heads(dv, out[2])
-
-
 def forward(q, k, v, n_head, causal=True, mask=None, dropout_p=0.0, rng=None, keep_probs=True, kv=None):
     """y = Concat(head_1 .. head_nh), head_h = attention(q_h, k_h, v_h). Returns (y, cache).
 
@@ -109,7 +100,13 @@ def forward(q, k, v, n_head, causal=True, mask=None, dropout_p=0.0, rng=None, ke
     return merge_heads(y), Cache(att_cache, n_head)                   # (B, T, C)
 
 
-def backward(dy, cache, out=None):
-    """Returns (dq, dk, dv), each (B, T, C); written into out = (dq, dk, dv) arrays when given."""
+def backward(dy, cache):
+    """Returns (dq, dk, dv), each (B, T, C)."""
     dq, dk, dv = attention.backward(head_gradients(dy, cache), cache.attention)   # each (B, nh, T, hs)
-    return merged(dq, dk, dv, out)
+    return merge_heads(dq), merge_heads(dk), merge_heads(dv)
+
+
+def backward_qkv(dy, cache):
+    """Returns dqkv (B, T, 3C): dq, dk and dv side by side, the gradient of one fused projection
+    whose output's three column blocks were q, k and v (GPT-2's c_attn)."""
+    return np.concatenate(backward(dy, cache), axis=-1)

@@ -233,6 +233,7 @@ FAST_SIZES: dict[str, list[dict[str, Any]]] = {
     "layernorm": [{}],           # no sizes: the compiled kernels (numba) against the NumPy reference
     "linear": [{}],              # no sizes: MKL's gemm (where installed) against NumPy's matmul; products
                                  # under dispatch.MIN_WORK stay NumPy's, so tests/ops lower it for these shapes
+    "cross_entropy": [{}],       # no sizes: the same operations in place
 }
 
 

@@ -65,8 +65,8 @@ ROWS = (
                             NUMPY: "½(1 + tanh u) as PyTorch, or Φ's float32 form; in slices"}),
     Row("gelu", "float64", {NUMPY: "gate through exp(−|2u|) or erfc; in slices"}),
     Row("layernorm", "float32", {NUMBA: "kernels layernorm_forward, _output, _backward",
-                                 NUMPY: "the reference op"}),
-    Row("layernorm", "float64", {NUMPY: "the reference op"}),
+                                 NUMPY: "the reference's operations, in place"}),
+    Row("layernorm", "float64", {NUMPY: "the reference's operations, in place"}),
     Row("attention", "float32", {NUMBA: "kernels softmax_rows, _again, _backward_rows; NumPy's with "
                                         "dropout or a general mask",
                                  NUMPY: "softmax in blocks and causal chunks"}),
