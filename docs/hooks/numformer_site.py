@@ -9,7 +9,9 @@
     the code, included from the source file (ast gives each function's lines);
     the derivation as the op's docstring states it (what `numformer explain NAME` prints);
     the article's worked example with numformer's computed numbers and verdict
-      (numformer.explain.examples), or, for a formula beyond the article, an example computed here;
+      (numformer.explain.examples), or, for a formula beyond the article, its example from
+      numformer.explain.examples (the later four, which `numformer explain` shows after the
+      article's) or one computed here;
     how it is checked: the op's rows of the op table (numformer.ops.table) and its PyTorch reference.
 - The formulas' index (docs/formulas/index.md) gets the table of all of them, with their verdicts.
 
@@ -32,7 +34,7 @@ from markdown.inlinepatterns import InlineProcessor
 from markdown.preprocessors import Preprocessor
 from mkdocs.structure.files import File
 
-from numformer.explain.examples import EXAMPLES
+from numformer.explain.examples import EXAMPLES, LATER_EXAMPLES
 from numformer.explain.source import HOMES
 from numformer.ops import erf, linear, lora
 from numformer.ops.table import CASES, FAST_SIZES
@@ -162,6 +164,8 @@ def generated_sections(name: str) -> str:
     parts = [code_section(name), derivation_section(name)]
     if name in EXAMPLES:
         parts.append(example_section(EXAMPLES[name]()))
+    elif name in LATER_EXAMPLES:
+        parts.append(later_example_section(LATER_EXAMPLES[name]()))
     elif name in BEYOND:
         parts.append(BEYOND[name]())
     if h.table is not None:
@@ -289,6 +293,29 @@ def example_section(ex) -> str:
         "| quantity | the article prints | numformer computes | check |", "|---|---|---|---|", *rows,
         "",
         box,
+        "",
+        ex.note,
+    ])
+
+
+def later_example_section(ex) -> str:
+    """A formula after the article (numformer.explain.LATER): its example as `numformer explain`
+    computes it, with nothing printed to check."""
+    inputs = [f"| `{key}` | {f'`{value}`' if isinstance(value, str) else _math_cell(value)} |"
+              for key, value in ex.inputs.items()]
+    rows = []
+    for s in ex.steps:
+        label = s.label.replace("|", r"\|")
+        rows.append(f"| {'**' + label + '**' if s.result else label} | {_math_cell(s.computed, s.decimals)} |")
+    return "\n".join([
+        "## A worked example, computed",
+        "",
+        f"Not from the article: computed by numformer's own ops when this site was built "
+        f"(`numformer.explain.examples`, the numbers of `numformer explain {ex.name}`).",
+        "",
+        "| input | value |", "|---|---|", *inputs,
+        "",
+        "| quantity | numformer computes |", "|---|---|", *rows,
         "",
         ex.note,
     ])

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from numformer.ops import (attention, cross_entropy, dropout, erf, gelu, layernorm, linear, lora, mha, positional,
-                           residual, softmax)
+                           residual, rmsnorm, rope, softmax, swiglu)
 from numformer.optim import adam, sgd
 
 
@@ -91,7 +91,13 @@ HOMES = {
     "gradient_descent": Home(sgd, ("SGD.step",), "Plain gradient descent", "Gradient descent",
                              derives="update"),
     "adam": Home(adam, ("Adam.step",), "With g_t the gradient", "Adam", derives="update"),
-    # beyond the article
+    # beyond the article: the formulas of today's large models (numformer.explain.LATER, numbered 14-17)
+    "rope": Home(rope, _OP, "Backward", "Rotary position embedding (RoPE)", article=False, table="rope"),
+    "rmsnorm": Home(rmsnorm, _OP, "Backward", "RMS normalisation", article=False, table="rmsnorm"),
+    "swiglu": Home(swiglu, _OP, "Backward", "SwiGLU", article=False, table="swiglu"),
+    "grouped_query_attention": Home(attention, _OP, "Shared keys and values", "Grouped-query attention",
+                                    article=False, table="attention"),
+    # beyond the article: numformer's own
     "lora": Home(lora, _OP, "Backward", "Low-rank adapters (LoRA)", article=False, table="lora"),
     "erf": Home(erf, ("erf", "erfc", "normal_cdf"), "Derivatives", "The error function erf, and Φ",
                 article=False, derives="derivatives"),

@@ -9,9 +9,11 @@ speed and memory. Where an op has nothing to gain, the reference module is used 
 - gelu: a float32 gate as PyTorch computes it, an accurate float64 gate, cache-sized slices;
 - linear: its products by MKL's gemm (numformer.ops.fast.mkl) where that pays, the bias added
   inside the forward product;
-- layernorm: one compiled pass per row for forward and one for backward (float32);
-- mha: multi-head attention over the fast attention, its backward able to write dq, dk and dv
-  into one (B, T, 3C) buffer;
+- layernorm, rmsnorm: one compiled pass per row for forward and one for backward (float32);
+- swiglu: one compiled pass for forward and one for backward (float32);
+- rope: its cos and sin tables kept per head size, the halves rotated in place;
+- mha: multi-head attention over the fast attention and the fast rope, its backward able to write
+  dq, dk and dv into one (B, T, 3C) buffer;
 - cross_entropy: the exponentials and probabilities made in place, one (N, V) array instead of
   three.
 
@@ -25,7 +27,7 @@ defaults; tests hold every fast op equal to its reference across those boundarie
 """
 
 from numformer.ops import dropout, embedding, lora, positional, residual, softmax
-from numformer.ops.fast import attention, cross_entropy, gelu, layernorm, linear, mha
+from numformer.ops.fast import attention, cross_entropy, gelu, layernorm, linear, mha, rmsnorm, rope, swiglu
 
 __all__ = ["attention", "cross_entropy", "dropout", "embedding", "gelu", "layernorm", "linear",
-           "lora", "mha", "positional", "residual", "softmax"]
+           "lora", "mha", "positional", "residual", "rmsnorm", "rope", "softmax", "swiglu"]
