@@ -46,7 +46,7 @@ def init_folder(path) -> tuple[Path, str]:
             raise UsageError("--init_from scratch is nanoGPT's default; numformer starts from scratch when "
                              "--init_from is left out")
         if looks_like_hub_name(str(path)):
-            raise CheckpointError(hub_hint("--init_from", str(path), "gpt2"))
+            raise CheckpointError(hub_hint("--init_from", str(path), "causal"))
         raise CheckpointError(f"--init_from {root}: no such folder")
     if not root.is_dir():
         if root.suffix.lower() in PICKLE_SUFFIXES:
