@@ -20,7 +20,7 @@ import numpy as np
 
 from numformer.errors import CheckpointError, DataError, UsageError, check_text
 from numformer.model.generate import generate_tokens
-from numformer.model.gpt import GPT
+from numformer.model.decoders import load
 from numformer.parallel.process import one_blas_thread
 
 
@@ -136,14 +136,14 @@ def _same_file(a: str, b: str) -> bool:
 
 
 def load_for_sampling(out_dir):
-    """The checkpoint to sample from: out_dir itself if it is a checkpoint, else out_dir/best,
-    else out_dir/latest."""
+    """The model to sample from (a GPT or a Llama, as its config.json says): out_dir itself if it
+    is a checkpoint, else out_dir/best, else out_dir/latest."""
     root = Path(out_dir)
     if root.is_file():
-        return GPT.load(root)         # load_checkpoint explains why a file (a pickle, say) is refused
+        return load(root)             # load_checkpoint explains why a file (a pickle, say) is refused
     for cand in (root, root / "best", root / "latest"):
         if (cand / "config.json").is_file():
-            return GPT.load(cand)
+            return load(cand)
     if not root.exists():
         raise CheckpointError(f"{root}: no such folder; train first (numformer train --out_dir {root})")
     raise CheckpointError(f"{root}: no checkpoint found (looked for {root}/best and {root}/latest)")
