@@ -213,3 +213,41 @@ def test_import_then_export_gives_back_the_same_tensors(folders, name, tmp_path)
     assert back["rope_parameters"]["rope_theta"] == first["rope_parameters"]["rope_theta"]
     expected_type = "qwen2" if first["model_type"] == "qwen2" else "llama"     # a Mistral comes back a Llama
     assert back["model_type"] == expected_type
+
+
+# ----------------------------------------------------------------------------- sample and eval
+
+
+@pytest.mark.parametrize("name", ["llama mqa, tied, bf16, sharded", "mistral f16", "llama gqa", "qwen2 untied"])
+def test_greedy_sample_prints_what_transformers_generates(folders, name, tmp_path, capsys):
+    """`sample` encodes the prompt as transformers' tokenizer does (a Llama's BOS first) and its
+    streamed text is transformers' decoding of the whole sequence: no space lost between pieces
+    (a "▁" tokenizer's decoder drops the one before the first token it decodes)."""
+    import_hf_llama(folders[name], tmp_path / "ckpt")
+    prompt = "First Citizen:\nBefore we"
+    assert cli.main(["sample", str(tmp_path / "ckpt"), "--prompt", prompt, "--max_new_tokens", "15",
+                     "--temperature", "0"]) == 0
+    printed = capsys.readouterr().out
+    tok, hf = AutoTokenizer.from_pretrained(folders[name]), transformers_model(folders[name])
+    with torch.no_grad():
+        out = hf.generate(**tok(prompt, return_tensors="pt"), max_new_tokens=15, do_sample=False,
+                          pad_token_id=tok.eos_token_id)
+    assert printed == tok.decode(out[0], skip_special_tokens=True) + "\n"        # the prompt, then the rest
+
+
+@pytest.mark.parametrize("name", ["llama mqa, tied, bf16, sharded", "llama gqa", "qwen2 untied"])
+def test_eval_scores_a_text_as_transformers_scores_it(folders, name, tmp_path, capsys):
+    """With a BOS (Llama 2's and 3's tokenizers) every token of the text is predicted, as
+    transformers' loss of tokenizer(text) has it; without (Qwen2's) all but the first."""
+    import_hf_llama(folders[name], tmp_path / "ckpt")
+    text = "First Citizen:\nYou are all resolved rather to die than to famish?\n"
+    (tmp_path / "text.txt").write_text(text)
+    assert cli.main(["eval", str(tmp_path / "ckpt"), "--data", str(tmp_path / "text.txt"), "--json"]) == 0
+    ours = json.loads(capsys.readouterr().out)
+    tok, hf = AutoTokenizer.from_pretrained(folders[name]), transformers_model(folders[name])
+    ids = tok(text, return_tensors="pt")["input_ids"]
+    assert ids.shape[1] < 64                                            # one window
+    with torch.no_grad():
+        theirs = hf(ids, labels=ids).loss.item()
+    assert abs(ours["loss"] - theirs) <= 1e-5 * theirs
+    assert ours["tokens"] == ids.shape[1] - (1 if tok.bos_token_id is not None and ids[0, 0] == tok.bos_token_id else 0)
