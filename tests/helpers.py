@@ -8,10 +8,15 @@ Fixtures that every test can use are in tests/conftest.py.
 """
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 
+from numformer import cli
 from numformer.checkpoint import save_checkpoint
+from numformer.reference.gpt2_folder import make_gpt2_folder
 from numformer.training import run
 
 TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
@@ -103,3 +108,87 @@ def make_sentence_folder(folder):
 
 def flags(d):
     return [x for k, v in d.items() for x in (f"--{k}", str(v))]
+
+
+# ----------------------------------------------------------------------------- the command line
+
+
+def run_numformer(args, cwd, env=None, *, text=True, timeout=300, **kw):
+    """`python -m numformer ARGS` in a child process, in cwd, with a token cache of its own
+    (cwd/cache); arguments that are bytes (not UTF-8 on purpose) are passed as they are."""
+    e = {**os.environ, "NUMFORMER_CACHE": str(Path(cwd) / "cache"), **(env or {})}
+    argv = [a if isinstance(a, bytes) else str(a) for a in args]
+    return subprocess.run([sys.executable, "-m", "numformer", *argv], capture_output=True, text=text, cwd=cwd,
+                          env=e, timeout=timeout, **kw)
+
+
+def assert_one_line(r, *words, code=None):
+    """The one error line of a finished child (run_numformer): non-zero exit (`code` if given), no
+    traceback, one line holding every one of `words`."""
+    err = r.stderr.decode("utf-8", "replace") if isinstance(r.stderr, bytes) else r.stderr
+    assert r.returncode != 0 and (code is None or r.returncode == code), (r.returncode, err)
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]
+
+
+def stderr_line(err: str, code=None, *words) -> str:
+    """The one error line of a command's stderr, after checking there is exactly one and that it
+    holds every one of `words` (`code` is the caller's record of the exit status, not checked)."""
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    return lines[0]
+
+
+def run_cli(capsys, *argv):
+    """cli.main in this process: (exit status, stdout, stderr)."""
+    capsys.readouterr()
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+BLAS_PROBE = """
+import sys
+from numformer import cli
+from numformer.parallel.process import blas_thread_count, limit_blas_threads
+assert limit_blas_threads(3) == 3 and blas_thread_count() == 3     # as if OpenBLAS had started 3
+rc = cli.main(sys.argv[1:])
+print("BLAS", blas_thread_count(), rc)
+"""
+
+
+def blas_after(args, cwd, env):
+    """'BLAS <threads> <exit status>' after a command run in a child whose OpenBLAS had 3 threads."""
+    clean = {k: "" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    e = {**os.environ, **clean, "NUMFORMER_CACHE": str(Path(cwd) / "cache"), **env}
+    r = subprocess.run([sys.executable, "-c", BLAS_PROBE, *map(str, args)], capture_output=True, text=True,
+                       cwd=cwd, env=e, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout.strip().splitlines()[-1]
+
+
+# ----------------------------------------------------------------------------- fine-tuning runs
+
+FINETUNE = dict(batch_size=4, max_iters=6, eval_interval=3, eval_iters=2, warmup_iters=0, learning_rate=3e-3,
+                min_lr=3e-4, lr_decay_iters=6, sample_tokens=0)
+
+
+def make_finetune_lab(root):
+    """root with a corpus and a random GPT-2 folder (gpt2/) to fine-tune from."""
+    (root / "corpus.txt").write_text(TEXT * 3, encoding="utf-8")
+    make_gpt2_folder(root / "gpt2", TEXT, vocab_size=300, n_layer=2, n_head=2, n_embd=32, n_positions=32)
+    return root
+
+
+def finetune(lab, name, plot=False, **kw):
+    """A short fine-tuning run from lab/gpt2 on lab/corpus.txt into lab/name (FINETUNE's settings, then kw)."""
+    settings = dict(FINETUNE, data=str(lab / "corpus.txt"), out_dir=str(lab / name), init_from=str(lab / "gpt2"))
+    settings.update(kw)
+    return run(settings, cache_dir=lab / "cache", plot=plot)

@@ -9,16 +9,20 @@ import io
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from numformer import cli
-from tests.helpers import make_lab, make_sentence_folder
+from tests.helpers import run_cli, run_numformer, stderr_line as one_line, make_lab, make_sentence_folder
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def numformer(args, cwd, **kw):
+    """The command in a child process, its output as bytes."""
+    return run_numformer(args, cwd, text=False, timeout=120, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -26,27 +30,7 @@ def lab(tmp_path_factory):
     return make_lab(tmp_path_factory.mktemp("firststeps"))
 
 
-def numformer(args, cwd, **kw):
-    env = {**os.environ, "NUMFORMER_CACHE": str(Path(cwd) / "cache")}
-    return subprocess.run([sys.executable, "-m", "numformer", *args], capture_output=True, cwd=cwd, env=env,
-                          timeout=120, **kw)
 
-
-def one_line(err: str, code=None, *words) -> str:
-    """The one error line of a command's stderr, after checking there is exactly one."""
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    for w in words:
-        assert w in lines[0], (w, lines[0])
-    return lines[0]
-
-
-def run_cli(capsys, *argv):
-    capsys.readouterr()
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # ------------------------------------------------------------- 1. one way to name the checkpoint
@@ -261,7 +245,7 @@ def test_explain_json_has_article_printed_beside_seed_printed(capsys):
     code, out, err = run_cli(capsys, "explain", "--json")
     assert code == 0, err
     objs = json.loads(out)
-    assert len(objs) == 13
+    assert len(objs) == 17                  # the article's thirteen, then four it does not have
     for obj in objs:
         assert "seed_printed" in obj and obj["article_printed"] == obj["seed_printed"], obj["name"]
     assert {o["name"]: o for o in objs}["softmax"]["article_printed"]["softmax"] == [0.090, 0.245, 0.665]

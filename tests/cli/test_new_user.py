@@ -2,15 +2,12 @@
 items of training (2, 3, 8 and train's part of 1 and 10) are in tests/training/test_loop.py and
 test_session.py, the mpi4py hint (7) in tests/parallel/test_mpi.py."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from numformer import cli
-from tests.helpers import make_lab
+from tests.helpers import blas_after, run_numformer as numformer, make_lab
 
 
 @pytest.fixture(scope="module")
@@ -18,37 +15,14 @@ def lab(tmp_path_factory):
     return make_lab(tmp_path_factory.mktemp("newuser"))
 
 
-def numformer(args, cwd, env=None):
-    e = {**os.environ, "NUMFORMER_CACHE": str(Path(cwd) / "cache"), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "numformer", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=e, timeout=300)
-
 
 # ---------------------------------------------------------------------- 1. BLAS threads
 
 
-BLAS_PROBE = """
-import sys
-from numformer import cli
-from numformer.parallel.process import blas_thread_count, limit_blas_threads
-assert limit_blas_threads(3) == 3 and blas_thread_count() == 3     # as if OpenBLAS had started 3
-rc = cli.main(sys.argv[1:])
-print("BLAS", blas_thread_count(), rc)
-"""
-
-
-def _blas_after(args, cwd, env):
-    clean = {k: "" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-    e = {**os.environ, **clean, "NUMFORMER_CACHE": str(Path(cwd) / "cache"), **env}
-    r = subprocess.run([sys.executable, "-c", BLAS_PROBE, *map(str, args)], capture_output=True, text=True,
-                       cwd=cwd, env=e, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    return r.stdout.strip().splitlines()[-1]
-
 
 @pytest.mark.parametrize("env, want", [({}, "BLAS 1 0"), ({"OPENBLAS_NUM_THREADS": "3"}, "BLAS 3 0")])
 def test_sample_gives_blas_one_thread_unless_told(lab, tmp_path, env, want):
-    assert _blas_after(["sample", "--out_dir", lab / "run", "--max_new_tokens", "3"], tmp_path, env) == want
+    assert blas_after(["sample", "--out_dir", lab / "run", "--max_new_tokens", "3"], tmp_path, env) == want
 
 
 # ---------------------------------------------------------------------- 6. flag spellings

@@ -9,15 +9,18 @@ out_dir, a disk that fills during a save) are in tests/training/test_loop.py and
 
 import errno
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from numformer import cli
-from tests.helpers import make_lab, make_sentence_folder
+from tests.helpers import assert_one_line, run_numformer, make_lab, make_sentence_folder
+
+
+def numformer(args, cwd, **kw):
+    """The command in a child process, its output as bytes."""
+    return run_numformer(args, cwd, text=False, timeout=300, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -25,21 +28,6 @@ def lab(tmp_path_factory):
     return make_lab(tmp_path_factory.mktemp("oneline"))
 
 
-def numformer(args, cwd, **kw):
-    env = {**os.environ, "NUMFORMER_CACHE": str(Path(cwd) / "cache")}
-    return subprocess.run([sys.executable, "-m", "numformer", *args], capture_output=True, cwd=cwd, env=env,
-                          timeout=300, **kw)
-
-
-def assert_one_line(r, *words, code=None):
-    err = r.stderr.decode("utf-8", "replace") if isinstance(r.stderr, bytes) else r.stderr
-    assert r.returncode != 0 and (code is None or r.returncode == code), (r.returncode, err)
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    for w in words:
-        assert w in lines[0], lines[0]
-    return lines[0]
 
 
 def test_seed_minus_one_in_sample(lab, tmp_path):

@@ -6,9 +6,6 @@ first steps (issue 15) and as the command line's one-line errors."""
 import errno
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +14,7 @@ from numformer import cli
 from numformer.checkpoint import load_checkpoint
 from numformer.training import TrainConfig, run
 from numformer.training.loop import Trainer
-from tests.helpers import TINY, flags, make_lab
+from tests.helpers import assert_one_line, blas_after, run_numformer as numformer, TINY, flags, make_lab
 
 
 @pytest.fixture(scope="module")
@@ -25,40 +22,7 @@ def lab(tmp_path_factory):
     return make_lab(tmp_path_factory.mktemp("loop"))
 
 
-def numformer(args, cwd, env=None):
-    e = {**os.environ, "NUMFORMER_CACHE": str(Path(cwd) / "cache"), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "numformer", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=e, timeout=300)
 
-
-def assert_one_line(r, *words, code=None):
-    err = r.stderr.decode("utf-8", "replace") if isinstance(r.stderr, bytes) else r.stderr
-    assert r.returncode != 0 and (code is None or r.returncode == code), (r.returncode, err)
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    for w in words:
-        assert w in lines[0], lines[0]
-    return lines[0]
-
-
-BLAS_PROBE = """
-import sys
-from numformer import cli
-from numformer.parallel.process import blas_thread_count, limit_blas_threads
-assert limit_blas_threads(3) == 3 and blas_thread_count() == 3     # as if OpenBLAS had started 3
-rc = cli.main(sys.argv[1:])
-print("BLAS", blas_thread_count(), rc)
-"""
-
-
-def _blas_after(args, cwd, env):
-    clean = {k: "" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-    e = {**os.environ, **clean, "NUMFORMER_CACHE": str(Path(cwd) / "cache"), **env}
-    r = subprocess.run([sys.executable, "-c", BLAS_PROBE, *map(str, args)], capture_output=True, text=True,
-                       cwd=cwd, env=e, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    return r.stdout.strip().splitlines()[-1]
 
 
 def copy_run(lab, tmp_path):
@@ -164,7 +128,7 @@ def test_resume_with_a_larger_max_iters_stretches_the_schedule(lab, tmp_path):
 def test_train_threads_1_gives_blas_one_thread_unless_told(lab, tmp_path, threads, env, want):
     args = ["train", *flags(dict(TINY, data=lab / "corpus.txt", out_dir=tmp_path / "o", max_iters=2,
                                  threads=threads)), "--no_plot"]
-    assert _blas_after(args, tmp_path, env) == want
+    assert blas_after(args, tmp_path, env) == want
 
 
 @pytest.mark.parametrize("gas", [2, 3, 4])

@@ -3,7 +3,7 @@ clipping of every step, which steps were clipped, ‖Δθ‖/‖θ‖ per weight
 fine-tuning runs from a random GPT-2 folder, whose first gradient PyTorch computes too.
 
 The GPT-2 folder is a random GPT2LMHeadModel with a byte-level BPE trained on the corpus, saved as
-GPT-2's own folders are: docs/make_gpt2_folder.py.
+GPT-2's own folders are: numformer.reference.gpt2_folder (made by tests.helpers.make_finetune_lab).
 """
 
 import json
@@ -14,26 +14,12 @@ import pytest
 import torch
 
 from numformer.model.gpt import GPT
-from numformer.training import run
-from numformer.reference.gpt2_folder import make_gpt2_folder
-from tests.helpers import TEXT
-
-RUN = dict(batch_size=4, max_iters=6, eval_interval=3, eval_iters=2, warmup_iters=0, learning_rate=3e-3,
-           min_lr=3e-4, lr_decay_iters=6, sample_tokens=0)
+from tests.helpers import FINETUNE as RUN, finetune as train, make_finetune_lab
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    root = tmp_path_factory.mktemp("health")
-    (root / "corpus.txt").write_text(TEXT * 3, encoding="utf-8")
-    make_gpt2_folder(root / "gpt2", TEXT, vocab_size=300, n_layer=2, n_head=2, n_embd=32, n_positions=32)
-    return root
-
-
-def train(lab, name, plot=False, **kw):
-    settings = dict(RUN, data=str(lab / "corpus.txt"), out_dir=str(lab / name), init_from=str(lab / "gpt2"))
-    settings.update(kw)
-    return run(settings, cache_dir=lab / "cache", plot=plot)
+    return make_finetune_lab(tmp_path_factory.mktemp("health"))
 
 
 def test_metrics_hold_the_gradient_norm_and_the_update_ratio(lab):

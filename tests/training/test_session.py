@@ -18,7 +18,7 @@ import pytest
 
 from numformer import cli
 from numformer.checkpoint import load_checkpoint
-from tests.helpers import TINY, flags, make_lab
+from tests.helpers import assert_one_line, run_cli, run_numformer as numformer, stderr_line as one_line, TINY, flags, make_lab
 
 
 @pytest.fixture(scope="module")
@@ -26,38 +26,8 @@ def lab(tmp_path_factory):
     return make_lab(tmp_path_factory.mktemp("session"))
 
 
-def numformer(args, cwd, env=None):
-    e = {**os.environ, "NUMFORMER_CACHE": str(Path(cwd) / "cache"), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "numformer", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=e, timeout=300)
 
 
-def assert_one_line(r, *words, code=None):
-    err = r.stderr.decode("utf-8", "replace") if isinstance(r.stderr, bytes) else r.stderr
-    assert r.returncode != 0 and (code is None or r.returncode == code), (r.returncode, err)
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    for w in words:
-        assert w in lines[0], lines[0]
-    return lines[0]
-
-
-def one_line(err: str, code=None, *words) -> str:
-    """The one error line of a command's stderr, after checking there is exactly one."""
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    for w in words:
-        assert w in lines[0], (w, lines[0])
-    return lines[0]
-
-
-def run_cli(capsys, *argv):
-    capsys.readouterr()
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _in_process_train(lab, tmp_path, capsys, extra=()):

@@ -2,10 +2,16 @@
 
 For people, each formula gets a section: the formula, the article's inputs, then one row per
 quantity with what the article prints, what numformer computes and whether they agree; the rows
-that make up the result are marked ▶ and decide the verdict in the section's header. A summary
-table closes the output. With --json: a JSON array, one object per formula, with the keys name,
-formula, inputs, computed, article_printed (what the article prints), agrees, note, and
-seed_printed (the same as article_printed, under the key's first name).
+that make up the result are marked ▶ and decide the verdict in the section's header. Then where
+the formula lives in the source (module and functions) and its derived backward (an optimizer's
+update rule), as the op's docstring states it. After the article's thirteen, under a heading that
+says they are not in the article, come the formulas of today's large models (RoPE, RMSNorm,
+SwiGLU, grouped-query attention), in the same layout with nothing printed to check ("NOT IN THE
+ARTICLE"). A summary table closes the output. With --json: a JSON array, one object per formula,
+with the keys name, formula, inputs, computed, article_printed (what the article prints; null for
+the later formulas), agrees, note (a later formula's starts "Not in the article"), seed_printed
+(the same as article_printed, under the key's first name), op (module, functions, path) and
+derivation (derives: "backward" or "update", and the docstring's lines).
 """
 
 import json
@@ -16,8 +22,9 @@ import unicodedata
 import numpy as np
 
 from numformer.errors import UsageError
-from numformer.explain import NAMES
+from numformer.explain import ALL_NAMES, NAMES
 from numformer.explain.examples import explain, num
+from numformer.explain.source import home
 
 WIDTH = 98  # every line fits a 100-column terminal
 INDENT = "   "
@@ -27,51 +34,69 @@ GAP = "  "
 def add_arguments(parser) -> None:
     parser.add_argument(
         "names", nargs="*", metavar="NAME",
-        help="formulas to show, by name or by number 1-13, in the order given (default: all thirteen in "
-             "the article's order): " + ", ".join(f"{i} {n}" for i, n in enumerate(NAMES, 1)),
+        help=f"formulas to show, by name or by number 1-{len(ALL_NAMES)}, in the order given (default: the "
+             f"article's thirteen in its order, then {len(ALL_NAMES) - len(NAMES)} formulas not in the article): "
+             + ", ".join(f"{i} {n}" for i, n in enumerate(ALL_NAMES, 1)),
     )
     parser.add_argument(
         "--json", action="store_true",
         help="print a JSON array, one object per formula (name, formula, inputs, computed, "
-             "article_printed, agrees, note; seed_printed is article_printed under its first name)",
+             "article_printed, agrees, note, op, derivation; seed_printed is article_printed under "
+             "its first name)",
     )
 
 
 # What the article is, in one line of at most WIDTH columns (the first line of the text output)
 ABOUT = "The article: a Chinese article on the math of Transformers, 13 formulas with worked examples."
+# The heading above the later formulas
+LATER_HEADING = "Not in the article: the formulas today's large models add (Llama, Mistral, Qwen2)"
 
 
 
 def select(names: list[str]) -> list[str]:
-    """Command-line names or numbers (1-13, as the output numbers them) -> formula names, in the
+    """Command-line names or numbers (1-17, as the output numbers them) -> formula names, in the
     order given, without repeats."""
     chosen = []
     for raw in names:
         name = raw.strip().lower().replace("-", "_")
-        if name.isdigit() and 1 <= int(name) <= len(NAMES):
-            name = NAMES[int(name) - 1]
-        if name not in NAMES:
-            raise UsageError(f"unknown formula {raw!r}; give a number 1-{len(NAMES)} or a name: {', '.join(NAMES)}")
+        if name.isdigit() and 1 <= int(name) <= len(ALL_NAMES):
+            name = ALL_NAMES[int(name) - 1]
+        if name not in ALL_NAMES:
+            raise UsageError(f"unknown formula {raw!r}; give a number 1-{len(ALL_NAMES)} or a name: "
+                             f"{', '.join(ALL_NAMES)}")
         if name not in chosen:
             chosen.append(name)
-    return chosen or list(NAMES)
+    return chosen or list(ALL_NAMES)
 
 
 def main(args) -> int:
     names = select(args.names)
     examples = explain(names)
     if args.json:
-        print(json.dumps([ex.to_json() for ex in examples], indent=2, allow_nan=False))
+        print(json.dumps([to_json(ex) for ex in examples], indent=2, allow_nan=False))
         return 0
     _safe_stdout()
     style = _Style(_use_color(sys.stdout))
     out = [ABOUT, ""]
+    headed = False
     for ex in examples:
+        if not ex.in_article and not headed:        # the later formulas start here
+            title = f"══ {LATER_HEADING} "
+            out += [style.bold(title + "═" * max(3, WIDTH - _width(title))), ""]
+            headed = True
         out += render(ex, style) + [""]
     if len(examples) > 1:
         out += summary(examples, style)
     print("\n".join(out).rstrip("\n"))
     return 0
+
+
+def to_json(ex) -> dict:
+    """The example's JSON object (Example.to_json), with where its op lives and its derivation."""
+    h = home(ex.name)
+    return {**ex.to_json(),
+            "op": {"module": h.module_name, "functions": list(h.functions), "path": h.path},
+            "derivation": {"derives": h.derives, "lines": h.derivation()}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,7 +133,9 @@ class _Style:
 
 
 def verdict(ex, style: _Style, short: bool = False) -> str:
-    """AGREES / DIFFERS by x / INCOMPLETE in the article -> computed."""
+    """AGREES / DIFFERS by x / INCOMPLETE in the article -> computed / NOT IN THE ARTICLE -> computed."""
+    if not ex.in_article:
+        return style.dim("NOT IN THE ARTICLE" + ("" if short else " -> computed"))
     if ex.agrees is None:
         return style.open("INCOMPLETE in the article" + ("" if short else " -> computed"))
     if ex.agrees:
@@ -261,6 +288,25 @@ def render(ex, style: _Style | None = None) -> list[str]:
     lines += _step_table(ex, style)
     lines.append("")
     lines += _wrap(ex.note, WIDTH, INDENT + "note  ", INDENT + "      ")
+    lines.append("")
+    lines += source_lines(ex, style)
+    return lines
+
+
+def source_lines(ex, style: _Style) -> list[str]:
+    """Where the formula lives (module, functions, file) and its derivation from the docstring."""
+    h = home(ex.name)
+    lines = _wrap(f"{h.where()}  ({h.path})", WIDTH, INDENT + "code  ", INDENT + "      ")
+    what = ("update rule (an optimizer has no backward)" if h.derives == "update"
+            else f"derived {h.derives}")
+    lines.append(INDENT + style.dim(f"{what}, from the docstring of {h.module_name}:"))
+    for line in h.derivation():  # the docstring's layout, its indented formulas 2 columns less deep
+        body = line.lstrip(" ")
+        lead = INDENT + " " * max(0, len(line) - len(body) - 2)
+        if _width(lead + body) <= WIDTH:
+            lines.append((lead + body).rstrip())
+        else:  # too wide for a 100-column terminal: wrapped, never cut
+            lines += _wrap(body, WIDTH, lead, lead + "    ")
     return lines
 
 
@@ -273,6 +319,8 @@ def _printed_block(step) -> list[str]:
 
 
 def _step_table(ex, style: _Style) -> list[str]:
+    if not ex.in_article:
+        return _later_table(ex, style)
     rows = [(s, s.label, _printed_block(s), block(s.computed, s.decimals), check(s, style))
             for s in ex.steps]
     head = ("quantity", "article prints", "numformer computes", "check")
@@ -308,39 +356,91 @@ def _step_table(ex, style: _Style) -> list[str]:
     return lines
 
 
-def _one_line(value, decimals: int | None) -> str:
-    """A value in one line: 0.841, [4.5 1.5], [[2 3] [2 3]]."""
-    lines = block(value, decimals)
-    return "[" + " ".join(lines) + "]" if np.ndim(value) >= 2 else lines[0]
-
-
-def _clip(text: str, width: int) -> str:
-    if _width(text) <= width:
-        return _pad(text, width)
-    while _width(text) > width - 1:
-        text = text[:-1]
-    return text + "…"
+def _later_table(ex, style: _Style) -> list[str]:
+    """A later formula's rows: quantity and what numformer computes (the article prints nothing to
+    check), side by side, or the computed value below its label when that is too wide."""
+    rows = [(s, s.label, block(s.computed, s.decimals)) for s in ex.steps]
+    head = ("quantity", "numformer computes")
+    w_label = max([_width(head[0])] + [_width(r[1]) for r in rows])
+    w_comp = max([_width(head[1])] + [_width(x) for r in rows for x in r[2]])
+    mark = {True: " ▶ ", False: INDENT}
+    if len(INDENT) + w_label + len(GAP) + w_comp <= WIDTH:
+        lines = [style.dim(INDENT + _pad(head[0], w_label) + GAP + head[1])]
+        for step, label, comp in rows:
+            lines += [((mark[step.result] if i == 0 else INDENT) + _pad(label if i == 0 else "", w_label) + GAP
+                       + line).rstrip() for i, line in enumerate(comp)]
+        return lines
+    lines = []
+    for step, label, comp in rows:
+        lines.append(mark[step.result] + label)
+        lines += [INDENT + "    " + line for line in comp]
+    return lines
 
 
 def summary(examples, style: _Style) -> list[str]:
-    """One line per formula: the article's result, numformer's, the verdict."""
-    n_agree = sum(ex.agrees is True for ex in examples)
-    n_differ = sum(ex.agrees is False for ex in examples)
-    n_open = sum(ex.agrees is None for ex in examples)
-    title = (f"── summary: {len(examples)} formulas: {n_agree} agree, {n_differ} differ, "
-             f"{n_open} incomplete in the article ")
+    """One row per formula: the article's result, numformer's, the verdict. A matrix takes a line
+    per row; a value wider than its column is wrapped onto more lines, never cut short."""
+    ours = [ex for ex in examples if ex.in_article]
+    n_agree = sum(ex.agrees is True for ex in ours)
+    n_differ = sum(ex.agrees is False for ex in ours)
+    n_open = sum(ex.agrees is None for ex in ours)
+    n_later = len(examples) - len(ours)
+    later = f"{n_later} formula{'s' if n_later != 1 else ''} not in the article"
+    title = (f"── summary: {len(ours)} formulas: {n_agree} agree, {n_differ} differ, "
+             f"{n_open} incomplete in the article " if ours else f"── summary: {later} ")
     lines = [style.bold(title) + "─" * (WIDTH - _width(title))]
-    widths = (3, 20, 21, 25)
-    head = ("#", "formula", "article prints (result)", "numformer computes")
-    lines.append(style.dim(" ".join(_pad(h, w) for h, w in zip(head, widths)) + " verdict"))
+    if ours and n_later:
+        lines.append(f"   and {later}, computed")
+    head = ("#", "formula", "article prints", "numformer computes", "verdict")
+    rows = []
     for ex in examples:
         first = ex.results[0]
-        printed = "—" if first.printed is None else _one_line(
+        printed = ["—"] if first.printed is None else block(
             first.printed.value, None if first.printed.exact else first.printed.decimals)
-        cells = (str(ex.number), ex.name, printed, _one_line(first.computed, min(first.decimals, 4)))
-        text = " ".join(_clip(c, w) for c, w in zip(cells, widths))
-        lines.append(text + " " + verdict(ex, style, short=True))
+        verdict_text = style.dim("NOT IN ARTICLE") if not ex.in_article else \
+            style.open("INCOMPLETE") if ex.agrees is None else verdict(ex, style, short=True)
+        rows.append(([str(ex.number)], [ex.name], printed, block(first.computed, min(first.decimals, 4)),
+                     [verdict_text]))
+    widths = [max(_width(x) for r in rows for x in r[i]) for i in range(5)]
+    widths = [max(w, _width(h)) for w, h in zip(widths, head)]
+    over = sum(widths) + len(GAP) * 4 - WIDTH
+    for i in (3, 2, 1):  # too wide: the value columns give way, widest first, then the names
+        if over > 0:
+            cut = max(0, min(over, widths[i] - _width(head[i])))   # never narrower than its heading
+            widths[i] -= cut
+            over -= cut
+    lines.append(style.dim(GAP.join(_pad(h, w) for h, w in zip(head, widths)).rstrip()))
+    for row in rows:
+        cells = [_fit(cell, w) for cell, w in zip(row, widths)]
+        for i in range(max(len(c) for c in cells)):
+            parts = [_pad(c[i] if i < len(c) else "", w) for c, w in zip(cells, widths)]
+            lines.append(GAP.join(parts).rstrip())
     return lines
+
+
+def _fit(cell: list[str], width: int) -> list[str]:
+    """A cell's lines, each wider than `width` wrapped at its spaces (a name without one, as
+    grouped_query_attention, after its underscores)."""
+    out = []
+    for line in cell:
+        if _width(line) <= width:
+            out.append(line)
+        elif " " in line.strip():
+            out += _wrap(line, width, "", " ")
+        else:
+            out += _name_lines(line, width)
+    return out
+
+
+def _name_lines(name: str, width: int) -> list[str]:
+    """A name cut after its underscores into lines of at most `width` columns where it can be."""
+    lines, line = [], ""
+    for part in name.replace("_", "_\0").split("\0"):
+        if line and _width(line + part) > width:
+            lines.append(line)
+            line = ""
+        line += part
+    return lines + [line]
 
 
 def _safe_stdout() -> None:
