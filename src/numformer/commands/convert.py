@@ -1,26 +1,32 @@
-"""`numformer convert`: GPT-2 checkpoints to and from Hugging Face format.
+"""`numformer convert`: checkpoints to and from Hugging Face format.
 
-    numformer convert --from_hf HF_FOLDER --out CHECKPOINT     Hugging Face GPT-2 -> numformer
-    numformer convert --to_hf CHECKPOINT --out HF_FOLDER       numformer -> Hugging Face GPT-2
+    numformer convert --from_hf HF_FOLDER --out CHECKPOINT     Hugging Face -> numformer
+    numformer convert --to_hf CHECKPOINT --out HF_FOLDER       numformer -> Hugging Face
 
-An existing --out is replaced only with --overwrite, and only if numformer wrote it.
+A Hugging Face folder holds GPT-2 (GPT2LMHeadModel), Llama (LlamaForCausalLM), Mistral
+(MistralForCausalLM, without a sliding window) or Qwen2 (Qwen2ForCausalLM): its config.json's
+model_type says which. A numformer GPT checkpoint exports as GPT-2, a Llama checkpoint as a Llama
+(or a Qwen2, when it has q/k/v biases). An existing --out is replaced only with --overwrite, and
+only if numformer wrote it.
 
-The mapping of names, layouts and config keys is in numformer.interop.gpt2.
+The mapping of names, layouts and config keys is in numformer.interop.gpt2 and
+numformer.interop.llama (numformer.interop.hf picks one).
 """
 
 from pathlib import Path
 
 from numformer.checkpoint import lock_folder
 from numformer.errors import CheckpointError, UsageError, hub_hint, looks_like_hub_name
-from numformer.interop import gpt2
+from numformer.interop import hf
 
 
 def add_arguments(parser) -> None:
     direction = parser.add_mutually_exclusive_group(required=True)
     direction.add_argument("--from_hf", metavar="HF_FOLDER",
-                           help="a Hugging Face GPT-2 folder (config.json + model.safetensors) to import")
+                           help="a Hugging Face GPT-2, Llama, Mistral or Qwen2 folder (config.json + "
+                                "model.safetensors) to import")
     direction.add_argument("--to_hf", metavar="CHECKPOINT",
-                           help="a numformer GPT checkpoint folder to export")
+                           help="a numformer checkpoint folder to export (a GPT as GPT-2, a Llama as a Llama or Qwen2)")
     parser.add_argument("--out", required=True, metavar="FOLDER",
                         help="where to write the converted checkpoint: a new or empty folder (an earlier "
                              "output of the same kind only with --overwrite)")
@@ -36,18 +42,15 @@ def main(args) -> int:
         if value is not None and not value.strip():
             raise UsageError(f"{flag} is empty; give a folder")
     if args.from_hf is not None and looks_like_hub_name(args.from_hf):
-        raise CheckpointError(hub_hint("--from_hf", args.from_hf, "gpt2"))
+        raise CheckpointError(hub_hint("--from_hf", args.from_hf, "causal"))
     if args.from_hf is None and args.dtype is not None:
         raise UsageError("--dtype applies to --from_hf only; --to_hf keeps the checkpoint's dtype")
     # a `numformer train` writing into the same folder (--out out/latest) holds its lock
     with lock_folder(Path(args.out).parent, "numformer convert", create=False):
         if args.from_hf is not None:
-            notes = gpt2.import_hf_gpt2(args.from_hf, args.out, dtype=args.dtype or "float32",
-                                        overwrite=args.overwrite)
-            done = f"wrote numformer checkpoint {args.out} (from Hugging Face GPT-2 {args.from_hf})"
+            notes, done = hf.import_hf(args.from_hf, args.out, dtype=args.dtype or "float32", overwrite=args.overwrite)
         else:
-            notes = gpt2.export_hf_gpt2(args.to_hf, args.out, overwrite=args.overwrite)
-            done = f"wrote Hugging Face GPT-2 folder {args.out} (load it with GPT2LMHeadModel.from_pretrained)"
+            notes, done = hf.export_hf(args.to_hf, args.out, overwrite=args.overwrite)
     for note in notes:
         print(f"note: {note}")
     print(done)
