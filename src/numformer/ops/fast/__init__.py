@@ -9,8 +9,10 @@ speed and memory. Where an op has nothing to gain, the reference module is used 
 - gelu: a float32 gate as PyTorch computes it, an accurate float64 gate, cache-sized slices;
 - linear: its products by MKL's gemm (numformer.ops.fast.mkl) where that pays, the bias added
   inside the forward product;
-- layernorm: one compiled pass per row for forward and one for backward (float32);
-- mha: multi-head attention over the fast attention.
+- layernorm, rmsnorm: one compiled pass per row for forward and one for backward (float32);
+- swiglu: one compiled pass for forward and one for backward (float32);
+- rope: its cos and sin tables kept per head size, the halves rotated in place;
+- mha: multi-head attention over the fast attention and the fast rope.
 
 numformer.ops.fast.dispatch decides, once, which implementation each of them runs (NumPy, the
 compiled float32 kernels of numformer.ops.fast.kernels with the optional numba, or MKL's gemm
@@ -22,7 +24,7 @@ defaults; tests hold every fast op equal to its reference across those boundarie
 """
 
 from numformer.ops import cross_entropy, dropout, embedding, lora, positional, residual, softmax
-from numformer.ops.fast import attention, gelu, layernorm, linear, mha
+from numformer.ops.fast import attention, gelu, layernorm, linear, mha, rmsnorm, rope, swiglu
 
 __all__ = ["attention", "cross_entropy", "dropout", "embedding", "gelu", "layernorm", "linear",
-           "lora", "mha", "positional", "residual", "softmax"]
+           "lora", "mha", "positional", "residual", "rmsnorm", "rope", "softmax", "swiglu"]
