@@ -4,7 +4,7 @@
 
 The checkpoint is named as `eval` and `explore` name it, positional or --out_dir
 (add_checkpoint_arguments), and found by load_for_sampling: the folder itself if it is a
-checkpoint, else its best/, else its latest/.
+checkpoint, else its best/, else its latest/; or a GGUF file (numformer.interop.gguf).
 The sampling itself (temperature, top-k, top-p, the KV cache and the sliding window) is
 numformer.model.generate.
 """
@@ -19,8 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from numformer.errors import CheckpointError, DataError, UsageError, check_text
+from numformer.interop.gguf import is_gguf
+from numformer.model.decoders import load
 from numformer.model.generate import generate_tokens
-from numformer.model.gpt import GPT
+from numformer.model.llama import Llama
 from numformer.parallel.process import one_blas_thread
 
 
@@ -113,7 +115,7 @@ def add_checkpoint_arguments(parser) -> None:
     with chosen_checkpoint(args)."""
     parser.add_argument("checkpoint", nargs="?", default=None, metavar="OUT_DIR_OR_CHECKPOINT",
                         help="training output folder (its best/ or latest/ checkpoint is used), "
-                             "or a checkpoint folder itself (default: out)")
+                             "a checkpoint folder itself, or a GGUF file (default: out)")
     parser.add_argument("--out_dir", default=None, metavar="OUT_DIR_OR_CHECKPOINT",
                         help="the same, as a flag, as `numformer train` names it")
 
@@ -136,14 +138,16 @@ def _same_file(a: str, b: str) -> bool:
 
 
 def load_for_sampling(out_dir):
-    """The checkpoint to sample from: out_dir itself if it is a checkpoint, else out_dir/best,
-    else out_dir/latest."""
+    """The model to sample from: a GGUF file (its weights dequantized), or the checkpoint of
+    out_dir itself if it is one, else of out_dir/best, else of out_dir/latest."""
     root = Path(out_dir)
     if root.is_file():
-        return GPT.load(root)         # load_checkpoint explains why a file (a pickle, say) is refused
+        if root.suffix.lower() == ".gguf" or is_gguf(root):
+            return Llama.from_gguf(root)     # read_gguf says why a file is not a GGUF model
+        return load(root)             # load_checkpoint explains why a file (a pickle, say) is refused
     for cand in (root, root / "best", root / "latest"):
         if (cand / "config.json").is_file():
-            return GPT.load(cand)
+            return load(cand)
     if not root.exists():
         raise CheckpointError(f"{root}: no such folder; train first (numformer train --out_dir {root})")
     raise CheckpointError(f"{root}: no checkpoint found (looked for {root}/best and {root}/latest)")

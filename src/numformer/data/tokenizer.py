@@ -19,7 +19,11 @@ Both map a string to a 1-D int64 array of token ids (`encode`) and back (`decode
 JSON documents:
 
     {"type": "char", "format": 1, "chars": ["\\n", " ", "!", ...]}
-    {"type": "bpe", "format": 1, "tokenizers_version": "0.23.3", "hf": {...HF tokenizer.json...}}
+    {"type": "bpe", "format": 1, "tokenizers_version": "0.23.3", "hf": {...HF tokenizer.json...},
+     "chat": {"template": ..., "tokens": {"bos_token": ..., ...}, "end_of_turn": [ids]}}
+
+"chat" is there only for a chat model's tokenizer (imported with its chat template: see
+numformer.data.chat); a BPETokenizer then has `chat`, a ChatSettings, and otherwise None.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import numpy as np
 import tokenizers
 
 from numformer.checkpoint import TOKENIZER_LIMIT, parse_json, read_file
+from numformer.data.chat import ChatSettings
 from numformer.errors import DataError, UsageError
 
 FORMAT = 1
@@ -190,8 +195,9 @@ class BPETokenizer:
 
     kind = "bpe"
 
-    def __init__(self, hf_tokenizer):
+    def __init__(self, hf_tokenizer, chat: ChatSettings | None = None):
         self._tok = hf_tokenizer
+        self.chat = chat       # a chat model's template and end-of-turn tokens (numformer.data.chat)
 
     @classmethod
     def train(cls, text: str | Iterable[str], vocab_size: int) -> BPETokenizer:
@@ -314,10 +320,12 @@ class BPETokenizer:
             "tokenizers_version": TOKENIZERS_VERSION,
             "hf": json.loads(self._tok.to_str()),
         }
+        if self.chat is not None:
+            doc["chat"] = self.chat.to_dict()
         return json.dumps(doc, ensure_ascii=False)
 
     def __eq__(self, other):
-        return isinstance(other, BPETokenizer) and self._tok.to_str() == other._tok.to_str()
+        return isinstance(other, BPETokenizer) and self._tok.to_str() == other._tok.to_str() and self.chat == other.chat
 
     def __repr__(self):
         return f"BPETokenizer(vocab_size={self.vocab_size})"
@@ -473,7 +481,10 @@ def from_json(s: str | bytes) -> CharTokenizer | BPETokenizer:
         if not isinstance(hf_doc, dict):
             raise DataError("bpe tokenizer JSON needs \"hf\": a Hugging Face tokenizer object")
         try:
-            return BPETokenizer.from_hf_document(hf_doc)
+            tok = BPETokenizer.from_hf_document(hf_doc)
         except DataError as e:
             raise DataError(f"bpe tokenizer JSON: {e}") from None
+        if doc.get("chat") is not None:
+            tok.chat = ChatSettings.from_dict(doc["chat"], tok.vocab_size, "bpe tokenizer JSON")
+        return tok
     raise DataError(f"tokenizer JSON has unknown type {kind!r} (expected 'char' or 'bpe')")

@@ -37,6 +37,7 @@ the `gguf` package (and so transformers) dequantizes them.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import sys
@@ -44,10 +45,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
+from gguf import GGUFReader, GGUFValueType
 
 from numformer.checkpoint import PICKLE_SUFFIXES, pickle_refusal
-from numformer.errors import CheckpointError
+from numformer.data.chat import ChatSettings
+from numformer.data.tokenizer import BPETokenizer
+from numformer.errors import CheckpointError, DataError
 from numformer.interop.gguf_tokenizer import tokenizer_json
 from numformer.ops import quant
 
@@ -116,13 +119,22 @@ class GGUFModel:
     name: str | None
     config: dict                     # LlamaConfig's fields
     tensors: dict[str, GGUFTensor]   # by Hugging Face name
-    tokenizer: str                   # tokenizer.json text
-    chat: dict                       # chat_template, bos/eos tokens, end_of_turn ids (see chat_info)
+    tokenizer: str                   # tokenizer.json text (Hugging Face's)
+    chat: ChatSettings               # the chat template, special tokens, end-of-turn ids (chat_info)
     file_type: str                   # the most common type of its matrices ("Q4_1"), for messages
 
     def float32(self, name: str) -> np.ndarray:
         """Tensor `name` as float32, dequantized and unpermuted."""
         return tensor_float32(self.tensors[name], str(self.path))
+
+    def bpe_tokenizer(self) -> BPETokenizer:
+        """numformer's tokenizer for the file, with its chat settings."""
+        try:
+            tok = BPETokenizer.from_hf_document(json.loads(self.tokenizer))
+        except DataError as e:
+            raise CheckpointError(f"{self.path}: its tokenizer: {e}") from None
+        tok.chat = self.chat
+        return tok
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Every tensor as float32, by Hugging Face name."""
@@ -379,26 +391,28 @@ def tensor_blocks(t: GGUFTensor) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- chat
 
-def chat_info(meta: Metadata, src: str) -> dict:
-    """The chat template and the tokens it needs: {"chat_template": str or None, "bos_token",
-    "eos_token", "unk_token", "pad_token": str or None, "end_of_turn": [ids]}. The reply ends at
-    the end of turn: the eos token, and llama.cpp's eot and eom tokens where the file names them."""
+def chat_info(meta: Metadata, src: str) -> ChatSettings:
+    """The chat template and the tokens it needs: the special tokens by role, and the ids that
+    end the assistant's turn: the eos token, and llama.cpp's eot and eom tokens where the file
+    names them."""
     tokens = meta.get("tokenizer.ggml.tokens") or []
     template = meta.get("tokenizer.chat_template")
     if template is not None and not isinstance(template, str):
         raise CheckpointError(f"{src}: tokenizer.chat_template is not text")
 
-    def token(key):
-        i = meta.get(f"tokenizer.ggml.{key}")
-        return tokens[i] if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(tokens) else None
+    def valid(i):
+        return isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(tokens)
 
+    roles = {"bos_token": "bos_token_id", "eos_token": "eos_token_id", "unk_token": "unknown_token_id",
+             "pad_token": "padding_token_id"}
+    named = {role: tokens[meta.get(f"tokenizer.ggml.{key}")] for role, key in roles.items()
+             if valid(meta.get(f"tokenizer.ggml.{key}"))}
     ends = []
     for key in ("eos_token_id", "eot_token_id", "eom_token_id"):
         i = meta.get(f"tokenizer.ggml.{key}")
-        if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(tokens) and i not in ends:
+        if valid(i) and i not in ends:
             ends.append(i)
-    return {"chat_template": template, "bos_token": token("bos_token_id"), "eos_token": token("eos_token_id"),
-            "unk_token": token("unknown_token_id"), "pad_token": token("padding_token_id"), "end_of_turn": ends}
+    return ChatSettings(template, named, ends)
 
 
 def describe(model: GGUFModel) -> str:

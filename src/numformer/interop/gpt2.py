@@ -114,7 +114,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save
 
-from numformer.checkpoint import (PICKLE_SUFFIXES, TOKENIZER_FILE, TOKENIZER_LIMIT, WRITER_MARK, check_replaceable,
+from numformer.checkpoint import (PICKLE_SUFFIXES, TOKENIZER_FILE, TOKENIZER_LIMIT, WRITER_MARK, check_import_target,
                                   load_checkpoint, parse_json, pickle_refusal, read_file, read_json, read_safetensors,
                                   write_folder)
 from numformer.data.tokenizer import BPETokenizer, check_fits, from_json
@@ -188,19 +188,11 @@ def import_hf_gpt2(folder, out, dtype=np.float32, *, overwrite: bool = False) ->
 
     An existing checkpoint at OUT is replaced only with overwrite=True; anything else there that
     is not an empty folder is refused either way."""
-    _check_import_target(Path(out), overwrite)
+    check_import_target(Path(out), overwrite)
     imp = read_hf_gpt2(folder, dtype=dtype)
     write_gpt(out, imp.config, imp.tensors, dtype=dtype,
               tokenizer=imp.tokenizer if imp.tokenizer != "null" else None)
     return imp.notes
-
-
-def _check_import_target(out: Path, overwrite: bool) -> None:
-    check_replaceable(out)  # a file, a link, a folder that is not a numformer checkpoint
-    if out.is_dir() and os.listdir(out) and not overwrite:
-        raise CheckpointError(f"{out} already holds a numformer checkpoint; refusing to replace it (a training "
-                              "checkpoint would lose its optimizer and RNG state): pass --overwrite to "
-                              "replace it, or choose another --out")
 
 
 def gpt_config_from_hf(hf, source: str = HF_CONFIG):

@@ -39,7 +39,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from numformer.model.config import LlamaConfig
+from numformer.errors import CheckpointError
+from numformer.interop.gguf import GGUFModel, read_gguf
+from numformer.model import memory
+from numformer.model.config import InvalidConfig, LlamaConfig
 from numformer.model.generate import generate
 from numformer.model.gpt import linear_backward, linear_forward
 from numformer.model.params import BIAS, LLAMA, LORA_A, LORA_B, NORM, WEIGHT, FlatParams, check_tensors
@@ -392,6 +395,28 @@ class Llama:
         model = cls(saved.config, dtype=saved.dtype, init=False, ops=ops, lora=saved.lora)
         model.load_state_dict(saved.tensors, source=str(path))
         model.tokenizer = saved.tokenizer
+        return model
+
+    @classmethod
+    def from_gguf(cls, path, *, dtype=np.float32, ops: str = "fast") -> "Llama":
+        """Load a GGUF file (llama.cpp's format; see numformer.interop.gguf): its weights
+        dequantized to `dtype`, Q and K in Hugging Face's row order, its tokenizer (with the chat
+        template) as `model.tokenizer`. CheckpointError (one line naming the file) for a file
+        numformer cannot run. `path` may also be the file already read (a GGUFModel)."""
+        gguf = path if isinstance(path, GGUFModel) else read_gguf(path)
+        path = gguf.path
+        try:
+            config = LlamaConfig(**gguf.config)
+        except InvalidConfig as e:
+            raise CheckpointError(f"{path}: {e}") from None
+        memory.refuse_if_too_big("loading this model", [("weights", memory.model_params(config) * np.dtype(dtype).itemsize)],
+                                 "free some memory or use a machine with more")
+        model = cls(config, dtype=dtype, init=False, ops=ops)
+        views = model.params.views
+        check_tensors(gguf.tensors, {n: v.shape for n, v in views.items()}, str(path))
+        for name, view in views.items():
+            view[...] = gguf.float32(name)       # one tensor at a time: no second copy of the model
+        model.tokenizer = gguf.bpe_tokenizer()
         return model
 
     # ----------------------------------------------------------------------------- helpers
