@@ -396,16 +396,6 @@ def check_replaceable(path: Path) -> None:
         )
 
 
-def check_import_target(out: Path, overwrite: bool) -> None:
-    """Where an import (`convert --from_hf`, `--from_gguf`) writes its checkpoint: a new or empty
-    folder, or, with overwrite, a numformer checkpoint; anything else is refused."""
-    check_replaceable(out)  # a file, a link, a folder that is not a numformer checkpoint
-    if out.is_dir() and os.listdir(out) and not overwrite:
-        raise CheckpointError(f"{out} already holds a numformer checkpoint; refusing to replace it (a training "
-                              "checkpoint would lose its optimizer and RNG state): pass --overwrite to "
-                              "replace it, or choose another --out")
-
-
 def _is_checkpoint(folder: Path) -> bool:
     try:
         config = parse_json(read_file(folder / CONFIG_FILE, JSON_LIMIT))

@@ -113,7 +113,7 @@ class ChatSession:
             raise CheckpointError(f"{source}: the model's tokenizer has no chat template, so it cannot chat; give a "
                                   f"chat model (a GGUF file, or a checkpoint `convert --from_gguf` wrote)")
         self.model, self.tokenizer, self.source = model.eval(), tok, source
-        self.template = ChatTemplate(tok.chat, source)
+        self.template = ChatTemplate(tok.chat, tok.special_tokens, source)
         self.end_of_turn = set(tok.chat.end_of_turn)
         self.sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, rng=rng)
         self.max_new_tokens = max_new_tokens

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from numformer.checkpoint import check_import_target, lock_folder
+from numformer.checkpoint import lock_folder
 from numformer.errors import CheckpointError, UsageError, hub_hint, looks_like_hub_name
 from numformer.interop import gpt2
 from numformer.interop.gguf import describe, read_gguf
+from numformer.interop.hf_folder import check_import_target
 from numformer.model.llama import Llama
 
 

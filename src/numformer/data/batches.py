@@ -29,7 +29,7 @@ import numpy as np
 from numformer.data import cache
 from numformer.data.cache import TokenFile
 from numformer.data.corpus import Corpus
-from numformer.data.tokenizer import BPETokenizer, CharTokenizer, code_points, safe_pieces
+from numformer.data.tokenizer import BPETokenizer, CharTokenizer, code_points
 from numformer.errors import DataError, UsageError
 
 TRAIN_FRACTION = 0.9
@@ -49,7 +49,8 @@ def _char_vocabulary(corpus: Corpus) -> CharTokenizer:
 
 def encode_pieces(corpus: Corpus, tok, dtype):
     """The corpus's ids, piece by piece, as arrays of `dtype` (BPE pieces regrouped at safe cuts,
-    so the ids are those of the whole text); training and `numformer eval` both encode this way.
+    so the ids are those of the whole text: BPETokenizer.encode_stream); training and
+    `numformer eval` both encode this way.
     An unknown character is a DataError naming the corpus and where in it."""
     if isinstance(tok, CharTokenizer):
         start = 0
@@ -61,8 +62,8 @@ def encode_pieces(corpus: Corpus, tok, dtype):
             start += len(piece)
             yield ids.astype(dtype)
     else:
-        for piece in safe_pieces(corpus.pieces()):
-            yield tok.encode(piece).astype(dtype)
+        for ids in tok.encode_stream(corpus.pieces()):
+            yield ids.astype(dtype)
 
 
 def prepare(text: str | Corpus, tokenizer="char", vocab_size: int | None = None, cache_dir=None):

@@ -21,7 +21,8 @@ The rendered text is then encoded with the special tokens matched whole and noth
 (transformers: add_special_tokens=False): the template itself writes any BOS it wants.
 
 A tokenizer carries its chat settings (ChatSettings) in numformer's tokenizer.json document, under
-"chat": the template, the special tokens by role, and the ids that end a turn.
+"chat": the template and the ids that end a turn; the special tokens by role are the tokenizer's
+own (BPETokenizer.special_tokens).
 """
 
 from __future__ import annotations
@@ -37,37 +38,30 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from numformer.errors import DataError
 
-ROLES_OF_TOKENS = ("bos_token", "eos_token", "unk_token", "pad_token")
-
-
 @dataclass
 class ChatSettings:
-    """What a chat needs beyond the tokenizer: the template (None: the model has none), the
-    special tokens by role (as the template names them), and the token ids that end the
-    assistant's turn."""
+    """What a chat needs beyond the tokenizer: the template (None: the model has none) and the
+    token ids that end the assistant's turn."""
 
     template: str | None
-    tokens: dict[str, str] = field(default_factory=dict)      # "bos_token" -> "<s>", ...
     end_of_turn: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"template": self.template, "tokens": dict(self.tokens), "end_of_turn": list(self.end_of_turn)}
+        return {"template": self.template, "end_of_turn": list(self.end_of_turn)}
 
     @classmethod
     def from_dict(cls, doc, vocab_size: int, source: str) -> "ChatSettings":
         """The ChatSettings of a tokenizer document's "chat" object; DataError (one line naming
         source) for one that is not well formed."""
-        if not isinstance(doc, dict) or set(doc) - {"template", "tokens", "end_of_turn"}:
-            raise DataError(f"{source}: \"chat\" must be an object with template, tokens and end_of_turn")
-        template, tokens, ends = doc.get("template"), doc.get("tokens", {}), doc.get("end_of_turn", [])
+        if not isinstance(doc, dict) or set(doc) - {"template", "end_of_turn"}:
+            raise DataError(f"{source}: \"chat\" must be an object with template and end_of_turn")
+        template, ends = doc.get("template"), doc.get("end_of_turn", [])
         if template is not None and not isinstance(template, str):
             raise DataError(f"{source}: chat.template must be text or null")
-        if not isinstance(tokens, dict) or any(k not in ROLES_OF_TOKENS or not isinstance(v, str) for k, v in tokens.items()):
-            raise DataError(f"{source}: chat.tokens must map {', '.join(ROLES_OF_TOKENS)} to text")
         if not isinstance(ends, list) or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < vocab_size
                                              for i in ends):
             raise DataError(f"{source}: chat.end_of_turn must be a list of token ids in 0..{vocab_size - 1}")
-        return cls(template, dict(tokens), list(ends))
+        return cls(template, list(ends))
 
 
 class _Generation(jinja2.ext.Extension):
@@ -124,11 +118,11 @@ def _environment() -> ImmutableSandboxedEnvironment:
 class ChatTemplate:
     """A model's chat template, compiled once; render() writes a conversation out.
 
-    >>> ChatTemplate(settings, source="model.gguf").render([{"role": "user", "content": "Hi"}])
+    >>> ChatTemplate(tok.chat, tok.special_tokens, "model.gguf").render([{"role": "user", "content": "Hi"}])
     """
 
-    def __init__(self, settings: ChatSettings, source: str):
-        self.settings, self.source = settings, source
+    def __init__(self, settings: ChatSettings, special_tokens: dict[str, str], source: str):
+        self.settings, self.special_tokens, self.source = settings, dict(special_tokens), source
         if settings.template is None:
             raise DataError(f"{source}: the model has no chat template, so it cannot chat (it was not made for "
                             f"conversations; `numformer sample` continues a text)")
@@ -143,7 +137,7 @@ class ChatTemplate:
         conversation (raise_exception) or fails."""
         try:
             return self._template.render(messages=[dict(m) for m in messages], add_generation_prompt=add_generation_prompt,
-                                         tools=None, documents=None, **self.settings.tokens)
+                                         tools=None, documents=None, **self.special_tokens)
         except jinja2.TemplateError as e:
             raise DataError(f"{self.source}: the chat template failed: {_first_line(e)}") from None
         # render runs the template's own code and nothing of numformer's: what it raises is the template's

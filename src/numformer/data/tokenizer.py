@@ -13,14 +13,32 @@ Both map a string to a 1-D int64 array of token ids (`encode`) and back (`decode
   the corpus join frequent byte pairs. The 256 single bytes are always in the vocabulary, so any
   string encodes, and decoding gives back exactly the string that was encoded.
   `BPETokenizer.from_gpt2_files` builds the same scheme from GPT-2's own vocab.json + merges.txt.
-  Before `tokenizers` sees a BPE model (those files, or a tokenizer.json), numformer checks it:
-  ids 0..V-1, each once, and every merge joining two tokens of the vocabulary into a third.
+  `BPETokenizer.from_hf_document` wraps any BPE tokenizer.json, applied by `tokenizers` as it is
+  written: Llama 3's and Qwen2's byte-level BPE (a split regex, then bytes), Llama 2's and
+  TinyLlama's SentencePiece-style BPE (spaces as "▁", a "▁" before the text, bytes for the
+  characters the vocabulary lacks). Before `tokenizers` sees a BPE model (those files, or a
+  tokenizer.json), numformer checks it: ids 0..V-1, each once, and every merge joining two
+  tokens of the vocabulary into a third.
+
+Long texts. A BPE tokenizer encodes a long text in pieces cut where the ids of the pieces, joined,
+are exactly those of the whole text (`encode`, `encode_stream`), which also lets `encode_batch`
+use every core. Where that holds depends on the tokenizer's pipeline (`_cut_rule`): after a "\\n"
+between two non-spaces for the split regexes of GPT-2, Llama 3 and Qwen2, which always end a
+piece there; the same cut for a "▁" pipeline whose "\\n" never merges with anything, encoding
+each later piece behind a "\\n" that is then dropped (so no "▁" is put before it); and nowhere
+for any other pipeline, whose text is encoded whole.
+
+Special tokens. `encode` gives the text's own tokens, never a BOS: training and `eval` read a
+corpus as one stream. `special_prefix` is what transformers puts before a text by default
+(Llama's BOS, from the tokenizer's post-processor; nothing for GPT-2 or Qwen2), which `sample`
+puts before its prompt and `eval` before the text it scores.
 
 JSON documents:
 
     {"type": "char", "format": 1, "chars": ["\\n", " ", "!", ...]}
     {"type": "bpe", "format": 1, "tokenizers_version": "0.23.3", "hf": {...HF tokenizer.json...},
-     "chat": {"template": ..., "tokens": {"bos_token": ..., ...}, "end_of_turn": [ids]}}
+     "special_tokens": {"bos_token": "<s>", "eos_token": "</s>"},      (special_tokens: when known)
+     "chat": {"template": "{% for message in messages %}...", "end_of_turn": [2]}}   (chat: a chat model's)
 
 "chat" is there only for a chat model's tokenizer (imported with its chat template: see
 numformer.data.chat); a BPETokenizer then has `chat`, a ChatSettings, and otherwise None.
@@ -115,6 +133,11 @@ class CharTokenizer:
     def vocab_size(self) -> int:
         return len(self.chars)
 
+    @property
+    def special_prefix(self) -> np.ndarray:
+        """No special token goes before a text (see BPETokenizer.special_prefix)."""
+        return np.zeros(0, dtype=np.int64)
+
     def encode(self, text: str) -> np.ndarray:
         codes = code_points(text)  # (N,)
         ids = np.searchsorted(self._codes, codes)  # (N,) position of each code in the vocabulary
@@ -190,14 +213,136 @@ def _last_safe_cut(text: str) -> int:
     return 0
 
 
+# The split regexes after which a "\n" between two non-spaces always ends a piece (see chunks):
+# GPT-2's (built into the ByteLevel pre-tokenizer), Llama 3's and Qwen2's.
+SPLIT_REGEXES = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+)
+REGEX_CUT, NEWLINE_CUT = "regex", "newline"
+_BYTE_NEWLINE = "<0x0A>"   # the byte-fallback token of "\n"
+
+
+def _cut_rule(doc: dict) -> str | None:
+    """How a tokenizer (its Hugging Face document) may encode a long text in pieces cut by
+    _SAFE_CUT, giving the ids of the whole text: REGEX_CUT, NEWLINE_CUT or None (see the module
+    docstring).
+
+    REGEX_CUT: the pre-tokenizer is GPT-2's ByteLevel, or a Split by one of SPLIT_REGEXES then
+    ByteLevel without its regex, neither adding a space before a piece; the normalizer at most
+    NFC. Each of those regexes ends the match holding a "\\n" that has a non-space on both sides
+    right after it, and BPE merges only within a match.
+    NEWLINE_CUT: the "▁" pipeline (a Metaspace pre-tokenizer or a Prepend/Replace normalizer)
+    whose vocabulary has no token holding "\\n" but "\\n" itself and no merge of its byte token
+    <0x0A>: that "\\n" is one token that never merges, so the tokens on its two sides are those
+    of each side alone; a later piece is encoded behind a "\\n" and what comes up to it dropped.
+    Either way no added token may hold a "\\n" (an added token is matched before anything else)."""
+    if any("\n" in str(t.get("content", "")) for t in doc.get("added_tokens") or [] if isinstance(t, dict)):
+        return None
+    normalizers, pre = _steps(doc.get("normalizer"), "normalizers"), doc.get("pre_tokenizer")
+    if normalizers is None:
+        return None
+    if _regex_byte_level(pre) and all(n.get("type") == "NFC" for n in normalizers):
+        return REGEX_CUT
+    model = doc.get("model") or {}
+    vocab, merges = model.get("vocab") or {}, model.get("merges") or []
+    if not (pre is None or (isinstance(pre, dict) and pre.get("type") == "Metaspace")):
+        return None
+    for n in normalizers:
+        kind = n.get("type")
+        if kind == "Replace":
+            pattern = n.get("pattern")
+            literal = pattern.get("String") if isinstance(pattern, dict) else None
+            if not isinstance(literal, str) or "\n" in literal or "\n" in str(n.get("content", "")):
+                return None
+        elif kind != "Prepend" or "\n" in str(n.get("prepend", "")):
+            return None
+    if not ("\n" in vocab or (model.get("byte_fallback") and _BYTE_NEWLINE in vocab)):
+        return None
+    if any("\n" in token and token != "\n" for token in vocab):
+        return None
+    for merge in merges:
+        pair = merge.split(" ") if isinstance(merge, str) else merge
+        if _BYTE_NEWLINE in pair:
+            return None
+    return NEWLINE_CUT
+
+
+def _steps(step, key: str) -> list[dict] | None:
+    """The steps of a normalizer (a Sequence flattened; [] for none); None if one is not an object."""
+    if step is None:
+        return []
+    if not isinstance(step, dict):
+        return None
+    if step.get("type") != "Sequence":
+        return [step]
+    out = []
+    for part in step.get(key) or []:
+        inner = _steps(part, key)
+        if inner is None:
+            return None
+        out += inner
+    return out
+
+
+def _regex_byte_level(pre) -> bool:
+    """GPT-2's ByteLevel pre-tokenizer, or Split(one of SPLIT_REGEXES) then ByteLevel without its
+    regex; no space added before a piece."""
+    if not isinstance(pre, dict):
+        return False
+    if pre.get("type") == "ByteLevel":
+        return pre.get("use_regex", True) is True and pre.get("add_prefix_space") is False
+    parts = pre.get("pretokenizers") if pre.get("type") == "Sequence" else None
+    if not isinstance(parts, list) or len(parts) != 2 or not all(isinstance(p, dict) for p in parts):
+        return False
+    split, byte_level = parts
+    pattern = split.get("pattern")
+    return (split.get("type") == "Split" and isinstance(pattern, dict) and pattern.get("Regex") in SPLIT_REGEXES
+            and split.get("behavior") == "Isolated" and split.get("invert") is False
+            and byte_level.get("type") == "ByteLevel" and byte_level.get("use_regex") is False
+            and byte_level.get("add_prefix_space") is False)
+
+
+SPECIAL_ROLES = ("bos_token", "eos_token", "unk_token", "pad_token")
+
+
+def _checked_roles(roles, hf_tokenizer) -> dict[str, str]:
+    """`roles` (role -> token), checked: known roles, each naming a token of the tokenizer."""
+    if not isinstance(roles, dict):
+        raise DataError(f"special_tokens must be an object of role -> token, found {type(roles).__name__}")
+    for role, token in roles.items():
+        if role not in SPECIAL_ROLES:
+            raise DataError(f"special_tokens: unknown role {role!r} (known: {', '.join(SPECIAL_ROLES)})")
+        if not isinstance(token, str) or hf_tokenizer.token_to_id(token) is None:
+            raise DataError(f"special_tokens: {role} {token!r} is not a token of the tokenizer")
+    return {role: roles[role] for role in SPECIAL_ROLES if role in roles}
+
+
 class BPETokenizer:
-    """Byte-level BPE (GPT-2's scheme), trained on the corpus with Hugging Face `tokenizers`."""
+    """BPE with Hugging Face `tokenizers`: GPT-2's byte-level scheme trained on the corpus, or a
+    Hugging Face tokenizer.json (Llama 3 and Qwen2's byte-level BPE, Llama 2's "▁" BPE)."""
 
     kind = "bpe"
 
-    def __init__(self, hf_tokenizer, chat: ChatSettings | None = None):
+    def __init__(self, hf_tokenizer, doc: dict | None = None, special_tokens: dict[str, str] | None = None,
+                 chat: ChatSettings | None = None):
+        """`doc`: the tokenizer's Hugging Face document, when the caller has it parsed already.
+        `special_tokens`: the roles of some of its tokens, as a Hugging Face tokenizer_config.json
+        names them ({"bos_token": "<s>", "eos_token": "</s>"}; see SPECIAL_ROLES). `chat`: a chat
+        model's template and end-of-turn tokens (numformer.data.chat)."""
         self._tok = hf_tokenizer
-        self.chat = chat       # a chat model's template and end-of-turn tokens (numformer.data.chat)
+        self.chat = chat
+        self.special_tokens = _checked_roles(special_tokens or {}, hf_tokenizer)
+        doc = doc if doc is not None else json.loads(hf_tokenizer.to_str())
+        self._cut = _cut_rule(doc)
+        if self._cut == NEWLINE_CUT:
+            self._newline = hf_tokenizer.token_to_id("\n")
+            if self._newline is None:
+                self._newline = hf_tokenizer.token_to_id(_BYTE_NEWLINE)
+        plain = hf_tokenizer.encode("a", add_special_tokens=False).ids
+        full = hf_tokenizer.encode("a", add_special_tokens=True).ids
+        at = next((k for k in range(len(full) - len(plain) + 1) if full[k:k + len(plain)] == plain), 0)
+        self._prefix = np.asarray(full[:at], dtype=np.int64)
 
     @classmethod
     def train(cls, text: str | Iterable[str], vocab_size: int) -> BPETokenizer:
@@ -267,9 +412,10 @@ class BPETokenizer:
         return cls(tok)
 
     @classmethod
-    def from_hf_document(cls, doc: dict) -> BPETokenizer:
-        """The BPETokenizer of a Hugging Face tokenizer.json document (parsed) holding a BPE model;
-        DataError (one line) if it holds another model or `tokenizers` cannot load it."""
+    def from_hf_document(cls, doc: dict, special_tokens: dict[str, str] | None = None) -> BPETokenizer:
+        """The BPETokenizer of a Hugging Face tokenizer.json document (parsed) holding a BPE model,
+        with the roles `special_tokens` gives its tokens; DataError (one line) if it holds another
+        model or `tokenizers` cannot load it."""
         model = doc.get("model")
         if not isinstance(model, dict) or model.get("type") != "BPE":
             raise DataError("the Hugging Face tokenizer is not a BPE model")
@@ -292,19 +438,54 @@ class BPETokenizer:
                 raise                     # anything else is not the document's fault
             first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise DataError(f"cannot be loaded by tokenizers: {first_line}") from None
-        return cls(tok)
+        return cls(tok, doc, special_tokens)
 
     @property
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size()
 
+    def token_id(self, token: str) -> int | None:
+        """The id of a token (as the vocabulary spells it: "<s>", "Ġthe"), or None."""
+        return self._tok.token_to_id(token)
+
+    @property
+    def special_prefix(self) -> np.ndarray:
+        """The ids that transformers puts before a text it encodes by default (BOS for Llama; empty
+        for GPT-2 and Qwen2): those the tokenizer's post-processor adds before a text."""
+        return self._prefix.copy()
+
     def encode(self, text: str) -> np.ndarray:
-        pieces = chunks(text)
+        """The ids of the text itself (no special token is added; see `special_prefix`)."""
+        return self._encode(text, continues=False)
+
+    def encode_stream(self, pieces: Iterable[str]) -> Iterator[np.ndarray]:
+        """The ids of a text given in pieces (a corpus read in pieces), piece by piece: joined, they
+        are the ids of the whole text. The pieces are regrouped at safe cut points (safe_pieces);
+        for a tokenizer that has none (see _cut_rule) the text is encoded whole, at the end."""
+        if self._cut is None:
+            yield self.encode("".join(pieces))
+            return
+        for i, piece in enumerate(safe_pieces(pieces)):
+            yield self._encode(piece, continues=i > 0)
+
+    def _encode(self, text: str, continues: bool) -> np.ndarray:
+        """The ids of `text`, which follows a safe cut when `continues` (see _cut_rule)."""
+        pieces = chunks(text) if self._cut is not None else [text]
+        behind = self._cut == NEWLINE_CUT
+        if behind:           # a piece after a cut goes behind a "\n", and what comes up to it is dropped
+            pieces = [("\n" + p if continues or i else p) for i, p in enumerate(pieces)]
         if len(pieces) == 1:
-            return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int64)
-        batch = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
-        encodings = batch(pieces, add_special_tokens=False)
-        return np.concatenate([np.asarray(e.ids, dtype=np.int64) for e in encodings])
+            encodings = [self._tok.encode(pieces[0], add_special_tokens=False)]
+        else:
+            batch = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
+            encodings = batch(pieces, add_special_tokens=False)
+        parts = []
+        for i, e in enumerate(encodings):
+            ids = e.ids
+            if behind and (continues or i):
+                ids = ids[ids.index(self._newline) + 1:]
+            parts.append(np.asarray(ids, dtype=np.int64))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def decode(self, ids) -> str:
         ids = np.asarray(ids).reshape(-1)
@@ -320,12 +501,15 @@ class BPETokenizer:
             "tokenizers_version": TOKENIZERS_VERSION,
             "hf": json.loads(self._tok.to_str()),
         }
+        if self.special_tokens:
+            doc["special_tokens"] = self.special_tokens
         if self.chat is not None:
             doc["chat"] = self.chat.to_dict()
         return json.dumps(doc, ensure_ascii=False)
 
     def __eq__(self, other):
-        return isinstance(other, BPETokenizer) and self._tok.to_str() == other._tok.to_str() and self.chat == other.chat
+        return (isinstance(other, BPETokenizer) and self._tok.to_str() == other._tok.to_str()
+                and self.special_tokens == other.special_tokens and self.chat == other.chat)
 
     def __repr__(self):
         return f"BPETokenizer(vocab_size={self.vocab_size})"
@@ -481,7 +665,7 @@ def from_json(s: str | bytes) -> CharTokenizer | BPETokenizer:
         if not isinstance(hf_doc, dict):
             raise DataError("bpe tokenizer JSON needs \"hf\": a Hugging Face tokenizer object")
         try:
-            tok = BPETokenizer.from_hf_document(hf_doc)
+            tok = BPETokenizer.from_hf_document(hf_doc, doc.get("special_tokens"))
         except DataError as e:
             raise DataError(f"bpe tokenizer JSON: {e}") from None
         if doc.get("chat") is not None:

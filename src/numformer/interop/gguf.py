@@ -120,7 +120,8 @@ class GGUFModel:
     config: dict                     # LlamaConfig's fields
     tensors: dict[str, GGUFTensor]   # by Hugging Face name
     tokenizer: str                   # tokenizer.json text (Hugging Face's)
-    chat: ChatSettings               # the chat template, special tokens, end-of-turn ids (chat_info)
+    chat: ChatSettings               # the chat template and end-of-turn ids (chat_info)
+    special_tokens: dict[str, str]   # bos_token, eos_token, unk_token, pad_token: the tokens the file names
     file_type: str                   # the most common type of its matrices ("Q4_1"), for messages
 
     def float32(self, name: str) -> np.ndarray:
@@ -130,7 +131,7 @@ class GGUFModel:
     def bpe_tokenizer(self) -> BPETokenizer:
         """numformer's tokenizer for the file, with its chat settings."""
         try:
-            tok = BPETokenizer.from_hf_document(json.loads(self.tokenizer))
+            tok = BPETokenizer.from_hf_document(json.loads(self.tokenizer), self.special_tokens)
         except DataError as e:
             raise CheckpointError(f"{self.path}: its tokenizer: {e}") from None
         tok.chat = self.chat
@@ -166,7 +167,8 @@ def read_gguf(path) -> GGUFModel:
     if n_tokens > vocab:
         raise CheckpointError(f"{src}: the tokenizer has {n_tokens} tokens but the model's vocabulary only {vocab}")
     kinds = [t.kind for t in tensors.values() if len(t.shape) == 2]
-    return GGUFModel(path, arch, meta.get("general.name"), config, tensors, tokenizer, chat_info(meta, src),
+    chat, roles = chat_info(meta, src)
+    return GGUFModel(path, arch, meta.get("general.name"), config, tensors, tokenizer, chat, roles,
                      max(set(kinds), key=kinds.count))
 
 
@@ -391,10 +393,9 @@ def tensor_blocks(t: GGUFTensor) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- chat
 
-def chat_info(meta: Metadata, src: str) -> ChatSettings:
-    """The chat template and the tokens it needs: the special tokens by role, and the ids that
-    end the assistant's turn: the eos token, and llama.cpp's eot and eom tokens where the file
-    names them."""
+def chat_info(meta: Metadata, src: str) -> tuple[ChatSettings, dict[str, str]]:
+    """The chat template and the ids that end the assistant's turn (the eos token, and llama.cpp's
+    eot and eom tokens where the file names them); and the special tokens by role."""
     tokens = meta.get("tokenizer.ggml.tokens") or []
     template = meta.get("tokenizer.chat_template")
     if template is not None and not isinstance(template, str):
@@ -412,7 +413,7 @@ def chat_info(meta: Metadata, src: str) -> ChatSettings:
         i = meta.get(f"tokenizer.ggml.{key}")
         if valid(i) and i not in ends:
             ends.append(i)
-    return ChatSettings(template, named, ends)
+    return ChatSettings(template, ends), named
 
 
 def describe(model: GGUFModel) -> str:

@@ -111,30 +111,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save
 
-from numformer.checkpoint import (PICKLE_SUFFIXES, TOKENIZER_FILE, TOKENIZER_LIMIT, WRITER_MARK, check_import_target,
-                                  load_checkpoint, parse_json, pickle_refusal, read_file, read_json, read_safetensors,
-                                  write_folder)
-from numformer.data.tokenizer import BPETokenizer, check_fits, from_json
+from numformer.checkpoint import load_checkpoint, read_json, write_folder
+from numformer.data.tokenizer import BPETokenizer
 from numformer.errors import CheckpointError, DataError
-from numformer.model import memory
+from numformer.interop.hf_folder import (HF_CONFIG, HF_TOKENIZER, HF_WEIGHTS, LEFT_OUT, NEEDED,
+                                         NF_TOKENIZER, PRODUCER, check_before_reading, check_export_target,
+                                         check_float, check_hf_folder, check_import_target, is_own_export,
+                                         problem_of, read_own_tokenizer, read_tokenizer_document, read_weights,
+                                         weights_source)
 from numformer.model.adapters import merged
 from numformer.model.config import GPTConfig, InvalidConfig, position_terms
 from numformer.model.params import BIAS, GPT2, LINEAR, WEIGHT, Param, gpt_param_shapes
 from numformer.model.serialize import saved_gpt, write_gpt
 
-HF_CONFIG = "config.json"
-HF_WEIGHTS = "model.safetensors"
-HF_INDEX = "model.safetensors.index.json"
-HF_TOKENIZER = "tokenizer.json"
 HF_VOCAB, HF_MERGES = "vocab.json", "merges.txt"  # GPT-2's original tokenizer files
-NF_TOKENIZER = "numformer_tokenizer.json"  # a character tokenizer, which Hugging Face has no form for
-LEFT_OUT = "; the checkpoint stores no tokenizer"  # ends the note for tokenizer files that cannot be used
-_NEEDED = "a Hugging Face model folder needs it"  # ends the "missing" error of read_json
 EXPORT_FILES = frozenset({HF_CONFIG, HF_WEIGHTS, HF_TOKENIZER, NF_TOKENIZER})
-PRODUCER = "numformer"
 
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")  # three codings of one formula
 EXACT_GELUS = ("gelu",)
@@ -166,20 +159,18 @@ class HFImport:
 def read_hf_gpt2(folder, dtype=np.float32) -> HFImport:
     """Read a Hugging Face GPT-2 folder into numformer's names, layout and `dtype`."""
     folder = Path(folder)
-    _check_hf_folder(folder)
+    check_hf_folder(folder)
     config_file = folder / HF_CONFIG
-    hf = read_json(config_file, _NEEDED)
+    hf = read_json(config_file, NEEDED)
     config, notes = gpt_config_from_hf(hf, str(config_file))
-    _check_before_reading(folder, config, config_file, np.dtype(dtype).itemsize)
-    weights = _read_weights(folder)
-    source = str(folder / HF_WEIGHTS) if (folder / HF_WEIGHTS).is_file() else str(folder)
+    check_before_reading(folder, config.n_layer, "n_layer", GPT2.block_pattern, config_file, np.dtype(dtype).itemsize)
+    weights = read_weights(folder)
     tensors = tensors_from_hf(weights, config, dtype=np.dtype(dtype),
-                              tied=hf.get("tie_word_embeddings", True) is not False, source=source)
+                              tied=hf.get("tie_word_embeddings", True) is not False, source=weights_source(folder))
     tokenizer, note = _read_tokenizer(folder, config.vocab_size)
     if note:
         notes.append(note)
-    problem = note[:-len(LEFT_OUT)] if note and note.endswith(LEFT_OUT) else None
-    return HFImport(config=config, tensors=tensors, tokenizer=tokenizer, notes=notes, tokenizer_problem=problem)
+    return HFImport(config=config, tensors=tensors, tokenizer=tokenizer, notes=notes, tokenizer_problem=problem_of(note))
 
 
 def import_hf_gpt2(folder, out, dtype=np.float32, *, overwrite: bool = False) -> list[str]:
@@ -297,7 +288,7 @@ def tensors_from_hf(tensors: dict[str, np.ndarray], config, dtype=np.dtype(np.fl
             layout = " (GPT-2's Conv1D layout [in, out])" if is_conv1d(p) else ""
             raise CheckpointError(f"{source}: tensor {spell(name)} has shape {tuple(arr.shape)}, "
                                   f"config.json needs {hf_shape}{layout}")
-        _check_float(arr, spell(name), source)
+        check_float(arr, spell(name), source)
         arr = arr.T if is_conv1d(p) else arr
         out[name] = np.ascontiguousarray(arr, dtype=dtype)
     leftover = [n for n in found if not GPT2.is_buffer(n)]
@@ -318,88 +309,12 @@ def tensors_from_hf(tensors: dict[str, np.ndarray], config, dtype=np.dtype(np.fl
     return out
 
 
-def _check_float(arr, name, source):
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise CheckpointError(f"{source}: tensor {name} has dtype {arr.dtype}, expected floating point")
-    if not np.isfinite(arr).all():
-        raise CheckpointError(f"{source}: tensor {name} contains NaN or inf")
-
-
-def _check_hf_folder(folder: Path) -> None:
-    if not folder.exists():
-        raise CheckpointError(f"{folder}: no such folder")
-    if not folder.is_dir():
-        if folder.suffix.lower() in PICKLE_SUFFIXES:
-            raise pickle_refusal(folder)
-        raise CheckpointError(f"{folder} is a file; give the Hugging Face model folder "
-                              f"(holding {HF_CONFIG} and {HF_WEIGHTS})")
-
-
-def _weight_files(folder: Path) -> list[Path]:
-    """The folder's safetensors weight files; a pickle-only folder is refused, never unpickled."""
-    if (folder / HF_WEIGHTS).is_file():
-        return [folder / HF_WEIGHTS]
-    if (folder / HF_INDEX).is_file():
-        index = read_json(folder / HF_INDEX, _NEEDED)
-        weight_map = index.get("weight_map") if isinstance(index, dict) else None
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise CheckpointError(f"{folder / HF_INDEX}: no 'weight_map' object")
-        for tensor, shard in weight_map.items():
-            if not isinstance(shard, str) or Path(shard).name != shard:
-                raise CheckpointError(f"{folder / HF_INDEX}: bad shard file name {shard!r} for tensor {tensor!r}")
-        files = []
-        for shard in sorted(set(weight_map.values())):
-            if not (folder / shard).is_file():
-                raise CheckpointError(f"{folder / shard}: missing (listed in {HF_INDEX})")
-            files.append(folder / shard)
-        return files
-    pickles = sorted(p for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
-    if pickles:
-        raise pickle_refusal(pickles[0], context=f"{folder} has no {HF_WEIGHTS}")
-    raise CheckpointError(f"no weights in {folder}: expected {HF_WEIGHTS} (Hugging Face safetensors format)")
-
-
-def _check_before_reading(folder: Path, config, config_file: Path, itemsize: int) -> None:
-    """Refuse, from the safetensors headers alone, a config.json that asks for more blocks than
-    the weight files hold (n_layer 1000000000, say), and weights that would not fit in this
-    machine's memory. The tensor-by-tensor check (tensors_from_hf) comes after the read."""
-    files = _weight_files(folder)
-    shapes = {}
-    for file in files:
-        found = memory.header_shapes(file)
-        if found is None:
-            return  # the full read says what is wrong with the file
-        shapes.update(found)
-    memory.check_blocks(config.n_layer, "n_layer", shapes, GPT2.block_pattern, config_file,
-                        files[0] if len(files) == 1 else folder)
-    memory.refuse_if_too_big("importing this model", [("the files", memory.file_bytes(files)),
-                                                      ("weights", memory.count(shapes) * itemsize)],
-                             "free some memory or use a machine with more")
-
-
-def _read_weights(folder: Path) -> dict[str, np.ndarray]:
-    tensors: dict[str, np.ndarray] = {}
-    for file in _weight_files(folder):
-        for name, arr in read_safetensors(file).items():
-            if name in tensors:
-                raise CheckpointError(f"{file}: tensor {name} is also in another shard")
-            tensors[name] = arr
-    return tensors
-
-
 def _read_tokenizer(folder: Path, vocab_size: int) -> tuple[str, str | None]:
     """(numformer tokenizer JSON or "null", note). A usable tokenizer.json is wrapped as numformer's
     BPETokenizer; anything else is left out with a note saying why."""
-    own = folder / NF_TOKENIZER
-    if os.path.lexists(own):  # written by export for a character tokenizer
-        try:
-            tok = from_json(read_file(own, TOKENIZER_LIMIT))
-            check_fits(tok, vocab_size, str(own))
-        except CheckpointError as e:                  # names the file
-            return "null", f"{e}{LEFT_OUT}"
-        except DataError as e:
-            return "null", f"{own} cannot be used ({e}){LEFT_OUT}"
-        return tok.to_json(), None
+    own = read_own_tokenizer(folder, vocab_size)   # written by export for a character tokenizer
+    if own is not None:
+        return own
     file = folder / HF_TOKENIZER
     missing = (f"{folder} has no {HF_TOKENIZER}: the checkpoint stores no tokenizer, so "
                "`numformer sample` cannot turn its token ids into text")
@@ -407,12 +322,9 @@ def _read_tokenizer(folder: Path, vocab_size: int) -> tuple[str, str | None]:
         if os.path.lexists(folder / HF_VOCAB) or os.path.lexists(folder / HF_MERGES):
             return _read_vocab_and_merges(folder, vocab_size)
         return "null", missing
-    try:
-        doc = parse_json(read_file(file, TOKENIZER_LIMIT))
-    except CheckpointError as e:                      # not a regular file, too large: not read
-        return "null", f"{e}{LEFT_OUT}"
-    except ValueError as e:
-        return "null", f"{file}: {e}{LEFT_OUT}"
+    doc, note = read_tokenizer_document(file)
+    if note:
+        return "null", note
     kind = (doc.get("model") or {}).get("type") if isinstance(doc, dict) and isinstance(doc.get("model"), dict) \
         else None
     if kind != "BPE":
@@ -524,7 +436,7 @@ def export_hf_gpt2(checkpoint, out, *, overwrite: bool = False) -> list[str]:
     An earlier export at OUT is replaced only with overwrite=True; anything else there that is
     not an empty folder is refused either way."""
     checkpoint, out = Path(checkpoint), Path(out)
-    _check_export_target(out, overwrite)
+    check_export_target(out, overwrite, EXPORT_FILES)
     saved = saved_gpt(load_checkpoint(checkpoint), source=str(checkpoint))   # its tokenizer, checked
     tensors, notes = _hf_tensors(saved.config, saved.tensors, saved.lora, saved.dtype)
 
@@ -544,44 +456,8 @@ def export_hf_gpt2(checkpoint, out, *, overwrite: bool = False) -> list[str]:
                      "(transformers ignores it)")
     config = gpt_config_to_hf(saved.config, dtype=saved.dtype.name, eos_token_id=eos)
     blobs[HF_CONFIG] = (json.dumps(config, indent=2) + "\n").encode("utf-8")
-    write_folder(out, blobs, is_ours=_is_own_export)
+    write_folder(out, blobs, is_ours=lambda folder: is_own_export(folder, EXPORT_FILES))
     return notes
-
-
-def _check_export_target(out: Path, overwrite: bool) -> None:
-    """Refuse to replace anything at `out` that is not an empty folder or, with overwrite, an
-    earlier export."""
-    if out.is_symlink():
-        raise CheckpointError(f"{out} is a symbolic link; refusing to replace it (export to its target)")
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise CheckpointError(f"{out} exists and is a file; refusing to overwrite it")
-    if not os.listdir(out):
-        return
-    if not _is_own_export(out):
-        raise CheckpointError(f"{out} exists and is not an earlier numformer export; refusing to write into it "
-                              "(choose an empty or new folder)")
-    if not overwrite:
-        raise CheckpointError(f"{out} holds an earlier numformer export; refusing to replace it: pass "
-                              "--overwrite to replace it, or choose another --out")
-
-
-def _is_own_export(folder: Path) -> bool:
-    """An earlier export: only the files export writes, and weights that name numformer as producer."""
-    try:
-        entries = set(os.listdir(folder))
-    except OSError:
-        return False
-    if not entries <= EXPORT_FILES | {WRITER_MARK}:
-        return False
-    if not (folder / HF_WEIGHTS).is_file():          # (a FIFO would block the open)
-        return False
-    try:
-        with safe_open(str(folder / HF_WEIGHTS), framework="numpy") as f:
-            return (f.metadata() or {}).get("producer") == PRODUCER
-    except (OSError, SafetensorError):  # a missing or damaged file is not our export
-        return False
 
 
 __all__ = [
