@@ -14,11 +14,11 @@ same signatures, computed in blocks and chunks for speed; `op_set(name)` gives e
 import sys
 
 from numformer.ops import (attention, cross_entropy, dropout, embedding, gelu, layernorm, linear,
-                           lora, mha, positional, residual, softmax)
+                           lora, mha, positional, quant, residual, softmax)
 from numformer.ops import fast
 
 __all__ = ["attention", "cross_entropy", "dropout", "embedding", "gelu", "layernorm", "linear",
-           "lora", "mha", "positional", "residual", "softmax"]
+           "lora", "mha", "positional", "quant", "residual", "softmax"]
 
 
 OP_SETS = ("reference", "fast")
