@@ -373,8 +373,7 @@ def tensor_float32(t: GGUFTensor, src: str) -> np.ndarray:
     if t.kind in FLOAT_TYPES:
         w = np.asarray(t.data).astype(np.float32).reshape(t.shape)
     elif t.kind == "BF16":
-        bits = np.ascontiguousarray(t.data).view(np.uint16).astype(np.uint32) << 16   # bf16: float32's top half
-        w = bits.view(np.float32).reshape(t.shape)
+        w = quant.bf16_values(np.ascontiguousarray(t.data).view(np.uint16)).reshape(t.shape)
     else:
         w = quant.block_dequantize(t.data, t.kind).reshape(t.shape)
     if t.heads:

@@ -32,6 +32,18 @@ buffer that training updates (the adapters, or without them the parameters) and 
 has its layout. With adapters the base weights are frozen: backward adds no gradient for them,
 and the frozen linear maps skip their dW products.
 
+Quantized weights. `model.quantize("int8")` (or "bf16"; `GPT.load(path, quantize=...)`) stores the
+weights of every linear map and the token embedding, which is also the tied LM head, as
+numformer.ops.quant's int8 blocks or bf16, for inference: the float32 weights are freed,
+`model.params` keeps the rest (LayerNorms, biases, the learned position table) in float32, and
+`model.quantized` has the quantized weights by name. The ops take them where they took the
+float32 ones (ops.linear: y = x deq(W)ᵀ + b; ops.embedding: deq(wte)[idx]), so the same
+block_forward runs, with float32 activations. The embedding stays tied: one quantized table
+serves the lookup (only the rows looked up are dequantized) and the head, the largest matrix of a
+GPT with a large vocabulary (38.6 M of GPT-2's 124 M weights), whose bytes a decoded token reads
+in full. Positions are looked up a row a token and stay float32. A quantized model does not
+train or save; adapters are merged into the weights first (W + (α/r)·B A).
+
 Positions. `pos_encoding="learned"` adds a trained table `wpe` as GPT-2 does. The default,
 `"sinusoidal"`, adds the article's fixed table P (formula 2), scaled by `sinusoidal_form`:
 "scaled" (the default) is x0 = wte[idx] + P/√C. Read literally ("article"), wte[idx] + P trains
@@ -48,12 +60,15 @@ import numpy as np
 
 from numformer.data.tokenizer import from_json
 from numformer.interop.gpt2 import read_hf_gpt2
+from numformer.model.adapters import merged_state_dict
 from numformer.model.config import GPTConfig, position_terms
 from numformer.model.generate import generate
-from numformer.model.params import (BIAS, GPT2, LORA_A, LORA_B, NORM, WEIGHT, FlatParams, check_tensors,
+from numformer.model.params import (BIAS, GPT2, LINEAR, LORA_A, LORA_B, NORM, WEIGHT, FlatParams, check_tensors,
                                     gpt_param_shapes, lora_param_shapes)
 from numformer.model.serialize import read_gpt, save_gpt
-from numformer.ops import op_set
+from numformer.ops import op_set, quant
+
+QUANTIZE = ("none", *quant.FORMATS)     # the choices of GPT.quantize and GPT.load's quantize=
 
 
 class KVCache:
@@ -206,6 +221,8 @@ class GPT:
         self.hf_notes: list[str] = []               # from_hf: what the import changed or left out
         self.hf_tokenizer_problem: str | None = None  # from_hf: why the folder's tokenizer files cannot be used
         self._zeros_C = np.zeros(C, dtype=self.dtype)  # stands in for LayerNorm bias when bias=False
+        self.quantization = "none"                  # see "Quantized weights" above
+        self.quantized: dict = {}                   # name -> quant.Int8Blocks or quant.BF16
         self._tape = None
         self._blocks = [self._block_params(i) for i in range(config.n_layer)]
         self._lora = [self._block_adapters(i) for i in range(config.n_layer)]
@@ -247,8 +264,9 @@ class GPT:
         return self.trainable.mask(lambda name, shape: len(shape) >= 2)
 
     def num_params(self) -> int:
-        """The model's parameters, adapters included."""
-        return self.params.size + (self.adapters.size if self.adapters is not None else 0)
+        """The model's parameters, adapters and quantized weights included."""
+        return (self.params.size + (self.adapters.size if self.adapters is not None else 0)
+                + sum(int(np.prod(w.shape)) for w in self.quantized.values()))
 
     def zero_grad(self) -> None:
         self.grads.flat[...] = 0
@@ -262,10 +280,12 @@ class GPT:
         return self
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """The parameters by name, and the adapters' A and B when the model has them."""
+        """The parameters by name, and the adapters' A and B when the model has them; the
+        quantized weights of a quantized model dequantized (new float32 arrays)."""
         out = dict(self.params.views)
         if self.adapters is not None:
             out.update(self.adapters.views)
+        out.update({name: quant.dequantize(w) for name, w in self.quantized.items()})
         return out
 
     def load_state_dict(self, tensors: dict[str, np.ndarray], source: str = "state dict") -> None:
@@ -274,6 +294,57 @@ class GPT:
         check_tensors(tensors, {name: v.shape for name, v in views.items()}, source)
         for name, view in views.items():
             view[...] = tensors[name]
+
+    # ----------------------------------------------------------------------------- quantized weights
+
+    def quantize(self, fmt: str) -> "GPT":
+        """Store the weights of every linear map and the token embedding (the tied LM head) as
+        `fmt`, "int8" or "bf16" (numformer.ops.quant), in place, and free the float32 ones;
+        "none" changes nothing. The model then runs inference only (see "Quantized weights"
+        above). Returns the model. ValueError for another format, a float64 model, or a model
+        quantized already."""
+        if fmt == "none":
+            return self
+        quant.check_format(fmt)
+        if self.quantization != "none":
+            raise ValueError(f"the model is quantized already ({self.quantization})")
+        if self.dtype != np.float32:
+            raise ValueError(f"quantized weights serve float32 inference; this model is {self.dtype}")
+        tensors = merged_state_dict(self) if self.lora is not None else self.state_dict()
+        names = [p.name for p in GPT2.params(self.config)
+                 if (p.kind == LINEAR and p.part == WEIGHT) or p.name == GPT2.name("wte")]
+        quantized = {name: quant.quantize(tensors[name], fmt) for name in names}
+        rest = FlatParams({n: shape for n, shape in gpt_param_shapes(self.config).items() if n not in quantized},
+                          self.dtype)
+        for name, view in rest.items():
+            view[...] = tensors[name]
+        del tensors
+        self.params = self.trainable = rest          # the float32 buffer goes with the last view of it
+        self.grads = rest.like()
+        self.lora = self.adapters = None
+        self.quantized, self.quantization = quantized, fmt
+        self._blocks = [self._block_params(i) for i in range(self.config.n_layer)]
+        self._lora = [None] * self.config.n_layer
+        return self
+
+    def dequantized(self) -> "GPT":
+        """A float32 GPT whose weights are this model's, dequantized (numformer.ops.quant): the
+        function a quantized model computes, with float32 weights (for a model that is not
+        quantized, a copy). Same op set and tokenizer."""
+        model = GPT(self.config, dtype=self.dtype, init=False, ops=self.ops_name, lora=self.lora)
+        model.load_state_dict(self.state_dict(), source="the quantized model")
+        model.tokenizer = self.tokenizer
+        return model
+
+    def weight_bytes(self) -> int:
+        """Bytes the model's parameters take: float ones at their dtype's size, quantized ones as stored."""
+        return (self.params.flat.nbytes + (self.adapters.flat.nbytes if self.adapters is not None else 0)
+                + sum(w.nbytes for w in self.quantized.values()))
+
+    def _tensor(self, name: str):
+        """Parameter `name`: its quantized weight where the model has one, else its float view."""
+        q = self.quantized.get(name)
+        return q if q is not None else self.params[name]
 
     # ----------------------------------------------------------------------------- forward
 
@@ -316,7 +387,7 @@ class GPT:
     def _embed(self, idx, t0):
         """x0 = embed_scale · wte[idx] + positions t0 .. t0+T-1. Returns (x0, embedding cache)."""
         p, T = self.params, idx.shape[1]
-        tok, cache = self.ops.embedding.forward(idx, p[GPT2.name("wte")])                # (B, T, C)
+        tok, cache = self.ops.embedding.forward(idx, self._tensor(GPT2.name("wte")))     # (B, T, C)
         pos = (p[GPT2.name("wpe")] if self.config.pos_encoding == "learned" else self.pe)[t0:t0 + T]
         x = tok * self.embed_scale + pos if self.embed_scale != 1.0 else tok + pos
         return x, cache
@@ -326,7 +397,7 @@ class GPT:
         p = self.params
         x, ln_f = self.ops.layernorm.forward(x, p[GPT2.name("ln_f")], self._ln_bias("ln_f"),
                                              self.config.layer_norm_eps)
-        logits, head = self.ops.linear.forward(x, p[GPT2.name("wte")], keep_input=False,  # tied; x from LN_f's cache
+        logits, head = self.ops.linear.forward(x, self._tensor(GPT2.name("wte")), keep_input=False,  # tied; x from LN_f's cache
                                                frozen=self.lora is not None)
         return logits, ln_f, head
 
@@ -345,6 +416,9 @@ class GPT:
         (numformer.parallel.threads uses it to add the shards' gradients in a fixed order)."""
         if tape is None or tape.get("ce") is None:
             raise RuntimeError("backward() needs a preceding forward(idx, targets)")
+        if self.quantization != "none":
+            raise RuntimeError(f"the model's weights are quantized ({self.quantization}): it runs inference only, "
+                               f"with no gradients; train the float32 model")
         cfg, ops, T = self.config, self.ops, tape["T"]
         grads = self.grads.views
 
@@ -424,18 +498,27 @@ class GPT:
 
     def save(self, path, *, tokenizer: str | None = None, optimizer: dict | None = None,
              train_state: dict | None = None) -> None:
-        """Write a checkpoint folder (see numformer.model.serialize)."""
+        """Write a checkpoint folder (see numformer.model.serialize). A quantized model is not saved:
+        its checkpoint is the float32 one it was loaded from."""
+        if self.quantization != "none":
+            raise ValueError(f"a quantized model ({self.quantization}) is not saved; save the float32 model and "
+                             f"quantize it when loading (GPT.load(path, quantize=...))")
         save_gpt(self, path, tokenizer=tokenizer, optimizer=optimizer, train_state=train_state)
 
     @classmethod
-    def load(cls, path, *, dtype=None, ops: str = "fast") -> "GPT":
+    def load(cls, path, *, dtype=None, ops: str = "fast", quantize: str = "none") -> "GPT":
         """Load a checkpoint folder written by `save` (or `numformer train`); its tokenizer, when
-        it has one, is `model.tokenizer`."""
+        it has one, is `model.tokenizer`. quantize: "none" (the default), "bf16" or "int8" stores
+        the weights so for inference (`quantize`; the checkpoint must then be float32 or dtype
+        float32)."""
+        if quantize not in QUANTIZE:
+            raise ValueError(f"quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
         saved = read_gpt(path, dtype=dtype)
         model = cls(saved.config, dtype=saved.dtype, init=False, ops=ops, lora=saved.lora)
         model.load_state_dict(saved.tensors, source=str(path))
+        del saved.tensors
         model.tokenizer = saved.tokenizer
-        return model
+        return model.quantize(quantize)
 
     @classmethod
     def from_hf(cls, path, dtype=np.float32) -> "GPT":
@@ -455,13 +538,14 @@ class GPT:
     # ----------------------------------------------------------------------------- helpers
 
     def _block_params(self, i: int) -> dict[str, np.ndarray]:
-        """Block i's parameter views by their names inside the block ("ln_1.weight"); where
-        bias=False, zeros for a LayerNorm's bias and None for a linear map's."""
+        """Block i's parameter views (or quantized weights) by their names inside the block
+        ("ln_1.weight"); where bias=False, zeros for a LayerNorm's bias and None for a linear map's."""
         views, prefix, w = self.params.views, GPT2.prefix(i), {}
         for layer in GPT2.layers:
             for part in (WEIGHT, BIAS):
                 name = GPT2.name(layer.name, part, i)
-                w[name.removeprefix(prefix)] = views.get(name, self._zeros_C if layer.kind == NORM else None)
+                w[name.removeprefix(prefix)] = self.quantized.get(
+                    name, views.get(name, self._zeros_C if layer.kind == NORM else None))
         return w
 
     def _block_adapters(self, i: int):
