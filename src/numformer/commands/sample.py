@@ -137,20 +137,30 @@ def _same_file(a: str, b: str) -> bool:
         return False
 
 
-def load_for_sampling(out_dir):
-    """The model to sample from: a GGUF file (its weights dequantized), or the checkpoint of
-    out_dir itself if it is one, else of out_dir/best, else of out_dir/latest."""
+def load_for_sampling(out_dir, quantize: str = "none"):
+    """The model to sample from: a GGUF file, or the checkpoint of out_dir itself if it is one,
+    else of out_dir/best, else of out_dir/latest. quantize: "none" (float weights), "bf16" or
+    "int8" (the weights so stored, from float32), "keep" (a GGUF file's Q4_1 and Q8_0 weights as
+    the file stores them; for a checkpoint, the same as "none")."""
     root = Path(out_dir)
+    if root.suffix.lower() == ".gguf" or is_gguf(root):
+        return Llama.from_gguf(root, quantize=quantize)       # read_gguf says why a file is not a GGUF model
     if root.is_file():
-        if root.suffix.lower() == ".gguf" or is_gguf(root):
-            return Llama.from_gguf(root)     # read_gguf says why a file is not a GGUF model
-        return load(root)             # load_checkpoint explains why a file (a pickle, say) is refused
+        return _quantized(load(root, dtype=_load_dtype(quantize)), quantize)   # load_checkpoint refuses a pickle
     for cand in (root, root / "best", root / "latest"):
         if (cand / "config.json").is_file():
-            return load(cand)
+            return _quantized(load(cand, dtype=_load_dtype(quantize)), quantize)
     if not root.exists():
         raise CheckpointError(f"{root}: no such folder; train first (numformer train --out_dir {root})")
     raise CheckpointError(f"{root}: no checkpoint found (looked for {root}/best and {root}/latest)")
+
+
+def _load_dtype(quantize: str):
+    return np.float32 if quantize in ("bf16", "int8") else None    # quantized weights come from float32
+
+
+def _quantized(model, quantize: str):
+    return model.quantize(quantize) if quantize in ("bf16", "int8") else model
 
 
 def read_prompt(args) -> str:

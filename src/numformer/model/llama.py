@@ -29,6 +29,13 @@ their caches (rmsnorm.output), SwiGLU's output from its gate and up (swiglu.outp
 attention's probabilities from q and k (keep_probs=False). The KV cache holds the n_kv_head heads
 only, keys already rotated.
 
+Quantized weights, as the GPT's (numformer.model.gpt, "Quantized weights"): `model.quantize("int8")`
+(or "bf16") stores every linear map's weight, the token embedding and an untied LM head as
+numformer.ops.quant's int8 blocks or bf16, for inference; `Llama.from_gguf(path, quantize="keep")`
+keeps a GGUF file's Q4_1 and Q8_0 weights as the file stores them (Q4_1 blocks read in place,
+Q8_0 as int8 blocks with the same values), so a 98 MB file takes about 98 MB; the RMSNorm gains
+and biases stay float32 in `model.params`, and `model.quantized` has the rest by name.
+
 Dropout is applied where the GPT applies it (embedding, attention probabilities, both residual
 branches); the models of this family were trained without it, and imported ones run with 0.
 Initialisation is the GPT's: N(0, 0.02), the two maps into the residual stream (o_proj, down_proj)
@@ -40,14 +47,19 @@ from __future__ import annotations
 import numpy as np
 
 from numformer.errors import CheckpointError
-from numformer.interop.gguf import GGUFModel, read_gguf
+from numformer.interop.gguf import GGUFModel, read_gguf, tensor_blocks
 from numformer.model import memory
 from numformer.model.config import InvalidConfig, LlamaConfig
 from numformer.model.generate import generate
 from numformer.model.gpt import linear_backward, linear_forward
-from numformer.model.params import BIAS, LLAMA, LORA_A, LORA_B, NORM, WEIGHT, FlatParams, check_tensors
+from numformer.model.adapters import merged_state_dict
+from numformer.model.params import (BIAS, EMBEDDING, LINEAR, LLAMA, LORA_A, LORA_B, NORM, WEIGHT, FlatParams,
+                                    check_tensors)
 from numformer.model.serialize import read_model, save_model
-from numformer.ops import op_set
+from numformer.ops import op_set, quant
+
+QUANTIZE = ("none", *quant.FORMATS, "keep")   # the choices of from_gguf's quantize= (keep: GGUF's blocks)
+KEPT_BLOCKS = ("Q4_1", "Q8_0")                # the GGUF block formats that keep leaves as they are
 
 
 class KVCache:
@@ -181,6 +193,8 @@ class Llama:
         self.training = True
         self.rng = np.random.default_rng([seed, 1])  # dropout masks; its state is checkpointed
         self.tokenizer = None
+        self.quantization = "none"                  # see "Quantized weights" above
+        self.quantized: dict = {}                   # name -> a quantized weight (numformer.ops.quant)
         self._tape = None
         self._blocks = [self._block_params(i) for i in range(config.n_layer)]
         self._lora = [self._block_adapters(i) for i in range(config.n_layer)]
@@ -223,8 +237,9 @@ class Llama:
         return self.trainable.mask(lambda name, shape: len(shape) >= 2)
 
     def num_params(self) -> int:
-        """The model's parameters, adapters included."""
-        return self.params.size + (self.adapters.size if self.adapters is not None else 0)
+        """The model's parameters, adapters and quantized weights included."""
+        return (self.params.size + (self.adapters.size if self.adapters is not None else 0)
+                + sum(int(np.prod(w.shape)) for w in self.quantized.values()))
 
     def zero_grad(self) -> None:
         self.grads.flat[...] = 0
@@ -238,11 +253,67 @@ class Llama:
         return self
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """The parameters by name, and the adapters' A and B when the model has them."""
+        """The parameters by name, and the adapters' A and B when the model has them; the
+        quantized weights of a quantized model dequantized (new float32 arrays)."""
         out = dict(self.params.views)
         if self.adapters is not None:
             out.update(self.adapters.views)
+        out.update({name: quant.dequantize(w) for name, w in self.quantized.items()})
         return out
+
+    # ----------------------------------------------------------------------------- quantized weights
+
+    def quantize(self, fmt: str) -> "Llama":
+        """Store every linear map's weight, the token embedding and an untied LM head as `fmt`,
+        "int8" or "bf16" (numformer.ops.quant), in place, and free the float32 ones; "none"
+        changes nothing. The model then runs inference only. Returns the model. ValueError for
+        another format, a float64 model, or a model quantized already."""
+        if fmt == "none":
+            return self
+        quant.check_format(fmt)
+        if self.quantization != "none":
+            raise ValueError(f"the model is quantized already ({self.quantization})")
+        if self.dtype != np.float32:
+            raise ValueError(f"quantized weights serve float32 inference; this model is {self.dtype}")
+        tensors = merged_state_dict(self) if self.lora is not None else self.state_dict()
+        self._set_quantized({name: quant.quantize(tensors[name], fmt) for name in self._quantizable()}, tensors, fmt)
+        return self
+
+    def _quantizable(self) -> list[str]:
+        """The weights a quantized model stores quantized: the linear maps' and the embedding."""
+        return [p.name for p in LLAMA.params(self.config) if p.part == WEIGHT and p.kind in (LINEAR, EMBEDDING)]
+
+    def _set_quantized(self, quantized: dict, tensors, fmt: str) -> None:
+        """Keep `quantized` and, in a new float32 buffer, the other parameters (from `tensors`,
+        a name -> array mapping or a function of the name)."""
+        rest = FlatParams({n: shape for n, shape in LLAMA.shapes(self.config).items() if n not in quantized},
+                          self.dtype)
+        for name, view in rest.views.items():
+            view[...] = tensors(name) if callable(tensors) else tensors[name]
+        self.params = self.trainable = rest          # the float32 buffer goes with the last view of it
+        self.grads = rest.like()
+        self.lora = self.adapters = None
+        self.quantized, self.quantization = quantized, fmt
+        self._blocks = [self._block_params(i) for i in range(self.config.n_layer)]
+        self._lora = [None] * self.config.n_layer
+
+    def dequantized(self) -> "Llama":
+        """A float32 Llama whose weights are this model's, dequantized: the function a quantized
+        model computes, with float32 weights. Same op set and tokenizer."""
+        model = Llama(self.config, dtype=self.dtype, init=False, ops=self.ops_name, lora=self.lora)
+        model.load_state_dict(self.state_dict(), source="the quantized model")
+        model.tokenizer = self.tokenizer
+        return model
+
+    def weight_bytes(self) -> int:
+        """Bytes the model's parameters take: float ones at their dtype's size, quantized ones as stored."""
+        return (self.params.flat.nbytes + (self.adapters.flat.nbytes if self.adapters is not None else 0)
+                + sum(w.nbytes for w in self.quantized.values()))
+
+    def _tensor(self, name: str):
+        """Parameter `name`: its quantized weight where the model has one, else its float view."""
+        q = self.quantized.get(name)
+        return q if q is not None else self.params[name]
 
     def load_state_dict(self, tensors: dict[str, np.ndarray], source: str = "state dict") -> None:
         """Copy tensors into the flat buffers, checking that every name and shape matches."""
@@ -275,7 +346,7 @@ class Llama:
         rng = self.rng if rng is None else rng
         tape = {"T": T, "blocks": []}
 
-        x, tape["emb"] = ops.embedding.forward(idx, self.params[LLAMA.name("model.embed_tokens")])   # (B, T, C)
+        x, tape["emb"] = ops.embedding.forward(idx, self._tensor(LLAMA.name("model.embed_tokens")))   # (B, T, C)
         x, tape["drop"] = ops.dropout.forward(x, drop, rng, training=drop > 0)
         for w, lora in zip(self._blocks, self._lora):
             x, c = block_forward(ops, w, x, cfg, drop=drop, rng=rng, lora=lora)
@@ -291,7 +362,7 @@ class Llama:
     def _head(self, x):
         """logits = RMSNorm_f(x) · W_headᵀ. Returns (logits, RMSNorm_f's cache, the head's cache)."""
         x, norm_f = self.ops.rmsnorm.forward(x, self.params[LLAMA.name("model.norm")], self.config.rms_norm_eps)
-        logits, head = self.ops.linear.forward(x, self.params[self._head_name], keep_input=False,  # x from norm_f's cache
+        logits, head = self.ops.linear.forward(x, self._tensor(self._head_name), keep_input=False,  # x from norm_f's cache
                                                frozen=self.lora is not None)
         return logits, norm_f, head
 
@@ -310,6 +381,9 @@ class Llama:
         (numformer.parallel.threads uses it to add the shards' gradients in a fixed order)."""
         if tape is None or tape.get("ce") is None:
             raise RuntimeError("backward() needs a preceding forward(idx, targets)")
+        if self.quantization != "none":
+            raise RuntimeError(f"the model's weights are quantized ({self.quantization}): it runs inference only, "
+                               f"with no gradients; train the float32 model")
         cfg, ops, T = self.config, self.ops, tape["T"]
         grads = self.grads.views
 
@@ -366,7 +440,7 @@ class Llama:
         t0, t1 = cache.length, cache.length + idx.shape[1]
         if t1 > self.config.block_size:
             raise ValueError(f"KV cache holds {self.config.block_size} positions; {t1} requested")
-        x, _ = self.ops.embedding.forward(idx, self.params[LLAMA.name("model.embed_tokens")])   # (B, Tn, C)
+        x, _ = self.ops.embedding.forward(idx, self._tensor(LLAMA.name("model.embed_tokens")))   # (B, Tn, C)
         for i, w in enumerate(self._blocks):
             x, _ = block_forward(self.ops, w, x, self.config, kv=(cache.k[i], cache.v[i], t0), lora=self._lora[i])
         logits, _, _ = self._head(x)
@@ -384,7 +458,10 @@ class Llama:
 
     def save(self, path, *, tokenizer: str | None = None, optimizer: dict | None = None,
              train_state: dict | None = None) -> None:
-        """Write a checkpoint folder (see numformer.model.serialize); config.json says "numformer-llama"."""
+        """Write a checkpoint folder (see numformer.model.serialize); config.json says "numformer-llama".
+        A quantized model is not saved: its checkpoint is the float32 one it was loaded from."""
+        if self.quantization != "none":
+            raise ValueError(f"a quantized model ({self.quantization}) is not saved; save the float32 model")
         save_model(self, path, tokenizer=tokenizer, optimizer=optimizer, train_state=train_state)
 
     @classmethod
@@ -398,37 +475,47 @@ class Llama:
         return model
 
     @classmethod
-    def from_gguf(cls, path, *, dtype=np.float32, ops: str = "fast") -> "Llama":
-        """Load a GGUF file (llama.cpp's format; see numformer.interop.gguf): its weights
-        dequantized to `dtype`, Q and K in Hugging Face's row order, its tokenizer (with the chat
-        template) as `model.tokenizer`. CheckpointError (one line naming the file) for a file
-        numformer cannot run. `path` may also be the file already read (a GGUFModel)."""
+    def from_gguf(cls, path, *, dtype=np.float32, ops: str = "fast", quantize: str = "none") -> "Llama":
+        """Load a GGUF file (llama.cpp's format; see numformer.interop.gguf): Q and K in Hugging
+        Face's row order, the tokenizer (with the chat template) as `model.tokenizer`, and the
+        weights, by `quantize`: "none" dequantized to `dtype`; "int8" or "bf16" dequantized, then
+        quantized so (`quantize`); "keep" the Q4_1 and Q8_0 weights as the file has them (Q8_0 as
+        int8 blocks of the same values), any other type dequantized to float32. CheckpointError
+        (one line naming the file) for a file numformer cannot run. `path` may also be the file
+        already read (a GGUFModel)."""
+        if quantize not in QUANTIZE:
+            raise ValueError(f"quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
         gguf = path if isinstance(path, GGUFModel) else read_gguf(path)
         path = gguf.path
         try:
             config = LlamaConfig(**gguf.config)
         except InvalidConfig as e:
             raise CheckpointError(f"{path}: {e}") from None
-        memory.refuse_if_too_big("loading this model", [("weights", memory.model_params(config) * np.dtype(dtype).itemsize)],
-                                 "free some memory or use a machine with more")
         model = cls(config, dtype=dtype, init=False, ops=ops)
-        views = model.params.views
-        check_tensors(gguf.tensors, {n: v.shape for n, v in views.items()}, str(path))
-        for name, view in views.items():
-            view[...] = gguf.float32(name)       # one tensor at a time: no second copy of the model
+        check_tensors(gguf.tensors, LLAMA.shapes(config), str(path))
+        if quantize == "keep":
+            kept = {name: _kept(gguf, name) for name in model._quantizable() if gguf.tensors[name].kind in KEPT_BLOCKS}
+            memory.refuse_if_too_big("loading this model", [("weights", (memory.model_params(config) - sum(
+                int(np.prod(w.shape)) for w in kept.values())) * 4)], "free some memory or use a machine with more")
+            model._set_quantized(kept, gguf.float32, "keep")
+        else:
+            memory.refuse_if_too_big("loading this model", [("weights", memory.model_params(config) * np.dtype(dtype).itemsize)],
+                                     "free some memory or use a machine with more")
+            for name, view in model.params.views.items():
+                view[...] = gguf.float32(name)       # one tensor at a time: no second copy of the model
         model.tokenizer = gguf.bpe_tokenizer()
-        return model
+        return model.quantize(quantize) if quantize in quant.FORMATS else model
 
     # ----------------------------------------------------------------------------- helpers
 
     def _block_params(self, i: int) -> dict[str, np.ndarray]:
-        """Block i's parameter views by their names inside the block ("self_attn.q_proj.weight");
-        None for a bias the layer does not have."""
+        """Block i's parameter views (or quantized weights) by their names inside the block
+        ("self_attn.q_proj.weight"); None for a bias the layer does not have."""
         views, prefix, w = self.params.views, LLAMA.prefix(i), {}
         for layer in LLAMA.layers:
             for part in (WEIGHT, BIAS):
                 name = LLAMA.name(layer.name, part, i)
-                w[name.removeprefix(prefix)] = views.get(name)
+                w[name.removeprefix(prefix)] = self.quantized.get(name, views.get(name))
         return w
 
     def _block_adapters(self, i: int):
@@ -438,3 +525,16 @@ class Llama:
         layers = [LLAMA.lora_targets[t] for t in self.lora.targets]
         return self.lora.alpha, {layer: (self.adapters[LLAMA.name(layer, LORA_A, i)],
                                          self.adapters[LLAMA.name(layer, LORA_B, i)]) for layer in layers}
+
+
+def _kept(gguf: GGUFModel, name: str):
+    """GGUF tensor `name` (Q4_1 or Q8_0) as a quantized weight of the same values, unpermuted;
+    CheckpointError if a block's scale (or minimum) is not finite."""
+    t = gguf.tensors[name]
+    raw = tensor_blocks(t)
+    w = quant.Q41Blocks(raw) if t.kind == "Q4_1" else quant.q8_0_as_int8(raw)
+    size = 20 if t.kind == "Q4_1" else 34
+    scales = np.ascontiguousarray(raw.reshape(raw.shape[0], -1, size)[..., :4 if t.kind == "Q4_1" else 2])
+    if not np.isfinite(scales.view(np.float16)).all():
+        raise CheckpointError(f"{gguf.path}: tensor {t.gguf_name} has blocks whose scale is not finite")
+    return w

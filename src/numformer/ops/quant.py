@@ -136,7 +136,21 @@ class BF16(NamedTuple):
     nbytes = property(lambda self: self.bits.nbytes)
 
 
-QUANTIZED = (Int8Blocks, BF16)
+class Q41Blocks(NamedTuple):
+    """A weight kept in GGUF's Q4_1 blocks (`--quantize keep`), its rows as a GGUF file stores them:
+    raw (N, K/32 · 20) uint8, per block of 32 values d and m (float16) and 32 values q of 4 bits,
+    deq = d·q + m (see "GGUF's block formats" below). d and m must be finite."""
+
+    raw: np.ndarray
+
+    format = "q4_1"
+    shape = property(lambda self: (self.raw.shape[0], self.raw.shape[1] // 20 * 32))
+    ndim = property(lambda self: 2)
+    dtype = property(lambda self: np.dtype(np.float32))
+    nbytes = property(lambda self: self.raw.nbytes)
+
+
+QUANTIZED = (Int8Blocks, BF16, Q41Blocks)
 
 
 def is_quantized(w) -> bool:
@@ -165,6 +179,8 @@ def dequantize(qw) -> np.ndarray:
         return int8_values(qw.q, qw.d)
     if isinstance(qw, BF16):
         return bf16_values(qw.bits)
+    if isinstance(qw, Q41Blocks):
+        return block_dequantize(qw.raw, "Q4_1")
     raise TypeError(f"dequantize: not a quantized weight: {type(qw).__name__}")
 
 
@@ -172,6 +188,8 @@ def rows(qw, ids) -> np.ndarray:
     """deq(qw)[ids]: the rows an embedding looks up, dequantized alone. ids (...) -> (..., C)."""
     if isinstance(qw, Int8Blocks):
         return int8_values(qw.q[ids], qw.d[ids])
+    if isinstance(qw, Q41Blocks):
+        return block_dequantize(qw.raw[ids], "Q4_1")
     return bf16_values(qw.bits[ids])
 
 
@@ -275,8 +293,9 @@ def block_dequantize(raw: np.ndarray, fmt: str) -> np.ndarray:
     blocks = raw.reshape(-1, f.bytes)                         # (nb, bytes)
     out = np.empty((blocks.shape[0], f.values), dtype=np.float32)
     decode = _DECODERS[fmt]
-    for s in range(0, blocks.shape[0], _ROWS_AT_ONCE):
-        out[s:s + _ROWS_AT_ONCE] = decode(blocks[s:s + _ROWS_AT_ONCE])
+    with np.errstate(invalid="ignore", over="ignore"):      # a damaged file's inf scale: the caller checks
+        for s in range(0, blocks.shape[0], _ROWS_AT_ONCE):
+            out[s:s + _ROWS_AT_ONCE] = decode(blocks[s:s + _ROWS_AT_ONCE])
     return out.reshape(out_shape)
 
 
@@ -422,6 +441,16 @@ def block_quantize(x: np.ndarray, fmt: str) -> np.ndarray:
     blocks = x.reshape(-1, f.values)                            # (nb, 32)
     out = _ENCODERS[fmt](blocks)
     return out.reshape(*x.shape[:-1], x.shape[-1] // f.values * f.bytes)
+
+
+def q8_0_as_int8(raw: np.ndarray) -> Int8Blocks:
+    """GGUF's Q8_0 rows (N, K/32 · 34) as the int8 blocks of this module: the same int8 values, and
+    each float16 d as the float32 of the same value (exact), so deq = d·q is unchanged."""
+    nb = raw.shape[-1] // 34
+    blocks = np.ascontiguousarray(raw).reshape(raw.shape[0], nb, 34)
+    d = _f16(blocks[:, :, :2].reshape(raw.shape[0], 2 * nb))                     # (N, nb)
+    q = np.ascontiguousarray(blocks[:, :, 2:]).view(np.int8).reshape(raw.shape[0], nb * 32)
+    return Int8Blocks(q, d)
 
 
 def _inverse(d):

@@ -88,9 +88,11 @@ ROWS = (
                            NUMPY: "dequantized tiles and np.matmul"}),
     Row("linear", "bf16", {NUMBA: "kernels bf16_rows for ≤ 4 rows; else dequantized tiles and np.matmul",
                            NUMPY: "dequantized tiles and np.matmul"}),
+    Row("linear", "q4_1", {NUMBA: "kernels q41_rows for ≤ 4 rows; else dequantized tiles and np.matmul",
+                           NUMPY: "dequantized tiles and np.matmul"}),
 )
 
-WEIGHT_FORMATS = ("int8", "bf16")   # rows for weights of these formats are keyed by the format's name
+WEIGHT_FORMATS = ("int8", "bf16", "q4_1")   # rows for weights of these formats are keyed by the format's name
 
 
 def _key(dtype: str):

@@ -538,6 +538,115 @@ def bf16_dequantize(w, lo, hi, out):
             out[n - lo, j] = bf16_value(w[n, j])
 
 
+# -- products with weights kept in GGUF's Q4_1 blocks (numformer.ops.quant.Q41Blocks, the rows as
+# a GGUF file stores them: per block of 32 values, 20 bytes: d and m as float16, then 16 bytes of
+# nibbles, value j in the low four bits of byte j and value j+16 in its high four), deq = d·q + m.
+# A row's sum is taken block by block,
+#     Σ_j x_j (d q_j + m) = d · (Σ_j x_j q_j) + m · (Σ_j x_j),
+# with Σ_j x_j of each block computed once per row of x and shared by every row of W; eight rows
+# of W at once, sharing the loads of x, as q8_rows. The nibbles are masked and shifted as uint8
+# (numba would widen a mask with a plain int to int64, which vectorises half as wide).
+
+_LOW, _FOUR, _EIGHT = np.uint8(15), np.uint8(4), np.uint16(8)
+
+
+@njit(inline="always", **_OPTS)
+def half_value(lo, hi):
+    """The float32 value of the finite float16 whose little-endian bytes are lo, hi (exact):
+    a normal number by moving its fields, zero and subnormals as mantissa · 2^-24."""
+    h = np.int32(np.uint16(lo) | (np.uint16(hi) << _EIGHT))
+    sign = (h & np.int32(0x8000)) << np.int32(16)
+    em = h & np.int32(0x7FFF)
+    if em < np.int32(0x0400):
+        small = f32(em) * f32(5.9604644775390625e-08)
+        return -small if sign != 0 else small
+    return _bits_as_float(np.int32(sign | ((em << np.int32(13)) + np.int32(0x38000000))))
+
+
+@njit(**_DOTS)
+def q41_rows(x, raw, y, lo, hi):
+    M, K = x.shape
+    nb = K // 32
+    last = hi - 1
+    sx = np.empty(nb, dtype=np.float32)
+    for mm in range(M):
+        for b in range(nb):                     # Σ_j x_j per block, for the minimums
+            t = ZERO
+            for j in range(32 * b, 32 * b + 32):
+                t += x[mm, j]
+            sx[b] = t
+        for n in range(lo, hi, 8):
+            r0, r1, r2, r3 = n, min(n + 1, last), min(n + 2, last), min(n + 3, last)
+            r4, r5, r6, r7 = min(n + 4, last), min(n + 5, last), min(n + 6, last), min(n + 7, last)
+            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = ZERO
+            for b in range(nb):
+                o = 20 * b + 4
+                s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = ZERO
+                for j in range(16):
+                    xl = x[mm, 32 * b + j]
+                    xh = x[mm, 32 * b + 16 + j]
+                    c0, c1, c2, c3 = raw[r0, o + j], raw[r1, o + j], raw[r2, o + j], raw[r3, o + j]
+                    c4, c5, c6, c7 = raw[r4, o + j], raw[r5, o + j], raw[r6, o + j], raw[r7, o + j]
+                    s0 += xl * f32(c0 & _LOW) + xh * f32(c0 >> _FOUR)
+                    s1 += xl * f32(c1 & _LOW) + xh * f32(c1 >> _FOUR)
+                    s2 += xl * f32(c2 & _LOW) + xh * f32(c2 >> _FOUR)
+                    s3 += xl * f32(c3 & _LOW) + xh * f32(c3 >> _FOUR)
+                    s4 += xl * f32(c4 & _LOW) + xh * f32(c4 >> _FOUR)
+                    s5 += xl * f32(c5 & _LOW) + xh * f32(c5 >> _FOUR)
+                    s6 += xl * f32(c6 & _LOW) + xh * f32(c6 >> _FOUR)
+                    s7 += xl * f32(c7 & _LOW) + xh * f32(c7 >> _FOUR)
+                t = sx[b]
+                o = 20 * b
+                a0 += half_value(raw[r0, o], raw[r0, o + 1]) * s0 + half_value(raw[r0, o + 2], raw[r0, o + 3]) * t
+                a1 += half_value(raw[r1, o], raw[r1, o + 1]) * s1 + half_value(raw[r1, o + 2], raw[r1, o + 3]) * t
+                a2 += half_value(raw[r2, o], raw[r2, o + 1]) * s2 + half_value(raw[r2, o + 2], raw[r2, o + 3]) * t
+                a3 += half_value(raw[r3, o], raw[r3, o + 1]) * s3 + half_value(raw[r3, o + 2], raw[r3, o + 3]) * t
+                a4 += half_value(raw[r4, o], raw[r4, o + 1]) * s4 + half_value(raw[r4, o + 2], raw[r4, o + 3]) * t
+                a5 += half_value(raw[r5, o], raw[r5, o + 1]) * s5 + half_value(raw[r5, o + 2], raw[r5, o + 3]) * t
+                a6 += half_value(raw[r6, o], raw[r6, o + 1]) * s6 + half_value(raw[r6, o + 2], raw[r6, o + 3]) * t
+                a7 += half_value(raw[r7, o], raw[r7, o + 1]) * s7 + half_value(raw[r7, o + 2], raw[r7, o + 3]) * t
+            y[mm, r0] = a0                      # rows past hi repeat the last one: not stored
+            if n + 1 < hi:
+                y[mm, r1] = a1
+            if n + 2 < hi:
+                y[mm, r2] = a2
+            if n + 3 < hi:
+                y[mm, r3] = a3
+            if n + 4 < hi:
+                y[mm, r4] = a4
+            if n + 5 < hi:
+                y[mm, r5] = a5
+            if n + 6 < hi:
+                y[mm, r6] = a6
+            if n + 7 < hi:
+                y[mm, r7] = a7
+
+
+@njit(parallel=True, **_DOTS)
+def q41_rows_parallel(x, raw, y, parts):
+    groups = (raw.shape[0] + 7) // 8
+    for t in prange(parts):
+        lo = 8 * (groups * t // parts)
+        hi = min(raw.shape[0], 8 * (groups * (t + 1) // parts))
+        if lo < hi:
+            q41_rows(x, raw, y, lo, hi)
+
+
+@njit(**_OPTS)
+def q41_dequantize(raw, lo, hi, out):
+    """Rows [lo, hi) of deq(W) into out (hi − lo, K): d·q + m, float32, as numformer.ops.quant."""
+    nb = raw.shape[1] // 20
+    for n in range(lo, hi):
+        for b in range(nb):
+            o = 20 * b
+            d = half_value(raw[n, o], raw[n, o + 1])
+            mn = half_value(raw[n, o + 2], raw[n, o + 3])
+            for j in range(16):
+                c = raw[n, o + 4 + j]
+                out[n - lo, 32 * b + j] = d * f32(c & _LOW) + mn
+                out[n - lo, 32 * b + 16 + j] = d * f32(c >> _FOUR) + mn
+
+
 @njit(parallel=True, **_OPTS)
 def _launch(a):
     for i in prange(a.size):

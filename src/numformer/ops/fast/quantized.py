@@ -1,13 +1,14 @@
 """The products of float32 activations with quantized weights (numformer.ops.quant): what the
-fast linear map (numformer.ops.fast.linear) runs for an int8 or bf16 weight.
+fast linear map (numformer.ops.fast.linear) runs for an int8, bf16 or (kept from a GGUF file)
+Q4_1 weight.
 
     y = x deq(W)ᵀ          x (M, K) float32, W (N, K) quantized, y (M, N) float32
     dx = dy deq(W)         (backward: a frozen layer's input gradient)
 
 Decoding multiplies one row of activations (M = the batch) by every weight once, so its time is
 the time to read the weights. For up to ROWS rows the compiled row kernels
-(numformer.ops.fast.kernels q8_rows, bf16_rows) read the int8 values and their scales, or the
-bf16 bits, as they lie and sum in float32; nothing of the weight is converted to float32
+(numformer.ops.fast.kernels q8_rows, bf16_rows, q41_rows) read the int8 values and their scales,
+the bf16 bits, or the Q4_1 blocks as they lie and sum in float32; nothing of the weight is converted to float32
 anywhere but in registers. A product of at least PARALLEL_MIN weights runs on numba's threads
 (the rows of W split between them), when numba's threading layer is one that several threads
 may call (OpenMP or TBB: numba's own workqueue measured slower than one thread here), and only
@@ -19,8 +20,8 @@ any loop of ours: W is dequantized TILE_BYTES at a time, a tile of rows into a s
 buffer, and np.matmul multiplies it; the whole float32 W never exists. Without numba the tiles
 are made by NumPy (numformer.ops.quant's formulas) and every product takes that path.
 
-Which of these runs is numformer.ops.fast.dispatch's rows ("linear", "int8") and ("linear",
-"bf16"). A kernel's sum is one fixed order of the terms, a tile's is BLAS's: the two differ in
+Which of these runs is numformer.ops.fast.dispatch's rows ("linear", "int8"), ("linear",
+"bf16") and ("linear", "q4_1"). A kernel's sum is one fixed order of the terms, a tile's is BLAS's: the two differ in
 the last bits of float32, as BLAS's own gemv and gemm do.
 """
 
@@ -84,14 +85,20 @@ def matmul(x2, w, bias=None):
                 k.q8_rows_parallel(x2, w.q, w.d, y, parts)
             else:
                 k.q8_rows(x2, w.q, w.d, y, 0, N)
+        elif isinstance(w, quant.Q41Blocks):
+            if parts > 1:
+                k.q41_rows_parallel(x2, w.raw, y, parts)
+            else:
+                k.q41_rows(x2, w.raw, y, 0, N)
         elif parts > 1:
             k.bf16_rows_parallel(x2, w.bits, y, parts)
         else:
             k.bf16_rows(x2, w.bits, y, 0, N)
     else:
-        y = np.empty((M, N), dtype=np.float32)
+        yt = np.empty((N, M), dtype=np.float32)   # yᵀ: each tile's product is whole rows of it
         for lo, tile in tiles(w, k):
-            np.matmul(x2, tile.T, out=y[:, lo:lo + len(tile)])     # (M, rows of the tile)
+            yt[lo:lo + len(tile)] = tile @ x2.T               # (rows of the tile, M); matmul's out= would
+        y = np.ascontiguousarray(yt.T)            # leave BLAS for NumPy's own loop (measured 7× slower)
     if bias is not None:
         y += bias
     return y
@@ -118,9 +125,11 @@ def tiles(w, k=None):
         hi = min(lo + step, N)
         out = buf[:hi - lo]
         if k is None:
-            out[...] = quant.dequantize(type(w)(*(a[lo:hi] for a in w)))
+            out[...] = quant.rows(w, np.arange(lo, hi))
         elif isinstance(w, quant.Int8Blocks):
             k.q8_dequantize(w.q, w.d, lo, hi, out)
+        elif isinstance(w, quant.Q41Blocks):
+            k.q41_dequantize(w.raw, lo, hi, out)
         else:
             k.bf16_dequantize(w.bits, lo, hi, out)
         yield lo, out
