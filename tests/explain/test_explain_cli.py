@@ -7,7 +7,7 @@ import unicodedata
 
 import pytest
 
-from numformer.explain import NAMES
+from numformer.explain import ALL_NAMES, LATER, NAMES
 
 KEYS = {"name", "formula", "inputs", "computed", "article_printed", "seed_printed", "agrees", "note"}
 VERDICTS = {
@@ -15,6 +15,8 @@ VERDICTS = {
     "multi_head_attention": None, "residual": True, "layernorm": True, "gelu": True,
     "softmax": True, "cross_entropy": True, "dropout": False, "backpropagation": None,
     "gradient_descent": True, "adam": False,
+    # not in the article: nothing printed to agree with
+    "rope": None, "rmsnorm": None, "swiglu": None, "grouped_query_attention": None,
 }
 
 
@@ -55,8 +57,9 @@ def leaves(value):
 
 
 def test_json_schema(json_all):
+    """The article's thirteen, then the later four, every object with the same keys."""
     assert isinstance(json_all, list)
-    assert [obj["name"] for obj in json_all] == list(NAMES)
+    assert [obj["name"] for obj in json_all] == list(NAMES) + list(LATER)
     for obj in json_all:
         assert set(obj) == KEYS, obj["name"]
         assert isinstance(obj["formula"], str) and obj["formula"]
@@ -75,6 +78,10 @@ def test_json_schema(json_all):
                     assert type(value) in (float, int), (obj["name"], key)
         if obj["agrees"] is None:
             assert obj["seed_printed"] is None or len(printed) < len(obj["computed"])
+        if obj["name"] in LATER:
+            assert obj["article_printed"] is None and obj["note"].startswith("Not in the article: ")
+        else:
+            assert "Not in the article" not in obj["note"]
 
 
 def test_json_values(json_all):
@@ -100,7 +107,7 @@ def test_unknown_name_exits_2_with_one_line(args):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
     assert "nosuch" in lines[0]
-    assert all(name in lines[0] for name in NAMES)
+    assert all(name in lines[0] for name in ALL_NAMES) and "1-17" in lines[0]
     assert "Traceback" not in r.stderr
 
 
@@ -109,16 +116,21 @@ def test_text_output_all(text_all):
     assert "\x1b[" not in text_all  # not a terminal: no colour codes
     assert max(columns(line) for line in lines) <= 100
     headers = [line for line in lines if line.startswith("── ") and "summary" not in line]
-    assert [h.split()[2] for h in headers] == list(NAMES)
-    for header, name in zip(headers, NAMES):
+    assert [h.split()[2] for h in headers] == list(ALL_NAMES)
+    # the later formulas come after the article's thirteen, under a heading that says so
+    heading = next(i for i, line in enumerate(lines) if line.startswith("══ Not in the article"))
+    assert lines.index(headers[12]) < heading < lines.index(headers[13])
+    for header, name in zip(headers, ALL_NAMES):
         verdict = VERDICTS[name]
-        if verdict is True:
+        if name in LATER:
+            assert header.endswith("NOT IN THE ARTICLE -> computed"), header
+        elif verdict is True:
             assert header.endswith("AGREES"), header
         elif verdict is False:
             assert "DIFFERS by" in header, header
         else:
             assert "INCOMPLETE in the article -> computed" in header, header
-    assert "13 formulas: 7 agree, 3 differ, 3 incomplete in the article" in text_all
+    assert "13 formulas: 7 agree, 3 differ, 3 incomplete in the article; 4 not in the article" in text_all
 
 
 def test_text_shows_printed_and_computed_side_by_side(text_all):
@@ -140,7 +152,19 @@ def test_selected_names_in_given_order():
 def test_help_lists_names():
     r = run("--help")
     assert r.returncode == 0
-    assert "multi_head_attention" in r.stdout and "--json" in r.stdout
+    assert "multi_head_attention" in r.stdout and "--json" in r.stdout and "17 grouped_query_attention" in r.stdout
+
+
+def test_later_formulas_by_number_and_their_rows():
+    r = run("14", "15", "3")
+    assert r.returncode == 0, r.stderr
+    headers = [l for l in r.stdout.splitlines() if l.startswith("── ")]
+    assert headers[0].startswith("── 14. rope · 旋转位置编码") and headers[1].startswith("── 15. rmsnorm")
+    assert headers[2].startswith("── 3. attention")
+    assert "1 formulas: 0 agree, 1 differ, 0 incomplete in the article; 2 not in the article" in headers[3]
+    line = next(l for l in r.stdout.splitlines() if l.startswith(" ▶ RMSNorm(x)"))
+    assert line.split()[-3:] == ["[0.462910", "0.925819", "1.388729]"]
+    assert "article prints" not in r.stdout.split("── 3.")[0]   # no column of printed numbers for them
 
 
 def test_narrow_layout_stacks_rows(monkeypatch):

@@ -19,10 +19,13 @@ import numformer.ops.layernorm
 import numformer.ops.linear
 import numformer.ops.positional
 import numformer.ops.residual
+import numformer.ops.rmsnorm
+import numformer.ops.rope
 import numformer.ops.softmax
+import numformer.ops.swiglu
 import numformer.optim
-from numformer.explain import NAMES
-from numformer.explain.examples import EXAMPLES, Step, approx, exact, explain
+from numformer.explain import ALL_NAMES, LATER, NAMES
+from numformer.explain.examples import EXAMPLES, LATER_EXAMPLES, Step, approx, exact, explain
 
 # The verdict for each formula: True agrees, False differs, None the article stops before the result.
 EXPECTED_VERDICT = {
@@ -76,10 +79,19 @@ def attention_by_hand(q, k, v):
 # -- the verdicts --------------------------------------------------------------------------------
 
 
-def test_all_thirteen_in_the_articles_order(ex):
+def test_all_thirteen_in_the_articles_order_then_the_later_four(ex):
     assert NAMES == tuple(EXPECTED_VERDICT) == tuple(EXAMPLES)
-    assert [e.name for e in explain()] == list(NAMES)
-    assert [e.number for e in explain()] == list(range(1, 14))
+    assert LATER == tuple(LATER_EXAMPLES) == ("rope", "rmsnorm", "swiglu", "grouped_query_attention")
+    assert [e.name for e in explain()] == list(ALL_NAMES)
+    assert [e.number for e in explain()] == list(range(1, 18))
+    assert [e.in_article for e in explain()] == [True] * 13 + [False] * 4
+
+
+@pytest.mark.parametrize("name", LATER)
+def test_later_formulas_print_nothing_and_say_so(ex, name):
+    e = ex[name]
+    assert e.agrees is None and e.diff is None and all(s.printed is None for s in e.steps)
+    assert len(e.results) == 1 and e.note.startswith("Not in the article: ")
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -284,6 +296,110 @@ def test_adam(ex):
     assert "m̂₁ = g and v̂₁ = g²" in e.note
 
 
+# -- the later formulas, not in the article -------------------------------------------------------
+
+
+def rotate_by_hand(x, p, theta):
+    """RoPE with math.cos and math.sin: pair (x_i, x_{i+h}) turned by p·θ^(−2i/hs)."""
+    h = len(x) // 2
+    out = [0.0] * len(x)
+    for i in range(h):
+        a = p * theta ** (-2 * i / len(x))
+        out[i] = x[i] * math.cos(a) - x[i + h] * math.sin(a)
+        out[i + h] = x[i + h] * math.cos(a) + x[i] * math.sin(a)
+    return out
+
+
+def dot(a, b):
+    return sum(x * y for x, y in zip(a, b))
+
+
+def test_rope(ex):
+    e = ex["rope"]
+    q, k = [1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]
+    close(e.step("angles_at_1").computed, [1.0, 0.01])
+    close(e.step("q_at_1").computed, rotate_by_hand(q, 1, 1e4))
+    norm = math.sqrt(dot(q, q))
+    close(e.step("norms").computed, [norm, norm, norm])
+    want = [dot(rotate_by_hand(q, m, 1e4), rotate_by_hand(k, m + 2, 1e4)) for m in (0, 3, 10)]
+    close(e.step("scores_distance_2").computed, want)
+    close(want, [want[0]] * 3)                               # the property: distance only
+    close(e.extra["relative"], dot(q, rotate_by_hand(k, 2, 1e4)))
+    close(e.step("score_distance_minus_2").computed, dot(rotate_by_hand(q, 2, 1e4), k))
+    assert abs(e.step("score_distance_minus_2").computed - want[0]) > 1
+
+
+def test_rmsnorm(ex):
+    e = ex["rmsnorm"]
+
+    def rms_by_hand(x, eps=1e-5):
+        r = math.sqrt(sum(v * v for v in x) / len(x) + eps)
+        return [v / r for v in x]
+
+    def ln_by_hand(x, eps=1e-5):
+        mu = sum(x) / len(x)
+        var = sum((v - mu) ** 2 for v in x) / len(x)
+        return [(v - mu) / math.sqrt(var + eps) for v in x]
+
+    close(e.step("rms").computed, math.sqrt(14 / 3 + 1e-5))
+    close(e.step("y").computed, rms_by_hand([1, 2, 3]))
+    close(e.step("layernorm").computed, ln_by_hand([1, 2, 3]))
+    close(e.step("y_shifted").computed, rms_by_hand([11, 12, 13]))
+    close(e.step("layernorm_shifted").computed, ln_by_hand([11, 12, 13]))
+    close(e.step("y_scaled").computed, rms_by_hand([3, 6, 9]))
+
+
+def test_swiglu(ex):
+    e = ex["swiglu"]
+
+    def silu(g):
+        return g / (1 + math.exp(-g))
+
+    g, u = [1.0, 2.0, -1.0], [3.0, 2.0, 1.0]                 # W_gate x, W_up x, by hand
+    h = [silu(a) * b for a, b in zip(g, u)]
+    close(e.step("gate").computed, g)
+    close(e.step("up").computed, u)
+    close(e.step("silu").computed, [silu(a) for a in g])
+    # SiLU's slope from central differences, not from its formula
+    close(e.step("silu_slope").computed, [(silu(a + 1e-6) - silu(a - 1e-6)) / 2e-6 for a in g], tol=1e-8)
+    close(e.step("h").computed, h)
+    close(e.step("y").computed, [h[0] + h[2], h[1] - h[2]])   # W_down = [[1, 0, 1], [0, 1, -1]]
+
+
+def test_grouped_query_attention(ex):
+    e = ex["grouped_query_attention"]
+    Q, K, Vm = [[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [1.0, 0.0]], [[1.0, 2.0], [3.0, 4.0]]
+
+    def swap(m):
+        return [[r[1], r[0]] for r in m]
+
+    queries = [Q, swap(Q), [[2 * x for x in r] for r in Q], Q]
+    keys, values = [K, swap(K)], [Vm, swap(Vm)]
+
+    def out(keys):
+        return [attention_by_hand(queries[h], keys[h // 2], values[h // 2])[1] for h in range(4)]
+
+    heads = out(keys)
+    close(e.step("head_1").computed, heads[0])
+    close(e.step("head_3").computed, heads[2])
+    close(e.step("output").computed, [sum((heads[h][t] for h in range(4)), []) for t in range(2)])
+    close(e.extra["output_repeated"], e.step("output").computed)
+    close(e.step("cache_per_position").computed, [16, 8])
+    # dK of L = Σ y by central differences through the hand-written attention
+    want = [[0.0] * 4 for _ in range(2)]
+    for t in range(2):
+        for c in range(4):
+            j, d = c // 2, c % 2
+            plus = [[row[:] for row in m] for m in keys]
+            minus = [[row[:] for row in m] for m in keys]
+            plus[j][t][d] += 1e-6
+            minus[j][t][d] -= 1e-6
+            total = lambda ks: sum(x for head in out(ks) for row in head for x in row)  # noqa: E731
+            want[t][c] = (total(plus) - total(minus)) / 2e-6
+    close(e.step("dK").computed, want, tol=1e-7)
+    close(e.extra["dk_summed"], want, tol=1e-7)
+
+
 # -- the examples really call the ops ------------------------------------------------------------
 
 PATCHES = [
@@ -298,6 +414,10 @@ PATCHES = [
     ("cross_entropy", numformer.ops.cross_entropy, "forward"),
     ("dropout", numformer.ops.dropout, "forward"),
     ("backpropagation", numformer.ops.linear, "backward"),
+    ("rope", numformer.ops.rope, "forward"),
+    ("rmsnorm", numformer.ops.rmsnorm, "forward"),
+    ("swiglu", numformer.ops.swiglu, "forward"),
+    ("grouped_query_attention", numformer.ops.attention, "forward"),
 ]
 
 
@@ -315,7 +435,7 @@ def test_result_comes_from_the_op(ex, monkeypatch, name, module, func):
         return 1.5 * out
 
     monkeypatch.setattr(module, func, scaled)
-    patched = EXAMPLES[name]()
+    patched = (EXAMPLES.get(name) or LATER_EXAMPLES[name])()
     before, after = ex[name].results[0].computed, patched.results[0].computed
     assert not np.allclose(before, after)
 

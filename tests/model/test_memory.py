@@ -33,6 +33,17 @@ def test_gpt_params_counts_every_parameter(kw):
     assert memory.gpt_params(cfg) == GPT(cfg, init=False).params.flat.size
 
 
+@pytest.mark.parametrize("kw", [dict(), dict(n_kv_head=1, tie_embeddings=True), dict(n_kv_head=2, attention_bias=True),
+                                dict(n_layer=3, n_embd=48, n_head=6, n_kv_head=3, n_hidden=40, vocab_size=300)])
+def test_llama_params_counts_every_parameter(kw):
+    from numformer import Llama, LlamaConfig
+    from numformer.model.params import LLAMA
+
+    cfg = LlamaConfig(**kw)
+    assert memory.llama_params(cfg) == memory.model_params(cfg) == sum(math.prod(s) for s in LLAMA.shapes(cfg).values())
+    assert memory.llama_params(cfg) == Llama(cfg, init=False).params.flat.size
+
+
 def test_encoder_params_counts_every_parameter():
     cfg = EncoderConfig(vocab_size=100, hidden_size=24, num_hidden_layers=3, num_attention_heads=4,
                         intermediate_size=40, max_position_embeddings=33, type_vocab_size=2)

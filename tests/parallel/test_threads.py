@@ -151,3 +151,43 @@ def test_threads_give_the_same_adapter_gradients():
     loss2 = loss_and_grad(model, x, y, threads=3)
     assert abs(loss1 - loss2) < 1e-12
     np.testing.assert_allclose(model.grads.flat, g1, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", ["mqa", "gqa2-bias-tied"])
+@pytest.mark.parametrize("B,threads", [(4, 2), (5, 3)])
+def test_threaded_llama_equals_one_thread_and_pytorch(name, B, threads):
+    """The Llama through the same threaded step: the one-thread gradient (the tied head's two
+    shares added in shard order) and PyTorch's."""
+    from tests.model import test_llama as llama
+
+    cfg, model, ref = llama.pair(name, seed=9)
+    x, y = llama.batch(cfg, B=B, seed=2, ignore=True)
+    model.zero_grad()
+    one = loss_and_grad(model, x, y, threads=1)
+    g1 = model.grads.flat.copy()
+    model.zero_grad()
+    many = loss_and_grad(model, x, y, threads=threads)
+    assert abs(many - one) < 1e-12 * abs(one)
+    np.testing.assert_allclose(model.grads.flat, g1, rtol=1e-10, atol=1e-13)
+    _, tloss = ref(torch.from_numpy(x), torch.from_numpy(y))
+    tloss.backward()
+    for n, p in ref.named_parameters():
+        assert rel_err(model.grads[n], p.grad.numpy()) < 1e-9, n
+
+
+def test_threaded_llama_dropout_is_decided_by_the_model_rng_state():
+    from tests.model import test_llama as llama
+
+    cfg, model, _ = llama.pair("gqa2-tied", seed=4, dropout=0.2)
+    model.train()
+    x, y = llama.batch(cfg, B=4, seed=3)
+    state = model.rng.bit_generator.state
+    model.zero_grad()
+    a = loss_and_grad(model, x, y, threads=2)
+    ga = model.grads.flat.copy()
+    model.rng.bit_generator.state = state
+    model.zero_grad()
+    b = loss_and_grad(model, x, y, threads=2)
+    assert a == b and np.array_equal(model.grads.flat, ga)
+    model.eval()
+    assert model.forward(x, y)[1] != a      # the masks really dropped something

@@ -179,3 +179,45 @@ def test_resume_compares_lora_targets_as_a_set_of_layers(tmp_path):
         assert set(cfg.lora_targets.replace(" ", "").split(",")) == {"attn.c_attn", "attn.c_proj"}
     with pytest.raises(UsageError, match="lora_targets"):
         resolve({"out_dir": str(tmp_path), "lora_targets": "attn.c_attn,mlp.c_fc"}, resume=True)
+
+
+# ----------------------------------------------------------------------------- a Llama checkpoint
+
+
+@pytest.fixture(scope="module")
+def llama_src(lab):
+    """A short --arch llama run (grouped-query, char tokenizer) to fine-tune from."""
+    run(dict(RUN, arch="llama", n_layer=2, n_head=2, n_kv_head=1, n_embd=16, n_hidden=32, block_size=16,
+             data=str(lab / "corpus.txt"), out_dir=str(lab / "llama_src"), max_iters=4),
+        cache_dir=lab / "cache", plot=False)
+    return lab / "llama_src"
+
+
+def test_init_from_a_llama_checkpoint_with_lora_trains_its_adapters_and_resumes_bit_for_bit(lab, llama_src):
+    from numformer.model import load
+
+    common = dict(init_from=str(llama_src), lora_rank=2, lora_targets="q_proj,down_proj")
+    train(lab, "llama_lora", max_iters=6, **common)
+    train(lab, "llama_lora_halves", max_iters=3, **common)
+    run(dict(out_dir=str(lab / "llama_lora_halves"), max_iters=6), resume=True, cache_dir=lab / "cache", plot=False)
+    a, b = load(lab / "llama_lora" / "latest"), load(lab / "llama_lora_halves" / "latest")
+    np.testing.assert_array_equal(a.adapters.flat, b.adapters.flat)
+    start = load(llama_src / "best")                          # what --init_from takes from an out_dir
+    assert a.config.family == "llama" and a.lora.targets == ("q_proj", "down_proj")
+    np.testing.assert_array_equal(a.params.flat, start.params.flat)             # the base is frozen
+    assert np.abs(a.adapters["model.layers.1.mlp.down_proj.lora_B"]).max() > 0
+    assert set(a.adapters.views) == {f"model.layers.{i}.{layer}.{part}" for i in range(2)
+                                     for layer in ("self_attn.q_proj", "mlp.down_proj") for part in ("lora_A", "lora_B")}
+
+
+def test_init_from_a_llama_checkpoint_takes_its_arch_and_refuses_contradicting_flags(lab, llama_src, capsys):
+    summary = train(lab, "llama_full", init_from=str(llama_src), max_iters=2, eval_interval=2)
+    assert summary["step"] == 2
+    cfg = load_checkpoint(lab / "llama_full" / "latest").config
+    assert cfg["format"] == "numformer-llama" and cfg["train"]["config"]["arch"] == "llama"
+    common = ["train", "--init_from", str(llama_src), "--data", str(lab / "corpus.txt"), "--out_dir", str(lab / "bad")]
+    assert "--n_kv_head 2 contradicts --init_from" in error_line(capsys, [*common, "--n_kv_head", "2"])
+    assert "--arch 'gpt2' contradicts --init_from" in error_line(capsys, [*common, "--arch", "gpt2"])
+    assert "--gelu applies to --arch gpt2" in error_line(capsys, [*common, "--gelu", "exact"])
+    assert "not a layer of a llama model" in error_line(capsys, [*common, "--lora_rank", "2", "--lora_targets",
+                                                                 "attn.c_attn"])

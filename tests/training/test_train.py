@@ -429,3 +429,71 @@ def test_a_second_run_on_the_same_out_dir_is_refused_while_the_first_runs(tmp_pa
              *TINY], tmp_path)
     assert r.returncode == 0, r.stderr                             # the lock went with the process
     assert load_checkpoint(out / "latest").config["train"]["iter_num"] == 2
+
+
+# ----------------------------------------------------------------------------- --arch llama
+
+LLAMA = dict(arch="llama", n_kv_head=1, n_hidden=48)
+
+
+def test_llama_learns_and_its_resume_after_an_interruption_is_bit_identical(corpus, tmp_path):
+    """--arch llama (grouped-query: 2 heads, 1 key/value head; dropout on): an interrupted run
+    resumed ends with the bytes of one never interrupted, and it learned something."""
+    kw = dict(LLAMA, max_iters=30, dropout=0.1)
+    quiet = dict(cache_dir=tmp_path / "cache", plot=False, out=open(os.devnull, "w"))
+    summary = run(cfg_for(corpus, tmp_path / "a", **kw), **quiet)
+    s = run(cfg_for(corpus, tmp_path / "b", **kw), world=StopAfter(17), **quiet)
+    assert s["interrupted"] and s["step"] == 17
+    run(cfg_for(corpus, tmp_path / "b", **kw), resume=True, **quiet)
+    assert_same_checkpoints(tmp_path / "a" / "latest", tmp_path / "b" / "latest")
+    doc = load_checkpoint(tmp_path / "a" / "latest").config
+    assert doc["format"] == "numformer-llama" and doc["model"]["n_kv_head"] == 1
+    assert doc["train"]["config"]["arch"] == "llama" and "gelu" not in doc["train"]["config"]
+    rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 0.5
+    assert "model.layers.1.self_attn.k_proj.weight" in weights(tmp_path / "a" / "latest")
+
+
+def test_llama_flags_reach_the_model_and_its_defaults_are_llamas(corpus, tmp_path):
+    cfg = cfg_for(corpus, tmp_path / "o", arch="llama")
+    m = cfg.model
+    assert cfg.arch == "llama" and m.family == "llama"
+    assert (m.n_kv_head, m.n_hidden, m.tie_embeddings, m.attention_bias, m.rope_theta) == (2, 256, False, False, 1e4)
+    assert cfg.lora_targets == "q_proj,v_proj"
+    m = cfg_for(corpus, tmp_path / "o", arch="llama", n_kv_head=1, n_hidden=40, rope_theta=5e5, tie_embeddings=True,
+                attention_bias=True).model
+    assert (m.n_kv_head, m.n_hidden, m.rope_theta, m.tie_embeddings, m.attention_bias) == (1, 40, 5e5, True, True)
+    assert cfg_for(corpus, tmp_path / "o").arch == "gpt2"
+
+
+def test_llama_bad_flags_are_one_line(tmp_path, corpus):
+    base = ["train", "--arch", "llama", "--data", str(corpus), "--max_iters", "1"]
+    assert_one_line_error(cli([*base, "--n_head", "4", "--n_embd", "32", "--n_kv_head", "3"], tmp_path),
+                          "n_head (4) must be divisible by n_kv_head (3)")
+    assert_one_line_error(cli([*base, "--n_head", "4", "--n_embd", "12"], tmp_path), "head size", "even")
+    assert_one_line_error(cli([*base, "--gelu", "exact"], tmp_path), "--gelu applies to --arch gpt2")
+    assert_one_line_error(cli([*base, "--bias", "false"], tmp_path), "--bias applies to --arch gpt2")
+    assert_one_line_error(cli([*base, "--rope_theta", "0"], tmp_path), "rope_theta must be a positive")
+    assert_one_line_error(cli([*base, "--n_hidden", "-4"], tmp_path), "n_hidden must be a positive integer")
+    assert_one_line_error(cli([*base, "--tie_embeddings", "maybe"], tmp_path), "tie_embeddings")
+    assert_one_line_error(cli(["train", "--arch", "falcon"], tmp_path), "arch")
+    assert_one_line_error(cli(["train", "--n_kv_head", "2", "--data", str(corpus)], tmp_path),
+                          "--n_kv_head applies to --arch llama")
+
+
+def test_llama_checkpoint_samples_evaluates_and_refuses_explore_and_a_changed_arch(tmp_path, corpus):
+    r = cli(["train", "--arch", "llama", "--data", str(corpus), "--n_layer", "1", "--n_embd", "16", "--n_head", "2",
+             "--n_kv_head", "1", "--block_size", "16", "--batch_size", "4", "--max_iters", "4", "--eval_interval", "2",
+             "--eval_iters", "1", "--sample_tokens", "20", "--out_dir", "run", "--no_plot"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "llama: 1 layers, 2 heads (1 key/value)" in r.stdout and "sample:" in r.stdout
+    r = cli(["sample", "run", "--prompt", "the king", "--max_new_tokens", "30"], tmp_path)
+    assert r.returncode == 0 and r.stdout.startswith("the king"), r.stderr
+    r = cli(["eval", "run", "--data", str(corpus), "--json"], tmp_path)
+    assert r.returncode == 0 and json.loads(r.stdout)["tokens"] > 1000, r.stderr
+    assert_one_line_error(cli(["explore", "run", "--out", "x.html"], tmp_path), "explore shows GPT checkpoints only",
+                          "llama")
+    assert not (tmp_path / "x.html").exists()
+    assert_one_line_error(cli(["train", "--out_dir", "run", "--resume", "--arch", "gpt2"], tmp_path),
+                          "arch is 'llama'")
+    assert_one_line_error(cli(["train", "--out_dir", "run", "--resume", "--n_kv_head", "2"], tmp_path), "n_kv_head")

@@ -2,10 +2,14 @@
 
 For people, each formula gets a section: the formula, the article's inputs, then one row per
 quantity with what the article prints, what numformer computes and whether they agree; the rows
-that make up the result are marked ▶ and decide the verdict in the section's header. A summary
-table closes the output. With --json: a JSON array, one object per formula, with the keys name,
-formula, inputs, computed, article_printed (what the article prints), agrees, note, and
-seed_printed (the same as article_printed, under the key's first name).
+that make up the result are marked ▶ and decide the verdict in the section's header. After the
+article's thirteen, under a heading that says they are not in the article, come the formulas of
+today's large models (RoPE, RMSNorm, SwiGLU, grouped-query attention), in the same layout with
+nothing printed to check ("NOT IN THE ARTICLE"). A summary table closes the output. With --json:
+a JSON array, one object per formula, with the keys name, formula, inputs, computed,
+article_printed (what the article prints; null for the later formulas), agrees, note (a later
+formula's starts "Not in the article"), and seed_printed (the same as article_printed, under the
+key's first name).
 """
 
 import json
@@ -16,7 +20,7 @@ import unicodedata
 import numpy as np
 
 from numformer.errors import UsageError
-from numformer.explain import NAMES
+from numformer.explain import ALL_NAMES, NAMES
 from numformer.explain.examples import explain, num
 
 WIDTH = 98  # every line fits a 100-column terminal
@@ -27,8 +31,9 @@ GAP = "  "
 def add_arguments(parser) -> None:
     parser.add_argument(
         "names", nargs="*", metavar="NAME",
-        help="formulas to show, by name or by number 1-13, in the order given (default: all thirteen in "
-             "the article's order): " + ", ".join(f"{i} {n}" for i, n in enumerate(NAMES, 1)),
+        help=f"formulas to show, by name or by number 1-{len(ALL_NAMES)}, in the order given (default: the "
+             f"article's thirteen in its order, then {len(ALL_NAMES) - len(NAMES)} formulas not in the article): "
+             + ", ".join(f"{i} {n}" for i, n in enumerate(ALL_NAMES, 1)),
     )
     parser.add_argument(
         "--json", action="store_true",
@@ -39,22 +44,25 @@ def add_arguments(parser) -> None:
 
 # What the article is, in one line of at most WIDTH columns (the first line of the text output)
 ABOUT = "The article: a Chinese article on the math of Transformers, 13 formulas with worked examples."
+# The heading above the later formulas
+LATER_HEADING = "Not in the article: the formulas today's large models add (Llama, Mistral, Qwen2)"
 
 
 
 def select(names: list[str]) -> list[str]:
-    """Command-line names or numbers (1-13, as the output numbers them) -> formula names, in the
+    """Command-line names or numbers (1-17, as the output numbers them) -> formula names, in the
     order given, without repeats."""
     chosen = []
     for raw in names:
         name = raw.strip().lower().replace("-", "_")
-        if name.isdigit() and 1 <= int(name) <= len(NAMES):
-            name = NAMES[int(name) - 1]
-        if name not in NAMES:
-            raise UsageError(f"unknown formula {raw!r}; give a number 1-{len(NAMES)} or a name: {', '.join(NAMES)}")
+        if name.isdigit() and 1 <= int(name) <= len(ALL_NAMES):
+            name = ALL_NAMES[int(name) - 1]
+        if name not in ALL_NAMES:
+            raise UsageError(f"unknown formula {raw!r}; give a number 1-{len(ALL_NAMES)} or a name: "
+                             f"{', '.join(ALL_NAMES)}")
         if name not in chosen:
             chosen.append(name)
-    return chosen or list(NAMES)
+    return chosen or list(ALL_NAMES)
 
 
 def main(args) -> int:
@@ -66,7 +74,12 @@ def main(args) -> int:
     _safe_stdout()
     style = _Style(_use_color(sys.stdout))
     out = [ABOUT, ""]
+    headed = False
     for ex in examples:
+        if not ex.in_article and not headed:        # the later formulas start here
+            title = f"══ {LATER_HEADING} "
+            out += [style.bold(title + "═" * max(3, WIDTH - _width(title))), ""]
+            headed = True
         out += render(ex, style) + [""]
     if len(examples) > 1:
         out += summary(examples, style)
@@ -108,7 +121,9 @@ class _Style:
 
 
 def verdict(ex, style: _Style, short: bool = False) -> str:
-    """AGREES / DIFFERS by x / INCOMPLETE in the article -> computed."""
+    """AGREES / DIFFERS by x / INCOMPLETE in the article -> computed / NOT IN THE ARTICLE -> computed."""
+    if not ex.in_article:
+        return style.dim("NOT IN THE ARTICLE" + ("" if short else " -> computed"))
     if ex.agrees is None:
         return style.open("INCOMPLETE in the article" + ("" if short else " -> computed"))
     if ex.agrees:
@@ -273,6 +288,8 @@ def _printed_block(step) -> list[str]:
 
 
 def _step_table(ex, style: _Style) -> list[str]:
+    if not ex.in_article:
+        return _later_table(ex, style)
     rows = [(s, s.label, _printed_block(s), block(s.computed, s.decimals), check(s, style))
             for s in ex.steps]
     head = ("quantity", "article prints", "numformer computes", "check")
@@ -308,6 +325,27 @@ def _step_table(ex, style: _Style) -> list[str]:
     return lines
 
 
+def _later_table(ex, style: _Style) -> list[str]:
+    """A later formula's rows: quantity and what numformer computes (the article prints nothing to
+    check), side by side, or the computed value below its label when that is too wide."""
+    rows = [(s, s.label, block(s.computed, s.decimals)) for s in ex.steps]
+    head = ("quantity", "numformer computes")
+    w_label = max([_width(head[0])] + [_width(r[1]) for r in rows])
+    w_comp = max([_width(head[1])] + [_width(x) for r in rows for x in r[2]])
+    mark = {True: " ▶ ", False: INDENT}
+    if len(INDENT) + w_label + len(GAP) + w_comp <= WIDTH:
+        lines = [style.dim(INDENT + _pad(head[0], w_label) + GAP + head[1])]
+        for step, label, comp in rows:
+            lines += [((mark[step.result] if i == 0 else INDENT) + _pad(label if i == 0 else "", w_label) + GAP
+                       + line).rstrip() for i, line in enumerate(comp)]
+        return lines
+    lines = []
+    for step, label, comp in rows:
+        lines.append(mark[step.result] + label)
+        lines += [INDENT + "    " + line for line in comp]
+    return lines
+
+
 def _one_line(value, decimals: int | None) -> str:
     """A value in one line: 0.841, [4.5 1.5], [[2 3] [2 3]]."""
     lines = block(value, decimals)
@@ -324,11 +362,16 @@ def _clip(text: str, width: int) -> str:
 
 def summary(examples, style: _Style) -> list[str]:
     """One line per formula: the article's result, numformer's, the verdict."""
-    n_agree = sum(ex.agrees is True for ex in examples)
-    n_differ = sum(ex.agrees is False for ex in examples)
-    n_open = sum(ex.agrees is None for ex in examples)
-    title = (f"── summary: {len(examples)} formulas: {n_agree} agree, {n_differ} differ, "
-             f"{n_open} incomplete in the article ")
+    ours = [ex for ex in examples if ex.in_article]
+    n_agree = sum(ex.agrees is True for ex in ours)
+    n_differ = sum(ex.agrees is False for ex in ours)
+    n_open = sum(ex.agrees is None for ex in ours)
+    n_later = len(examples) - len(ours)
+    parts = [f"{len(ours)} formulas: {n_agree} agree, {n_differ} differ, {n_open} incomplete in the article"] \
+        if ours else []
+    parts += [f"{n_later} not in the article"] if n_later and ours else \
+        [f"{n_later} formula{'s' if n_later > 1 else ''} not in the article"] if n_later else []
+    title = f"── summary: {'; '.join(parts)} "
     lines = [style.bold(title) + "─" * (WIDTH - _width(title))]
     widths = (3, 20, 21, 25)
     head = ("#", "formula", "article prints (result)", "numformer computes")

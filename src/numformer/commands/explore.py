@@ -50,6 +50,9 @@ def main(args) -> int:
     _check_out(out)
 
     model = load_for_sampling(args.out_dir)
+    if model.config.family != "gpt2":           # the page draws a GPT's layers (numformer.explore.trace)
+        raise UsageError(f"{args.out_dir}: numformer explore shows GPT checkpoints only; this one is a "
+                         f"{model.config.family} model (use numformer sample or numformer eval for it)")
     tok = model.tokenizer
     if tok is None:
         raise UsageError(f"{args.out_dir}: the checkpoint has no tokenizer, so text cannot be encoded")

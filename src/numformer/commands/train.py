@@ -1,5 +1,5 @@
-"""`numformer train`: train a GPT (see numformer.training for the loop, the session around it and
-their settings).
+"""`numformer train`: train a GPT or, with --arch llama, a Llama (see numformer.training for the
+loop, the session around it and their settings).
 
 Settings come from the defaults (with --resume: the resumed run's own), then an optional TOML
 file, then the flags given on the command line. Flags are flat (--n_layer, --batch_size, ...)

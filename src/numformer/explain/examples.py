@@ -1,4 +1,5 @@
-"""The article's thirteen worked examples, re-done by calling numformer.ops and numformer.optim.
+"""The article's thirteen worked examples, re-done by calling numformer.ops and numformer.optim;
+then the later formulas' (not in the article), computed the same way.
 
 Each function below takes one worked example's inputs exactly as the article gives them, computes
 every quantity with numformer's own ops and optimizers, and sets each number the article prints
@@ -11,6 +12,13 @@ never used as results. A verdict compares the two at the precision the article p
 
 An example whose result the article never prints (it stops half-way, or gives only a formula) has
 agrees = None, and its computed result is the answer the article leaves out.
+
+After the article's thirteen come the formulas today's large models (Llama, Mistral, Qwen2) add,
+which the article does not have: RoPE, RMSNorm, SwiGLU and grouped-query attention (LATER_EXAMPLES,
+numbered 14 to 17, in_article False). They print nothing to check, so agrees is None; each
+example instead shows, with small numbers and numformer's own ops, the property that makes the
+formula worth having (a rotation keeps lengths and makes q·k depend on distance only; RMSNorm
+against LayerNorm on the same vector; ...), with a cross-check computed another way beside it.
 """
 
 import math
@@ -20,9 +28,9 @@ from typing import Any
 import numpy as np
 
 from numformer import optim        # optim.SGD, optim.Adam
-from numformer.explain import NAMES
+from numformer.explain import ALL_NAMES, LATER, NAMES
 from numformer.ops import (attention, cross_entropy, dropout, gelu, layernorm, linear, mha, positional, residual,
-                           softmax)
+                           rmsnorm, rope, softmax, swiglu)
 
 # Slack for "=" claims: float64 rounding of the ops, nothing more.
 _EXACT_RTOL = 1e-9
@@ -112,6 +120,7 @@ class Example:
     note: str
     ours: tuple[str, ...] = ()  # inputs the article does not give, chosen here (said in the note)
     extra: dict[str, Any] = field(default_factory=dict)  # by-products the tests cross-check
+    in_article: bool = True  # False: a later formula, after the article's thirteen
 
     @property
     def results(self) -> list[Step]:
@@ -700,6 +709,193 @@ def adam_example() -> Example:
 
 # ---------------------------------------------------------------------------------------------
 
+# ---------------------------------------------------------------------------------------------
+# After the article: the formulas of today's large models (not in the article)
+# ---------------------------------------------------------------------------------------------
+
+_NOT_IN_ARTICLE = "Not in the article: "
+
+
+def rope_example() -> Example:
+    q, k = _f([1, 2, 3, 4]), _f([4, 3, 2, 1])  # one head of size hs = 4: pairs (x_0, x_2), (x_1, x_3)
+    theta, hs = 10_000.0, 4
+
+    def at(x, p):
+        return rope.forward(x[None, :], theta, start=p)[0][0]  # x (T=1, hs) at position p
+
+    cos, sin = rope.tables(2, hs, theta)  # positions 0 and 1, each angle twice
+    angles = np.arctan2(sin[1, :hs // 2], cos[1, :hs // 2])  # position 1's angles p·ω_i, read back from the table
+    q1 = at(q, 1)
+    norms = _f([np.linalg.norm(q), np.linalg.norm(q1), np.linalg.norm(at(q, 1000))])
+    pairs = [(0, 2), (3, 5), (10, 12)]  # (m, n): query at m, key at n, n − m = 2
+    scores = _f([at(q, m) @ at(k, n) for m, n in pairs])
+    back = float(at(q, 2) @ at(k, 0))  # the other way round: n − m = −2
+    # the same score from one rotation: (R_m q)·(R_n k) = q·(R_{n−m} k)
+    relative = float(q @ at(k, 2))
+    return Example(
+        14, "rope", "旋转位置编码",
+        formula=("RoPE(x, p)_i = x_i cos(p ω_i) − x_{i+hs/2} sin(p ω_i),  "
+                 "RoPE(x, p)_{i+hs/2} = x_{i+hs/2} cos(p ω_i) + x_i sin(p ω_i),  ω_i = θ^(−2i/hs)"),
+        inputs={"q": q, "k": k, "theta": theta, "hs": hs},
+        ours=("q", "k"),
+        in_article=False,
+        steps=[
+            Step("angles_at_1", "angles p·ω_i at p = 1", angles, None, 4),
+            Step("q_at_1", "RoPE(q, 1)", q1, None, 4),
+            Step("norms", "‖q‖, ‖RoPE(q, 1)‖, ‖RoPE(q, 1000)‖", norms, None, 6),
+            Step("scores_distance_2", "RoPE(q, m)·RoPE(k, m+2), m = 0, 3, 10", scores, None, 6, result=True),
+            Step("score_distance_minus_2", "RoPE(q, 2)·RoPE(k, 0)", back, None, 6),
+        ],
+        note=(
+            _NOT_IN_ARTICLE + f"Llama, Mistral and Qwen2 put positions into attention instead of adding the "
+            f"article's table (formula 2): q and k are turned, pair by pair, by angles that grow with the "
+            f"position. A rotation keeps lengths: ‖q‖ = {norms[0]:.6f} at every position "
+            f"({fmt(norms, 6)}). Two rotations compose into the rotation by the difference, so the score "
+            f"of a query at m and a key at n depends on n − m only: {fmt(scores, 6)} for (m, n) = (0, 2), "
+            f"(3, 5), (10, 12), which is q·RoPE(k, 2) = {relative:.6f} (one rotation); reversed, at "
+            f"distance −2, it is {back:.6f}. numformer.ops.rope pairs x_i with x_{{i+hs/2}} (q's pairs here: "
+            f"(1, 3) turned by {angles[0]:g} rad at p = 1, (2, 4) by {angles[1]:g}), as Hugging Face "
+            f"checkpoints do; the paper pairs neighbours (x_0, x_1), the same rotation with each head's "
+            f"channels reordered."
+        ),
+        extra={"relative": relative},
+    )
+
+
+def rmsnorm_example() -> Example:
+    x = _f([1, 2, 3])  # the LayerNorm example's vector
+    gamma, eps = _f([1, 1, 1]), 1e-5
+    y, cache = rmsnorm.forward(x, gamma, eps)
+    rms = 1.0 / float(cache.rstd[0])  # √(mean(x²) + eps)
+    y_ln, _ = layernorm.forward(x, gamma, None, eps)
+    y_shift, _ = rmsnorm.forward(x + 10, gamma, eps)
+    y_ln_shift, _ = layernorm.forward(x + 10, gamma, None, eps)
+    y_scale, _ = rmsnorm.forward(3 * x, gamma, eps)
+    return Example(
+        15, "rmsnorm", "均方根归一化",
+        formula="RMSNorm(x) = γ · x / √(mean(x²) + eps)",
+        inputs={"x": x, "gamma": gamma, "eps": eps},
+        in_article=False,
+        steps=[
+            Step("rms", "√(mean(x²) + eps)", rms, None, 6),
+            Step("y", "RMSNorm(x)", y, None, 6, result=True),
+            Step("layernorm", "LayerNorm(x), β = 0", y_ln, None, 6),
+            Step("y_shifted", "RMSNorm(x + 10)", y_shift, None, 6),
+            Step("layernorm_shifted", "LayerNorm(x + 10)", y_ln_shift, None, 6),
+            Step("y_scaled", "RMSNorm(3x)", y_scale, None, 6),
+        ],
+        note=(
+            _NOT_IN_ARTICLE + f"Llama, Mistral and Qwen2 normalise with RMSNorm instead of LayerNorm "
+            f"(formula 6): the same division by a root mean square, but of x itself, not of x − μ, and no "
+            f"β. On the LayerNorm example's x = [1, 2, 3]: √(14/3) = {rms:.6f}, so RMSNorm(x) = "
+            f"{fmt(y, 6)}, where LayerNorm gives {fmt(y_ln, 6)}. Both forget a scale (RMSNorm(3x) = "
+            f"{fmt(y_scale, 6)}, up to eps); only LayerNorm forgets a shift: LayerNorm(x + 10) = "
+            f"{fmt(y_ln_shift, 6)}, RMSNorm(x + 10) = {fmt(y_shift, 6)}. One reduction per row instead of "
+            f"two, and one term fewer in the backward (numformer.ops.rmsnorm derives it)."
+        ),
+    )
+
+
+def swiglu_example() -> Example:
+    x = _f([1, 2])  # C = 2
+    W_gate = _f([[1, 0], [0, 1], [1, -1]])  # (H, C), H = 3
+    W_up = _f([[1, 1], [0, 1], [1, 0]])
+    W_down = _f([[1, 0, 1], [0, 1, -1]])  # (C, H)
+    g, _ = linear.forward(x, W_gate)
+    u, _ = linear.forward(x, W_up)
+    h, _ = swiglu.forward(g, u)
+    y, _ = linear.forward(h, W_down)
+    silu, _ = swiglu.forward(g, np.ones_like(g))  # SiLU(g): the gate times an up of ones
+    dg, _ = swiglu.backward(np.ones_like(g), swiglu.forward(g, np.ones_like(g))[1])  # SiLU'(g): dh = u = 1
+    gelu_g, _ = gelu.forward(g)
+    return Example(
+        16, "swiglu", "SwiGLU门控前馈网络",
+        formula="SwiGLU(x) = W_down (SiLU(W_gate x) ⊙ (W_up x)),  SiLU(g) = g σ(g),  SiLU′(g) = σ(g)(1 + g(1 − σ(g)))",
+        inputs={"x": x, "W_gate": W_gate, "W_up": W_up, "W_down": W_down},
+        ours=("W_gate", "W_up", "W_down"),
+        in_article=False,
+        steps=[
+            Step("gate", "g = W_gate x", g, None, 4),
+            Step("up", "u = W_up x", u, None, 4),
+            Step("silu", "SiLU(g)", silu, None, 6),
+            Step("silu_slope", "SiLU′(g)", dg, None, 6),
+            Step("h", "h = SiLU(g) ⊙ u", h, None, 6),
+            Step("y", "SwiGLU(x) = W_down h", y, None, 6, result=True),
+        ],
+        note=(
+            _NOT_IN_ARTICLE + f"Llama's MLP gates one linear map with another instead of applying GELU "
+            f"(formula 7) between two: three matrices of H × C where the GPT has two of 4C × C, so Llama "
+            f"takes H ≈ 2/3 · 4C for about the same parameters. Here g = {fmt(g, 0)}, u = {fmt(u, 0)}: "
+            f"SiLU(g) = {fmt(silu, 6)} (GELU's tanh form would give {fmt(gelu_g, 6)}: SiLU is a smooth "
+            f"ReLU too, and lets −1 through as {silu[2]:.4f}), h = {fmt(h, 6)}, and W_down h = {fmt(y, 6)}. "
+            f"SiLU′(g) = {fmt(dg, 6)} is what numformer.ops.swiglu's backward multiplies dh ⊙ u by; it "
+            f"passes 1 ({dg[1]:.4f} at g = 2) and is still {dg[2]:.4f} at g = −1: a negative gate passes "
+            f"a little gradient, where ReLU would pass none."
+        ),
+    )
+
+
+def grouped_query_attention_example() -> Example:
+    Q, K, V = _f(_Q), _f(_K), _f(_V)  # the attention example's matrices (T = 2, hs = 2)
+    P = _f([[0, 1], [1, 0]])  # swaps two columns
+    n_head, n_kv_head = 4, 2
+    q = np.concatenate([Q, Q @ P, 2 * Q, Q], axis=1)[None]  # (1, T, nh·hs): query heads 1..4
+    k = np.concatenate([K, K @ P], axis=1)[None]  # (1, T, nkv·hs): key heads 1, 2
+    v = np.concatenate([V, V @ P], axis=1)[None]  # value heads 1, 2
+    y, cache = mha.forward(q, k, v, n_head, causal=False, n_kv_head=n_kv_head)
+    # the same with each key/value head copied for its query heads (Hugging Face's repeat_kv)
+    group = n_head // n_kv_head
+    k_rep = np.concatenate([k[..., j * 2:(j + 1) * 2] for j in range(n_kv_head) for _ in range(group)], axis=-1)
+    v_rep = np.concatenate([v[..., j * 2:(j + 1) * 2] for j in range(n_kv_head) for _ in range(group)], axis=-1)
+    y_rep, cache_rep = mha.forward(q, k_rep, v_rep, n_head, causal=False)
+    gap = float(np.max(np.abs(y - y_rep)))
+    dy = np.ones_like(y)
+    _, dk, _ = mha.backward(dy, cache)  # (1, T, nkv·hs): each shared head's gradient
+    _, dk_rep, _ = mha.backward(dy, cache_rep)  # (1, T, nh·hs): one per query head
+    dk_summed = dk_rep.reshape(1, 2, n_kv_head, group, 2).sum(axis=3).reshape(1, 2, n_kv_head * 2)
+    heads = [y[0, :, h * 2:(h + 1) * 2] for h in range(n_head)]
+    return Example(
+        17, "grouped_query_attention", "分组查询注意力",
+        formula=("head_h = Attention(Q_h, K_j, V_j),  j = ⌊h / (n_head / n_kv_head)⌋;  "
+                 "dK_j = Σ_{h in group j} dK_h"),
+        inputs={"n_head": n_head, "n_kv_head": n_kv_head, "Q": q[0], "K": k[0], "V": v[0]},
+        ours=("Q", "K", "V"),
+        in_article=False,
+        steps=[
+            Step("head_1", "head 1 (K, V head 1)", heads[0], None, 4),
+            Step("head_3", "head 3 (K, V head 2)", heads[2], None, 4),
+            Step("output", "Concat(head_1 .. head_4)", y[0], None, 4, result=True),
+            Step("cache_per_position", "K and V numbers per position: 2·nh·hs, 2·nkv·hs",
+                 _f([2 * 2 * n_head, 2 * 2 * n_kv_head]), None, 0),
+            Step("dK", "dK of the shared heads (dy = 1)", dk[0], None, 6),
+        ],
+        note=(
+            _NOT_IN_ARTICLE + f"Llama 2 70B, Llama 3, Mistral and Qwen2 give several query heads one key/"
+            f"value head: here 4 query heads share 2 (heads 1, 2 read the first, heads 3, 4 the second; "
+            f"n_kv_head = 1 is multi-query attention, n_kv_head = n_head the article's formula 4). Q's "
+            f"columns are the heads' queries side by side, 2 each: the attention example's Q, Q with its "
+            f"columns swapped, 2Q, Q; K's and V's are the key/value heads', the attention example's K and V, "
+            f"then the same swapped. Head 1 is the attention example's output again, {fmt(heads[0])}. Copying each key/value head for "
+            f"its query heads and running ordinary multi-head attention gives the same output "
+            f"{'exactly' if gap == 0 else f'to {gap:.1e}'}; "
+            f"numformer.ops.mha never makes the copies (attention broadcasts the shared heads), and its KV "
+            f"cache holds {2 * 2 * n_kv_head} numbers per position and layer instead of {2 * 2 * n_head}. "
+            f"In the backward a shared head collects the gradients of its whole group: dK = {fmt(dk[0], 6)}, "
+            f"the copies' gradients summed per group."
+        ),
+        extra={"output_repeated": y_rep[0], "dk_summed": dk_summed[0]},
+    )
+
+
+LATER_EXAMPLES = {
+    "rope": rope_example,
+    "rmsnorm": rmsnorm_example,
+    "swiglu": swiglu_example,
+    "grouped_query_attention": grouped_query_attention_example,
+}
+assert tuple(LATER_EXAMPLES) == LATER
+
+
 EXAMPLES = {
     "linear": linear_example,
     "positional_encoding": positional_encoding_example,
@@ -719,5 +915,6 @@ assert tuple(EXAMPLES) == NAMES
 
 
 def explain(names=None) -> list[Example]:
-    """Compute the worked examples named (all thirteen, in the article's order, when None)."""
-    return [EXAMPLES[name]() for name in (NAMES if names is None else names)]
+    """Compute the worked examples named: the article's thirteen and the later four (when None,
+    all of them in that order)."""
+    return [(EXAMPLES.get(name) or LATER_EXAMPLES[name])() for name in (ALL_NAMES if names is None else names)]

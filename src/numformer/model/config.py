@@ -168,6 +168,18 @@ CONFIGS = {"gpt2": GPTConfig, "llama": LlamaConfig}
 ARCHS = tuple(CONFIGS)
 
 
+def describe(config) -> str:
+    """A model's shape in a few words: "4 layers, 4 heads, 128 wide, block 64, sinusoidal positions"
+    (a GPT), "llama: 4 layers, 4 heads (2 key/value), 128 wide, SwiGLU 512, block 64, RoPE θ 10000"."""
+    m = config
+    if m.family == "gpt2":
+        return f"{m.n_layer} layers, {m.n_head} heads, {m.n_embd} wide, block {m.block_size}, {m.pos_encoding} positions"
+    kv = f" ({m.n_kv_head} key/value)" if m.n_kv_head != m.n_head else ""
+    extras = "".join([", tied head" if m.tie_embeddings else "", ", q/k/v biases" if m.attention_bias else ""])
+    return (f"llama: {m.n_layer} layers, {m.n_head} heads{kv}, {m.n_embd} wide, SwiGLU {m.n_hidden}, "
+            f"block {m.block_size}, RoPE θ {m.rope_theta:g}{extras}")
+
+
 def position_terms(config: GPTConfig, dtype) -> tuple[float, np.ndarray]:
     """(s, P') of x0 = s·wte[idx] + P'[t] with sinusoidal positions (model/gpt.py, "Positions"):
     the factor on the token embedding and the (block_size, C) table P / divisor, in `dtype`, as

@@ -73,7 +73,8 @@ class Lab:
         return e
 
     def cfg(self, name, **kw) -> dict:
-        return dict(SMALL, data=str(self.corpus), out_dir=str(self.root / name), **kw)
+        small = SMALL if kw.get("arch", "gpt2") == "gpt2" else {k: v for k, v in SMALL.items() if k != "bias"}
+        return dict(small, data=str(self.corpus), out_dir=str(self.root / name), **kw)
 
     def single(self, name, *, resume=False, **kw):
         """One process, in this pytest process (no MPI at all)."""
@@ -146,6 +147,25 @@ def test_two_ranks_end_where_one_rank_ends(lab, dtype, tol):
     assert rel(a, b) < tol, rel(a, b)
     # eval loss is averaged over ranks with their shares (4 + 3 rows): same numbers as one process
     np.testing.assert_allclose(val_losses(two), val_losses(one), rtol=tol)
+
+
+LLAMA = dict(arch="llama", n_kv_head=1, n_hidden=48)
+
+
+def test_llama_two_ranks_end_where_one_rank_ends_and_resume_is_bit_identical(lab):
+    """--arch llama (2 heads sharing 1 key/value head) under MPI: 2 ranks end where 1 process
+    ends (float64), and a 2-rank run stopped at step 8 and resumed ends bit for bit where the
+    unstopped one does."""
+    a, sa = state(lab.mpi("llama-two", 2, **LLAMA, dtype="float64"))
+    b, _ = state(lab.single("llama-one", **LLAMA, dtype="float64"))
+    assert sa["world_size"] == 2 and sa["config"]["arch"] == "llama"
+    assert rel(a, b) < 1e-12, rel(a, b)
+    full, _ = state(lab.mpi("llama-full", 2, **LLAMA))
+    part = lab.mpi("llama-part8", 2, **LLAMA, max_iters=8)
+    copy_run(part, lab.root / "llama-8-to-20")
+    lab.mpi("llama-8-to-20", 2, resume=True, **LLAMA)
+    got, st = state(lab.root / "llama-8-to-20")
+    assert st["iter_num"] == 20 and np.array_equal(got, full), rel(got, full)
 
 
 # ------------------------------------------------------------------------------- resume
