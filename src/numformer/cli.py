@@ -28,7 +28,7 @@ COMMANDS = {
     "check": "check every op, reference and fast: finite differences, float32, PyTorch if installed",
     "embed": "sentence embeddings from a BERT-family model (all-MiniLM-L6-v2)",
     "similarity": "cosine similarity of two texts' embeddings",
-    "convert": "convert GPT-2 checkpoints to and from Hugging Face format; GGUF files in",
+    "convert": "convert GPT-2 and Llama-family checkpoints to and from Hugging Face format; GGUF files in",
     "bench": "measure training tokens/s and GFLOP/s of a config on this machine",
 }
 

@@ -101,11 +101,11 @@ def looks_like_hub_name(name: str) -> bool:
 
 
 def hub_hint(flag: str, name: str, kind: str) -> str:
-    """The one line for a Hub name given where numformer needs a local folder. kind: "gpt2"
-    (a Hugging Face GPT-2 folder) or "sentence" (a sentence-transformers folder)."""
+    """The one line for a Hub name given where numformer needs a local folder. kind: "causal" (a
+    Hugging Face GPT-2, Llama, Mistral or Qwen2 folder) or "sentence" (a sentence-transformers folder)."""
     local = name.rsplit("/", 1)[-1] + "-local"
-    if kind == "gpt2":
-        save = (f"with transformers, GPT2LMHeadModel.from_pretrained('{name}').save_pretrained('{local}') and "
+    if kind == "causal":
+        save = (f"with transformers, AutoModelForCausalLM.from_pretrained('{name}').save_pretrained('{local}') and "
                 f"the same with AutoTokenizer")
     else:
         save = f"with sentence-transformers, SentenceTransformer('{name}').save_pretrained('{local}')"

@@ -164,7 +164,7 @@ def test_a_file_is_scored_in_pieces_with_the_same_loss(lab, capsys, monkeypatch,
     monkeypatch.setattr(corpus, "CHUNK_CHARS", 50)
     seen = []
     real = BPETokenizer.encode
-    monkeypatch.setattr(BPETokenizer, "encode", lambda self, text: seen.append(len(text)) or real(self, text))
+    monkeypatch.setattr(BPETokenizer, "encode", lambda self, text, **kw: seen.append(len(text)) or real(self, text, **kw))
     got = run_eval(capsys, lab / "ckpt", "--data", lab / "text.txt", *(["--stride", stride] if stride else []))
     text = (lab / "text.txt").read_text(encoding="utf-8")
     assert len(seen) > 10 and max(seen) < len(text) // 5

@@ -100,9 +100,12 @@ def test_an_unknown_flag_without_a_habit_gets_no_hint(capsys):
 
 
 HUB_CASES = [
-    (["convert", "--from_hf", "gpt2", "--out", "x"], "gpt2", "GPT2LMHeadModel"),
-    (["train", "--init_from", "gpt2-medium", "--out_dir", "o"], "gpt2-medium", "GPT2LMHeadModel"),
-    (["train", "--init_from", "openai-community/gpt2", "--out_dir", "o"], "openai-community/gpt2", "GPT2LMHeadModel"),
+    (["convert", "--from_hf", "gpt2", "--out", "x"], "gpt2", "AutoModelForCausalLM"),
+    (["convert", "--from_hf", "Qwen/Qwen2.5-0.5B", "--out", "x"], "Qwen/Qwen2.5-0.5B", "AutoModelForCausalLM"),
+    (["train", "--init_from", "gpt2-medium", "--out_dir", "o"], "gpt2-medium", "AutoModelForCausalLM"),
+    (["train", "--init_from", "openai-community/gpt2", "--out_dir", "o"], "openai-community/gpt2", "AutoModelForCausalLM"),
+    (["train", "--init_from", "meta-llama/Llama-3.2-1B", "--out_dir", "o"], "meta-llama/Llama-3.2-1B",
+     "AutoModelForCausalLM"),
     (["embed", "--model", "sentence-transformers/all-MiniLM-L6-v2", "a text"],
      "sentence-transformers/all-MiniLM-L6-v2", "SentenceTransformer"),
     (["similarity", "--model", "BAAI/bge-small-en", "a", "b"], "BAAI/bge-small-en", "SentenceTransformer"),

@@ -493,11 +493,12 @@ def test_a_pickle_named_model_safetensors_is_refused_unopened(hf_folder, tmp_pat
 
 
 def test_cli_prints_one_line_and_fails(hf_folder, tmp_path, capsys):
-    edit_config(hf_folder, model_type="llama")
+    edit_config(hf_folder, model_type="bert")
     out = tmp_path / "ckpt"
     assert cli_main(["convert", "--from-hf", str(hf_folder), "--out", str(out)]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith("numformer convert: error:") and "\n" not in err and "'llama'" in err
+    assert err.startswith("numformer convert: error:") and "\n" not in err
+    assert "model_type 'bert' is not one numformer converts (gpt2, llama, mistral, qwen2)" in err
     assert not out.exists()
 
 

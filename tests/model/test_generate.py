@@ -1,10 +1,16 @@
 """Sampling: the KV cache gives the logits of an uncached forward pass, also after the window slides."""
 
+import json
+
 import numpy as np
 import pytest
 
 from numformer import GPT, GPTConfig
+from numformer.commands.sample import StreamDecoder
+from numformer.data.tokenizer import BPETokenizer
 from numformer.model.generate import generate_tokens, sample_next
+from numformer.reference.llama_tokenizers import metaspace_bpe
+from tests.helpers import TEXT
 
 from .test_gpt import randomize
 
@@ -79,9 +85,6 @@ def test_generate_tokens_yields_one_array_per_step():
 
 
 def test_stream_decoder_holds_back_a_split_character_and_writes_each_piece_once():
-    from numformer.data.tokenizer import BPETokenizer
-    from numformer.commands.sample import StreamDecoder
-
     text = "猫坐在垫子上。The cat sat on the mat. 猫" * 20
     tok = BPETokenizer.train(text, 300)
     ids = tok.encode("猫坐在垫子上。cat 垫")
@@ -89,3 +92,15 @@ def test_stream_decoder_holds_back_a_split_character_and_writes_each_piece_once(
     pieces = [dec.push(i) for i in ids] + [dec.flush()]
     assert "".join(pieces) == "猫坐在垫子上。cat 垫"
     assert all("\ufffd" not in p for p in pieces)
+
+
+@pytest.mark.parametrize("style", ["metaspace", "normalizer"])
+def test_stream_decoder_keeps_the_spaces_of_a_metaspace_tokenizer(style):
+    """Llama 2's decoder drops the space before the first token of each decode call; streamed
+    behind the token before it, every piece keeps its own ("Speak" "▁now" is "Speak now")."""
+    tok = BPETokenizer.from_hf_document(json.loads(metaspace_bpe(TEXT, 600, style).to_str()))
+    ids = tok.encode("First Citizen: Before we proceed any further, 我爱 🙂 hear me speak.\n  All: Speak")
+    for cut in (1, 3, 7):
+        dec = StreamDecoder(tok, context=int(ids[cut - 1]))
+        streamed = "".join([dec.push(i) for i in ids[cut:]] + [dec.flush()])
+        assert tok.decode(ids[:cut]) + streamed == tok.decode(ids)

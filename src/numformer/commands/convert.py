@@ -1,14 +1,19 @@
 """`numformer convert`: checkpoints to and from Hugging Face format, and GGUF files in.
 
-    numformer convert --from_hf HF_FOLDER --out CHECKPOINT     Hugging Face GPT-2 -> numformer
-    numformer convert --to_hf CHECKPOINT --out HF_FOLDER       numformer -> Hugging Face GPT-2
-    numformer convert --from_gguf FILE.gguf --out CHECKPOINT   a GGUF file (llama.cpp) -> numformer
+    numformer convert --from_hf HF_FOLDER --out CHECKPOINT     Hugging Face -> numformer
+    numformer convert --to_hf CHECKPOINT --out HF_FOLDER       numformer -> Hugging Face
+    numformer convert --from_gguf FILE.gguf --out CHECKPOINT   a GGUF file (llama.cpp's) -> numformer
 
-An existing --out is replaced only with --overwrite, and only if numformer wrote it.
+A Hugging Face folder holds GPT-2 (GPT2LMHeadModel), Llama (LlamaForCausalLM), Mistral
+(MistralForCausalLM, without a sliding window) or Qwen2 (Qwen2ForCausalLM): its config.json's
+model_type says which. A numformer GPT checkpoint exports as GPT-2, a Llama checkpoint as a Llama
+(or a Qwen2, when it has q/k/v biases). An existing --out is replaced only with --overwrite, and
+only if numformer wrote it.
 
 The mapping of names, layouts and config keys is in numformer.interop.gpt2 and
-numformer.interop.gguf. A GGUF file's quantized weights are dequantized (numformer.ops.quant):
-the checkpoint holds them in float32 (or float64), about 4 bytes a parameter.
+numformer.interop.llama (numformer.interop.hf picks one), and numformer.interop.gguf. A GGUF
+file's quantized weights are dequantized (numformer.ops.quant): the checkpoint holds them in
+float32 (or float64), 4 bytes a parameter, and its tokenizer carries the chat template.
 """
 
 from pathlib import Path
@@ -17,7 +22,7 @@ import numpy as np
 
 from numformer.checkpoint import lock_folder
 from numformer.errors import CheckpointError, UsageError, hub_hint, looks_like_hub_name
-from numformer.interop import gpt2
+from numformer.interop import hf
 from numformer.interop.gguf import describe, read_gguf
 from numformer.interop.hf_folder import check_import_target
 from numformer.model.llama import Llama
@@ -26,9 +31,10 @@ from numformer.model.llama import Llama
 def add_arguments(parser) -> None:
     direction = parser.add_mutually_exclusive_group(required=True)
     direction.add_argument("--from_hf", metavar="HF_FOLDER",
-                           help="a Hugging Face GPT-2 folder (config.json + model.safetensors) to import")
+                           help="a Hugging Face GPT-2, Llama, Mistral or Qwen2 folder (config.json + "
+                                "model.safetensors) to import")
     direction.add_argument("--to_hf", metavar="CHECKPOINT",
-                           help="a numformer GPT checkpoint folder to export")
+                           help="a numformer checkpoint folder to export (a GPT as GPT-2, a Llama as a Llama or Qwen2)")
     direction.add_argument("--from_gguf", metavar="FILE",
                            help="a GGUF file (llama.cpp's format; Llama-family models) to import: weights "
                                 "dequantized, tokenizer and chat template carried")
@@ -48,7 +54,7 @@ def main(args) -> int:
         if value is not None and not value.strip():
             raise UsageError(f"{flag} is empty; give a folder")
     if args.from_hf is not None and looks_like_hub_name(args.from_hf):
-        raise CheckpointError(hub_hint("--from_hf", args.from_hf, "gpt2"))
+        raise CheckpointError(hub_hint("--from_hf", args.from_hf, "causal"))
     if args.to_hf is not None and args.dtype is not None:
         raise UsageError("--dtype applies to --from_hf and --from_gguf only; --to_hf keeps the checkpoint's dtype")
     # a `numformer train` writing into the same folder (--out out/latest) holds its lock
@@ -57,12 +63,9 @@ def main(args) -> int:
             notes, done = [], import_gguf(args.from_gguf, args.out, dtype=args.dtype or "float32",
                                           overwrite=args.overwrite)
         elif args.from_hf is not None:
-            notes = gpt2.import_hf_gpt2(args.from_hf, args.out, dtype=args.dtype or "float32",
-                                        overwrite=args.overwrite)
-            done = f"wrote numformer checkpoint {args.out} (from Hugging Face GPT-2 {args.from_hf})"
+            notes, done = hf.import_hf(args.from_hf, args.out, dtype=args.dtype or "float32", overwrite=args.overwrite)
         else:
-            notes = gpt2.export_hf_gpt2(args.to_hf, args.out, overwrite=args.overwrite)
-            done = f"wrote Hugging Face GPT-2 folder {args.out} (load it with GPT2LMHeadModel.from_pretrained)"
+            notes, done = hf.export_hf(args.to_hf, args.out, overwrite=args.overwrite)
     for note in notes:
         print(f"note: {note}")
     print(done)

@@ -4,7 +4,10 @@
 
 The checkpoint is named as `eval` and `explore` name it, positional or --out_dir
 (add_checkpoint_arguments), and found by load_for_sampling: the folder itself if it is a
-checkpoint, else its best/, else its latest/; or a GGUF file (numformer.interop.gguf).
+checkpoint, else its best/, else its latest/; or a GGUF file (numformer.interop.gguf). The
+prompt is encoded as transformers' tokenizer encodes it: behind the tokens the tokenizer puts
+before every text (a Llama's BOS; nothing for GPT-2, Qwen2 or numformer's own tokenizers), so that
+an empty prompt starts from the BOS alone.
 The sampling itself (temperature, top-k, top-p, the KV cache and the sliding window) is
 numformer.model.generate.
 """
@@ -28,24 +31,39 @@ from numformer.parallel.process import one_blas_thread
 
 class StreamDecoder:
     """Turns a growing list of token ids into text increments, holding back a partial UTF-8
-    character (byte-level BPE can split one across tokens)."""
+    character (byte-level BPE can split one across tokens).
 
-    def __init__(self, tokenizer):
+    Each increment is decoded behind the token written just before it (`context`: at first the
+    prompt's last token), and that token's own text is cut off the front: a "▁" tokenizer's decoder
+    (Llama 2's) drops the space before the first token it decodes, which would glue every
+    increment to the one before ("Speak" "▁now" -> "Speaknow")."""
+
+    def __init__(self, tokenizer, context: int | None = None):
         self.tokenizer = tokenizer
         self.pending: list[int] = []     # ids not yet written out
+        self.context = context           # the id written just before them, if any
+
+    def _decode(self) -> str:
+        if self.context is None:
+            return self.tokenizer.decode(np.array(self.pending, dtype=np.int64))
+        before = self.tokenizer.decode(np.array([self.context], dtype=np.int64))
+        text = self.tokenizer.decode(np.array([self.context, *self.pending], dtype=np.int64))
+        if text.startswith(before):
+            return text[len(before):]
+        return self.tokenizer.decode(np.array(self.pending, dtype=np.int64))
 
     def push(self, token: int) -> str:
         """Text for the ids so far, once it ends on a whole character; only the ids held since
         the last piece are decoded, so streaming stays linear in the output's length."""
         self.pending.append(int(token))
-        text = self.tokenizer.decode(np.array(self.pending, dtype=np.int64))
+        text = self._decode()
         if text.endswith("\ufffd"):
             return ""
-        self.pending = []
+        self.context, self.pending = self.pending[-1], []
         return text
 
     def flush(self) -> str:
-        text = self.tokenizer.decode(np.array(self.pending, dtype=np.int64)) if self.pending else ""
+        text = self._decode() if self.pending else ""
         self.pending = []
         return text
 
@@ -87,7 +105,9 @@ def main(args) -> int:
     if tok is None:
         raise UsageError(f"{where}: the checkpoint has no tokenizer, so text cannot be encoded")
     prompt = read_prompt(args)
-    ids = tok.encode(prompt)              # DataError naming an unknown character
+    text_ids = tok.encode(prompt)         # DataError naming an unknown character
+    # what transformers' tokenizer(prompt) gives: the BOS a Llama was trained behind, then the text
+    ids = np.concatenate([tok.special_prefix, text_ids])
     if len(ids) == 0:
         raise UsageError("the prompt encodes to no tokens; give at least one character")
     rng = np.random.default_rng(args.seed)
@@ -96,7 +116,7 @@ def main(args) -> int:
         if s:
             out.write("\n---------------\n")
         out.write(prompt)
-        dec = StreamDecoder(tok)
+        dec = StreamDecoder(tok, context=int(text_ids[-1]) if len(text_ids) else None)
         for nxt in generate_tokens(model, ids[None, :], args.max_new_tokens, temperature=args.temperature,
                                    top_k=args.top_k or None, top_p=args.top_p, rng=rng,
                                    use_cache=not args.no_cache):

@@ -454,9 +454,6 @@ class BPETokenizer:
         for GPT-2 and Qwen2): those the tokenizer's post-processor adds before a text."""
         return self._prefix.copy()
 
-    def encode(self, text: str) -> np.ndarray:
-        """The ids of the text itself (no special token is added; see `special_prefix`)."""
-        return self._encode(text, continues=False)
 
     def encode_stream(self, pieces: Iterable[str]) -> Iterator[np.ndarray]:
         """The ids of a text given in pieces (a corpus read in pieces), piece by piece: joined, they
@@ -466,14 +463,16 @@ class BPETokenizer:
             yield self.encode("".join(pieces))
             return
         for i, piece in enumerate(safe_pieces(pieces)):
-            yield self._encode(piece, continues=i > 0)
+            yield self.encode(piece, follows_cut=i > 0)
 
-    def _encode(self, text: str, continues: bool) -> np.ndarray:
-        """The ids of `text`, which follows a safe cut when `continues` (see _cut_rule)."""
+    def encode(self, text: str, *, follows_cut: bool = False) -> np.ndarray:
+        """The ids of the text itself (no special token is added; see `special_prefix`).
+        follows_cut: the text is a piece of a longer one that starts at a safe cut (safe_pieces),
+        so it is encoded as the rest of that text, not as a text of its own (see _cut_rule)."""
         pieces = chunks(text) if self._cut is not None else [text]
         behind = self._cut == NEWLINE_CUT
         if behind:           # a piece after a cut goes behind a "\n", and what comes up to it is dropped
-            pieces = [("\n" + p if continues or i else p) for i, p in enumerate(pieces)]
+            pieces = [("\n" + p if follows_cut or i else p) for i, p in enumerate(pieces)]
         if len(pieces) == 1:
             encodings = [self._tok.encode(pieces[0], add_special_tokens=False)]
         else:
@@ -482,7 +481,7 @@ class BPETokenizer:
         parts = []
         for i, e in enumerate(encodings):
             ids = e.ids
-            if behind and (continues or i):
+            if behind and (follows_cut or i):
                 ids = ids[ids.index(self._newline) + 1:]
             parts.append(np.asarray(ids, dtype=np.int64))
         return parts[0] if len(parts) == 1 else np.concatenate(parts)

@@ -195,8 +195,8 @@ def gpt_config_from_hf(hf, source: str = HF_CONFIG):
         hint = " (it looks like a numformer checkpoint: use --to_hf to export it)" if "_numformer" in hf else ""
         raise CheckpointError(f"{source}: no 'model_type' key; not a Hugging Face GPT-2 config{hint}")
     if hf["model_type"] != "gpt2":
-        raise CheckpointError(f"{source}: model_type {hf['model_type']!r} is not 'gpt2'; "
-                              "numformer converts GPT-2 checkpoints only")
+        raise CheckpointError(f"{source}: model_type {hf['model_type']!r} is not 'gpt2'; numformer's GPT reads "
+                              "GPT-2 checkpoints (a Llama, Mistral or Qwen2 is numformer.interop.llama's)")
     shape = {}
     for key in ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd"):
         if key not in hf:

@@ -256,12 +256,27 @@ def export_tokenizer_files(tokenizer_json: str | None, model_type: str) -> tuple
 
 
 def _same_pipeline(a: dict, b: dict) -> bool:
-    """Whether two tokenizer documents cut and join text the same way (all but vocabulary, merges
-    and added tokens equal)."""
+    """Whether two tokenizer documents cut text into the same ids and join ids into the same text:
+    the same model options, normalizer, pre-tokenizer and decoder, up to what changes neither
+    (offsets, a byte-level decoder's options, an empty subword prefix written as null)."""
     def pipeline(doc):
-        model = {k: v for k, v in (doc.get("model") or {}).items() if k not in ("vocab", "merges")}
-        return [model, *(doc.get(k) for k in ("normalizer", "pre_tokenizer", "decoder"))]
+        model = {k: v for k, v in (doc.get("model") or {}).items() if k not in ("vocab", "merges", "dropout")}
+        for key in ("continuing_subword_prefix", "end_of_word_suffix"):
+            model[key] = model.get(key) or ""
+        decoder = doc.get("decoder")
+        if isinstance(decoder, dict) and decoder.get("type") == "ByteLevel":
+            decoder = {"type": "ByteLevel"}
+        return [model, doc.get("normalizer"), _without_offsets(doc.get("pre_tokenizer")), decoder]
     return pipeline(a) == pipeline(b)
+
+
+def _without_offsets(step):
+    """A pipeline step without its trim_offsets options (they change offsets, never ids)."""
+    if isinstance(step, dict):
+        return {k: _without_offsets(v) for k, v in step.items() if k != "trim_offsets"}
+    if isinstance(step, list):
+        return [_without_offsets(v) for v in step]
+    return step
 
 
 __all__ = ["read_hf_tokenizer", "as_transformers_applies", "export_tokenizer_files"]

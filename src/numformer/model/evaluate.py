@@ -9,7 +9,9 @@ b+1 .. b+T. Of those it scores only the ones no earlier window scored:
     S < T   windows overlap by T−S tokens: a window scores its last S predictions, each with at
             least T−S tokens of context (S = 1: every token with the full context, T times the cost).
 
-The last window stops at the end of the text. With N tokens, N−1 are scored:
+The last window stops at the end of the text. With N tokens, N−1 are scored (all N when the
+tokenizer puts a BOS before a text, as a Llama's does: the text is scored as transformers scores
+tokenizer(text), BOS first, so its first token is predicted too):
 
     loss          = (1/(N−1)) Σ −ln p(token_i | its context)     nats per token
     perplexity    = exp(loss)
@@ -136,7 +138,7 @@ def evaluate_ids(model, ids, *, stride: int | None = None, threads: int = 1, bat
 def evaluate_corpus(model, corpus, *, stride: int | None = None, threads: int = 1) -> dict:
     """{"loss", "perplexity", "bits_per_byte", "tokens"} of a corpus (numformer.data.corpus:
     open_corpus, or Corpus.of_text) under model, streamed (see above); tokens is the text's token
-    count N, of which N−1 are scored. DataError (one line) for a text shorter than two tokens,
+    count N, of which N−1 are scored (N behind a BOS: tokenizer.special_prefix). DataError (one line) for a text shorter than two tokens,
     CheckpointError for a loss that is not finite."""
     if model.tokenizer is None:
         raise DataError("the checkpoint has no tokenizer, so the text cannot be encoded")
@@ -151,13 +153,15 @@ def evaluate_corpus(model, corpus, *, stride: int | None = None, threads: int = 
 
     def parts():
         nonlocal n_tokens
+        # transformers' tokenizer(text) puts the BOS a Llama was trained behind before the text
+        yield tok.special_prefix.astype(id_dtype(tok.vocab_size))
         for part in encode_pieces(Corpus(corpus.name, pieces), tok, id_dtype(tok.vocab_size)):
             n_tokens += len(part)          # DataError above naming a character the vocabulary lacks
             yield part
 
     total, counted = _score(model, window_batches(parts(), T, stride or T, _per_batch(model, 8)), threads,
                             corpus.name)
-    if n_tokens < 2:
+    if n_tokens + len(tok.special_prefix) < 2:
         raise DataError(f"{corpus.name} is {n_tokens} token long; evaluation needs at least two (the first is "
                         f"only context for the second)")
     loss = total / counted

@@ -1,10 +1,12 @@
 """Fine-tuning: `numformer train --init_from DIR` and low-rank adapters.
 
 --init_from DIR starts training from the weights in DIR (a numformer checkpoint folder of either
-family, a training run's out_dir, whose best/ or latest/ is used, or a Hugging Face GPT-2 folder)
-at step 0 with fresh optimizer state. The model's family (--arch), shape and tokenizer come from
-DIR: a model flag that contradicts DIR is refused in one line (only --dropout may be set), and
---data is encoded with DIR's tokenizer.
+family, a training run's out_dir, whose best/ or latest/ is used, or a Hugging Face GPT-2, Llama,
+Mistral or Qwen2 folder: numformer.interop.hf) at step 0 with fresh optimizer state. The model's family (--arch), shape and tokenizer come from
+DIR: a model flag that contradicts DIR is refused in one line (only --dropout may be set, and for
+a Llama a --block_size up to DIR's: its positions are rotations, with no table to cut, and a real
+Llama's context of thousands of tokens is more than a CPU fine-tuning run wants; the fine-tuned
+model's context is then that block_size), and --data is encoded with DIR's tokenizer.
 A numformer checkpoint with adapters is merged first (W + (α/r)·B A), so fine-tuning continues
 from the function it computes.
 
@@ -23,9 +25,9 @@ import numpy as np
 
 from numformer.checkpoint import PICKLE_SUFFIXES, pickle_refusal, read_json
 from numformer.errors import CheckpointError, UsageError, hub_hint, looks_like_hub_name
+from numformer.interop.hf import load_hf
 from numformer.model.adapters import LoRAConfig, merged_state_dict, parse_targets
 from numformer.model.decoders import build, load
-from numformer.model.gpt import GPT
 from numformer.model.serialize import checkpoint_family, model_config
 
 # The flat keys a fine-tuning run takes from DIR, not from its flags (dropout excepted), per family.
@@ -40,7 +42,7 @@ def init_folder(path) -> tuple[Path, str]:
     path that is not such a folder; a pickle is refused without being opened."""
     root = Path(path)
     if not str(path).strip():
-        raise UsageError("--init_from is empty; give a checkpoint folder or a Hugging Face GPT-2 folder")
+        raise UsageError("--init_from is empty; give a checkpoint folder or a Hugging Face model folder")
     if not root.exists():
         if str(path) == "resume":        # nanoGPT's words for "continue this run"
             raise UsageError("--init_from resume is nanoGPT's way to continue a run; numformer's is --resume "
@@ -49,13 +51,13 @@ def init_folder(path) -> tuple[Path, str]:
             raise UsageError("--init_from scratch is nanoGPT's default; numformer starts from scratch when "
                              "--init_from is left out")
         if looks_like_hub_name(str(path)):
-            raise CheckpointError(hub_hint("--init_from", str(path), "gpt2"))
+            raise CheckpointError(hub_hint("--init_from", str(path), "causal"))
         raise CheckpointError(f"--init_from {root}: no such folder")
     if not root.is_dir():
         if root.suffix.lower() in PICKLE_SUFFIXES:
             raise pickle_refusal(root)
         raise CheckpointError(f"--init_from {root} is a file; give a numformer checkpoint folder or a Hugging Face "
-                              f"GPT-2 folder")
+                              f"model folder")
     if not (root / "config.json").is_file():
         for sub in ("best", "latest"):            # a training run's out_dir, as `numformer sample` takes it
             if (root / sub / "config.json").is_file():
@@ -64,7 +66,7 @@ def init_folder(path) -> tuple[Path, str]:
         if pickles:
             raise pickle_refusal(pickles[0], context=f"{root} has no config.json")
         raise CheckpointError(f"--init_from {root}: no config.json; give a numformer checkpoint folder or a Hugging "
-                              f"Face GPT-2 folder")
+                              f"Face model folder")
     doc = read_json(root / "config.json", "--init_from needs it")
     return root, ("numformer" if checkpoint_family(doc) is not None else "hf")
 
@@ -73,7 +75,7 @@ def load_init_model(path, dtype="float32"):
     """The model in --init_from's folder (a GPT or a Llama), adapters merged, with its tokenizer
     (model.tokenizer)."""
     root, kind = init_folder(path)
-    model = load(root, dtype=dtype) if kind == "numformer" else GPT.from_hf(root, dtype=np.dtype(dtype))
+    model = load(root, dtype=dtype) if kind == "numformer" else load_hf(root, dtype=np.dtype(dtype))
     if model.lora is not None:
         plain = build(model.config, dtype=model.dtype, init=False)
         plain.load_state_dict(merged_state_dict(model), source=str(root))
@@ -85,7 +87,7 @@ def load_init_model(path, dtype="float32"):
                               f"encoded for it")
     if model.tokenizer is None:
         raise CheckpointError(f"--init_from {root} has no tokenizer (numformer's tokenizer.json, or Hugging Face's "
-                              f"tokenizer.json or vocab.json + merges.txt), so --data cannot be encoded for it")
+                              f"tokenizer.json, or GPT-2's vocab.json + merges.txt), so --data cannot be encoded for it")
     if model.tokenizer.vocab_size > model.config.vocab_size:
         raise CheckpointError(f"--init_from {root}: its tokenizer has {model.tokenizer.vocab_size} tokens but the "
                               f"model only {model.config.vocab_size}")
@@ -99,10 +101,13 @@ def init_settings(path, given: dict) -> dict:
     cfg = model.config
     fixed = {"arch": cfg.family, **{key: getattr(cfg, key) for key in SHAPE_KEYS[cfg.family]}}
     fixed["tokenizer"] = model.tokenizer.kind
+    if cfg.family == "llama" and isinstance(given.get("block_size"), int) and 0 < given["block_size"] <= cfg.block_size:
+        fixed["block_size"] = given["block_size"]      # a shorter context: RoPE has no table to cut
     for key, value in fixed.items():
         if key in given and given[key] != value:
+            lower = ", and for a Llama --block_size lowered" if cfg.family == "llama" else ""
             raise UsageError(f"--{key} {given[key]!r} contradicts --init_from {path}, whose model has {key} {value!r}; "
-                             f"the model comes from the folder (of its settings only --dropout may be changed)")
+                             f"the model comes from the folder (of its settings only --dropout may be changed{lower})")
     if given.get("vocab_size"):
         raise UsageError(f"--vocab_size contradicts --init_from {path}: the tokenizer and its vocabulary come from "
                          f"the folder")
@@ -113,10 +118,10 @@ def init_settings(path, given: dict) -> dict:
 
 def read_init(cfg) -> dict:
     """What a fine-tuning run starts from: the model's full config (GPTConfig or LlamaConfig, with
-    the run's dropout), its flat parameters and its tokenizer's JSON."""
+    the run's dropout and block_size), its flat parameters and its tokenizer's JSON."""
     model = load_init_model(cfg.init_from, dtype=cfg.dtype)
-    return {"config": dataclasses.replace(model.config, dropout=cfg.model.dropout), "params": model.params.flat,
-            "tokenizer": model.tokenizer.to_json()}
+    config = dataclasses.replace(model.config, dropout=cfg.model.dropout, block_size=cfg.model.block_size)
+    return {"config": config, "params": model.params.flat, "tokenizer": model.tokenizer.to_json()}
 
 
 def checkpoint_model_config(ckpt, dropout):
