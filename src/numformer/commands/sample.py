@@ -1,12 +1,13 @@
 """`numformer sample`: generate text from a trained checkpoint, streamed as it is made.
 
-    numformer sample [OUT_DIR_OR_CHECKPOINT | --out_dir DIR] [--prompt TEXT] [--max_new_tokens N] ...
+    numformer sample [OUT_DIR_OR_CHECKPOINT | --out_dir DIR] [--prompt TEXT] [--max_new_tokens N] [--quantize Q] ...
 
 The checkpoint is named as `eval` and `explore` name it, positional or --out_dir
 (add_checkpoint_arguments), and found by load_for_sampling: the folder itself if it is a
 checkpoint, else its best/, else its latest/.
 The sampling itself (temperature, top-k, top-p, the KV cache and the sliding window) is
-numformer.model.generate.
+numformer.model.generate. --quantize bf16 or int8 loads the weights so stored (GPT.load), as
+`eval`, `explore` and `bench --generate` take it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 
 from numformer.errors import CheckpointError, DataError, UsageError, check_text
 from numformer.model.generate import generate_tokens
-from numformer.model.gpt import GPT
+from numformer.model.gpt import GPT, QUANTIZE
 from numformer.parallel.process import one_blas_thread
 
 
@@ -62,6 +63,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--num_samples", type=int, default=1, help="how many samples to draw (default: 1)")
     parser.add_argument("--seed", type=int, default=1337, help="random seed, an integer >= 0 (default: 1337)")
     parser.add_argument("--no_cache", action="store_true", help="recompute the whole window for every token (slow; for checking)")
+    add_quantize_argument(parser)
+
+
+def add_quantize_argument(parser) -> None:
+    """--quantize, as `sample`, `eval`, `explore` and `bench --generate` take it."""
+    parser.add_argument("--quantize", default="none", choices=QUANTIZE,
+                        help="store the weights as bf16 or int8 (blocks of 32 values with a scale each) and compute "
+                             "with them: less memory and faster decoding, slightly different numbers; none keeps "
+                             "float32 (default: none)")
 
 
 def main(args) -> int:
@@ -80,7 +90,7 @@ def main(args) -> int:
     one_blas_thread()   # sampling is one token at a time on one thread (see numformer.parallel.process)
 
     where = chosen_checkpoint(args)
-    model = load_for_sampling(where)
+    model = load_for_sampling(where, quantize=args.quantize)
     tok = model.tokenizer
     if tok is None:
         raise UsageError(f"{where}: the checkpoint has no tokenizer, so text cannot be encoded")
@@ -135,15 +145,17 @@ def _same_file(a: str, b: str) -> bool:
         return False
 
 
-def load_for_sampling(out_dir):
+def load_for_sampling(out_dir, quantize: str = "none"):
     """The checkpoint to sample from: out_dir itself if it is a checkpoint, else out_dir/best,
-    else out_dir/latest."""
+    else out_dir/latest; with quantize "bf16" or "int8", its weights so stored (GPT.load; a
+    float64 checkpoint is read as float32 first)."""
     root = Path(out_dir)
+    dtype = None if quantize == "none" else np.float32
     if root.is_file():
-        return GPT.load(root)         # load_checkpoint explains why a file (a pickle, say) is refused
+        return GPT.load(root, dtype=dtype, quantize=quantize)   # load_checkpoint explains why a file (a pickle, say) is refused
     for cand in (root, root / "best", root / "latest"):
         if (cand / "config.json").is_file():
-            return GPT.load(cand)
+            return GPT.load(cand, dtype=dtype, quantize=quantize)
     if not root.exists():
         raise CheckpointError(f"{root}: no such folder; train first (numformer train --out_dir {root})")
     raise CheckpointError(f"{root}: no checkpoint found (looked for {root}/best and {root}/latest)")
