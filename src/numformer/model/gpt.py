@@ -341,7 +341,7 @@ class GPT:
         return (self.params.flat.nbytes + (self.adapters.flat.nbytes if self.adapters is not None else 0)
                 + sum(w.nbytes for w in self.quantized.values()))
 
-    def _tensor(self, name: str):
+    def tensor(self, name: str):
         """Parameter `name`: its quantized weight where the model has one, else its float view."""
         q = self.quantized.get(name)
         return q if q is not None else self.params[name]
@@ -387,7 +387,7 @@ class GPT:
     def _embed(self, idx, t0):
         """x0 = embed_scale · wte[idx] + positions t0 .. t0+T-1. Returns (x0, embedding cache)."""
         p, T = self.params, idx.shape[1]
-        tok, cache = self.ops.embedding.forward(idx, self._tensor(GPT2.name("wte")))     # (B, T, C)
+        tok, cache = self.ops.embedding.forward(idx, self.tensor(GPT2.name("wte")))     # (B, T, C)
         pos = (p[GPT2.name("wpe")] if self.config.pos_encoding == "learned" else self.pe)[t0:t0 + T]
         x = tok * self.embed_scale + pos if self.embed_scale != 1.0 else tok + pos
         return x, cache
@@ -397,7 +397,7 @@ class GPT:
         p = self.params
         x, ln_f = self.ops.layernorm.forward(x, p[GPT2.name("ln_f")], self._ln_bias("ln_f"),
                                              self.config.layer_norm_eps)
-        logits, head = self.ops.linear.forward(x, self._tensor(GPT2.name("wte")), keep_input=False,  # tied; x from LN_f's cache
+        logits, head = self.ops.linear.forward(x, self.tensor(GPT2.name("wte")), keep_input=False,  # tied; x from LN_f's cache
                                                frozen=self.lora is not None)
         return logits, ln_f, head
 
