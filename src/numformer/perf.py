@@ -1,7 +1,8 @@
 """Measurements shared by `numformer bench` and benchmarks/: this machine (CPU, BLAS, the sgemm
 ceiling, peak memory), a config's FLOPs, a training step's speed, and the matmul floors.
 
-`numformer bench` (numformer.commands.bench) trains the GPT of the given shape for a few iterations on random token ids (no corpus needed)
+`numformer bench` (numformer.commands.bench) trains the GPT (or, with --arch llama, the Llama) of the given shape for a few
+iterations on random token ids (no corpus needed)
 and reports the median time per iteration, tokens per second, and the achieved model FLOP rate,
 next to this machine's matrix-multiply ceiling measured on the spot. One iteration is what
 `numformer train` does per step: forward, backward, gradient clipping at 1.0, one AdamW step
@@ -16,8 +17,11 @@ How FLOPs are counted (the rule of the PaLM paper, appendix B, that nanoGPT's es
   every parameter except the learned position table wpe, which is a lookup, not a matmul (with
   sinusoidal positions there is no wpe, so N is every parameter). The token embedding wte is
   counted once: the tied LM head is a real (B·T, C) x (C, V) matmul; the input lookup is not.
+  A Llama's N leaves out its token embedding when its LM head is a matrix of its own (lm_head,
+  counted), and counts it once when tied.
 - 12·L·T·C: attention's two matmuls, QKᵀ and AV, are 2·T·C FLOPs each per token and layer
-  forward (over all heads), times 3 for forward plus backward. Counted over the full T x T square
+  forward (over all query heads; shared key/value heads do not change it), times 3 for forward
+  plus backward. Counted over the full T x T square
   (the causal mask's skipped half is not subtracted), as nanoGPT and PaLM count it.
 - LayerNorm, GELU, softmax, AdamW and the rest are not counted: they cost memory traffic, not
   FLOPs, and a faster implementation should not look better by doing more of them.
@@ -52,9 +56,9 @@ from dataclasses import asdict
 
 import numpy as np
 
+from numformer.model.decoders import build
 from numformer.model.generate import generate_tokens
-from numformer.model.gpt import GPT
-from numformer.model.params import GPT2, gpt_param_shapes
+from numformer.model.params import EMBEDDING, GPT2, LLAMA, family_of
 from numformer.ops.fast import dispatch
 from numformer.ops.fast.attention import query_chunks, score_blocks
 from numformer.ops.fast.linear import matmul as linear_matmul
@@ -65,8 +69,22 @@ from numformer.parallel.threads import loss_and_grad, parallel
 
 
 def non_embedding_params(config) -> int:
-    """N for the FLOP count: every parameter except the learned position table wpe."""
-    return sum(math.prod(s) for name, s in gpt_param_shapes(config).items() if name != GPT2.name("wpe"))
+    """N for the FLOP count: every parameter except the tables that are looked up, not multiplied:
+    the GPT's learned position table wpe, and a Llama's token embedding when its LM head is its
+    own (tied, the embedding is the head's matrix and counts once)."""
+    lookups = {GPT2.name("wpe")} if config.family == "gpt2" else \
+        set() if config.tie_embeddings else {LLAMA.name("model.embed_tokens")}
+    return sum(math.prod(s) for name, s in family_of(config).shapes(config).items() if name not in lookups)
+
+
+def block_maps(config) -> list[tuple[int, int]]:
+    """(C_in, C_out) of each linear map of one block, in the order the block runs them: the GPT's
+    qkv, attention output, MLP's two; a Llama's q, k, v, o, gate, up, down."""
+    C = config.n_embd
+    if config.family == "gpt2":
+        return [(C, 3 * C), (C, C), (C, 4 * C), (4 * C, C)]
+    kv, H = config.n_kv_head * config.head_size, config.n_hidden
+    return [(C, C), (C, kv), (C, kv), (C, C), (C, H), (C, H), (H, C)]
 
 
 def flops_per_token(config) -> int:
@@ -178,7 +196,7 @@ def measure(config, *, batch_size: int, dtype: str = "float32", iters: int = 20,
     """Train `config` for warmup + iters steps on random tokens; per-iteration wall times and rates."""
     tune_malloc()
     threads = threads or cores()
-    model = GPT(config, dtype=np.dtype(dtype), seed=seed)
+    model = build(config, dtype=np.dtype(dtype), seed=seed)       # a GPT or a Llama
     opt = AdamW(model.params.flat, lr=1e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1,
                 decay_mask=model.decay_mask(), threads=threads)
     rng = np.random.default_rng([seed, 0])
@@ -215,12 +233,12 @@ def matmul_floor(config, *, batch_size: int, dtype: str = "float32", threads: in
     nothing. It is not a limit for every design: fewer or larger products, another BLAS, or
     another split of the work can go below it.
 
-    It makes the products the GPT makes, with the same shapes, the same layouts and the same
+    It makes the products the model makes (GPT or Llama), with the same shapes, the same layouts and the same
     split of the batch over `threads` shards (each shard on one BLAS thread, forward products of
     all shards first, then backward ones, as numformer.parallel.threads.loss_and_grad runs them),
     made by the same BLAS (the linear maps' through numformer.ops.fast.linear.matmul); the inputs are random
-    and preallocated, the outputs written in place. Per block: the four linear maps (qkv, the
-    attention output, the MLP's two), each forward (x Wᵀ) and backward (dy W and dyᵀ x); causal
+    and preallocated, the outputs written in place. Per block: its linear maps (block_maps: the
+    GPT's four, a Llama's seven), each forward (x Wᵀ) and backward (dy W and dyᵀ x); causal
     attention's four score products per query chunk (q kᵀ, P v; backward dy vᵀ, P̃ᵀ dy, dS k,
     dSᵀ q, the last two summed over chunks as the op does); and the tied LM head's three. (The
     GPT itself makes one more, q kᵀ again in backward, to recompute P instead of keeping it; an
@@ -232,7 +250,8 @@ def matmul_floor(config, *, batch_size: int, dtype: str = "float32", threads: in
     dt = np.dtype(dtype)
     C, T, H, V = config.n_embd, config.block_size, config.n_head, config.vocab_size
     hs = C // H
-    maps = [(C, 3 * C), (C, C), (C, 4 * C), (4 * C, C)] * config.n_layer + [(C, V)]   # (C_in, C_out)
+    per = len(block_maps(config))
+    maps = block_maps(config) * config.n_layer + [(C, V)]   # (C_in, C_out)
 
     def rand(*shape):
         return rng.standard_normal(shape, dtype=np.float32).astype(dt, copy=False)
@@ -266,8 +285,8 @@ def matmul_floor(config, *, batch_size: int, dtype: str = "float32", threads: in
     def forward(r):
         a = shards[r]
         for layer in range(config.n_layer + 1):
-            for j in range(4) if layer < config.n_layer else (0,):
-                m = 4 * layer + j
+            for j in range(per) if layer < config.n_layer else (0,):
+                m = per * layer + j
                 mm(r, a["x"][m], weights[m].T, out=a["y"][m], product=linear_matmul)
             if layer == config.n_layer:
                 break
@@ -279,8 +298,8 @@ def matmul_floor(config, *, batch_size: int, dtype: str = "float32", threads: in
     def backward(r):
         a = shards[r]
         for layer in range(config.n_layer, -1, -1):
-            for j in (range(3, -1, -1) if layer < config.n_layer else (0,)):
-                m = 4 * layer + j
+            for j in (range(per - 1, -1, -1) if layer < config.n_layer else (0,)):
+                m = per * layer + j
                 mm(r, a["dy"][m], weights[m], out=a["dx"][m], product=linear_matmul)
                 mm(r, a["dy"][m].T, a["x"][m], out=a["dw"][m], product=linear_matmul)
             if layer == config.n_layer:
@@ -406,16 +425,14 @@ def copy_bandwidth(nbytes: int = 1 << 27, threads: int = 0, reps: int = 5) -> di
 
 def decode_weight_bytes(model) -> int:
     """The bytes of weights one decoding step reads: every parameter as stored (quantized ones at
-    their size: int8 1.125 bytes a weight, bf16 2, float32 4), except that of the learned position
-    table only its one row is read; the token embedding is read whole (as the tied LM head) and
-    one row more (the lookup)."""
-    cfg = model.config
+    their size: int8 1.125 bytes a weight, bf16 2, float32 4), except that of a table decoding only
+    looks up (a learned position table, an untied token embedding) it reads one row; a token
+    embedding that is also the LM head is read whole, and one row more for the lookup."""
     total = model.weight_bytes()
-    wte = model.tensor(GPT2.name("wte"))
-    total += wte.nbytes // cfg.vocab_size                               # the looked-up row
-    if cfg.pos_encoding == "learned":
-        wpe = model.params[GPT2.name("wpe")]
-        total -= wpe.nbytes - wpe[0].nbytes
+    for name in [p.name for p in family_of(model.config).params(model.config) if p.kind == EMBEDDING]:
+        table = model.tensor(name)
+        row = table.nbytes // table.shape[0]
+        total += row if name == model.head_weight else row - table.nbytes
     return int(total)
 
 

@@ -125,3 +125,19 @@ def test_a_bad_quantize_value_is_one_line(lab, tmp_path, command):
 def test_bench_quantize_needs_generate(tmp_path):
     r = numformer(["bench", "--quantize", "int8"], tmp_path)
     assert_one_line(r, "--quantize", "--generate", code=2)
+
+
+def test_bench_generate_times_a_quantized_llama(tmp_path):
+    """The Llama of issue 20 decodes with quantized weights as the GPT does: its untied head and
+    token embedding quantized, the embedding read a row a token."""
+    args = ["bench", "--generate", "--arch", "llama", "--n_layer", "1", "--n_head", "4", "--n_kv_head", "2",
+            "--n_embd", "32", "--n_hidden", "64", "--vocab_size", "50", "--prompt_tokens", "3", "--new_tokens", "4",
+            "--iters", "1", "--json"]
+    p = numformer([*args, "--quantize", "bf16"], tmp_path)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    C, V, H = 32, 50, 64
+    matrices = C * C + 2 * (C // 2) * C + C * C + 2 * H * C + C * H + V * C    # q, k, v (2 of 4 heads), o, gate, up, down, head
+    norms = 2 * C + C
+    assert r["quantize"] == "bf16" and r["config"]["n_kv_head"] == 2
+    assert r["weight_bytes_per_token"] == 2 * (matrices + C) + 4 * norms    # + one row of the embedding

@@ -111,3 +111,51 @@ def test_split_heads_is_a_view_and_merge_heads_its_inverse():
     assert heads.shape == (2, 4, 3, 3) and np.shares_memory(heads, a)
     np.testing.assert_array_equal(heads[1, 2, 0], a[1, 0, 6:9])
     np.testing.assert_array_equal(reference_mha.merge_heads(heads), a)
+
+
+@pytest.mark.parametrize("n_kv_head", [1, 2, 4])
+def test_grouped_query_heads_read_their_shared_key_value_head(mha, n_kv_head):
+    """Query head h attends with key/value head h // (nh / nkv), written here with plain NumPy
+    on the column blocks; nkv = nh is ordinary multi-head attention."""
+    rng = np.random.default_rng(13)
+    B, T, nh, hs = 2, 5, 4, 3
+    q = rng.standard_normal((B, T, nh * hs))
+    k, v = rng.standard_normal((B, T, n_kv_head * hs)), rng.standard_normal((B, T, n_kv_head * hs))
+    y, _ = mha.forward(q, k, v, nh, n_kv_head=n_kv_head)
+    for h in range(nh):
+        j = h // (nh // n_kv_head)
+        qc, kc = slice(h * hs, (h + 1) * hs), slice(j * hs, (j + 1) * hs)
+        s = q[..., qc] @ k[..., kc].transpose(0, 2, 1) / math.sqrt(hs) + np.triu(np.full((T, T), -np.inf), 1)
+        p = np.exp(s - s.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        np.testing.assert_allclose(y[..., qc], p @ v[..., kc], rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_kv_cache_with_grouped_heads_and_rope_holds_only_the_kv_heads(mha, dtype):
+    """Grouped-query attention with RoPE through a KV cache of the n_kv_head heads, one position
+    at a time: the whole sequence's outputs, and the cache holds the rotated keys."""
+    rng = np.random.default_rng(14)
+    B, T, nh, nkv, hs = 2, 7, 4, 2, 4
+    q = rng.standard_normal((B, T, nh * hs)).astype(dtype)
+    k, v = (rng.standard_normal((B, T, nkv * hs)).astype(dtype) for _ in range(2))
+    want, _ = mha.forward(q, k, v, nh, n_kv_head=nkv, rope_theta=10_000.0)
+    K, V = np.zeros((B, nkv, 16, hs), dtype), np.zeros((B, nkv, 16, hs), dtype)
+    parts = [mha.forward(q[:, :3], k[:, :3], v[:, :3], nh, kv=(K, V, 0), n_kv_head=nkv, rope_theta=10_000.0)[0]]
+    for t in range(3, T):
+        parts.append(mha.forward(q[:, t:t + 1], k[:, t:t + 1], v[:, t:t + 1], nh, causal=False, kv=(K, V, t),
+                                 n_kv_head=nkv, rope_theta=10_000.0)[0])
+    tol = 1e-12 if dtype == np.float64 else 2e-6
+    np.testing.assert_allclose(np.concatenate(parts, axis=1), want, rtol=tol, atol=tol)
+    rotated, _ = op_set("reference").rope.forward(reference_mha.split_heads(k, nkv), 10_000.0)
+    np.testing.assert_allclose(K[:, :, :T], rotated, rtol=tol, atol=tol)
+    np.testing.assert_array_equal(V[:, :, :T], reference_mha.split_heads(v, nkv))
+
+
+def test_bad_grouped_query_arguments(mha):
+    rng = np.random.default_rng(15)
+    q = rng.standard_normal((2, 3, 12))
+    with pytest.raises(ValueError, match="not divisible by n_kv_head = 4"):
+        mha.forward(q, q[..., :4], q[..., :4], n_head=6, n_kv_head=4)
+    with pytest.raises(ValueError, match=r"\(2, 3, 12\).*\(2, 3, 6\).*width 4"):
+        mha.forward(q, q[..., :6], q[..., :6], n_head=6, n_kv_head=2)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from numformer.ops import (attention, cross_entropy, embedding, gelu, layernorm, linear, mha,
-                           residual, softmax)
+                           residual, rmsnorm, softmax, swiglu)
 
 z = np.zeros
 
@@ -30,6 +30,11 @@ def names_both(a, b):
     (lambda: cross_entropy.forward(z((2, 5)), z(3, dtype=int)), (2, 5), (3,)),
     (lambda: softmax.backward(z((2, 2)), softmax.forward(z((2, 3)))[1]), (2, 2), (2, 3)),
     (lambda: gelu.backward(z((2, 2)), gelu.forward(z((2, 3)))[1]), (2, 2), (2, 3)),
+    (lambda: rmsnorm.forward(z((2, 3)), z(4)), (2, 3), (4,)),
+    (lambda: rmsnorm.backward(z((2, 4)), rmsnorm.forward(z((2, 3)), z(3))[1]), (2, 4), (2, 3)),
+    (lambda: swiglu.forward(z((2, 3)), z((2, 4))), (2, 3), (2, 4)),
+    (lambda: swiglu.backward(z((2, 4)), swiglu.forward(z((2, 3)), z((2, 3)))[1]), (2, 4), (2, 3)),
+    (lambda: attention.forward(z((2, 3, 3, 4)), z((2, 2, 5, 4)), z((2, 2, 5, 4))), (2, 3, 3, 4), (2, 2, 5, 4)),
     (lambda: embedding.backward(z((2, 3)), embedding.forward(np.array([0, 1]), z((4, 5)))[1]), (2, 3), (2, 5)),
 ])
 def test_shape_mismatch_names_both_shapes(call, a, b):

@@ -1,6 +1,7 @@
 """`numformer bench`: how fast does a config train, or decode, on this machine?
 
-It trains the GPT of the given shape for a few iterations on random token ids (no corpus needed)
+It trains the GPT (or, with --arch llama, the Llama) of the given shape for a few iterations on
+random token ids (no corpus needed)
 and reports the median time per iteration, tokens per second, the achieved model FLOP rate, this
 machine's matrix-multiply ceiling, the matmul floor (the step's matrix products alone), and which
 implementation each fast op ran (numformer.ops.fast.dispatch's report).
@@ -18,11 +19,10 @@ from __future__ import annotations
 
 import json
 
-
 from numformer.commands.sample import add_quantize_argument
 from numformer.errors import UsageError
-from numformer.model.config import GPTConfig, InvalidConfig
-from numformer.model.gpt import GPT
+from numformer.model.config import ARCHS, CONFIGS, InvalidConfig, describe
+from numformer.model.decoders import build
 from numformer.ops.fast import dispatch, quantized
 from numformer.parallel.process import blas_thread_count
 from numformer.perf import (blas_info, copy_bandwidth, cpu_model, decode_weight_bytes, gemm_ceiling, generate_speed,
@@ -30,6 +30,9 @@ from numformer.perf import (blas_info, copy_bandwidth, cpu_model, decode_weight_
 
 
 def add_arguments(parser) -> None:
+    parser.add_argument("--arch", default="gpt2", choices=ARCHS,
+                        help="the model: gpt2 (numformer's GPT) or llama (RMSNorm, RoPE, grouped-query attention, "
+                             "SwiGLU), as numformer train --arch (default: gpt2)")
     parser.add_argument("--n_layer", type=int, default=4, help="number of Transformer blocks (default: 4)")
     parser.add_argument("--n_head", type=int, default=4, help="attention heads per block (default: 4)")
     parser.add_argument("--n_embd", type=int, default=128, help="embedding width C (default: 128)")
@@ -38,10 +41,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch_size", type=int, default=None,
                         help="sequences per step B (default: 12; with --generate, 1)")
     parser.add_argument("--vocab_size", type=int, default=65, help="vocabulary size V (default: 65, a char corpus)")
-    parser.add_argument("--pos_encoding", default="sinusoidal", choices=("sinusoidal", "learned"),
-                        help="positional encoding (default: sinusoidal)")
-    parser.add_argument("--bias", default="true", choices=("true", "false"),
-                        help="biases in Linear and LayerNorm layers (default: true)")
+    parser.add_argument("--pos_encoding", default=None, choices=("sinusoidal", "learned"),
+                        help="--arch gpt2: positional encoding (default: sinusoidal)")
+    parser.add_argument("--bias", default=None, choices=("true", "false"),
+                        help="--arch gpt2: biases in Linear and LayerNorm layers (default: true)")
+    parser.add_argument("--n_kv_head", type=int, default=None, help="--arch llama: key/value heads (default: n_head)")
+    parser.add_argument("--n_hidden", type=int, default=None,
+                        help="--arch llama: SwiGLU width (default: 2/3 of 4*n_embd rounded up to a multiple of 256)")
+    parser.add_argument("--rope_theta", type=float, default=None, help="--arch llama: RoPE's theta (default: 10000)")
+    parser.add_argument("--tie_embeddings", default=None, choices=("true", "false"),
+                        help="--arch llama: the token embedding as the LM head (default: false)")
+    parser.add_argument("--attention_bias", default=None, choices=("true", "false"),
+                        help="--arch llama: biases on q, k and v, as Qwen2 (default: false)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"), help="(default: float32)")
     parser.add_argument("--iters", type=int, default=None,
                         help="timed iterations (default: 20; with --generate, timed generations: 3)")
@@ -61,6 +72,34 @@ def add_arguments(parser) -> None:
     parser.add_argument("--new_tokens", type=int, default=128,
                         help="with --generate: tokens generated per run, timed after the first (default: 128)")
     add_quantize_argument(parser)
+
+
+ARCH_FLAGS = {"gpt2": ("pos_encoding", "bias"),
+              "llama": ("n_kv_head", "n_hidden", "rope_theta", "tie_embeddings", "attention_bias")}
+
+
+def _config(args):
+    """The GPTConfig or LlamaConfig the flags describe; UsageError for a flag of the other arch or
+    a bad value."""
+    own = {k: getattr(args, k) for k in ARCH_FLAGS[args.arch] if getattr(args, k) is not None}
+    for arch, names in ARCH_FLAGS.items():
+        given = [k for k in names if arch != args.arch and getattr(args, k) is not None]
+        if given:
+            raise UsageError(f"--{given[0]} applies to --arch {arch}; this bench's --arch is {args.arch}")
+    own.update({k: v == "true" for k, v in own.items() if v in ("true", "false")})
+    try:
+        return CONFIGS[args.arch](vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
+                                  n_head=args.n_head, n_embd=args.n_embd, **own)
+    except InvalidConfig as e:
+        raise UsageError(str(e)) from None
+
+
+def _lookups(config) -> str:
+    """What N leaves out (numformer.perf.non_embedding_params), in words."""
+    if config.family == "gpt2":
+        return "without position embeddings"
+    return "with the token embedding once, as the tied LM head" if config.tie_embeddings else \
+        "without the token embedding, a lookup"
 
 
 # --------------------------------------------------------------------------------- shared measures
@@ -99,18 +138,12 @@ def main(args) -> int:
                              f"needs (--prompt_tokens {args.prompt_tokens} + --new_tokens {args.new_tokens} - 1)")
     if args.block_size is None:
         args.block_size = 64
-    try:
-        config = GPTConfig(vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
-                           n_head=args.n_head, n_embd=args.n_embd, bias=args.bias == "true",
-                           pos_encoding=args.pos_encoding)
-    except InvalidConfig as e:
-        raise UsageError(str(e)) from None
+    config = _config(args)
     if generating:
         return bench_generate(args, config)
     if not args.json:
-        print(f"numformer bench: {config.n_layer} layers, {config.n_head} heads, {config.n_embd} wide, "
-              f"block {config.block_size}, batch {args.batch_size}, vocab {config.vocab_size}, "
-              f"{config.pos_encoding} positions, {args.dtype}", flush=True)
+        print(f"numformer bench: {describe(config)}, batch {args.batch_size}, vocab {config.vocab_size}, {args.dtype}",
+              flush=True)
     r = measure(config, batch_size=args.batch_size, dtype=args.dtype, iters=args.iters, warmup=args.warmup,
                 seed=args.seed, threads=args.threads)
     r["rss_bytes"] = peak_rss_bytes()          # training's peak, before the floor's own arrays
@@ -126,7 +159,7 @@ def main(args) -> int:
     if machine["blas_threads"] is None:   # without threadpoolctl: ask the OpenBLAS NumPy loaded
         machine["blas_threads"] = blas_thread_count()
     if args.json:
-        print(json.dumps({"config": config.to_dict(), "batch_size": args.batch_size, "dtype": args.dtype,
+        print(json.dumps({"arch": args.arch, "config": config.to_dict(), "batch_size": args.batch_size, "dtype": args.dtype,
                           **r, "gemm": gemm, "machine": machine}))
         return 0
     gemm_name = "sgemm" if args.dtype == "float32" else "dgemm"
@@ -135,7 +168,7 @@ def main(args) -> int:
                     + (f"{machine['blas_threads']} BLAS threads" if machine["blas_threads"]
                        else "BLAS threads unknown")),
         ("threads / step", f"{r['threads']} (the batch and the AdamW update are split over them, as numformer train does)"),
-        ("parameters", f"{r['params']:,} (N = {r['flops_params']:,} without position embeddings)"),
+        ("parameters", f"{r['params']:,} (N = {r['flops_params']:,} {_lookups(config)})"),
         ("time / iteration", f"{r['ms_per_iter']:,.1f} ms (median of {args.iters} after {args.warmup} warm-up; "
                              f"min {r['ms_min']:,.1f}, max {r['ms_max']:,.1f})"),
         ("tokens / s", f"{r['tokens_per_sec']:,.0f} ({args.batch_size} x {config.block_size} tokens per iteration)"),
@@ -161,11 +194,10 @@ def bench_generate(args, config) -> int:
     """`numformer bench --generate`: decoding speed, bytes per token and the decode floor."""
     fmt = args.quantize
     if not args.json:
-        print(f"numformer bench --generate: {config.n_layer} layers, {config.n_head} heads, {config.n_embd} wide, "
-              f"vocab {config.vocab_size}, block {config.block_size}, {config.pos_encoding} positions; "
+        print(f"numformer bench --generate: {describe(config)}, vocab {config.vocab_size}; "
               f"weights {fmt if fmt != 'none' else 'float32'}; batch {args.batch_size}, "
               f"{args.new_tokens} new tokens after {args.prompt_tokens}", flush=True)
-    model = GPT(config, seed=args.seed).quantize(fmt)
+    model = build(config, seed=args.seed).quantize(fmt)
     model.eval()
     r = generate_speed(model, batch_size=args.batch_size, prompt_tokens=args.prompt_tokens,
                        new_tokens=args.new_tokens, runs=args.iters, warmup=args.warmup, seed=args.seed)

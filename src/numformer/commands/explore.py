@@ -55,6 +55,9 @@ def main(args) -> int:
     _check_out(out)
 
     model = load_for_sampling(args.out_dir, quantize=args.quantize)
+    if model.config.family != "gpt2":           # the page draws a GPT's layers (numformer.explore.trace)
+        raise UsageError(f"{args.out_dir}: numformer explore shows GPT checkpoints only; this one is a "
+                         f"{model.config.family} model (use numformer sample or numformer eval for it)")
     if model.quantization != "none":
         # the page's trace reads float32 weights: those the quantized ones stand for
         model = model.dequantized()

@@ -6,7 +6,7 @@ The checkpoint is named as `eval` and `explore` name it, positional or --out_dir
 (add_checkpoint_arguments), and found by load_for_sampling: the folder itself if it is a
 checkpoint, else its best/, else its latest/.
 The sampling itself (temperature, top-k, top-p, the KV cache and the sliding window) is
-numformer.model.generate. --quantize bf16 or int8 loads the weights so stored (GPT.load), as
+numformer.model.generate. --quantize bf16 or int8 loads the weights so stored (numformer.model.load), as
 `eval`, `explore` and `bench --generate` take it.
 """
 
@@ -21,7 +21,8 @@ import numpy as np
 
 from numformer.errors import CheckpointError, DataError, UsageError, check_text
 from numformer.model.generate import generate_tokens
-from numformer.model.gpt import GPT, QUANTIZE
+from numformer.model.decoders import load
+from numformer.model.quantized import QUANTIZE
 from numformer.parallel.process import one_blas_thread
 
 
@@ -146,16 +147,16 @@ def _same_file(a: str, b: str) -> bool:
 
 
 def load_for_sampling(out_dir, quantize: str = "none"):
-    """The checkpoint to sample from: out_dir itself if it is a checkpoint, else out_dir/best,
-    else out_dir/latest; with quantize "bf16" or "int8", its weights so stored (GPT.load; a
-    float64 checkpoint is read as float32 first)."""
+    """The model to sample from (a GPT or a Llama, as its config.json says): out_dir itself if it
+    is a checkpoint, else out_dir/best, else out_dir/latest; with quantize "bf16" or "int8", its
+    weights so stored (model.quantize; a float64 checkpoint is read as float32 first)."""
     root = Path(out_dir)
     dtype = None if quantize == "none" else np.float32
     if root.is_file():
-        return GPT.load(root, dtype=dtype, quantize=quantize)   # load_checkpoint explains why a file (a pickle, say) is refused
+        return load(root, dtype=dtype, quantize=quantize)   # load_checkpoint explains why a file (a pickle, say) is refused
     for cand in (root, root / "best", root / "latest"):
         if (cand / "config.json").is_file():
-            return GPT.load(cand, dtype=dtype, quantize=quantize)
+            return load(cand, dtype=dtype, quantize=quantize)
     if not root.exists():
         raise CheckpointError(f"{root}: no such folder; train first (numformer train --out_dir {root})")
     raise CheckpointError(f"{root}: no checkpoint found (looked for {root}/best and {root}/latest)")

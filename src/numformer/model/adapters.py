@@ -1,10 +1,15 @@
-"""Low-rank adapters (LoRA) on a GPT: which layers, what rank, and merging them into the weights.
+"""Low-rank adapters (LoRA) on a decoder (the GPT or the Llama): which layers, what rank, and
+merging them into the weights.
 
 A layer with an adapter computes y = x Wᵀ + b + (α/r)·(x Aᵀ) Bᵀ (numformer.ops.lora). While
-fine-tuning only A and B train: the GPT keeps them in a flat buffer of their own
+fine-tuning only A and B train: the model keeps them in a flat buffer of their own
 (`model.adapters`), and its gradient buffer and the optimizer's moments have that buffer's
 layout, so the base weights get neither (see GPT, "Adapters"). A checkpoint stores A and B in
 model.safetensors beside the weights and this config under "lora" in config.json.
+
+Targets are named as each family's table names them for --lora_targets (params.Family.lora_targets):
+the GPT's layer names (attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj), the Llama's as Hugging Face
+and PEFT name them (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj).
 
 Merging gives the plain layer with the same function: W' = W + (α/r)·B A (B A is C_out × C_in),
 which is what `numformer convert --to-hf` exports.
@@ -17,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from numformer.errors import UsageError
-from numformer.model.params import DEFAULT_LORA_TARGETS, GPT2, LORA_A, LORA_B, LORA_TARGETS, WEIGHT
+from numformer.model.params import ALL_LORA_TARGETS, DEFAULT_LORA_TARGETS, LORA_A, LORA_B, WEIGHT, family_of
 
 
 @dataclass(frozen=True)
@@ -34,13 +39,13 @@ class LoRAConfig:
             raise UsageError(f"lora_alpha must be a positive number, got {self.alpha!r}")
         targets = tuple(self.targets)
         if not targets:
-            raise UsageError(f"lora_targets is empty; choose from {', '.join(LORA_TARGETS)}")
+            raise UsageError(f"lora_targets is empty; choose from {', '.join(ALL_LORA_TARGETS)}")
         for t in targets:
-            if t not in LORA_TARGETS:
-                raise UsageError(f"lora_targets: unknown layer {t!r}; choose from {', '.join(LORA_TARGETS)}")
+            if t not in ALL_LORA_TARGETS:
+                raise UsageError(f"lora_targets: unknown layer {t!r}; choose from {', '.join(ALL_LORA_TARGETS)}")
         if len(set(targets)) != len(targets):
             raise UsageError(f"lora_targets names a layer twice: {','.join(targets)}")
-        object.__setattr__(self, "targets", tuple(t for t in LORA_TARGETS if t in targets))
+        object.__setattr__(self, "targets", tuple(t for t in ALL_LORA_TARGETS if t in targets))
 
     @property
     def scale(self) -> float:
@@ -48,10 +53,15 @@ class LoRAConfig:
         return self.alpha / self.rank
 
     def check_fits(self, config) -> None:
-        """UsageError unless the rank is at most min(C_in, C_out) of every adapted layer (a larger
-        rank adds parameters but no expressive power: B A cannot exceed that rank)."""
+        """UsageError unless every target is a layer of the config's family and the rank is at
+        most min(C_in, C_out) of every adapted layer (a larger rank adds parameters but no
+        expressive power: B A cannot exceed that rank)."""
+        family = family_of(config)
         for layer in self.targets:
-            n_out, n_in = GPT2.layer(layer).shape(config)
+            if layer not in family.lora_targets:
+                raise UsageError(f"lora_targets: {layer!r} is not a layer of a {config.family} model; choose from "
+                                 f"{', '.join(family.lora_targets)}")
+            n_out, n_in = family.layer(family.lora_targets[layer]).shape(config)
             if self.rank > min(n_in, n_out):
                 raise UsageError(f"lora_rank {self.rank} is larger than the layer: {layer} maps {n_in} -> {n_out}, "
                                  f"so the rank can be at most {min(n_in, n_out)}")
@@ -77,18 +87,19 @@ def merged_state_dict(model) -> dict[str, np.ndarray]:
 
 
 def merged(tensors: dict[str, np.ndarray], config, lora: LoRAConfig | None) -> dict[str, np.ndarray]:
-    """Copies of the base weights of a GPT's named `tensors` (its parameters, and its adapters
+    """Copies of the base weights of a model's named `tensors` (its parameters, and its adapters
     when lora is not None), each adapted weight with its adapter merged in: W + (α/r)·B A.
     Computed in float64 and rounded once, so the merged weight is the closest float to the exact sum."""
-    out = {p.name: tensors[p.name].copy() for p in GPT2.params(config)}
+    family = family_of(config)
+    out = {p.name: tensors[p.name].copy() for p in family.params(config)}
     if lora is None:
         return out
     s = lora.scale
-    for p in GPT2.adapters(config, lora.rank, lora.targets):
+    for p in family.adapters(config, lora.rank, lora.targets):
         if p.part == LORA_A:
-            A = tensors[p.name].astype(np.float64)                                   # (r, C_in)
-            B = tensors[GPT2.name(p.layer, LORA_B, p.block)].astype(np.float64)     # (C_out, r)
-            weight = GPT2.name(p.layer, WEIGHT, p.block)
+            A = tensors[p.name].astype(np.float64)                                     # (r, C_in)
+            B = tensors[family.name(p.layer, LORA_B, p.block)].astype(np.float64)     # (C_out, r)
+            weight = family.name(p.layer, WEIGHT, p.block)
             W = tensors[weight]
             out[weight] = (W.astype(np.float64) + s * (B @ A)).astype(W.dtype)
     return out
@@ -102,6 +113,8 @@ def adapter_params(config, lora: dict | None) -> int:
         lc = LoRAConfig.from_dict(lora) if lora is not None else None
     except UsageError:
         return 0
-    if lc is None:
+    family = family_of(config)
+    if lc is None or any(t not in family.lora_targets for t in lc.targets):
         return 0
-    return config.n_layer * lc.rank * sum(sum(GPT2.layer(t).shape(config)) for t in lc.targets)
+    return config.n_layer * lc.rank * sum(sum(family.layer(family.lora_targets[t]).shape(config))
+                                          for t in lc.targets)

@@ -1,7 +1,10 @@
-"""GPTConfig: the hyperparameters that fix a GPT's shape.
+"""The hyperparameters that fix a model's shape, one dataclass per family: GPTConfig (numformer's
+GPT, GPT-2's shape) and LlamaConfig (Llama's shape: RMSNorm, RoPE, grouped-query attention,
+SwiGLU; also Mistral's and Qwen2's). `family` (a class attribute, "gpt2" or "llama") says which
+model a config builds; CONFIGS maps it back to the class.
 
 The defaults are nanoGPT's CPU "baby GPT" on a character-level corpus. Every field's type and
-range is checked when a GPTConfig is made; a bad value raises InvalidConfig (a ValueError naming
+range is checked when a config is made; a bad value raises InvalidConfig (a ValueError naming
 the field), which the caller reports as the user's error in its own terms.
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -28,6 +32,8 @@ GELUS = ("tanh", "exact")
 
 @dataclass
 class GPTConfig:
+    family: ClassVar[str] = "gpt2"
+
     vocab_size: int = 65
     block_size: int = 64
     n_layer: int = 4
@@ -78,6 +84,102 @@ class GPTConfig:
         return cls(**d)
 
 
+# Llama's SwiGLU width: 2/3 of the GPT's 4C (three matrices instead of two, about the same
+# parameters), rounded up to a multiple of 256 (Meta's llama/model.py, FeedForward: multiple_of).
+LLAMA_MULTIPLE_OF = 256
+
+
+def llama_hidden(n_embd: int, multiple_of: int = LLAMA_MULTIPLE_OF) -> int:
+    """The SwiGLU width H that Llama gives a model of width C: int(2/3 · 4C), rounded up to a
+    multiple of 256 (C = 4096: 10,922 -> 11,008, Llama 2 7B's; C = 128: 341 -> 512)."""
+    hidden = int(2 * (4 * n_embd) / 3)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+@dataclass
+class LlamaConfig:
+    """A decoder of Llama's shape (numformer.model.llama); also Mistral's (without a sliding window)
+    and Qwen2's (attention_bias). n_kv_head None means n_head (one key/value head per query head),
+    n_hidden None Llama's rounding of 2/3 · 4C (llama_hidden); both are filled in when the config
+    is made, so to_dict always records numbers."""
+
+    family: ClassVar[str] = "llama"
+
+    vocab_size: int = 65
+    block_size: int = 64
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: int | None = None    # key/value heads, shared by n_head / n_kv_head query heads each
+    n_embd: int = 128
+    n_hidden: int | None = None     # SwiGLU width H (Hugging Face's intermediate_size)
+    rope_theta: float = 10_000.0    # RoPE's θ (Llama 3: 500,000; Qwen2: 1,000,000)
+    rms_norm_eps: float = 1e-5
+    tie_embeddings: bool = False    # the LM head is the token embedding (no lm_head.weight)
+    attention_bias: bool = False    # biases on q_proj, k_proj, v_proj (Qwen2)
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        if self.n_hidden is None and _is_int(self.n_embd):
+            self.n_hidden = llama_hidden(self.n_embd)
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "n_hidden"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise InvalidConfig(name, f"{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise InvalidConfig("n_embd", f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if (self.n_embd // self.n_head) % 2:
+            raise InvalidConfig("n_embd", f"the head size n_embd / n_head = {self.n_embd // self.n_head} must be even: "
+                                          f"RoPE turns each head's channels in pairs")
+        if self.n_head % self.n_kv_head:
+            raise InvalidConfig("n_kv_head", f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head}): "
+                                             f"each key/value head serves the same number of query heads")
+        for name in ("tie_embeddings", "attention_bias"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidConfig(name, f"{name} must be true or false, got {getattr(self, name)!r}")
+        if not _is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
+            raise InvalidConfig("dropout", f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        for name in ("rope_theta", "rms_norm_eps"):
+            value = getattr(self, name)
+            if not _is_number(value) or not 0 < value < math.inf:
+                raise InvalidConfig(name, f"{name} must be a positive finite number, got {value!r}")
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LlamaConfig":
+        """The LlamaConfig of a dict of its fields (a missing key takes its default); InvalidConfig
+        for an unknown key or a bad value."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise InvalidConfig(unknown[0], f"unknown LlamaConfig key(s): {', '.join(unknown)}")
+        return cls(**d)
+
+
+# family name -> its config class ("arch" on the command line)
+CONFIGS = {"gpt2": GPTConfig, "llama": LlamaConfig}
+ARCHS = tuple(CONFIGS)
+
+
+def describe(config) -> str:
+    """A model's shape in a few words: "4 layers, 4 heads, 128 wide, block 64, sinusoidal positions"
+    (a GPT), "llama: 4 layers, 4 heads (2 key/value), 128 wide, SwiGLU 512, block 64, RoPE θ 10000"."""
+    m = config
+    if m.family == "gpt2":
+        return f"{m.n_layer} layers, {m.n_head} heads, {m.n_embd} wide, block {m.block_size}, {m.pos_encoding} positions"
+    kv = f" ({m.n_kv_head} key/value)" if m.n_kv_head != m.n_head else ""
+    extras = "".join([", tied head" if m.tie_embeddings else "", ", q/k/v biases" if m.attention_bias else ""])
+    return (f"llama: {m.n_layer} layers, {m.n_head} heads{kv}, {m.n_embd} wide, SwiGLU {m.n_hidden}, "
+            f"block {m.block_size}, RoPE θ {m.rope_theta:g}{extras}")
+
+
 def position_terms(config: GPTConfig, dtype) -> tuple[float, np.ndarray]:
     """(s, P') of x0 = s·wte[idx] + P'[t] with sinusoidal positions (model/gpt.py, "Positions"):
     the factor on the token embedding and the (block_size, C) table P / divisor, in `dtype`, as
@@ -87,11 +189,11 @@ def position_terms(config: GPTConfig, dtype) -> tuple[float, np.ndarray]:
 
 
 class InvalidConfig(ValueError):
-    """A GPTConfig value that no GPT can have, or an unknown key; `key` names the field.
+    """A config value that no model can have, or an unknown key; `key` names the field.
 
     A plain ValueError, not a NumformerError: the caller knows where the value came from and
     reports it there, a flag as a UsageError naming the flag, a file as a CheckpointError naming
-    the file. A GPTConfig built wrongly by numformer's own code stays a traceback."""
+    the file. A config built wrongly by numformer's own code stays a traceback."""
 
     def __init__(self, key: str, message: str):
         super().__init__(message)

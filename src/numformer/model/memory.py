@@ -3,12 +3,14 @@
 Every number here comes from shapes alone, so a refusal costs nothing: a config.json that says
 n_layer 1000000000 is answered before a single parameter is allocated.
 
-    parameters P                  gpt_params(cfg) / encoder_params(cfg), in closed form (no loop
+    parameters P                  gpt_params(cfg) / llama_params(cfg) (model_params: either, by the
+                                  config's family) / encoder_params(cfg), in closed form (no loop
                                   over layers, so a huge n_layer costs nothing to count)
     sampling, embedding           weights: P · itemsize, plus the file as it is read
     training                      P · itemsize four times (weights, gradients, Adam's m and v)
                                   + activations kept for the backward pass:
                                     B·T · (L · ACT_PER_LAYER · C + ACT_HEAD · V) · itemsize
+                                  (a Llama: its SwiGLU width H in place of the GPT's 4C)
                                   + the batch itself (int64 ids and targets)
 
 The available memory is MemAvailable from /proc/meminfo (what Linux can hand out without
@@ -78,6 +80,20 @@ def gpt_params(cfg) -> int:
     return V * C + wpe + L * block + layernorm
 
 
+def llama_params(cfg) -> int:
+    """Parameters of a numformer Llama (model.params.LLAMA.shapes, counted without the loop)."""
+    C, V, L, H = cfg.n_embd, cfg.vocab_size, cfg.n_layer, cfg.n_hidden
+    kv = cfg.n_kv_head * cfg.head_size
+    qkv_bias = (C + 2 * kv) if cfg.attention_bias else 0
+    block = 2 * C + (C * C + 2 * kv * C + qkv_bias) + C * C + 3 * C * H
+    return V * C + L * block + C + (0 if cfg.tie_embeddings else V * C)
+
+
+def model_params(cfg) -> int:
+    """Parameters of the decoder a GPTConfig or LlamaConfig describes."""
+    return llama_params(cfg) if cfg.family == "llama" else gpt_params(cfg)
+
+
 def encoder_params(cfg) -> int:
     """Parameters of a BERT encoder (model.params.BERT.shapes, counted without the loop)."""
     C, F = cfg.hidden_size, cfg.intermediate_size
@@ -94,11 +110,14 @@ def training_estimate(cfg, batch_size: int, itemsize: int, ranks: int = 1,
     """(part, bytes) of one training process: weights, gradients, Adam moments, activations of its
     largest micro-batch (its share of the batch, cut into `accumulation` micro-batches whose
     activations are freed before the next one runs), and the batch's ids."""
-    P = gpt_params(cfg)
+    P = model_params(cfg)
     rows = -(-batch_size // ranks)                    # this rank's rows of the global batch
     rows = -(-rows // max(1, accumulation))           # the largest micro-batch of them
     tokens = rows * cfg.block_size
-    per_token = cfg.n_layer * ACT_PER_LAYER * cfg.n_embd + ACT_HEAD * cfg.vocab_size
+    per_layer = ACT_PER_LAYER * cfg.n_embd
+    if cfg.family == "llama":                          # two H-wide arrays (gate, up) where the GPT has two 4C
+        per_layer += 2 * cfg.n_hidden - 8 * cfg.n_embd
+    per_token = cfg.n_layer * per_layer + ACT_HEAD * cfg.vocab_size
     return [
         ("parameters", P * itemsize),
         ("gradients", P * itemsize),

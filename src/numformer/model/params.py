@@ -12,12 +12,15 @@ is a layer's weight, its bias, or an adapter's A or B; `Family.params(config)` d
 one name. Every other module reads and builds names through these.
 
     GPT2   transformer.wte.weight, transformer.h.{i}.attn.c_attn.weight, ...   numformer's GPT
+    LLAMA  model.embed_tokens.weight, model.layers.{i}.self_attn.q_proj.weight, ..., lm_head.weight
+                                                                              numformer's Llama
     BERT   embeddings.word_embeddings.weight, encoder.layer.{i}.attention.self.query.weight, ...
                                                                               the encoder
 
-A new family (Llama: model.embed_tokens.weight, model.layers.{i}.self_attn.q_proj.weight, ...)
-is one more table. Every weight is stored in PyTorch's Linear layout (out, in); GPT-2's Conv1D
-files store (in, out) and are transposed on import and export (numformer.interop.gpt2).
+A new family is one more table; FAMILIES holds the decoders' by the name their configs give
+(`config.family`), and `family_of(config)` finds a config's. Every weight is stored in PyTorch's
+Linear layout (out, in); GPT-2's Conv1D files store (in, out) and are transposed on import and
+export (numformer.interop.gpt2).
 """
 
 from __future__ import annotations
@@ -47,13 +50,16 @@ class Layer:
     name: the layer as the family's checkpoints spell it, inside its block ("attn.c_attn") or
     outside the blocks ("wte"). shape(config): its weight's shape: (rows, C) for an embedding,
     (out, in) for a linear map, (C,) for a norm's gain. residual: a linear map whose output is
-    added to the residual stream. present(config): whether a model of that config has it."""
+    added to the residual stream. present(config): whether a model of that config has it.
+    bias(config): whether it has a bias, where that is not the family's rule for all its linear
+    maps and norms (Qwen2's q, k and v projections)."""
 
     name: str
     kind: str
     shape: Callable[[object], tuple[int, ...]]
     residual: bool = False
     present: Callable[[object], bool] = _always
+    bias: Callable[[object], bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -76,16 +82,20 @@ class Family:
 
     embeddings, layers, final: the table's rows, in buffer order (the layers before the blocks,
     one block's, the layers after them); n_blocks(config): how many blocks; bias(config): whether
-    linear maps and norms have biases. head: the name of an LM head tensor the family's files may
-    hold (numformer ties the head to the token embedding and stores none); buffers: tensors of
-    each block in the family's files that are not parameters."""
+    linear maps and norms have biases (a layer's own `bias` rule overrides it). head: the name of
+    the LM head tensor in the family's files (GPT-2: numformer ties the head to the token
+    embedding and stores none; Llama: a parameter unless tied); buffers: tensors of each block in
+    the family's files that are not parameters. lora_targets: the names --lora_targets gives the
+    linear layers of a block, each to the layer's name in the table (by default the layer's own)."""
 
     def __init__(self, *, top: str, block: str, embeddings, layers, final, n_blocks, bias,
-                 head: str | None = None, buffers: tuple[str, ...] = ()):
+                 head: str | None = None, buffers: tuple[str, ...] = (), lora_targets: dict | None = None):
         self.top, self.block = top, block
         self.embeddings, self.layers, self.final = tuple(embeddings), tuple(layers), tuple(final)
         self.n_blocks, self.bias = n_blocks, bias
         self.head, self.buffers = head, tuple(buffers)
+        self.lora_targets = dict(lora_targets) if lora_targets is not None else \
+            {layer.name: layer.name for layer in self.layers if layer.kind == LINEAR}
         self._outside = {layer.name: layer for layer in self.embeddings + self.final}
         self._inside = {layer.name: layer for layer in self.layers}
         before, after = block.split("{}")
@@ -127,10 +137,14 @@ class Family:
 
     # ------------------------------------------------------------------------- every name
 
+    def has_bias(self, layer: Layer, config) -> bool:
+        """Whether `layer` has a bias in a model of `config`: its own rule, else the family's."""
+        return layer.kind != EMBEDDING and (layer.bias if layer.bias is not None else self.bias)(config)
+
     def params(self, config) -> list[Param]:
         """Every parameter of a model of `config`, in buffer order: the embeddings, block 0's
         layers, block 1's, ..., the final layers; in each layer the weight, then the bias where
-        it has one (a linear map or a norm, when bias(config))."""
+        it has one (has_bias)."""
         out: list[Param] = []
 
         def add(layer: Layer, block: int | None) -> None:
@@ -138,7 +152,7 @@ class Family:
                 return
             shape = tuple(layer.shape(config))
             parts = [(WEIGHT, shape)]
-            if layer.kind != EMBEDDING and self.bias(config):
+            if self.has_bias(layer, config):
                 parts.append((BIAS, shape[:1]))
             for part, s in parts:
                 out.append(Param(f"{self.prefix(block)}{layer.name}.{part}", s, layer.name, layer.kind, part,
@@ -158,13 +172,14 @@ class Family:
         return {p.name: p.shape for p in self.params(config)}
 
     def adapters(self, config, rank: int, targets) -> list[Param]:
-        """The low-rank adapters (numformer.ops.lora) on the linear layers `targets` of every
-        block, block by block and in table order: `{layer}.lora_A` (r, C_in), then `{layer}.lora_B`
-        (C_out, r), for a layer whose weight is (C_out, C_in)."""
+        """The low-rank adapters (numformer.ops.lora) on the linear layers `targets` (names of
+        lora_targets) of every block, block by block and in table order: `{layer}.lora_A`
+        (r, C_in), then `{layer}.lora_B` (C_out, r), for a layer whose weight is (C_out, C_in)."""
+        layers = {self.lora_targets[t] for t in targets}
         out = []
         for i in range(self.n_blocks(config)):
             for layer in self.layers:
-                if layer.name in targets:
+                if layer.name in layers:
                     n_out, n_in = layer.shape(config)
                     for part, shape in ((LORA_A, (rank, n_in)), (LORA_B, (n_out, rank))):
                         out.append(Param(self.name(layer.name, part, i), shape, layer.name, layer.kind, part, i))
@@ -234,9 +249,64 @@ BERT = Family(
 # BERT's three attention input maps, whose weights the encoder stacks into one (3C, C) matrix
 BERT_QKV = ("attention.self.query", "attention.self.key", "attention.self.value")
 
+
+def _q_width(config) -> int:
+    return config.n_head * config.head_size          # nh · hs = C
+
+
+def _kv_width(config) -> int:
+    return config.n_kv_head * config.head_size       # nkv · hs
+
+
+def _qkv_bias(config) -> bool:
+    return config.attention_bias
+
+
+LLAMA = Family(
+    top="",
+    block="model.layers.{}.",
+    embeddings=(
+        Layer("model.embed_tokens", EMBEDDING, lambda c: (c.vocab_size, c.n_embd)),   # tokens; the LM head when tied
+    ),
+    layers=(
+        Layer("input_layernorm", NORM, _C),                                          # RMSNorm: a gain, no bias
+        Layer("self_attn.q_proj", LINEAR, lambda c: (_q_width(c), c.n_embd), bias=_qkv_bias),
+        Layer("self_attn.k_proj", LINEAR, lambda c: (_kv_width(c), c.n_embd), bias=_qkv_bias),
+        Layer("self_attn.v_proj", LINEAR, lambda c: (_kv_width(c), c.n_embd), bias=_qkv_bias),
+        Layer("self_attn.o_proj", LINEAR, lambda c: (c.n_embd, _q_width(c)), residual=True),
+        Layer("post_attention_layernorm", NORM, _C),
+        Layer("mlp.gate_proj", LINEAR, lambda c: (c.n_hidden, c.n_embd)),
+        Layer("mlp.up_proj", LINEAR, lambda c: (c.n_hidden, c.n_embd)),
+        Layer("mlp.down_proj", LINEAR, lambda c: (c.n_embd, c.n_hidden), residual=True),
+    ),
+    final=(
+        Layer("model.norm", NORM, _C),
+        Layer("lm_head", LINEAR, lambda c: (c.vocab_size, c.n_embd), present=lambda c: not c.tie_embeddings),
+    ),
+    n_blocks=lambda c: c.n_layer,
+    bias=lambda c: False,
+    head="lm_head.weight",
+    buffers=("self_attn.rotary_emb.inv_freq",),   # RoPE's ω, as older transformers saved it
+    lora_targets={name.rsplit(".", 1)[1]: name for name in (
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")},    # as Hugging Face (PEFT) names them
+)
+
+# The decoder families by the name their configs carry (config.family).
+FAMILIES = {"gpt2": GPT2, "llama": LLAMA}
+
+
+def family_of(config) -> Family:
+    """The parameter table of the model that `config` (a GPTConfig or LlamaConfig) describes."""
+    return FAMILIES[config.family]
+
+
 # The GPT's layers that can have a low-rank adapter (its linear maps), and those that get one by default.
-LORA_TARGETS = tuple(layer.name for layer in GPT2.layers if layer.kind == LINEAR)
+LORA_TARGETS = tuple(GPT2.lora_targets)
 DEFAULT_LORA_TARGETS = ("attn.c_attn", "attn.c_proj")
+# Every family's target names, and the Llama's default (PEFT's for Llama: the q and v projections).
+ALL_LORA_TARGETS = tuple(dict.fromkeys(t for f in FAMILIES.values() for t in f.lora_targets))
+DEFAULT_LORA_TARGETS_OF = {"gpt2": DEFAULT_LORA_TARGETS, "llama": ("q_proj", "v_proj")}
 
 
 def gpt_param_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:

@@ -1,4 +1,6 @@
-"""The article's formulas as ops: one module per formula, each a pure `forward` / `backward` pair.
+"""The article's formulas as ops: one module per formula, each a pure `forward` / `backward` pair;
+and the formulas today's large models add (rope, rmsnorm, swiglu, grouped-query attention in
+attention and mha), which the article does not have.
 
     y, cache = layernorm.forward(x, weight, bias)
     dx, dweight, dbias = layernorm.backward(dy, cache)
@@ -14,11 +16,11 @@ same signatures, computed in blocks and chunks for speed; `op_set(name)` gives e
 import sys
 
 from numformer.ops import (attention, cross_entropy, dropout, embedding, gelu, layernorm, linear,
-                           lora, mha, positional, quant, residual, softmax)
+                           lora, mha, positional, quant, residual, rmsnorm, rope, softmax, swiglu)
 from numformer.ops import fast
 
 __all__ = ["attention", "cross_entropy", "dropout", "embedding", "gelu", "layernorm", "linear",
-           "lora", "mha", "positional", "quant", "residual", "softmax"]
+           "lora", "mha", "positional", "quant", "residual", "rmsnorm", "rope", "softmax", "swiglu"]
 
 
 OP_SETS = ("reference", "fast")

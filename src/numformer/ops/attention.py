@@ -7,7 +7,8 @@ Forward
     P̃   = P ⊙ M / (1 − p)                         inverted dropout on P (M ~ Bernoulli(1 − p));
                                                   P̃ = P when dropout_p = 0
     y   = P̃ v                                     (..., Tq, d_v)
-    q (..., Tq, d_k)   k (..., Tk, d_k)   v (..., Tk, d_v); leading dims equal, e.g. (B, nh).
+    q (..., Tq, d_k)   k (..., Tk, d_k)   v (..., Tk, d_v); leading dims equal, e.g. (B, nh)
+    (or k's and v's broadcast along q's: shared heads, below).
     Tq ≠ Tk is cross-attention (or decoding with a KV cache).
 
 Which keys a query may see
@@ -29,6 +30,14 @@ Backward (dy = ∂L/∂y)
             (masked entries and empty rows have P = 0, so their dS is 0)
     dq = dS k / √d_k
     dk = dSᵀ q / √d_k
+
+Shared keys and values (grouped-query attention). k and v may have a size-1 leading axis where
+q has several entries: the queries along that axis all attend to the same keys and values, as
+NumPy broadcasting reads `q kᵀ` and `P v`. Grouped-query attention (Llama's n_kv_head key/value
+heads for n_head query heads, numformer.ops.mha) calls it with q (B, n_kv_head, g, Tq, d_k) and
+k, v (B, n_kv_head, 1, Tk, ·), g = n_head / n_kv_head. The forward is the formula above for each
+query head. In the backward a shared key receives the gradient of every query head that read it:
+    dk = Σ_group dSᵀ q / √d_k,   dv = Σ_group P̃ᵀ dy      summed over each broadcast axis (`sum_to`)
 
 With keep_probs=False the cache leaves P out and backward computes it again from q and k.
 numformer.ops.fast.attention computes the same in cache-sized blocks and causal chunks.
@@ -103,16 +112,31 @@ def backward(dy, cache):
     scale = 1.0 / math.sqrt(q.shape[-1])
     dq = ds @ k * scale                                           # dq = dS k / √d_k
     dk = ds.swapaxes(-1, -2) @ q * scale                          # dk = dSᵀ q / √d_k
-    return dq, dk, dv
+    return dq, sum_to(dk, k.shape), sum_to(dv, v.shape)           # shared heads: Σ over the group
 
 
 def check_shapes(q, k, v):
+    """ValueError unless q (..., Tq, d_k), k (..., Tk, d_k) and v (..., Tk, d_v) fit, the leading
+    dimensions of k and v equal and broadcastable to q's (shared key/value heads)."""
     ok = (q.ndim >= 2 and k.ndim == q.ndim and v.ndim == q.ndim
-          and q.shape[:-2] == k.shape[:-2] == v.shape[:-2]
+          and k.shape[:-2] == v.shape[:-2] and broadcasts_to(k.shape[:-2], q.shape[:-2])
           and q.shape[-1] == k.shape[-1] and k.shape[-2] == v.shape[-2])
     if not ok:
         raise ValueError(f"attention: q has shape {q.shape}, k has shape {k.shape}, v has shape "
                          f"{v.shape}; need q (..., Tq, d_k), k (..., Tk, d_k), v (..., Tk, d_v)")
+
+
+def broadcasts_to(shape, target):
+    """True when an array of `shape` broadcasts to `target` without growing it: every axis is
+    the target's or 1."""
+    return len(shape) == len(target) and all(s in (t, 1) for s, t in zip(shape, target))
+
+
+def sum_to(a, shape):
+    """a summed over the axes where `shape` has 1 and a does not: the gradient of an input that
+    was broadcast along them (a shared key or value head gets the sum of its group's)."""
+    axes = tuple(i for i, (n, s) in enumerate(zip(a.shape, shape)) if s == 1 and n != 1)
+    return a.sum(axis=axes, keepdims=True) if axes else a
 
 
 def allowed_keys(score_shape, causal=False, mask=None):

@@ -85,12 +85,19 @@ QKV = ("q", "k", "v")
 LORA = ("x", "weight", "bias", "lora_a", "lora_b")
 
 
-def mha_inputs(B, T, C, mask=None):
-    """q, k, v (B, T, C), as the projections make them."""
-    d = {"q": (B, T, C), "k": (B, T, C), "v": (B, T, C)}
+def mha_inputs(B, T, C, mask=None, C_kv=None):
+    """q (B, T, C) and k, v (B, T, C_kv) (default C), as the projections make them."""
+    C_kv = C if C_kv is None else C_kv
+    d = {"q": (B, T, C), "k": (B, T, C_kv), "v": (B, T, C_kv)}
     if mask is not None:
         d["mask"] = mask
     return d
+
+
+def shared_heads(B, n_kv_head, g, Tq, Tk, hs, d_v=None):
+    """q (B, n_kv_head, g, Tq, hs), k and v (B, n_kv_head, 1, Tk, ·): g query heads per key/value
+    head, as numformer.ops.mha gives grouped-query attention to the attention op."""
+    return {"q": (B, n_kv_head, g, Tq, hs), "k": (B, n_kv_head, 1, Tk, hs), "v": (B, n_kv_head, 1, Tk, d_v or hs)}
 
 
 CASES = [
@@ -159,6 +166,18 @@ CASES = [
           "mask": padding_mask(2, 3, [3, 0])}, QKV, "attention"),
     Case("attention dropout", "attention", {"q": (2, 2, 5, 4), "k": (2, 2, 5, 4), "v": (2, 2, 5, 3)},
          QKV, None, kwargs={"causal": True, "dropout_p": 0.4}, seed=7),
+    # shared key/value heads (grouped-query attention): k and v broadcast along q's group axis,
+    # against torch's own broadcasting matmul, whose autograd sums the shared heads' gradients
+    Case("attention shared kv heads, groups of 3, causal", "attention", shared_heads(2, 2, 3, 5, 5, 4, 3), QKV,
+         "attention", kwargs={"causal": True}),
+    Case("attention shared kv heads, one kv head (multi-query)", "attention", shared_heads(2, 1, 4, 6, 6, 4), QKV,
+         "attention", kwargs={"causal": True}),
+    Case("attention shared kv heads, Tq<Tk (KV cache)", "attention", shared_heads(2, 2, 2, 3, 7, 4), QKV,
+         "attention", kwargs={"causal": True}),
+    Case("attention shared kv heads, bidirectional, T=1 batch 1", "attention", shared_heads(1, 1, 2, 1, 1, 4), QKV,
+         "attention"),
+    Case("attention shared kv heads, dropout", "attention", shared_heads(2, 2, 2, 4, 4, 4), QKV, None,
+         kwargs={"causal": True, "dropout_p": 0.3}, seed=5),
     # multi-head attention between the projections: heads split, attention, heads concatenated;
     # against torch's view/transpose and its own scaled_dot_product_attention
     Case("mha causal", "mha", mha_inputs(2, 5, 8), QKV, "mha", kwargs={"n_head": 2}),
@@ -170,6 +189,22 @@ CASES = [
          kwargs={"n_head": 2, "causal": False}),
     Case("mha dropout", "mha", mha_inputs(2, 4, 8), QKV, None,
          kwargs={"n_head": 2, "dropout_p": 0.25}, seed=3),
+    # grouped-query attention (n_kv_head key/value heads) and RoPE, against torch's
+    # scaled_dot_product_attention(enable_gqa=True) and a RoPE written as complex multiplication
+    Case("mha grouped-query, 4 heads, 2 kv heads", "mha", mha_inputs(2, 5, 8, C_kv=4), QKV, "mha",
+         kwargs={"n_head": 4, "n_kv_head": 2}),
+    Case("mha multi-query, 3 heads, 1 kv head", "mha", mha_inputs(2, 4, 6, C_kv=2), QKV, "mha",
+         kwargs={"n_head": 3, "n_kv_head": 1}),
+    Case("mha RoPE", "mha", mha_inputs(2, 5, 8), QKV, "mha", kwargs={"n_head": 2, "rope_theta": 10_000.0}),
+    Case("mha grouped-query with RoPE, θ 500,000", "mha", mha_inputs(2, 6, 16, C_kv=8), QKV, "mha",
+         kwargs={"n_head": 4, "n_kv_head": 2, "rope_theta": 500_000.0}),
+    Case("mha grouped-query with RoPE, T=1 batch 1", "mha", mha_inputs(1, 1, 8, C_kv=4), QKV, "mha",
+         kwargs={"n_head": 2, "n_kv_head": 1, "rope_theta": 10_000.0}),
+    Case("mha grouped-query, bidirectional with padding mask", "mha",
+         mha_inputs(3, 4, 8, mask=padding_mask(3, 4, [4, 1, 3]), C_kv=4), QKV, "mha",
+         kwargs={"n_head": 2, "n_kv_head": 1, "causal": False}),
+    Case("mha grouped-query with RoPE, dropout", "mha", mha_inputs(2, 4, 8, C_kv=4), QKV, None,
+         kwargs={"n_head": 4, "n_kv_head": 2, "rope_theta": 10_000.0, "dropout_p": 0.25}, seed=3),
     # layernorm
     Case("layernorm (B,T,C)", "layernorm", {"x": (2, 3, 6), "weight": (6,), "bias": (6,)},
          ("x", "weight", "bias"), "layernorm"),
@@ -180,6 +215,33 @@ CASES = [
          ("x", "weight", "bias"), "layernorm", kwargs={"eps": 1e-2}),
     Case("layernorm no affine", "layernorm", {"x": (4, 5), "weight": None, "bias": None},
          ("x", "weight", "bias"), "layernorm"),
+    # rmsnorm: LayerNorm without the mean, eps inside the root, as torch's rms_norm
+    Case("rmsnorm (B,T,C)", "rmsnorm", {"x": (2, 3, 6), "weight": (6,)}, ("x", "weight"), "rmsnorm"),
+    Case("rmsnorm T=1 batch 1, offset inputs", "rmsnorm",
+         {"x": lambda rng: 50.0 + 3.0 * rng.standard_normal((1, 1, 5)), "weight": (5,)}, ("x", "weight"),
+         "rmsnorm"),
+    Case("rmsnorm 1-D, eps 1e-2", "rmsnorm", {"x": (7,), "weight": (7,)}, ("x", "weight"), "rmsnorm",
+         kwargs={"eps": 1e-2}),
+    Case("rmsnorm no gain, eps 1e-5", "rmsnorm", {"x": (4, 5), "weight": None}, ("x", "weight"), "rmsnorm",
+         kwargs={"eps": 1e-5}),
+    Case("rmsnorm small rows (eps matters)", "rmsnorm", {"x": lambda rng: 1e-3 * rng.standard_normal((3, 4)),
+                                                        "weight": (4,)}, ("x", "weight"), "rmsnorm",
+         kwargs={"eps": 1e-6}),
+    # rope: each pair (x_i, x_{i+hs/2}) turned by p·θ^(−2i/hs), against torch's complex multiplication
+    Case("rope (B,nh,T,hs)", "rope", {"x": (2, 3, 5, 8)}, ("x",), "rope"),
+    Case("rope start 7 (a KV cache's position), θ 500,000", "rope", {"x": (2, 2, 3, 6)}, ("x",), "rope",
+         kwargs={"theta": 500_000.0, "start": 7}),
+    Case("rope T=1 batch 1 one head, hs 2, position 1000", "rope", {"x": (1, 1, 1, 2)}, ("x",), "rope",
+         kwargs={"start": 1000}),
+    Case("rope no leading dims, θ 1,000,000", "rope", {"x": (6, 4)}, ("x",), "rope",
+         kwargs={"theta": 1_000_000.0}),
+    # swiglu: SiLU(gate) ⊙ up, including |gate| >= 20
+    Case("swiglu (B,T,H)", "swiglu", {"gate": (2, 3, 5), "up": (2, 3, 5)}, ("gate", "up"), "swiglu"),
+    Case("swiglu |gate| >= 20", "swiglu", {"gate": scaled((4, 10), 20, 60), "up": (4, 10)}, ("gate", "up"),
+         "swiglu"),
+    Case("swiglu mid-tail 3<|gate|<12", "swiglu", {"gate": scaled((6, 10), 3, 12), "up": (6, 10)},
+         ("gate", "up"), "swiglu"),
+    Case("swiglu T=1 batch 1", "swiglu", {"gate": (1, 1, 7), "up": (1, 1, 7)}, ("gate", "up"), "swiglu"),
     # gelu, both forms, including |x| >= 20
     Case("gelu tanh", "gelu", {"x": (3, 4, 5)}, ("x",), "gelu", kwargs={"form": "tanh"}),
     Case("gelu exact", "gelu", {"x": lambda rng: 3 * rng.standard_normal((4, 25))}, ("x",), "gelu",
@@ -231,6 +293,9 @@ FAST_SIZES: dict[str, list[dict[str, Any]]] = {
     "mha": [{}, {"block": 7, "qrows": 2}, {"keep_probs": False}, {"keep_probs": False, "qrows": 1}],
     "gelu": [{}, {"chunk": 5}],
     "layernorm": [{}],           # no sizes: the compiled kernels (numba) against the NumPy reference
+    "rmsnorm": [{}],             # no sizes: the compiled kernels (numba) against the NumPy reference
+    "swiglu": [{}],              # no sizes: the compiled kernels (numba) against the NumPy reference
+    "rope": [{}],                # no sizes: the kept tables and in-place halves against the reference
     "linear": [{}],              # no sizes: MKL's gemm (where installed) against NumPy's matmul; products
                                  # under dispatch.MIN_WORK stay NumPy's, so tests/ops lower it for these shapes
 }

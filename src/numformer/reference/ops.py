@@ -37,16 +37,48 @@ def sdpa(q, k, v, causal=False, mask=None, dropout_p=0.0):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
 
 
-def mha(q, k, v, n_head, causal=True, mask=None):
-    """Multi-head attention between the projections: q, k, v (B, T, C) split into n_head heads
-    with torch's view and transpose, PyTorch's own fused attention over them, heads concatenated."""
+def mha(q, k, v, n_head, causal=True, mask=None, n_kv_head=None, rope_theta=None):
+    """Multi-head attention between the projections: q (B, T, C) split into n_head heads and k, v
+    into n_kv_head heads with torch's view and transpose, q and k rotated by `rope` when rope_theta
+    is given, PyTorch's own fused attention over them (its enable_gqa shares each key/value head
+    among n_head / n_kv_head query heads), heads concatenated."""
     B, T, C = q.shape
+    hs = C // n_head
 
     def heads(a):
-        return a.view(B, T, n_head, C // n_head).transpose(1, 2)    # (B, nh, T, hs)
+        return a.view(B, T, a.shape[-1] // hs, hs).transpose(1, 2)    # (B, heads, T, hs)
 
-    y = sdpa(heads(q), heads(k), heads(v), causal=causal, mask=mask)
+    q, k, v = heads(q), heads(k), heads(v)
+    if rope_theta is not None:
+        q, k = rope(q, rope_theta), rope(k, rope_theta)
+    allowed = mask
+    if causal:
+        c = causal_mask(T, T)
+        allowed = c if allowed is None else c & allowed
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, enable_gqa=k.shape[1] != n_head)
     return y.transpose(1, 2).reshape(B, T, C)
+
+
+def rope(x, theta=10_000.0, start=0):
+    """Rotary embedding as complex multiplication: the pair (x_i, x_{i+hs/2}) is the complex number
+    x_i + j·x_{i+hs/2}, turned by e^(j·p·θ^(−2i/hs)) at position p (Meta's Llama code multiplies
+    neighbours (x_2i, x_2i+1) the same way; Hugging Face pairs the halves)."""
+    T, hs = x.shape[-2:]
+    half = hs // 2
+    omega = theta ** (-torch.arange(0, hs, 2, dtype=torch.float64) / hs)
+    angle = torch.arange(start, start + T, dtype=torch.float64)[:, None] * omega      # (T, hs/2)
+    turn = torch.polar(torch.ones_like(angle), angle)                                 # e^(j a), complex128
+    z = torch.complex(x[..., :half].double(), x[..., half:].double()) * turn
+    return torch.cat([z.real, z.imag], dim=-1).to(x.dtype)
+
+
+def rmsnorm(x, weight, eps=1e-6):
+    return F.rms_norm(x, x.shape[-1:], weight, eps)
+
+
+def swiglu(gate, up):
+    """SiLU(gate) ⊙ up, with PyTorch's SiLU."""
+    return F.silu(gate) * up
 
 
 def linear(x, weight, bias):

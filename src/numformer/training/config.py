@@ -1,9 +1,10 @@
 """TrainConfig: what a run of `numformer train` is told, and how flags and TOML files become one.
 
-A TrainConfig holds the model's shape as a GPTConfig (`cfg.model`), beside the data, optimiser
-and output settings. Flags, TOML keys and the record in a checkpoint stay flat (`--n_layer`,
-`n_layer = 4`): MODEL_KEYS are the GPTConfig fields a run sets, read as `cfg.model.n_layer`.
-The model's vocab_size comes from the tokenizer when the run starts.
+A TrainConfig holds the model's shape as a GPTConfig or a LlamaConfig (`cfg.model`; `--arch gpt2`
+or `--arch llama`, `cfg.arch`), beside the data, optimiser and output settings. Flags, TOML keys
+and the record in a checkpoint stay flat (`--n_layer`, `n_layer = 4`): ARCH_KEYS[arch] are the
+config fields a run of that arch sets, read as `cfg.model.n_layer`; a key of the other arch is
+refused in one line. The model's vocab_size comes from the tokenizer when the run starts.
 """
 
 from __future__ import annotations
@@ -17,13 +18,25 @@ from pathlib import Path
 
 from numformer.checkpoint import JSON_LIMIT, load_checkpoint, read_file
 from numformer.errors import CheckpointError, UsageError
-from numformer.model.config import GELUS, POS_ENCODINGS, SINUSOIDAL_FORMS, GPTConfig, InvalidConfig
-from numformer.model.params import DEFAULT_LORA_TARGETS, LORA_TARGETS
+from numformer.model.config import (ARCHS, CONFIGS, GELUS, POS_ENCODINGS, SINUSOIDAL_FORMS, GPTConfig, InvalidConfig,
+                                    LlamaConfig)
+from numformer.model.params import ALL_LORA_TARGETS, DEFAULT_LORA_TARGETS, DEFAULT_LORA_TARGETS_OF
+from numformer.model.serialize import checkpoint_family, model_config
 from numformer.training.finetune import init_settings, validate_finetuning
 
 # The GPTConfig fields a run sets; vocab_size comes from the tokenizer, layer_norm_eps is GPT-2's.
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias", "pos_encoding",
               "sinusoidal_form", "gelu")
+# The LlamaConfig fields a run sets; rms_norm_eps is Llama's 1e-5.
+LLAMA_KEYS = ("n_layer", "n_head", "n_kv_head", "n_embd", "n_hidden", "block_size", "dropout", "rope_theta",
+              "tie_embeddings", "attention_bias")
+ARCH_KEYS = {"gpt2": MODEL_KEYS, "llama": LLAMA_KEYS}
+# The flags of the Llama's own keys: their defaults, 0 for "the config's own default" (n_kv_head:
+# n_head; n_hidden: Llama's rounding of 2/3 · 4C), which a run records as the number it became.
+LLAMA_FLAG_DEFAULTS = {"n_kv_head": 0, "n_hidden": 0, "rope_theta": LlamaConfig.rope_theta,
+                       "tie_embeddings": LlamaConfig.tie_embeddings, "attention_bias": LlamaConfig.attention_bias}
+LLAMA_FLAG_TYPES = {"n_kv_head": "int", "n_hidden": "int", "rope_theta": "float", "tie_embeddings": "bool",
+                    "attention_bias": "bool"}
 
 
 @dataclass
@@ -33,7 +46,7 @@ class TrainConfig:
     tokenizer: str = "char"
     vocab_size: int = 0            # BPE only: the vocabulary size to train (0: 1024)
     # the model: nanoGPT's CPU "baby GPT" (4 layers, 4 heads, 128 wide, block 64) by default
-    model: GPTConfig = field(default_factory=GPTConfig)
+    model: GPTConfig | LlamaConfig = field(default_factory=GPTConfig)
     # optimisation
     batch_size: int = 12
     max_iters: int = 2000
@@ -64,9 +77,26 @@ class TrainConfig:
 
     @classmethod
     def of(cls, **flat) -> "TrainConfig":
-        """A TrainConfig from flat keys, as flags and TOML files give them (n_layer=..., ...)."""
-        model = {k: flat.pop(k) for k in MODEL_KEYS if k in flat}
-        return cls(**flat, model=GPTConfig(**model))
+        """A TrainConfig from flat keys, as flags and TOML files give them (arch=..., n_layer=...,
+        ...). UsageError for a model key of another arch; InvalidConfig for a bad model value."""
+        arch = flat.pop("arch", "gpt2")
+        keys = ARCH_KEYS[arch]
+        foreign = [k for arch_keys in ARCH_KEYS.values() for k in arch_keys if k in flat and k not in keys]
+        if foreign:
+            other = next(a for a, arch_keys in ARCH_KEYS.items() if foreign[0] in arch_keys)
+            raise UsageError(f"--{foreign[0]} applies to --arch {other}; this run's --arch is {arch}")
+        model = {k: flat.pop(k) for k in keys if k in flat}
+        if arch == "llama":
+            for k in ("n_kv_head", "n_hidden"):        # 0: the config's own default
+                if model.get(k) == 0:
+                    model[k] = None
+            flat.setdefault("lora_targets", ",".join(DEFAULT_LORA_TARGETS_OF["llama"]))
+        return cls(**flat, model=CONFIGS[arch](**model))
+
+    @property
+    def arch(self) -> str:
+        """The model's family: "gpt2" or "llama"."""
+        return self.model.family
 
     @property
     def decay_iters(self) -> int:
@@ -74,9 +104,11 @@ class TrainConfig:
         return self.lr_decay_iters or self.max_iters
 
     def to_flat(self) -> dict:
-        """The flat keys and values (what a checkpoint records and a TOML file may set)."""
+        """The flat keys and values (what a checkpoint records and a TOML file may set): the run's
+        settings, the arch and that arch's model keys."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "model"}
-        d.update({k: getattr(self.model, k) for k in MODEL_KEYS})
+        d["arch"] = self.arch
+        d.update({k: getattr(self.model, k) for k in ARCH_KEYS[self.arch]})
         return d
 
 
@@ -84,15 +116,23 @@ HELP = {
     "data": "'shakespeare' (built in), a UTF-8 text file, or a folder of .txt files",
     "tokenizer": "'char' or 'bpe' (byte-level BPE trained on the corpus)",
     "vocab_size": "vocabulary size for --tokenizer bpe (0 means 1024)",
+    "arch": "'gpt2' (numformer's GPT: LayerNorm, positions added, GELU MLP, tied head) or 'llama' (RMSNorm, RoPE, "
+            "grouped-query attention, SwiGLU MLP, no biases, untied head by default)",
     "n_layer": "number of Transformer blocks",
     "n_head": "attention heads per block",
     "n_embd": "embedding width C",
     "block_size": "context length T",
     "dropout": "dropout probability (0 disables it)",
-    "bias": "biases in Linear and LayerNorm layers (true/false)",
-    "pos_encoding": "'sinusoidal' (the article's formula 2) or 'learned' (GPT-2)",
-    "sinusoidal_form": "how sinusoidal positions are added: 'scaled' (wte + P/sqrt(C)), 'paper' (sqrt(C)*wte + P) or 'article' (wte + P)",
-    "gelu": "'tanh' (GPT-2's approximation) or 'exact' (erf)",
+    "bias": "--arch gpt2: biases in Linear and LayerNorm layers (true/false)",
+    "pos_encoding": "--arch gpt2: 'sinusoidal' (the article's formula 2) or 'learned' (GPT-2)",
+    "sinusoidal_form": "--arch gpt2: how sinusoidal positions are added: 'scaled' (wte + P/sqrt(C)), 'paper' (sqrt(C)*wte + P) or 'article' (wte + P)",
+    "gelu": "--arch gpt2: 'tanh' (GPT-2's approximation) or 'exact' (erf)",
+    "n_kv_head": "--arch llama: key/value heads, each shared by n_head / n_kv_head query heads (0: n_head; 1: "
+                 "multi-query attention)",
+    "n_hidden": "--arch llama: SwiGLU width (0: Llama's rule, 2/3 of 4*n_embd rounded up to a multiple of 256)",
+    "rope_theta": "--arch llama: RoPE's theta (Llama 3 uses 500000, Qwen2 1000000)",
+    "tie_embeddings": "--arch llama: use the token embedding as the LM head (true/false)",
+    "attention_bias": "--arch llama: biases on the q, k and v projections, as Qwen2 has them (true/false)",
     "batch_size": "sequences per step (the global batch under MPI)",
     "max_iters": "optimizer steps in total",
     "learning_rate": "peak learning rate",
@@ -119,24 +159,29 @@ HELP = {
                  "folder, at step 0 with a fresh optimizer; the model and tokenizer come from it",
     "lora_rank": "fine-tune low-rank adapters of this rank and freeze every other weight (0: train every weight)",
     "lora_alpha": "adapter scale: the adapters' output is multiplied by lora_alpha / lora_rank (0: alpha = rank)",
-    "lora_targets": f"comma-separated layers that get adapters: {', '.join(LORA_TARGETS)}",
+    "lora_targets": f"comma-separated layers that get adapters: {', '.join(ALL_LORA_TARGETS[:4])} (--arch gpt2), "
+                    f"{', '.join(ALL_LORA_TARGETS[4:])} (--arch llama; its default: "
+                    f"{','.join(DEFAULT_LORA_TARGETS_OF['llama'])})",
 }
 
 
-FIXED_ON_RESUME = ("data", "tokenizer", "vocab_size", "n_layer", "n_head", "n_embd", "block_size",
-                   "bias", "pos_encoding", "sinusoidal_form", "gelu", "dtype", "init_from", "lora_rank",
-                   "lora_alpha", "lora_targets")
-CHOICES = {"tokenizer": ("char", "bpe"), "pos_encoding": POS_ENCODINGS, "sinusoidal_form": tuple(SINUSOIDAL_FORMS),
-           "gelu": GELUS, "dtype": ("float32", "float64")}
+FIXED_ON_RESUME = ("data", "tokenizer", "vocab_size", "arch", "n_layer", "n_head", "n_embd", "block_size",
+                   "bias", "pos_encoding", "sinusoidal_form", "gelu", "n_kv_head", "n_hidden", "rope_theta",
+                   "tie_embeddings", "attention_bias", "dtype", "init_from", "lora_rank", "lora_alpha", "lora_targets")
+CHOICES = {"tokenizer": ("char", "bpe"), "arch": ARCHS, "pos_encoding": POS_ENCODINGS,
+           "sinusoidal_form": tuple(SINUSOIDAL_FORMS), "gelu": GELUS, "dtype": ("float32", "float64")}
 
 
 def fields() -> dict:
-    """Flat key -> its type name ("int", "float", "str", "bool") and default, in --help order."""
+    """Flat key -> its type name ("int", "float", "str", "bool") and default, in --help order (the
+    Llama's own keys with their flags' defaults, LLAMA_FLAG_DEFAULTS)."""
     out = {}
-    defaults = TrainConfig().to_flat()
+    defaults = {**TrainConfig().to_flat(), **LLAMA_FLAG_DEFAULTS}
     types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
     types.update({f.name: f.type for f in dataclasses.fields(GPTConfig)})
-    for key in ("data", "tokenizer", "vocab_size", *MODEL_KEYS, *[k for k in defaults if k not in out]):
+    types.update(LLAMA_FLAG_TYPES, arch="str")
+    for key in ("data", "tokenizer", "vocab_size", "arch", *MODEL_KEYS, *LLAMA_FLAG_DEFAULTS,
+                *[k for k in defaults if k not in out]):
         if key not in out:
             t = types[key]
             out[key] = (t if isinstance(t, str) else t.__name__, defaults[key])
@@ -187,7 +232,8 @@ def load_toml(path: str) -> dict:
 
 def validate(cfg: TrainConfig) -> None:
     """The run's own settings. The model's (n_layer, n_head, dropout ...) were checked once, by
-    GPTConfig, when TrainConfig.of built it (resolve turns its InvalidConfig into a UsageError)."""
+    its GPTConfig or LlamaConfig, when TrainConfig.of built it (resolve turns its InvalidConfig
+    into a UsageError)."""
     for k in ("batch_size", "eval_interval", "eval_iters", "gradient_accumulation_steps"):
         if getattr(cfg, k) < 1:
             raise UsageError(f"{k} must be >= 1, got {getattr(cfg, k)}")
@@ -266,11 +312,14 @@ def _resume_checkpoint(latest: Path):
     if not isinstance(saved, dict):
         raise CheckpointError(f"{latest}: config.json has no training state to resume from")
     model = ckpt.config.get("model")
+    family = checkpoint_family(ckpt.config) or "gpt2"     # a config.json that names no family: a GPT's, as before
     try:                                 # the full model config (vocab_size too) the run resumes with
         if not isinstance(model, dict):
             raise InvalidConfig("model", "no \"model\" section")
-        GPTConfig.from_dict(model)
+        model_config(family, model)
     except InvalidConfig as e:
         raise CheckpointError(f"{latest / 'config.json'}: bad model config: {e}") from None
     known = fields()
-    return ckpt, {k: _check_type(k, v, f"{latest}/config.json") for k, v in saved.items() if k in known}
+    saved = {k: _check_type(k, v, f"{latest}/config.json") for k, v in saved.items() if k in known}
+    saved["arch"] = family               # the family the checkpoint holds (runs before --arch recorded none)
+    return ckpt, saved

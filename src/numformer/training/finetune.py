@@ -1,9 +1,10 @@
 """Fine-tuning: `numformer train --init_from DIR` and low-rank adapters.
 
---init_from DIR starts training from the weights in DIR (a numformer checkpoint folder, a training
-run's out_dir, whose best/ or latest/ is used, or a Hugging Face GPT-2 folder) at step 0 with fresh
-optimizer state. The model's shape and its tokenizer come from DIR: a model flag that contradicts
-DIR is refused in one line (only --dropout may be set), and --data is encoded with DIR's tokenizer.
+--init_from DIR starts training from the weights in DIR (a numformer checkpoint folder of either
+family, a training run's out_dir, whose best/ or latest/ is used, or a Hugging Face GPT-2 folder)
+at step 0 with fresh optimizer state. The model's family (--arch), shape and tokenizer come from
+DIR: a model flag that contradicts DIR is refused in one line (only --dropout may be set), and
+--data is encoded with DIR's tokenizer.
 A numformer checkpoint with adapters is merged first (W + (α/r)·B A), so fine-tuning continues
 from the function it computes.
 
@@ -23,12 +24,14 @@ import numpy as np
 from numformer.checkpoint import PICKLE_SUFFIXES, pickle_refusal, read_json
 from numformer.errors import CheckpointError, UsageError, hub_hint, looks_like_hub_name
 from numformer.model.adapters import LoRAConfig, merged_state_dict, parse_targets
-from numformer.model.config import GPTConfig
+from numformer.model.decoders import build, load
 from numformer.model.gpt import GPT
-from numformer.model.serialize import FORMAT
+from numformer.model.serialize import checkpoint_family, model_config
 
-# The flat keys a fine-tuning run takes from DIR, not from its flags (dropout excepted).
-SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "pos_encoding", "sinusoidal_form", "gelu")
+# The flat keys a fine-tuning run takes from DIR, not from its flags (dropout excepted), per family.
+SHAPE_KEYS = {"gpt2": ("n_layer", "n_head", "n_embd", "block_size", "bias", "pos_encoding", "sinusoidal_form", "gelu"),
+              "llama": ("n_layer", "n_head", "n_kv_head", "n_embd", "n_hidden", "block_size", "rope_theta",
+                        "tie_embeddings", "attention_bias")}
 LORA_KEYS = ("lora_rank", "lora_alpha", "lora_targets")
 
 
@@ -63,15 +66,16 @@ def init_folder(path) -> tuple[Path, str]:
         raise CheckpointError(f"--init_from {root}: no config.json; give a numformer checkpoint folder or a Hugging "
                               f"Face GPT-2 folder")
     doc = read_json(root / "config.json", "--init_from needs it")
-    return root, ("numformer" if isinstance(doc, dict) and doc.get("format") == FORMAT else "hf")
+    return root, ("numformer" if checkpoint_family(doc) is not None else "hf")
 
 
 def load_init_model(path, dtype="float32"):
-    """The GPT in --init_from's folder, adapters merged, with its tokenizer (model.tokenizer)."""
+    """The model in --init_from's folder (a GPT or a Llama), adapters merged, with its tokenizer
+    (model.tokenizer)."""
     root, kind = init_folder(path)
-    model = GPT.load(root, dtype=dtype) if kind == "numformer" else GPT.from_hf(root, dtype=np.dtype(dtype))
+    model = load(root, dtype=dtype) if kind == "numformer" else GPT.from_hf(root, dtype=np.dtype(dtype))
     if model.lora is not None:
-        plain = GPT(model.config, dtype=model.dtype, init=False)
+        plain = build(model.config, dtype=model.dtype, init=False)
         plain.load_state_dict(merged_state_dict(model), source=str(root))
         plain.tokenizer = model.tokenizer
         model = plain
@@ -89,11 +93,11 @@ def load_init_model(path, dtype="float32"):
 
 
 def init_settings(path, given: dict) -> dict:
-    """The flat settings that --init_from fixes (the model's shape and the tokenizer's kind),
-    after refusing any given flag that contradicts them."""
+    """The flat settings that --init_from fixes (the model's family and shape and the tokenizer's
+    kind), after refusing any given flag that contradicts them."""
     model = load_init_model(path)
     cfg = model.config
-    fixed = {key: getattr(cfg, key) for key in SHAPE_KEYS}
+    fixed = {"arch": cfg.family, **{key: getattr(cfg, key) for key in SHAPE_KEYS[cfg.family]}}
     fixed["tokenizer"] = model.tokenizer.kind
     for key, value in fixed.items():
         if key in given and given[key] != value:
@@ -108,17 +112,18 @@ def init_settings(path, given: dict) -> dict:
 
 
 def read_init(cfg) -> dict:
-    """What a fine-tuning run starts from: the model's full config (GPTConfig, with the run's
-    dropout), its flat parameters and its tokenizer's JSON."""
+    """What a fine-tuning run starts from: the model's full config (GPTConfig or LlamaConfig, with
+    the run's dropout), its flat parameters and its tokenizer's JSON."""
     model = load_init_model(cfg.init_from, dtype=cfg.dtype)
     return {"config": dataclasses.replace(model.config, dropout=cfg.model.dropout), "params": model.params.flat,
             "tokenizer": model.tokenizer.to_json()}
 
 
 def checkpoint_model_config(ckpt, dropout):
-    """The full GPTConfig a resumed fine-tuning run's checkpoint records (vocab_size and
-    layer_norm_eps included, which the flat settings do not carry)."""
-    return dataclasses.replace(GPTConfig.from_dict(ckpt.config["model"]), dropout=dropout)
+    """The full model config a resumed fine-tuning run's checkpoint records (vocab_size and the
+    norms' eps included, which the flat settings do not carry)."""
+    family = checkpoint_family(ckpt.config) or "gpt2"        # a config.json that names no family: a GPT's
+    return dataclasses.replace(model_config(family, ckpt.config["model"]), dropout=dropout)
 
 
 def lora_config(cfg):

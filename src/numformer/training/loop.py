@@ -5,7 +5,7 @@ One iteration, as nanoGPT does it (Trainer.step):
     lr        = cosine_lr(it)                       linear warmup, cosine decay to min_lr
     x, y      = get_batch(train)                    (B, T) random windows of the corpus
     for each micro-batch (gradient_accumulation_steps of them):
-        loss  = model.forward(x, y)                 the GPT, composed from numformer.ops
+        loss  = model.forward(x, y)                 the GPT or the Llama, composed from numformer.ops
         grads += model.backward()                   every op's hand-derived backward, in reverse
     clip_grad_norm(grads, grad_clip)
     AdamW.step(params, grads, lr)                   one vectorised update over one flat buffer
@@ -48,7 +48,7 @@ from numformer.data.corpus import open_corpus
 from numformer.data.tokenizer import from_json
 from numformer.errors import CheckpointError, NonFiniteLoss, NumformerError, os_error_line
 from numformer.model import memory
-from numformer.model.gpt import GPT
+from numformer.model.decoders import build
 from numformer.optim import AdamW
 from numformer.optim.clip import clip_grad_norm
 from numformer.optim.schedule import cosine_lr
@@ -93,9 +93,9 @@ class Trainer:
         check_memory(cfg, vocab_size=self.tokenizer.vocab_size, ranks=self.ranks)
 
         mcfg = dataclasses.replace(cfg.model, vocab_size=self.tokenizer.vocab_size)
-        if cfg.init_from:  # fine-tuning: the model's own config (its vocab_size, layer_norm_eps), the run's dropout
+        if cfg.init_from:  # fine-tuning: the model's own config (its vocab_size, norms' eps), the run's dropout
             mcfg = init["config"] if init else checkpoint_model_config(checkpoint, cfg.model.dropout)
-        self.model = GPT(mcfg, dtype=np.dtype(cfg.dtype), seed=cfg.seed, ops="fast", lora=lora_config(cfg))
+        self.model = build(mcfg, dtype=np.dtype(cfg.dtype), seed=cfg.seed, ops="fast", lora=lora_config(cfg))   # GPT or Llama
         if init:
             self.model.params.flat[...] = init["params"]
         self.threads = cfg.threads or (cores() if self.ranks == 1 else 1)

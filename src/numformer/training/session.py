@@ -38,6 +38,7 @@ from tqdm import tqdm
 from numformer.checkpoint import lock_folder
 from numformer.data.batches import DEFAULT_BPE_VOCAB_SIZE
 from numformer.errors import DataError, NonFiniteLoss, NumformerError, UsageError, check_path, os_error_line
+from numformer.model.config import describe
 from numformer.parallel.mpi import init_world
 from numformer.training.config import TrainConfig, resolve
 from numformer.training.loop import Trainer, train
@@ -155,11 +156,9 @@ def _start(cfg: TrainConfig, ckpt, world, *, overwrite, cache_dir, plot, log) ->
         out_dir.mkdir(parents=True, exist_ok=True)
         if ckpt is None:
             (out_dir / "metrics.jsonl").unlink(missing_ok=True)   # ours: checked before the Trainer was built
-    m = cfg.model
     log(f"numformer train: {_data_description(tr.data_name)}, {len(tr.train_ids):,} train / {len(tr.val_ids):,} val "
         f"tokens, vocab {tr.tokenizer.vocab_size} ({cfg.tokenizer}); model {tr.model.num_params():,} parameters "
-        f"({m.n_layer} layers, {m.n_head} heads, {m.n_embd} wide, block {m.block_size}, "
-        f"{m.pos_encoding} positions)" + (f"; {world.size} ranks" if world.size > 1 else "")
+        f"({describe(tr.model.config)})" + (f"; {world.size} ranks" if world.size > 1 else "")
         + (f"; resuming at step {tr.iter_num}" if ckpt is not None else "")
         + f" [setup {time.perf_counter() - t_setup:.1f}s]")
     if ckpt is None and not cfg.init_from:        # a resumed or fine-tuning run's tokenizer is not trained here

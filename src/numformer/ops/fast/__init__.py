@@ -10,8 +10,10 @@ speed and memory. Where an op has nothing to gain, the reference module is used 
 - linear: its products by MKL's gemm (numformer.ops.fast.mkl) where that pays, the bias added
   inside the forward product; a quantized weight (numformer.ops.quant) read as it is stored
   (numformer.ops.fast.quantized);
-- layernorm: one compiled pass per row for forward and one for backward (float32);
-- mha: multi-head attention over the fast attention.
+- layernorm, rmsnorm: one compiled pass per row for forward and one for backward (float32);
+- swiglu: one compiled pass for forward and one for backward (float32);
+- rope: its cos and sin tables kept per head size, the halves rotated in place;
+- mha: multi-head attention over the fast attention and the fast rope.
 
 numformer.ops.fast.dispatch decides, once, which implementation each of them runs (NumPy, the
 compiled float32 kernels of numformer.ops.fast.kernels with the optional numba, or MKL's gemm
@@ -23,7 +25,7 @@ defaults; tests hold every fast op equal to its reference across those boundarie
 """
 
 from numformer.ops import cross_entropy, dropout, embedding, lora, positional, quant, residual, softmax
-from numformer.ops.fast import attention, gelu, layernorm, linear, mha
+from numformer.ops.fast import attention, gelu, layernorm, linear, mha, rmsnorm, rope, swiglu
 
 __all__ = ["attention", "cross_entropy", "dropout", "embedding", "gelu", "layernorm", "linear",
-           "lora", "mha", "positional", "quant", "residual", "softmax"]
+           "lora", "mha", "positional", "quant", "residual", "rmsnorm", "rope", "softmax", "swiglu"]

@@ -30,7 +30,9 @@ step, say) forward calls it once on the whole arrays, without the loop's cutting
 Backward follows the reference's term-by-term derivation chunk by chunk; each key's dk and dv
 are summed over the chunks that see it. S is computed as (q / √d_k) kᵀ and dk as dSᵀ (q / √d_k),
 so the scale multiplies arrays of T·d_k entries instead of T·T. A query row with no allowed key
-outputs zeros and passes zero gradient, as in the reference.
+outputs zeros and passes zero gradient, as in the reference. Key and value heads shared by
+several query heads (grouped-query attention: k, v with a size-1 axis that q's broadcast along)
+are cut into the same blocks as q, and their dk and dv summed over each group (`sum_to`).
 """
 
 import math
@@ -38,7 +40,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from numformer.ops.attention import Cache, allowed_keys, check_shapes
+from numformer.ops.attention import Cache, allowed_keys, check_shapes, sum_to
 from numformer.ops.dropout import check_p, keep_mask
 from numformer.ops.fast import dispatch
 from numformer.ops.fast.dispatch import NUMBA
@@ -322,7 +324,8 @@ def forward(q, k, v, causal=False, mask=None, dropout_p=0.0, rng=None, keep_prob
                 None if probs is None else probs[0], None if drop is None else drop[0], stats)
         return y, cache
     for items in blocks:                                      # a few batch items (or heads) at a time
-        q_b, k_b, v_b, y_b = q[items], k[items], v[items], y[items]
+        q_b, y_b = q[items], y[items]
+        k_b, v_b = _part(k, items, q.ndim), _part(v, items, q.ndim)   # shared heads: broadcast along q's
         stats_b = None if stats is None else (stats[0][items], stats[1][items])
         masking_b = _block_masking(m, items, q.ndim)
         for i, chunk in enumerate(chunks):
@@ -351,12 +354,14 @@ def backward(dy, cache):
     m = cache.masking or Masking(None, None, None)           # forward's, where P is made again
     chunks = query_chunks(Tq, Tk, cache.causal and cache.mask is None, cache.qrows)
     kernel = dispatch.runs("attention", q, k, v, dy) == NUMBA
-    one_chunk = len(chunks) == 1                # dk, dv written at once; else summed over the chunks
+    shared = k.shape[:-2] != q.shape[:-2]       # key/value heads shared by several query heads
+    one_chunk = len(chunks) == 1 and not shared  # dk, dv written at once; else summed over the chunks
     dq = np.empty(q.shape, dtype=dtype)
     dk = (np.empty if one_chunk else np.zeros)(k.shape, dtype=dtype)
     dv = (np.empty if one_chunk else np.zeros)(v.shape, dtype=dtype)
     for items in score_blocks(q.shape, Tk, cache.block):
-        q_b, k_b, v_b, dy_b, dq_b, dk_b, dv_b = q[items], k[items], v[items], dy[items], dq[items], dk[items], dv[items]
+        q_b, dy_b, dq_b = q[items], dy[items], dq[items]
+        k_b, v_b, dk_b, dv_b = (_part(a, items, q.ndim) for a in (k, v, dk, dv))   # views: += writes through
         masking_b = _block_masking(m, items, q.ndim)
         for i, chunk in enumerate(chunks):
             rows, keys = slice(chunk.start, chunk.stop), chunk.keys
@@ -375,7 +380,7 @@ def backward(dy, cache):
             if one_chunk:
                 np.matmul(p_used.swapaxes(-1, -2), dy_c, out=dv_b)           # dv = P̃ᵀ dy
             else:
-                dv_b[..., :keys, :] += p_used.swapaxes(-1, -2) @ dy_c        # dv = Σ_chunks P̃ᵀ dy
+                dv_b[..., :keys, :] += sum_to(p_used.swapaxes(-1, -2) @ dy_c, dv_b.shape)   # dv = Σ_chunks Σ_group P̃ᵀ dy
             if drop is not None:
                 dp *= drop[i][items]                          # dP = dP̃ ⊙ M / (1 − p)
             if kernel and p.flags.c_contiguous:               # the three lines below, in one compiled pass
@@ -391,5 +396,5 @@ def backward(dy, cache):
             if one_chunk:
                 np.matmul(ds.swapaxes(-1, -2), q_c, out=dk_b)                # dk = dSᵀ q / √d_k
             else:
-                dk_b[..., :keys, :] += ds.swapaxes(-1, -2) @ q_c             # dk = Σ_chunks dSᵀ q / √d_k
+                dk_b[..., :keys, :] += sum_to(ds.swapaxes(-1, -2) @ q_c, dk_b.shape)        # dk = Σ_chunks Σ_group dSᵀ q / √d_k
     return dq, dk, dv

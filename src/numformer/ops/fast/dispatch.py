@@ -67,6 +67,14 @@ ROWS = (
     Row("layernorm", "float32", {NUMBA: "kernels layernorm_forward, _output, _backward",
                                  NUMPY: "the reference op"}),
     Row("layernorm", "float64", {NUMPY: "the reference op"}),
+    Row("rmsnorm", "float32", {NUMBA: "kernels rmsnorm_forward, _output, _backward",
+                               NUMPY: "the reference op"}),
+    Row("rmsnorm", "float64", {NUMPY: "the reference op"}),
+    Row("swiglu", "float32", {NUMBA: "kernels swiglu_forward, swiglu_backward",
+                              NUMPY: "the reference op"}),
+    Row("swiglu", "float64", {NUMPY: "the reference op"}),
+    Row("rope", "float32", {NUMPY: "cos and sin tables kept per head size; halves rotated in place"}),
+    Row("rope", "float64", {NUMPY: "cos and sin tables kept per head size; halves rotated in place"}),
     Row("attention", "float32", {NUMBA: "kernels softmax_rows, _again, _backward_rows; NumPy's with "
                                         "dropout or a general mask",
                                  NUMPY: "softmax in blocks and causal chunks"}),
@@ -279,7 +287,7 @@ def kernels_line() -> str:
     in_use, text = decision().libraries[NUMBA]
     if not in_use:
         return f"NumPy only ({text})"
-    return f"{text} (float32 GELU, LayerNorm, attention softmax, Adam update)"
+    return f"{text} (float32 GELU, LayerNorm, RMSNorm, SwiGLU, attention softmax, Adam update)"
 
 
 def linear_line() -> str:

@@ -227,6 +227,74 @@ def layernorm_backward(dy, xhat, rstd, w, dx, dw, db):
         for j in range(C):
             dx[r, j] = rs * (g[j] * w[j] - m1 - h[j] * m2)
 
+# -- RMSNorm over the rows of (R, C) arrays (numformer.ops.rmsnorm); row sums as LayerNorm's
+
+
+@njit(**_SUMS)
+def rmsnorm_forward(x, w, eps, xhat, rstd, y):
+    R, C = x.shape
+    inv_c = ONE / f32(C)
+    for r in range(R):
+        row = x[r]
+        acc = ZERO
+        for j in range(C):
+            acc += row[j] * row[j]
+        rs = ONE / np.sqrt(acc * inv_c + eps)
+        rstd[r, 0] = rs
+        for j in range(C):
+            h = row[j] * rs
+            xhat[r, j] = h
+            y[r, j] = h * w[j]
+
+
+@njit(**_OPTS)
+def rmsnorm_output(xhat, w, y):
+    R, C = xhat.shape
+    for r in range(R):
+        for j in range(C):
+            y[r, j] = xhat[r, j] * w[j]
+
+
+@njit(**_SUMS)
+def rmsnorm_backward(dy, xhat, rstd, w, dx, dw):
+    """dx per row; dw (float32, zeroed by the caller) summed over the rows."""
+    R, C = dy.shape
+    inv_c = ONE / f32(C)
+    for r in range(R):
+        g, h = dy[r], xhat[r]
+        m2 = ZERO
+        for j in range(C):
+            m2 += (g[j] * w[j]) * h[j]
+            dw[j] += g[j] * h[j]
+        m2 *= inv_c
+        rs = rstd[r, 0]
+        for j in range(C):
+            dx[r, j] = rs * (g[j] * w[j] - h[j] * m2)
+
+# -- SwiGLU's gate (numformer.ops.swiglu): h = SiLU(g) u, SiLU(g) = g σ(g), σ through
+# e = exp(−|g|) ≤ 1 as the NumPy code has it: σ = 1/(1 + e) for g ≥ 0, e/(1 + e) below
+
+
+@njit(inline="always", **_OPTS)
+def sigmoid(g):
+    e = exp(-abs(g))
+    r = ONE / (ONE + e)
+    return r if not (g < ZERO) else e * r
+
+
+@njit(**_OPTS)
+def swiglu_forward(g, u, h):
+    for i in range(g.size):
+        h[i] = (g[i] * sigmoid(g[i])) * u[i]
+
+
+@njit(**_OPTS)
+def swiglu_backward(g, u, dh, dg, du):
+    for i in range(g.size):
+        s = sigmoid(g[i])
+        du[i] = dh[i] * (g[i] * s)                                   # dh ⊙ SiLU(g)
+        dg[i] = (dh[i] * u[i]) * (s * (ONE + g[i] * (ONE - s)))      # dh ⊙ u ⊙ σ (1 + g (1 − σ))
+
 # -- softmax over the rows of attention scores s (G, R, E): row i of group g sees the keys
 # [0, n) with n = min(E, first + i, limit[g]) (first: the causal edge of row 0; limit: the
 # real keys of g, or one number for every group); the rest of the row becomes 0. A row with
