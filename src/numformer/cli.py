@@ -29,7 +29,7 @@ COMMANDS = {
     "embed": "sentence embeddings from a BERT-family model (all-MiniLM-L6-v2)",
     "similarity": "cosine similarity of two texts' embeddings",
     "convert": "convert GPT-2 and Llama-family checkpoints to and from Hugging Face format; GGUF files in",
-    "bench": "measure training tokens/s and GFLOP/s of a config on this machine",
+    "bench": "measure training tokens/s and GFLOP/s of a config on this machine (--generate: decoding)",
 }
 
 

@@ -36,7 +36,7 @@ from numformer.commands.sample import StreamDecoder, load_for_sampling
 from numformer.data.chat import ChatTemplate
 from numformer.errors import CheckpointError, NumformerError, UsageError, check_text
 from numformer.model.generate import sample_next
-from numformer.model.llama import QUANTIZE
+from numformer.model.quantized import QUANTIZE
 from numformer.parallel.process import one_blas_thread
 
 try:
@@ -65,8 +65,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--top_p", type=float, default=None, help="nucleus sampling: keep the smallest set of tokens with mass >= p")
     parser.add_argument("--seed", type=int, default=1337, help="random seed, an integer >= 0 (default: 1337)")
     parser.add_argument("--quantize", default="keep", choices=QUANTIZE,
-                        help="keep: a GGUF file's Q4_1 and Q8_0 weights as the file stores them (the default); "
-                             "none: float32 weights (a GGUF file's dequantized); bf16, int8: the weights so stored")
+                        help="keep: a GGUF file's Q4_1 and Q8_0 weights as the file stores them (the default; a "
+                             "checkpoint's float weights as they are); none: float32 weights (a GGUF file's "
+                             "dequantized); bf16, int8: the weights so stored")
 
 
 def main(args) -> int:

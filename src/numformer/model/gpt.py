@@ -34,15 +34,10 @@ and the frozen linear maps skip their dW products.
 
 Quantized weights. `model.quantize("int8")` (or "bf16"; `GPT.load(path, quantize=...)`) stores the
 weights of every linear map and the token embedding, which is also the tied LM head, as
-numformer.ops.quant's int8 blocks or bf16, for inference: the float32 weights are freed,
-`model.params` keeps the rest (LayerNorms, biases, the learned position table) in float32, and
-`model.quantized` has the quantized weights by name. The ops take them where they took the
-float32 ones (ops.linear: y = x deq(W)ᵀ + b; ops.embedding: deq(wte)[idx]), so the same
-block_forward runs, with float32 activations. The embedding stays tied: one quantized table
-serves the lookup (only the rows looked up are dequantized) and the head, the largest matrix of a
-GPT with a large vocabulary (38.6 M of GPT-2's 124 M weights), whose bytes a decoded token reads
-in full. Positions are looked up a row a token and stay float32. A quantized model does not
-train or save; adapters are merged into the weights first (W + (α/r)·B A).
+numformer.ops.quant's int8 blocks or bf16, for inference (numformer.model.quantized): the
+float32 weights are freed, `model.params` keeps the rest (LayerNorms, biases, the learned
+position table) in float32, and `model.quantized` has the quantized weights by name. The ops
+take them where they took the float32 ones, so the same block_forward runs.
 
 Positions. `pos_encoding="learned"` adds a trained table `wpe` as GPT-2 does. The default,
 `"sinusoidal"`, adds the article's fixed table P (formula 2), scaled by `sinusoidal_form`:
@@ -60,15 +55,13 @@ import numpy as np
 
 from numformer.data.tokenizer import from_json
 from numformer.interop.gpt2 import read_hf_gpt2
-from numformer.model.adapters import merged_state_dict
 from numformer.model.config import GPTConfig, position_terms
 from numformer.model.generate import generate
-from numformer.model.params import (BIAS, GPT2, LINEAR, LORA_A, LORA_B, NORM, WEIGHT, FlatParams, check_tensors,
+from numformer.model.params import (BIAS, GPT2, LORA_A, LORA_B, NORM, WEIGHT, FlatParams, check_tensors,
                                     gpt_param_shapes, lora_param_shapes)
+from numformer.model.quantized import QuantizedWeights, check_quantize
 from numformer.model.serialize import read_gpt, save_gpt
-from numformer.ops import op_set, quant
-
-QUANTIZE = ("none", *quant.FORMATS)     # the choices of GPT.quantize and GPT.load's quantize=
+from numformer.ops import op_set
 
 
 class KVCache:
@@ -188,13 +181,15 @@ def linear_backward(dy, tagged_cache, x=None):
 
 # ----------------------------------------------------------------------------- the model
 
-class GPT:
+class GPT(QuantizedWeights):
     """A GPT whose parameters are named views into one flat buffer.
 
     >>> model = GPT(GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=8))
     >>> logits = model.forward(np.zeros((2, 8), dtype=np.int64))        # (B, T, V)
     >>> logits, loss = model.forward(idx, targets); model.backward()   # grads in model.grads
     """
+
+    token_embedding = head_weight = GPT2.name("wte")      # tied: the LM head is the token embedding
 
     def __init__(self, config: GPTConfig, *, dtype=np.float32, seed: int = 0, init: bool = True,
                  ops: str = "fast", lora=None):
@@ -221,7 +216,7 @@ class GPT:
         self.hf_notes: list[str] = []               # from_hf: what the import changed or left out
         self.hf_tokenizer_problem: str | None = None  # from_hf: why the folder's tokenizer files cannot be used
         self._zeros_C = np.zeros(C, dtype=self.dtype)  # stands in for LayerNorm bias when bias=False
-        self.quantization = "none"                  # see "Quantized weights" above
+        self.quantization = "none"                  # see "Quantized weights" above (numformer.model.quantized)
         self.quantized: dict = {}                   # name -> quant.Int8Blocks or quant.BF16
         self._tape = None
         self._blocks = [self._block_params(i) for i in range(config.n_layer)]
@@ -265,8 +260,7 @@ class GPT:
 
     def num_params(self) -> int:
         """The model's parameters, adapters and quantized weights included."""
-        return (self.params.size + (self.adapters.size if self.adapters is not None else 0)
-                + sum(int(np.prod(w.shape)) for w in self.quantized.values()))
+        return self.params.size + (self.adapters.size if self.adapters is not None else 0) + self.quantized_params()
 
     def zero_grad(self) -> None:
         self.grads.flat[...] = 0
@@ -285,7 +279,7 @@ class GPT:
         out = dict(self.params.views)
         if self.adapters is not None:
             out.update(self.adapters.views)
-        out.update({name: quant.dequantize(w) for name, w in self.quantized.items()})
+        out.update(self.dequantized_weights())
         return out
 
     def load_state_dict(self, tensors: dict[str, np.ndarray], source: str = "state dict") -> None:
@@ -294,57 +288,6 @@ class GPT:
         check_tensors(tensors, {name: v.shape for name, v in views.items()}, source)
         for name, view in views.items():
             view[...] = tensors[name]
-
-    # ----------------------------------------------------------------------------- quantized weights
-
-    def quantize(self, fmt: str) -> "GPT":
-        """Store the weights of every linear map and the token embedding (the tied LM head) as
-        `fmt`, "int8" or "bf16" (numformer.ops.quant), in place, and free the float32 ones;
-        "none" changes nothing. The model then runs inference only (see "Quantized weights"
-        above). Returns the model. ValueError for another format, a float64 model, or a model
-        quantized already."""
-        if fmt == "none":
-            return self
-        quant.check_format(fmt)
-        if self.quantization != "none":
-            raise ValueError(f"the model is quantized already ({self.quantization})")
-        if self.dtype != np.float32:
-            raise ValueError(f"quantized weights serve float32 inference; this model is {self.dtype}")
-        tensors = merged_state_dict(self) if self.lora is not None else self.state_dict()
-        names = [p.name for p in GPT2.params(self.config)
-                 if (p.kind == LINEAR and p.part == WEIGHT) or p.name == GPT2.name("wte")]
-        quantized = {name: quant.quantize(tensors[name], fmt) for name in names}
-        rest = FlatParams({n: shape for n, shape in gpt_param_shapes(self.config).items() if n not in quantized},
-                          self.dtype)
-        for name, view in rest.items():
-            view[...] = tensors[name]
-        del tensors
-        self.params = self.trainable = rest          # the float32 buffer goes with the last view of it
-        self.grads = rest.like()
-        self.lora = self.adapters = None
-        self.quantized, self.quantization = quantized, fmt
-        self._blocks = [self._block_params(i) for i in range(self.config.n_layer)]
-        self._lora = [None] * self.config.n_layer
-        return self
-
-    def dequantized(self) -> "GPT":
-        """A float32 GPT whose weights are this model's, dequantized (numformer.ops.quant): the
-        function a quantized model computes, with float32 weights (for a model that is not
-        quantized, a copy). Same op set and tokenizer."""
-        model = GPT(self.config, dtype=self.dtype, init=False, ops=self.ops_name, lora=self.lora)
-        model.load_state_dict(self.state_dict(), source="the quantized model")
-        model.tokenizer = self.tokenizer
-        return model
-
-    def weight_bytes(self) -> int:
-        """Bytes the model's parameters take: float ones at their dtype's size, quantized ones as stored."""
-        return (self.params.flat.nbytes + (self.adapters.flat.nbytes if self.adapters is not None else 0)
-                + sum(w.nbytes for w in self.quantized.values()))
-
-    def _tensor(self, name: str):
-        """Parameter `name`: its quantized weight where the model has one, else its float view."""
-        q = self.quantized.get(name)
-        return q if q is not None else self.params[name]
 
     # ----------------------------------------------------------------------------- forward
 
@@ -387,7 +330,7 @@ class GPT:
     def _embed(self, idx, t0):
         """x0 = embed_scale · wte[idx] + positions t0 .. t0+T-1. Returns (x0, embedding cache)."""
         p, T = self.params, idx.shape[1]
-        tok, cache = self.ops.embedding.forward(idx, self._tensor(GPT2.name("wte")))     # (B, T, C)
+        tok, cache = self.ops.embedding.forward(idx, self.tensor(GPT2.name("wte")))     # (B, T, C)
         pos = (p[GPT2.name("wpe")] if self.config.pos_encoding == "learned" else self.pe)[t0:t0 + T]
         x = tok * self.embed_scale + pos if self.embed_scale != 1.0 else tok + pos
         return x, cache
@@ -397,7 +340,7 @@ class GPT:
         p = self.params
         x, ln_f = self.ops.layernorm.forward(x, p[GPT2.name("ln_f")], self._ln_bias("ln_f"),
                                              self.config.layer_norm_eps)
-        logits, head = self.ops.linear.forward(x, self._tensor(GPT2.name("wte")), keep_input=False,  # tied; x from LN_f's cache
+        logits, head = self.ops.linear.forward(x, self.tensor(GPT2.name("wte")), keep_input=False,  # tied; x from LN_f's cache
                                                frozen=self.lora is not None)
         return logits, ln_f, head
 
@@ -416,9 +359,7 @@ class GPT:
         (numformer.parallel.threads uses it to add the shards' gradients in a fixed order)."""
         if tape is None or tape.get("ce") is None:
             raise RuntimeError("backward() needs a preceding forward(idx, targets)")
-        if self.quantization != "none":
-            raise RuntimeError(f"the model's weights are quantized ({self.quantization}): it runs inference only, "
-                               f"with no gradients; train the float32 model")
+        self.check_trainable()
         cfg, ops, T = self.config, self.ops, tape["T"]
         grads = self.grads.views
 
@@ -500,9 +441,7 @@ class GPT:
              train_state: dict | None = None) -> None:
         """Write a checkpoint folder (see numformer.model.serialize). A quantized model is not saved:
         its checkpoint is the float32 one it was loaded from."""
-        if self.quantization != "none":
-            raise ValueError(f"a quantized model ({self.quantization}) is not saved; save the float32 model and "
-                             f"quantize it when loading (GPT.load(path, quantize=...))")
+        self.check_savable()
         save_gpt(self, path, tokenizer=tokenizer, optimizer=optimizer, train_state=train_state)
 
     @classmethod
@@ -511,8 +450,7 @@ class GPT:
         it has one, is `model.tokenizer`. quantize: "none" (the default), "bf16" or "int8" stores
         the weights so for inference (`quantize`; the checkpoint must then be float32 or dtype
         float32)."""
-        if quantize not in QUANTIZE:
-            raise ValueError(f"quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
+        check_quantize(quantize)
         saved = read_gpt(path, dtype=dtype)
         model = cls(saved.config, dtype=saved.dtype, init=False, ops=ops, lora=saved.lora)
         model.load_state_dict(saved.tensors, source=str(path))

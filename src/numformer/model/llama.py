@@ -17,6 +17,13 @@ added to the embedding; n_kv_head key/value heads shared by n_head / n_kv_head q
 linear maps) instead of GELU between two; no biases (Qwen2: on q_proj, k_proj and v_proj only);
 the LM head its own matrix unless tie_embeddings.
 
+Quantized weights: `model.quantize("int8")` or "bf16" (`Llama.load(path, quantize=...)`), as the
+GPT's (numformer.model.quantized): every linear map's weight, the LM head's and the token
+embedding are stored so and read as stored; RMSNorm gains and biases stay float32.
+`Llama.from_gguf(path, quantize="keep")` keeps a GGUF file's Q4_1 and Q8_0 weights as the file
+stores them (Q4_1 blocks read in place, Q8_0 as int8 blocks of the same values), so a 98 MB file
+takes about 98 MB.
+
 `block_forward` is one block, used by training, evaluation and KV-cached decoding alike;
 `block_backward` walks the same block backwards, calling each op's backward in reverse order, with
 `+=` wherever gradients meet: the residuals, and the tied embedding. `Llama` has the GPT's
@@ -28,13 +35,6 @@ Memory, as in the GPT: the two RMSNorm outputs and RMSNorm_f's are made again in
 their caches (rmsnorm.output), SwiGLU's output from its gate and up (swiglu.output), and
 attention's probabilities from q and k (keep_probs=False). The KV cache holds the n_kv_head heads
 only, keys already rotated.
-
-Quantized weights, as the GPT's (numformer.model.gpt, "Quantized weights"): `model.quantize("int8")`
-(or "bf16") stores every linear map's weight, the token embedding and an untied LM head as
-numformer.ops.quant's int8 blocks or bf16, for inference; `Llama.from_gguf(path, quantize="keep")`
-keeps a GGUF file's Q4_1 and Q8_0 weights as the file stores them (Q4_1 blocks read in place,
-Q8_0 as int8 blocks with the same values), so a 98 MB file takes about 98 MB; the RMSNorm gains
-and biases stay float32 in `model.params`, and `model.quantized` has the rest by name.
 
 Dropout is applied where the GPT applies it (embedding, attention probabilities, both residual
 branches); the models of this family were trained without it, and imported ones run with 0.
@@ -52,14 +52,12 @@ from numformer.model import memory
 from numformer.model.config import InvalidConfig, LlamaConfig
 from numformer.model.generate import generate
 from numformer.model.gpt import linear_backward, linear_forward
-from numformer.model.adapters import merged_state_dict
-from numformer.model.params import (BIAS, EMBEDDING, LINEAR, LLAMA, LORA_A, LORA_B, NORM, WEIGHT, FlatParams,
-                                    check_tensors)
+from numformer.model.params import BIAS, LLAMA, LORA_A, LORA_B, NORM, WEIGHT, FlatParams, check_tensors
+from numformer.model.quantized import QuantizedWeights, check_quantize
 from numformer.model.serialize import read_model, save_model
 from numformer.ops import op_set, quant
 
-QUANTIZE = ("none", *quant.FORMATS, "keep")   # the choices of from_gguf's quantize= (keep: GGUF's blocks)
-KEPT_BLOCKS = ("Q4_1", "Q8_0")                # the GGUF block formats that keep leaves as they are
+KEPT_BLOCKS = ("Q4_1", "Q8_0")                # the GGUF block formats that quantize="keep" leaves as they are
 
 
 class KVCache:
@@ -162,7 +160,7 @@ def block_backward(ops, dx, c, cfg: LlamaConfig, add):
 
 # ----------------------------------------------------------------------------- the model
 
-class Llama:
+class Llama(QuantizedWeights):
     """A Llama-shaped decoder whose parameters are named views into one flat buffer, named as
     Hugging Face's LlamaForCausalLM names them (model.params.LLAMA).
 
@@ -172,6 +170,7 @@ class Llama:
     """
 
     family = LLAMA
+    token_embedding = LLAMA.name("model.embed_tokens")
 
     def __init__(self, config: LlamaConfig, *, dtype=np.float32, seed: int = 0, init: bool = True,
                  ops: str = "fast", lora=None):
@@ -193,13 +192,13 @@ class Llama:
         self.training = True
         self.rng = np.random.default_rng([seed, 1])  # dropout masks; its state is checkpointed
         self.tokenizer = None
-        self.quantization = "none"                  # see "Quantized weights" above
-        self.quantized: dict = {}                   # name -> a quantized weight (numformer.ops.quant)
+        self.quantization = "none"                  # see numformer.model.quantized
+        self.quantized: dict = {}                   # name -> quant.Int8Blocks or quant.BF16
         self._tape = None
         self._blocks = [self._block_params(i) for i in range(config.n_layer)]
         self._lora = [self._block_adapters(i) for i in range(config.n_layer)]
         # the LM head's weight: its own, or the token embedding's (tied)
-        self._head_name = LLAMA.name("model.embed_tokens") if config.tie_embeddings else LLAMA.name("lm_head")
+        self.head_weight = LLAMA.name("model.embed_tokens") if config.tie_embeddings else LLAMA.name("lm_head")
         if init:
             self.init_weights(seed)
 
@@ -238,8 +237,7 @@ class Llama:
 
     def num_params(self) -> int:
         """The model's parameters, adapters and quantized weights included."""
-        return (self.params.size + (self.adapters.size if self.adapters is not None else 0)
-                + sum(int(np.prod(w.shape)) for w in self.quantized.values()))
+        return self.params.size + (self.adapters.size if self.adapters is not None else 0) + self.quantized_params()
 
     def zero_grad(self) -> None:
         self.grads.flat[...] = 0
@@ -258,62 +256,8 @@ class Llama:
         out = dict(self.params.views)
         if self.adapters is not None:
             out.update(self.adapters.views)
-        out.update({name: quant.dequantize(w) for name, w in self.quantized.items()})
+        out.update(self.dequantized_weights())
         return out
-
-    # ----------------------------------------------------------------------------- quantized weights
-
-    def quantize(self, fmt: str) -> "Llama":
-        """Store every linear map's weight, the token embedding and an untied LM head as `fmt`,
-        "int8" or "bf16" (numformer.ops.quant), in place, and free the float32 ones; "none"
-        changes nothing. The model then runs inference only. Returns the model. ValueError for
-        another format, a float64 model, or a model quantized already."""
-        if fmt == "none":
-            return self
-        quant.check_format(fmt)
-        if self.quantization != "none":
-            raise ValueError(f"the model is quantized already ({self.quantization})")
-        if self.dtype != np.float32:
-            raise ValueError(f"quantized weights serve float32 inference; this model is {self.dtype}")
-        tensors = merged_state_dict(self) if self.lora is not None else self.state_dict()
-        self._set_quantized({name: quant.quantize(tensors[name], fmt) for name in self._quantizable()}, tensors, fmt)
-        return self
-
-    def _quantizable(self) -> list[str]:
-        """The weights a quantized model stores quantized: the linear maps' and the embedding."""
-        return [p.name for p in LLAMA.params(self.config) if p.part == WEIGHT and p.kind in (LINEAR, EMBEDDING)]
-
-    def _set_quantized(self, quantized: dict, tensors, fmt: str) -> None:
-        """Keep `quantized` and, in a new float32 buffer, the other parameters (from `tensors`,
-        a name -> array mapping or a function of the name)."""
-        rest = FlatParams({n: shape for n, shape in LLAMA.shapes(self.config).items() if n not in quantized},
-                          self.dtype)
-        for name, view in rest.views.items():
-            view[...] = tensors(name) if callable(tensors) else tensors[name]
-        self.params = self.trainable = rest          # the float32 buffer goes with the last view of it
-        self.grads = rest.like()
-        self.lora = self.adapters = None
-        self.quantized, self.quantization = quantized, fmt
-        self._blocks = [self._block_params(i) for i in range(self.config.n_layer)]
-        self._lora = [None] * self.config.n_layer
-
-    def dequantized(self) -> "Llama":
-        """A float32 Llama whose weights are this model's, dequantized: the function a quantized
-        model computes, with float32 weights. Same op set and tokenizer."""
-        model = Llama(self.config, dtype=self.dtype, init=False, ops=self.ops_name, lora=self.lora)
-        model.load_state_dict(self.state_dict(), source="the quantized model")
-        model.tokenizer = self.tokenizer
-        return model
-
-    def weight_bytes(self) -> int:
-        """Bytes the model's parameters take: float ones at their dtype's size, quantized ones as stored."""
-        return (self.params.flat.nbytes + (self.adapters.flat.nbytes if self.adapters is not None else 0)
-                + sum(w.nbytes for w in self.quantized.values()))
-
-    def _tensor(self, name: str):
-        """Parameter `name`: its quantized weight where the model has one, else its float view."""
-        q = self.quantized.get(name)
-        return q if q is not None else self.params[name]
 
     def load_state_dict(self, tensors: dict[str, np.ndarray], source: str = "state dict") -> None:
         """Copy tensors into the flat buffers, checking that every name and shape matches."""
@@ -346,7 +290,7 @@ class Llama:
         rng = self.rng if rng is None else rng
         tape = {"T": T, "blocks": []}
 
-        x, tape["emb"] = ops.embedding.forward(idx, self._tensor(LLAMA.name("model.embed_tokens")))   # (B, T, C)
+        x, tape["emb"] = ops.embedding.forward(idx, self.tensor(self.token_embedding))   # (B, T, C)
         x, tape["drop"] = ops.dropout.forward(x, drop, rng, training=drop > 0)
         for w, lora in zip(self._blocks, self._lora):
             x, c = block_forward(ops, w, x, cfg, drop=drop, rng=rng, lora=lora)
@@ -362,7 +306,7 @@ class Llama:
     def _head(self, x):
         """logits = RMSNorm_f(x) · W_headᵀ. Returns (logits, RMSNorm_f's cache, the head's cache)."""
         x, norm_f = self.ops.rmsnorm.forward(x, self.params[LLAMA.name("model.norm")], self.config.rms_norm_eps)
-        logits, head = self.ops.linear.forward(x, self._tensor(self._head_name), keep_input=False,  # x from norm_f's cache
+        logits, head = self.ops.linear.forward(x, self.tensor(self.head_weight), keep_input=False,  # x from norm_f's cache
                                                frozen=self.lora is not None)
         return logits, norm_f, head
 
@@ -381,9 +325,7 @@ class Llama:
         (numformer.parallel.threads uses it to add the shards' gradients in a fixed order)."""
         if tape is None or tape.get("ce") is None:
             raise RuntimeError("backward() needs a preceding forward(idx, targets)")
-        if self.quantization != "none":
-            raise RuntimeError(f"the model's weights are quantized ({self.quantization}): it runs inference only, "
-                               f"with no gradients; train the float32 model")
+        self.check_trainable()
         cfg, ops, T = self.config, self.ops, tape["T"]
         grads = self.grads.views
 
@@ -412,7 +354,7 @@ class Llama:
         dx, dhead, _ = ops.linear.backward(dlogits, tape.pop("lm_head"), x=ops.rmsnorm.output(norm_f))
         del dlogits
         if not frozen:
-            add(self._head_name, dhead)                                        # tied: the head's share, +=
+            add(self.head_weight, dhead)                                        # tied: the head's share, +=
         dx, dw = ops.rmsnorm.backward(dx, norm_f)
         del norm_f
         add_layer(None)("model.norm", dw, None)
@@ -440,7 +382,7 @@ class Llama:
         t0, t1 = cache.length, cache.length + idx.shape[1]
         if t1 > self.config.block_size:
             raise ValueError(f"KV cache holds {self.config.block_size} positions; {t1} requested")
-        x, _ = self.ops.embedding.forward(idx, self._tensor(LLAMA.name("model.embed_tokens")))   # (B, Tn, C)
+        x, _ = self.ops.embedding.forward(idx, self.tensor(self.token_embedding))   # (B, Tn, C)
         for i, w in enumerate(self._blocks):
             x, _ = block_forward(self.ops, w, x, self.config, kv=(cache.k[i], cache.v[i], t0), lora=self._lora[i])
         logits, _, _ = self._head(x)
@@ -460,19 +402,21 @@ class Llama:
              train_state: dict | None = None) -> None:
         """Write a checkpoint folder (see numformer.model.serialize); config.json says "numformer-llama".
         A quantized model is not saved: its checkpoint is the float32 one it was loaded from."""
-        if self.quantization != "none":
-            raise ValueError(f"a quantized model ({self.quantization}) is not saved; save the float32 model")
+        self.check_savable()
         save_model(self, path, tokenizer=tokenizer, optimizer=optimizer, train_state=train_state)
 
     @classmethod
-    def load(cls, path, *, dtype=None, ops: str = "fast") -> "Llama":
+    def load(cls, path, *, dtype=None, ops: str = "fast", quantize: str = "none") -> "Llama":
         """Load a Llama checkpoint folder written by `save` (or `numformer train --arch llama`); its
-        tokenizer, when it has one, is `model.tokenizer`."""
+        tokenizer, when it has one, is `model.tokenizer`. quantize: "none" (the default), "bf16" or
+        "int8" stores the weights so for inference (`quantize`)."""
+        check_quantize(quantize)
         saved = read_model(path, dtype=dtype, families=("llama",))
         model = cls(saved.config, dtype=saved.dtype, init=False, ops=ops, lora=saved.lora)
         model.load_state_dict(saved.tensors, source=str(path))
+        del saved.tensors
         model.tokenizer = saved.tokenizer
-        return model
+        return model.quantize(quantize)
 
     @classmethod
     def from_gguf(cls, path, *, dtype=np.float32, ops: str = "fast", quantize: str = "none") -> "Llama":
@@ -483,8 +427,7 @@ class Llama:
         int8 blocks of the same values), any other type dequantized to float32. CheckpointError
         (one line naming the file) for a file numformer cannot run. `path` may also be the file
         already read (a GGUFModel)."""
-        if quantize not in QUANTIZE:
-            raise ValueError(f"quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
+        check_quantize(quantize)
         gguf = path if isinstance(path, GGUFModel) else read_gguf(path)
         path = gguf.path
         try:
@@ -494,10 +437,10 @@ class Llama:
         model = cls(config, dtype=dtype, init=False, ops=ops)
         check_tensors(gguf.tensors, LLAMA.shapes(config), str(path))
         if quantize == "keep":
-            kept = {name: _kept(gguf, name) for name in model._quantizable() if gguf.tensors[name].kind in KEPT_BLOCKS}
+            kept = {name: _kept(gguf, name) for name in model.quantizable() if gguf.tensors[name].kind in KEPT_BLOCKS}
             memory.refuse_if_too_big("loading this model", [("weights", (memory.model_params(config) - sum(
                 int(np.prod(w.shape)) for w in kept.values())) * 4)], "free some memory or use a machine with more")
-            model._set_quantized(kept, gguf.float32, "keep")
+            model.store_quantized(kept, gguf.float32, "keep")
         else:
             memory.refuse_if_too_big("loading this model", [("weights", memory.model_params(config) * np.dtype(dtype).itemsize)],
                                      "free some memory or use a machine with more")

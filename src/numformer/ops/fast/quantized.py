@@ -95,10 +95,11 @@ def matmul(x2, w, bias=None):
         else:
             k.bf16_rows(x2, w.bits, y, 0, N)
     else:
-        yt = np.empty((N, M), dtype=np.float32)   # yᵀ: each tile's product is whole rows of it
+        y = np.empty((M, N), dtype=np.float32)
         for lo, tile in tiles(w, k):
-            yt[lo:lo + len(tile)] = tile @ x2.T               # (rows of the tile, M); matmul's out= would
-        y = np.ascontiguousarray(yt.T)            # leave BLAS for NumPy's own loop (measured 7× slower)
+            # (M, rows of the tile), the product a float32 weight gets; matmul's out= with these
+            # columns of y would leave BLAS for NumPy's own loop (measured 7× slower)
+            y[:, lo:lo + len(tile)] = x2 @ tile.T
     if bias is not None:
         y += bias
     return y
