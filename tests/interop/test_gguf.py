@@ -256,3 +256,17 @@ def test_gguf_file_is_not_written_into(tmp_path, capsys):
     assert (tmp_path / "ck" / MODEL_FILE).is_file()
     doc = json.loads((tmp_path / "ck" / "config.json").read_text())
     assert doc["format"] == "numformer-llama" and re.fullmatch(r"float32", doc["dtype"])
+
+
+def test_init_from_a_gguf_file_fine_tunes_it(tmp_path, capsys):
+    path = write_llama_gguf(tmp_path / "m.gguf", fmt="Q8_0", context=64, tokenizer="llama")
+    (tmp_path / "text.txt").write_text("the cat sat on the mat and the dog sat on the log. " * 40, encoding="utf-8")
+    code, out, err = run_cli(capsys, "train", "--init_from", path, "--data", tmp_path / "text.txt", "--out_dir",
+                             tmp_path / "run", "--max_iters", 2, "--eval_interval", 2, "--eval_iters", 1,
+                             "--batch_size", 2, "--block_size", 32, "--no_plot", "--sample_tokens", 0)
+    assert code == 0, err
+    start = Llama.from_gguf(path)
+    tuned = load(tmp_path / "run" / "latest")
+    assert tuned.config.n_layer == start.config.n_layer and tuned.config.block_size == 32
+    assert not np.array_equal(tuned.params.flat, start.params.flat)           # it trained
+    assert tuned.tokenizer.chat == start.tokenizer.chat                       # and is still a chat model
