@@ -4,6 +4,8 @@ import signal
 
 import pytest
 
+from tests.docs.conftest import MISSING, collect_ignore as DOCS_NOT_COLLECTED
+
 
 @pytest.fixture
 def deadline():
@@ -17,3 +19,11 @@ def deadline():
     yield lambda seconds: signal.alarm(seconds)
     signal.alarm(0)
     signal.signal(signal.SIGALRM, old)
+
+
+def pytest_report_header(config):
+    """Say so when the documentation site's tests are not collected (tests/docs/conftest.py)."""
+    if DOCS_NOT_COLLECTED:
+        return (f"tests/docs: not collected, the docs extra is not installed ({', '.join(MISSING)}): "
+                f"pip install -c constraints.txt '.[docs]'")
+    return None

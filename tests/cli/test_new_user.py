@@ -75,9 +75,9 @@ def test_explain_accepts_numbers_and_says_what_the_article_is(tmp_path):
     first = by_number.stdout.splitlines()[0]
     assert first.startswith("The article:") and "Chinese" in first and "13 formulas" in first
     assert "seed" not in by_number.stdout.lower()
-    for bad in ("0", "14"):
+    for bad in ("0", "18"):                # 1-13 the article's, 14-17 the formulas after it
         r = numformer(["explain", bad], tmp_path)
-        assert r.returncode == 2 and "number 1-13" in r.stderr
+        assert r.returncode == 2 and "number 1-17" in r.stderr
 
 
 def test_no_seed_wording_left_in_explain():

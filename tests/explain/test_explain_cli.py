@@ -1,6 +1,7 @@
 """`numformer explain` as a user runs it: exit codes, the JSON schema, the terminal layout."""
 
 import json
+import re
 import subprocess
 import sys
 import unicodedata
@@ -9,7 +10,8 @@ import pytest
 
 from numformer.explain import ALL_NAMES, LATER, NAMES
 
-KEYS = {"name", "formula", "inputs", "computed", "article_printed", "seed_printed", "agrees", "note"}
+KEYS = {"name", "formula", "inputs", "computed", "article_printed", "seed_printed", "agrees", "note", "op",
+        "derivation"}
 VERDICTS = {
     "linear": True, "positional_encoding": None, "attention": False,
     "multi_head_attention": None, "residual": True, "layernorm": True, "gelu": True,
@@ -130,7 +132,9 @@ def test_text_output_all(text_all):
             assert "DIFFERS by" in header, header
         else:
             assert "INCOMPLETE in the article -> computed" in header, header
-    assert "13 formulas: 7 agree, 3 differ, 3 incomplete in the article; 4 not in the article" in text_all
+    summary = lines.index(next(line for line in lines if "── summary: " in line))
+    assert "13 formulas: 7 agree, 3 differ, 3 incomplete in the article" in lines[summary]
+    assert lines[summary + 1] == "   and 4 formulas not in the article, computed"
 
 
 def test_text_shows_printed_and_computed_side_by_side(text_all):
@@ -161,7 +165,8 @@ def test_later_formulas_by_number_and_their_rows():
     headers = [l for l in r.stdout.splitlines() if l.startswith("── ")]
     assert headers[0].startswith("── 14. rope · 旋转位置编码") and headers[1].startswith("── 15. rmsnorm")
     assert headers[2].startswith("── 3. attention")
-    assert "1 formulas: 0 agree, 1 differ, 0 incomplete in the article; 2 not in the article" in headers[3]
+    assert "1 formulas: 0 agree, 1 differ, 0 incomplete in the article" in headers[3]
+    assert "   and 2 formulas not in the article, computed" in r.stdout
     line = next(l for l in r.stdout.splitlines() if l.startswith(" ▶ RMSNorm(x)"))
     assert line.split()[-3:] == ["[0.462910", "0.925819", "1.388729]"]
     assert "article prints" not in r.stdout.split("── 3.")[0]   # no column of printed numbers for them
@@ -177,3 +182,41 @@ def test_narrow_layout_stacks_rows(monkeypatch):
     assert any(line.strip().startswith("article prints  = [2 3]") for line in lines)
     assert any(line.strip().startswith("numformer    [2.3395 3.3395]") for line in lines)
     assert not any("quantity" in line for line in lines)
+
+
+def test_json_says_where_the_op_lives_and_its_derivation(json_all):
+    by_name = {obj["name"]: obj for obj in json_all}
+    att = by_name["attention"]
+    assert att["op"] == {"module": "numformer.ops.attention", "functions": ["forward", "backward"],
+                         "path": "src/numformer/ops/attention.py"}
+    assert att["derivation"]["derives"] == "backward"
+    assert att["derivation"]["lines"][0].startswith("Backward")
+    assert any("dv = P̃ᵀ dy" in line for line in att["derivation"]["lines"])
+    adam = by_name["adam"]
+    assert adam["op"]["functions"] == ["Adam.step"] and adam["derivation"]["derives"] == "update"
+    assert any("m̂_t = m_t / (1 − β1^t)" in line for line in adam["derivation"]["lines"])
+
+
+def test_text_shows_the_code_and_the_derived_backward(text_all):
+    lines = text_all.splitlines()
+    at = lines.index("   code  numformer.ops.attention: forward, backward (src/numformer/ops/attention.py)")
+    assert lines[at + 1] == "   derived backward, from the docstring of numformer.ops.attention:"
+    assert lines[at + 2].startswith("   Backward (dy = ∂L/∂y)")
+    assert any(line.strip().startswith("dq = dS k / √d_k") for line in lines[at:at + 20])
+    assert "   code  numformer.optim.sgd: SGD.step (src/numformer/optim/sgd.py)" in lines
+    assert sum(line.startswith("   code  ") for line in lines) == len(ALL_NAMES)
+
+
+@pytest.mark.parametrize("width", [98, 80])
+def test_summary_never_cuts_a_value_short(monkeypatch, width):
+    from numformer.commands import explain as cli
+    from numformer.explain.examples import explain
+    monkeypatch.setattr(cli, "WIDTH", width)
+    lines = cli.summary(explain(), cli._Style(False))
+    assert all(columns(line) <= width for line in lines), "\n".join(lines)
+    text = "\n".join(lines)
+    assert "…" not in text
+    # every computed value's numbers are there in full, however the cell had to be wrapped
+    for number in ("0.8415", "0.5403", "0.0100", "1.0000", "2.3395", "2.6605", "-1.2247", "-3.0000",
+                   "-0.0010", "0.6652"):
+        assert number in re.findall(r"-?\d+\.\d+", text), (number, text)

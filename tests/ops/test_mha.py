@@ -76,22 +76,20 @@ def test_no_backward_through_earlier_cached_positions(mha):
         mha.backward(np.ones_like(y), cache)
 
 
-def test_backward_writes_into_the_given_arrays(mha):
-    """With out = the three column blocks of one buffer (the GPT's dqkv), backward fills them, and
-    with the numbers it returns without out."""
+def test_backward_qkv_is_the_three_gradients_side_by_side(mha):
+    """backward_qkv (the GPT's call: the gradient of the fused c_attn) is dq, dk and dv of backward
+    as the three column blocks of one (B, T, 3C) array, with the same numbers."""
     rng = np.random.default_rng(12)
     B, T, C = 2, 5, 8
     q, k, v = qkv(rng, B, T, C)
     y, cache = mha.forward(q, k, v, 2, keep_probs=True)
     dy = rng.standard_normal(y.shape)
-    want = mha.backward(dy, cache)
-    fused = np.full((B, T, 3 * C), np.nan)
-    out = np.split(fused, 3, axis=-1)
-    got = mha.backward(dy, cache, out=out)
-    for g, o, w in zip(got, out, want):
-        assert g is o
-        np.testing.assert_array_equal(o, w)
-    assert not np.isnan(fused).any()
+    dq, dk, dv = mha.backward(dy, cache)
+    dqkv = mha.backward_qkv(dy, cache)
+    assert dqkv.shape == (B, T, 3 * C)
+    np.testing.assert_array_equal(dqkv[..., :C], dq)
+    np.testing.assert_array_equal(dqkv[..., C:2 * C], dk)
+    np.testing.assert_array_equal(dqkv[..., 2 * C:], dv)
 
 
 def test_bad_arguments(mha):

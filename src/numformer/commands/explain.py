@@ -2,14 +2,16 @@
 
 For people, each formula gets a section: the formula, the article's inputs, then one row per
 quantity with what the article prints, what numformer computes and whether they agree; the rows
-that make up the result are marked ▶ and decide the verdict in the section's header. After the
-article's thirteen, under a heading that says they are not in the article, come the formulas of
-today's large models (RoPE, RMSNorm, SwiGLU, grouped-query attention), in the same layout with
-nothing printed to check ("NOT IN THE ARTICLE"). A summary table closes the output. With --json:
-a JSON array, one object per formula, with the keys name, formula, inputs, computed,
-article_printed (what the article prints; null for the later formulas), agrees, note (a later
-formula's starts "Not in the article"), and seed_printed (the same as article_printed, under the
-key's first name).
+that make up the result are marked ▶ and decide the verdict in the section's header. Then where
+the formula lives in the source (module and functions) and its derived backward (an optimizer's
+update rule), as the op's docstring states it. After the article's thirteen, under a heading that
+says they are not in the article, come the formulas of today's large models (RoPE, RMSNorm,
+SwiGLU, grouped-query attention), in the same layout with nothing printed to check ("NOT IN THE
+ARTICLE"). A summary table closes the output. With --json: a JSON array, one object per formula,
+with the keys name, formula, inputs, computed, article_printed (what the article prints; null for
+the later formulas), agrees, note (a later formula's starts "Not in the article"), seed_printed
+(the same as article_printed, under the key's first name), op (module, functions, path) and
+derivation (derives: "backward" or "update", and the docstring's lines).
 """
 
 import json
@@ -22,6 +24,7 @@ import numpy as np
 from numformer.errors import UsageError
 from numformer.explain import ALL_NAMES, NAMES
 from numformer.explain.examples import explain, num
+from numformer.explain.source import home
 
 WIDTH = 98  # every line fits a 100-column terminal
 INDENT = "   "
@@ -38,7 +41,8 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--json", action="store_true",
         help="print a JSON array, one object per formula (name, formula, inputs, computed, "
-             "article_printed, agrees, note; seed_printed is article_printed under its first name)",
+             "article_printed, agrees, note, op, derivation; seed_printed is article_printed under "
+             "its first name)",
     )
 
 
@@ -69,7 +73,7 @@ def main(args) -> int:
     names = select(args.names)
     examples = explain(names)
     if args.json:
-        print(json.dumps([ex.to_json() for ex in examples], indent=2, allow_nan=False))
+        print(json.dumps([to_json(ex) for ex in examples], indent=2, allow_nan=False))
         return 0
     _safe_stdout()
     style = _Style(_use_color(sys.stdout))
@@ -85,6 +89,14 @@ def main(args) -> int:
         out += summary(examples, style)
     print("\n".join(out).rstrip("\n"))
     return 0
+
+
+def to_json(ex) -> dict:
+    """The example's JSON object (Example.to_json), with where its op lives and its derivation."""
+    h = home(ex.name)
+    return {**ex.to_json(),
+            "op": {"module": h.module_name, "functions": list(h.functions), "path": h.path},
+            "derivation": {"derives": h.derives, "lines": h.derivation()}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,6 +288,25 @@ def render(ex, style: _Style | None = None) -> list[str]:
     lines += _step_table(ex, style)
     lines.append("")
     lines += _wrap(ex.note, WIDTH, INDENT + "note  ", INDENT + "      ")
+    lines.append("")
+    lines += source_lines(ex, style)
+    return lines
+
+
+def source_lines(ex, style: _Style) -> list[str]:
+    """Where the formula lives (module, functions, file) and its derivation from the docstring."""
+    h = home(ex.name)
+    lines = _wrap(f"{h.where()}  ({h.path})", WIDTH, INDENT + "code  ", INDENT + "      ")
+    what = ("update rule (an optimizer has no backward)" if h.derives == "update"
+            else f"derived {h.derives}")
+    lines.append(INDENT + style.dim(f"{what}, from the docstring of {h.module_name}:"))
+    for line in h.derivation():  # the docstring's layout, its indented formulas 2 columns less deep
+        body = line.lstrip(" ")
+        lead = INDENT + " " * max(0, len(line) - len(body) - 2)
+        if _width(lead + body) <= WIDTH:
+            lines.append((lead + body).rstrip())
+        else:  # too wide for a 100-column terminal: wrapped, never cut
+            lines += _wrap(body, WIDTH, lead, lead + "    ")
     return lines
 
 
@@ -346,44 +377,70 @@ def _later_table(ex, style: _Style) -> list[str]:
     return lines
 
 
-def _one_line(value, decimals: int | None) -> str:
-    """A value in one line: 0.841, [4.5 1.5], [[2 3] [2 3]]."""
-    lines = block(value, decimals)
-    return "[" + " ".join(lines) + "]" if np.ndim(value) >= 2 else lines[0]
-
-
-def _clip(text: str, width: int) -> str:
-    if _width(text) <= width:
-        return _pad(text, width)
-    while _width(text) > width - 1:
-        text = text[:-1]
-    return text + "…"
-
-
 def summary(examples, style: _Style) -> list[str]:
-    """One line per formula: the article's result, numformer's, the verdict."""
+    """One row per formula: the article's result, numformer's, the verdict. A matrix takes a line
+    per row; a value wider than its column is wrapped onto more lines, never cut short."""
     ours = [ex for ex in examples if ex.in_article]
     n_agree = sum(ex.agrees is True for ex in ours)
     n_differ = sum(ex.agrees is False for ex in ours)
     n_open = sum(ex.agrees is None for ex in ours)
     n_later = len(examples) - len(ours)
-    parts = [f"{len(ours)} formulas: {n_agree} agree, {n_differ} differ, {n_open} incomplete in the article"] \
-        if ours else []
-    parts += [f"{n_later} not in the article"] if n_later and ours else \
-        [f"{n_later} formula{'s' if n_later > 1 else ''} not in the article"] if n_later else []
-    title = f"── summary: {'; '.join(parts)} "
+    later = f"{n_later} formula{'s' if n_later != 1 else ''} not in the article"
+    title = (f"── summary: {len(ours)} formulas: {n_agree} agree, {n_differ} differ, "
+             f"{n_open} incomplete in the article " if ours else f"── summary: {later} ")
     lines = [style.bold(title) + "─" * (WIDTH - _width(title))]
-    widths = (3, 20, 21, 25)
-    head = ("#", "formula", "article prints (result)", "numformer computes")
-    lines.append(style.dim(" ".join(_pad(h, w) for h, w in zip(head, widths)) + " verdict"))
+    if ours and n_later:
+        lines.append(f"   and {later}, computed")
+    head = ("#", "formula", "article prints", "numformer computes", "verdict")
+    rows = []
     for ex in examples:
         first = ex.results[0]
-        printed = "—" if first.printed is None else _one_line(
+        printed = ["—"] if first.printed is None else block(
             first.printed.value, None if first.printed.exact else first.printed.decimals)
-        cells = (str(ex.number), ex.name, printed, _one_line(first.computed, min(first.decimals, 4)))
-        text = " ".join(_clip(c, w) for c, w in zip(cells, widths))
-        lines.append(text + " " + verdict(ex, style, short=True))
+        verdict_text = style.dim("NOT IN ARTICLE") if not ex.in_article else \
+            style.open("INCOMPLETE") if ex.agrees is None else verdict(ex, style, short=True)
+        rows.append(([str(ex.number)], [ex.name], printed, block(first.computed, min(first.decimals, 4)),
+                     [verdict_text]))
+    widths = [max(_width(x) for r in rows for x in r[i]) for i in range(5)]
+    widths = [max(w, _width(h)) for w, h in zip(widths, head)]
+    over = sum(widths) + len(GAP) * 4 - WIDTH
+    for i in (3, 2, 1):  # too wide: the value columns give way, widest first, then the names
+        if over > 0:
+            cut = max(0, min(over, widths[i] - _width(head[i])))   # never narrower than its heading
+            widths[i] -= cut
+            over -= cut
+    lines.append(style.dim(GAP.join(_pad(h, w) for h, w in zip(head, widths)).rstrip()))
+    for row in rows:
+        cells = [_fit(cell, w) for cell, w in zip(row, widths)]
+        for i in range(max(len(c) for c in cells)):
+            parts = [_pad(c[i] if i < len(c) else "", w) for c, w in zip(cells, widths)]
+            lines.append(GAP.join(parts).rstrip())
     return lines
+
+
+def _fit(cell: list[str], width: int) -> list[str]:
+    """A cell's lines, each wider than `width` wrapped at its spaces (a name without one, as
+    grouped_query_attention, after its underscores)."""
+    out = []
+    for line in cell:
+        if _width(line) <= width:
+            out.append(line)
+        elif " " in line.strip():
+            out += _wrap(line, width, "", " ")
+        else:
+            out += _name_lines(line, width)
+    return out
+
+
+def _name_lines(name: str, width: int) -> list[str]:
+    """A name cut after its underscores into lines of at most `width` columns where it can be."""
+    lines, line = [], ""
+    for part in name.replace("_", "_\0").split("\0"):
+        if line and _width(line + part) > width:
+            lines.append(line)
+            line = ""
+        line += part
+    return lines + [line]
 
 
 def _safe_stdout() -> None:

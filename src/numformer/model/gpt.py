@@ -139,9 +139,7 @@ def block_backward(ops, dx, c, cfg: GPTConfig, add):
     da = ops.dropout.backward(da, c.pop("drop_1"))
     dy, *grads = linear_backward(da, c.pop("c_proj_attn"))
     add("attn.c_proj", *grads)
-    B, T, C = dy.shape
-    dqkv = np.empty((B, T, 3 * C), dtype=dy.dtype)                # dq, dk, dv side by side, as c_attn made q, k, v
-    ops.mha.backward(dy, c.pop("attn"), out=(dqkv[..., :C], dqkv[..., C:2 * C], dqkv[..., 2 * C:]))
+    dqkv = ops.mha.backward_qkv(dy, c.pop("attn"))                # (B, T, 3C): dq, dk, dv, as c_attn made q, k, v
     del dy, da
     ln_1 = c.pop("ln_1")
     dh, *grads = linear_backward(dqkv, c.pop("c_attn"), x=ops.layernorm.output(ln_1))

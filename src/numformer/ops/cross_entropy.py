@@ -21,8 +21,10 @@ the parameters at the next optimizer step.
 import numpy as np
 
 
-def forward(logits, targets, ignore_index=-1):
-    """Mean of −log softmax(logits)[target] over targets != ignore_index. Returns (loss, cache)."""
+def rows_and_targets(logits, targets, ignore_index):
+    """(z, t, valid, n, t_safe): logits as (N_all, V) rows, targets as (N_all,), which targets
+    count (not ignore_index), how many do, and targets with the ignored ones set to class 0.
+    ValueError for targets of the wrong shape or type, or outside [0, V)."""
     targets = np.asarray(targets)
     if targets.shape != logits.shape[:-1]:
         raise ValueError(f"cross_entropy: logits have shape {logits.shape} but targets have shape "
@@ -37,19 +39,22 @@ def forward(logits, targets, ignore_index=-1):
     if bad.any():
         raise ValueError(f"cross_entropy: target {t[bad][0]} is outside [0, {V}) for logits of "
                          f"shape {logits.shape} (ignore_index={ignore_index})")
-    n = int(valid.sum())
     t_safe = np.where(valid, t, 0)                              # any class; ignored rows are masked out
+    return z, t, valid, int(valid.sum()), t_safe
+
+
+def forward(logits, targets, ignore_index=-1):
+    """Mean of −log softmax(logits)[target] over targets != ignore_index. Returns (loss, cache)."""
+    z, t, valid, n, t_safe = rows_and_targets(logits, targets, ignore_index)
     rows = np.arange(len(t))
 
     shifted = z - z.max(axis=-1, keepdims=True)                 # numerical care: max-subtraction
-    target_shifted = shifted[rows, t_safe]                      # (N_all,) z_t − m
-    np.exp(shifted, out=shifted)
-    sumexp = shifted.sum(axis=-1)                               # (N_all,)
-    logp_t = target_shifted - np.log(sumexp)                    # log p_t, never log(0)
+    e = np.exp(shifted)                                         # (N_all, V)
+    sumexp = e.sum(axis=-1)                                     # (N_all,)
+    logp_t = shifted[rows, t_safe] - np.log(sumexp)             # log p_t = z_t − m − log Σ, never log(0)
     nll = -logp_t[valid]                                        # (N,) −log p_t of the rows not ignored
     loss = nll.sum() / max(n, 1)                                # N = 0: loss 0 (see module doc)
-    probs = shifted
-    probs /= sumexp[:, None]                                    # p, kept for the fused backward
+    probs = e / sumexp[:, None]                                 # p, kept for the fused backward
     return logits.dtype.type(loss), (probs, t_safe, valid, n, logits.shape)
 
 

@@ -1,9 +1,9 @@
 """Inverted dropout (the article's formula 10).
 
-The seed writes y = m ⊙ x with m_i ∈ {0, 1}, each 0 with probability p. Then E[y_i] = (1 − p) x_i:
-during training every activation is shrunk by (1 − p) on average, but at evaluation time nothing
-is dropped, so the next layer would see inputs (1/(1 − p)) times larger than the ones it was
-trained on. Inverted dropout puts the correction into training instead:
+The article writes y = m ⊙ x with m_i ∈ {0, 1}, each 0 with probability p. Then
+E[y_i] = (1 − p) x_i: during training every activation is shrunk by (1 − p) on average, but at
+evaluation time nothing is dropped, so the next layer would see inputs (1/(1 − p)) times larger
+than the ones it was trained on. Inverted dropout puts the correction into training instead:
 
 Forward
     m_i ~ Bernoulli(1 − p)            (1 = keep)

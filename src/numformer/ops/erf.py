@@ -3,6 +3,9 @@
     erf(x)  = 2/√π ∫₀ˣ exp(−t²) dt          erfc(x) = 1 − erf(x)
     Φ(x)    = ½ erfc(−x/√2)                 φ(x) = exp(−x²/2) / √(2π)
 
+Derivatives (the exact GELU's backward uses the last one):
+    d erf(x)/dx = 2/√π · exp(−x²)     d erfc(x)/dx = −2/√π · exp(−x²)     dΦ(x)/dx = φ(x)
+
 GELU's exact form is y = x Φ(x) (ops/gelu.py). NumPy has no erf; these are written from
 rational approximations, evaluated as a few whole-array passes (no Python loop over elements).
 Every region's formula is evaluated on the whole array with its argument clamped into that

@@ -46,21 +46,13 @@ def check_shapes(x, weight, bias):
 def forward(x, weight, bias, eps=1e-5):
     """y = weight * (x - mean) / sqrt(var + eps) + bias over the last axis. Returns (y, cache)."""
     check_shapes(x, weight, bias)
-    C = x.shape[-1]
     if x.dtype.kind != "f":
         x = x.astype(np.float64)
-    # the means are written as a sum and a division by C: for float32 and float64 the same
-    # numbers as .mean(), without its Python-level overhead, which dominates when a row is one
-    # token (KV-cached decoding)
-    mu = np.add.reduce(x, axis=-1, keepdims=True)            # (..., 1)
-    mu /= C
+    mu = x.mean(axis=-1, keepdims=True)                      # (..., 1)
     xc = x - mu                                              # (..., C)
-    var = np.add.reduce(xc * xc, axis=-1, keepdims=True)     # (..., 1) biased
-    var /= C
-    var += eps
-    rstd = np.sqrt(var, out=var)
-    np.divide(1.0, rstd, out=rstd)                           # (..., 1) 1 / √(σ² + eps)
-    xhat = np.multiply(xc, rstd, out=xc)                     # (..., C)
+    var = (xc * xc).mean(axis=-1, keepdims=True)             # (..., 1) biased: divided by C
+    rstd = 1.0 / np.sqrt(var + eps)                          # (..., 1) eps inside the root
+    xhat = xc * rstd                                         # (..., C)
     cache = Cache(xhat, rstd, weight, bias)
     return output(cache), cache
 
@@ -85,9 +77,8 @@ def backward(dy, cache):
     dbias = dy.sum(axis=rows) if bias is not None else None
     dweight = (dy * xhat).sum(axis=rows) if weight is not None else None
     dxhat = dy * weight if weight is not None else dy
-    C = dy.shape[-1]
-    mean_dxhat = np.add.reduce(dxhat, axis=-1, keepdims=True) / C                # (..., 1)
-    mean_dxhat_xhat = np.add.reduce(dxhat * xhat, axis=-1, keepdims=True) / C    # (..., 1)
+    mean_dxhat = dxhat.mean(axis=-1, keepdims=True)                    # (..., 1)
+    mean_dxhat_xhat = (dxhat * xhat).mean(axis=-1, keepdims=True)      # (..., 1)
     dx = rstd * (dxhat                                                    # term 1
                  - mean_dxhat                                             # term 2
                  - xhat * mean_dxhat_xhat)                                # term 3

@@ -10,7 +10,7 @@ Forward (s = α/r)
     u (..., r)      y (..., C_out)
 
 Backward (dy = ∂L/∂y; N is the product of x's leading dimensions, folded into one axis)
-    y[n, o] = Σ_i x[n, i] W[o, i] + b[o] + s Σ_k u[n, k] B[o, k],   u[n, k] = Σ_i x[n, i] A[k, i]
+    y[n, o] = Σ_i x[n, i] W[o, i] + b[o] + s Σ_k u[n, k] B[o, k],  u[n, k] = Σ_i x[n, i] A[k, i]
     term 1, through u:  du[n, k] = s Σ_o dy[n, o] B[o, k]            ->  du = s · dy @ B
     dx = dy @ W + du @ A            x reaches y directly (through W) and through u (term 1)
     dW = dyᵀ @ x                    as in linear (None when forward was told frozen=True)

@@ -31,9 +31,10 @@ Backward: splitting and concatenating heads only move numbers, so their backward
     d head = dy split into heads         (B, nh, T, hs)
     dq_h, dk_j, dv_j = attention backward, each shared head's dk_j and dv_j the sum over its group
     dq_h, dk_j = RoPE backward           the rotation by −angle, when forward rotated
-    dq, dk, dv = each concatenated back  (B, T, C) and (B, T, nkv·hs), written into `out` when given
-                                          (the GPT gives the three parts of the (B, T, 3C) buffer
-                                          that c_attn's backward takes whole)
+    dq, dk, dv = each concatenated back  (B, T, C) and (B, T, nkv·hs)
+    dqkv = [dq dk dv]                    side by side (backward_qkv): the gradient of GPT-2's fused
+                                          projection c_attn, which made q, k and v as the three
+                                          column blocks of one output
 A forward that read earlier positions from a KV cache has no backward here: decoding needs none.
 
 All heads go through attention together, as one batched (B, nh, ·, ·) product.
@@ -77,13 +78,10 @@ def split_heads(a, n_head):
     return a.reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3)
 
 
-def merge_heads(heads, out=None):
-    """(B, nh, T, hs) -> (B, T, nh·hs): the heads side by side, written into out when given."""
+def merge_heads(heads):
+    """(B, nh, T, hs) -> (B, T, nh·hs): the heads side by side."""
     B, nh, T, hs = heads.shape
-    if out is None:
-        return heads.transpose(0, 2, 1, 3).reshape(B, T, nh * hs)
-    out.reshape((B, T, nh, hs), copy=False).transpose(0, 2, 1, 3)[...] = heads   # raises rather than fill a copy
-    return out
+    return heads.transpose(0, 2, 1, 3).reshape(B, T, nh * hs)
 
 
 def heads(q, k, v, n_head, kv=None, n_kv_head=None, rope_theta=None, rope_op=rope):
@@ -136,17 +134,15 @@ def head_gradients(dy, cache):
     return dy.reshape(att.q.shape) if att.q.ndim == 5 else dy       # grouped: (B, nkv, g, T, hs), a view
 
 
-def merged(dq, dk, dv, cache, out=None, rope_op=rope):
+def merged(dq, dk, dv, cache, rope_op=rope):
     """Backward's last step: the heads' gradients as attention returned them, ungrouped, RoPE's
-    backward applied where forward rotated, and each concatenated to (B, T, ·), into out = (dq, dk,
-    dv) arrays when given."""
+    backward applied where forward rotated, and each concatenated to (B, T, ·)."""
     if dq.ndim == 5:                                                # grouped-query: back to (B, nh, T, hs)
         B, nkv, g, T, hs = dq.shape
         dq, dk, dv = dq.reshape(B, nkv * g, T, hs), dk[:, :, 0], dv[:, :, 0]
     if cache.rope is not None:
         dq, dk = rope_op.backward(dq, cache.rope[0]), rope_op.backward(dk, cache.rope[1])
-    out = (None, None, None) if out is None else out
-    return merge_heads(dq, out[0]), merge_heads(dk, out[1]), merge_heads(dv, out[2])
+    return merge_heads(dq), merge_heads(dk), merge_heads(dv)
 
 
 def forward(q, k, v, n_head, causal=True, mask=None, dropout_p=0.0, rng=None, keep_probs=True, kv=None,
@@ -165,8 +161,13 @@ def forward(q, k, v, n_head, causal=True, mask=None, dropout_p=0.0, rng=None, ke
     return merge_heads(y.reshape(q.shape)), Cache(att_cache, n_head, n_kv_head, rotated)   # (B, T, C)
 
 
-def backward(dy, cache, out=None):
-    """Returns (dq, dk, dv), (B, T, nh·hs) and (B, T, nkv·hs); written into out = (dq, dk, dv)
-    arrays when given."""
+def backward(dy, cache):
+    """Returns (dq, dk, dv), (B, T, nh·hs) and (B, T, nkv·hs) twice."""
     dq, dk, dv = attention.backward(head_gradients(dy, cache), cache.attention)
-    return merged(dq, dk, dv, cache, out)
+    return merged(dq, dk, dv, cache)
+
+
+def backward_qkv(dy, cache):
+    """Returns dqkv (B, T, nh·hs + 2·nkv·hs): dq, dk and dv side by side, the gradient of one fused
+    projection whose output's three column blocks were q, k and v (GPT-2's c_attn)."""
+    return np.concatenate(backward(dy, cache), axis=-1)

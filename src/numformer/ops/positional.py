@@ -5,8 +5,10 @@
     pos = 0 .. T−1, column j = 0 .. C−1 (i = j // 2); result (T, C)
 
 For odd C the last column is a sine (column C−1 = 2i with i = (C−1)/2) with no cosine partner.
-The table is a constant, so there is no backward: it is added to the token embeddings, and the
-gradient of that sum flows only to the embeddings.
+
+Backward: none. The table is a constant with no parameter in it; the model adds it to the token
+embeddings, x0 = wte[idx] + PE, and the gradient of that sum flows to the embeddings only:
+    ∂L/∂wte[idx] = ∂L/∂x0            (the sum passes dy through unchanged, as a residual does)
 """
 
 import numpy as np

@@ -47,14 +47,10 @@ def check_shapes(x, weight):
 def forward(x, weight, eps=EPS):
     """y = weight * x / sqrt(mean(x²) + eps) over the last axis. Returns (y, cache)."""
     check_shapes(x, weight)
-    C = x.shape[-1]
     if x.dtype.kind != "f":
         x = x.astype(np.float64)
-    ms = np.add.reduce(x * x, axis=-1, keepdims=True)       # (..., 1)
-    ms /= C
-    ms += eps
-    rstd = np.sqrt(ms, out=ms)
-    np.divide(1.0, rstd, out=rstd)                           # (..., 1) 1 / √(ms + eps)
+    ms = (x * x).mean(axis=-1, keepdims=True)                # (..., 1) the mean square
+    rstd = 1.0 / np.sqrt(ms + eps)                           # (..., 1) eps inside the root
     cache = Cache(x * rstd, rstd, weight)                    # x̂ (..., C)
     return output(cache), cache
 
@@ -73,8 +69,7 @@ def backward(dy, cache):
     rows = tuple(range(dy.ndim - 1))
     dweight = (dy * xhat).sum(axis=rows) if weight is not None else None
     dxhat = dy * weight if weight is not None else dy
-    C = dy.shape[-1]
-    mean_dxhat_xhat = np.add.reduce(dxhat * xhat, axis=-1, keepdims=True) / C    # (..., 1)
+    mean_dxhat_xhat = (dxhat * xhat).mean(axis=-1, keepdims=True)       # (..., 1)
     dx = rstd * (dxhat                                                    # term 1
                  - xhat * mean_dxhat_xhat)                                # term 2
     return dx, dweight

@@ -22,9 +22,8 @@ import numpy as np
 
 def forward(x, axis=-1):
     """y = exp(x) / sum(exp(x)) along `axis`. Returns (y, cache)."""
-    y = x - x.max(axis=axis, keepdims=True)     # numerical care: max-subtraction, exponents <= 0
-    np.exp(y, out=y)
-    y /= y.sum(axis=axis, keepdims=True)
+    e = np.exp(x - x.max(axis=axis, keepdims=True))   # numerical care: max-subtraction, exponents <= 0
+    y = e / e.sum(axis=axis, keepdims=True)
     return y, (y, axis)
 
 

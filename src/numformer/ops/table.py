@@ -298,6 +298,7 @@ FAST_SIZES: dict[str, list[dict[str, Any]]] = {
     "rope": [{}],                # no sizes: the kept tables and in-place halves against the reference
     "linear": [{}],              # no sizes: MKL's gemm (where installed) against NumPy's matmul; products
                                  # under dispatch.MIN_WORK stay NumPy's, so tests/ops lower it for these shapes
+    "cross_entropy": [{}],       # no sizes: the same operations in place
 }
 
 

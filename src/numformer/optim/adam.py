@@ -1,4 +1,4 @@
-"""Adam (the seed's formula 13, with bias correction) and AdamW (decoupled weight decay).
+"""Adam (the article's formula 13, with bias correction) and AdamW (decoupled weight decay).
 
 With g_t the gradient at step t = 1, 2, ... and m_0 = v_0 = 0:
 
@@ -7,7 +7,8 @@ With g_t the gradient at step t = 1, 2, ... and m_0 = v_0 = 0:
     m̂_t = m_t / (1 − β1^t),  v̂_t = v_t / (1 − β2^t)   bias correction: m_t, v_t start at 0
     θ_t = θ_{t-1} − η m̂_t / (√v̂_t + ε)
 
-ε is added after the square root, as the seed and PyTorch write it. The last line is computed as
+ε is added after the square root, as the article and PyTorch write it. The last line is computed
+as
 
     θ_t = θ_{t-1} − (η / (1 − β1^t)) · m_t / (√v_t / √(1 − β2^t) + ε)
 

@@ -1,4 +1,4 @@
-"""Plain gradient descent, the seed's formula 12.
+"""Plain gradient descent, the article's formula 12.
 
     θ ← θ − η ∇θ L
 

@@ -13,7 +13,10 @@ speed and memory. Where an op has nothing to gain, the reference module is used 
 - layernorm, rmsnorm: one compiled pass per row for forward and one for backward (float32);
 - swiglu: one compiled pass for forward and one for backward (float32);
 - rope: its cos and sin tables kept per head size, the halves rotated in place;
-- mha: multi-head attention over the fast attention and the fast rope.
+- mha: multi-head attention over the fast attention and the fast rope, its backward able to write
+  dq, dk and dv into one (B, T, 3C) buffer;
+- cross_entropy: the exponentials and probabilities made in place, one (N, V) array instead of
+  three.
 
 numformer.ops.fast.dispatch decides, once, which implementation each of them runs (NumPy, the
 compiled float32 kernels of numformer.ops.fast.kernels with the optional numba, or MKL's gemm
@@ -24,8 +27,8 @@ The block and chunk sizes are parameters of forward (`block`, `qrows`, `chunk`) 
 defaults; tests hold every fast op equal to its reference across those boundaries.
 """
 
-from numformer.ops import cross_entropy, dropout, embedding, lora, positional, quant, residual, softmax
-from numformer.ops.fast import attention, gelu, layernorm, linear, mha, rmsnorm, rope, swiglu
+from numformer.ops import dropout, embedding, lora, positional, quant, residual, softmax
+from numformer.ops.fast import attention, cross_entropy, gelu, layernorm, linear, mha, rmsnorm, rope, swiglu
 
 __all__ = ["attention", "cross_entropy", "dropout", "embedding", "gelu", "layernorm", "linear",
            "lora", "mha", "positional", "quant", "residual", "rmsnorm", "rope", "softmax", "swiglu"]

@@ -6,7 +6,10 @@ input runs compiled kernels that take each row once: forward makes μ, σ², rst
 dγ and dβ, in one. The row sums are float32, as the reference's are, but summed in another
 order, so the results agree with the reference to float32 rounding, not bit for bit. `output`
 repeats forward's last step with the same operations, so it gives forward's y again bit for bit.
-Everything else (float64, no numba, NUMFORMER_JIT=0) is the reference's NumPy code.
+Everything else (float64, no numba, NUMFORMER_JIT=0) runs NumPy: the reference's operations in
+the reference's order, so the same bits, with each mean written as np.add.reduce and a division
+(np.mean's Python-level overhead dominates when a row is one token, as in KV-cached decoding)
+and the intermediate arrays of forward reused in place.
 """
 
 import numpy as np
@@ -31,11 +34,43 @@ def _kernels_take(x, *arrays):
     return x.size > 0 and dispatch.runs("layernorm", x, *arrays) == NUMBA
 
 
+def _numpy_forward(x, weight, bias, eps):
+    """The reference's forward, bit for bit, with fewer temporary arrays and Python calls."""
+    C = x.shape[-1]
+    if x.dtype.kind != "f":
+        x = x.astype(np.float64)
+    mu = np.add.reduce(x, axis=-1, keepdims=True)            # (..., 1)
+    mu /= C                                                  # the same numbers as x.mean(-1)
+    xc = x - mu                                              # (..., C)
+    var = np.add.reduce(xc * xc, axis=-1, keepdims=True)     # (..., 1) biased
+    var /= C
+    var += eps
+    rstd = np.sqrt(var, out=var)
+    np.divide(1.0, rstd, out=rstd)                           # (..., 1) 1 / √(σ² + eps)
+    xhat = np.multiply(xc, rstd, out=xc)                     # (..., C)
+    cache = Cache(xhat, rstd, weight, bias)
+    return reference.output(cache), cache
+
+
+def _numpy_backward(dy, cache):
+    """The reference's backward, bit for bit, with the means written as sums and a division."""
+    xhat, rstd, weight, bias = cache.xhat, cache.rstd, cache.weight, cache.bias
+    rows = tuple(range(dy.ndim - 1))
+    dbias = dy.sum(axis=rows) if bias is not None else None
+    dweight = (dy * xhat).sum(axis=rows) if weight is not None else None
+    dxhat = dy * weight if weight is not None else dy
+    C = dy.shape[-1]
+    mean_dxhat = np.add.reduce(dxhat, axis=-1, keepdims=True) / C                # (..., 1)
+    mean_dxhat_xhat = np.add.reduce(dxhat * xhat, axis=-1, keepdims=True) / C    # (..., 1)
+    dx = rstd * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat)
+    return dx, dweight, dbias
+
+
 def forward(x, weight, bias, eps=1e-5):
     """y = weight * (x - mean) / sqrt(var + eps) + bias over the last axis. Returns (y, cache)."""
     reference.check_shapes(x, weight, bias)
     if not _kernels_take(x, weight, bias):
-        return reference.forward(x, weight, bias, eps)
+        return _numpy_forward(x, weight, bias, eps)
     C = x.shape[-1]
     x2 = np.ascontiguousarray(x).reshape(-1, C)                     # (R, C)
     xhat, y = np.empty_like(x2), np.empty_like(x2)
@@ -65,7 +100,7 @@ def backward(dy, cache):
     if dy.shape != xhat.shape:
         raise ValueError(f"layernorm: dy has shape {dy.shape} but y had shape {xhat.shape}")
     if not _kernels_take(xhat, dy, weight, bias):
-        return reference.backward(dy, cache)
+        return _numpy_backward(dy, cache)
     C = xhat.shape[-1]
     dy2 = np.ascontiguousarray(dy).reshape(-1, C)
     dx = np.empty_like(dy2)
