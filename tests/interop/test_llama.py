@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from numformer import cli
 from numformer.checkpoint import read_safetensors
+from numformer.data.tokenizer import BPETokenizer, CharTokenizer
 from numformer.interop.hf_folder import read_weights
 from numformer.interop.llama import export_hf_llama, import_hf_llama, load_hf_llama
 from numformer.model import build, load
@@ -21,7 +22,6 @@ from numformer.model.config import LlamaConfig
 from numformer.model.llama import Llama
 from numformer.reference.llama_folder import make_llama_folder
 from numformer.reference.llama_tokenizers import byte_level_bpe
-from numformer.data.tokenizer import BPETokenizer
 from tests.helpers import TEXT
 
 # name -> make_llama_folder arguments. Every one has a sequence shorter than its context.
@@ -251,3 +251,18 @@ def test_eval_scores_a_text_as_transformers_scores_it(folders, name, tmp_path, c
         theirs = hf(ids, labels=ids).loss.item()
     assert abs(ours["loss"] - theirs) <= 1e-5 * theirs
     assert ours["tokens"] == ids.shape[1] - (1 if tok.bos_token_id is not None and ids[0, 0] == tok.bos_token_id else 0)
+
+
+def test_a_character_level_llama_survives_the_round_trip(tmp_path):
+    """Hugging Face has no character tokenizer: export writes numformer's beside the files
+    (transformers ignores it), and import reads it back, so the model can still be sampled."""
+    tok = CharTokenizer.from_text(TEXT)
+    model = build(LlamaConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16), seed=3)
+    model.save(tmp_path / "ckpt", tokenizer=tok.to_json())
+    notes = export_hf_llama(tmp_path / "ckpt", tmp_path / "hf")
+    assert any("numformer_tokenizer.json" in n for n in notes)
+    hf = transformers_model(tmp_path / "hf")
+    idx = random_ids(model, T=32)
+    assert relative(model.forward(idx), logits_of(hf, idx)) <= 1e-5
+    back = load_hf_llama(tmp_path / "hf")
+    assert back.tokenizer == tok and back.hf_notes == []
