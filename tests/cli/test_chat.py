@@ -42,18 +42,18 @@ def transformers_replies(smollm2):
         ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                       return_tensors="pt", return_dict=True)["input_ids"]
         with torch.no_grad():
-            out = model.generate(ids, do_sample=False, max_new_tokens=80)
+            out = model.generate(ids, do_sample=False, max_new_tokens=48)
         replies.append(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
     return replies
 
 
 def session(model, **kw):
-    settings = dict(max_new_tokens=80, temperature=0.0, top_k=None, top_p=None, rng=np.random.default_rng(0))
+    settings = dict(max_new_tokens=48, temperature=0.0, top_k=None, top_p=None, rng=np.random.default_rng(0))
     return ChatSession(model, "model", **{**settings, **kw})
 
 
 def test_chat_prompt_prints_transformers_reply(smollm2, transformers_replies, capsys):
-    code, out, err = run_cli(capsys, "chat", "--prompt", PROMPTS[0], "--quantize", "none", "--max_new_tokens", 80)
+    code, out, err = run_cli(capsys, "chat", "--prompt", PROMPTS[0], "--quantize", "none", "--max_new_tokens", 48)
     assert code == 0, err
     assert out == transformers_replies[0] + "\n"
     assert out == "The capital of France is Paris.\n"

@@ -270,3 +270,22 @@ def test_init_from_a_gguf_file_fine_tunes_it(tmp_path, capsys):
     assert tuned.config.n_layer == start.config.n_layer and tuned.config.block_size == 32
     assert not np.array_equal(tuned.params.flat, start.params.flat)           # it trained
     assert tuned.tokenizer.chat == start.tokenizer.chat                       # and is still a chat model
+
+
+def test_sample_and_eval_take_a_gguf_file(tmp_path, capsys):
+    path = write_llama_gguf(tmp_path / "m.gguf", fmt="Q4_1", context=64, weight_std=0.3)
+    assert run_cli(capsys, "convert", "--from_gguf", path, "--out", tmp_path / "ck")[0] == 0
+    runs = {}
+    for name, source, quantize in [("gguf", path, "none"), ("kept", path, "keep"), ("ck", tmp_path / "ck", "none")]:
+        code, out, err = run_cli(capsys, "sample", source, "--prompt", "the cat", "--max_new_tokens", 20,
+                                 "--temperature", 0, "--quantize", quantize)
+        assert code == 0, err
+        runs[name] = out
+    assert runs["gguf"] == runs["ck"] == runs["kept"] and len(runs["gguf"]) > len("the cat")
+    (tmp_path / "text.txt").write_text("the cat sat on the mat. " * 30, encoding="utf-8")
+    losses = []
+    for source in (path, tmp_path / "ck"):
+        code, out, err = run_cli(capsys, "eval", source, "--data", tmp_path / "text.txt", "--json")
+        assert code == 0, err
+        losses.append(json.loads(out)["loss"])
+    assert losses[0] == losses[1]

@@ -420,7 +420,8 @@ def describe(model: GGUFModel) -> str:
     c = model.config
     n = sum(int(np.prod(t.shape)) for t in model.tensors.values())
     name = f"{model.name} " if model.name else ""
-    return (f"{name}({model.arch}, {n / 1e6:.0f}M parameters, {c['n_layer']} layers, {c['n_head']} heads / "
+    count = f"{n / 1e6:.0f}M" if n >= 10e6 else f"{n / 1e6:.2f}M"
+    return (f"{name}({model.arch}, {count} parameters, {c['n_layer']} layers, {c['n_head']} heads / "
             f"{c['n_kv_head']} kv, {c['n_embd']} wide, {model.file_type} weights)")
 
 
