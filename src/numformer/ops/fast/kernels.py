@@ -544,10 +544,20 @@ def bf16_dequantize(w, lo, hi, out):
 # A row's sum is taken block by block,
 #     Σ_j x_j (d q_j + m) = d · (Σ_j x_j q_j) + m · (Σ_j x_j),
 # with Σ_j x_j of each block computed once per row of x and shared by every row of W; eight rows
-# of W at once, sharing the loads of x, as q8_rows. The nibbles are masked and shifted as uint8
-# (numba would widen a mask with a plain int to int64, which vectorises half as wide).
+# of W at once, sharing the loads of x, as q8_rows. A byte c's two nibbles are taken in float32,
+# h = ⌊c/16⌋ and l = c − 16h (exact: c, c/16 and their floors are float32 numbers): numba widens
+# integer masks and shifts to int64, which vectorise a quarter as wide (measured 1.3-1.6x slower).
 
 _LOW, _FOUR, _EIGHT = np.uint8(15), np.uint8(4), np.uint16(8)
+_SIXTEENTH, _SIXTEEN = f32(0.0625), f32(16.0)
+
+
+@njit(inline="always", **_OPTS)
+def _nibbles_dot(c, xl, xh):
+    """xl · (c's low nibble) + xh · (c's high nibble), the nibbles taken in float32."""
+    f = f32(c)
+    h = np.floor(f * _SIXTEENTH)                # the high nibble
+    return xl * (f - _SIXTEEN * h) + xh * h     # f − 16h: the low one
 
 
 @njit(inline="always", **_OPTS)
@@ -587,14 +597,14 @@ def q41_rows(x, raw, y, lo, hi):
                     xh = x[mm, 32 * b + 16 + j]
                     c0, c1, c2, c3 = raw[r0, o + j], raw[r1, o + j], raw[r2, o + j], raw[r3, o + j]
                     c4, c5, c6, c7 = raw[r4, o + j], raw[r5, o + j], raw[r6, o + j], raw[r7, o + j]
-                    s0 += xl * f32(c0 & _LOW) + xh * f32(c0 >> _FOUR)
-                    s1 += xl * f32(c1 & _LOW) + xh * f32(c1 >> _FOUR)
-                    s2 += xl * f32(c2 & _LOW) + xh * f32(c2 >> _FOUR)
-                    s3 += xl * f32(c3 & _LOW) + xh * f32(c3 >> _FOUR)
-                    s4 += xl * f32(c4 & _LOW) + xh * f32(c4 >> _FOUR)
-                    s5 += xl * f32(c5 & _LOW) + xh * f32(c5 >> _FOUR)
-                    s6 += xl * f32(c6 & _LOW) + xh * f32(c6 >> _FOUR)
-                    s7 += xl * f32(c7 & _LOW) + xh * f32(c7 >> _FOUR)
+                    s0 += _nibbles_dot(c0, xl, xh)
+                    s1 += _nibbles_dot(c1, xl, xh)
+                    s2 += _nibbles_dot(c2, xl, xh)
+                    s3 += _nibbles_dot(c3, xl, xh)
+                    s4 += _nibbles_dot(c4, xl, xh)
+                    s5 += _nibbles_dot(c5, xl, xh)
+                    s6 += _nibbles_dot(c6, xl, xh)
+                    s7 += _nibbles_dot(c7, xl, xh)
                 t = sx[b]
                 o = 20 * b
                 a0 += half_value(raw[r0, o], raw[r0, o + 1]) * s0 + half_value(raw[r0, o + 2], raw[r0, o + 3]) * t
