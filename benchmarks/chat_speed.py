@@ -24,9 +24,10 @@ The report gives each case's median over the rounds, and how many of the first 3
 of numformer keep and llama.cpp agree (llama.cpp rounds the activations to 8 bits per block of 32
 before its integer dot products; numformer keeps them float32, so the two may part ways).
 
-Threads: --threads T for both. numformer: numba's threads (NUMBA_NUM_THREADS=T) for the products
-of at least numformer.ops.fast.quantized.PARALLEL_MIN weights, its BLAS on one thread as `numformer
-chat` runs it; llama.cpp: n_threads = n_threads_batch = T.
+Threads: --threads T for both. numformer: NumPy's BLAS on T threads and numba's (NUMBA_NUM_THREADS=T),
+which numformer.ops.fast.quantized uses for the products of at least PARALLEL_MIN weights while
+BLAS has more than one thread (`numformer chat` gives BLAS one, so --threads 1 is what it runs);
+llama.cpp: n_threads = n_threads_batch = T.
 
 The floor: the bytes one decoded token reads (numformer.perf.decode_weight_bytes: every weight as
 stored, the tied embedding whole as the LM head) at this machine's copy bandwidth
@@ -67,10 +68,10 @@ def child_numformer(spec):
 
     from numformer.data.chat import ChatTemplate
     from numformer.model.llama import Llama
-    from numformer.parallel.process import one_blas_thread
+    from numformer.parallel.process import limit_blas_threads
     from numformer.perf import decode_weight_bytes, peak_rss_bytes
 
-    one_blas_thread()
+    limit_blas_threads(spec["threads"])
     t0 = time.perf_counter()
     model = Llama.from_gguf(spec["file"], quantize=spec["quantize"]).eval()
     load_s = time.perf_counter() - t0

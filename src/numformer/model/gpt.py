@@ -157,17 +157,15 @@ def linear_forward(ops, w, layer, x, lora, **kw):
     (y, (op, cache)) for linear_backward."""
     weight, bias = w[f"{layer}.weight"], w[f"{layer}.bias"]
     if lora is None:
-        return _tagged(ops.linear, ops.linear.forward(x, weight, bias, **kw))
+        y, cache = ops.linear.forward(x, weight, bias, **kw)
+        return y, (ops.linear, cache)
     alpha, adapters = lora
     if layer in adapters:
         A, B = adapters[layer]
-        return _tagged(ops.lora, ops.lora.forward(x, weight, bias, A, B, alpha=alpha, frozen=True, **kw))
-    return _tagged(ops.linear, ops.linear.forward(x, weight, bias, frozen=True, **kw))
-
-
-def _tagged(op, result):
-    y, cache = result
-    return y, (op, cache)
+        y, cache = ops.lora.forward(x, weight, bias, A, B, alpha=alpha, frozen=True, **kw)
+        return y, (ops.lora, cache)
+    y, cache = ops.linear.forward(x, weight, bias, frozen=True, **kw)
+    return y, (ops.linear, cache)
 
 
 def linear_backward(dy, tagged_cache, x=None):
@@ -188,6 +186,7 @@ class GPT(QuantizedWeights):
     """
 
     token_embedding = head_weight = GPT2.name("wte")      # tied: the LM head is the token embedding
+    _WPE, _LN_F, _LN_F_BIAS = GPT2.name("wpe"), GPT2.name("ln_f"), GPT2.name("ln_f", BIAS)   # spelt once, not per token
 
     def __init__(self, config: GPTConfig, *, dtype=np.float32, seed: int = 0, init: bool = True,
                  ops: str = "fast", lora=None):
@@ -328,17 +327,17 @@ class GPT(QuantizedWeights):
     def _embed(self, idx, t0):
         """x0 = embed_scale · wte[idx] + positions t0 .. t0+T-1. Returns (x0, embedding cache)."""
         p, T = self.params, idx.shape[1]
-        tok, cache = self.ops.embedding.forward(idx, self.tensor(GPT2.name("wte")))     # (B, T, C)
-        pos = (p[GPT2.name("wpe")] if self.config.pos_encoding == "learned" else self.pe)[t0:t0 + T]
+        tok, cache = self.ops.embedding.forward(idx, self.tensor(self.token_embedding))  # (B, T, C)
+        pos = (p[self._WPE] if self.config.pos_encoding == "learned" else self.pe)[t0:t0 + T]
         x = tok * self.embed_scale + pos if self.embed_scale != 1.0 else tok + pos
         return x, cache
 
     def _head(self, x):
         """logits = LN_f(x) · wteᵀ. Returns (logits, LN_f's cache, the head's cache)."""
         p = self.params
-        x, ln_f = self.ops.layernorm.forward(x, p[GPT2.name("ln_f")], self._ln_bias("ln_f"),
+        x, ln_f = self.ops.layernorm.forward(x, p[self._LN_F], p.views.get(self._LN_F_BIAS, self._zeros_C),
                                              self.config.layer_norm_eps)
-        logits, head = self.ops.linear.forward(x, self.tensor(GPT2.name("wte")), keep_input=False,  # tied; x from LN_f's cache
+        logits, head = self.ops.linear.forward(x, self.tensor(self.head_weight), keep_input=False,  # tied; x from LN_f's cache
                                                frozen=self.lora is not None)
         return logits, ln_f, head
 
@@ -490,6 +489,3 @@ class GPT(QuantizedWeights):
             return None
         return self.lora.alpha, {layer: (self.adapters[GPT2.name(layer, LORA_A, i)], self.adapters[GPT2.name(layer, LORA_B, i)])
                                  for layer in self.lora.targets}
-
-    def _ln_bias(self, layer: str):
-        return self.params.views.get(GPT2.name(layer, BIAS), self._zeros_C)

@@ -84,9 +84,9 @@ ROWS = (
     Row("linear", "float32", {MKL: _GEMM.format("sgemm"), NUMPY: "np.matmul"}),
     Row("linear", "float64", {MKL: _GEMM.format("dgemm"), NUMPY: "np.matmul"}),
     # quantized weights (numformer.ops.quant; numformer.ops.fast.quantized): keyed by format, not dtype
-    Row("linear", "int8", {NUMBA: "kernels q8_rows for ≤ 4 rows; else dequantized tiles and np.matmul",
+    Row("linear", "int8", {NUMBA: "kernels q8_rows for ≤ 16 rows; else dequantized tiles and np.matmul",
                            NUMPY: "dequantized tiles and np.matmul"}),
-    Row("linear", "bf16", {NUMBA: "kernels bf16_rows for ≤ 4 rows; else dequantized tiles and np.matmul",
+    Row("linear", "bf16", {NUMBA: "kernels bf16_rows for ≤ 16 rows; else dequantized tiles and np.matmul",
                            NUMPY: "dequantized tiles and np.matmul"}),
     Row("linear", "q4_1", {NUMBA: "kernels q41_rows for ≤ 4 rows; else dequantized tiles and np.matmul",
                            NUMPY: "dequantized tiles and np.matmul"}),

@@ -10,10 +10,14 @@ the time to read the weights. For up to ROWS rows the compiled row kernels
 (numformer.ops.fast.kernels q8_rows, bf16_rows, q41_rows) read the int8 values and their scales,
 the bf16 bits, or the Q4_1 blocks as they lie and sum in float32; nothing of the weight is converted to float32
 anywhere but in registers. A product of at least PARALLEL_MIN weights runs on numba's threads
-(the rows of W split between them), when numba's threading layer is one that several threads
-may call (OpenMP or TBB: numba's own workqueue measured slower than one thread here), and only
-from the main thread (the threaded training step and evaluation call from their own threads,
-one per core already).
+(the rows of W split between them) as float32 products run on BLAS's: only while NumPy's BLAS
+has more than one thread (`numformer sample` gives it one, as for float32 weights, unless
+OPENBLAS_NUM_THREADS or OMP_NUM_THREADS says more; `bench --generate` leaves it one per core), so
+that a comparison with float32 decoding uses the same cores; only from the main thread (the
+threaded training step and evaluation call from threads of their own, one per core already);
+and only where numba's threading layer is one that several threads may call (OpenMP or TBB:
+numba's own workqueue measured slower than one thread here). A core that another process keeps
+busy slows a product split over two threads by far more than half, for these and for BLAS's.
 
 Many rows (a prompt, an evaluation batch) are a matrix product, which BLAS makes far faster than
 any loop of ours: W is dequantized TILE_BYTES at a time, a tile of rows into a small float32
@@ -34,8 +38,9 @@ import numpy as np
 from numformer.ops import quant
 from numformer.ops.fast import dispatch
 from numformer.ops.fast.dispatch import NUMBA
+from numformer.parallel.process import blas_single_threaded
 
-ROWS = 4                        # rows of x up to which the row kernels run (measured: docs/performance.md)
+ROWS = 16                       # rows of x up to which the row kernels run (measured: docs/performance.md)
 PARALLEL_MIN = 1 << 20          # weights of a product that runs on numba's threads
 TILE_BYTES = 1 << 18            # float32 bytes of a dequantized tile (an L2 cache's share)
 
@@ -48,6 +53,8 @@ def threads_line() -> str:
     if k is None:
         return "no row kernels (numba not in use): dequantized tiles and np.matmul"
     parts, why = _row_threads(k)
+    if parts > 1 and blas_single_threaded():
+        return f"1 thread: NumPy's BLAS has one (else {parts}, {why})"
     return f"{parts} thread{'s' if parts > 1 else ''} for products of ≥ {PARALLEL_MIN:,} weights ({why})"
 
 
@@ -65,7 +72,7 @@ def _row_threads(k) -> tuple:
 
 
 def _parts(k, weights: int) -> int:
-    if weights < PARALLEL_MIN or threading.current_thread() is not threading.main_thread():
+    if weights < PARALLEL_MIN or blas_single_threaded() or threading.current_thread() is not threading.main_thread():
         return 1
     return _row_threads(k)[0]
 
