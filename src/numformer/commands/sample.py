@@ -1,14 +1,16 @@
 """`numformer sample`: generate text from a trained checkpoint, streamed as it is made.
 
-    numformer sample [OUT_DIR_OR_CHECKPOINT | --out_dir DIR] [--prompt TEXT] [--max_new_tokens N] ...
+    numformer sample [OUT_DIR_OR_CHECKPOINT | --out_dir DIR] [--prompt TEXT] [--max_new_tokens N] [--quantize Q] ...
 
 The checkpoint is named as `eval` and `explore` name it, positional or --out_dir
 (add_checkpoint_arguments), and found by load_for_sampling: the folder itself if it is a
-checkpoint, else its best/, else its latest/. The prompt is encoded as transformers' tokenizer
-encodes it: behind the tokens the tokenizer puts before every text (a Llama's BOS; nothing for
-GPT-2, Qwen2 or numformer's own tokenizers), so that an empty prompt starts from the BOS alone.
+checkpoint, else its best/, else its latest/; or a GGUF file (numformer.interop.gguf). The
+prompt is encoded as transformers' tokenizer encodes it: behind the tokens the tokenizer puts
+before every text (a Llama's BOS; nothing for GPT-2, Qwen2 or numformer's own tokenizers), so that
+an empty prompt starts from the BOS alone.
 The sampling itself (temperature, top-k, top-p, the KV cache and the sliding window) is
-numformer.model.generate.
+numformer.model.generate. --quantize bf16 or int8 loads the weights so stored (numformer.model.load), as
+`eval`, `explore` and `bench --generate` take it.
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from numformer.errors import CheckpointError, DataError, UsageError, check_text
-from numformer.model.generate import generate_tokens
+from numformer.interop.gguf import is_gguf
 from numformer.model.decoders import load
+from numformer.model.generate import generate_tokens
+from numformer.model.llama import Llama
+from numformer.model.quantized import QUANTIZE
 from numformer.parallel.process import one_blas_thread
 
 
@@ -79,6 +84,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--num_samples", type=int, default=1, help="how many samples to draw (default: 1)")
     parser.add_argument("--seed", type=int, default=1337, help="random seed, an integer >= 0 (default: 1337)")
     parser.add_argument("--no_cache", action="store_true", help="recompute the whole window for every token (slow; for checking)")
+    add_quantize_argument(parser)
+
+
+def add_quantize_argument(parser) -> None:
+    """--quantize, as `sample`, `eval`, `explore` and `bench --generate` take it."""
+    parser.add_argument("--quantize", default="none", choices=QUANTIZE,
+                        help="store the weights as bf16 or int8 (blocks of 32 values with a scale each) and compute "
+                             "with them: less memory and faster decoding, slightly different numbers; none keeps "
+                             "float32 (a GGUF file's weights dequantized); keep reads a GGUF file's Q4_1 and Q8_0 "
+                             "weights as the file stores them (default: none)")
 
 
 def main(args) -> int:
@@ -97,7 +112,7 @@ def main(args) -> int:
     one_blas_thread()   # sampling is one token at a time on one thread (see numformer.parallel.process)
 
     where = chosen_checkpoint(args)
-    model = load_for_sampling(where)
+    model = load_for_sampling(where, quantize=args.quantize)
     tok = model.tokenizer
     if tok is None:
         raise UsageError(f"{where}: the checkpoint has no tokenizer, so text cannot be encoded")
@@ -132,7 +147,7 @@ def add_checkpoint_arguments(parser) -> None:
     with chosen_checkpoint(args)."""
     parser.add_argument("checkpoint", nargs="?", default=None, metavar="OUT_DIR_OR_CHECKPOINT",
                         help="training output folder (its best/ or latest/ checkpoint is used), "
-                             "or a checkpoint folder itself (default: out)")
+                             "a checkpoint folder itself, or a GGUF file (default: out)")
     parser.add_argument("--out_dir", default=None, metavar="OUT_DIR_OR_CHECKPOINT",
                         help="the same, as a flag, as `numformer train` names it")
 
@@ -154,15 +169,21 @@ def _same_file(a: str, b: str) -> bool:
         return False
 
 
-def load_for_sampling(out_dir):
-    """The model to sample from (a GPT or a Llama, as its config.json says): out_dir itself if it
-    is a checkpoint, else out_dir/best, else out_dir/latest."""
+def load_for_sampling(out_dir, quantize: str = "none"):
+    """The model to sample from (a GPT or a Llama, as its config.json says): a GGUF file, or
+    out_dir itself if it is a checkpoint, else out_dir/best, else out_dir/latest. quantize "bf16"
+    or "int8" stores its weights so (model.quantize; a float64 checkpoint is read as float32
+    first); "keep" keeps a GGUF file's Q4_1 and Q8_0 weights as the file stores them (for a
+    checkpoint, the same as "none")."""
     root = Path(out_dir)
+    if root.suffix.lower() == ".gguf" or is_gguf(root):
+        return Llama.from_gguf(root, quantize=quantize)       # read_gguf says why a file is not a GGUF model
+    dtype = None if quantize in ("none", "keep") else np.float32
     if root.is_file():
-        return load(root)             # load_checkpoint explains why a file (a pickle, say) is refused
+        return load(root, dtype=dtype, quantize=quantize)   # load_checkpoint explains why a file (a pickle, say) is refused
     for cand in (root, root / "best", root / "latest"):
         if (cand / "config.json").is_file():
-            return load(cand)
+            return load(cand, dtype=dtype, quantize=quantize)
     if not root.exists():
         raise CheckpointError(f"{root}: no such folder; train first (numformer train --out_dir {root})")
     raise CheckpointError(f"{root}: no checkpoint found (looked for {root}/best and {root}/latest)")

@@ -37,7 +37,11 @@ JSON documents:
 
     {"type": "char", "format": 1, "chars": ["\\n", " ", "!", ...]}
     {"type": "bpe", "format": 1, "tokenizers_version": "0.23.3", "hf": {...HF tokenizer.json...},
-     "special_tokens": {"bos_token": "<s>", "eos_token": "</s>"}}      (special_tokens: when known)
+     "special_tokens": {"bos_token": "<s>", "eos_token": "</s>"},      (special_tokens: when known)
+     "chat": {"template": "{% for message in messages %}...", "end_of_turn": [2]}}   (chat: a chat model's)
+
+"chat" is there only for a chat model's tokenizer (imported with its chat template: see
+numformer.data.chat); a BPETokenizer then has `chat`, a ChatSettings, and otherwise None.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ import numpy as np
 import tokenizers
 
 from numformer.checkpoint import TOKENIZER_LIMIT, parse_json, read_file
+from numformer.data.chat import ChatSettings
 from numformer.errors import DataError, UsageError
 
 FORMAT = 1
@@ -319,11 +324,14 @@ class BPETokenizer:
 
     kind = "bpe"
 
-    def __init__(self, hf_tokenizer, doc: dict | None = None, special_tokens: dict[str, str] | None = None):
+    def __init__(self, hf_tokenizer, doc: dict | None = None, special_tokens: dict[str, str] | None = None,
+                 chat: ChatSettings | None = None):
         """`doc`: the tokenizer's Hugging Face document, when the caller has it parsed already.
         `special_tokens`: the roles of some of its tokens, as a Hugging Face tokenizer_config.json
-        names them ({"bos_token": "<s>", "eos_token": "</s>"}; see SPECIAL_ROLES)."""
+        names them ({"bos_token": "<s>", "eos_token": "</s>"}; see SPECIAL_ROLES). `chat`: a chat
+        model's template and end-of-turn tokens (numformer.data.chat)."""
         self._tok = hf_tokenizer
+        self.chat = chat
         self.special_tokens = _checked_roles(special_tokens or {}, hf_tokenizer)
         doc = doc if doc is not None else json.loads(hf_tokenizer.to_str())
         self._cut = _cut_rule(doc)
@@ -494,11 +502,13 @@ class BPETokenizer:
         }
         if self.special_tokens:
             doc["special_tokens"] = self.special_tokens
+        if self.chat is not None:
+            doc["chat"] = self.chat.to_dict()
         return json.dumps(doc, ensure_ascii=False)
 
     def __eq__(self, other):
         return (isinstance(other, BPETokenizer) and self._tok.to_str() == other._tok.to_str()
-                and self.special_tokens == other.special_tokens)
+                and self.special_tokens == other.special_tokens and self.chat == other.chat)
 
     def __repr__(self):
         return f"BPETokenizer(vocab_size={self.vocab_size})"
@@ -654,7 +664,10 @@ def from_json(s: str | bytes) -> CharTokenizer | BPETokenizer:
         if not isinstance(hf_doc, dict):
             raise DataError("bpe tokenizer JSON needs \"hf\": a Hugging Face tokenizer object")
         try:
-            return BPETokenizer.from_hf_document(hf_doc, doc.get("special_tokens"))
+            tok = BPETokenizer.from_hf_document(hf_doc, doc.get("special_tokens"))
         except DataError as e:
             raise DataError(f"bpe tokenizer JSON: {e}") from None
+        if doc.get("chat") is not None:
+            tok.chat = ChatSettings.from_dict(doc["chat"], tok.vocab_size, "bpe tokenizer JSON")
+        return tok
     raise DataError(f"tokenizer JSON has unknown type {kind!r} (expected 'char' or 'bpe')")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from numformer.model.gpt import GPT
 from numformer.model.llama import Llama
+from numformer.model.quantized import check_quantize
 from numformer.model.serialize import FORMATS, read_model
 
 MODELS = {"gpt2": GPT, "llama": Llama}
@@ -31,12 +32,16 @@ def build(config, **kwargs):
     return model_class(config)(config, **kwargs)
 
 
-def load(path, *, dtype=None, ops: str = "fast", families=tuple(MODELS)):
+def load(path, *, dtype=None, ops: str = "fast", families=tuple(MODELS), quantize: str = "none"):
     """The model in the checkpoint folder `path` (written by save or `numformer train`), of the
     family its config.json names, with its tokenizer (model.tokenizer, None if it has none).
-    CheckpointError (one line) for a folder that is not the checkpoint of one of `families`."""
+    CheckpointError (one line) for a folder that is not the checkpoint of one of `families`.
+    quantize: "none" (the default), "bf16" or "int8" stores the weights so for inference
+    (numformer.model.quantized)."""
+    check_quantize(quantize)
     saved = read_model(path, dtype=dtype, families=families)
     model = build(saved.config, dtype=saved.dtype, init=False, ops=ops, lora=saved.lora)
     model.load_state_dict(saved.tensors, source=str(path))
+    del saved.tensors                      # the file's copy goes before the weights are quantized
     model.tokenizer = saved.tokenizer
-    return model
+    return model.quantize(quantize)

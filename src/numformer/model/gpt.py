@@ -32,6 +32,13 @@ buffer that training updates (the adapters, or without them the parameters) and 
 has its layout. With adapters the base weights are frozen: backward adds no gradient for them,
 and the frozen linear maps skip their dW products.
 
+Quantized weights. `model.quantize("int8")` (or "bf16"; `GPT.load(path, quantize=...)`) stores the
+weights of every linear map and the token embedding, which is also the tied LM head, as
+numformer.ops.quant's int8 blocks or bf16, for inference (numformer.model.quantized): the
+float32 weights are freed, `model.params` keeps the rest (LayerNorms, biases, the learned
+position table) in float32, and `model.quantized` has the quantized weights by name. The ops
+take them where they took the float32 ones, so the same block_forward runs.
+
 Positions. `pos_encoding="learned"` adds a trained table `wpe` as GPT-2 does. The default,
 `"sinusoidal"`, adds the article's fixed table P (formula 2), scaled by `sinusoidal_form`:
 "scaled" (the default) is x0 = wte[idx] + P/√C. Read literally ("article"), wte[idx] + P trains
@@ -52,6 +59,7 @@ from numformer.model.config import GPTConfig, position_terms
 from numformer.model.generate import generate
 from numformer.model.params import (BIAS, GPT2, LORA_A, LORA_B, NORM, WEIGHT, FlatParams, check_tensors,
                                     gpt_param_shapes, lora_param_shapes)
+from numformer.model.quantized import QuantizedWeights, check_quantize
 from numformer.model.serialize import read_gpt, save_gpt
 from numformer.ops import op_set
 
@@ -149,17 +157,15 @@ def linear_forward(ops, w, layer, x, lora, **kw):
     (y, (op, cache)) for linear_backward."""
     weight, bias = w[f"{layer}.weight"], w[f"{layer}.bias"]
     if lora is None:
-        return _tagged(ops.linear, ops.linear.forward(x, weight, bias, **kw))
+        y, cache = ops.linear.forward(x, weight, bias, **kw)
+        return y, (ops.linear, cache)
     alpha, adapters = lora
     if layer in adapters:
         A, B = adapters[layer]
-        return _tagged(ops.lora, ops.lora.forward(x, weight, bias, A, B, alpha=alpha, frozen=True, **kw))
-    return _tagged(ops.linear, ops.linear.forward(x, weight, bias, frozen=True, **kw))
-
-
-def _tagged(op, result):
-    y, cache = result
-    return y, (op, cache)
+        y, cache = ops.lora.forward(x, weight, bias, A, B, alpha=alpha, frozen=True, **kw)
+        return y, (ops.lora, cache)
+    y, cache = ops.linear.forward(x, weight, bias, frozen=True, **kw)
+    return y, (ops.linear, cache)
 
 
 def linear_backward(dy, tagged_cache, x=None):
@@ -171,13 +177,16 @@ def linear_backward(dy, tagged_cache, x=None):
 
 # ----------------------------------------------------------------------------- the model
 
-class GPT:
+class GPT(QuantizedWeights):
     """A GPT whose parameters are named views into one flat buffer.
 
     >>> model = GPT(GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=8))
     >>> logits = model.forward(np.zeros((2, 8), dtype=np.int64))        # (B, T, V)
     >>> logits, loss = model.forward(idx, targets); model.backward()   # grads in model.grads
     """
+
+    token_embedding = head_weight = GPT2.name("wte")      # tied: the LM head is the token embedding
+    _WPE, _LN_F, _LN_F_BIAS = GPT2.name("wpe"), GPT2.name("ln_f"), GPT2.name("ln_f", BIAS)   # spelt once, not per token
 
     def __init__(self, config: GPTConfig, *, dtype=np.float32, seed: int = 0, init: bool = True,
                  ops: str = "fast", lora=None):
@@ -204,6 +213,8 @@ class GPT:
         self.hf_notes: list[str] = []               # from_hf: what the import changed or left out
         self.hf_tokenizer_problem: str | None = None  # from_hf: why the folder's tokenizer files cannot be used
         self._zeros_C = np.zeros(C, dtype=self.dtype)  # stands in for LayerNorm bias when bias=False
+        self.quantization = "none"                  # see "Quantized weights" above (numformer.model.quantized)
+        self.quantized: dict = {}                   # name -> quant.Int8Blocks or quant.BF16
         self._tape = None
         self._blocks = [self._block_params(i) for i in range(config.n_layer)]
         self._lora = [self._block_adapters(i) for i in range(config.n_layer)]
@@ -245,8 +256,8 @@ class GPT:
         return self.trainable.mask(lambda name, shape: len(shape) >= 2)
 
     def num_params(self) -> int:
-        """The model's parameters, adapters included."""
-        return self.params.size + (self.adapters.size if self.adapters is not None else 0)
+        """The model's parameters, adapters and quantized weights included."""
+        return self.params.size + (self.adapters.size if self.adapters is not None else 0) + self.quantized_params()
 
     def zero_grad(self) -> None:
         self.grads.flat[...] = 0
@@ -260,10 +271,12 @@ class GPT:
         return self
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """The parameters by name, and the adapters' A and B when the model has them."""
+        """The parameters by name, and the adapters' A and B when the model has them; the
+        quantized weights of a quantized model dequantized (new float32 arrays)."""
         out = dict(self.params.views)
         if self.adapters is not None:
             out.update(self.adapters.views)
+        out.update(self.dequantized_weights())
         return out
 
     def load_state_dict(self, tensors: dict[str, np.ndarray], source: str = "state dict") -> None:
@@ -314,17 +327,17 @@ class GPT:
     def _embed(self, idx, t0):
         """x0 = embed_scale · wte[idx] + positions t0 .. t0+T-1. Returns (x0, embedding cache)."""
         p, T = self.params, idx.shape[1]
-        tok, cache = self.ops.embedding.forward(idx, p[GPT2.name("wte")])                # (B, T, C)
-        pos = (p[GPT2.name("wpe")] if self.config.pos_encoding == "learned" else self.pe)[t0:t0 + T]
+        tok, cache = self.ops.embedding.forward(idx, self.tensor(self.token_embedding))  # (B, T, C)
+        pos = (p[self._WPE] if self.config.pos_encoding == "learned" else self.pe)[t0:t0 + T]
         x = tok * self.embed_scale + pos if self.embed_scale != 1.0 else tok + pos
         return x, cache
 
     def _head(self, x):
         """logits = LN_f(x) · wteᵀ. Returns (logits, LN_f's cache, the head's cache)."""
         p = self.params
-        x, ln_f = self.ops.layernorm.forward(x, p[GPT2.name("ln_f")], self._ln_bias("ln_f"),
+        x, ln_f = self.ops.layernorm.forward(x, p[self._LN_F], p.views.get(self._LN_F_BIAS, self._zeros_C),
                                              self.config.layer_norm_eps)
-        logits, head = self.ops.linear.forward(x, p[GPT2.name("wte")], keep_input=False,  # tied; x from LN_f's cache
+        logits, head = self.ops.linear.forward(x, self.tensor(self.head_weight), keep_input=False,  # tied; x from LN_f's cache
                                                frozen=self.lora is not None)
         return logits, ln_f, head
 
@@ -343,6 +356,7 @@ class GPT:
         (numformer.parallel.threads uses it to add the shards' gradients in a fixed order)."""
         if tape is None or tape.get("ce") is None:
             raise RuntimeError("backward() needs a preceding forward(idx, targets)")
+        self.check_trainable()
         cfg, ops, T = self.config, self.ops, tape["T"]
         grads = self.grads.views
 
@@ -422,18 +436,24 @@ class GPT:
 
     def save(self, path, *, tokenizer: str | None = None, optimizer: dict | None = None,
              train_state: dict | None = None) -> None:
-        """Write a checkpoint folder (see numformer.model.serialize)."""
+        """Write a checkpoint folder (see numformer.model.serialize). A quantized model is not saved:
+        its checkpoint is the float32 one it was loaded from."""
+        self.check_savable()
         save_gpt(self, path, tokenizer=tokenizer, optimizer=optimizer, train_state=train_state)
 
     @classmethod
-    def load(cls, path, *, dtype=None, ops: str = "fast") -> "GPT":
+    def load(cls, path, *, dtype=None, ops: str = "fast", quantize: str = "none") -> "GPT":
         """Load a checkpoint folder written by `save` (or `numformer train`); its tokenizer, when
-        it has one, is `model.tokenizer`."""
+        it has one, is `model.tokenizer`. quantize: "none" (the default), "bf16" or "int8" stores
+        the weights so for inference (`quantize`; the checkpoint must then be float32 or dtype
+        float32)."""
+        check_quantize(quantize)
         saved = read_gpt(path, dtype=dtype)
         model = cls(saved.config, dtype=saved.dtype, init=False, ops=ops, lora=saved.lora)
         model.load_state_dict(saved.tensors, source=str(path))
+        del saved.tensors
         model.tokenizer = saved.tokenizer
-        return model
+        return model.quantize(quantize)
 
     @classmethod
     def from_hf(cls, path, dtype=np.float32) -> "GPT":
@@ -453,13 +473,14 @@ class GPT:
     # ----------------------------------------------------------------------------- helpers
 
     def _block_params(self, i: int) -> dict[str, np.ndarray]:
-        """Block i's parameter views by their names inside the block ("ln_1.weight"); where
-        bias=False, zeros for a LayerNorm's bias and None for a linear map's."""
+        """Block i's parameter views (or quantized weights) by their names inside the block
+        ("ln_1.weight"); where bias=False, zeros for a LayerNorm's bias and None for a linear map's."""
         views, prefix, w = self.params.views, GPT2.prefix(i), {}
         for layer in GPT2.layers:
             for part in (WEIGHT, BIAS):
                 name = GPT2.name(layer.name, part, i)
-                w[name.removeprefix(prefix)] = views.get(name, self._zeros_C if layer.kind == NORM else None)
+                w[name.removeprefix(prefix)] = self.quantized.get(
+                    name, views.get(name, self._zeros_C if layer.kind == NORM else None))
         return w
 
     def _block_adapters(self, i: int):
@@ -468,6 +489,3 @@ class GPT:
             return None
         return self.lora.alpha, {layer: (self.adapters[GPT2.name(layer, LORA_A, i)], self.adapters[GPT2.name(layer, LORA_B, i)])
                                  for layer in self.lora.targets}
-
-    def _ln_bias(self, layer: str):
-        return self.params.views.get(GPT2.name(layer, BIAS), self._zeros_C)

@@ -17,6 +17,13 @@ added to the embedding; n_kv_head key/value heads shared by n_head / n_kv_head q
 linear maps) instead of GELU between two; no biases (Qwen2: on q_proj, k_proj and v_proj only);
 the LM head its own matrix unless tie_embeddings.
 
+Quantized weights: `model.quantize("int8")` or "bf16" (`Llama.load(path, quantize=...)`), as the
+GPT's (numformer.model.quantized): every linear map's weight, the LM head's and the token
+embedding are stored so and read as stored; RMSNorm gains and biases stay float32.
+`Llama.from_gguf(path, quantize="keep")` keeps a GGUF file's Q4_1 and Q8_0 weights as the file
+stores them (Q4_1 blocks read in place, Q8_0 as int8 blocks of the same values), so a 98 MB file
+takes about 98 MB.
+
 `block_forward` is one block, used by training, evaluation and KV-cached decoding alike;
 `block_backward` walks the same block backwards, calling each op's backward in reverse order, with
 `+=` wherever gradients meet: the residuals, and the tied embedding. `Llama` has the GPT's
@@ -39,12 +46,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from numformer.model.config import LlamaConfig
+from numformer.errors import CheckpointError
+from numformer.interop.gguf import GGUFModel, read_gguf, tensor_blocks
+from numformer.model import memory
+from numformer.model.config import InvalidConfig, LlamaConfig
 from numformer.model.generate import generate
 from numformer.model.gpt import linear_backward, linear_forward
 from numformer.model.params import BIAS, LLAMA, LORA_A, LORA_B, NORM, WEIGHT, FlatParams, check_tensors
+from numformer.model.quantized import QuantizedWeights, check_quantize
 from numformer.model.serialize import read_model, save_model
-from numformer.ops import op_set
+from numformer.ops import op_set, quant
+
+KEPT_BLOCKS = ("Q4_1", "Q8_0")                # the GGUF block formats that quantize="keep" leaves as they are
 
 
 class KVCache:
@@ -147,7 +160,7 @@ def block_backward(ops, dx, c, cfg: LlamaConfig, add):
 
 # ----------------------------------------------------------------------------- the model
 
-class Llama:
+class Llama(QuantizedWeights):
     """A Llama-shaped decoder whose parameters are named views into one flat buffer, named as
     Hugging Face's LlamaForCausalLM names them (model.params.LLAMA).
 
@@ -157,6 +170,7 @@ class Llama:
     """
 
     family = LLAMA
+    token_embedding = LLAMA.name("model.embed_tokens")
 
     def __init__(self, config: LlamaConfig, *, dtype=np.float32, seed: int = 0, init: bool = True,
                  ops: str = "fast", lora=None):
@@ -178,11 +192,13 @@ class Llama:
         self.training = True
         self.rng = np.random.default_rng([seed, 1])  # dropout masks; its state is checkpointed
         self.tokenizer = None
+        self.quantization = "none"                  # see numformer.model.quantized
+        self.quantized: dict = {}                   # name -> quant.Int8Blocks or quant.BF16
         self._tape = None
         self._blocks = [self._block_params(i) for i in range(config.n_layer)]
         self._lora = [self._block_adapters(i) for i in range(config.n_layer)]
         # the LM head's weight: its own, or the token embedding's (tied)
-        self._head_name = LLAMA.name("model.embed_tokens") if config.tie_embeddings else LLAMA.name("lm_head")
+        self.head_weight = LLAMA.name("model.embed_tokens") if config.tie_embeddings else LLAMA.name("lm_head")
         if init:
             self.init_weights(seed)
 
@@ -220,8 +236,8 @@ class Llama:
         return self.trainable.mask(lambda name, shape: len(shape) >= 2)
 
     def num_params(self) -> int:
-        """The model's parameters, adapters included."""
-        return self.params.size + (self.adapters.size if self.adapters is not None else 0)
+        """The model's parameters, adapters and quantized weights included."""
+        return self.params.size + (self.adapters.size if self.adapters is not None else 0) + self.quantized_params()
 
     def zero_grad(self) -> None:
         self.grads.flat[...] = 0
@@ -235,10 +251,12 @@ class Llama:
         return self
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """The parameters by name, and the adapters' A and B when the model has them."""
+        """The parameters by name, and the adapters' A and B when the model has them; the
+        quantized weights of a quantized model dequantized (new float32 arrays)."""
         out = dict(self.params.views)
         if self.adapters is not None:
             out.update(self.adapters.views)
+        out.update(self.dequantized_weights())
         return out
 
     def load_state_dict(self, tensors: dict[str, np.ndarray], source: str = "state dict") -> None:
@@ -272,7 +290,7 @@ class Llama:
         rng = self.rng if rng is None else rng
         tape = {"T": T, "blocks": []}
 
-        x, tape["emb"] = ops.embedding.forward(idx, self.params[LLAMA.name("model.embed_tokens")])   # (B, T, C)
+        x, tape["emb"] = ops.embedding.forward(idx, self.tensor(self.token_embedding))   # (B, T, C)
         x, tape["drop"] = ops.dropout.forward(x, drop, rng, training=drop > 0)
         for w, lora in zip(self._blocks, self._lora):
             x, c = block_forward(ops, w, x, cfg, drop=drop, rng=rng, lora=lora)
@@ -288,7 +306,7 @@ class Llama:
     def _head(self, x):
         """logits = RMSNorm_f(x) · W_headᵀ. Returns (logits, RMSNorm_f's cache, the head's cache)."""
         x, norm_f = self.ops.rmsnorm.forward(x, self.params[LLAMA.name("model.norm")], self.config.rms_norm_eps)
-        logits, head = self.ops.linear.forward(x, self.params[self._head_name], keep_input=False,  # x from norm_f's cache
+        logits, head = self.ops.linear.forward(x, self.tensor(self.head_weight), keep_input=False,  # x from norm_f's cache
                                                frozen=self.lora is not None)
         return logits, norm_f, head
 
@@ -307,6 +325,7 @@ class Llama:
         (numformer.parallel.threads uses it to add the shards' gradients in a fixed order)."""
         if tape is None or tape.get("ce") is None:
             raise RuntimeError("backward() needs a preceding forward(idx, targets)")
+        self.check_trainable()
         cfg, ops, T = self.config, self.ops, tape["T"]
         grads = self.grads.views
 
@@ -335,7 +354,7 @@ class Llama:
         dx, dhead, _ = ops.linear.backward(dlogits, tape.pop("lm_head"), x=ops.rmsnorm.output(norm_f))
         del dlogits
         if not frozen:
-            add(self._head_name, dhead)                                        # tied: the head's share, +=
+            add(self.head_weight, dhead)                                        # tied: the head's share, +=
         dx, dw = ops.rmsnorm.backward(dx, norm_f)
         del norm_f
         add_layer(None)("model.norm", dw, None)
@@ -363,7 +382,7 @@ class Llama:
         t0, t1 = cache.length, cache.length + idx.shape[1]
         if t1 > self.config.block_size:
             raise ValueError(f"KV cache holds {self.config.block_size} positions; {t1} requested")
-        x, _ = self.ops.embedding.forward(idx, self.params[LLAMA.name("model.embed_tokens")])   # (B, Tn, C)
+        x, _ = self.ops.embedding.forward(idx, self.tensor(self.token_embedding))   # (B, Tn, C)
         for i, w in enumerate(self._blocks):
             x, _ = block_forward(self.ops, w, x, self.config, kv=(cache.k[i], cache.v[i], t0), lora=self._lora[i])
         logits, _, _ = self._head(x)
@@ -381,29 +400,65 @@ class Llama:
 
     def save(self, path, *, tokenizer: str | None = None, optimizer: dict | None = None,
              train_state: dict | None = None) -> None:
-        """Write a checkpoint folder (see numformer.model.serialize); config.json says "numformer-llama"."""
+        """Write a checkpoint folder (see numformer.model.serialize); config.json says "numformer-llama".
+        A quantized model is not saved: its checkpoint is the float32 one it was loaded from."""
+        self.check_savable()
         save_model(self, path, tokenizer=tokenizer, optimizer=optimizer, train_state=train_state)
 
     @classmethod
-    def load(cls, path, *, dtype=None, ops: str = "fast") -> "Llama":
+    def load(cls, path, *, dtype=None, ops: str = "fast", quantize: str = "none") -> "Llama":
         """Load a Llama checkpoint folder written by `save` (or `numformer train --arch llama`); its
-        tokenizer, when it has one, is `model.tokenizer`."""
+        tokenizer, when it has one, is `model.tokenizer`. quantize: "none" (the default), "bf16" or
+        "int8" stores the weights so for inference (`quantize`)."""
+        check_quantize(quantize)
         saved = read_model(path, dtype=dtype, families=("llama",))
         model = cls(saved.config, dtype=saved.dtype, init=False, ops=ops, lora=saved.lora)
         model.load_state_dict(saved.tensors, source=str(path))
+        del saved.tensors
         model.tokenizer = saved.tokenizer
-        return model
+        return model.quantize(quantize)
+
+    @classmethod
+    def from_gguf(cls, path, *, dtype=np.float32, ops: str = "fast", quantize: str = "none") -> "Llama":
+        """Load a GGUF file (llama.cpp's format; see numformer.interop.gguf): Q and K in Hugging
+        Face's row order, the tokenizer (with the chat template) as `model.tokenizer`, and the
+        weights, by `quantize`: "none" dequantized to `dtype`; "int8" or "bf16" dequantized, then
+        quantized so (`quantize`); "keep" the Q4_1 and Q8_0 weights as the file has them (Q8_0 as
+        int8 blocks of the same values), any other type dequantized to float32. CheckpointError
+        (one line naming the file) for a file numformer cannot run. `path` may also be the file
+        already read (a GGUFModel)."""
+        check_quantize(quantize)
+        gguf = path if isinstance(path, GGUFModel) else read_gguf(path)
+        path = gguf.path
+        try:
+            config = LlamaConfig(**gguf.config)
+        except InvalidConfig as e:
+            raise CheckpointError(f"{path}: {e}") from None
+        model = cls(config, dtype=dtype, init=False, ops=ops)
+        check_tensors(gguf.tensors, LLAMA.shapes(config), str(path))
+        if quantize == "keep":
+            kept = {name: _kept(gguf, name) for name in model.quantizable() if gguf.tensors[name].kind in KEPT_BLOCKS}
+            memory.refuse_if_too_big("loading this model", [("weights", (memory.model_params(config) - sum(
+                int(np.prod(w.shape)) for w in kept.values())) * 4)], "free some memory or use a machine with more")
+            model.store_quantized(kept, gguf.float32, "keep")
+        else:
+            memory.refuse_if_too_big("loading this model", [("weights", memory.model_params(config) * np.dtype(dtype).itemsize)],
+                                     "free some memory or use a machine with more")
+            for name, view in model.params.views.items():
+                view[...] = gguf.float32(name)       # one tensor at a time: no second copy of the model
+        model.tokenizer = gguf.bpe_tokenizer()
+        return model.quantize(quantize) if quantize in quant.FORMATS else model
 
     # ----------------------------------------------------------------------------- helpers
 
     def _block_params(self, i: int) -> dict[str, np.ndarray]:
-        """Block i's parameter views by their names inside the block ("self_attn.q_proj.weight");
-        None for a bias the layer does not have."""
+        """Block i's parameter views (or quantized weights) by their names inside the block
+        ("self_attn.q_proj.weight"); None for a bias the layer does not have."""
         views, prefix, w = self.params.views, LLAMA.prefix(i), {}
         for layer in LLAMA.layers:
             for part in (WEIGHT, BIAS):
                 name = LLAMA.name(layer.name, part, i)
-                w[name.removeprefix(prefix)] = views.get(name)
+                w[name.removeprefix(prefix)] = self.quantized.get(name, views.get(name))
         return w
 
     def _block_adapters(self, i: int):
@@ -413,3 +468,16 @@ class Llama:
         layers = [LLAMA.lora_targets[t] for t in self.lora.targets]
         return self.lora.alpha, {layer: (self.adapters[LLAMA.name(layer, LORA_A, i)],
                                          self.adapters[LLAMA.name(layer, LORA_B, i)]) for layer in layers}
+
+
+def _kept(gguf: GGUFModel, name: str):
+    """GGUF tensor `name` (Q4_1 or Q8_0) as a quantized weight of the same values, unpermuted;
+    CheckpointError if a block's scale (or minimum) is not finite."""
+    t = gguf.tensors[name]
+    raw = tensor_blocks(t)
+    w = quant.Q41Blocks(raw) if t.kind == "Q4_1" else quant.q8_0_as_int8(raw)
+    size = 20 if t.kind == "Q4_1" else 34
+    scales = np.ascontiguousarray(raw.reshape(raw.shape[0], -1, size)[..., :4 if t.kind == "Q4_1" else 2])
+    if not np.isfinite(scales.view(np.float16)).all():
+        raise CheckpointError(f"{gguf.path}: tensor {t.gguf_name} has blocks whose scale is not finite")
+    return w

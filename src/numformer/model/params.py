@@ -362,8 +362,10 @@ class FlatParams:
             offset += n
 
     def like(self) -> "FlatParams":
-        """A zeroed buffer with the same layout (gradients, optimizer moments)."""
-        return FlatParams(self.shapes, self.flat.dtype, np.zeros_like(self.flat))
+        """A zeroed buffer with the same layout (gradients, optimizer moments). np.zeros, not
+        zeros_like: its pages are the system's zero pages until written, so a model that only
+        runs inference never holds its gradient buffer in memory."""
+        return FlatParams(self.shapes, self.flat.dtype, np.zeros(self.flat.shape, dtype=self.flat.dtype))
 
     def mask(self, predicate) -> np.ndarray:
         """A flat float mask: 1 on the elements of parameters where predicate(name, shape) holds."""

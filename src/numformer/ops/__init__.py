@@ -16,11 +16,11 @@ same signatures, computed in blocks and chunks for speed; `op_set(name)` gives e
 import sys
 
 from numformer.ops import (attention, cross_entropy, dropout, embedding, gelu, layernorm, linear,
-                           lora, mha, positional, residual, rmsnorm, rope, softmax, swiglu)
+                           lora, mha, positional, quant, residual, rmsnorm, rope, softmax, swiglu)
 from numformer.ops import fast
 
 __all__ = ["attention", "cross_entropy", "dropout", "embedding", "gelu", "layernorm", "linear",
-           "lora", "mha", "positional", "residual", "rmsnorm", "rope", "softmax", "swiglu"]
+           "lora", "mha", "positional", "quant", "residual", "rmsnorm", "rope", "softmax", "swiglu"]
 
 
 OP_SETS = ("reference", "fast")

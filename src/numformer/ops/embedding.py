@@ -10,9 +10,14 @@ A token that appears several times accumulates one gradient per appearance (`dta
 would keep only one of them). The sum is done by sorting the positions by id and adding each
 run of equal ids with np.add.reduceat: the same sums as np.add.at, several times faster
 (docs/performance.md). ids get no gradient.
+
+A quantized table (inference, ops/quant.py) gives y = deq(table)[ids]: only the rows looked up
+are dequantized.
 """
 
 import numpy as np
+
+from numformer.ops import quant
 
 
 def forward(ids, table):
@@ -26,7 +31,7 @@ def forward(ids, table):
     if ids.size and (ids.min() < 0 or ids.max() >= V):
         raise ValueError(f"embedding: ids must lie in [0, {V}) for a table of shape {table.shape}, "
                          f"got values from {ids.min()} to {ids.max()}")
-    y = table[ids]                                     # (..., C)
+    y = quant.rows(table, ids) if quant.is_quantized(table) else table[ids]   # (..., C)
     return y, (ids, table.shape, table.dtype)
 
 

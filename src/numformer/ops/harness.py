@@ -8,14 +8,18 @@ the tests assert that every result is ok, and `numformer check` prints them as a
 - `against_finite_differences`: the same gradients against central differences;
 - `float32_against_float64`: float32 results agree with float64 to float32 precision;
 - `fast_against_reference`: a fast op, at given block and chunk sizes, against the reference op
-  on the same inputs, in float64 or float32.
+  on the same inputs, in float64 or float32;
+- `quant_checks`: a row of quantized weights (numformer.ops.quant) against exact rational
+  arithmetic, its worst-case bound and PyTorch's bf16, and the linear map with it.
 
 A comparison passes when |ours − ref| <= rtol·|ref| + rtol·atol_frac·max|ref| elementwise, with
 finite values and equal shapes. Results report max |ours − ref| and that over max |ref|.
 """
 
+import math
 import zlib
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
@@ -237,3 +241,137 @@ def fast_against_reference(case, sizes, dtype=np.float64, seed=0):
 def failures(results):
     """The results that did not pass, one per line, for an assertion message."""
     return "\n".join(str(r) for r in results if not r.ok)
+
+
+# ----------------------------------------------------------------------------- quantized weights
+
+def quant_weight(case, seed=0):
+    """The row's weight as float32, seeded like make_inputs."""
+    rng = np.random.default_rng([zlib.crc32(case.id.encode()), seed])
+    spec = case.weight
+    w = rng.standard_normal(spec) if isinstance(spec, tuple) else spec(rng) if callable(spec) else spec
+    return np.asarray(w).astype(np.float32), rng
+
+
+def _nearest_float32(r: Fraction) -> np.float32:
+    """The float32 nearest to the rational r, ties to the even one (finite r within range)."""
+    f = np.float32(float(r))                   # within one float32 step of the answer
+    candidates = [np.nextafter(f, np.float32(-np.inf)), f, np.nextafter(f, np.float32(np.inf))]
+    return min(candidates, key=lambda c: (abs(Fraction(float(c)) - r), int(np.array(c).view(np.uint32)) & 1))
+
+
+def int8_exact(w):
+    """(q, d, deq) of int8 quantization computed in exact rational arithmetic, block by block:
+    d the float32 nearest to max|w|/127, q = w/d rounded half away from zero (clamped to ±127),
+    deq the float32 nearest to d·q."""
+    rows, K = w.shape
+    nb = -(-K // 32)
+    q = np.zeros((rows, K), dtype=np.int64)
+    d = np.zeros((rows, nb), dtype=np.float32)
+    deq = np.zeros((rows, K), dtype=np.float32)
+    for i in range(rows):
+        for b in range(nb):
+            block = [Fraction(float(v)) for v in w[i, 32 * b:32 * b + 32]]
+            scale = _nearest_float32(max(abs(v) for v in block) / 127)
+            d[i, b] = scale
+            for j, v in enumerate(block):
+                if scale == 0:
+                    continue
+                r = v / Fraction(float(scale))
+                n = math.floor(abs(r) + Fraction(1, 2))
+                n = max(-127, min(127, n if r >= 0 else -n))
+                q[i, 32 * b + j] = n
+                deq[i, 32 * b + j] = _nearest_float32(Fraction(float(scale)) * n)
+    return q, d, deq
+
+
+def bf16_exact(w):
+    """The bf16 bit patterns of w computed from the values: the nearest number with 8 significant
+    bits (quantum 2^-133 at the smallest), ties to even, ±inf from 2^128 on; NaN is left to the
+    caller (0 here)."""
+    out = np.zeros(w.shape, dtype=np.uint16)
+    for idx, v in np.ndenumerate(w):
+        v = float(v)
+        if math.isnan(v):
+            continue
+        sign = 0x8000 if math.copysign(1.0, v) < 0 else 0
+        a = abs(v)
+        if math.isinf(a):
+            out[idx] = sign | 0x7F80
+            continue
+        if a == 0:
+            out[idx] = sign
+            continue
+        _, e = math.frexp(a)                                       # a = m·2^e, ½ <= m < 1
+        quantum = Fraction(2) ** max(e - 8, -133)                  # 8 significant bits
+        value = round(Fraction(a) / quantum) * quantum             # round() on a Fraction: half to even
+        if value >= Fraction(2) ** 128:
+            out[idx] = sign | 0x7F80
+            continue
+        out[idx] = sign | int(np.array(np.float32(float(value))).view(np.uint32)) >> 16
+    return out
+
+
+def quant_checks(case, torch=None, seed=0):
+    """The checks of a quantization row (numformer.ops.table.QUANT_CASES): quantize against the
+    exact computation (q, d and the dequantized values for int8; the bits for bf16, and NaN kept
+    NaN), the worst-case bound, PyTorch's bf16 conversion when torch is given, and the linear map
+    with the quantized weight on both op sets against float64."""
+    from numformer.ops import quant
+
+    w, rng = quant_weight(case, seed)
+    qw = quant.quantize(w, case.format)
+    with np.errstate(invalid="ignore"):                            # a signalling NaN, widened
+        deq = quant.dequantize(qw).astype(np.float64)
+    out = []
+
+    def result(check, tensor, ours, ref, rtol=0.0):
+        out.append(Result(case.id, "quant", check, tensor, *compare(ours, ref, rtol, atol_frac=0.0)))
+
+    finite = np.isfinite(w)
+    if case.format == "int8":
+        q, d, exact = int8_exact(w)
+        out.append(Result(case.id, "quant", "exact", "q", float(np.abs(qw.q - q).max()), 0.0,
+                          bool(np.array_equal(qw.q, q))))
+        out.append(Result(case.id, "quant", "exact", "d", float(np.abs(qw.d - d).max()), 0.0,
+                          bool(np.array_equal(qw.d, d))))
+        result("exact", "deq", deq, exact)
+        # |w − deq| <= (d/2)(1 + 2^-16), for blocks whose scale is a normal float32
+        scale = np.repeat(qw.d.astype(np.float64), 32, axis=-1)[..., :w.shape[-1]]
+        normal = scale >= 2.0 ** -126
+        ratio = np.abs(w - deq)[normal] / (scale[normal] / 2 * (1 + 2.0 ** -16))
+        worst = float(ratio.max()) if ratio.size else 0.0
+        out.append(Result(case.id, "quant", "bound", "|w − deq| / ((d/2)(1 + 2^-16))", worst, worst, worst <= 1.0))
+    else:
+        exact = bf16_exact(w)
+        nan = ~np.isnan(w)
+        same = bool(np.array_equal(qw.bits[nan], exact[nan])) and bool(np.all(np.isnan(deq[~nan])))
+        out.append(Result(case.id, "quant", "exact", "bits", float(np.abs(qw.bits.astype(np.int64) - exact).max()),
+                          0.0, same))
+        # |w − deq| <= 2^-8 |w| (normal numbers), 2^-134 (subnormal ones); finite results only
+        ok = finite & np.isfinite(deq)
+        a = np.abs(w[ok].astype(np.float64))
+        limit = np.where(a >= 2.0 ** -126, 2.0 ** -8 * a, 2.0 ** -134)
+        ratio = np.abs(w[ok] - deq[ok]) / limit
+        worst = float(ratio.max()) if ratio.size else 0.0
+        out.append(Result(case.id, "quant", "bound", "|w − deq| / (2^-8 |w|)", worst, worst, worst <= 1.0))
+        if torch is not None and case.torch:
+            theirs = torch.from_numpy(w.copy()).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+            out.append(Result(case.id, "quant", "torch", "bits", float(np.abs(qw.bits.astype(np.int64) - theirs).max()),
+                              0.0, bool(np.array_equal(qw.bits, theirs))))
+    for M in case.products:
+        x = rng.standard_normal((M, w.shape[-1])).astype(np.float32)
+        b = rng.standard_normal(w.shape[0]).astype(np.float32)
+        dy = rng.standard_normal((M, w.shape[0])).astype(np.float32)
+        ref_y = x.astype(np.float64) @ deq.T + b                    # float64 products of the same values
+        ref_dx = dy.astype(np.float64) @ deq
+        for ops in ("reference", "fast"):
+            linear = op_set(ops).linear
+            y, cache = linear.forward(x, qw, b)
+            dx, dweight, dbias = linear.backward(dy, cache)
+            label = f"{ops}, {M} row{'s' if M > 1 else ''}"
+            out.append(Result(case.id, label, "product", "y", *compare(y, ref_y, FAST_RTOL[np.dtype(np.float32)], 1.0)))
+            out.append(Result(case.id, label, "product", "dx", *compare(dx, ref_dx, FAST_RTOL[np.dtype(np.float32)], 1.0)))
+            out.append(Result(case.id, label, "product", "no dW, db", 0.0, 0.0, dweight is None and dbias is None
+                              and y.dtype == np.float32 and dx.dtype == np.float32))
+    return out

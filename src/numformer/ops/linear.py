@@ -19,18 +19,24 @@ second layer, whose input GELU(h) it recomputes; see model/gpt.py).
 
 Frozen weights (fine-tuning with adapters, see ops/lora.py): forward(..., frozen=True) keeps no x,
 and backward returns (dx, None, None), skipping the dW product.
+
+Quantized weights (inference, see ops/quant.py): W may be an int8 or bf16 weight; then
+y = x deq(W)ᵀ + b, and the weight is frozen (backward gives dx = dy deq(W) only). Here W is
+dequantized for each product, as the formula reads; numformer.ops.fast.linear reads the
+quantized weight directly.
 """
 
 from typing import NamedTuple
 
 import numpy as np
 
+from numformer.ops import quant
 
 class Cache(NamedTuple):
     """What backward needs (numformer.ops.fast.linear makes the same)."""
 
     x: np.ndarray | None        # the input as (N, C_in); None with keep_input=False or frozen=True
-    weight: np.ndarray          # (C_out, C_in)
+    weight: np.ndarray          # (C_out, C_in), or a quantized weight of that shape
     has_bias: bool
     x_shape: tuple              # the input's shape, (..., C_in)
     frozen: bool                # no dweight, dbias
@@ -38,11 +44,13 @@ class Cache(NamedTuple):
 
 def forward(x, weight, bias=None, keep_input=True, frozen=False):
     """y = x @ weight.T + bias. Returns (y, cache); with keep_input=False the cache leaves out x,
-    and backward must be given it; with frozen=True backward gives no dweight, dbias."""
+    and backward must be given it; with frozen=True (and always for a quantized weight) backward
+    gives no dweight, dbias."""
     check_shapes(x, weight, bias)
     c_out, c_in = weight.shape
+    frozen = frozen or quant.is_quantized(weight)
     x2 = x.reshape(-1, c_in)                    # (N, C_in)
-    y = x2 @ weight.T                           # (N, C_out)
+    y = x2 @ dense(weight).T                    # (N, C_out)
     if bias is not None:
         y += bias
     y = y.reshape(*x.shape[:-1], c_out)         # (..., C_out)
@@ -54,12 +62,17 @@ def backward(dy, cache, x=None):
     forward was called with frozen=True. x is forward's input, needed only when forward was
     called with keep_input=False (and frozen=False)."""
     dy2, x2 = backward_operands(dy, cache, x)   # (N, C_out), (N, C_in)
-    dx = (dy2 @ cache.weight).reshape(cache.x_shape)   # (..., C_in)
+    dx = (dy2 @ dense(cache.weight)).reshape(cache.x_shape)   # (..., C_in)
     if cache.frozen:
         return dx, None, None
     dweight = dy2.T @ x2                        # (C_out, C_in)
     dbias = dy2.sum(axis=0) if cache.has_bias else None
     return dx, dweight, dbias
+
+
+def dense(weight):
+    """The weight as a float array: a quantized one dequantized (ops/quant.py), else itself."""
+    return quant.dequantize(weight) if quant.is_quantized(weight) else weight
 
 
 def check_shapes(x, weight, bias):

@@ -305,3 +305,71 @@ FAST_SIZES: dict[str, list[dict[str, Any]]] = {
 def fast_rows():
     """(case, sizes) for every row whose op has a fast version, at every size of FAST_SIZES."""
     return [(case, sizes) for case in CASES for sizes in FAST_SIZES.get(case.op, [])]
+
+
+# ---- quantized weights (numformer.ops.quant) -------------------------------------------------
+# Quantization has no gradient: its rows are checked by harness.quant_checks against an exact
+# computation in rational arithmetic (Python's fractions, no NumPy), against the worst-case bound
+# of ops/quant.py's docstring and, for bf16, against PyTorch's own conversion; where `products`
+# gives row counts, also the linear map with the quantized weight, y = x deq(W)ᵀ + b and its dx,
+# on both op sets (the fast one runs the compiled kernels or the dequantized tiles) against
+# float64.
+
+@dataclass(frozen=True)
+class QuantCase:
+    id: str
+    format: str                              # "int8" or "bf16"
+    weight: Any                              # shape (standard normal), callable(rng), or float32 bits (uint32 array)
+    products: tuple = ()                     # rows M of x for the linear map's checks
+    torch: bool = True                       # bf16: compare with torch's conversion (no NaN there: see below)
+
+    def __str__(self):
+        return self.id
+
+
+def from_bits(*bits):
+    """float32 values given by their bit patterns, as a (1, n) weight."""
+    return np.array(bits, dtype=np.uint32).view(np.float32).reshape(1, -1)
+
+
+def log_uniform(shape, lo, hi):
+    """Magnitudes spread evenly over the decades [lo, hi), random signs."""
+    return lambda rng: (np.exp(rng.uniform(np.log(lo), np.log(hi), size=shape))
+                        * rng.choice([-1.0, 1.0], size=shape))
+
+
+def halves(shape, scale):
+    """Values (k + ½)·scale, exactly half-way between two multiples of the scale, with a block
+    maximum of 127·scale, so that int8's d is exactly `scale` and every other value is a tie."""
+    def build(rng):
+        k = rng.integers(-127, 127, size=shape) + 0.5
+        k[..., ::32] = 127.0
+        return k * scale
+    return build
+
+
+QUANT_CASES = [
+    QuantCase("int8 (4, 64)", "int8", (4, 64)),
+    QuantCase("int8 C_in 70: a short last block", "int8", (3, 70)),
+    QuantCase("int8 C_in 7 < 32", "int8", (5, 7)),
+    QuantCase("int8 ties at ½ round away from zero", "int8", halves((3, 64), 0.125)),
+    QuantCase("int8 values over 1e-20 .. 1e20", "int8", log_uniform((4, 96), 1e-20, 1e20)),
+    QuantCase("int8 a block of zeros, a lone value", "int8",
+              np.array([[0.0] * 32 + [0.0] * 31 + [-3.0] + [2.0 ** -k for k in range(32)]])),
+    QuantCase("bf16 (4, 40)", "bf16", (4, 40)),
+    QuantCase("bf16 values over 1e-38 .. 1e38", "bf16", log_uniform((6, 50), 1e-38, 1e38)),
+    QuantCase("bf16 ties to even, subnormals", "bf16",
+              from_bits(0x3F808000, 0x3F818000, 0xBF808000, 0x3F807FFF, 0x3F808001, 0x00008000, 0x00018000,
+                        0x00017FFF, 0x80018000, 0x00000001)),
+    QuantCase("bf16 ±0, ±inf, overflow to inf", "bf16",
+              from_bits(0x00000000, 0x80000000, 0x7F800000, 0xFF800000, 0x7F7FFFFF, 0x7F7F7FFF, 0x7F7F8000,
+                        0xFF7F8000)),
+    QuantCase("bf16 NaN stays NaN", "bf16", from_bits(0x7FC00000, 0xFFC00001, 0x7F800001, 0xFFFFFFFF, 0x7FBFFFFF),
+              torch=False),    # PyTorch makes every NaN 0xFFFF; ours keeps the sign (ops/quant.py)
+    # the linear map with quantized weights: row kernels (≤ ops.fast.quantized.ROWS rows), tiles beyond,
+    # groups of 8 output rows with a remainder, a short last block
+    QuantCase("int8 linear (13, 70)", "int8", (13, 70), products=(1, 3, 17)),
+    QuantCase("int8 linear (40, 96)", "int8", (40, 96), products=(1, 9, 20)),
+    QuantCase("bf16 linear (13, 70)", "bf16", (13, 70), products=(1, 3, 17)),
+    QuantCase("bf16 linear (40, 96)", "bf16", (40, 96), products=(1, 9, 20)),
+]

@@ -70,7 +70,7 @@ class TrainConfig:
     threads: int = 0               # threads for each step's shards and AdamW (0: one per core; 1 under MPI)
     sample_tokens: int = 300       # length of the sample printed at the end (0: none)
     # fine-tuning (numformer.training.finetune)
-    init_from: str = ""            # start from this checkpoint or Hugging Face model folder ("": from scratch)
+    init_from: str = ""            # start from this checkpoint, Hugging Face folder or GGUF file ("": from scratch)
     lora_rank: int = 0             # train low-rank adapters of this rank, the rest frozen (0: train every weight)
     lora_alpha: float = 0.0        # adapters are scaled by lora_alpha / lora_rank (0: alpha = rank)
     lora_targets: str = ",".join(DEFAULT_LORA_TARGETS)
@@ -155,8 +155,9 @@ HELP = {
     "dtype": "'float32' or 'float64'",
     "threads": "split each batch, and the AdamW update, over this many threads (0: one per core, or 1 per MPI rank)",
     "sample_tokens": "length of the text sample printed at the end (0 for none)",
-    "init_from": "fine-tune: start from this numformer checkpoint folder (or a run's out_dir) or Hugging Face GPT-2, "
-                 "Llama, Mistral or Qwen2 folder, at step 0 with a fresh optimizer; the model and tokenizer come from it",
+    "init_from": "fine-tune: start from this numformer checkpoint folder (or a run's out_dir), Hugging Face GPT-2, "
+                 "Llama, Mistral or Qwen2 folder, or GGUF file, at step 0 with a fresh optimizer; the model and "
+                 "tokenizer come from it",
     "lora_rank": "fine-tune low-rank adapters of this rank and freeze every other weight (0: train every weight)",
     "lora_alpha": "adapter scale: the adapters' output is multiplied by lora_alpha / lora_rank (0: alpha = rank)",
     "lora_targets": f"comma-separated layers that get adapters: {', '.join(ALL_LORA_TARGETS[:4])} (--arch gpt2), "

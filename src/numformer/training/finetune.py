@@ -1,8 +1,10 @@
 """Fine-tuning: `numformer train --init_from DIR` and low-rank adapters.
 
 --init_from DIR starts training from the weights in DIR (a numformer checkpoint folder of either
-family, a training run's out_dir, whose best/ or latest/ is used, or a Hugging Face GPT-2, Llama,
-Mistral or Qwen2 folder: numformer.interop.hf) at step 0 with fresh optimizer state. The model's family (--arch), shape and tokenizer come from
+family, a training run's out_dir, whose best/ or latest/ is used, a Hugging Face GPT-2, Llama,
+Mistral or Qwen2 folder: numformer.interop.hf, or a GGUF file: numformer.interop.gguf, its
+weights dequantized and its chat template carried into the checkpoints) at step 0 with fresh
+optimizer state. The model's family (--arch), shape and tokenizer come from
 DIR: a model flag that contradicts DIR is refused in one line (only --dropout may be set, and for
 a Llama a --block_size up to DIR's: its positions are rotations, with no table to cut, and a real
 Llama's context of thousands of tokens is more than a CPU fine-tuning run wants; the fine-tuned
@@ -25,9 +27,11 @@ import numpy as np
 
 from numformer.checkpoint import PICKLE_SUFFIXES, pickle_refusal, read_json
 from numformer.errors import CheckpointError, UsageError, hub_hint, looks_like_hub_name
+from numformer.interop.gguf import is_gguf
 from numformer.interop.hf import load_hf
 from numformer.model.adapters import LoRAConfig, merged_state_dict, parse_targets
 from numformer.model.decoders import build, load
+from numformer.model.llama import Llama
 from numformer.model.serialize import checkpoint_family, model_config
 
 # The flat keys a fine-tuning run takes from DIR, not from its flags (dropout excepted), per family.
@@ -38,11 +42,14 @@ LORA_KEYS = ("lora_rank", "lora_alpha", "lora_targets")
 
 
 def init_folder(path) -> tuple[Path, str]:
-    """(folder, kind) of --init_from: kind "numformer" or "hf". CheckpointError (one line) for a
-    path that is not such a folder; a pickle is refused without being opened."""
+    """(folder or file, kind) of --init_from: kind "numformer", "hf" or "gguf". CheckpointError (one
+    line) for a path that is not such a folder or a GGUF file; a pickle is refused without being
+    opened."""
     root = Path(path)
     if not str(path).strip():
         raise UsageError("--init_from is empty; give a checkpoint folder or a Hugging Face model folder")
+    if root.suffix.lower() == ".gguf" or is_gguf(root):
+        return root, "gguf"                     # Llama.from_gguf says what is wrong with the file
     if not root.exists():
         if str(path) == "resume":        # nanoGPT's words for "continue this run"
             raise UsageError("--init_from resume is nanoGPT's way to continue a run; numformer's is --resume "
@@ -75,6 +82,8 @@ def load_init_model(path, dtype="float32"):
     """The model in --init_from's folder (a GPT or a Llama), adapters merged, with its tokenizer
     (model.tokenizer)."""
     root, kind = init_folder(path)
+    if kind == "gguf":
+        return Llama.from_gguf(root, dtype=np.dtype(dtype))
     model = load(root, dtype=dtype) if kind == "numformer" else load_hf(root, dtype=np.dtype(dtype))
     if model.lora is not None:
         plain = build(model.config, dtype=model.dtype, init=False)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import numformer
-from numformer.ops.fast import dispatch, kernels
+from numformer.ops.fast import dispatch, kernels, quantized
 from numformer.ops.fast.dispatch import MKL, NUMBA, NUMPY, ROWS
 from numformer.parallel import process
 
@@ -183,3 +183,9 @@ def test_kernels_are_called_by_name():
                  "layernorm_backward", "softmax_rows", "softmax_again", "softmax_backward_rows", "adam_update"):
         assert callable(getattr(kernels, name))
         assert re.search(rf"\.{name}\b", callers), f"no caller names the kernel {name}"
+
+
+def test_the_quantized_rows_say_how_many_rows_their_kernels_take():
+    rows = {(r.op, r.dtype): r for r in dispatch.ROWS}
+    for fmt in ("int8", "bf16"):
+        assert f"≤ {quantized.ROWS} rows" in rows[("linear", fmt)].ways[dispatch.NUMBA]

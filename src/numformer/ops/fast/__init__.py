@@ -8,7 +8,8 @@ speed and memory. Where an op has nothing to gain, the reference module is used 
   keep_probs=False (P recomputed in backward, bit for bit);
 - gelu: a float32 gate as PyTorch computes it, an accurate float64 gate, cache-sized slices;
 - linear: its products by MKL's gemm (numformer.ops.fast.mkl) where that pays, the bias added
-  inside the forward product;
+  inside the forward product; a quantized weight (numformer.ops.quant) read as it is stored
+  (numformer.ops.fast.quantized);
 - layernorm, rmsnorm: one compiled pass per row for forward and one for backward (float32);
 - swiglu: one compiled pass for forward and one for backward (float32);
 - rope: its cos and sin tables kept per head size, the halves rotated in place;
@@ -26,8 +27,8 @@ The block and chunk sizes are parameters of forward (`block`, `qrows`, `chunk`) 
 defaults; tests hold every fast op equal to its reference across those boundaries.
 """
 
-from numformer.ops import dropout, embedding, lora, positional, residual, softmax
+from numformer.ops import dropout, embedding, lora, positional, quant, residual, softmax
 from numformer.ops.fast import attention, cross_entropy, gelu, layernorm, linear, mha, rmsnorm, rope, swiglu
 
 __all__ = ["attention", "cross_entropy", "dropout", "embedding", "gelu", "layernorm", "linear",
-           "lora", "mha", "positional", "residual", "rmsnorm", "rope", "softmax", "swiglu"]
+           "lora", "mha", "positional", "quant", "residual", "rmsnorm", "rope", "softmax", "swiglu"]

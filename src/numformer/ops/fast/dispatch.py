@@ -83,7 +83,20 @@ ROWS = (
     Row("adam", "float64", {NUMPY: "its passes per chunk"}),
     Row("linear", "float32", {MKL: _GEMM.format("sgemm"), NUMPY: "np.matmul"}),
     Row("linear", "float64", {MKL: _GEMM.format("dgemm"), NUMPY: "np.matmul"}),
+    # quantized weights (numformer.ops.quant; numformer.ops.fast.quantized): keyed by format, not dtype
+    Row("linear", "int8", {NUMBA: "kernels q8_rows for ≤ 16 rows; else dequantized tiles and np.matmul",
+                           NUMPY: "dequantized tiles and np.matmul"}),
+    Row("linear", "bf16", {NUMBA: "kernels bf16_rows for ≤ 16 rows; else dequantized tiles and np.matmul",
+                           NUMPY: "dequantized tiles and np.matmul"}),
+    Row("linear", "q4_1", {NUMBA: "kernels q41_rows for ≤ 4 rows; else dequantized tiles and np.matmul",
+                           NUMPY: "dequantized tiles and np.matmul"}),
 )
+
+WEIGHT_FORMATS = ("int8", "bf16", "q4_1")   # rows for weights of these formats are keyed by the format's name
+
+
+def _key(dtype: str):
+    return dtype if dtype in WEIGHT_FORMATS else np.dtype(dtype)
 
 
 def _switched_off(variable: str, words: tuple[str, ...]) -> bool:
@@ -181,7 +194,7 @@ def _decide(allow_numba: bool | None = None, allow_mkl: bool | None = None) -> D
         else:
             why = f"no kernel for {row.dtype}" if row.dtype != "float64" else "float64 has no kernel"
         choices.append(Choice(row.op, row.dtype, runs, row.ways[runs].format(min_work=min_work), why))
-        table.setdefault(row.op, {})[np.dtype(row.dtype)] = runs
+        table.setdefault(row.op, {})[_key(row.dtype)] = runs
     handle = {name: lib[0] for name, lib in libraries.items()}
     gemm = handle[MKL].gemm if handle[MKL] is not None else {}
     return Decision(tuple(choices), table, handle[NUMBA], gemm,
@@ -224,6 +237,11 @@ def runs(op: str, *arrays) -> str:
         if a is not None and a.dtype != dtype:
             return NUMPY
     return chosen.table[op].get(dtype, NUMPY)
+
+
+def runs_weights(op: str, fmt: str) -> str:
+    """NUMPY or NUMBA: what `op` runs for a weight quantized as `fmt` ("int8", "bf16")."""
+    return (_decision or decision()).table[op].get(fmt, NUMPY)
 
 
 def kernels():
