@@ -127,8 +127,8 @@ def blas_single_threaded() -> bool:
     """True when NumPy's BLAS runs on one thread: held there by limit_blas_threads(1) (the
     threaded step, the sentence encoder, one_blas_thread()), or started that way (one core, or
     OPENBLAS_NUM_THREADS=1). The fast linear map (numformer.ops.fast.dispatch.linear_gemm) then
-    makes its products with MKL's sequential gemm, where it is installed. Asked on every product, so it reads a
-    variable; the library is asked only the first time."""
+    makes its products with MKL's sequential gemm, where it is installed and measured faster.
+    Asked on every product, so it reads a variable; the library is asked only the first time."""
     global _blas_count
     if _blas_count is None:
         _blas_count = blas_thread_count() or 0

@@ -60,7 +60,8 @@ def test_a_machine_measures_once(tmp_path):
     assert not v2.measured_now and v2.file == v1.file and (v2.mkl_ms, v2.numpy_ms) == (50.0, 100.0)
     record = json.loads(v1.file.read_text())
     assert record["key"] == blas_choice.machine_key() and record["mkl_faster"] is True
-    assert "cached in " + str(v1.file) in v2.why() and "MKL 50.0 ms, NumPy 100.0 ms" in v2.why()
+    assert v2.why().endswith(f"(cached in {v1.file})") and "MKL 50.0 ms, NumPy 100.0 ms" in v2.why()
+    assert v1.why().endswith(f"(measured now, cached in {v1.file})")
 
 
 @pytest.mark.parametrize("change", ["cpu", "mkl version", "numpy's blas", "coretype"])
@@ -123,7 +124,7 @@ def test_an_unwritable_cache_is_one_note_and_the_answer_still_comes(tmp_path, ca
     folder = tmp_path / "not-a-folder"
     folder.write_text("a file where the cache folder should be")
     v = blas_choice.verdict(load_gemm, folder, FakeMeasure(0.05, 0.1))
-    assert v.mkl_faster and v.file is None and "cached" not in v.why()
+    assert v.mkl_faster and v.file is None and v.why().endswith("(measured now, not cached)")
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("numformer: note: could not write the BLAS choice to ")
 
