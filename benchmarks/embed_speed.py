@@ -394,12 +394,12 @@ def run(args, sets, impls, info, tokenizer, folder):
             targets.append(f"numformer.embed texts/s on {s} texts >= {least}x {LABEL[other]}: {got:.2f}x, "
                            + ("met" if got >= least else f"missed by {least - got:.2f}"))
     if targets:
-        print("\ntargets (issue 21):\n" + "\n".join("  " + t for t in targets))
+        print("\ntargets:\n" + "\n".join("  " + t for t in targets))
     md = ["# numformer sentence-embedding speed", "", *("- " + line for line in header),
           *(f"- {s}: {tokens[s][0]} texts, {tokens[s][1]:,} tokens" for s in sets),
           "", common.md_table(headers, rows), "", *("- " + n for n in notes)]
     if targets:
-        md += ["", "Targets (issue 21):", "", *("- " + t for t in targets)]
+        md += ["", "Targets:", "", *("- " + t for t in targets)]
     for rd in rounds:
         for r in rd.values():
             r.pop("sample", None)
