@@ -186,8 +186,8 @@ def _mkl(allowed: bool | None):
     (as NUMFORMER_BLAS=mkl does), False not at all; None follows the environment's switch and
     otherwise blas_choice's measurement, which leaves MKL unloaded where a cached answer says
     NumPy is faster."""
-    variable, off = SWITCHES[MKL]
-    if allowed is None and off or allowed is False:
+    _, off = SWITCHES[MKL]
+    if allowed is False or (allowed is None and off):
         return _library(MKL, allowed)
     if allowed or MKL_FORCED:
         handle, text = _library(MKL, True)
@@ -242,8 +242,8 @@ def decision() -> Decision:
 def overridden(*, numba: bool | None = None, mkl: bool | None = None):
     """Within the block, decide again with numba and MKL allowed (True, where they load, MKL
     measured faster or not), switched off (False) or as the environment and, for MKL, the
-    measurement say (None); the decision before comes back afterwards. For tests and comparisons within one process; not thread-safe against ops
-    running meanwhile."""
+    measurement say (None); the decision before comes back afterwards. For tests and
+    comparisons within one process; not thread-safe against ops running meanwhile."""
     global _decision
     before = decision()
     with _LOCK:
