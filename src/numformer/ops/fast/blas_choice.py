@@ -155,9 +155,9 @@ def measure(gemm, dtype=np.float32) -> tuple[float, float]:
         a = rng.standard_normal((K, M) if layout == "tn" else (M, K), dtype=np.float32).astype(dtype, copy=False)
         b = rng.standard_normal((N, K) if layout == "nt" else (K, N), dtype=np.float32).astype(dtype, copy=False)
         cases.append((a.T if layout == "tn" else a, b.T if layout == "nt" else b, np.empty((M, N), dtype)))
-    best = {"mkl": [math.inf] * len(cases), "numpy": [math.inf] * len(cases)}
 
     def run(name, i):
+        """Seconds of case i's product on MKL ("mkl") or NumPy."""
         a, b, out = cases[i]
         t0 = time.perf_counter()
         if name == "mkl":
@@ -165,18 +165,18 @@ def measure(gemm, dtype=np.float32) -> tuple[float, float]:
                 raise RuntimeError("MKL's gemm refused an operand of the measurement")   # numformer's own bug
         else:
             np.matmul(a, b, out=out)
-        best[name][i] = min(best[name][i], time.perf_counter() - t0)
+        return time.perf_counter() - t0
 
+    best = {"mkl": [math.inf] * len(cases), "numpy": [math.inf] * len(cases)}
     with blas_threads(1):
         for i in range(len(cases)):              # untimed: first calls, page faults, MKL's own setup
             run("mkl", i)
             run("numpy", i)
-        best = {"mkl": [math.inf] * len(cases), "numpy": [math.inf] * len(cases)}
         for r in range(ROUNDS):
             order = ("mkl", "numpy") if r % 2 == 0 else ("numpy", "mkl")
             for i in range(len(cases)):
                 for name in order:
-                    run(name, i)
+                    best[name][i] = min(best[name][i], run(name, i))
     return sum(best["mkl"]), sum(best["numpy"])
 
 
