@@ -3,8 +3,10 @@
 It trains the GPT (or, with --arch llama, the Llama) of the given shape for a few iterations on
 random token ids (no corpus needed)
 and reports the median time per iteration, tokens per second, the achieved model FLOP rate, this
-machine's matrix-multiply ceiling, the matmul floor (the step's matrix products alone), and which
-implementation each fast op ran (numformer.ops.fast.dispatch's report).
+machine's matrix-multiply ceiling, the matmul floor (the step's matrix products alone), which BLAS
+made the linear maps' products and why (MKL's and NumPy's measured times, from
+numformer.ops.fast.blas_choice), and which implementation each fast op ran
+(numformer.ops.fast.dispatch's report).
 numformer.perf has the measurements and says how FLOPs are counted.
 
 `numformer bench --generate [--quantize Q] [--prompt_tokens P] [--new_tokens N]` times greedy
@@ -181,6 +183,7 @@ def main(args) -> int:
         rows.append((f"{gemm_name} ceiling", f"{gemm['gflops']:,.1f} GFLOP/s (NumPy {gemm['n']}x{gemm['n']} matmul); "
                                              f"the model uses {100 * r['share_of_ceiling']:.0f}% of it"))
     rows.append(("peak memory", _fmt_bytes(r["rss_bytes"]) + " resident"))
+    rows.append(("linear maps' BLAS", machine["linear_blas"]))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"  {k:<{width}}  {v}")

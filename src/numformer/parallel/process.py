@@ -70,7 +70,7 @@ def cores() -> int:
 
 
 def _find_blas():
-    """(set_num_threads, get_num_threads or None) of the OpenBLAS that NumPy loaded, found once
+    """(set_num_threads, get_num_threads or None, get_config or None) of the OpenBLAS that NumPy loaded, found once
     through /proc/self/maps (Linux only); None when there is none."""
     global _blas
     if _blas is not None:
@@ -94,7 +94,10 @@ def _find_blas():
                     getter = getattr(lib, f"{prefix}openblas_get_num_threads{suffix}", None)
                     if getter is not None:
                         getter.restype = ctypes.c_int
-                    _blas = (setter, getter)
+                    config = getattr(lib, f"{prefix}openblas_get_config{suffix}", None)
+                    if config is not None:
+                        config.restype = ctypes.c_char_p
+                    _blas = (setter, getter, config)
                     return _blas
     return None
 
@@ -124,8 +127,8 @@ def blas_single_threaded() -> bool:
     """True when NumPy's BLAS runs on one thread: held there by limit_blas_threads(1) (the
     threaded step, the sentence encoder, one_blas_thread()), or started that way (one core, or
     OPENBLAS_NUM_THREADS=1). The fast linear map (numformer.ops.fast.dispatch.linear_gemm) then
-    makes its products with MKL's sequential gemm, where it is installed. Asked on every product, so it reads a
-    variable; the library is asked only the first time."""
+    makes its products with MKL's sequential gemm, where it is installed and measured faster.
+    Asked on every product, so it reads a variable; the library is asked only the first time."""
     global _blas_count
     if _blas_count is None:
         _blas_count = blas_thread_count() or 0
@@ -149,6 +152,15 @@ def blas_thread_count():
     """OpenBLAS's current thread count, or None when it cannot be read."""
     fns = _find_blas()
     return int(fns[1]()) if fns is not None and fns[1] is not None else None
+
+
+def blas_config():
+    """The build and kernels of the OpenBLAS that NumPy loaded, as OpenBLAS describes itself
+    ("OpenBLAS 0.3.31  USE64BITINT DYNAMIC_ARCH NO_AFFINITY Haswell MAX_THREADS=64"), or None."""
+    fns = _find_blas()
+    if fns is None or fns[2] is None:
+        return None
+    return fns[2]().decode(errors="replace").strip()
 
 
 class blas_threads:

@@ -7,9 +7,9 @@ speed and memory. Where an op has nothing to gain, the reference module is used 
 - attention: cache-sized score blocks, causal query chunks that skip masked keys, and
   keep_probs=False (P recomputed in backward, bit for bit);
 - gelu: a float32 gate as PyTorch computes it, an accurate float64 gate, cache-sized slices;
-- linear: its products by MKL's gemm (numformer.ops.fast.mkl) where that pays, the bias added
-  inside the forward product; a quantized weight (numformer.ops.quant) read as it is stored
-  (numformer.ops.fast.quantized);
+- linear: its products by MKL's gemm (numformer.ops.fast.mkl) where that pays (measured once per
+  machine by numformer.ops.fast.blas_choice), the bias added inside the forward product; a
+  quantized weight (numformer.ops.quant) read as it is stored (numformer.ops.fast.quantized);
 - layernorm, rmsnorm: one compiled pass per row for forward and one for backward (float32);
 - swiglu: one compiled pass for forward and one for backward (float32);
 - rope: its cos and sin tables kept per head size, the halves rotated in place;
@@ -21,7 +21,7 @@ speed and memory. Where an op has nothing to gain, the reference module is used 
 numformer.ops.fast.dispatch decides, once, which implementation each of them runs (NumPy, the
 compiled float32 kernels of numformer.ops.fast.kernels with the optional numba, or MKL's gemm
 with the optional mkl wheel) and reports it; NUMFORMER_JIT=0 and NUMFORMER_BLAS=numpy switch
-the optional ones off.
+the optional ones off, NUMFORMER_BLAS=mkl uses MKL whether or not it measured faster.
 
 The block and chunk sizes are parameters of forward (`block`, `qrows`, `chunk`) with module
 defaults; tests hold every fast op equal to its reference across those boundaries.

@@ -8,14 +8,17 @@ A fast op may have more than one implementation of its formula:
 - numba: compiled float32 kernels (numformer.ops.fast.kernels), with the optional numba
   (`pip install 'numformer[jit]'`);
 - MKL: Intel MKL's gemm for the linear map's products (numformer.ops.fast.mkl), with the
-  optional `mkl` wheel (`pip install 'numformer[mkl]'`, x86-64).
+  optional `mkl` wheel (`pip install 'numformer[mkl]'`, x86-64), where it is faster than NumPy's
+  own BLAS on this machine: numformer.ops.fast.blas_choice measures both once per machine and
+  keeps the answer in numformer's cache folder.
 
 ROWS gives, for each op and dtype, the implementations it has, in order of preference. The first
 time an op asks (or a report is made), each optional library is loaded once, or found missing,
 broken or switched off, and each row takes the first of its implementations that is there. The
 switches are read when numformer is imported: NUMFORMER_JIT=0 (no numba kernels; numba is then
-never imported) and NUMFORMER_BLAS=numpy (no MKL). Within a running process `overridden(...)`
-decides again for the length of a `with` block (the tests use it).
+never imported), NUMFORMER_BLAS=numpy (no MKL) and NUMFORMER_BLAS=mkl (MKL wherever it loads,
+measured faster or not). Within a running process `overridden(...)` decides again for the length
+of a `with` block (the tests use it).
 
 An op asks `runs(op, *arrays)` and gets its row's choice for the arrays' dtype: NUMPY when the
 arrays' dtypes differ or no row has theirs. It then calls the kernel by name, as in
@@ -36,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from numformer.ops.fast import mkl
+from numformer.ops.fast import blas_choice, mkl
 from numformer.parallel.process import blas_single_threaded
 
 NUMPY, NUMBA, MKL = "NumPy", "numba", "MKL"
@@ -106,6 +109,8 @@ def _switched_off(variable: str, words: tuple[str, ...]) -> bool:
 # The environment's switches, read once when numformer is imported.
 SWITCHES = {NUMBA: ("NUMFORMER_JIT=0", _switched_off("NUMFORMER_JIT", ("0", "false", "no", "off", "numpy"))),
             MKL: ("NUMFORMER_BLAS=numpy", _switched_off("NUMFORMER_BLAS", ("numpy", "openblas", "0", "off", "no")))}
+# NUMFORMER_BLAS=mkl: MKL wherever it loads, without asking which BLAS is faster here.
+MKL_FORCED = os.environ.get("NUMFORMER_BLAS", "").strip().lower() == "mkl"
 
 
 class Unavailable(Exception):
@@ -135,6 +140,7 @@ def _load_mkl():
 
 
 _LOADERS = {NUMBA: _load_numba, MKL: _load_mkl}
+MEASURED = "measured"         # _LOADED's entry for blas_choice's verdict
 
 
 @dataclass(frozen=True)
@@ -158,7 +164,8 @@ class Decision:
 
 
 _LOCK = threading.Lock()
-_LOADED: dict = {}            # NUMBA / MKL -> (handle, version text) or Unavailable; each loaded once
+_LOADED: dict = {}            # NUMBA / MKL -> (handle, version text) or Unavailable; each loaded once;
+                              # MEASURED -> blas_choice.Verdict or Unavailable
 _decision: Decision | None = None
 
 
@@ -179,9 +186,49 @@ def _library(name: str, allowed: bool | None):
     return (None, str(loaded)) if isinstance(loaded, Unavailable) else loaded
 
 
+def _measured():
+    """blas_choice's verdict for this machine (read from the cache or measured, once per
+    process), or Unavailable when MKL cannot be loaded to measure it."""
+    if MEASURED not in _LOADED:
+        def load_gemm():
+            handle, text = _library(MKL, True)
+            if handle is None:
+                raise Unavailable(text)
+            return handle.gemm[np.dtype(np.float32)]
+        try:
+            _LOADED[MEASURED] = blas_choice.verdict(load_gemm)
+        except Unavailable as e:
+            _LOADED[MEASURED] = e
+    return _LOADED[MEASURED]
+
+
+def _mkl(allowed: bool | None):
+    """(MKL's handle or None, text) for the linear rows. allowed: True uses MKL wherever it loads
+    (as NUMFORMER_BLAS=mkl does), False not at all; None follows the environment's switch and
+    otherwise blas_choice's measurement, which leaves MKL unloaded where a cached answer says
+    NumPy is faster."""
+    _, off = SWITCHES[MKL]
+    if allowed is False or (allowed is None and off):
+        return _library(MKL, allowed)
+    if allowed or MKL_FORCED:
+        handle, text = _library(MKL, True)
+        return handle, text + (", forced by NUMFORMER_BLAS=mkl" if handle is not None and not allowed else "")
+    if mkl.find_mkl_rt() is None:
+        return None, "the mkl wheel is not installed"
+    measured = _measured()
+    if isinstance(measured, Unavailable):
+        return None, str(measured)
+    if not measured.mkl_faster:
+        slower = "slower" if measured.mkl_ms > measured.numpy_ms else f"less than {1 - blas_choice.MARGIN:.0%} faster"
+        return None, f"MKL {blas_choice.mkl_version()} is {slower} here: {measured.why()}; NUMFORMER_BLAS=mkl forces it"
+    handle, text = _library(MKL, True)
+    return handle, (f"{text}, faster here: {measured.why()}" if handle is not None else text)
+
+
 def _decide(allow_numba: bool | None = None, allow_mkl: bool | None = None) -> Decision:
-    """Each row's first implementation whose library is there (NumPy always is)."""
-    libraries = {NUMBA: _library(NUMBA, allow_numba), MKL: _library(MKL, allow_mkl)}
+    """Each row's first implementation whose library is there (NumPy always is); for MKL, there
+    and faster on this machine (_mkl)."""
+    libraries = {NUMBA: _library(NUMBA, allow_numba), MKL: _mkl(allow_mkl)}
     min_work = f"2^{MIN_WORK.bit_length() - 1}" if MIN_WORK & (MIN_WORK - 1) == 0 else f"{MIN_WORK:,}"
     choices, table = [], {}
     for row in ROWS:
@@ -214,10 +261,10 @@ def decision() -> Decision:
 
 @contextlib.contextmanager
 def overridden(*, numba: bool | None = None, mkl: bool | None = None):
-    """Within the block, decide again with numba and MKL allowed (True, where they load),
-    switched off (False) or as the environment says (None); the decision before comes back
-    afterwards. For tests and comparisons within one process; not thread-safe against ops
-    running meanwhile."""
+    """Within the block, decide again with numba and MKL allowed (True, where they load, MKL
+    measured faster or not), switched off (False) or as the environment and, for MKL, the
+    measurement say (None); the decision before comes back afterwards. For tests and
+    comparisons within one process; not thread-safe against ops running meanwhile."""
     global _decision
     before = decision()
     with _LOCK:
@@ -297,4 +344,4 @@ def linear_line() -> str:
     in_use, text = decision().libraries[MKL]
     if not in_use:
         return f"NumPy's matmul ({text})"
-    return f"{text} while BLAS runs on one thread, else NumPy's matmul"
+    return f"MKL's gemm while BLAS runs on one thread, else NumPy's matmul ({text})"

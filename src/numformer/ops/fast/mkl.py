@@ -5,8 +5,9 @@ linear map (numformer.ops.fast.linear.matmul) makes the call.
 
 Why a second BLAS: the products of a training step are most of its time, and on some CPUs MKL's
 single-threaded sgemm runs faster than the OpenBLAS that NumPy ships on the GPT's shapes
-(docs/performance.md has the measurements, and the CPU where it did not). PyTorch's CPU wheel
-uses MKL too, so with it numformer's products and PyTorch's are made by the same code.
+(docs/performance.md has the measurements, and the CPU where it did not); which one is faster
+here is measured once per machine (numformer.ops.fast.blas_choice). PyTorch's CPU wheel uses MKL
+too, so with it numformer's products and PyTorch's are made by the same code.
 
 MKL is loaded with its sequential threading layer: it starts no threads of its own, and each
 Python thread's product stays on that thread, as OpenBLAS's does when held to one thread.
