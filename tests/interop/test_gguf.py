@@ -94,7 +94,10 @@ def test_keep_decodes_as_the_dequantized_model(tmp_path, fmt):
     a = kept.generate(prompt, 50, temperature=0)
     b = dense.generate(prompt, 50, temperature=0)
     np.testing.assert_array_equal(a, b)
-    np.testing.assert_allclose(kept.eval().forward(IDS), dense.eval().forward(IDS), atol=2e-5, rtol=0)
+    # float32 rounding only: the kept weights' products sum in another order (row kernels, tiles)
+    # than BLAS does on the dequantized matrix, a few ulp of the largest logit
+    logits = dense.eval().forward(IDS)
+    np.testing.assert_allclose(kept.eval().forward(IDS), logits, atol=1e-5 * np.abs(logits).max(), rtol=0)
     assert kept.weight_bytes() < 0.45 * dense.weight_bytes()
 
 
