@@ -55,3 +55,24 @@ def test_mha_backward_qkv_in_one_buffer_gives_the_bits_of_backward(dtype):
     want = np.concatenate(fast.mha.backward(dy, cache), axis=-1)
     assert got.dtype == want.dtype == dtype
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16], ids=["float64", "float32", "float16"])
+@pytest.mark.parametrize("name", ["erf", "erfc", "normal_cdf", "normal_pdf"])
+def test_erf_in_place_gives_the_reference_bits(name, dtype):
+    """numformer.ops.fast.erf evaluates numformer.ops.erf's expressions in place, with its choice of
+    region as a 0/1 product instead of np.where: the same bits in every region, at every edge,
+    and for the special values."""
+    from numformer.ops import erf as reference
+    from numformer.ops.fast import erf as in_place
+
+    rng = np.random.default_rng(2)
+    edges = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-310, -1e-310, 0.46875, -0.46875, 0.5, -0.5,
+             4.0, -4.0, 11.0, 15.5, -15.5, 27.5, -27.5, 40.0]
+    x = np.concatenate([np.linspace(-30.0, 30.0, 60001), 6.0 * rng.standard_normal(20000), edges]).astype(dtype)
+    ours, theirs = getattr(in_place, name)(x), getattr(reference, name)(x)
+    assert ours.dtype == theirs.dtype
+    np.testing.assert_array_equal(ours.view(f"u{ours.itemsize}"), theirs.view(f"u{theirs.itemsize}"))
+    for scalar in (0.3, -2.0, np.float32(0.7)):                      # a scalar in, a NumPy scalar out
+        a, b = getattr(in_place, name)(scalar), getattr(reference, name)(scalar)
+        assert type(a) is type(b) and a == b

@@ -15,8 +15,9 @@
 - output_and_slope gives forward's output again, bit for bit, with the slope, from one
   evaluation of the gate: the GPT keeps no GELU output and gets it back at backward time.
 
-Φ and φ come from numformer.ops.erf (Cody's rationals in float64; in float32 a low-degree form
-evaluated in float32, within 9 ulp): a few array passes per slice. `erf` and `erfc` stay
+Φ and φ come from numformer.ops.fast.erf: numformer.ops.erf's formulas (Cody's rationals in
+float64; in float32 a low-degree form evaluated in float32, within 9 ulp) evaluated in place, the
+same bits, a few array passes per slice. `erf` and `erfc` stay
 importable from here.
 
 Where numformer.ops.fast.dispatch chooses numba's kernels (numformer.ops.fast.kernels: numba
@@ -31,7 +32,7 @@ import math
 
 import numpy as np
 
-from numformer.ops.erf import erf, erfc, normal_cdf, normal_pdf  # noqa: F401  (erf, erfc: importable here)
+from numformer.ops.fast.erf import erf, erfc, normal_cdf, normal_pdf  # noqa: F401  (erf, erfc: importable here)
 from numformer.ops.fast import dispatch
 from numformer.ops.fast.dispatch import NUMBA
 from numformer.ops.gelu import FORMS, Cache
