@@ -114,7 +114,8 @@ def _score(model, batches, threads: int, source: str) -> tuple[float, int]:
     try:
         for x, y in batches:
             n = int(np.count_nonzero(y != -1))
-            loss = loss_and_grad(model, x, y, threads=threads, backward=False)
+            with np.errstate(over="ignore", invalid="ignore"):    # a loss that is not finite is said below
+                loss = loss_and_grad(model, x, y, threads=threads, backward=False)
             if not math.isfinite(loss):
                 raise CheckpointError(
                     f"the loss on {source} is not finite ({loss}) for tokens {counted + 1:,} to {counted + n:,}: "

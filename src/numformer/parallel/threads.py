@@ -48,10 +48,17 @@ def groups(items: list, n: int) -> list[list]:
 def parallel(fn, args: list) -> list:
     """[fn(a) for a in args], with each call on its own pool thread when there is more than one.
     NumPy releases the GIL inside its loops and BLAS calls, so the calls run on separate cores.
+    Each call runs under the caller's NumPy error state (np.errstate), as it would on its thread.
     Not for use from inside a pool thread (the pool could run out of workers)."""
     if len(args) <= 1:
         return [fn(a) for a in args]
-    return list(thread_pool(len(args)).map(fn, args))
+    state = np.geterr()
+
+    def call(a):
+        with np.errstate(**state):
+            return fn(a)
+
+    return list(thread_pool(len(args)).map(call, args))
 
 
 def loss_and_grad(model, idx, targets, *, dloss: float = 1.0, threads: int = 1, backward: bool = True) -> float:
