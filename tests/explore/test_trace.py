@@ -205,3 +205,20 @@ def test_llama_one_token_and_too_long():
     assert tr.attention[0].shape == (4, 1, 1) and np.all(tr.attention[0] == 1.0)
     with pytest.raises(ValueError, match="block_size"):
         trace(model, model.tokenizer.encode("ROMEO: But"))
+
+
+@pytest.mark.parametrize("make, targets", [(tiny_model, ("attn.c_attn", "attn.c_proj")),
+                                           (tiny_llama, ("q_proj", "v_proj", "down_proj"))])
+def test_a_model_with_lora_adapters_is_traced_with_them(make, targets):
+    """A fine-tuned model's adapters count: the trace is of W + (α/r)·B A, not of the base W."""
+    from numformer.model.adapters import LoRAConfig
+
+    base = make()
+    model = type(base)(base.config, lora=LoRAConfig(2, 4.0, targets), init=False)
+    model.load_state_dict({**base.state_dict(), **{k: np.random.default_rng(1).normal(0, 0.3, v.shape)
+                                                   for k, v in model.adapters.items()}})
+    model.eval()
+    ids = base.tokenizer.encode("ROMEO:\nBut")
+    expected = model.forward(ids[None])[0]
+    np.testing.assert_allclose(trace(model, ids).logits, expected, rtol=0, atol=2e-5)
+    assert np.abs(trace(base, ids).logits - expected).max() > 1e-3      # the adapters change something

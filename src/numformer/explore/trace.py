@@ -44,6 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from numformer.model.adapters import merged_state_dict
 from numformer.model.params import BIAS, GPT2, LLAMA, WEIGHT
 from numformer.ops import embedding, gelu, layernorm, linear, mha, rmsnorm, softmax, swiglu
 
@@ -79,7 +80,9 @@ def _ids(model, ids) -> np.ndarray:
 
 def trace(model, ids) -> Trace:
     """Run the model (a GPT or a Llama) on one sequence of token ids (T,), T <= block_size, and
-    keep every layer's attention probabilities, the residual stream after each block, and the logits."""
+    keep every layer's attention probabilities, the residual stream after each block, and the logits.
+    A model with LoRA adapters is traced with each adapter merged into its weight (W + (α/r)·B A)."""
+    model = without_adapters(model)
     if model.config.family == "llama":
         return trace_llama(model, ids)
     cfg, p = model.config, model.params
@@ -116,6 +119,18 @@ def trace(model, ids) -> Trace:
     residual = np.stack(residual)                                       # (n_layer + 1, T, C)
     return Trace(ids=ids, positions=pos, attention=attention, residual=residual,
                  logits=head(model, x))
+
+
+def without_adapters(model):
+    """The model itself, or for one with LoRA adapters a copy of the same class whose weights have
+    them merged in (numformer.model.adapters.merged_state_dict): the function it computes, through
+    the plain weights the trace reads."""
+    if getattr(model, "lora", None) is None:
+        return model
+    plain = type(model)(model.config, dtype=model.dtype, init=False, ops=model.ops_name)
+    plain.load_state_dict(merged_state_dict(model), source="the model with its adapters merged")
+    plain.tokenizer = model.tokenizer
+    return plain.eval()
 
 
 def trace_llama(model, ids) -> Trace:
