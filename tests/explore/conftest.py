@@ -1,4 +1,5 @@
-"""Fixtures for the explorer's tests: tiny models, a short training run, and a headless Chromium.
+"""Fixtures for the explorer's tests: tiny models (GPT and Llama), short training runs, and a
+headless Chromium.
 
 The browser is the distribution's Chromium (`apt-get install chromium`; .ci/run installs it),
 driven by Playwright for Python with executable_path pointing at it, so no browser is downloaded
@@ -16,6 +17,8 @@ import pytest
 
 from numformer import GPT, GPTConfig
 from numformer.data.tokenizer import CharTokenizer
+from numformer.model.config import LlamaConfig
+from numformer.model.llama import Llama
 
 TEXT = ("ROMEO:\nBut soft, what light through yonder window breaks?\n\n"
         "JULIET:\nO Romeo, Romeo, wherefore art thou Romeo?\n"
@@ -32,6 +35,24 @@ def tiny_model(*, block_size=32, n_layer=2, n_head=2, n_embd=32, seed=3, **kw):
     rng = np.random.default_rng(seed)
     for name, w in model.params.items():
         if w.ndim == 2:                                   # sharper attention and logits than init
+            w[...] = rng.normal(0.0, 0.3, size=w.shape)
+    model.eval()
+    model.tokenizer = tok
+    return model
+
+
+def tiny_llama(*, block_size=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, seed=3, **kw):
+    """A Llama (grouped-query attention by default: 4 query heads share 2 key/value heads) with a
+    character tokenizer of TEXT, random weights scaled up as tiny_model's."""
+    tok = CharTokenizer.from_text(TEXT)
+    cfg = LlamaConfig(vocab_size=tok.vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head,
+                      n_kv_head=n_kv_head, n_embd=n_embd, **kw)
+    model = Llama(cfg, seed=seed)
+    rng = np.random.default_rng(seed)
+    for name, w in model.params.items():
+        if w.ndim == 2:
+            w[...] = rng.normal(0.0, 0.3, size=w.shape)
+        elif name.endswith("bias"):
             w[...] = rng.normal(0.0, 0.3, size=w.shape)
     model.eval()
     model.tokenizer = tok
@@ -59,6 +80,23 @@ def trained_run(tmp_path_factory):
            "--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--batch_size", "8",
            "--max_iters", "30", "--eval_interval", "10", "--eval_iters", "2", "--warmup_iters", "5",
            "--lr_decay_iters", "30", "--sample_tokens", "0", "--no_plot", "--threads", "1"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return root / "out"
+
+
+@pytest.fixture(scope="session")
+def trained_llama_run(tmp_path_factory):
+    """`numformer train --arch llama` for 6 steps of a 2-layer, 32-wide model whose 4 query heads
+    share 2 key/value heads: a run folder with best/, latest/ and metrics.jsonl."""
+    root = tmp_path_factory.mktemp("llama-run")
+    corpus = root / "corpus.txt"
+    corpus.write_text(TEXT * 40, encoding="utf-8")
+    env = dict(os.environ, NUMFORMER_CACHE=str(root / "cache"))
+    cmd = [sys.executable, "-m", "numformer", "train", "--arch", "llama", "--data", str(corpus),
+           "--out_dir", str(root / "out"), "--n_layer", "2", "--n_head", "4", "--n_kv_head", "2", "--n_embd", "32",
+           "--block_size", "32", "--batch_size", "4", "--max_iters", "6", "--eval_interval", "3", "--eval_iters", "1",
+           "--sample_tokens", "0", "--no_plot", "--threads", "1"]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, timeout=300)
     assert r.returncode == 0, r.stderr
     return root / "out"

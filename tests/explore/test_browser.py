@@ -427,3 +427,77 @@ def test_attention_axes_are_labelled_at_a_full_context(browser, tmp_path, T):
     assert all(ink[i][0] and ink[i][1] for i in labelled), [i for i in labelled if not all(ink[i])]
     o.check_clean()
     o.close()
+
+
+def test_a_llama_run_shows_query_heads_the_rotation_and_its_formulas(browser, trained_llama_run, tmp_path,
+                                                                      screenshots):
+    """The page `numformer explore` writes for a `--arch llama` run whose 4 query heads share 2
+    key/value heads: attention per query head, RoPE's angles where a GPT has its table, and the
+    formulas a Llama runs."""
+    from numformer.model.llama import Llama
+
+    out = tmp_path / "llama.html"
+    prompt = "ROMEO:\nBut soft"
+    r = cli(["explore", trained_llama_run, "--prompt", prompt, "--out", out], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "4 heads (2 key/value)" in r.stdout
+    model = Llama.load(trained_llama_run / "best")
+    tr = trace(model, model.tokenizer.encode(prompt))
+    o = Opened(browser, out)
+    page = o.page
+    for sid in SECTIONS:
+        box = page.locator(f"#{sid}").bounding_box()
+        assert box and box["height"] > 80, sid
+        page.locator(f"#{sid}").screenshot(path=str(screenshots / f"llama-part-{sid}.png"))
+    summary = page.locator("#summary").inner_text()
+    assert "4 heads sharing 2 key/value heads" in summary and "RoPE positions" in summary
+
+    # 1. one matrix per query head, each saying which key/value head it reads
+    assert page.eval_on_selector_all("#attn-head option", "os => os.map(o => o.textContent)") == \
+        ["1 (kv 1)", "2 (kv 1)", "3 (kv 2)", "4 (kv 2)"]
+    assert page.locator(".thumb").count() == 2 * 4
+    assert "heads 1–2 read key/value head 1, heads 3–4 read key/value head 2" in page.locator("#attention").inner_text()
+    for layer, head in [(0, 0), (1, 3), (0, 2)]:
+        page.select_option("#attn-layer", index=layer)
+        page.select_option("#attn-head", index=head)
+        assert_draws(page, tr.attention[layer][head])
+    c = page.locator("#attn-canvas")
+    c.scroll_into_view_if_needed()
+    box = c.bounding_box()
+    cell, x0, y0 = (int(c.get_attribute(k)) for k in ("data-cell", "data-left", "data-top"))
+    page.mouse.move(box["x"] + x0 + 1 * cell + cell / 2, box["y"] + y0 + 5 * cell + cell / 2)
+    tip = page.locator("#tooltip").inner_text()
+    assert "head 3 (key/value head 2)" in tip and f"{tr.attention[0][2][5, 1]:.4f}" in tip
+
+    # 5. no position table: the rotation's cos and sin, and a line that says so
+    assert page.locator("#pos-heatmap").count() == 0 and page.locator("#pos-similarity").count() == 0
+    stream = page.locator("#stream").inner_text()
+    assert "no position table" in stream and "θ = 10,000" in stream
+    d = page.evaluate("window.numformerExplorer.data.positions")
+    assert d["kind"] == "rope" and len(d["omega"]) == model.config.head_size // 2
+    canvas = page.locator("#rope-sin")
+    canvas.scroll_into_view_if_needed()
+    cb = canvas.bounding_box()
+    ph = page.evaluate("document.getElementById('rope-sin').height") / len(d["sin"])
+    pw = page.evaluate("document.getElementById('rope-sin').width") / len(d["omega"])
+    page.mouse.move(cb["x"] + pw * 0.5, cb["y"] + ph * 3.5)            # position 3, pair 0: angle 3 rad
+    tip = page.locator("#tooltip").inner_text()
+    assert "position 3, pair 0" in tip and "3.0000 rad" in tip and f"sin {math.sin(3.0):.4f}" in tip
+
+    # 7. the formulas a Llama runs: the article's without the table, LayerNorm and GELU, then the four later ones
+    ids = page.eval_on_selector_all(".formula", "fs => fs.map(f => f.id)")
+    assert ids[-4:] == ["formula-rope", "formula-rmsnorm", "formula-swiglu", "formula-grouped_query_attention"]
+    assert len(ids) == 14 and not {"formula-layernorm", "formula-gelu", "formula-positional_encoding"} & set(ids)
+    heights = page.eval_on_selector_all(".formula math", "ms => ms.map(m => m.getBoundingClientRect().height)")
+    assert len(heights) == 14 and min(heights) > 15
+    verdicts = page.eval_on_selector_all(".formula .verdict", "vs => vs.map(v => v.textContent)")
+    assert verdicts[-4:] == ["not in the article"] * 4
+    targets = page.eval_on_selector_all('a[href^="#formula-"]', "as => as.map(a => a.getAttribute('href').slice(1))")
+    assert {"formula-rmsnorm", "formula-rope", "formula-grouped_query_attention"} <= set(targets)
+    assert not {"formula-layernorm", "formula-positional_encoding"} & set(targets)
+    for t in set(targets):
+        assert page.locator(f"#{t}").count() == 1, t
+    assert "RMSNorm" in page.locator("#logit-lens .lead").inner_text()
+    page.screenshot(path=str(screenshots / "explorer-llama-full.png"), full_page=True)
+    o.check_clean()
+    o.close()

@@ -212,3 +212,80 @@ def test_the_checkpoint_as_out_dir_too(saved_model, tmp_path):
     one_line_error(r, r"name different folders; give one of them")
     assert r.returncode == 2 and not (tmp_path / "c.html").exists()
     assert "--out_dir" in cli(["explore", "--help"], cwd=tmp_path).stdout
+
+
+# ----------------------------------------------------------------------------- a Llama
+
+
+def test_a_llama_checkpoint(trained_llama_run, tmp_path):
+    """`numformer train --arch llama`'s run: the page shows the checkpoint's attention per query
+    head, which key/value head each one reads, the rotation, and the run's curves."""
+    from numformer.explore import trace
+    from numformer.model.llama import Llama
+
+    out = tmp_path / "p.html"
+    r = cli(["explore", trained_llama_run, "--prompt", "ROMEO:\nBut", "--out", out], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "2 layers x 4 heads (2 key/value)" in r.stdout
+    d = embedded(out.read_text(encoding="utf-8"))
+    model = Llama.load(trained_llama_run / "best")
+    tr = trace(model, model.tokenizer.encode("ROMEO:\nBut"))
+    assert d["model"]["family"] == "llama" and d["kv_heads"] == [0, 0, 1, 1]
+    np.testing.assert_allclose(np.array(d["attention"]), np.stack(tr.attention), rtol=0, atol=1e-6)
+    assert d["positions"]["kind"] == "rope" and [m["step"] for m in d["metrics"]] == [0, 3, 6]
+
+
+def rounded_llama(run, folder, fmt):
+    """A float32 checkpoint of the run's Llama whose quantizable weights are rounded by
+    ops.quant's formulas (quantize, then dequantize): what the quantized model computes."""
+    from numformer.model.llama import Llama
+    from numformer.ops import quant
+
+    model = Llama.load(run / "best")
+    for name in model.quantizable():
+        model.params[name][...] = quant.dequantize(quant.quantize(model.params[name], fmt))
+    model.save(folder, tokenizer=model.tokenizer.to_json())
+    return folder
+
+
+def test_a_llama_with_quantize_shows_the_rounded_weights(trained_llama_run, tmp_path):
+    pages = {}
+    for fmt in ("none", "int8", "bf16"):
+        pages[fmt] = tmp_path / f"q-{fmt}.html"
+        r = cli(["explore", trained_llama_run, "--prompt", "ROMEO:\nBut soft", "--out", pages[fmt], "--quantize", fmt],
+                cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        pages[fmt] = embedded(pages[fmt].read_text(encoding="utf-8"))
+    for fmt in ("int8", "bf16"):
+        ck = rounded_llama(trained_llama_run, tmp_path / f"rounded-{fmt}", fmt)
+        out = tmp_path / f"r-{fmt}.html"
+        assert cli(["explore", ck, "--prompt", "ROMEO:\nBut soft", "--out", out], cwd=tmp_path).returncode == 0
+        q, rounded = pages[fmt], embedded(out.read_text(encoding="utf-8"))
+        assert f"--quantize {fmt}" in q["notice"]
+        np.testing.assert_allclose(np.array(q["attention"]), np.array(rounded["attention"]), rtol=0, atol=2e-6)
+        np.testing.assert_allclose(np.array(q["logits"]["values"]), np.array(rounded["logits"]["values"]),
+                                   rtol=0, atol=5e-5)
+        # and not the float32 weights' numbers
+        assert np.abs(np.array(q["logits"]["values"]) - np.array(pages["none"]["logits"]["values"])).max() > 1e-4
+
+
+def test_an_imported_llama_gguf_file_and_its_converted_checkpoint(tmp_path):
+    """A GGUF file (Q4_1 weights, a byte-level BPE tokenizer), read as it is (--quantize keep),
+    dequantized, and converted with `numformer convert --from_gguf`: three pages of one model."""
+    from tests.interop.gguf_files import write_llama_gguf
+
+    path = write_llama_gguf(tmp_path / "m.gguf", fmt="Q4_1", context=64, weight_std=0.3, n_head=4, n_kv_head=2)
+    assert cli(["convert", "--from_gguf", path, "--out", tmp_path / "ck"], cwd=tmp_path).returncode == 0
+    pages = []
+    for source, quantize in [(path, "keep"), (path, "none"), (tmp_path / "ck", "none")]:
+        out = tmp_path / f"{len(pages)}.html"
+        r = cli(["explore", source, "--prompt", "the cat sat", "--out", out, "--quantize", quantize], cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        pages.append(embedded(out.read_text(encoding="utf-8")))
+    first = pages[0]
+    assert first["model"]["family"] == "llama" and first["kv_heads"] == [0, 0, 1, 1]
+    assert len(first["attention"]) == 2 and len(first["attention"][0]) == 4
+    assert "".join(first["tokens"]) == "the cat sat"
+    for d in pages[1:]:
+        assert d["token_ids"] == first["token_ids"]
+        np.testing.assert_allclose(np.array(d["attention"]), np.array(first["attention"]), rtol=0, atol=2e-6)

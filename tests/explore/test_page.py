@@ -7,12 +7,12 @@ import re
 
 import numpy as np
 
-from numformer.explain import NAMES
+from numformer.explain import LATER, NAMES
 from numformer.explain.examples import explain
 from numformer.explore import build_page, data_json, explore_data, is_explorer_page, trace
 from numformer.explore import data as explore_data_module
 
-from .conftest import tiny_model
+from .conftest import tiny_llama, tiny_model
 
 
 def embedded(html: str) -> dict:
@@ -207,3 +207,58 @@ def test_a_long_curve_is_thinned_keeping_its_shape(monkeypatch):
     # a short run is kept whole
     d = explore_data(model, model.tokenizer.encode("R"), metrics=rows[:100])
     assert len(d["metrics"]) == 100 and d["metrics_count"] == 100
+
+
+# ----------------------------------------------------------------------------- a Llama
+
+
+def test_llama_contract_query_heads_and_groups():
+    model = tiny_llama(n_head=4, n_kv_head=2, n_layer=2)
+    prompt = "ROMEO:\nBut soft"
+    ids = model.tokenizer.encode(prompt)
+    d = embedded(build_page(explore_data(model, ids)))
+    T = len(ids)
+    assert d["tokens"] == list(prompt) and d["token_ids"] == ids.tolist()
+    att = np.array(d["attention"])
+    assert att.shape == (2, 4, T, T)                                  # n_layer x n_head QUERY heads
+    np.testing.assert_allclose(att, np.stack(trace(model, ids).attention), rtol=0,
+                               atol=0.5 * 10.0 ** -d["attention_decimals"] + 1e-9)
+    assert d["kv_heads"] == [0, 0, 1, 1]
+    assert d["model"]["family"] == "llama" and d["model"]["n_kv_head"] == 2
+    assert embedded(build_page(explore_data(tiny_model(), ids)))["kv_heads"] is None
+
+
+def test_llama_positions_are_ropes_rotation():
+    """No table: cos and sin of p·ω_i, ω_i = θ^(−2i/hs), for the pairs of one head."""
+    theta = 500_000.0
+    model = tiny_llama(n_embd=48, n_head=4, n_kv_head=2, block_size=24, rope_theta=theta)   # hs = 12: 6 pairs
+    P = explore_data(model, model.tokenizer.encode("ROMEO:"))["positions"]
+    assert P["kind"] == "rope" and "table" not in P and P["theta"] == theta and P["head_size"] == 12
+    omega = np.array([theta ** (-2 * i / 12) for i in range(6)])
+    angle = np.arange(24)[:, None] * omega[None, :]                  # (positions, pairs)
+    np.testing.assert_allclose(P["omega"], omega, rtol=1e-12)
+    np.testing.assert_allclose(P["cos"], np.cos(angle), atol=5e-5)
+    np.testing.assert_allclose(P["sin"], np.sin(angle), atol=5e-5)
+
+
+def test_llama_positions_beyond_the_budget_are_the_prompts(monkeypatch):
+    monkeypatch.setattr(explore_data_module, "POSITION_VALUES", 3 * 8)   # 3 positions of hs = 8
+    model = tiny_llama()
+    assert len(explore_data(model, model.tokenizer.encode("ROMEO:"))["positions"]["cos"]) == 6
+    assert len(explore_data(model, model.tokenizer.encode("R"))["positions"]["sin"]) == 3
+
+
+def test_llama_formulas_replace_the_ones_it_does_not_run():
+    model = tiny_llama()
+    forms = explore_data(model, model.tokenizer.encode("R"))["formulas"]
+    names = [f["name"] for f in forms]
+    assert names == [n for n in NAMES if n not in ("positional_encoding", "layernorm", "gelu")] + list(LATER)
+    assert set(LATER) == {"rope", "rmsnorm", "swiglu", "grouped_query_attention"}
+    by_name = {ex.name: ex for ex in explain(names)}
+    for f in forms:
+        doc = by_name[f["name"]].to_json()
+        assert {s["key"]: s["computed"] for s in f["steps"]} == doc["computed"] and f["note"] == doc["note"]
+        assert f["mathml"].startswith("<math") and "<mi>" in f["mathml"]
+        assert f["in_article"] == (f["name"] in NAMES)
+        assert (f["verdict"] == "later") == (f["name"] in LATER)
+    assert "RoPE" in by_name["rope"].formula and "RoPE" in forms[names.index("rope")]["mathml"]

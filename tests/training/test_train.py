@@ -481,7 +481,7 @@ def test_llama_bad_flags_are_one_line(tmp_path, corpus):
                           "--n_kv_head applies to --arch llama")
 
 
-def test_llama_checkpoint_samples_evaluates_and_refuses_explore_and_a_changed_arch(tmp_path, corpus):
+def test_llama_checkpoint_samples_evaluates_explores_and_refuses_a_changed_arch(tmp_path, corpus):
     r = cli(["train", "--arch", "llama", "--data", str(corpus), "--n_layer", "1", "--n_embd", "16", "--n_head", "2",
              "--n_kv_head", "1", "--block_size", "16", "--batch_size", "4", "--max_iters", "4", "--eval_interval", "2",
              "--eval_iters", "1", "--sample_tokens", "20", "--out_dir", "run", "--no_plot"], tmp_path)
@@ -491,9 +491,9 @@ def test_llama_checkpoint_samples_evaluates_and_refuses_explore_and_a_changed_ar
     assert r.returncode == 0 and r.stdout.startswith("the king"), r.stderr
     r = cli(["eval", "run", "--data", str(corpus), "--json"], tmp_path)
     assert r.returncode == 0 and json.loads(r.stdout)["tokens"] > 1000, r.stderr
-    assert_one_line_error(cli(["explore", "run", "--out", "x.html"], tmp_path), "explore shows GPT checkpoints only",
-                          "llama")
-    assert not (tmp_path / "x.html").exists()
+    r = cli(["explore", "run", "--prompt", "the king", "--out", "x.html"], tmp_path)   # tests/explore has the rest
+    assert r.returncode == 0 and "2 heads (1 key/value)" in r.stdout, r.stderr
+    assert (tmp_path / "x.html").is_file()
     assert_one_line_error(cli(["train", "--out_dir", "run", "--resume", "--arch", "gpt2"], tmp_path),
                           "arch is 'llama'")
     assert_one_line_error(cli(["train", "--out_dir", "run", "--resume", "--n_kv_head", "2"], tmp_path), "n_kv_head")

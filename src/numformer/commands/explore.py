@@ -1,12 +1,15 @@
 """`numformer explore [OUT_DIR_OR_CHECKPOINT | --out_dir OUT_DIR_OR_CHECKPOINT] --prompt TEXT --out explorer.html [--quantize Q]`
 
-Runs a trained GPT on a prompt and writes one self-contained HTML page of what it does: attention
-per layer and head, the next-token distribution with the sampling controls of `numformer
-sample`, the prompt shaded by probability, the logit lens, the residual stream and the positions,
-the training curves from metrics.jsonl, and the article's formulas (numformer.explore).
+Runs a trained GPT or Llama on a prompt and writes one self-contained HTML page of what it does:
+attention per layer and head (a Llama: per query head, with the key/value head each one shares),
+the next-token distribution with the sampling controls of `numformer sample`, the prompt shaded by
+probability, the logit lens, the residual stream and the positions (a Llama: RoPE's rotation
+angles, as it has no position table), the training curves from metrics.jsonl, and the formulas
+the model runs (numformer.explore).
 
-The checkpoint is found as `numformer sample` finds it: the folder itself if it is a checkpoint,
-else its best/, else its latest/. With --quantize bf16 or int8 the page shows the model whose
+The checkpoint is found as `numformer sample` finds it: a GGUF file, the folder itself if it is a
+checkpoint (`numformer train --arch llama`, `numformer convert --from_hf` or `--from_gguf` make
+Llama ones), else its best/, else its latest/. With --quantize bf16 or int8 the page shows the model whose
 weights are rounded as that format stores them: the quantized weights, dequantized to float32
 for the page's trace (numformer.explore.trace runs the reference ops on float32 weights), which
 computes what the quantized model computes, up to float32 rounding.
@@ -55,9 +58,6 @@ def main(args) -> int:
     _check_out(out)
 
     model = load_for_sampling(args.out_dir, quantize=args.quantize)
-    if model.config.family != "gpt2":           # the page draws a GPT's layers (numformer.explore.trace)
-        raise UsageError(f"{args.out_dir}: numformer explore shows GPT checkpoints only; this one is a "
-                         f"{model.config.family} model (use numformer sample or numformer eval for it)")
     if model.quantization != "none":
         # the page's trace reads float32 weights: those the quantized ones stand for
         model = model.dequantized()
@@ -90,8 +90,10 @@ def main(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     replace_file(out, page)                    # the one atomic writer: a crash never leaves half a page
     cfg = model.config
+    shared = getattr(cfg, "n_kv_head", cfg.n_head)           # a Llama's key/value heads
+    kv = f" ({shared} key/value)" if shared != cfg.n_head else ""
     print(f"wrote {readable(str(out))} ({len(page) / 1e6:.2f} MB): {len(ids)} tokens, {cfg.n_layer} layers x "
-          f"{cfg.n_head} heads, from {readable(str(ckpt))}")
+          f"{cfg.n_head} heads{kv}, from {readable(str(ckpt))}")
     return 0
 
 

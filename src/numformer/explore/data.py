@@ -14,6 +14,7 @@ import numpy as np
 from numformer.explore.formulas import formulas_data
 from numformer.explore.trace import head, position_table, trace
 from numformer.model.config import SINUSOIDAL_FORMS
+from numformer.ops import rope
 
 # A page keeps every position's full logits when T·V is at most this many numbers (the default
 # model at its full context: 64 · 65). Beyond that each position keeps its LOGITS_TOP_MIN or more
@@ -23,7 +24,8 @@ LOGITS_TOP_MIN = 256
 # The page lists every token's string when the vocabulary has at most this many tokens, else
 # only the tokens it shows.
 VOCAB_FULL = 4096
-# The positions panel shows the position table for this many numbers' worth of positions.
+# The positions panel shows the position table (a Llama: RoPE's cos and sin) for this many
+# numbers' worth of positions.
 POSITION_VALUES = 1 << 16
 # The training panel draws at most about this many rows of metrics.jsonl; a longer run is thinned
 # to the rows that keep its curves' shape (_thin).
@@ -143,11 +145,7 @@ def explore_data(model, ids, *, tokenizer=None, metrics=None, sampling=None, sou
 
     # ---- inside the stream: norms and positions
     norms = np.linalg.norm(tr.residual.astype(np.float64), axis=-1)    # (L + 1, T)
-    # the position table for the whole context when it is small (the default: 64 x 128), else
-    # for as many positions as POSITION_VALUES numbers allow, and at least the prompt's
-    n_pos = min(cfg.block_size, max(T, POSITION_VALUES // cfg.n_embd))
-    pos = position_table(model, n_pos).astype(np.float64)             # (n_pos, C)
-    _, pos_divisor = SINUSOIDAL_FORMS[cfg.sinusoidal_form](cfg.n_embd)  # the table is P / pos_divisor
+    family = cfg.family
 
     data = {
         "format": 1,
@@ -156,7 +154,9 @@ def explore_data(model, ids, *, tokenizer=None, metrics=None, sampling=None, sou
         # n_layer lists of n_head (T, T) matrices, rounded to ATTENTION_DECIMALS places
         "attention": [_round(a, ATTENTION_DECIMALS) for a in tr.attention],
         "attention_decimals": ATTENTION_DECIMALS,
-        "model": {**cfg.to_dict(), "n_params": int(sum(v.size for _, v in model.params.items())),
+        # Llama: the key/value head each query head reads (grouped-query attention); GPT: None
+        "kv_heads": None if tr.kv_heads is None else tr.kv_heads.tolist(),
+        "model": {**cfg.to_dict(), "family": family, "n_params": int(sum(v.size for _, v in model.params.items())),
                   "source": None if source is None else readable(str(source))},
         "notice": "; ".join(n for n in (notice, overflow) if n) or None,
         "overflow": overflow,
@@ -167,17 +167,38 @@ def explore_data(model, ids, *, tokenizer=None, metrics=None, sampling=None, sou
         "top5": {"ids": top5.tolist(), "probs": _round(np.take_along_axis(probs, top5, axis=-1), 5)},
         "lens": {"ids": lens_ids, "probs": lens_p, "next_probs": lens_next},
         "residual_norms": _round(norms, 4),                # (n_layer + 1, T)
-        # the (n_pos, C) positions as added to the embeddings; the page computes their similarity
-        "positions": {"kind": cfg.pos_encoding,
-                      "scale": None if cfg.pos_encoding == "learned" else 1.0 / pos_divisor,
-                      "table": _round(pos, 4)},
+        "positions": _positions(model, T),
         # the rows the training panel draws (thinned past METRICS_ROWS) and how many the run has
         "metrics": _thin(rows, METRICS_ROWS) if (rows := _metric_rows(metrics)) else None,
         "metrics_count": len(rows) if rows else 0,
         "sampling": {"temperature": 0.8, "top_k": 200, "top_p": None, **(sampling or {})},
-        "formulas": formulas_data(),
+        "formulas": formulas_data(family),
     }
     return data
+
+
+def _positions(model, T: int) -> dict:
+    """What the positions panel draws, for the whole context when it is small, else for as many
+    positions as POSITION_VALUES numbers allow, and at least the prompt's.
+
+    A GPT: the (n_pos, C) table it adds to the embeddings (the page computes the positions'
+    similarity). A Llama has no table: RoPE turns each pair (x_i, x_{i+hs/2}) of a head's q and k
+    by the angle p·ω_i; the panel shows cos and sin of those angles, (n_pos, hs/2) each, from the
+    tables ops.rope itself computes, and ω (hs/2,), read back from position 1's angles."""
+    cfg = model.config
+    if cfg.family == "llama":
+        hs = cfg.head_size
+        n_pos = min(cfg.block_size, max(T, POSITION_VALUES // hs))
+        cos, sin = rope.tables(n_pos, hs, cfg.rope_theta)              # (n_pos, hs): each angle twice
+        c1, s1 = rope.tables(2, hs, cfg.rope_theta)
+        omega = np.arctan2(s1[1, :hs // 2], c1[1, :hs // 2])           # ω_i = the angle at p = 1 (all < π)
+        return {"kind": "rope", "theta": cfg.rope_theta, "head_size": hs, "omega": omega.tolist(),
+                "cos": _round(cos[:, :hs // 2], 4), "sin": _round(sin[:, :hs // 2], 4)}
+    n_pos = min(cfg.block_size, max(T, POSITION_VALUES // cfg.n_embd))
+    pos = position_table(model, n_pos).astype(np.float64)             # (n_pos, C)
+    _, pos_divisor = SINUSOIDAL_FORMS[cfg.sinusoidal_form](cfg.n_embd)  # the table is P / pos_divisor
+    return {"kind": cfg.pos_encoding, "scale": None if cfg.pos_encoding == "learned" else 1.0 / pos_divisor,
+            "table": _round(pos, 4)}
 
 
 def _metric_rows(rows):

@@ -1,5 +1,7 @@
-"""The article's thirteen formulas for the explorer: MathML, and the worked examples as
-`numformer explain` computes them.
+"""The formulas for the explorer: MathML, and the worked examples as `numformer explain` computes
+them. A GPT's page has the article's thirteen; a Llama's has the ten of them that it runs and the
+four it has instead of the other three (RoPE for the position table, RMSNorm for LayerNorm, SwiGLU
+for the GELU MLP) or besides (grouped-query attention), which are not in the article (FAMILY_FORMULAS).
 
 Each formula is written out as MathML (browsers render it without any script or font download).
 The worked example, its computed values and its verdict come from numformer.explain.examples,
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 from html import escape
 
-from numformer.explain import NAMES
+from numformer.explain import LATER, NAMES
 from numformer.explain.examples import explain, num
 
 # ------------------------------------------------------------------------------ MathML builders
@@ -176,12 +178,69 @@ MATHML = {
 }
 
 
+def _i_half():
+    return _row(_mi("i"), _mo("+"), _mi("hs"), _mo("/"), _mn(2))
+
+
+def _rope():
+    angle = _row(_mi("p"), _sub(_mi("ω"), _mi("i")))
+    x_i, x_h = _sub(_mi("x"), _mi("i")), _sub(_mi("x"), _i_half())
+    return _math(_lines(
+        _row(_sub(_fn("RoPE", _mi("x"), _mi("p")), _mi("i")), _mo("="), x_i, _fn("cos", angle), _mo("−"), x_h,
+             _fn("sin", angle)),
+        _row(_sub(_fn("RoPE", _mi("x"), _mi("p")), _i_half()), _mo("="), x_h, _fn("cos", angle), _mo("+"), x_i,
+             _fn("sin", angle)),
+        _row(_sub(_mi("ω"), _mi("i")), _mo("="),
+             _sup(_mi("θ"), _row(_mo("−"), _mn(2), _mi("i"), _mo("/"), _mi("hs"))),
+             _text("pair i: channels i and i + hs/2 of a head; p: the position")),
+    ))
+
+
+_MATHML_LATER = {
+    "rope": _rope(),
+    "rmsnorm": _math(_row(
+        _fn("RMSNorm", _mi("x")), _mo("="), _mi("γ"), _mo("⊙"),
+        _frac(_mi("x"), _sqrt(_row(_frac(_mn(1), _mi("C")), _sub(_mo("∑"), _mi("j")),
+                                   _subsup(_mi("x"), _mi("j"), _mn(2)), _mo("+"), _mi("ε")))))),
+    "swiglu": _math(_lines(
+        _row(_fn("SwiGLU", _mi("x")), _mo("="), _sub(_mi("W"), _mi("down")),
+             _paren(_fn("SiLU", _row(_sub(_mi("W"), _mi("gate")), _mi("x"))), _mo("⊙"),
+                    _paren(_sub(_mi("W"), _mi("up")), _mi("x")))),
+        _row(_fn("SiLU", _mi("g")), _mo("="), _mi("g"), _mi("σ"), _paren(_mi("g")), _mo("="),
+             _frac(_mi("g"), _row(_mn(1), _mo("+"), _sup(_mi("e"), _row(_mo("−"), _mi("g")))))),
+    )),
+    "grouped_query_attention": _math(_lines(
+        _row(_sub(_mi("head"), _mi("h")), _mo("="),
+             _fn("Attention", _row(_mi("Q"), _subsup(_mi("W"), _mi("h"), _mi("Q"))),
+                 _row(_mi("K"), _subsup(_mi("W"), _mi("j"), _mi("K"))),
+                 _row(_mi("V"), _subsup(_mi("W"), _mi("j"), _mi("V"))))),
+        _row(_mi("j"), _mo("="), _row(_mo("⌊"), _mi("h"), _mo("/"),
+                                      _paren(_sub(_mi("n"), _mi("head")), _mo("/"), _sub(_mi("n"), _mi("kv"))),
+                                      _mo("⌋")),
+             _text("query heads h share key/value head j")),
+    )),
+}
+assert tuple(_MATHML_LATER) == LATER
+MATHML.update(_MATHML_LATER)
+
+# The formulas each family's page shows, in `numformer explain`'s order: the article's thirteen for
+# a GPT; for a Llama the ten it runs, then the four later ones, which replace the position table
+# (formula 2), LayerNorm (6) and GELU (7) and add grouped-query attention.
+FAMILY_FORMULAS = {
+    "gpt2": NAMES,
+    "llama": tuple(n for n in NAMES if n not in ("positional_encoding", "layernorm", "gelu")) + LATER,
+}
+
+
 # ------------------------------------------------------------------------------ the worked examples
 
 
 def verdict(ex) -> tuple[str, str]:
-    """(kind, text): ("agrees", "agrees"), ("differs", "differs by 0.3395") or
-    ("incomplete", "incomplete in the article: computed here")."""
+    """(kind, text): ("agrees", "agrees"), ("differs", "differs by 0.3395"),
+    ("incomplete", "incomplete in the article: computed here") or, for a later formula,
+    ("later", "not in the article")."""
+    if not ex.in_article:
+        return "later", "not in the article"
     if ex.agrees is None:
         return "incomplete", "incomplete in the article: computed here"
     if ex.agrees:
@@ -189,12 +248,12 @@ def verdict(ex) -> tuple[str, str]:
     return "differs", f"differs by {num(ex.diff)}"
 
 
-def formulas_data() -> list[dict]:
-    """One object per formula, in the article's order: number, name, title_zh, formula (text),
-    mathml, inputs, steps (label, computed, decimals, printed, agrees, diff as text, result),
-    verdict, note."""
+def formulas_data(family: str = "gpt2") -> list[dict]:
+    """One object per formula the family's page shows (FAMILY_FORMULAS), in `numformer explain`'s
+    order: number, name, title_zh, formula (text), mathml, inputs, steps (label, computed,
+    decimals, printed, agrees, diff as text, result), verdict, note, in_article."""
     out = []
-    for ex in explain(NAMES):               # the article's thirteen (the later formulas have no MathML here)
+    for ex in explain(FAMILY_FORMULAS[family]):
         doc = ex.to_json()                  # what `numformer explain --json` prints for it
         printed = doc["article_printed"] or {}
         kind, text = verdict(ex)
@@ -208,6 +267,6 @@ def formulas_data() -> list[dict]:
             "number": ex.number, "name": ex.name, "title_zh": ex.title_zh, "formula": doc["formula"],
             "mathml": MATHML[ex.name], "inputs": doc["inputs"], "ours": list(ex.ours),
             "steps": steps, "agrees": doc["agrees"], "verdict": kind, "verdict_text": text,
-            "note": doc["note"],
+            "note": doc["note"], "in_article": ex.in_article,
         })
     return out

@@ -6,6 +6,13 @@
   const T = D.tokens.length, L = D.attention.length, H = D.attention[0].length;
   const V = D.model.vocab_size;
   const $ = (id) => document.getElementById(id);
+  // A GPT's page or a Llama's: the parts of page.html written for the other family are removed.
+  const LLAMA = D.model.family === "llama";
+  for (const e of document.querySelectorAll(LLAMA ? ".only-gpt2" : ".only-llama")) e.remove();
+  // Llama: the key/value head each query head reads (grouped-query attention when fewer than H)
+  const KV = D.kv_heads, NKV = KV ? D.model.n_kv_head : H;
+  const grouped = NKV < H;
+  const headName = (h) => `head ${h + 1}` + (grouped ? ` (key/value head ${KV[h] + 1})` : "");
 
   // ------------------------------------------------------------------ small helpers
 
@@ -101,9 +108,12 @@
 
   const m = D.model;
   $("summary").textContent = [
-    m.source ? m.source : "a numformer GPT",
-    `${m.n_layer} layers, ${m.n_head} heads, ${m.n_embd} wide, context ${m.block_size}, vocabulary ${m.vocab_size}`,
-    `${m.n_params.toLocaleString("en-US")} parameters, ${m.pos_encoding} positions`,
+    m.source ? m.source : (LLAMA ? "a numformer Llama" : "a numformer GPT"),
+    (LLAMA ? "Llama: " : "") + `${m.n_layer} layers, ${m.n_head} heads` +
+      (grouped ? ` sharing ${m.n_kv_head} key/value head${m.n_kv_head === 1 ? "" : "s"}` : "") +
+      `, ${m.n_embd} wide, context ${m.block_size}, vocabulary ${m.vocab_size}`,
+    `${m.n_params.toLocaleString("en-US")} parameters, ` +
+      (LLAMA ? `RoPE positions (θ = ${m.rope_theta.toLocaleString("en-US")})` : `${m.pos_encoding} positions`),
     `prompt: ${T} token${T === 1 ? "" : "s"}`,
   ].join(" · ");
   if (D.notice) { $("notice").textContent = D.notice; $("notice").hidden = false; }
@@ -119,7 +129,18 @@
   const state = { layer: 0, head: 0, pos: T - 1 };
   const layerSel = $("attn-layer"), headSel = $("attn-head");
   for (let l = 0; l < L; l++) layerSel.append(el("option", { value: l, text: String(l + 1) }));
-  for (let h = 0; h < H; h++) headSel.append(el("option", { value: h, text: String(h + 1) }));
+  for (let h = 0; h < H; h++) {
+    headSel.append(el("option", { value: h, text: String(h + 1) + (grouped ? ` (kv ${KV[h] + 1})` : "") }));
+  }
+  if (LLAMA) {                          // which query heads read which key/value head
+    const g = H / NKV;
+    $("attn-groups").textContent = !grouped
+      ? `Each of the ${H} query heads has its own key/value head.`
+      : NKV === 1 ? `All ${H} query heads share one key/value head (multi-query attention).`
+      : `The ${H} query heads share ${NKV} key/value heads, ${g} each: ` +
+        Array.from({ length: NKV }, (_, j) => `heads ${j * g + 1}–${(j + 1) * g} read key/value head ${j + 1}`).join(", ") +
+        ". Heads of a group see the same keys, each with its own query.";
+  }
 
   const mainCanvas = $("attn-canvas");
   const cell = Math.max(1, Math.min(28, Math.floor(560 / T)));
@@ -203,7 +224,7 @@
     const q = `query ${i} ${tipTok(D.tokens[i])}`, k = `key ${j} ${tipTok(D.tokens[j])}`;
     if (j > i) return showTip(evt, `${q} → ${k}<br>masked: key ${j} comes after query ${i} (−∞ before the softmax)`);
     const w = D.attention[state.layer][state.head][i][j];
-    showTip(evt, `${q} → ${k}<br>layer ${state.layer + 1}, head ${state.head + 1}: weight <b>${w === null ? "not a finite number" : fix(w, 4)}</b>`);
+    showTip(evt, `${q} → ${k}<br>layer ${state.layer + 1}, ${headName(state.head)}: weight <b>${w === null ? "not a finite number" : fix(w, 4)}</b>`);
   });
   mainCanvas.addEventListener("mouseleave", hideTip);
   layerSel.addEventListener("change", () => { state.layer = +layerSel.value; drawAttention(); });
@@ -236,8 +257,8 @@
   for (let l = 0; l < L; l++) {
     for (let h = 0; h < H; h++) {
       const c = el("canvas", { class: "pixels" });
-      const t = el("div", { class: "thumb", "data-layer": l, "data-head": h, title: `layer ${l + 1}, head ${h + 1}` },
-        c, el("div", { text: `L${l + 1} H${h + 1}` }));
+      const t = el("div", { class: "thumb", "data-layer": l, "data-head": h, title: `layer ${l + 1}, ${headName(h)}` },
+        c, el("div", { text: `L${l + 1} H${h + 1}` + (grouped ? ` kv${KV[h] + 1}` : "") }));
       t.addEventListener("click", () => { state.layer = l; state.head = h; drawAttention(); });
       overview.append(t);
       drawThumb(c, D.attention[l][h]);
@@ -533,6 +554,7 @@
       yZero: true, xTicks: layerNames.map((_, l) => l), xFormat: (x) => layerNames[x], xLabel: "after the embedding (emb) and after block l" });
 
     const P = D.positions;
+    if (P.kind === "rope") return drawRotation(P);
     const NP = P.table.length, C = P.table[0].length;       // positions shown, channels
     let pmax = 1e-12;
     for (const row of P.table) for (const v of row) pmax = Math.max(pmax, Math.abs(v));
@@ -568,6 +590,37 @@
     });
     simCanvas.addEventListener("mouseleave", hideTip);
   });
+
+  // A Llama has no position table: RoPE turns pair i = (x_i, x_{i+hs/2}) of every head's q and k
+  // by the angle p·ω_i. Drawn: cos and sin of those angles, rows positions, columns pairs.
+  function drawRotation(P) {
+    const NP = P.cos.length, half = P.omega.length, hs = P.head_size;
+    const period = (w) => 2 * Math.PI / w;
+    $("rope-lead").textContent = `This model has no position table: nothing is added to its token ` +
+      `embeddings. Positions enter attention instead: in every head, q and k (hs = ${hs} numbers each) are ` +
+      `cut into ${half} pairs (x_i, x_{i+${half}}), and pair i at position p is turned by the angle p·ω_i, ` +
+      `ω_i = θ^(−2i/${hs}), θ = ${P.theta.toLocaleString("en-US")}. Pair 0 turns 1 radian a position (a full ` +
+      `turn every ${fix(period(P.omega[0]), 2)} positions); pair ${half - 1} a full turn every ` +
+      `${Math.round(period(P.omega[half - 1])).toLocaleString("en-US")} positions. A rotation keeps q's and k's ` +
+      `lengths, and the score of a query at m and a key at n depends on n − m only (formula 14).`;
+    const pw = Math.max(1, Math.min(40, Math.floor(480 / half))), ph = Math.max(1, Math.min(12, Math.floor(320 / NP)));
+    const rows = `rows are positions 0..${NP - 1} (the prompt uses 0..${T - 1}), columns the ${half} pairs ` +
+      `i = 0..${half - 1} (−1 blue, +1 red)`;
+    for (const [id, M, name] of [["rope-cos", P.cos, "cos"], ["rope-sin", P.sin, "sin"]]) {
+      const canvas = $(id);
+      heatmap(canvas, M, pw, ph, diverge);
+      $(`${id}-caption`).textContent = `${name}(p·ω_i), as RoPE multiplies q and k by it: ${rows}`;
+      canvas.addEventListener("mousemove", (evt) => {
+        const c = cellAt(canvas, evt, 0, 0, pw, ph, NP, half);
+        if (!c) return hideTip();
+        const [p, i] = c, a = p * P.omega[i];
+        showTip(evt, `position ${p}, pair ${i} (channels ${i} and ${i + half} of each head)<br>` +
+          `angle p·ω_i = ${fix(a, 4)} rad (${fix(a / (2 * Math.PI), 3)} turns)<br>` +
+          `cos ${fix(P.cos[p][i], 4)}, sin ${fix(P.sin[p][i], 4)}`);
+      });
+      canvas.addEventListener("mouseleave", hideTip);
+    }
+  }
 
   // ------------------------------------------------------------------ 6. training
 
@@ -614,15 +667,23 @@
         inputs.append(el("span", { text: `${k}${f.ours.includes(k) ? " (ours)" : ""} = ${fmtValue(v, null).replace(/\n/g, "; ")}` }));
       }
       card.append(el("div", { class: "caption", text: "inputs of the worked example" }), inputs);
-      const table = el("table", {}, el("tr", {}, el("th", { text: "quantity" }), el("th", { text: "the article prints" }),
-        el("th", { text: "numformer computes" }), el("th", { text: "check" })));
+      // a formula that is not in the article has nothing printed to check: two columns, not four
+      const inArticle = f.in_article !== false;
+      const heads = inArticle ? ["quantity", "the article prints", "numformer computes", "check"]
+        : ["quantity", "numformer computes"];
+      const table = el("table", {}, el("tr", {}, ...heads.map((h) => el("th", { text: h }))));
       for (const s of f.steps) {
-        const printed = s.printed ? (s.printed.decimals === null ? "= " : "≈ ") + fmtValue(s.printed.value, s.printed.decimals) : "—";
-        const check = s.printed === null ? ["open", "not printed"]
-          : s.agrees ? ["agrees", "agrees"] : ["differs", `differs by ${s.diff}`];
-        table.append(el("tr", { class: s.result ? "result" : "" }, el("td", { text: s.label }),
-          el("td", { class: "val", text: printed }), el("td", { class: "val", text: fmtValue(s.computed, s.decimals) }),
-          el("td", { class: `check ${check[0]}`, text: check[1] })));
+        const computed = el("td", { class: "val", text: fmtValue(s.computed, s.decimals) });
+        const row = el("tr", { class: s.result ? "result" : "" }, el("td", { text: s.label }));
+        if (!inArticle) {
+          row.append(computed);
+        } else {
+          const printed = s.printed ? (s.printed.decimals === null ? "= " : "≈ ") + fmtValue(s.printed.value, s.printed.decimals) : "—";
+          const check = s.printed === null ? ["open", "not printed"]
+            : s.agrees ? ["agrees", "agrees"] : ["differs", `differs by ${s.diff}`];
+          row.append(el("td", { class: "val", text: printed }), computed, el("td", { class: `check ${check[0]}`, text: check[1] }));
+        }
+        table.append(row);
       }
       card.append(table, el("p", { class: "note", text: f.note }));
       list.append(card);
