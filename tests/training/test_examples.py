@@ -17,8 +17,10 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.toml"))
 
 
-def test_there_are_examples():
+def test_there_are_examples_and_the_readme_trains_with_one():
     assert {"shakespeare-char.toml", "llama-small.toml"} <= {p.name for p in EXAMPLES}
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert re.search(r"^numformer train \$NF/examples/[\w-]+\.toml ", readme, re.M)
 
 
 def config_of(argv):
