@@ -11,8 +11,9 @@
     the article's worked example with numformer's computed numbers and verdict
       (numformer.explain.examples), or, for a formula beyond the article, its example from
       numformer.explain.examples (the later four, which `numformer explain` shows after the
-      article's) or one computed here;
-    how it is checked: the op's rows of the op table (numformer.ops.table) and its PyTorch reference.
+      article's) or one computed here (LoRA, erf, the quantized formats: BEYOND);
+    how it is checked: the op's rows of the op table (numformer.ops.table) and its PyTorch reference
+      (for the quantized formats, the rows of QUANT_CASES and the tests against the gguf package).
 - The formulas' index (docs/formulas/index.md) gets the table of all of them, with their verdicts.
 
 So a new op's page is one more entry in HOMES (and its worked example in numformer.explain).
@@ -35,9 +36,9 @@ from markdown.preprocessors import Preprocessor
 from mkdocs.structure.files import File
 
 from numformer.explain.examples import EXAMPLES, LATER_EXAMPLES
-from numformer.explain.source import HOMES
-from numformer.ops import erf, linear, lora
-from numformer.ops.table import CASES, FAST_SIZES
+from numformer.explain.source import HOMES, docstring_section
+from numformer.ops import erf, linear, lora, quant
+from numformer.ops.table import CASES, FAST_SIZES, QUANT_CASES
 
 ROOT = Path(__file__).resolve().parents[2]          # the repository
 SECTION = "The formulas"                             # the nav section the formula pages go into
@@ -48,6 +49,9 @@ CODE = {
     "backpropagation": ("numformer.ops.linear:backward", "numformer.model.gpt:block_backward"),
     "gradient_descent": ("numformer.optim.sgd:SGD",),
     "adam": ("numformer.optim.adam:Adam.step", "numformer.optim.adam:Adam._update"),
+    "quant": tuple(f"numformer.ops.quant:{f}" for f in (
+        "quantize_int8", "int8_values", "bf16_bits", "bf16_values",
+        "_q8_0", "_q4_0", "_q4_1", "_encode_q8_0", "_encode_q4_0", "_encode_q4_1")),
 }
 
 
@@ -381,7 +385,110 @@ def _erf_example() -> str:
     ])
 
 
-BEYOND = {"lora": _lora_example, "erf": _erf_example}
+def _quant_example() -> str:
+    """The formats of numformer.ops.quant on one block of 32 weights, computed at build time, and
+    the other worst cases of the module's docstring (bf16, the GGUF quantizers)."""
+    w = np.random.default_rng(0).standard_normal(32).astype(np.float32)
+    M = float(np.abs(w).max())
+    qw = quant.quantize_int8(w)
+    deq = quant.int8_values(qw.q, qw.d)
+    d = float(qw.d[0])
+    err = float(np.abs(w.astype(np.float64) - deq).max())
+    head = slice(0, 6)
+    lines = [
+        "## A worked example, computed",
+        "",
+        "Not from the article: one block of 32 weights drawn from a standard normal (NumPy's "
+        "`default_rng(0)`), quantized by `numformer.ops.quant` when this site was built.",
+        "",
+        "### int8 (Q8_0's layout, a float32 scale)",
+        "",
+        "| quantity | numformer computes |", "|---|---|",
+        f"| $W$, its first six of 32 values | {_math_cell(w[head], 6)} |",
+        f"| $d = \\max_j \\lvert W_j \\rvert / 127$ | ${_cell(d, None)}$ (from $\\max\\lvert W\\rvert$ = ${M:.6f}$) |",
+        f"| $q = \\operatorname{{round}}(W/d)$, the first six | {_math_cell(qw.q[head])} |",
+        f"| $d \\cdot q$, the first six | {_math_cell(deq[head], 6)} |",
+        f"| the largest $\\lvert W_j - d\\,q_j \\rvert$ of the block | ${_cell(err, None)}$ |",
+        f"| the bound $\\frac{{d}}{{2}}(1 + 2^{{-16}})$ | ${_cell(d / 2 * (1 + 2.0 ** -16), None)}$ |",
+        "",
+        "### bf16",
+        "",
+        "| $W$ | bits | $\\operatorname{deq}$ | relative error | bound $2^{-8}$ |", "|---:|---:|---:|---:|---:|",
+    ]
+    for x in np.array([1 / 3, np.pi, 1e-3, 65504.0, -2.718281828], dtype=np.float32):
+        bits = quant.bf16_bits(np.array([x]))[0]
+        v = float(quant.bf16_values(np.array([bits]))[0])
+        lines.append(f"| {float(x)!r} | `0x{int(bits):04X}` | {v!r} | {abs(v - float(x)) / abs(float(x)):.2e} | "
+                     f"{2.0 ** -8:.2e} |")
+    lines += [
+        "",
+        "### GGUF's block formats, on the same block",
+        "",
+        "`block_quantize` writes the block as llama.cpp's reference quantizers do, `block_dequantize` reads "
+        "it back; the bounds are the docstring's below, before the float16 rounding of $d$ (and $m$), "
+        "which adds about $2^{-11} M$.",
+        "",
+        "| format | bytes a block | largest $\\lvert x_i - \\hat{x}_i \\rvert$ | the bound |", "|---|---:|---:|---|",
+    ]
+    bounds = {"Q8_0": (M / 254, "$M/254$"), "Q4_0": (M / 8, "$M/8$"),
+              "Q4_1": ((float(w.max()) - float(w.min())) / 30, "$d/2 = (\\max x - \\min x)/30$")}
+    for fmt in quant.QUANTIZERS:
+        raw = quant.block_quantize(w, fmt)
+        back = quant.block_dequantize(raw, fmt)
+        e = float(np.abs(w.astype(np.float64) - back).max())
+        bound, text = bounds[fmt]
+        lines.append(f"| {fmt} | {raw.size} | {e:.6f} | {text} = {bound:.6f} |")
+    lines += [
+        "",
+        "### The other worst cases as the docstring states them",
+        "",
+        "```text",
+        *docstring_section(quant, "bf16 (bfloat16)"),
+        "",
+        *docstring_section(quant, "The error of quantizing"),
+        "```",
+        "",
+        "The formulas of every block format numformer reads (Q5_0, Q5_1 and the K-quants too), from the "
+        "module's docstring:",
+        "",
+        "```text",
+        *docstring_section(quant, "Formats with 32 values a block"),
+        "",
+        *docstring_section(quant, "K-quants, 256 values"),
+        "```",
+        "",
+        _quant_checks(),
+    ]
+    return "\n".join(lines)
+
+
+def _quant_checks() -> str:
+    rows = []
+    for c in QUANT_CASES:
+        products = ", ".join(map(str, c.products)) if c.products else "—"
+        torch = "yes" if c.format == "bf16" and c.torch else "—"
+        rows.append(f"| {c.id} | {c.format} | {_shape(c.weight)} | {products} | {torch} |")
+    return "\n".join([
+        "## How it is checked",
+        "",
+        f"Quantizing has no gradient, so its {len(QUANT_CASES)} rows of the op table "
+        "(`numformer.ops.table.QUANT_CASES`) are checked by `numformer.ops.harness.quant_checks`: against an "
+        "exact computation in rational arithmetic (Python's fractions, no NumPy), against the worst-case bound "
+        "above, for bf16 against PyTorch's own conversion, and, where the row gives row counts, the linear map "
+        "with the quantized weight, $y = x\\,\\operatorname{deq}(W)^\\top + b$ and its $dx$, on both op sets "
+        "against float64.",
+        "",
+        "| row | format | weight | rows of x for the linear map | against PyTorch |", "|---|---|---|---|---|",
+        *rows,
+        "",
+        "GGUF's block formats are held bit for bit to the `gguf` package's own code "
+        "(`tests/ops/test_quant_blocks.py`): its dequantization of every format numformer reads, on blocks its "
+        "quantizers made and on random bytes, and its quantizers of Q8_0, Q4_0 and Q4_1. Run them with "
+        "`numformer check` or `python -m pytest tests/ops -k quant`.",
+    ])
+
+
+BEYOND = {"lora": _lora_example, "erf": _erf_example, "quant": _quant_example}
 
 
 # ---- how it is checked: the op table

@@ -6,6 +6,7 @@ and the worked example's computed numbers."""
 
 import functools
 import http.server
+import html
 import os
 import re
 import shutil
@@ -79,8 +80,9 @@ def test_the_site_builds_with_every_page(site):
     folder, seconds = site
     found = pages(folder)
     formulas = [p for p in found if p.startswith("formulas/") and p != "formulas/"]
-    assert len(formulas) == 19, formulas            # the article's 13, RoPE ... grouped-query attention, LoRA, erf
-    for part in ("guide/install/", "guide/explorer/", "guide/troubleshooting/", "reference/ops/", "performance/"):
+    assert len(formulas) == 20, formulas            # the article's 13, RoPE ... grouped-query attention, LoRA, erf, quant
+    for part in ("guide/install/", "guide/explorer/", "guide/troubleshooting/", "guide/quantize/", "guide/explain/",
+                 "reference/ops/", "performance/"):
         assert part in found
     print(f"mkdocs build --strict: {seconds:.1f} s, {len(found)} pages")
 
@@ -99,6 +101,22 @@ def test_formula_pages_carry_the_code_and_the_computed_example(site):
     assert "0.3302" in page and "2.3395" in page                  # computed by numformer.explain at build time
     assert "wrong: it differs by 0.3395" in page
     assert "attention causal T=1 batch 1 one head" in page          # a row of the op table
+    assert "<math" in page
+
+
+def test_the_quantized_formats_page_carries_code_example_and_checks(site):
+    """The page of numformer.ops.quant, beyond the op table's usual columns: the code from the
+    file, one block computed in every format at build time, and the QUANT_CASES rows."""
+    folder, _ = site
+    page = (folder / "formulas" / "quant" / "index.html").read_text(encoding="utf-8")
+    text = html.unescape(re.sub(r"<[^>]+>", "", page))
+    assert "src/numformer/ops/quant.py, lines" in page
+    assert "def quantize_int8(w) -> Int8Blocks:" in text and "def _encode_q4_1(x):" in text
+    for fmt in ("Q8_0", "Q4_0", "Q4_1"):                            # the block formats' table: bytes a block
+        assert re.search(rf"<td>{fmt}</td>\s*<td[^>]*>{ {'Q8_0': 34, 'Q4_0': 18, 'Q4_1': 20}[fmt]}</td>", page), fmt
+    assert "0x3EAB" in page                                         # bf16 of 1/3: 0x3EAAAAAB rounded up
+    assert "int8 C_in 70: a short last block" in page               # a row of QUANT_CASES
+    assert "Worst case. Rounding to the nearest integer" in text    # the docstring's derivation
     assert "<math" in page
 
 
@@ -137,7 +155,7 @@ def test_every_page_offline_without_console_errors_and_with_math_drawn(site, ser
             with_math += 1
         page.close()
         checked += 1
-    assert checked >= 40 and with_math == 15
+    assert checked >= 40 and with_math == 20           # every formula page: the 20 of test_the_site_builds_with_every_page
 
 
 def test_search_finds_pages_offline(server, browser):

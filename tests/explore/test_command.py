@@ -181,16 +181,16 @@ def test_paths_that_are_not_utf8(saved_model, tmp_path):
     assert embedded(out.read_bytes().decode("utf-8"))["tokens"] == ["R", "O"]
 
 
-def test_the_readmes_example_fills_most_of_the_default_context():
-    """The README's first explore command used --prompt "ROMEO:": a page of 6 tokens. Its example
-    is now a prompt the default model can encode, near its context, and the README says how long."""
+def test_the_guides_example_fills_most_of_the_default_context():
+    """The explorer's first documented command used --prompt "ROMEO:": a page of 6 tokens. Its
+    example (now in the user guide's explorer page, docs/guide/explorer.md) is a prompt the default
+    model can encode, near its context, and the page says how long."""
     from pathlib import Path
 
     from numformer.data.corpus import shakespeare
     from numformer.training.config import TrainConfig
 
-    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## See inside: `numformer explore`")[1].split("\n## ")[0]
+    section = (Path(__file__).parents[2] / "docs" / "guide" / "explorer.md").read_text(encoding="utf-8")
     prompt = re.search(r'```bash\nnumformer explore --prompt "(.*?)"', section, re.S).group(1)
     cfg = TrainConfig()
     assert cfg.tokenizer == "char" and set(prompt) <= set(shakespeare())     # a token a character

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from numformer.ops import (attention, cross_entropy, dropout, erf, gelu, layernorm, linear, lora, mha, positional,
-                           residual, rmsnorm, rope, softmax, swiglu)
+                           quant, residual, rmsnorm, rope, softmax, swiglu)
 from numformer.optim import adam, sgd
 
 
@@ -33,7 +33,7 @@ class Home:
     title: str                  # the formula's name for people
     article: bool = True        # one of the article's thirteen; False: added by numformer
     table: str | None = None    # its rows in the op table (numformer.ops.table, Case.op)
-    derives: str = "backward"   # what the derivation gives: "backward", or an optimizer's "update"
+    derives: str = "backward"   # what the derivation gives: "backward", an optimizer's "update", ...
 
     @property
     def module_name(self) -> str:
@@ -101,6 +101,8 @@ HOMES = {
     "lora": Home(lora, _OP, "Backward", "Low-rank adapters (LoRA)", article=False, table="lora"),
     "erf": Home(erf, ("erf", "erfc", "normal_cdf"), "Derivatives", "The error function erf, and Φ",
                 article=False, derives="derivatives"),
+    "quant": Home(quant, ("quantize_int8", "bf16_bits", "block_dequantize", "block_quantize"), "Worst case",
+                  "Quantized weights: int8, bf16, GGUF's blocks", article=False, derives="worst case"),
 }
 
 
