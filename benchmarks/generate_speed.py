@@ -136,7 +136,7 @@ def _time_runs(run, prompt, spec):
             first = tokens
         if time.perf_counter() - t_start > spec["max_seconds"]:
             break
-    return _median(pre), _median(dec), len(dec), first
+    return _median(pre), _median(dec), min(dec), len(dec), first
 
 
 def _median(xs):
@@ -145,9 +145,9 @@ def _median(xs):
     return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
 
 
-def _batch_result(spec, B, prefill, decode, runs, tokens, logits):
+def _batch_result(spec, B, prefill, decode, decode_min, runs, tokens, logits):
     n = spec["new_tokens"]
-    return {"prefill_seconds": prefill, "decode_seconds": decode, "runs": runs,
+    return {"prefill_seconds": prefill, "decode_seconds": decode, "decode_seconds_min": decode_min, "runs": runs,
             "decode_tokens_per_sec": B * (n - 1) / decode, "ms_per_token": 1000 * decode / (n - 1),
             "seconds": prefill + decode, "tokens": tokens, "logits": [list(map(float, row)) for row in logits]}
 
@@ -158,8 +158,8 @@ def _child(spec, build, batch_sizes=None):
     out = {"batches": {}}
     for B in batch_sizes or spec["batch_sizes"]:
         prompt = prompt_ids(spec["seed"], spec["config"]["vocab_size"], B, spec["prompt_len"])
-        prefill, decode, runs, tokens = _time_runs(run, prompt, spec)
-        out["batches"][str(B)] = _batch_result(spec, B, prefill, decode, runs, tokens, last_logits(prompt))
+        prefill, decode, decode_min, runs, tokens = _time_runs(run, prompt, spec)
+        out["batches"][str(B)] = _batch_result(spec, B, prefill, decode, decode_min, runs, tokens, last_logits(prompt))
     return out
 
 
@@ -543,6 +543,8 @@ def merge_rounds(rounds):
             b["decode_tokens_per_sec"] = first["decode_tokens_per_sec"] * first["decode_seconds"] / b["decode_seconds"]
             b["ms_per_token"] = first["ms_per_token"] * b["decode_seconds"] / first["decode_seconds"]
             b["runs"] = sum(x["runs"] for x in bs)
+            if all("decode_seconds_min" in x for x in bs):
+                b["decode_seconds_min"] = min(x["decode_seconds_min"] for x in bs)
             m["batches"][B] = b
         merged[key] = m
     return merged
@@ -576,7 +578,8 @@ TARGETS = [  # (case, peer, factor): case's decode tokens/s >= factor x peer's (
 def report(args, configs, impls, batch_sizes, threads, info, results, rounds):
     import numpy as np
 
-    headers = ["config", "threads", "batch", "impl", "decode tok/s", "ms/token", "prompt ms", "vs numformer f32",
+    headers = ["config", "threads", "batch", "impl", "decode tok/s", "ms/token", "best ms/token", "prompt ms",
+               "vs numformer f32",
                "decode floor ms", "peak RSS", "max |Δlogit| vs f32", "greedy tokens = f32"]
     rows, summary, targets = [], {}, []
     for name, cfg in configs.items():
@@ -601,10 +604,14 @@ def report(args, configs, impls, batch_sizes, threads, info, results, rounds):
                         floor_ms = 1000 * r["weight_bytes_per_token"] / r["copy_bytes_per_sec"]
                     summary[f"{name}/{T}/{B}/{impl}"] = {
                         "decode_tokens_per_sec": b["decode_tokens_per_sec"], "ms_per_token": b["ms_per_token"],
+                        "best_ms_per_token": (1000 * b["decode_seconds_min"] / (args.new_tokens - 1)
+                                              if "decode_seconds_min" in b else None),
                         "prefill_ms": 1000 * b["prefill_seconds"], "vs_numformer_f32": vs, "floor_ms": floor_ms,
                         "weight_bytes_per_token": r.get("weight_bytes_per_token"), "gguf_bytes": r.get("gguf_bytes"),
                         "max_abs_logit_diff": dlogit, "agree_tokens": agree, "rss_bytes": r.get("rss_bytes")}
+                    best = (1000 * b["decode_seconds_min"] / (args.new_tokens - 1)) if "decode_seconds_min" in b else None
                     rows.append([name, T, B, LABEL[impl], f"{b['decode_tokens_per_sec']:,.1f}", f"{b['ms_per_token']:,.2f}",
+                                 "-" if best is None else f"{best:,.2f}",
                                  f"{1000 * b['prefill_seconds']:,.0f}",
                                  "-" if impl == "numformer" or vs is None else f"{vs:.2f}",
                                  "-" if floor_ms is None else f"{floor_ms:.2f}", common.fmt_mib(r.get("rss_bytes")),
@@ -624,8 +631,9 @@ def report(args, configs, impls, batch_sizes, threads, info, results, rounds):
                                    f"{common.fmt_spread(sp)}x (target >= {factor:.2f}x) "
                                    + ("met" if val >= factor else f"missed by {100 * (1 - val / factor):.0f} %"))
     notes = [f"decode tok/s = batch x {args.new_tokens - 1} / the seconds after the first new token (the prompt's "
-             "forward pass and the first token are 'prompt ms'); vs numformer f32: decode tokens/s over numformer "
-             "float32's (> 1: faster)",
+             "forward pass and the first token are 'prompt ms'); best ms/token: the fastest timed run of all rounds "
+             "(other processes only ever add time, so on a busy machine it is the closer to the case's own speed); "
+             "vs numformer f32: decode tokens/s over numformer float32's (> 1: faster)",
              "decode floor: the bytes of weights one token reads (numformer.perf.decode_weight_bytes: int8 1.125 "
              "bytes a weight, bf16 2, float32 4; the tied embedding read whole as the LM head) at the copy bandwidth "
              "on the same threads; llama.cpp reads its GGUF file's tensors: "

@@ -19,7 +19,8 @@ TINY = "tiny:n_layer=1,n_head=2,n_embd=32,block_size=64,vocab_size=65"
 
 
 def _batch(prefill, decode, tokens_per_sec, tokens=((1, 2, 3),)):
-    return {"prefill_seconds": prefill, "decode_seconds": decode, "seconds": prefill + decode, "runs": 1,
+    return {"prefill_seconds": prefill, "decode_seconds": decode, "decode_seconds_min": decode / 2,
+            "seconds": prefill + decode, "runs": 1,
             "decode_tokens_per_sec": tokens_per_sec, "ms_per_token": 1000 * decode / 3,
             "tokens": [list(t) for t in tokens], "logits": [[0.0]]}
 
@@ -33,6 +34,7 @@ def test_merge_rounds_takes_the_median_decoding_time_per_case():
     assert b["decode_tokens_per_sec"] == pytest.approx(5.0)        # 3 tokens / 0.6 s
     assert b["ms_per_token"] == pytest.approx(200.0)
     assert b["runs"] == 3
+    assert b["decode_seconds_min"] == 0.15                           # the fastest run of any round
     assert merged["rss_bytes"] == 30                                 # the highest peak of the rounds
 
 
