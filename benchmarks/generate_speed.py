@@ -44,7 +44,10 @@ decoding time of the other new tokens; decode tokens/s = batch x (new tokens - 1
 seconds, the figure the targets are about. Hugging Face's generate and the reference have no hook
 between the prompt and the rest: each timed run there is a 1-token generation and a full one,
 the difference the decoding time. --repeat N runs every child N times, interleaved, and reports
-each case's median over the rounds (a whole process on a shared machine can run 25 % slow).
+each case's median over the rounds (a whole process on a shared machine can run 25 % slow). The
+report also gives each case's fastest timed run, and names any case whose median is over twice
+it: another process slowed most of its runs (llama.cpp's threads spin at every operation, so on
+two threads one busy core stalls both), and ratios with it mean little.
 
 Threads (--threads, default 1; "1,2" measures both): every child gets OMP_NUM_THREADS,
 OPENBLAS_NUM_THREADS, MKL_NUM_THREADS and NUMBA_NUM_THREADS = T, numformer also
@@ -644,6 +647,12 @@ def report(args, configs, impls, batch_sizes, threads, info, results, rounds):
              "products round the activations to 8 bits, so the sequences may part without a fault)",
              "threads: every child had OMP/OPENBLAS/MKL/NUMBA_NUM_THREADS = T; llama.cpp n_threads = n_threads_batch "
              "= T; torch set_num_threads(T)"]
+    unsteady = [f"{k.split('/')[0]} T{k.split('/')[1]} {LABEL[k.split('/')[3]]} ({v['ms_per_token']:.1f} against "
+                f"{v['best_ms_per_token']:.1f})" for k, v in summary.items()
+                if v.get("best_ms_per_token") and v["ms_per_token"] > 2 * v["best_ms_per_token"]]
+    if unsteady:
+        notes.append("median ms/token over twice the fastest run, so another process slowed most runs and the "
+                     "ratios with these cases mean little: " + "; ".join(unsteady))
     if len(rounds) > 1:
         notes.insert(0, f"each number is the median over {len(rounds)} rounds (one child per case and round, "
                         "interleaved); target ratios are median (min-max) of the rounds' ratios")

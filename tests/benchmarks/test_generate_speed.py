@@ -119,3 +119,22 @@ def test_bad_arguments_are_one_line_errors(argv, message, capsys):
         gs.main(["--configs", TINY, *argv])
     assert e.value.code != 0
     assert message in capsys.readouterr().err
+
+
+def test_report_names_a_case_whose_median_is_far_above_its_fastest_run(monkeypatch, capsys):
+    published = {}
+    monkeypatch.setattr(common, "publish", lambda name, payload, markdown, info: published.update(md=markdown))
+    args = gs.main.__globals__["argparse"].Namespace(new_tokens=4, prompt_len=2, pos_encoding="learned")
+
+    def case(decode, fastest):
+        b = _batch(0.01, decode, 3 / decode)
+        b["decode_seconds_min"] = fastest
+        b["ms_per_token"] = 1000 * decode / 3
+        return {"batches": {"1": b}}
+
+    results = {"c/1/numformer": case(0.3, 0.25), "c/1/numformer-int8": case(0.9, 0.3)}
+    gs.report(args, {"c": {}}, ["numformer", "numformer-int8"], [1], [1], {"cpu": "x", "python": "3", "numpy": "2"},
+              results, [results])
+    notes = [line for line in published["md"].splitlines() if "over twice the fastest run" in line]
+    assert len(notes) == 1
+    assert "numformer int8 (300.0 against 100.0)" in notes[0] and "float32" not in notes[0]
