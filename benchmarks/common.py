@@ -6,7 +6,8 @@ reports its own peak RSS. The parent never imports torch. The child prints one l
 `RESULT {json}` on stdout; anything else it prints is kept only to explain a failure.
 
 Environment variables are passed to the children unchanged: OPENBLAS_CORETYPE, OMP_NUM_THREADS
-and the like are respected, never set. Torch uses its default thread count and NumPy's BLAS its
+and the like are respected, never set (generate_speed.py alone pins the thread counts of its
+children, to its --threads, and its report says so). Torch uses its default thread count and NumPy's BLAS its
 own; the header of every report prints both.
 """
 
@@ -77,13 +78,16 @@ def describe(cfg: dict) -> str:
 
 # --------------------------------------------------------------------------------- child processes
 
-def run_child(script: str, spec: dict, timeout: float | None = None) -> dict:
-    """Run `python script --child JSON` and return its RESULT dict, or {"error": ...} on failure."""
-    cmd = [sys.executable, str(script), "--child", json.dumps(spec)]
+def run_child(script: str, spec: dict, timeout: float | None = None, *, python: str | None = None,
+              env: dict | None = None) -> dict:
+    """Run `python script --child JSON` and return its RESULT dict, or {"error": ...} on failure.
+    python: another interpreter (a peer's own virtual environment); env: variables to add to this
+    process's environment for the child (a script that pins thread counts says so in its report)."""
+    cmd = [python or sys.executable, str(script), "--child", json.dumps(spec)]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              timeout=timeout, env=dict(os.environ), cwd=str(REPO))
+                              timeout=timeout, env={**os.environ, **(env or {})}, cwd=str(REPO))
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s", "wall_s": time.perf_counter() - t0}
     wall = time.perf_counter() - t0
