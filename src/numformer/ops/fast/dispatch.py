@@ -91,7 +91,7 @@ ROWS = (
                            NUMPY: "dequantized tiles and np.matmul"}),
     Row("linear", "bf16", {NUMBA: "kernels bf16_rows for ≤ 16 rows; else dequantized tiles and np.matmul",
                            NUMPY: "dequantized tiles and np.matmul"}),
-    Row("linear", "q4_1", {NUMBA: "kernels q41_rows for ≤ 4 rows; else dequantized tiles and np.matmul",
+    Row("linear", "q4_1", {NUMBA: "kernels q41_rows for ≤ 16 rows; else dequantized tiles and np.matmul",
                            NUMPY: "dequantized tiles and np.matmul"}),
 )
 
