@@ -531,6 +531,22 @@ def softmax_backward_rows(p, dp):
 # in its order, each rounded to float32 as NumPy rounds it: the same bits in one pass
 
 
+# -- RoPE's rotation (numformer.ops.fast.rope), y = x ⊙ cos + rotate_half(x) ⊙ sin for x (G, T, hs)
+# of any strides: each element by the NumPy path's two operations in its order (no fused
+# multiply-add), so the same bits, in one pass instead of six array operations.
+
+@njit(**_OPTS)
+def rope_rotate(x, cos, sin, y):
+    G, T, hs = x.shape
+    h = hs // 2
+    for g in range(G):
+        for t in range(T):
+            for i in range(h):
+                a, b = x[g, t, i], x[g, t, i + h]
+                y[g, t, i] = a * cos[t, i] - b * sin[t, i]
+                y[g, t, i + h] = b * cos[t, i + h] + a * sin[t, i + h]
+
+
 @njit(**_OPTS)
 def adam_update(p, g, m, v, beta1, one_minus_beta1, beta2, one_minus_beta2, bias2_sqrt, eps, step):
     for i in range(p.size):
