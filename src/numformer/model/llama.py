@@ -56,6 +56,7 @@ from numformer.model.params import BIAS, LLAMA, LORA_A, LORA_B, NORM, WEIGHT, Fl
 from numformer.model.quantized import QuantizedWeights, check_quantize
 from numformer.model.serialize import read_model, save_model
 from numformer.ops import op_set, quant
+from numformer.ops.fast.quantized import ROWS as KERNEL_ROWS
 
 # a quantized model's layers whose weights are stacked into one, read by one product per token
 # (block_forward): q, k and v take the same input, as do gate and up
@@ -86,18 +87,21 @@ def block_forward(ops, w, x, cfg: LlamaConfig, *, drop=0.0, rng=None, kv=None, l
     queries attend to positions 0..t0+T-1. With lora = (alpha, {layer: (A, B)}), the base weights
     are frozen and those layers have adapters (gpt.linear_forward). Where w also has
     "self_attn.qkv_proj.weight" and "mlp.gate_up_proj.weight" (a quantized model: Llama._block_params
-    stacks q, k and v's rows, and gate and up's, quant.stack_rows), those are one product each, the
-    same rows, and the outputs their column blocks; such a cache has no backward (a quantized model
-    has none). Returns (x, cache)."""
+    stacks q, k and v's rows, and gate and up's, quant.stack_rows), those are one product each
+    where x has at most KERNEL_ROWS rows (a decoding step: the row kernels compute each row as the
+    layer's own weight does), the outputs their column blocks; more rows (a prompt) go to BLAS layer
+    by layer as for float32 weights, the same bits as the dequantized model's products. Such a
+    cache has no backward (a quantized model has none). Returns (x, cache)."""
     T = x.shape[1]
     c = {}
+    stacked = x.shape[0] * T <= KERNEL_ROWS       # the row kernels' products: one call for q, k, v; one for gate, up
 
     def linear(layer, h, key, **kw):
         y, c[key] = linear_forward(ops, w, layer, h, lora, **kw)
         return y
 
     h, c["norm_1"] = ops.rmsnorm.forward(x, w["input_layernorm.weight"], cfg.rms_norm_eps)
-    if "self_attn.qkv_proj.weight" in w:                                 # stacked (a quantized model): one product
+    if stacked and "self_attn.qkv_proj.weight" in w:                     # stacked (a quantized model): one product
         qkv = linear("self_attn.qkv_proj", h, "qkv_proj", keep_input=False)
         nq, nkv = cfg.n_head * cfg.head_size, cfg.n_kv_head * cfg.head_size
         q, k, v = qkv[..., :nq], qkv[..., nq:nq + nkv], qkv[..., nq + nkv:]
@@ -113,7 +117,7 @@ def block_forward(ops, w, x, cfg: LlamaConfig, *, drop=0.0, rng=None, kv=None, l
     a, c["drop_1"] = ops.dropout.forward(a, drop, rng, training=drop > 0)
     x, c["res_1"] = ops.residual.forward(x, a)
     h, c["norm_2"] = ops.rmsnorm.forward(x, w["post_attention_layernorm.weight"], cfg.rms_norm_eps)
-    if "mlp.gate_up_proj.weight" in w:                                   # stacked: one product
+    if stacked and "mlp.gate_up_proj.weight" in w:                       # stacked: one product
         gu = linear("mlp.gate_up_proj", h, "gate_up_proj", keep_input=False)
         g, u = gu[..., :cfg.n_hidden], gu[..., cfg.n_hidden:]
     else:
