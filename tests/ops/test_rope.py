@@ -55,6 +55,20 @@ def test_fast_tables_grow_and_give_the_references_bits():
         np.testing.assert_array_equal(got, want)
 
 
+def test_fast_rotation_of_strided_heads_gives_the_references_bits():
+    """A decoding step rotates q and k as views of one projection's output, split into heads
+    (non-contiguous): the compiled rotation (numba) and NumPy's give the reference's bits."""
+    from numformer.ops.fast import dispatch
+    fast = op_set("fast").rope
+    qkv = np.random.default_rng(3).standard_normal((2, 5, 7 * 8 + 2 * 8)).astype(np.float32)
+    for x in (qkv[..., :56].reshape(2, 5, 7, 8).transpose(0, 2, 1, 3), qkv[0, :, 56:64], qkv[:, 1:2, 64:]):
+        want, _ = reference_rope.forward(np.ascontiguousarray(x), start=37)
+        for numba in (True, False):
+            with dispatch.overridden(numba=numba):
+                got, _ = fast.forward(x, start=37)
+            np.testing.assert_array_equal(got, want)
+
+
 def test_bad_arguments(rope):
     with pytest.raises(ValueError, match="even head size"):
         rope.forward(np.zeros((2, 5)))

@@ -56,7 +56,12 @@ from numformer.model.params import BIAS, LLAMA, LORA_A, LORA_B, NORM, WEIGHT, Fl
 from numformer.model.quantized import QuantizedWeights, check_quantize
 from numformer.model.serialize import read_model, save_model
 from numformer.ops import op_set, quant
+from numformer.ops.fast.quantized import ROWS as KERNEL_ROWS
 
+# a quantized model's layers whose weights are stacked into one, read by one product per token
+# (block_forward): q, k and v take the same input, as do gate and up
+STACKED = (("self_attn.qkv_proj", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+           ("mlp.gate_up_proj", ("mlp.gate_proj", "mlp.up_proj")))
 KEPT_BLOCKS = ("Q4_1", "Q8_0")                # the GGUF block formats that quantize="keep" leaves as they are
 
 
@@ -80,18 +85,30 @@ def block_forward(ops, w, x, cfg: LlamaConfig, *, drop=0.0, rng=None, kv=None, l
     None); x (B, T, C). With kv = (K, V, t0), the layer's KV cache (B, nkv, block_size, hs) and the
     position of x's first row, ops.mha rotates and writes the new keys and values into it and the
     queries attend to positions 0..t0+T-1. With lora = (alpha, {layer: (A, B)}), the base weights
-    are frozen and those layers have adapters (gpt.linear_forward). Returns (x, cache)."""
+    are frozen and those layers have adapters (gpt.linear_forward). Where w also has
+    "self_attn.qkv_proj.weight" and "mlp.gate_up_proj.weight" (a quantized model: Llama._block_params
+    stacks q, k and v's rows, and gate and up's, quant.stack_rows), those are one product each
+    where x has at most KERNEL_ROWS rows (a decoding step: the row kernels compute each row as the
+    layer's own weight does), the outputs their column blocks; more rows (a prompt) go to BLAS layer
+    by layer as for float32 weights, the same bits as the dequantized model's products. Such a
+    cache has no backward (a quantized model has none). Returns (x, cache)."""
     T = x.shape[1]
     c = {}
+    stacked = x.shape[0] * T <= KERNEL_ROWS       # the row kernels' products: one call for q, k, v; one for gate, up
 
     def linear(layer, h, key, **kw):
         y, c[key] = linear_forward(ops, w, layer, h, lora, **kw)
         return y
 
     h, c["norm_1"] = ops.rmsnorm.forward(x, w["input_layernorm.weight"], cfg.rms_norm_eps)
-    q = linear("self_attn.q_proj", h, "q_proj", keep_input=False)        # (B, T, nh·hs); h from norm_1's cache
-    k = linear("self_attn.k_proj", h, "k_proj", keep_input=False)        # (B, T, nkv·hs)
-    v = linear("self_attn.v_proj", h, "v_proj", keep_input=False)        # (B, T, nkv·hs)
+    if stacked and "self_attn.qkv_proj.weight" in w:                     # stacked (a quantized model): one product
+        qkv = linear("self_attn.qkv_proj", h, "qkv_proj", keep_input=False)
+        nq, nkv = cfg.n_head * cfg.head_size, cfg.n_kv_head * cfg.head_size
+        q, k, v = qkv[..., :nq], qkv[..., nq:nq + nkv], qkv[..., nq + nkv:]
+    else:
+        q = linear("self_attn.q_proj", h, "q_proj", keep_input=False)    # (B, T, nh·hs); h from norm_1's cache
+        k = linear("self_attn.k_proj", h, "k_proj", keep_input=False)    # (B, T, nkv·hs)
+        v = linear("self_attn.v_proj", h, "v_proj", keep_input=False)    # (B, T, nkv·hs)
     del h
     y, c["attn"] = ops.mha.forward(q, k, v, cfg.n_head, n_kv_head=cfg.n_kv_head, rope_theta=cfg.rope_theta,
                                    causal=T > 1, dropout_p=drop, rng=rng, kv=kv,
@@ -100,8 +117,12 @@ def block_forward(ops, w, x, cfg: LlamaConfig, *, drop=0.0, rng=None, kv=None, l
     a, c["drop_1"] = ops.dropout.forward(a, drop, rng, training=drop > 0)
     x, c["res_1"] = ops.residual.forward(x, a)
     h, c["norm_2"] = ops.rmsnorm.forward(x, w["post_attention_layernorm.weight"], cfg.rms_norm_eps)
-    g = linear("mlp.gate_proj", h, "gate_proj", keep_input=False)        # (B, T, H); h from norm_2's cache
-    u = linear("mlp.up_proj", h, "up_proj", keep_input=False)            # (B, T, H)
+    if stacked and "mlp.gate_up_proj.weight" in w:                       # stacked: one product
+        gu = linear("mlp.gate_up_proj", h, "gate_up_proj", keep_input=False)
+        g, u = gu[..., :cfg.n_hidden], gu[..., cfg.n_hidden:]
+    else:
+        g = linear("mlp.gate_proj", h, "gate_proj", keep_input=False)    # (B, T, H); h from norm_2's cache
+        u = linear("mlp.up_proj", h, "up_proj", keep_input=False)        # (B, T, H)
     del h
     m, c["swiglu"] = ops.swiglu.forward(g, u)                             # SiLU(g) ⊙ u
     d = linear("mlp.down_proj", m, "down_proj", keep_input=False)        # (B, T, C); m is made again in backward
@@ -459,6 +480,14 @@ class Llama(QuantizedWeights):
             for part in (WEIGHT, BIAS):
                 name = LLAMA.name(layer.name, part, i)
                 w[name.removeprefix(prefix)] = self.quantized.get(name, views.get(name))
+        for stacked, layers in STACKED:
+            names = [LLAMA.name(layer, WEIGHT, i) for layer in layers]
+            if all(n in self.quantized for n in names) and all(w[f"{layer}.bias"] is None for layer in layers):
+                got = quant.stack_rows([self.quantized[n] for n in names])
+                if got is not None:              # the layers' weights become views of the stacked one
+                    for n, layer, view in zip(names, layers, got[1]):
+                        self.quantized[n] = w[f"{layer}.weight"] = view
+                    w[f"{stacked}.weight"], w[f"{stacked}.bias"] = got[0], None
         return w
 
     def _block_adapters(self, i: int):

@@ -153,6 +153,25 @@ class Q41Blocks(NamedTuple):
 QUANTIZED = (Int8Blocks, BF16, Q41Blocks)
 
 
+def stack_rows(weights):
+    """Weights of one format with the same input width, their rows one after another in one new
+    weight: (the stacked weight, a view of each weight's rows in it). y = x deq(W)ᵀ of the stacked
+    W is the products side by side, each row as its own weight gives it; a model that keeps the
+    views and the stacked weight in place of the weights holds the values once. None where the
+    formats or widths differ."""
+    kind = type(weights[0])
+    if not all(type(w) is kind for w in weights) or len({w.shape[1] for w in weights}) != 1:
+        return None
+    parts = [tuple(w) for w in weights]                     # each NamedTuple's arrays, (N_i, ·)
+    stacked = kind(*(np.concatenate(arrays) for arrays in zip(*parts)))
+    views, lo = [], 0
+    for w in weights:
+        hi = lo + w.shape[0]
+        views.append(kind(*(a[lo:hi] for a in stacked)))
+        lo = hi
+    return stacked, views
+
+
 def is_quantized(w) -> bool:
     return isinstance(w, QUANTIZED)
 

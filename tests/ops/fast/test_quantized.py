@@ -89,3 +89,62 @@ def test_when_the_rows_run_on_threads(monkeypatch):
     monkeypatch.setattr(k, "threading_layer", lambda: (2, "workqueue"))
     assert quantized._parts(k, quantized.PARALLEL_MIN) == 1
     assert "workqueue" in quantized.threads_line()
+
+
+def q41_weight(rng, N, K):
+    """A Q4_1 weight (numformer.ops.quant.Q41Blocks) of N rows of K values, off centre, as
+    llama.cpp's quantizer writes it; a few blocks with subnormal float16 scales."""
+    w = rng.standard_normal((N, K)).astype(np.float32) + 0.5
+    w[0, :32] *= 1e-6                                 # d and m subnormal in float16
+    return quant.Q41Blocks(quant.block_quantize(w, "Q4_1"))
+
+
+@pytest.mark.parametrize("M", [1, 3])
+@pytest.mark.parametrize("N, K", [(1, 32), (7, 64), (9, 96), (17, 32), (24, 160)])
+def test_q41_rows_against_float64(N, K, M):
+    rng = np.random.default_rng([N, K, M, 41])
+    w = q41_weight(rng, N, K)
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    y = np.full((M, N), np.nan, np.float32)
+    dispatch.kernels().q41_rows(x, w.raw, y, 0, N)
+    ref = x.astype(np.float64) @ quant.dequantize(w).astype(np.float64).T
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("parts", [2, 3])
+def test_q41_threaded_and_cut_rows_equal_one_thread_bit_for_bit(parts):
+    k = dispatch.kernels()
+    rng = np.random.default_rng(parts)
+    w = q41_weight(rng, 50, 96)
+    x = rng.standard_normal((2, 96)).astype(np.float32)
+    one, many = np.empty((2, 50), np.float32), np.full((2, 50), np.nan, np.float32)
+    k.q41_rows(x, w.raw, one, 0, 50)
+    k.q41_rows_parallel(x, w.raw, many, parts)
+    np.testing.assert_array_equal(many, one)
+    part = np.full((2, 50), np.nan, np.float32)
+    k.q41_rows(x, w.raw, part, 8, 29)
+    np.testing.assert_array_equal(part[:, 8:29], one[:, 8:29])
+    assert np.isnan(part[:, :8]).all() and np.isnan(part[:, 29:]).all()
+
+
+def test_both_float16_conversions_are_exact():
+    """The kernels read Q4_1's d and m by the machine's float16 conversion where it has one, else
+    by half_value: both give NumPy's float32 of every finite float16, zeros and subnormals too."""
+    from numba import njit
+    k = dispatch.kernels()
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    finite = np.isfinite(bits.view(np.float16))
+    raw = bits[finite].view(np.uint8).reshape(-1, 2)           # one float16 a row, little-endian
+    want = bits[finite].view(np.float16).astype(np.float32)
+
+    def convert(half):
+        @njit
+        def run(raw, out):
+            for i in range(raw.shape[0]):
+                out[i] = half(raw, 2 * i)
+        out = np.empty(len(raw), np.float32)
+        run(raw, out)
+        return out
+
+    for half in ([k._half_native] if k.NATIVE_HALF else []) + [k._half_bits]:
+        np.testing.assert_array_equal(convert(half).view(np.uint32), want.view(np.uint32))

@@ -76,7 +76,8 @@ ROWS = (
     Row("swiglu", "float32", {NUMBA: "kernels swiglu_forward, swiglu_backward",
                               NUMPY: "the reference op"}),
     Row("swiglu", "float64", {NUMPY: "the reference op"}),
-    Row("rope", "float32", {NUMPY: "cos and sin tables kept per head size; halves rotated in place"}),
+    Row("rope", "float32", {NUMBA: "cos and sin tables kept per head size; kernel rope_rotate",
+                            NUMPY: "cos and sin tables kept per head size; halves rotated in place"}),
     Row("rope", "float64", {NUMPY: "cos and sin tables kept per head size; halves rotated in place"}),
     Row("attention", "float32", {NUMBA: "kernels softmax_rows, _again, _backward_rows; NumPy's with "
                                         "dropout or a general mask",
@@ -91,7 +92,7 @@ ROWS = (
                            NUMPY: "dequantized tiles and np.matmul"}),
     Row("linear", "bf16", {NUMBA: "kernels bf16_rows for ≤ 16 rows; else dequantized tiles and np.matmul",
                            NUMPY: "dequantized tiles and np.matmul"}),
-    Row("linear", "q4_1", {NUMBA: "kernels q41_rows for ≤ 4 rows; else dequantized tiles and np.matmul",
+    Row("linear", "q4_1", {NUMBA: "kernels q41_rows for ≤ 16 rows; else dequantized tiles and np.matmul",
                            NUMPY: "dequantized tiles and np.matmul"}),
 )
 

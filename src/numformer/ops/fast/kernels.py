@@ -34,7 +34,9 @@ import math
 import numba
 import numpy as np
 from numba import njit, prange, types
-from numba.extending import intrinsic
+from numba.core import cgutils
+from llvmlite import ir
+from numba.extending import intrinsic, models, register_model
 
 from numformer.ops.erf import PHI_P32, PHI_Q32, PHI_TOP32, ROUND16_32   # float32 Φ's form, as NumPy's
 
@@ -54,6 +56,179 @@ def _bits_as_float(typingctx, i):
 
 
 f32 = np.float32
+
+# -- 16 float32 lanes as one value (LLVM's <16 x float>), for the products with quantized weights:
+# the kernels below say which lanes they load, multiply and add, so the compiler neither chooses
+# nor reorders the sums (its loop vectoriser sums a row across lanes once per block of 32, where
+# these keep the lanes apart to the row's end). One AVX-512 register; two AVX2 or four SSE ones
+# elsewhere, the same lanes in the same order. Loads read C-contiguous arrays at a flat element
+# offset (the kernels keep to the array's bounds; a non-contiguous array is refused by typing).
+
+_V16 = ir.VectorType(ir.FloatType(), 16)
+_I32X16 = ir.VectorType(ir.IntType(32), 16)
+_B16 = ir.VectorType(ir.IntType(8), 16)
+
+
+class _F32x16(types.Type):
+    def __init__(self):
+        super().__init__(name="f32x16")
+
+
+F32X16 = _F32x16()
+
+
+@register_model(_F32x16)
+class _F32x16Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _V16)
+
+
+def _c_array(t):
+    return isinstance(t, types.Array) and t.layout == "C"
+
+
+def _at(context, builder, aryty, ary, offset, pointee):
+    """A pointer to `pointee` at ary's flat element offset."""
+    data = context.make_array(aryty)(context, builder, ary).data
+    return builder.bitcast(builder.gep(data, [offset]), pointee.as_pointer())
+
+
+@intrinsic
+def v_zero(typingctx):
+    """16 zeros."""
+    return F32X16(), lambda context, builder, sig, args: ir.Constant(_V16, None)
+
+
+@intrinsic
+def v_load(typingctx, ary, offset):
+    """ary[offset : offset + 16] (float32)."""
+    if not (_c_array(ary) and ary.dtype == types.float32):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_at(context, builder, sig.args[0], args[0], args[1], _V16), align=4)
+    return F32X16(ary, offset), codegen
+
+
+@intrinsic
+def v_int8(typingctx, ary, offset):
+    """ary[offset : offset + 16] (int8) as float32 (exact)."""
+    if not (_c_array(ary) and ary.dtype == types.int8):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.sitofp(builder.load(_at(context, builder, sig.args[0], args[0], args[1], _B16), align=1), _V16)
+    return F32X16(ary, offset), codegen
+
+
+@intrinsic
+def v_nibbles(typingctx, ary, offset):
+    """The 16 bytes ary[offset : offset + 16] (uint8) as (low four bits, high four bits), each 16
+    float32 (exact)."""
+    if not (_c_array(ary) and ary.dtype == types.uint8):
+        return None
+
+    def codegen(context, builder, sig, args):
+        c = builder.zext(builder.load(_at(context, builder, sig.args[0], args[0], args[1], _B16), align=1), _I32X16)
+        low = builder.uitofp(builder.and_(c, ir.Constant(_I32X16, [15] * 16)), _V16)
+        high = builder.uitofp(builder.lshr(c, ir.Constant(_I32X16, [4] * 16)), _V16)
+        return context.make_tuple(builder, sig.return_type, [low, high])
+    return types.UniTuple(F32X16, 2)(ary, offset), codegen
+
+
+def _splat(builder, s):
+    v = builder.insert_element(ir.Constant(_V16, ir.Undefined), s, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(v, ir.Constant(_V16, ir.Undefined), ir.Constant(_I32X16, [0] * 16))
+
+
+@intrinsic
+def v_fma(typingctx, a, b, c):
+    """a·b + c lane by lane, a a vector or a float32 (the same in every lane); fused into one
+    rounding where the machine has FMA, as the kernels' "contract" allows."""
+    if not (a in (F32X16, types.float32) and b == F32X16 and c == F32X16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        x = _splat(builder, args[0]) if sig.args[0] == types.float32 else args[0]
+        return builder.fadd(builder.fmul(x, args[1], flags=("contract",)), args[2], flags=("contract",))
+    return F32X16(a, b, c), codegen
+
+
+@intrinsic
+def v_mul(typingctx, a, b):
+    """a·b lane by lane."""
+    if not (a == F32X16 and b == F32X16):
+        return None
+    return F32X16(a, b), lambda context, builder, sig, args: builder.fmul(args[0], args[1])
+
+
+@intrinsic
+def v_sum(typingctx, a):
+    """The sum of the 16 lanes, in a fixed order: lanes i and i + 8 added, then i and i + 4 of
+    those, then i and i + 2, then the last two."""
+    if a != F32X16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        v, n = args[0], 16
+        while n > 1:
+            n //= 2
+            idx = ir.VectorType(ir.IntType(32), n)
+            v = builder.fadd(builder.shuffle_vector(v, v, ir.Constant(idx, list(range(n)))),
+                             builder.shuffle_vector(v, v, ir.Constant(idx, list(range(n, 2 * n)))))
+        return builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
+    return types.float32(a), codegen
+
+
+@intrinsic
+def prefetch(typingctx, ary, offset):
+    """Ask the memory system for the cache line holding ary's flat element `offset` (a hint: no
+    value, no fault even past the array's end)."""
+    if not _c_array(ary):
+        return None
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        i8p = ir.IntType(8).as_pointer()
+        p = builder.bitcast(builder.gep(data, [args[1]]), i8p)
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                            "llvm.prefetch.p0")
+        builder.call(fn, [p, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])   # read, keep, data
+        return context.get_dummy_value()
+    return types.none(ary, offset), codegen
+
+
+def _native_half() -> bool:
+    """Whether the compiled code may convert float16 to float32 by the machine's instruction
+    (x86's F16C, any AArch64): numba compiling for this machine's CPU (not a named one) and it
+    has one."""
+    import platform
+
+    import llvmlite.binding as ll
+    if numba.config.CPU_NAME:
+        return False
+    machine = platform.machine().lower()
+    if machine in ("aarch64", "arm64"):
+        return True
+    return machine in ("x86_64", "amd64") and bool(ll.get_host_cpu_features().get("f16c"))
+
+
+NATIVE_HALF = _native_half()
+
+
+@intrinsic
+def _half_native(typingctx, ary, offset):
+    """The float16 at byte offset of ary (uint8, little-endian) as float32, by the machine's
+    conversion (exact)."""
+    if not (_c_array(ary) and ary.dtype == types.uint8):
+        return None
+
+    def codegen(context, builder, sig, args):
+        h = builder.load(_at(context, builder, sig.args[0], args[0], args[1], ir.IntType(16)), align=1)
+        return builder.fpext(builder.bitcast(h, ir.HalfType()), ir.FloatType())
+    return types.float32(ary, offset), codegen
+
 
 # the constants, rounded to float32 once (numba freezes module globals into the code)
 P0, P1, P2, P3, P4 = (f32(c) for c in PHI_P32)
@@ -376,6 +551,22 @@ def softmax_backward_rows(p, dp):
 # in its order, each rounded to float32 as NumPy rounds it: the same bits in one pass
 
 
+# -- RoPE's rotation (numformer.ops.fast.rope), y = x ⊙ cos + rotate_half(x) ⊙ sin for x (G, T, hs)
+# of any strides: each element by the NumPy path's two operations in its order (no fused
+# multiply-add), so the same bits, in one pass instead of six array operations.
+
+@njit(**_OPTS)
+def rope_rotate(x, cos, sin, y):
+    G, T, hs = x.shape
+    h = hs // 2
+    for g in range(G):
+        for t in range(T):
+            for i in range(h):
+                a, b = x[g, t, i], x[g, t, i + h]
+                y[g, t, i] = a * cos[t, i] - b * sin[t, i]
+                y[g, t, i + h] = b * cos[t, i + h] + a * sin[t, i + h]
+
+
 @njit(**_OPTS)
 def adam_update(p, g, m, v, beta1, one_minus_beta1, beta2, one_minus_beta2, bias2_sqrt, eps, step):
     for i in range(p.size):
@@ -400,12 +591,22 @@ def exp_array(x, out):
 
 # -- products with quantized weights (numformer.ops.quant), for decoding: y[m, n] = Σ_j x[m, j]
 # deq(W)[n, j] for the rows n in [lo, hi) of W (N, K), read as they are stored: int8 values with
-# a float32 scale per block of 32 (q, d), or bf16 bit patterns. float32 products and sums; the
-# sums are reassociated (vectorised), so each output is one fixed order of the same terms. An
-# int8 row's blocks are summed one at a time, Σ_b d_b · (Σ_j x_j q_j): eight rows of W at once,
-# sharing the loads of x, which LLVM vectorises where one row at a time it does not (a block's 32
-# terms are too short a loop); a group of eight always starts at a multiple of eight, so a row's
-# value does not depend on how [lo, hi) was cut. A bf16 row is one long sum, one row at a time.
+# a float32 scale per block of 32 (q, d), or bf16 bit patterns. float32 products and sums, each
+# output one fixed order of the same terms.
+#
+# An int8 row is summed in 16 lanes (the f32x16 values above), lane i taking positions i and
+# i + 16 of every block:
+#     v = Σ_b d_b · (x_hi · q_hi + x_lo · q_lo),   x_lo, q_lo: a block's first 16, x_hi, q_hi: its last 16
+#     y = v_sum(v)
+# so that the one sum across lanes is at the row's end, not once per block. Eight rows of W at
+# once, their lanes in eight registers, sharing the loads of x; a row's value depends neither on
+# the rows beside it nor on how [lo, hi) was cut (the threaded kernels give one thread's bits). A
+# row whose length is not a multiple of 32 ends in a short block, summed one term at a time and
+# added after the lanes. While a group of 8 rows is summed, the next group's rows are asked for
+# (prefetch), block by block: a weight that does not fit in the caches (a model's) streams from
+# memory at about the rate the arithmetic takes it (measured: the Q4_1 products of SmolLM2's 30
+# layers 5.6 -> 3.7 ms a token, 29 G weights/s, against 33 in cache). A bf16 row is one long sum,
+# one row at a time.
 
 _DOTS = dict(_OPTS, fastmath={"reassoc", "contract"})
 
@@ -414,6 +615,21 @@ _DOTS = dict(_OPTS, fastmath={"reassoc", "contract"})
 def bf16_value(h):
     """The float32 whose bits are the bf16 pattern h (uint16) followed by 16 zeros."""
     return _bits_as_float(np.int32(h) << np.int32(16))
+
+
+@njit(inline="always", **_DOTS)
+def _q8_block(q, at, s, xl, xh, v):
+    """v + s · (xh · q[at+16 : at+32] + xl · q[at : at+16])."""
+    return v_fma(s, v_fma(xh, v_int8(q, at + 16), v_mul(xl, v_int8(q, at))), v)
+
+
+@njit(inline="always", **_DOTS)
+def _q8_tail(x, q, d, m, r, full, K):
+    """d · Σ x q over the short last block of row r (positions 32·full .. K−1)."""
+    t = ZERO
+    for j in range(32 * full, K):
+        t += x[m, j] * f32(q[r, j])
+    return d[r, full] * t
 
 
 @njit(**_DOTS)
@@ -425,47 +641,33 @@ def q8_rows(x, q, d, y, lo, hi):
         r0, r1, r2, r3 = n, min(n + 1, last), min(n + 2, last), min(n + 3, last)
         r4, r5, r6, r7 = min(n + 4, last), min(n + 5, last), min(n + 6, last), min(n + 7, last)
         for m in range(M):
-            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = ZERO
+            v0 = v1 = v2 = v3 = v4 = v5 = v6 = v7 = v_zero()
             for b in range(full):
-                s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = ZERO
-                for j in range(32 * b, 32 * b + 32):
-                    v = x[m, j]
-                    s0 += v * f32(q[r0, j])
-                    s1 += v * f32(q[r1, j])
-                    s2 += v * f32(q[r2, j])
-                    s3 += v * f32(q[r3, j])
-                    s4 += v * f32(q[r4, j])
-                    s5 += v * f32(q[r5, j])
-                    s6 += v * f32(q[r6, j])
-                    s7 += v * f32(q[r7, j])
-                a0 += d[r0, b] * s0
-                a1 += d[r1, b] * s1
-                a2 += d[r2, b] * s2
-                a3 += d[r3, b] * s3
-                a4 += d[r4, b] * s4
-                a5 += d[r5, b] * s5
-                a6 += d[r6, b] * s6
-                a7 += d[r7, b] * s7
-            if K > 32 * full:                      # the short last block
-                s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = ZERO
-                for j in range(32 * full, K):
-                    v = x[m, j]
-                    s0 += v * f32(q[r0, j])
-                    s1 += v * f32(q[r1, j])
-                    s2 += v * f32(q[r2, j])
-                    s3 += v * f32(q[r3, j])
-                    s4 += v * f32(q[r4, j])
-                    s5 += v * f32(q[r5, j])
-                    s6 += v * f32(q[r6, j])
-                    s7 += v * f32(q[r7, j])
-                a0 += d[r0, full] * s0
-                a1 += d[r1, full] * s1
-                a2 += d[r2, full] * s2
-                a3 += d[r3, full] * s3
-                a4 += d[r4, full] * s4
-                a5 += d[r5, full] * s5
-                a6 += d[r6, full] * s6
-                a7 += d[r7, full] * s7
+                xl = v_load(x, m * K + 32 * b)
+                xh = v_load(x, m * K + 32 * b + 16)
+                o = 32 * b
+                if m == 0:
+                    for i in range(8):              # the same block of the next 8 rows, read next
+                        prefetch(q, (n + 8 + i) * K + o)
+                v0 = _q8_block(q, r0 * K + o, d[r0, b], xl, xh, v0)
+                v1 = _q8_block(q, r1 * K + o, d[r1, b], xl, xh, v1)
+                v2 = _q8_block(q, r2 * K + o, d[r2, b], xl, xh, v2)
+                v3 = _q8_block(q, r3 * K + o, d[r3, b], xl, xh, v3)
+                v4 = _q8_block(q, r4 * K + o, d[r4, b], xl, xh, v4)
+                v5 = _q8_block(q, r5 * K + o, d[r5, b], xl, xh, v5)
+                v6 = _q8_block(q, r6 * K + o, d[r6, b], xl, xh, v6)
+                v7 = _q8_block(q, r7 * K + o, d[r7, b], xl, xh, v7)
+            a0, a1, a2, a3 = v_sum(v0), v_sum(v1), v_sum(v2), v_sum(v3)
+            a4, a5, a6, a7 = v_sum(v4), v_sum(v5), v_sum(v6), v_sum(v7)
+            if K > 32 * full:                       # the short last block
+                a0 += _q8_tail(x, q, d, m, r0, full, K)
+                a1 += _q8_tail(x, q, d, m, r1, full, K)
+                a2 += _q8_tail(x, q, d, m, r2, full, K)
+                a3 += _q8_tail(x, q, d, m, r3, full, K)
+                a4 += _q8_tail(x, q, d, m, r4, full, K)
+                a5 += _q8_tail(x, q, d, m, r5, full, K)
+                a6 += _q8_tail(x, q, d, m, r6, full, K)
+                a7 += _q8_tail(x, q, d, m, r7, full, K)
             y[m, r0] = a0                           # rows past hi repeat the last one: not stored
             if n + 1 < hi:
                 y[m, r1] = a1
@@ -541,23 +743,14 @@ def bf16_dequantize(w, lo, hi, out):
 # -- products with weights kept in GGUF's Q4_1 blocks (numformer.ops.quant.Q41Blocks, the rows as
 # a GGUF file stores them: per block of 32 values, 20 bytes: d and m as float16, then 16 bytes of
 # nibbles, value j in the low four bits of byte j and value j+16 in its high four), deq = d·q + m.
-# A row's sum is taken block by block,
-#     Σ_j x_j (d q_j + m) = d · (Σ_j x_j q_j) + m · (Σ_j x_j),
-# with Σ_j x_j of each block computed once per row of x and shared by every row of W; eight rows
-# of W at once, sharing the loads of x, as q8_rows. A byte c's two nibbles are taken in float32,
-# h = ⌊c/16⌋ and l = c − 16h (exact: c, c/16 and their floors are float32 numbers): numba widens
-# integer masks and shifts to int64, which vectorise a quarter as wide (measured 1.3-1.6x slower).
+# A row's sum is taken as
+#     Σ_b Σ_j x_j (d_b q_j + m_b) = v_sum(Σ_b d_b · (x_hi · q_hi + x_lo · q_lo)) + Σ_b m_b · (Σ_j x_j)
+# in 16 lanes as q8_rows (lane i: a block's values i and i + 16, the low and the high nibble of its
+# byte i), with Σ_j x_j of each block computed once per row of x and shared by every row of W.
+# Eight rows of W at once. d and m are converted from float16 by the machine's instruction where
+# it has one (NATIVE_HALF), else by half_value; both are exact.
 
 _LOW, _FOUR, _EIGHT = np.uint8(15), np.uint8(4), np.uint16(8)
-_SIXTEENTH, _SIXTEEN = f32(0.0625), f32(16.0)
-
-
-@njit(inline="always", **_OPTS)
-def _nibbles_dot(c, xl, xh):
-    """xl · (c's low nibble) + xh · (c's high nibble), the nibbles taken in float32."""
-    f = f32(c)
-    h = np.floor(f * _SIXTEENTH)                # the high nibble
-    return xl * (f - _SIXTEEN * h) + xh * h     # f − 16h: the low one
 
 
 @njit(inline="always", **_OPTS)
@@ -573,63 +766,70 @@ def half_value(lo, hi):
     return _bits_as_float(np.int32(sign | ((em << np.int32(13)) + np.int32(0x38000000))))
 
 
+@njit(inline="always", **_OPTS)
+def _half_bits(raw, at):
+    """The float16 at flat byte offset `at` of raw (N, R) uint8, by half_value."""
+    r, c = at // raw.shape[1], at % raw.shape[1]
+    return half_value(raw[r, c], raw[r, c + 1])
+
+
+_half_at = _half_native if NATIVE_HALF else _half_bits
+
+
+@njit(inline="always", **_DOTS)
+def _q41_block(raw, at, xl, xh, t, v, a):
+    """The block at flat byte offset `at` of raw: (v + d · (xh · high + xl · low), a + m · t)."""
+    low, high = v_nibbles(raw, at + 4)
+    return v_fma(_half_at(raw, at), v_fma(xh, high, v_mul(xl, low)), v), a + _half_at(raw, at + 2) * t
+
+
 @njit(**_DOTS)
 def q41_rows(x, raw, y, lo, hi):
     M, K = x.shape
     nb = K // 32
+    R = raw.shape[1]                            # bytes a row: 20 nb
     last = hi - 1
     sx = np.empty(nb, dtype=np.float32)
-    for mm in range(M):
+    for m in range(M):
         for b in range(nb):                     # Σ_j x_j per block, for the minimums
             t = ZERO
             for j in range(32 * b, 32 * b + 32):
-                t += x[mm, j]
+                t += x[m, j]
             sx[b] = t
         for n in range(lo, hi, 8):
-            r0, r1, r2, r3 = n, min(n + 1, last), min(n + 2, last), min(n + 3, last)
-            r4, r5, r6, r7 = min(n + 4, last), min(n + 5, last), min(n + 6, last), min(n + 7, last)
+            p0, p1, p2, p3 = n * R, min(n + 1, last) * R, min(n + 2, last) * R, min(n + 3, last) * R
+            p4, p5, p6, p7 = min(n + 4, last) * R, min(n + 5, last) * R, min(n + 6, last) * R, min(n + 7, last) * R
+            v0 = v1 = v2 = v3 = v4 = v5 = v6 = v7 = v_zero()
             a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = ZERO
             for b in range(nb):
-                o = 20 * b + 4
-                s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = ZERO
-                for j in range(16):
-                    xl = x[mm, 32 * b + j]
-                    xh = x[mm, 32 * b + 16 + j]
-                    c0, c1, c2, c3 = raw[r0, o + j], raw[r1, o + j], raw[r2, o + j], raw[r3, o + j]
-                    c4, c5, c6, c7 = raw[r4, o + j], raw[r5, o + j], raw[r6, o + j], raw[r7, o + j]
-                    s0 += _nibbles_dot(c0, xl, xh)
-                    s1 += _nibbles_dot(c1, xl, xh)
-                    s2 += _nibbles_dot(c2, xl, xh)
-                    s3 += _nibbles_dot(c3, xl, xh)
-                    s4 += _nibbles_dot(c4, xl, xh)
-                    s5 += _nibbles_dot(c5, xl, xh)
-                    s6 += _nibbles_dot(c6, xl, xh)
-                    s7 += _nibbles_dot(c7, xl, xh)
-                t = sx[b]
-                o = 20 * b
-                a0 += half_value(raw[r0, o], raw[r0, o + 1]) * s0 + half_value(raw[r0, o + 2], raw[r0, o + 3]) * t
-                a1 += half_value(raw[r1, o], raw[r1, o + 1]) * s1 + half_value(raw[r1, o + 2], raw[r1, o + 3]) * t
-                a2 += half_value(raw[r2, o], raw[r2, o + 1]) * s2 + half_value(raw[r2, o + 2], raw[r2, o + 3]) * t
-                a3 += half_value(raw[r3, o], raw[r3, o + 1]) * s3 + half_value(raw[r3, o + 2], raw[r3, o + 3]) * t
-                a4 += half_value(raw[r4, o], raw[r4, o + 1]) * s4 + half_value(raw[r4, o + 2], raw[r4, o + 3]) * t
-                a5 += half_value(raw[r5, o], raw[r5, o + 1]) * s5 + half_value(raw[r5, o + 2], raw[r5, o + 3]) * t
-                a6 += half_value(raw[r6, o], raw[r6, o + 1]) * s6 + half_value(raw[r6, o + 2], raw[r6, o + 3]) * t
-                a7 += half_value(raw[r7, o], raw[r7, o + 1]) * s7 + half_value(raw[r7, o + 2], raw[r7, o + 3]) * t
-            y[mm, r0] = a0                      # rows past hi repeat the last one: not stored
+                xl = v_load(x, m * K + 32 * b)
+                xh = v_load(x, m * K + 32 * b + 16)
+                o, t = 20 * b, sx[b]
+                for i in range(8):                  # the same block of the next 8 rows, read next
+                    prefetch(raw, p0 + (8 + i) * R + o)
+                v0, a0 = _q41_block(raw, p0 + o, xl, xh, t, v0, a0)
+                v1, a1 = _q41_block(raw, p1 + o, xl, xh, t, v1, a1)
+                v2, a2 = _q41_block(raw, p2 + o, xl, xh, t, v2, a2)
+                v3, a3 = _q41_block(raw, p3 + o, xl, xh, t, v3, a3)
+                v4, a4 = _q41_block(raw, p4 + o, xl, xh, t, v4, a4)
+                v5, a5 = _q41_block(raw, p5 + o, xl, xh, t, v5, a5)
+                v6, a6 = _q41_block(raw, p6 + o, xl, xh, t, v6, a6)
+                v7, a7 = _q41_block(raw, p7 + o, xl, xh, t, v7, a7)
+            y[m, n] = v_sum(v0) + a0                # rows past hi repeat the last one: not stored
             if n + 1 < hi:
-                y[mm, r1] = a1
+                y[m, n + 1] = v_sum(v1) + a1
             if n + 2 < hi:
-                y[mm, r2] = a2
+                y[m, n + 2] = v_sum(v2) + a2
             if n + 3 < hi:
-                y[mm, r3] = a3
+                y[m, n + 3] = v_sum(v3) + a3
             if n + 4 < hi:
-                y[mm, r4] = a4
+                y[m, n + 4] = v_sum(v4) + a4
             if n + 5 < hi:
-                y[mm, r5] = a5
+                y[m, n + 5] = v_sum(v5) + a5
             if n + 6 < hi:
-                y[mm, r6] = a6
+                y[m, n + 6] = v_sum(v6) + a6
             if n + 7 < hi:
-                y[mm, r7] = a7
+                y[m, n + 7] = v_sum(v7) + a7
 
 
 @njit(parallel=True, **_DOTS)

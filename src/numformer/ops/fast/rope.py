@@ -6,7 +6,11 @@ What it adds: the cos and sin tables are made once per head size, θ and dtype, 
 at a time), growing the tables when a position beyond them is asked for; and rotate_half's
 concatenated copy is left out: the second term is subtracted from and added to the two halves in
 place. Each element is the reference's, bit for bit: (−a)·b = −(a·b) and p + (−q) = p − q
-exactly in floating point, and the tables hold the same products p·ω_i.
+exactly in floating point, and the tables hold the same products p·ω_i. Where
+numformer.ops.fast.dispatch chooses numba for float32, forward's rotation is one compiled pass
+(numformer.ops.fast.kernels rope_rotate) of the same two operations per element, in the same
+order: the same bits (a decoding step rotates one position of a few heads, where six array
+operations cost more in calls than in arithmetic).
 """
 
 import threading
@@ -14,6 +18,8 @@ import threading
 import numpy as np
 
 from numformer.ops import rope as reference
+from numformer.ops.fast import dispatch
+from numformer.ops.fast.dispatch import NUMBA
 from numformer.ops.rope import THETA, Cache
 
 _TABLES = {}            # (hs, θ, dtype) -> (cos, sin) for positions 0 .. N−1, read-only
@@ -47,6 +53,10 @@ def forward(x, theta=THETA, start=0):
     T, hs = x.shape[-2:]
     h = hs // 2
     cos, sin = tables(T, hs, theta, start, x.dtype)
+    if x.size and dispatch.runs("rope", x) == NUMBA:              # the same operations, one compiled pass
+        y = np.empty(x.shape, x.dtype)
+        dispatch.kernels().rope_rotate(x.reshape(-1, T, hs), cos, sin, y.reshape(-1, T, hs))
+        return y, Cache(cos, sin)
     y = x * cos
     y[..., :h] -= x[..., h:] * sin[:, :h]               # y_i        = x_i cos − x_{i+hs/2} sin
     y[..., h:] += x[..., :h] * sin[:, h:]               # y_{i+hs/2} = x_{i+hs/2} cos + x_i sin
