@@ -56,10 +56,10 @@ import numpy as np
 from numformer.data.tokenizer import from_json
 from numformer.interop.gpt2 import read_hf_gpt2
 from numformer.model.config import GPTConfig, position_terms
-from numformer.model.generate import generate
-from numformer.model.params import (BIAS, GPT2, LORA_A, LORA_B, NORM, WEIGHT, FlatParams, check_tensors,
-                                    gpt_param_shapes, lora_param_shapes)
-from numformer.model.quantized import QuantizedWeights, check_quantize
+from numformer.model.decoder import Decoder
+from numformer.model.params import (BIAS, GPT2, LORA_A, LORA_B, NORM, WEIGHT, FlatParams, gpt_param_shapes,
+                                    lora_param_shapes)
+from numformer.model.quantized import check_quantize
 from numformer.model.serialize import read_gpt, save_gpt
 from numformer.ops import op_set
 
@@ -177,7 +177,7 @@ def linear_backward(dy, tagged_cache, x=None):
 
 # ----------------------------------------------------------------------------- the model
 
-class GPT(QuantizedWeights):
+class GPT(Decoder):
     """A GPT whose parameters are named views into one flat buffer.
 
     >>> model = GPT(GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=8))
@@ -255,44 +255,7 @@ class GPT(QuantizedWeights):
         LayerNorm gains."""
         return self.trainable.mask(lambda name, shape: len(shape) >= 2)
 
-    def num_params(self) -> int:
-        """The model's parameters, adapters and quantized weights included."""
-        return self.params.size + (self.adapters.size if self.adapters is not None else 0) + self.quantized_params()
-
-    def zero_grad(self) -> None:
-        self.grads.flat[...] = 0
-
-    def train(self) -> "GPT":
-        self.training = True
-        return self
-
-    def eval(self) -> "GPT":
-        self.training = False
-        return self
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """The parameters by name, and the adapters' A and B when the model has them; the
-        quantized weights of a quantized model dequantized (new float32 arrays)."""
-        out = dict(self.params.views)
-        if self.adapters is not None:
-            out.update(self.adapters.views)
-        out.update(self.dequantized_weights())
-        return out
-
-    def load_state_dict(self, tensors: dict[str, np.ndarray], source: str = "state dict") -> None:
-        """Copy tensors into the flat buffers, checking that every name and shape matches."""
-        views = self.state_dict()
-        check_tensors(tensors, {name: v.shape for name, v in views.items()}, source)
-        for name, view in views.items():
-            view[...] = tensors[name]
-
     # ----------------------------------------------------------------------------- forward
-
-    def forward(self, idx, targets=None):
-        """Logits (B, T, V) for token ids idx (B, T); with targets (B, T), also the mean
-        cross-entropy loss (targets of -1 are ignored). Keeps what `backward` needs."""
-        out, self._tape = self.forward_tape(idx, targets)
-        return out
 
     def forward_tape(self, idx, targets=None, rng=None):
         """forward(idx, targets) with dropout masks drawn from rng (default: self.rng), returning
@@ -424,13 +387,6 @@ class GPT(QuantizedWeights):
         logits, _, _ = self._head(x)
         cache.length = t1
         return logits
-
-    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, rng=None, use_cache: bool = True):
-        """Extend idx (B, T) by max_new_tokens sampled tokens; returns (B, T + max_new_tokens).
-        temperature 0 is greedy. See numformer.model.generate for the sampling rules."""
-        return generate(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                        rng=rng, use_cache=use_cache)
 
     # ----------------------------------------------------------------------------- files
 

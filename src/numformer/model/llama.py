@@ -50,10 +50,10 @@ from numformer.errors import CheckpointError
 from numformer.interop.gguf import GGUFModel, read_gguf, tensor_blocks
 from numformer.model import memory
 from numformer.model.config import InvalidConfig, LlamaConfig
-from numformer.model.generate import generate
+from numformer.model.decoder import Decoder
 from numformer.model.gpt import linear_backward, linear_forward
 from numformer.model.params import BIAS, LLAMA, LORA_A, LORA_B, NORM, WEIGHT, FlatParams, check_tensors
-from numformer.model.quantized import QuantizedWeights, check_quantize
+from numformer.model.quantized import check_quantize
 from numformer.model.serialize import read_model, save_model
 from numformer.ops import op_set, quant
 from numformer.ops.fast.quantized import ROWS as KERNEL_ROWS
@@ -181,7 +181,7 @@ def block_backward(ops, dx, c, cfg: LlamaConfig, add):
 
 # ----------------------------------------------------------------------------- the model
 
-class Llama(QuantizedWeights):
+class Llama(Decoder):
     """A Llama-shaped decoder whose parameters are named views into one flat buffer, named as
     Hugging Face's LlamaForCausalLM names them (model.params.LLAMA).
 
@@ -256,44 +256,7 @@ class Llama(QuantizedWeights):
         with two or more dimensions (matmul weights, embeddings, adapters), not biases or gains."""
         return self.trainable.mask(lambda name, shape: len(shape) >= 2)
 
-    def num_params(self) -> int:
-        """The model's parameters, adapters and quantized weights included."""
-        return self.params.size + (self.adapters.size if self.adapters is not None else 0) + self.quantized_params()
-
-    def zero_grad(self) -> None:
-        self.grads.flat[...] = 0
-
-    def train(self) -> "Llama":
-        self.training = True
-        return self
-
-    def eval(self) -> "Llama":
-        self.training = False
-        return self
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """The parameters by name, and the adapters' A and B when the model has them; the
-        quantized weights of a quantized model dequantized (new float32 arrays)."""
-        out = dict(self.params.views)
-        if self.adapters is not None:
-            out.update(self.adapters.views)
-        out.update(self.dequantized_weights())
-        return out
-
-    def load_state_dict(self, tensors: dict[str, np.ndarray], source: str = "state dict") -> None:
-        """Copy tensors into the flat buffers, checking that every name and shape matches."""
-        views = self.state_dict()
-        check_tensors(tensors, {name: v.shape for name, v in views.items()}, source)
-        for name, view in views.items():
-            view[...] = tensors[name]
-
     # ----------------------------------------------------------------------------- forward
-
-    def forward(self, idx, targets=None):
-        """Logits (B, T, V) for token ids idx (B, T); with targets (B, T), also the mean
-        cross-entropy loss (targets of -1 are ignored). Keeps what `backward` needs."""
-        out, self._tape = self.forward_tape(idx, targets)
-        return out
 
     def forward_tape(self, idx, targets=None, rng=None):
         """forward(idx, targets) with dropout masks drawn from rng (default: self.rng), returning
@@ -409,13 +372,6 @@ class Llama(QuantizedWeights):
         logits, _, _ = self._head(x)
         cache.length = t1
         return logits
-
-    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, rng=None, use_cache: bool = True):
-        """Extend idx (B, T) by max_new_tokens sampled tokens; returns (B, T + max_new_tokens).
-        temperature 0 is greedy. See numformer.model.generate for the sampling rules."""
-        return generate(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                        rng=rng, use_cache=use_cache)
 
     # ----------------------------------------------------------------------------- files
 

@@ -27,7 +27,7 @@ from numformer.data.tokenizer import check_fits, from_json
 from numformer.errors import CheckpointError, DataError, UsageError
 from numformer.model import memory
 from numformer.model.adapters import LoRAConfig, adapter_params
-from numformer.model.config import CONFIGS, GPTConfig, InvalidConfig
+from numformer.model.config import CONFIGS, InvalidConfig
 from numformer.model.params import check_tensors, family_of
 
 FORMAT = "numformer-gpt"                                   # a GPT's checkpoint
