@@ -23,7 +23,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from numformer.ops import op_set
+from numformer.ops import op_set, quant
 from numformer.parallel.process import blas_threads
 
 FD_STEP = 1e-6
@@ -317,8 +317,6 @@ def quant_checks(case, torch=None, seed=0):
     exact computation (q, d and the dequantized values for int8; the bits for bf16, and NaN kept
     NaN), the worst-case bound, PyTorch's bf16 conversion when torch is given, and the linear map
     with the quantized weight on both op sets against float64."""
-    from numformer.ops import quant
-
     w, rng = quant_weight(case, seed)
     qw = quant.quantize(w, case.format)
     with np.errstate(invalid="ignore"):                            # a signalling NaN, widened

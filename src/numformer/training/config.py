@@ -18,6 +18,7 @@ from pathlib import Path
 
 from numformer.checkpoint import JSON_LIMIT, load_checkpoint, read_file
 from numformer.errors import CheckpointError, UsageError
+from numformer.model.adapters import parse_targets
 from numformer.model.config import (ARCHS, CONFIGS, GELUS, POS_ENCODINGS, SINUSOIDAL_FORMS, GPTConfig, InvalidConfig,
                                     LlamaConfig)
 from numformer.model.params import ALL_LORA_TARGETS, DEFAULT_LORA_TARGETS, DEFAULT_LORA_TARGETS_OF
@@ -296,8 +297,6 @@ def _same_setting(key: str, given, saved) -> bool:
     targets are a set of layers: "attn.c_proj,attn.c_attn" names the same adapters as
     "attn.c_attn,attn.c_proj"."""
     if key == "lora_targets" and isinstance(given, str) and isinstance(saved, str):
-        from numformer.model.adapters import parse_targets
-
         return set(parse_targets(given)) == set(parse_targets(saved))
     return given == saved
 

@@ -30,12 +30,14 @@ memory; docs/performance.md has the figures, and NUMFORMER_JIT=0 saves both.
 """
 
 import math
+import platform
 
+import llvmlite.binding as ll
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
-from llvmlite import ir
 from numba.extending import intrinsic, models, register_model
 
 from numformer.ops.erf import PHI_P32, PHI_Q32, PHI_TOP32, ROUND16_32   # float32 Φ's form, as NumPy's
@@ -203,9 +205,6 @@ def _native_half() -> bool:
     """Whether the compiled code may convert float16 to float32 by the machine's instruction
     (x86's F16C, any AArch64): numba compiling for this machine's CPU (not a named one) and it
     has one."""
-    import platform
-
-    import llvmlite.binding as ll
     if numba.config.CPU_NAME:
         return False
     machine = platform.machine().lower()
