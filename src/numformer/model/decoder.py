@@ -16,8 +16,8 @@ from numformer.model.quantized import QuantizedWeights
 
 class Decoder(QuantizedWeights):
     """The methods GPT and Llama share, written once. A class using it has what QuantizedWeights
-    asks for, and `forward_tape(idx, targets)`, `new_kv_cache(batch_size)` and `forward_cached`
-    for numformer.model.generate."""
+    asks for, `forward_tape(idx, targets)` and `backward_tape(tape, dloss, accumulate=)`, and
+    `new_kv_cache(batch_size)` and `forward_cached` for numformer.model.generate."""
 
     def num_params(self) -> int:
         """The model's parameters, adapters and quantized weights included."""
@@ -55,6 +55,12 @@ class Decoder(QuantizedWeights):
         cross-entropy loss (targets of -1 are ignored). Keeps what `backward` needs."""
         out, self._tape = self.forward_tape(idx, targets)
         return out
+
+    def backward(self, dloss: float = 1.0, *, accumulate=None) -> None:
+        """Add d(loss)/d(parameter) of the last forward(idx, targets) into self.grads. The
+        activations are released as they are used, so a second backward needs a new forward."""
+        tape, self._tape = self._tape, None     # like PyTorch, the graph is freed by backward
+        self.backward_tape(tape, dloss, accumulate=accumulate)
 
     def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, rng=None, use_cache: bool = True):

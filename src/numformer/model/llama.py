@@ -296,12 +296,6 @@ class Llama(Decoder):
 
     # ----------------------------------------------------------------------------- backward
 
-    def backward(self, dloss: float = 1.0, *, accumulate=None) -> None:
-        """Add d(loss)/d(parameter) of the last forward(idx, targets) into self.grads. The
-        activations are released as they are used, so a second backward needs a new forward."""
-        tape, self._tape = self._tape, None
-        self.backward_tape(tape, dloss, accumulate=accumulate)
-
     def backward_tape(self, tape, dloss: float = 1.0, *, accumulate=None) -> None:
         """backward of the forward_tape(idx, targets) that returned `tape`; the tape is emptied.
 
