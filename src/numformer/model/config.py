@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Self
 
 import numpy as np
 
@@ -30,8 +30,30 @@ SINUSOIDAL_FORMS = {
 GELUS = ("tanh", "exact")
 
 
+class ConfigDict:
+    """What GPTConfig and LlamaConfig share: the head size, and the round trip through a dict (the
+    model part of a checkpoint's config.json)."""
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Self:
+        """The config of a dict of its fields (a missing key takes its default); InvalidConfig
+        for an unknown key or a bad value."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise InvalidConfig(unknown[0], f"unknown {cls.__name__} key(s): {', '.join(unknown)}")
+        return cls(**d)
+
+
 @dataclass
-class GPTConfig:
+class GPTConfig(ConfigDict):
     family: ClassVar[str] = "gpt2"
 
     vocab_size: int = 65
@@ -66,24 +88,6 @@ class GPTConfig:
             raise InvalidConfig("layer_norm_eps",
                                 f"layer_norm_eps must be a positive finite number, got {self.layer_norm_eps!r}")
 
-    @property
-    def head_size(self) -> int:
-        return self.n_embd // self.n_head
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "GPTConfig":
-        """The GPTConfig of a dict of its fields (a missing key takes its default); InvalidConfig
-        for an unknown key or a bad value."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InvalidConfig(unknown[0], f"unknown GPTConfig key(s): {', '.join(unknown)}")
-        return cls(**d)
-
-
 # Llama's SwiGLU width: 2/3 of the GPT's 4C (three matrices instead of two, about the same
 # parameters), rounded up to a multiple of 256 (Meta's llama/model.py, FeedForward: multiple_of).
 LLAMA_MULTIPLE_OF = 256
@@ -97,7 +101,7 @@ def llama_hidden(n_embd: int, multiple_of: int = LLAMA_MULTIPLE_OF) -> int:
 
 
 @dataclass
-class LlamaConfig:
+class LlamaConfig(ConfigDict):
     """A decoder of Llama's shape (numformer.model.llama); also Mistral's (without a sliding window)
     and Qwen2's (attention_bias). n_kv_head None means n_head (one key/value head per query head),
     n_hidden None Llama's rounding of 2/3 · 4C (llama_hidden); both are filled in when the config
@@ -144,24 +148,6 @@ class LlamaConfig:
             value = getattr(self, name)
             if not _is_number(value) or not 0 < value < math.inf:
                 raise InvalidConfig(name, f"{name} must be a positive finite number, got {value!r}")
-
-    @property
-    def head_size(self) -> int:
-        return self.n_embd // self.n_head
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "LlamaConfig":
-        """The LlamaConfig of a dict of its fields (a missing key takes its default); InvalidConfig
-        for an unknown key or a bad value."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InvalidConfig(unknown[0], f"unknown LlamaConfig key(s): {', '.join(unknown)}")
-        return cls(**d)
-
 
 # family name -> its config class ("arch" on the command line)
 CONFIGS = {"gpt2": GPTConfig, "llama": LlamaConfig}
