@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     name, rest = argv[0], argv[1:]
-    if name in ("train", "sample", "chat", "eval", "bench", "embed", "similarity"):
+    if name in ("train", "bench", "embed", "similarity"):    # sample, chat, eval: once the model is loaded
         from numformer.parallel.process import tune_malloc
 
         tune_malloc()

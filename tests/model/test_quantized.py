@@ -112,9 +112,12 @@ def test_load_quantize_and_evaluation(tmp_path, arch, fmt):
     q = load(tmp_path / "ckpt", quantize=fmt)
     assert type(q) is cls and q.quantization == fmt and q.tokenizer is not None
     direct = cls.load(tmp_path / "ckpt").quantize(fmt)
-    for name, w in cls.load(tmp_path / "ckpt", quantize=fmt).quantized.items():
+    loaded = cls.load(tmp_path / "ckpt", quantize=fmt)       # quantized as read (load_quantized)
+    for name, w in loaded.quantized.items():
         for a, b in zip(w, direct.quantized[name]):
             np.testing.assert_array_equal(a, b)
+    assert list(loaded.params.views) == list(direct.params.views)   # the rest: norms, biases, positions
+    np.testing.assert_array_equal(loaded.params.flat, direct.params.flat)
     for name, w in q.quantized.items():
         for a, b in zip(w, direct.quantized[name]):
             np.testing.assert_array_equal(a, b)
@@ -124,6 +127,23 @@ def test_load_quantize_and_evaluation(tmp_path, arch, fmt):
     assert a["tokens"] == b["tokens"] and abs(a["loss"] - b["loss"]) <= 1e-5 * b["loss"]
     c = evaluate_text(load(tmp_path / "ckpt"), TEXT[:2000], threads=2)
     assert a["loss"] != c["loss"]                            # the weights did change
+
+
+def test_a_checkpoint_with_adapters_loads_quantized_with_them_merged(tmp_path):
+    """load(quantize=) of a LoRA checkpoint merges the adapters first, as quantize() does."""
+    tok = CharTokenizer.from_text(TEXT)
+    base = trained_like(vocab=tok.vocab_size)
+    m = GPT(base.config, lora=LoRAConfig(2, 4.0, ("attn.c_attn", "mlp.c_fc")))
+    m.params.flat[...] = base.params.flat
+    m.adapters.flat[...] = np.random.default_rng(1).normal(0, 0.3, m.adapters.size)
+    m.save(tmp_path / "lora", tokenizer=tok.to_json())
+    loaded, direct = GPT.load(tmp_path / "lora", quantize="int8"), GPT.load(tmp_path / "lora").quantize("int8")
+    assert loaded.lora is None and set(loaded.quantized) == set(direct.quantized)
+    for name, w in loaded.quantized.items():
+        for a, b in zip(w, direct.quantized[name]):
+            np.testing.assert_array_equal(a, b)
+    unmerged = quant.quantize(base.params["transformer.h.0.attn.c_attn.weight"], "int8")
+    assert not np.array_equal(loaded.quantized["transformer.h.0.attn.c_attn.weight"].q, unmerged.q)   # merged
 
 
 def test_adapters_are_merged_before_quantizing():

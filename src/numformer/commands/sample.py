@@ -28,7 +28,7 @@ from numformer.model.decoders import load
 from numformer.model.generate import generate_tokens
 from numformer.model.llama import Llama
 from numformer.model.quantized import QUANTIZE
-from numformer.parallel.process import one_blas_thread
+from numformer.parallel.process import one_blas_thread, tune_malloc
 
 
 class StreamDecoder:
@@ -174,8 +174,16 @@ def load_for_sampling(out_dir, quantize: str = "none"):
     out_dir itself if it is a checkpoint, else out_dir/best, else out_dir/latest. quantize "bf16"
     or "int8" stores its weights so (model.quantize; a float64 checkpoint is read as float32
     first); "keep" keeps a GGUF file's Q4_1 and Q8_0 weights as the file stores them (for a
-    checkpoint, the same as "none")."""
-    root = Path(out_dir)
+    checkpoint, the same as "none"). Then keeps freed memory in the heap for what follows
+    (process.tune_malloc), not before: the file's tensors, freed once the model holds its
+    weights, are given back to the system instead of staying in the heap."""
+    model = _load(Path(out_dir), quantize)
+    tune_malloc()
+    return model
+
+
+def _load(root: Path, quantize: str):
+    """The model of load_for_sampling."""
     if root.suffix.lower() == ".gguf" or is_gguf(root):
         return Llama.from_gguf(root, quantize=quantize)       # read_gguf says why a file is not a GGUF model
     dtype = None if quantize in ("none", "keep") else np.float32

@@ -41,7 +41,7 @@ def load(path, *, dtype=None, ops: str = "fast", families=tuple(MODELS), quantiz
     check_quantize(quantize)
     saved = read_model(path, dtype=dtype, families=families)
     model = build(saved.config, dtype=saved.dtype, init=False, ops=ops, lora=saved.lora)
-    model.load_state_dict(saved.tensors, source=str(path))
-    del saved.tensors                      # the file's copy goes before the weights are quantized
+    model.load_quantized(saved.tensors, quantize, source=str(path))   # quantized as read: no float32 model
+    del saved.tensors
     model.tokenizer = saved.tokenizer
-    return model.quantize(quantize)
+    return model

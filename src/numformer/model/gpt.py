@@ -400,10 +400,10 @@ class GPT(Decoder):
         check_quantize(quantize)
         saved = read_gpt(path, dtype=dtype)
         model = cls(saved.config, dtype=saved.dtype, init=False, ops=ops, lora=saved.lora)
-        model.load_state_dict(saved.tensors, source=str(path))
+        model.load_quantized(saved.tensors, quantize, source=str(path))
         del saved.tensors
         model.tokenizer = saved.tokenizer
-        return model.quantize(quantize)
+        return model
 
     @classmethod
     def from_hf(cls, path, dtype=np.float32) -> "GPT":

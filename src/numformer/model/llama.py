@@ -384,10 +384,10 @@ class Llama(Decoder):
         check_quantize(quantize)
         saved = read_model(path, dtype=dtype, families=("llama",))
         model = cls(saved.config, dtype=saved.dtype, init=False, ops=ops, lora=saved.lora)
-        model.load_state_dict(saved.tensors, source=str(path))
+        model.load_quantized(saved.tensors, quantize, source=str(path))
         del saved.tensors
         model.tokenizer = saved.tokenizer
-        return model.quantize(quantize)
+        return model
 
     @classmethod
     def from_gguf(cls, path, *, dtype=np.float32, ops: str = "fast", quantize: str = "none") -> "Llama":

@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from numformer.model.adapters import merged_state_dict
-from numformer.model.params import LINEAR, WEIGHT, FlatParams, family_of
+from numformer.model.params import LINEAR, WEIGHT, FlatParams, check_tensors, family_of
 from numformer.ops import quant
 
 QUANTIZE = ("none", *quant.FORMATS, "keep")   # the choices of quantize= and --quantize
@@ -64,6 +64,19 @@ class QuantizedWeights:
         tensors = merged_state_dict(self) if self.lora is not None else self.state_dict()
         self.store_quantized({name: quant.quantize(tensors[name], fmt) for name in self.quantizable()}, tensors, fmt)
         return self
+
+    def load_quantized(self, tensors: dict, fmt: str, source: str):
+        """load_state_dict(tensors, source), then quantize(fmt), with the same result; returns the
+        model. For "int8" or "bf16" on a float32 model without adapters, the weights are quantized
+        straight from `tensors`, so the model's float32 buffer (made, never written, by the
+        constructor with init=False) is never filled: a checkpoint loads quantized at the memory of
+        the tensors read and the quantized weights, not of the float32 model as well."""
+        if check_quantize(fmt) in quant.FORMATS and self.lora is None and self.dtype == np.float32:
+            check_tensors(tensors, {name: v.shape for name, v in self.state_dict().items()}, source)
+            self.store_quantized({name: quant.quantize(tensors[name], fmt) for name in self.quantizable()}, tensors, fmt)
+            return self
+        self.load_state_dict(tensors, source=source)
+        return self.quantize(fmt)
 
     def quantizable(self) -> list[str]:
         """The weights a quantized model stores quantized: every linear map's and the token embedding."""

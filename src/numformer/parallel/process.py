@@ -12,8 +12,10 @@ thread, and a block freed in one cannot serve the other. One arena for the proce
 lowers the peak memory and costs no speed: NumPy allocates a few hundred large blocks per step, so
 the shared arena's lock is not contended. (docs/performance.md has the measurements.)
 
-`tune_malloc()` is called by the commands that train or generate (`numformer train`, `sample`,
-`bench`, `embed`) and by the Trainer. It is a no-op where glibc is not the C library.
+`tune_malloc()` is called by the commands that train or generate (`numformer train`, `bench`,
+`embed`; `sample`, `chat`, `eval` and `explore` once their model is loaded, so that the file's
+tensors, freed after the load, go back to the system) and by the Trainer. It is a no-op where
+glibc is not the C library.
 
 The rest of this module finds the OpenBLAS that NumPy loaded and sets its thread count. OpenBLAS
 starts one thread per core; work that runs on one thread anyway (`numformer sample`, `numformer
