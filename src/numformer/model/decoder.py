@@ -10,7 +10,7 @@ from typing import Self
 import numpy as np
 
 from numformer.model.generate import generate
-from numformer.model.params import check_tensors
+from numformer.model.params import LORA_A, check_tensors, family_of
 from numformer.model.quantized import QuantizedWeights
 
 
@@ -18,6 +18,37 @@ class Decoder(QuantizedWeights):
     """The methods GPT and Llama share, written once. A class using it has what QuantizedWeights
     asks for, `forward_tape(idx, targets)` and `backward_tape(tape, dloss, accumulate=)`, and
     `new_kv_cache(batch_size)` and `forward_cached` for numformer.model.generate."""
+
+    def init_adapters(self, seed: int = 0) -> None:
+        """LoRA's initialisation: A uniform in ±1/√C_in (as a Linear layer's default), B = 0, so
+        an adapted layer starts as the layer it adapts."""
+        rng = np.random.default_rng([seed, 3])
+        for p in family_of(self.config).adapters(self.config, self.lora.rank, self.lora.targets):   # buffer order
+            w = self.adapters[p.name]
+            if p.part == LORA_A:
+                bound = 1.0 / np.sqrt(w.shape[1])
+                w[...] = rng.uniform(-bound, bound, size=w.shape)
+            else:
+                w[...] = 0.0
+
+    def decay_mask(self) -> np.ndarray:
+        """Flat mask, in the layout of `trainable`, of the parameters that get weight decay: those
+        with two or more dimensions (matmul weights, embeddings, adapters), not biases or norms'
+        gains."""
+        return self.trainable.mask(lambda name, shape: len(shape) >= 2)
+
+    def check_input(self, idx, targets=None) -> tuple:
+        """(idx as an array, B, T) for forward; ValueError unless idx is (B, T) with T at most
+        block_size and targets, when given, has idx's shape."""
+        idx = np.asarray(idx)
+        if idx.ndim != 2:
+            raise ValueError(f"idx must have shape (B, T), got {idx.shape}")
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
+        if targets is not None and np.shape(targets) != (B, T):
+            raise ValueError(f"targets shape {np.shape(targets)} does not match idx shape {idx.shape}")
+        return idx, B, T
 
     def num_params(self) -> int:
         """The model's parameters, adapters and quantized weights included."""

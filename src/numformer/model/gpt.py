@@ -237,39 +237,14 @@ class GPT(Decoder):
             else:
                 w[...] = rng.normal(0.0, resid_std if p.residual else 0.02, size=w.shape)
 
-    def init_adapters(self, seed: int = 0) -> None:
-        """LoRA's initialisation: A uniform in ±1/√C_in (as a Linear layer's default), B = 0, so
-        an adapted layer starts as the layer it adapts."""
-        rng = np.random.default_rng([seed, 3])
-        for p in GPT2.adapters(self.config, self.lora.rank, self.lora.targets):   # buffer order
-            w = self.adapters[p.name]
-            if p.part == LORA_A:
-                bound = 1.0 / np.sqrt(w.shape[1])
-                w[...] = rng.uniform(-bound, bound, size=w.shape)
-            else:
-                w[...] = 0.0
-
-    def decay_mask(self) -> np.ndarray:
-        """Flat mask, in the layout of `trainable`, of the parameters that get weight decay: those
-        with two or more dimensions (matmul weights, embeddings, adapters), not biases or
-        LayerNorm gains."""
-        return self.trainable.mask(lambda name, shape: len(shape) >= 2)
-
     # ----------------------------------------------------------------------------- forward
 
     def forward_tape(self, idx, targets=None, rng=None):
         """forward(idx, targets) with dropout masks drawn from rng (default: self.rng), returning
         (forward's result, the tape) instead of keeping the tape: what backward_tape needs.
         Dropping the tape frees the activations (an evaluation needs none)."""
-        idx = np.asarray(idx)
-        if idx.ndim != 2:
-            raise ValueError(f"idx must have shape (B, T), got {idx.shape}")
-        B, T = idx.shape
+        idx, B, T = self.check_input(idx, targets)
         cfg, ops = self.config, self.ops
-        if T > cfg.block_size:
-            raise ValueError(f"sequence length {T} exceeds block_size {cfg.block_size}")
-        if targets is not None and np.shape(targets) != (B, T):
-            raise ValueError(f"targets shape {np.shape(targets)} does not match idx shape {idx.shape}")
         drop = cfg.dropout if self.training else 0.0
         rng = self.rng if rng is None else rng
         tape = {"T": T, "blocks": []}
